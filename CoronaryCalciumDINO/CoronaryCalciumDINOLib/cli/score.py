@@ -1,0 +1,71 @@
+"""``ccdino score``: score one CT, from a given label map or with the AI pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .common import add_scoring_options, scoring_params_from_args, study_stem
+
+log = logging.getLogger(__name__)
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "score",
+        help="score one CT (DICOM folder or NIfTI/NRRD/MHA)",
+        description="Score coronary calcium on one CT. With --labels, score the given per-artery "
+        "label map (0 background, 1 LM, 2 LAD, 3 LCX, 4 RCA; same grid as INPUT). Without it, "
+        "run the AI pipeline (slice detector + segmenter) of a model bundle.",
+    )
+    p.add_argument("input", help="DICOM folder, or a NIfTI / NRRD / MHA file")
+    p.add_argument("--labels", help="per-artery label map on the CT grid (skips the AI)")
+    p.add_argument("--series", help="SeriesInstanceUID to use when the folder holds several series")
+    p.add_argument("--json", help="write the JSON report here")
+    p.add_argument("--csv", help="write the per-artery score table here")
+    p.add_argument("--out", help="write <study>.json, <study>.csv (and AI outputs) into this folder")
+    add_scoring_options(p)
+    g = p.add_argument_group("AI pipeline (without --labels)")
+    g.add_argument("--bundle", help="model bundle folder or manifest (default: the bundled default model)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    g.add_argument("--attention", help="write the attention maps (mean and per head) to this NRRD/NIfTI file")
+    g.add_argument("--quiet", action="store_true", help="do not print the score table")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..io import load_ct, read_label_file
+    from ..report import build_report, write_json, write_score_csv
+    from ..report.tables import format_summary
+    from ..scoring import score
+
+    ct = load_ct(args.input, series_uid=args.series)
+    for w in ct.warnings:
+        log.warning(w)
+        print(f"ccdino: warning: {w}", file=sys.stderr)
+    params = scoring_params_from_args(args, ct.kvp)
+    stem = study_stem(args.input)
+    out_dir = Path(args.out) if args.out else None
+
+    if args.labels:
+        labels = read_label_file(args.labels, ct)
+        result = score(ct.hu, labels, ct.spacing, params)
+        report = build_report(result, args.input, kvp=ct.kvp, warnings=ct.warnings)
+    else:
+        from ..pipeline.run import score_with_ai
+
+        report = score_with_ai(ct, args, params, stem=stem, out_dir=out_dir)
+
+    if args.json:
+        write_json(report, args.json)
+    if args.csv:
+        write_score_csv(report, args.csv)
+    if out_dir is not None:
+        write_json(report, out_dir / f"{stem}.json")
+        write_score_csv(report, out_dir / f"{stem}.csv")
+    if not args.quiet:
+        print(format_summary(report))
+        print(report["disclaimer"])
+    return 0

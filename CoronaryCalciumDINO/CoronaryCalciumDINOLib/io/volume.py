@@ -1,0 +1,155 @@
+"""The in-memory CT volume and label-volume file I/O (NIfTI, NRRD, MHA).
+
+Array order is (z, y, x) = (slice, row, column) everywhere. Geometry follows ITK / DICOM
+(LPS): ``origin`` is the physical position (x, y, z) of voxel [0, 0, 0]; ``direction`` is
+the 3x3 matrix whose columns are the physical directions of the column (i), row (j) and
+slice (k) axes; ``spacing`` is (dz, dy, dx) in mm, dz being the distance between slice
+centres.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+@dataclass
+class CTVolume:
+    """A CT volume in HU with its geometry."""
+
+    hu: np.ndarray  # (z, y, x) float32 HU
+    spacing: tuple[float, float, float]  # (dz, dy, dx) mm
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)  # (x, y, z) LPS mm
+    direction: np.ndarray = field(default_factory=lambda: np.eye(3))  # columns: i, j, k axes
+    kvp: float | None = None
+    source: str = ""
+    warnings: list[str] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)  # e.g. series UID, description, thickness
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.hu.shape)  # type: ignore[return-value]
+
+    def same_grid(self, other: "CTVolume", tol: float = 1e-3) -> bool:
+        return (
+            self.shape == other.shape
+            and np.allclose(self.spacing, other.spacing, atol=tol)
+            and np.allclose(self.origin, other.origin, atol=tol)
+            and np.allclose(self.direction, other.direction, atol=tol)
+        )
+
+    def ijk_to_lps(self) -> np.ndarray:
+        """4x4 matrix mapping (i, j, k, 1) voxel indices (column, row, slice) to LPS mm."""
+        dz, dy, dx = self.spacing
+        m = np.eye(4)
+        m[:3, :3] = np.asarray(self.direction, dtype=float) @ np.diag([dx, dy, dz])
+        m[:3, 3] = self.origin
+        return m
+
+
+def is_volume_file(path: str | os.PathLike) -> bool:
+    name = str(path).lower()
+    return any(name.endswith(s) for s in VOLUME_SUFFIXES)
+
+
+def _to_sitk(array: np.ndarray, ref: CTVolume):
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(array)
+    dz, dy, dx = ref.spacing
+    img.SetSpacing((float(dx), float(dy), float(dz)))
+    img.SetOrigin(tuple(float(v) for v in ref.origin))
+    img.SetDirection(tuple(float(v) for v in np.asarray(ref.direction, dtype=float).ravel()))
+    return img
+
+
+def _from_sitk(img) -> tuple[np.ndarray, tuple[float, float, float], tuple[float, float, float], np.ndarray]:
+    import SimpleITK as sitk
+
+    if img.GetDimension() != 3:
+        raise InputError(f"expected a 3D volume, got {img.GetDimension()}D")
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError("expected a scalar volume, got a multi-component image")
+    arr = sitk.GetArrayFromImage(img)
+    sx, sy, sz = img.GetSpacing()
+    direction = np.asarray(img.GetDirection(), dtype=float).reshape(3, 3)
+    return arr, (float(sz), float(sy), float(sx)), tuple(float(v) for v in img.GetOrigin()), direction  # type: ignore[return-value]
+
+
+def read_volume_file(path: str | os.PathLike) -> CTVolume:
+    """Read a NIfTI / NRRD / MHA CT volume (values taken as HU)."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"CT file not found: {path}")
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise InputError(f"cannot read {path.name}: {str(exc).strip().splitlines()[-1]}") from None
+    arr, spacing, origin, direction = _from_sitk(img)
+    if arr.shape[0] < 2:
+        raise InputError(f"{path.name} holds a single slice; a calcium score needs a volume")
+    return CTVolume(
+        hu=arr.astype(np.float32, copy=False),
+        spacing=spacing,
+        origin=origin,
+        direction=direction,
+        source=str(path),
+    )
+
+
+def read_label_file(path: str | os.PathLike, ct: CTVolume | None = None) -> np.ndarray:
+    """Read a label volume (0..4); if ``ct`` is given, require the same grid."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"label file not found: {path}")
+    if path.is_dir():
+        raise InputError(f"label map must be a volume file, got a folder: {path}")
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise InputError(f"cannot read label map {path.name}: {str(exc).strip().splitlines()[-1]}") from None
+    arr, spacing, origin, direction = _from_sitk(img)
+    if not np.issubdtype(arr.dtype, np.integer):
+        if not np.all(np.mod(arr, 1) == 0):
+            raise InputError(f"label map {path.name} holds non-integer values")
+    arr = arr.astype(np.int16)
+    if ct is not None:
+        lab = CTVolume(hu=arr, spacing=spacing, origin=origin, direction=direction)
+        if lab.shape != ct.shape:
+            raise InputError(f"label map shape {lab.shape} does not match the CT shape {ct.shape} (z, y, x)")
+        if not lab.same_grid(ct, tol=1e-2):
+            raise InputError(
+                "label map geometry (spacing/origin/direction) does not match the CT; "
+                "it must be on the same voxel grid"
+            )
+    return arr
+
+
+def write_volume(array: np.ndarray, ref: CTVolume, path: str | os.PathLike, compress: bool = True) -> Path:
+    """Write ``array`` (z, y, x) with ``ref``'s geometry; the format follows the suffix.
+
+    The file is written to a temporary name in the same folder and renamed, so a reader
+    never sees a half-written file.
+    """
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if tuple(array.shape) != ref.shape:
+        raise InputError(f"array shape {array.shape} does not match the reference grid {ref.shape}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    name = path.name
+    tmp = path.with_name(f".{name}.tmp-{os.getpid()}{''.join(path.suffixes[-2:]) if name.endswith('.gz') else path.suffix}")
+    sitk.WriteImage(_to_sitk(array, ref), str(tmp), compress)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,3 @@
+"""Reports: the JSON contract, CSV tables and pictures."""
+
+from .tables import build_report, score_table_rows, write_json, write_score_csv  # noqa: F401

@@ -1,0 +1,96 @@
+"""JSON report and CSV score table.
+
+JSON numbers are unrounded; rounding is for display only. The CSV table has one row per
+metric and one column per artery (``LM``, ``LAD``, ``LCX``, ``RCA``) plus ``total``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+from .. import __version__
+from ..constants import ARTERIES, DISCLAIMER
+from ..scoring import ScoreResult
+
+METRICS = ("agatston", "volume_mm3", "mass_mg", "lesions")
+
+
+def build_report(result: ScoreResult, input_path: str, kvp: float | None = None, warnings=None, **extra) -> dict:
+    """The report dict of the JSON contract (see README, "Report format")."""
+    body = result.to_dict()
+    report = {
+        "input": str(input_path),
+        "spacing_mm": body.pop("spacing_mm"),
+        "threshold_hu": body.pop("threshold_hu"),
+        "kvp": body.pop("kvp") if result.params.kvp is not None else kvp,
+    }
+    report.update(body)
+    report["warnings"] = list(warnings or [])
+    report["software"] = {"name": "CoronaryCalciumDINO", "version": __version__}
+    report["disclaimer"] = DISCLAIMER
+    report.update(extra)
+    return report
+
+
+def _atomic_write_text(path: Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _json_default(obj):
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def write_json(report: dict, path: str | os.PathLike) -> Path:
+    """Write a report as JSON (atomically: temporary file, then rename)."""
+    return _atomic_write_text(Path(path), json.dumps(report, indent=2, default=_json_default, allow_nan=False) + "\n")
+
+
+def score_table_rows(report: dict) -> list[list]:
+    """Rows ``[metric, LM, LAD, LCX, RCA, total]`` of a report (values unrounded, None kept)."""
+    rows = []
+    for metric in METRICS:
+        row = [metric] + [report["arteries"][a][metric] for a in ARTERIES] + [report["total"][metric]]
+        rows.append(row)
+    return rows
+
+
+def write_score_csv(report: dict, path: str | os.PathLike) -> Path:
+    """CSV score table: header ``metric,LM,LAD,LCX,RCA,total``; empty cell for a null mass."""
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["metric", *ARTERIES, "total"])
+    for row in score_table_rows(report):
+        w.writerow(["" if (v is None or (isinstance(v, float) and math.isnan(v))) else v for v in row])
+    w.writerow(["risk_category", "", "", "", "", report["risk_category"]])
+    w.writerow(["cac_drs", "", "", "", "", report["cac_drs"]])
+    return _atomic_write_text(Path(path), buf.getvalue())
+
+
+def format_summary(report: dict) -> str:
+    """A short human-readable summary (rounded for display)."""
+    lines = [f"{'':8}{'Agatston':>10}{'volume mm3':>12}{'mass mg':>10}{'lesions':>9}"]
+    for name in (*ARTERIES, "total"):
+        s = report["total"] if name == "total" else report["arteries"][name]
+        mass = "-" if s["mass_mg"] is None else f"{s['mass_mg']:.1f}"
+        lines.append(f"{name:8}{s['agatston']:>10.1f}{s['volume_mm3']:>12.1f}{mass:>10}{s['lesions']:>9d}")
+    lines.append(f"risk category {report['risk_category']}   CAC-DRS {report['cac_drs']}")
+    return "\n".join(lines)
