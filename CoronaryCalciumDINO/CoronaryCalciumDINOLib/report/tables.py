@@ -22,11 +22,12 @@ METRICS = ("agatston", "volume_mm3", "mass_mg", "lesions")
 def build_report(result: ScoreResult, input_path: str, kvp: float | None = None, warnings=None, **extra) -> dict:
     """The report dict of the JSON contract (see README, "Report format")."""
     body = result.to_dict()
+    params_kvp = body.pop("kvp")
     report = {
         "input": str(input_path),
         "spacing_mm": body.pop("spacing_mm"),
         "threshold_hu": body.pop("threshold_hu"),
-        "kvp": body.pop("kvp") if result.params.kvp is not None else kvp,
+        "kvp": params_kvp if params_kvp is not None else kvp,
     }
     report.update(body)
     report["warnings"] = list(warnings or [])

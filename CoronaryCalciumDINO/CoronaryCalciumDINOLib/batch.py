@@ -1,0 +1,397 @@
+"""Batch scoring of every study in a folder (used by ``ccdino batch`` and headless Slicer).
+
+A *study* is an entry of the input folder:
+
+* a sub-folder holding one DICOM CT series (any file names, any depth), or a study folder
+  of the project's own format (``ct.nrrd`` + ``study.json``);
+* a volume file ``.nii``, ``.nii.gz``, ``.nrrd``, ``.nhdr``, ``.mha`` or ``.mhd``.
+
+Hidden entries, other files and ``.seg.nrrd`` files are ignored. Studies are processed in
+sorted name order. Per study ``<out>/<study>.seg.nrrd`` (Slicer segmentation),
+``<out>/<study>.png`` (report picture) and ``<out>/<study>.json`` (the report, written
+last) are written, each atomically; the run's table is ``<out>/summary.csv``
+(``summary-shard-I-of-N.csv`` for a shard), rewritten after every study.
+
+Resuming: a study whose ``.json`` exists is not processed again (its row is rebuilt from
+the JSON) unless ``overwrite=True``. A study that fails gets an ``error`` row and the
+batch goes on; it is retried by the next run.
+
+Scores come from the AI pipeline of a model bundle or, with ``labels_dir``, from the label
+maps ``<labels_dir>/<study>.nrrd|.nii.gz|.nii|.mha|.seg.nrrd`` on the CT grid.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .constants import ARTERIES
+from .errors import CCDinoError, Cancelled, InputError
+
+log = logging.getLogger(__name__)
+
+#: Columns of the summary table.
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    "study",
+    "status",
+    "error",
+    *(f"agatston_{a}" for a in ARTERIES),
+    "agatston_total",
+    "volume_mm3",
+    "mass_mg",
+    "lesions",
+    "risk_category",
+    "cac_drs",
+    "seconds",
+)
+#: Suffixes of label-map files looked up in ``labels_dir``, in order of preference.
+LABEL_SUFFIXES = (".seg.nrrd", ".nrrd", ".nii.gz", ".nii", ".mha")
+_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+@dataclass(frozen=True)
+class StudyInput:
+    """One study of a batch: its name (output file stem) and where its CT is."""
+
+    name: str
+    path: Path  # DICOM folder or volume file
+
+    def outputs(self, out_dir: Path) -> dict[str, Path]:
+        return {
+            "seg": out_dir / f"{self.name}.seg.nrrd",
+            "png": out_dir / f"{self.name}.png",
+            "json": out_dir / f"{self.name}.json",
+        }
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"I/N"`` (0-based I < N) -> ``(I, N)``; ``None`` -> ``None``."""
+    if text is None:
+        return None
+    try:
+        i_text, n_text = str(text).split("/")
+        shard = (int(i_text), int(n_text))
+    except ValueError:
+        raise InputError(f"--shard must be I/N with 0 <= I < N, e.g. 0/4; got {text!r}") from None
+    return check_shard(shard)
+
+
+def check_shard(shard) -> tuple[int, int] | None:
+    if shard is None:
+        return None
+    i, n = (int(v) for v in shard)
+    if n < 1 or not 0 <= i < n:
+        raise InputError(f"shard must satisfy 0 <= I < N (0-based index), got {i}/{n}")
+    return i, n
+
+
+def summary_name(shard: tuple[int, int] | None) -> str:
+    """File name of a run's summary table."""
+    return "summary.csv" if shard is None else f"summary-shard-{shard[0]}-of-{shard[1]}.csv"
+
+
+def _volume_stem(name: str) -> str | None:
+    low = name.lower()
+    if low.endswith(".seg.nrrd"):
+        return None
+    for suffix in _VOLUME_SUFFIXES:
+        if low.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def list_batch_studies(input_dir: str | os.PathLike) -> list[StudyInput]:
+    """The studies of an input folder, sorted by name (names must be unique)."""
+    from .data.studies import CT_FILE, is_study_dir
+
+    root = Path(input_dir)
+    if not root.is_dir():
+        raise InputError(f"input folder not found: {root}")
+    studies: list[StudyInput] = []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            studies.append(StudyInput(entry.name, entry / CT_FILE if is_study_dir(entry) else entry))
+        elif entry.is_file():
+            stem = _volume_stem(entry.name)
+            if stem:
+                studies.append(StudyInput(stem, entry))
+    names = [s.name for s in studies]
+    dups = sorted({n for n in names if names.count(n) > 1})
+    if dups:
+        raise InputError(f"several inputs share the study name {', '.join(dups)} in {root}; rename them")
+    if not studies:
+        raise InputError(f"no studies in {root} (expected DICOM sub-folders or NIfTI/NRRD/MHA files)")
+    return studies
+
+
+def _find_labels(labels_dir: Path, name: str) -> Path:
+    for suffix in LABEL_SUFFIXES:
+        p = labels_dir / f"{name}{suffix}"
+        if p.is_file():
+            return p
+    raise InputError(f"no label map for study {name} in {labels_dir} (looked for {name}{{{','.join(LABEL_SUFFIXES)}}})")
+
+
+def _params_for(scoring: dict | None, ct_kvp: float | None):
+    from .scoring import params_for_kvp
+
+    opts = dict(scoring or {})
+    kvp = opts.pop("kvp", None)
+    if isinstance(kvp, str) and kvp.lower() == "auto":
+        if ct_kvp is None:
+            raise InputError("kVp 'auto': the CT has no KVP tag")
+        kvp = float(ct_kvp)
+    return params_for_kvp(None if kvp is None else float(kvp), **opts)
+
+
+# The model bundle of this process (loaded once per worker process).
+_BUNDLE = None
+
+
+def _init_worker(bundle_path, threads: int | None) -> None:
+    """Process-pool initialiser: cap threads, load the bundle once (AI path only)."""
+    global _BUNDLE
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    if bundle_path is not False:
+        import torch
+
+        from .pipeline import load_bundle
+
+        if threads:
+            torch.set_num_threads(threads)
+        _BUNDLE = load_bundle(bundle_path)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if isinstance(exc, CCDinoError) else f"{type(exc).__name__}: {text}"
+
+
+def process_study(
+    study: StudyInput,
+    out_dir: str | os.PathLike,
+    bundle=None,
+    device: str = "auto",
+    labels_dir: str | os.PathLike | None = None,
+    scoring: dict | None = None,
+) -> dict:
+    """Score one study and write its outputs; returns its summary row (never raises for
+    a bad study: the error goes into the row)."""
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    try:
+        report = _score_and_write(study, out_dir, bundle, device, labels_dir, scoring, t0)
+    except Cancelled:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one bad study must not stop the batch
+        if not isinstance(exc, CCDinoError):
+            log.warning("study %s failed:\n%s", study.name, traceback.format_exc())
+        return _row(study.name, None, _one_line(exc), time.perf_counter() - t0)
+    return _row(study.name, report, "", report.get("seconds"))
+
+
+def _score_and_write(study, out_dir, bundle, device, labels_dir, scoring, t0) -> dict:
+    from .io import load_ct, read_label_file
+    from .io.segfile import read_seg_labels, write_seg_nrrd
+    from .report import build_report, write_json
+    from .report.picture import write_report_png
+    from .scoring import score
+
+    ct = load_ct(study.path)
+    params = _params_for(scoring, ct.kvp)
+    extra: dict = {"study": study.name}
+    if labels_dir is not None:
+        label_path = _find_labels(Path(labels_dir), study.name)
+        if label_path.name.lower().endswith(".seg.nrrd"):
+            labels = read_seg_labels(label_path, ct)
+        else:
+            labels = read_label_file(label_path, ct)
+        result = score(ct.hu, labels, ct.spacing, params)
+        extra["labels"] = str(label_path)
+    else:
+        from .pipeline import run_pipeline
+
+        res = run_pipeline(ct, bundle, device=device, params=params)
+        labels, result = res.labels, res.score
+        extra.update(res.report_extra())
+    paths = study.outputs(out_dir)
+    write_seg_nrrd(labels, ct, paths["seg"])
+    report = build_report(result, str(study.path), kvp=ct.kvp, warnings=ct.warnings, **extra)
+    write_report_png(ct, labels, report, paths["png"])
+    report["seconds"] = time.perf_counter() - t0
+    write_json(report, paths["json"])  # last: its presence marks the study as done
+    return report
+
+
+def _worker_task(study, out_dir, device, labels_dir, scoring) -> dict:
+    return process_study(study, out_dir, bundle=_BUNDLE, device=device, labels_dir=labels_dir, scoring=scoring)
+
+
+def _row(name: str, report: dict | None, error: str, seconds) -> dict:
+    row: dict = {c: "" for c in SUMMARY_COLUMNS}
+    row.update(study=name, status="error" if error else "ok", error=error)
+    if report is not None:
+        for a in ARTERIES:
+            row[f"agatston_{a}"] = report["arteries"][a]["agatston"]
+        total = report["total"]
+        row.update(
+            agatston_total=total["agatston"],
+            volume_mm3=total["volume_mm3"],
+            mass_mg=total["mass_mg"],
+            lesions=total["lesions"],
+            risk_category=report["risk_category"],
+            cac_drs=report["cac_drs"],
+        )
+    if isinstance(seconds, (int, float)):
+        row["seconds"] = round(float(seconds), 3)
+    return row
+
+
+def _row_from_existing(study: StudyInput, json_path: Path) -> dict:
+    try:
+        report = json.loads(json_path.read_text(encoding="utf-8"))
+        return _row(study.name, report, "", report.get("seconds"))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return _row(study.name, None, f"existing report {json_path.name} is unreadable ({exc}); use overwrite", None)
+
+
+def write_summary(rows: list[dict], path: str | os.PathLike) -> Path:
+    """Write the summary table (CSV, atomically); ``None`` and NaN become empty cells."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(SUMMARY_COLUMNS), lineterminator="\n")
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: "" if v is None or (isinstance(v, float) and math.isnan(v)) else v for k, v in row.items()})
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(buf.getvalue(), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def run_batch(
+    input_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    workers: int = 1,
+    shard: tuple[int, int] | None = None,
+    device: str = "auto",
+    bundle=None,
+    labels_dir: str | os.PathLike | None = None,
+    progress: Callable[[float, str], None] | None = None,
+    overwrite: bool = False,
+    scoring: dict | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> list[dict]:
+    """Score every study of ``input_dir`` (or shard ``(i, n)``: studies i, i+n, ...).
+
+    ``bundle``: model bundle path (``None`` = the default bundle) or a loaded bundle (only
+    with ``workers=1``); unused with ``labels_dir``. ``scoring``: options of the score
+    definition, ``{"kvp": None | number | "auto", "min_area_mm2", "slice_correction",
+    "calibration_factor"}``. Returns the summary rows (see :data:`SUMMARY_COLUMNS`), in
+    study order; the same rows are written to the summary CSV in ``out_dir``.
+    """
+    shard = check_shard(shard)
+    if int(workers) < 1:
+        raise InputError(f"workers must be >= 1, got {workers}")
+    studies = list_batch_studies(input_dir)
+    if shard is not None:
+        studies = studies[shard[0] :: shard[1]]
+    if labels_dir is not None and not Path(labels_dir).is_dir():
+        raise InputError(f"labels folder not found: {labels_dir}")
+    early = dict(scoring or {})
+    if isinstance(early.get("kvp"), str) and early["kvp"].lower() == "auto":
+        early["kvp"] = None
+    _params_for(early, None)  # invalid options fail before any study is processed
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary_path = out / summary_name(shard)
+
+    rows: dict[str, dict] = {}
+    todo: list[StudyInput] = []
+    for s in studies:
+        done = s.outputs(out)["json"]
+        if done.is_file() and not overwrite:
+            rows[s.name] = _row_from_existing(s, done)
+        else:
+            todo.append(s)
+    skipped = len(rows)
+    if skipped:
+        log.info("%d of %d studies already done; skipping them", skipped, len(studies))
+        if progress is not None:
+            progress(skipped / len(studies), f"{skipped} of {len(studies)} studies already done (skipped)")
+
+    def ordered() -> list[dict]:
+        return [rows[s.name] for s in studies if s.name in rows]
+
+    def finished(row: dict) -> None:
+        rows[row["study"]] = row
+        write_summary(ordered(), summary_path)
+        if progress is not None:
+            detail = f" ({row['error']})" if row["error"] else ""
+            progress(len(rows) / len(studies), f"{row['study']}: {row['status']}{detail}")
+
+    if not todo:
+        write_summary(ordered(), summary_path)
+        return ordered()
+
+    use_ai = labels_dir is None
+    if int(workers) == 1 or len(todo) == 1:
+        loaded = None
+        if use_ai:
+            from .pipeline import load_bundle
+
+            given = bundle is not None and not isinstance(bundle, (str, os.PathLike))
+            loaded = bundle if given else load_bundle(bundle)
+        for s in todo:
+            if cancel is not None and cancel():
+                raise Cancelled("batch cancelled")
+            finished(process_study(s, out, bundle=loaded, device=device, labels_dir=labels_dir, scoring=scoring))
+    else:
+        _run_pool(todo, out, int(workers), device, bundle, labels_dir, scoring, use_ai, finished, cancel)
+    write_summary(ordered(), summary_path)
+    return ordered()
+
+
+def _run_pool(todo, out, workers, device, bundle, labels_dir, scoring, use_ai, finished, cancel) -> None:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    bundle_arg = False
+    if use_ai:
+        if bundle is not None and not isinstance(bundle, (str, os.PathLike)):
+            raise InputError("with several workers give the model bundle as a path, not a loaded bundle")
+        from .models.bundle import verify_bundle
+
+        verify_bundle(bundle)  # fail early, in this process, on a missing or damaged bundle
+        bundle_arg = None if bundle is None else str(bundle)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx, initializer=_init_worker,
+                             initargs=(bundle_arg, threads)) as pool:
+        futures = {pool.submit(_worker_task, s, out, device, labels_dir, scoring): s for s in todo}
+        try:
+            for fut in as_completed(futures):
+                s = futures[fut]
+                try:
+                    row = fut.result()
+                except Exception as exc:  # noqa: BLE001 - a worker died (e.g. out of memory)
+                    row = _row(s.name, None, f"worker failed: {_one_line(exc)}", None)
+                finished(row)
+                if cancel is not None and cancel():
+                    raise Cancelled("batch cancelled")
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise

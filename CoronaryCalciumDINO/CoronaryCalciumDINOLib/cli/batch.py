@@ -1,0 +1,80 @@
+"""``ccdino batch``: score every study of a folder (resumable, shardable)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .common import add_scoring_options
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "batch",
+        help="score every study of a folder (DICOM sub-folders or NIfTI/NRRD/MHA files)",
+        description="Score every study of INPUT_DIR: each DICOM sub-folder or NIfTI/NRRD/MHA file gives "
+        "OUT/<study>.seg.nrrd, OUT/<study>.png and OUT/<study>.json, and the run gives OUT/summary.csv "
+        "(OUT/summary-shard-I-of-N.csv with --shard). Studies whose JSON exists are skipped (resume). "
+        "Exit status: 0 all studies scored, 1 some studies failed (see the summary), 2 bad arguments.",
+    )
+    p.add_argument("input_dir", metavar="INPUT_DIR", help="folder of studies")
+    p.add_argument("--out", required=True, metavar="OUT_DIR", help="output folder (created if needed)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="parallel worker processes, each loading the model once (default 1)")
+    p.add_argument("--shard", metavar="I/N",
+                   help="process only studies I, I+N, I+2N, ... of the sorted list (0-based I), e.g. for job arrays")
+    p.add_argument("--labels-dir", metavar="DIR",
+                   help="score the label maps DIR/<study>.seg.nrrd|.nrrd|.nii.gz|.nii|.mha instead of running the AI")
+    p.add_argument("--overwrite", action="store_true", help="process studies again even when their JSON exists")
+    add_scoring_options(p)
+    g = p.add_argument_group("AI pipeline (without --labels-dir)")
+    g.add_argument("--bundle", help="model bundle folder or manifest (default: the bundled default model)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    g.add_argument("--quiet", action="store_true", help="print no per-study progress")
+    p.set_defaults(func=run)
+
+
+def _scoring_options(args) -> dict:
+    kvp = args.kvp
+    if kvp is not None and str(kvp).lower() != "auto":
+        from ..errors import InputError
+
+        try:
+            kvp = float(kvp)
+        except ValueError:
+            raise InputError(f"--kvp must be 'auto' or a number, got {args.kvp!r}") from None
+    return {
+        "kvp": kvp,
+        "min_area_mm2": args.min_area,
+        "slice_correction": not args.no_slice_correction,
+        "calibration_factor": args.calibration_factor,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..batch import parse_shard, run_batch, summary_name
+
+    shard = parse_shard(args.shard)
+
+    def progress(fraction: float, message: str) -> None:
+        if not args.quiet:
+            print(f"[{100 * fraction:5.1f}%] {message}", file=sys.stderr, flush=True)
+
+    rows = run_batch(
+        args.input_dir,
+        args.out,
+        workers=args.workers,
+        shard=shard,
+        device=args.device,
+        bundle=args.bundle,
+        labels_dir=args.labels_dir,
+        progress=progress,
+        overwrite=args.overwrite,
+        scoring=_scoring_options(args),
+    )
+    failed = [r for r in rows if r["status"] != "ok"]
+    print(f"{len(rows) - len(failed)} of {len(rows)} studies scored; summary: "
+          f"{args.out.rstrip('/')}/{summary_name(shard)}")
+    for r in failed:
+        print(f"ccdino: study {r['study']} failed: {r['error']}", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,193 @@
+"""Batch scoring: outputs per study, summary table, errors, resuming, sharding, workers.
+
+Scores of the synthetic study are derived by hand from the Agatston definition.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from CoronaryCalciumDINOLib.batch import SUMMARY_COLUMNS, list_batch_studies, parse_shard, run_batch
+from CoronaryCalciumDINOLib.cli import main as cli_main
+from CoronaryCalciumDINOLib.errors import InputError
+from CoronaryCalciumDINOLib.io.segfile import read_seg_nrrd
+from CoronaryCalciumDINOLib.io.volume import CTVolume, write_volume
+
+PHANTOM = Path(__file__).resolve().parents[1] / "Testing" / "Data" / "qrm-phantom-canon"
+
+
+def _synthetic(tmp: Path, name: str, labels_dir: Path) -> None:
+    """6 x 64 x 64 CT, 3 mm slices, 0.5 mm pixels, with hand-scorable calcium.
+
+    LAD: slices 2 and 3, a 4 x 5 voxel block of 250 HU -> per slice 5 mm^2 x weight 2 = 10;
+    RCA: slice 4, a 3 x 3 block of 450 HU -> 2.25 mm^2 x weight 4 = 9. Slice factor 3/3 = 1.
+    Total 29, volume 49 voxels x 0.75 mm^3 = 36.75 mm^3, 3 lesions.
+    """
+    ct = CTVolume(hu=np.zeros((6, 64, 64), np.float32), spacing=(3.0, 0.5, 0.5), origin=(-16.0, -16.0, 100.0))
+    lab = np.zeros(ct.shape, np.uint8)
+    lab[2:4, 10:14, 20:25] = 2
+    lab[4, 30:33, 40:43] = 4
+    ct.hu[lab == 2] = 250.0
+    ct.hu[lab == 4] = 450.0
+    write_volume(ct.hu.astype(np.int16), ct, tmp / f"{name}.nrrd")
+    write_volume(lab, ct, labels_dir / f"{name}.nrrd")
+
+
+def _phantom_study(tmp: Path, name: str, labels_dir: Path) -> None:
+    """Four phantom slices as a DICOM sub-folder, with an all-background label map."""
+    import pydicom
+
+    folder = tmp / name
+    folder.mkdir()
+    files = sorted((p for p in PHANTOM.iterdir() if p.name not in ("README.md", "LICENSE")),
+                   key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))
+    for f in files[20:24]:
+        shutil.copy(f, folder / f.name)
+    from CoronaryCalciumDINOLib.io import load_ct
+
+    ct = load_ct(folder)
+    write_volume(np.zeros(ct.shape, np.uint8), ct, labels_dir / f"{name}.nii.gz")
+
+
+@pytest.fixture()
+def batch_input(tmp_path):
+    inp, labels = tmp_path / "in", tmp_path / "labels"
+    inp.mkdir()
+    labels.mkdir()
+    _synthetic(inp, "a", labels)
+    _phantom_study(inp, "b", labels)
+    (inp / "c").mkdir()
+    (inp / "c" / "README").write_text("no images here")  # a study folder without DICOM
+    _synthetic(inp, "d", tmp_path)  # a volume whose label map is missing from labels/
+    (inp / "notes.txt").write_text("ignored")
+    return inp, labels
+
+
+def _summary(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_batch_outputs_summary_and_errors(tmp_path, batch_input, capsys):
+    inp, labels = batch_input
+    out = tmp_path / "out"
+    code = cli_main(["batch", str(inp), "--out", str(out), "--labels-dir", str(labels), "--quiet"])
+    assert code == 1  # studies c and d fail
+    err = capsys.readouterr().err
+    assert "study c failed" in err and "study d failed" in err
+
+    rows = _summary(out / "summary.csv")
+    assert list(rows[0]) == list(SUMMARY_COLUMNS)
+    assert [r["study"] for r in rows] == ["a", "b", "c", "d"]
+    assert [r["status"] for r in rows] == ["ok", "ok", "error", "error"]
+    assert "no readable DICOM" in rows[2]["error"] and "no label map" in rows[3]["error"]
+    a = rows[0]
+    assert float(a["agatston_LAD"]) == pytest.approx(20.0)
+    assert float(a["agatston_RCA"]) == pytest.approx(9.0)
+    assert float(a["agatston_LM"]) == 0 and float(a["agatston_LCX"]) == 0
+    assert float(a["agatston_total"]) == pytest.approx(29.0)
+    assert float(a["volume_mm3"]) == pytest.approx(36.75)
+    assert a["mass_mg"] == "" and a["lesions"] == "3"
+    assert a["risk_category"] == "11-100" and a["cac_drs"] == "A1/N2"
+    assert float(a["seconds"]) > 0
+    assert rows[1]["agatston_total"] == "0.0" and rows[1]["cac_drs"] == "A0"
+
+    for study in ("a", "b"):
+        assert (out / f"{study}.png").read_bytes()[:4] == b"\x89PNG"
+        report = json.loads((out / f"{study}.json").read_text())
+        assert report["study"] == study and report["labels"].startswith(str(labels))
+    report = json.loads((out / "a.json").read_text())
+    assert report["total"]["agatston"] == pytest.approx(29.0)
+    seg, names, geom = read_seg_nrrd(out / "a.seg.nrrd")
+    assert names == ["LM", "LAD", "LCX", "RCA"]
+    assert int((seg == 2).sum()) == 40 and int((seg == 4).sum()) == 9
+    assert geom["spacing"] == pytest.approx((3.0, 0.5, 0.5)) and geom["origin"] == pytest.approx((-16, -16, 100))
+    assert not (out / "c.json").exists() and not (out / "d.json").exists()
+    assert not list(out.glob(".*"))  # no temporaries left
+
+
+def test_batch_resumes_and_retries_failed_studies(tmp_path, batch_input):
+    inp, labels = batch_input
+    out = tmp_path / "out"
+    run_batch(inp, out, labels_dir=labels)
+    stamp = {s: (out / f"{s}.json").stat().st_mtime_ns for s in ("a", "b")}
+    shutil.copy(tmp_path / "d.nrrd", labels / "d.nrrd")  # provide the missing label map
+    shutil.rmtree(inp / "c")
+    seen = []
+    rows = run_batch(inp, out, labels_dir=labels, progress=lambda f, m: seen.append(m))
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok"]
+    assert seen[0] == "2 of 3 studies already done (skipped)"
+    assert len(seen) == 2 and seen[1].startswith("d: ok")  # only d was processed
+    assert {s: (out / f"{s}.json").stat().st_mtime_ns for s in ("a", "b")} == stamp
+    assert rows[0]["agatston_total"] == pytest.approx(29.0)  # rebuilt from the existing JSON
+    assert rows[2]["agatston_total"] == pytest.approx(29.0)
+    assert cli_main(["batch", str(inp), "--out", str(out), "--labels-dir", str(labels), "--quiet"]) == 0
+    assert {s: (out / f"{s}.json").stat().st_mtime_ns for s in ("a", "b")} == stamp
+    run_batch(inp, out, labels_dir=labels, overwrite=True)
+    assert (out / "a.json").stat().st_mtime_ns != stamp["a"]
+
+
+def test_shards_partition_the_sorted_studies(tmp_path, batch_input, capsys):
+    inp, labels = batch_input
+    out = tmp_path / "out"
+    assert cli_main(["batch", str(inp), "--out", str(out), "--labels-dir", str(labels), "--shard", "1/2",
+                     "--quiet"]) == 1  # b ok, d fails
+    rows = _summary(out / "summary-shard-1-of-2.csv")
+    assert [r["study"] for r in rows] == ["b", "d"]
+    assert not (out / "summary.csv").exists() and not (out / "a.json").exists()
+    rows0 = run_batch(inp, out, labels_dir=labels, shard=(0, 2))
+    assert [r["study"] for r in rows0] == ["a", "c"]
+    capsys.readouterr()
+    for bad in ("2/2", "-1/2", "1", "a/b", "0/0"):
+        assert cli_main(["batch", str(inp), "--out", str(out), f"--shard={bad}"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "shard" in err
+
+
+def test_parse_shard_and_listing(tmp_path, batch_input):
+    inp, _ = batch_input
+    assert parse_shard("0/1") == (0, 1) and parse_shard("3/4") == (3, 4) and parse_shard(None) is None
+    with pytest.raises(InputError):
+        parse_shard("4/4")
+    assert [s.name for s in list_batch_studies(inp)] == ["a", "b", "c", "d"]
+    write_volume(np.zeros((2, 2, 2), np.int16), CTVolume(hu=np.zeros((2, 2, 2)), spacing=(1, 1, 1)), inp / "a.mha")
+    with pytest.raises(InputError, match="share the study name a"):
+        list_batch_studies(inp)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no studies"):
+        list_batch_studies(tmp_path / "empty")
+
+
+def test_two_workers_give_the_same_rows(tmp_path, batch_input):
+    inp, labels = batch_input
+    serial = run_batch(inp, tmp_path / "s", labels_dir=labels)
+    pooled = run_batch(inp, tmp_path / "p", workers=2, labels_dir=labels)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(pooled) == strip(serial)
+    assert (tmp_path / "p" / "a.seg.nrrd").is_file() and (tmp_path / "p" / "b.png").is_file()
+
+
+def test_ai_path_with_a_random_bundle(tmp_path):
+    try:
+        from CoronaryCalciumDINOLib.models.bundle import save_random_bundle
+        from CoronaryCalciumDINOLib.pipeline import run_pipeline  # noqa: F401
+    except ImportError:
+        pytest.skip("pipeline not available")
+    import torch
+
+    torch.set_num_threads(1)
+    bundle = save_random_bundle(tmp_path / "bundle")
+    inp = tmp_path / "in"
+    inp.mkdir()
+    _synthetic(inp, "a", tmp_path)
+    rows = run_batch(inp, tmp_path / "out", bundle=bundle, device="cpu")
+    assert rows[0]["status"] == "ok", rows[0]["error"]
+    report = json.loads((tmp_path / "out" / "a.json").read_text())
+    assert len(report["slices"]) == 6 and "model" in report
+    assert (tmp_path / "out" / "a.seg.nrrd").is_file() and (tmp_path / "out" / "a.png").is_file()
