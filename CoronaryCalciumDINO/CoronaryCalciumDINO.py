@@ -1,0 +1,693 @@
+"""CoronaryCalciumDINO: coronary artery calcium scoring on CT (Slicer scripted module).
+
+The module is thin: the widget collects parameters and shows results, the logic runs the
+library's pipeline (``CoronaryCalciumDINOLib.pipeline``) and writes its output with the
+scene glue (``CoronaryCalciumDINOLib.scene``), which is plain MRML code tested outside
+Slicer on the ``slicer-core`` package.
+
+Long work runs in a Python worker thread that touches no MRML node (it only sees a NumPy
+copy of the CT); a QTimer on the main thread polls its progress every 200 ms, drives the
+progress bar and writes the result into the scene when the thread ends. Cancel sets a
+flag the pipeline checks between stages and batches. (A thread rather than a subprocess:
+the pipeline spends its time in PyTorch / NumPy calls that release the GIL, the CT does
+not have to be written to disk, and the result comes back without serialisation.)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import threading
+from typing import Annotated, Optional
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+#: Python packages the pipeline needs beyond Slicer's own (torch comes from PyTorchUtils).
+REQUIREMENTS = ("timm>=1.0", "monai>=1.3")
+TORCH_REQUIREMENT = ">=2.2"
+
+
+def _lib():
+    """The library with the subpackages the module uses, imported on first use (keeps
+    module discovery fast; torch is imported only when the pipeline runs)."""
+    import CoronaryCalciumDINOLib
+    import CoronaryCalciumDINOLib.constants
+    import CoronaryCalciumDINOLib.errors
+    import CoronaryCalciumDINOLib.io
+    import CoronaryCalciumDINOLib.scene.attention
+    import CoronaryCalciumDINOLib.scene.edits
+    import CoronaryCalciumDINOLib.scene.logic
+    import CoronaryCalciumDINOLib.scene.segmentation
+    import CoronaryCalciumDINOLib.scene.table
+    import CoronaryCalciumDINOLib.scene.volume
+    import CoronaryCalciumDINOLib.scoring  # noqa: F401
+
+    return CoronaryCalciumDINOLib
+
+
+#
+# CoronaryCalciumDINO
+#
+
+
+class CoronaryCalciumDINO(ScriptedLoadableModule):
+    """Module description shown in Slicer."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Coronary Calcium DINO")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Cardiac")]
+        self.parent.dependencies = ["Segmentations", "Terminologies"]
+        self.parent.contributors = ["CoronaryCalciumDINO contributors"]
+        self.parent.helpText = _(
+            "Coronary artery calcium scoring on non-contrast CT: a self-supervised vision "
+            "transformer (DINO) picks calcified slices, a UNET segments calcium per artery "
+            "(LM, LAD, LCX, RCA), and Agatston / volume / mass scores are computed. "
+            "Correct the segments in Segment Editor; the scores follow your edits."
+        )
+        self.parent.acknowledgementText = _(
+            "Research use only; not a medical device. The default model is trained on "
+            "synthetic studies and has not been validated on patient data."
+        )
+        slicer.app.connect("startupCompleted()", self._loadTerminology)
+
+    def _loadTerminology(self):
+        """Register the calcification category/type used by the result segments."""
+        path = os.path.join(os.path.dirname(__file__), "Resources", "CoronaryCalciumDINO.term.json")
+        try:
+            slicer.modules.terminologies.logic().LoadTerminologyFromFile(path)
+        except AttributeError:  # Terminologies module not loaded (e.g. minimal launcher)
+            logging.warning("CoronaryCalciumDINO: terminology not loaded (no Terminologies module)")
+
+
+#
+# Parameters
+#
+
+
+@parameterNodeWrapper
+class CoronaryCalciumDINOParameterNode:
+    """Module parameters, saved with the scene."""
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    resultSegmentation: vtkMRMLSegmentationNode
+    useDefaultBundle: bool = True
+    bundlePath: str = ""
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    computeAttention: bool = True
+    showAttention: bool = False
+    attentionOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    attentionHead: int = 0
+    #: tube voltage; 0 = from the volume (DICOM) or 120 kVp
+    kvp: Annotated[float, WithinRange(0.0, 200.0)] = 0.0
+    #: mass calibration factor (mg HA/cm3 per HU); 0 = no mass
+    calibrationFactor: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
+    minAreaMm2: Annotated[float, WithinRange(0.0, 10.0)] = 1.0
+
+
+#
+# Widget
+#
+
+
+class CoronaryCalciumDINOWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The module panel: inputs, Compute/Cancel with progress, results and corrections."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._job = None
+        self._timer = qt.QTimer()
+        self._timer.setInterval(200)
+        self._timer.connect("timeout()", self._pollJob)
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/CoronaryCalciumDINO.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = CoronaryCalciumDINOLogic()
+        self.logic.onRescored = self._onRescored
+        self.ui.disclaimerLabel.text = _lib().constants.DISCLAIMER
+        self.ui.progressBar.setValue(0)
+        self.ui.cancelButton.enabled = False
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.computeButton.connect("clicked(bool)", self.onCompute)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.rescoreButton.connect("clicked(bool)", self.onRescore)
+        self.ui.correctButton.connect("clicked(bool)", self.onCorrect)
+        self.ui.showPlotButton.connect("clicked(bool)", self.onShowPlot)
+        self.ui.attentionHeadComboBox.connect("currentIndexChanged(int)", self.onAttentionHead)
+        self.ui.showAttentionCheckBox.connect("toggled(bool)", self.updateAttentionOverlay)
+        self.ui.attentionOpacitySlider.connect("valueChanged(double)", self.updateAttentionOverlay)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self._updateDeviceWarning)
+        self.ui.bundlePathLineEdit.connect("currentPathChanged(QString)", self.onBundlePath)
+
+        self.initializeParameterNode()
+        self._updateDeviceWarning()
+
+    def cleanup(self) -> None:
+        """Stop background work and remove every observer."""
+        self._timer.stop()
+        if self._job is not None:
+            self._job.cancel()
+        if self.logic is not None:
+            self.logic.closeSessions()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        if self._job is not None:
+            self._job.cancel()
+        self.logic.closeSessions()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first:
+                self._parameterNode.inputVolume = first
+
+    def setParameterNode(self, inputParameterNode: Optional[CoronaryCalciumDINOParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.ui.bundlePathLineEdit.currentPath = self._parameterNode.bundlePath
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self._updateButtons()
+
+    def _updateButtons(self, caller=None, event=None) -> None:
+        busy = self._job is not None
+        p = self._parameterNode
+        self.ui.computeButton.enabled = bool(p and p.inputVolume) and not busy
+        self.ui.cancelButton.enabled = busy
+        self.ui.rescoreButton.enabled = bool(p and p.inputVolume and p.resultSegmentation) and not busy
+        self.ui.correctButton.enabled = bool(p and p.resultSegmentation) and not busy
+        self.ui.bundlePathLineEdit.enabled = bool(p) and not p.useDefaultBundle
+
+    def _updateDeviceWarning(self, *args) -> None:
+        text = self.logic.deviceWarning(self.ui.deviceComboBox.currentText)
+        self.ui.deviceWarningLabel.text = text
+        self.ui.deviceWarningLabel.visible = bool(text)
+
+    def onBundlePath(self, path: str) -> None:
+        if self._parameterNode:
+            self._parameterNode.bundlePath = path
+
+    # -- compute
+
+    def onCompute(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Compute failed."), waitCursor=False):
+            if not self.logic.ensureDependencies(interactive=True):
+                return
+            self._job = self.logic.startCompute(
+                p.inputVolume,
+                bundlePath=None if p.useDefaultBundle else p.bundlePath,
+                device=p.device,
+                attention=p.computeAttention,
+                params=self.logic.scoringParams(p),
+            )
+            self.ui.progressBar.setValue(0)
+            self.ui.statusLabel.text = _("Starting...")
+            self._updateButtons()
+            self._timer.start()
+
+    def onCancel(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+            self.ui.statusLabel.text = _("Cancelling...")
+
+    def _pollJob(self) -> None:
+        job = self._job
+        if job is None:
+            self._timer.stop()
+            return
+        self.ui.progressBar.setValue(int(round(100 * job.fraction)))
+        self.ui.statusLabel.text = job.message
+        if job.is_alive():
+            return
+        self._timer.stop()
+        self._job = None
+        self._updateButtons()
+        if job.error is not None:
+            self.ui.progressBar.setValue(0)
+            message = str(job.error) if isinstance(job.error, _lib().errors.CCDinoError) else repr(job.error)
+            self.ui.statusLabel.text = message
+            if not isinstance(job.error, _lib().errors.Cancelled):
+                slicer.util.errorDisplay(_("Compute failed: ") + message)
+            return
+        with slicer.util.tryWithErrorDisplay(_("Writing the result failed."), waitCursor=True):
+            outcome = self.logic.finishCompute(job, on_conflict=self._askConflict)
+            self._parameterNode.resultSegmentation = outcome.segmentation_node
+            self._showOutcome(outcome)
+            kept = f" (kept your edits of {', '.join(outcome.kept)})" if outcome.kept else ""
+            self.ui.statusLabel.text = _("Done") + kept
+            self.ui.progressBar.setValue(100)
+
+    def _askConflict(self, edited):
+        """Ask whether to replace segments the user edited; default keeps them."""
+        replace = slicer.util.confirmYesNoDisplay(
+            _("You edited segment(s) {names}. Replace them with the new AI result?").format(names=", ".join(edited)),
+            windowTitle=_("Edited segments"),
+        )
+        return "replace" if replace else "keep"
+
+    def _showOutcome(self, outcome) -> None:
+        self.ui.resultsTableView.setMRMLTableNode(outcome.score_table_node)
+        self.logic.showTableInLayout(outcome.score_table_node)
+        self.ui.attentionHeadComboBox.clear()
+        maps = getattr(outcome.pipeline_result, "attention", None)
+        if maps is not None:
+            self.ui.attentionHeadComboBox.addItem(_("mean of heads"))
+            for h in range(1, maps.shape[0]):
+                self.ui.attentionHeadComboBox.addItem(_("head {n}").format(n=h))
+        self.updateAttentionOverlay()
+
+    def _onRescored(self, report) -> None:
+        p = self._parameterNode
+        if p and p.resultSegmentation:
+            table, _slices = self.logic.resultTables(p.resultSegmentation)
+            self.ui.resultsTableView.setMRMLTableNode(table)
+        self.ui.statusLabel.text = _("Rescored after your edit")
+
+    # -- results
+
+    def onRescore(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Rescoring failed."), waitCursor=True):
+            table = self.logic.rescore(p.resultSegmentation, p.inputVolume, self.logic.scoringParams(p))
+            self.ui.resultsTableView.setMRMLTableNode(table)
+            self.logic.showTableInLayout(table)
+            self.ui.statusLabel.text = _("Rescored")
+
+    def onCorrect(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Cannot open Segment Editor."), waitCursor=False):
+            self.logic.openSegmentEditor(p.resultSegmentation, p.inputVolume, self.logic.scoringParams(p).threshold_hu)
+
+    def onShowPlot(self) -> None:
+        p = self._parameterNode
+        if p and p.resultSegmentation:
+            self.logic.showPlotInLayout(p.resultSegmentation)
+
+    def onAttentionHead(self, index: int) -> None:
+        if index < 0 or not self._parameterNode:
+            return
+        self._parameterNode.attentionHead = index
+        with slicer.util.tryWithErrorDisplay(_("Cannot show attention."), waitCursor=False):
+            self.logic.selectAttentionHead(self._parameterNode.inputVolume, index)
+            self.updateAttentionOverlay()
+
+    def updateAttentionOverlay(self, *args) -> None:
+        p = self._parameterNode
+        if not p or not p.inputVolume:
+            return
+        self.logic.setAttentionOverlay(
+            p.inputVolume, self.ui.showAttentionCheckBox.checked, self.ui.attentionOpacitySlider.value
+        )
+
+
+#
+# Logic
+#
+
+
+class _ComputeJob:
+    """The pipeline on a NumPy copy of the CT in a worker thread (no MRML access)."""
+
+    def __init__(self, volumeNode, ct, run):
+        self.volumeNode = volumeNode
+        self.ct = ct
+        self.fraction = 0.0
+        self.message = _("Starting...")
+        self.result = None
+        self.error = None
+        self._cancel = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(run,), daemon=True)
+        self._thread.start()
+
+    def _progress(self, fraction, message):
+        self.fraction = float(fraction)
+        self.message = str(message)
+
+    def _run(self, run):
+        try:
+            self.result = run(self.ct, self._progress, self._cancel.is_set)
+        except Exception as exc:  # reported on the main thread
+            self.error = exc
+
+    def cancel(self):
+        self._cancel.set()
+
+    def is_alive(self):
+        return self._thread.is_alive()
+
+    def wait(self):
+        self._thread.join()
+
+
+class CoronaryCalciumDINOLogic(ScriptedLoadableModuleLogic):
+    """Compute, rescore and display; usable without the widget (tests, batch).
+
+    The scene work is done by ``CoronaryCalciumDINOLib.scene`` with ``slicer.mrmlScene``
+    passed explicitly.
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._sessions = {}  # segmentation node ID -> ResultSession
+        self._attention = {}  # volume node ID -> attention maps (heads + 1, z, y, x)
+        self.onRescored = None
+        # Segment edits are checked once the editing pauses (one check per paint stroke).
+        self._pendingChecks = []
+        self._editTimer = qt.QTimer()
+        self._editTimer.setSingleShot(True)
+        self._editTimer.setInterval(300)
+        self._editTimer.connect("timeout()", self.flushEditChecks)
+
+    def getParameterNode(self):
+        return CoronaryCalciumDINOParameterNode(super().getParameterNode())
+
+    # -- environment
+
+    @staticmethod
+    def missingPackages():
+        return [name for name in ("torch", "timm", "monai") if importlib.util.find_spec(name) is None]
+
+    def ensureDependencies(self, interactive: bool = True) -> bool:
+        """Install torch (through PyTorchUtils) then timm and monai, after asking once."""
+        missing = self.missingPackages()
+        if not missing:
+            return True
+        if interactive and not slicer.util.confirmOkCancelDisplay(
+            _("CoronaryCalciumDINO needs Python packages that are not installed yet: {names}. "
+              "Install them now? This downloads several hundred MB and may take minutes.").format(names=", ".join(missing)),
+            detailedText=_("PyTorch is installed by the PyTorch extension (it picks the build for your GPU); "
+                           "then: {reqs}.").format(reqs=", ".join(REQUIREMENTS)),
+        ):
+            return False
+        if "torch" in missing:
+            try:
+                import PyTorchUtils
+            except ModuleNotFoundError:
+                raise RuntimeError(_("This module needs the PyTorch extension: install it from the Extensions Manager.")) from None
+            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+            if not torchLogic.torchInstalled():
+                if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT) is None:
+                    raise RuntimeError(_("PyTorch could not be installed."))
+        packaging = getattr(slicer, "packaging", None)
+        if packaging is not None and hasattr(packaging, "pip_check"):
+            if not packaging.pip_check(list(REQUIREMENTS)):
+                packaging.pip_install(list(REQUIREMENTS))
+        else:
+            slicer.util.pip_install(list(REQUIREMENTS))
+        still = self.missingPackages()
+        if still:
+            raise RuntimeError(_("Missing Python packages after installation: {names}").format(names=", ".join(still)))
+        return True
+
+    @staticmethod
+    def deviceWarning(device: str) -> str:
+        """Warning text for the device choice ('' when none)."""
+        if importlib.util.find_spec("torch") is None:
+            return _("PyTorch is not installed yet; it will be installed on first Compute.")
+        import torch
+
+        if not torch.cuda.is_available():
+            if device == "cuda":
+                return _("No CUDA GPU found: Compute will fail with device 'cuda'. Use 'auto' or 'cpu'.")
+            return _("No GPU found: running on CPU (slower).")
+        return ""
+
+    def scoringParams(self, parameterNode):
+        """ScoringParams from the panel (kVp-adapted threshold, calibration, minimum area)."""
+        scoring = _lib().scoring
+        kvp = parameterNode.kvp or None
+        if kvp is None and parameterNode.inputVolume:
+            text = parameterNode.inputVolume.GetAttribute("CoronaryCalciumDINO.kVp")
+            kvp = float(text) if text else None
+        return scoring.params_for_kvp(
+            kvp,
+            calibration_factor=parameterNode.calibrationFactor or None,
+            min_area_mm2=parameterNode.minAreaMm2,
+        )
+
+    # -- compute
+
+    def startCompute(self, volumeNode, bundlePath=None, device="auto", attention=True, params=None, segmentFn=None):
+        """Start the pipeline in a worker thread; returns the job (poll ``fraction``/``message``)."""
+        scene_logic = _lib().scene.logic
+        if volumeNode is None:
+            raise ValueError(_("Select an input CT volume."))
+        ct = _lib().scene.volume.volume_node_to_ct(volumeNode)
+        params = scene_logic.scoring_params_for(volumeNode, params)
+
+        def run(ct, progress, cancel):
+            return scene_logic.run_segmentation(ct, bundlePath or None, device, params, attention, progress, cancel, segmentFn)
+
+        job = _ComputeJob(volumeNode, ct, run)
+        job.params = params
+        return job
+
+    def finishCompute(self, job, on_conflict="keep"):
+        """Write a finished job's result into the scene (main thread); returns the outcome."""
+        if job.error is not None:
+            raise job.error
+        scene_logic = _lib().scene.logic
+        volumeNode = job.volumeNode
+        existing = _lib().scene.segmentation.find_result_segmentation(slicer.mrmlScene, volumeNode)
+        session = self._sessions.get(existing.GetID()) if existing is not None else None
+        outcome = scene_logic.write_result(slicer.mrmlScene, volumeNode, job.ct, job.result, job.params, on_conflict, session)
+        if getattr(job.result, "attention", None) is not None:
+            self._attention[volumeNode.GetID()] = job.result.attention
+        self.openSession(outcome.segmentation_node, volumeNode, job.params)
+        return outcome
+
+    def compute(self, volumeNode, bundlePath=None, device="auto", attention=True, params=None, on_conflict="keep", segmentFn=None):
+        """Blocking compute (tests, batch): start, wait, write."""
+        job = self.startCompute(volumeNode, bundlePath, device, attention, params, segmentFn)
+        job.wait()
+        return self.finishCompute(job, on_conflict)
+
+    # -- edits and rescoring
+
+    def openSession(self, segmentationNode, volumeNode, params=None):
+        """Track user edits of a result segmentation and rescore automatically."""
+        key = segmentationNode.GetID()
+        if key not in self._sessions:
+            self._sessions[key] = _lib().scene.logic.ResultSession(
+                slicer.mrmlScene, volumeNode, segmentationNode, params, on_rescored=self._rescored, defer=self._deferEditCheck
+            )
+        return self._sessions[key]
+
+    def _deferEditCheck(self, check):
+        if check not in self._pendingChecks:
+            self._pendingChecks.append(check)
+        self._editTimer.start()  # restarts while edits keep coming
+
+    def flushEditChecks(self):
+        """Run the pending edit checks now (rescoring edited results)."""
+        self._editTimer.stop()
+        checks, self._pendingChecks = self._pendingChecks, []
+        for check in checks:
+            check()
+
+    def _rescored(self, report):
+        if self.onRescored is not None:
+            self.onRescored(report)
+
+    def closeSessions(self):
+        self._editTimer.stop()
+        self._pendingChecks = []
+        for session in self._sessions.values():
+            session.close()
+        self._sessions = {}
+        self._attention = {}
+
+    def rescore(self, segmentationNode, volumeNode, params=None):
+        """Score the current segments LM/LAD/LCX/RCA of any segmentation; returns the table node."""
+        scene_logic = _lib().scene.logic
+        scene_logic.rescore(segmentationNode, volumeNode, params)
+        table, _slices = scene_logic.result_tables(slicer.mrmlScene, segmentationNode)
+        return table
+
+    def resultTables(self, segmentationNode):
+        return _lib().scene.logic.result_tables(slicer.mrmlScene, segmentationNode)
+
+    # -- display
+
+    def showTableInLayout(self, tableNode):
+        if tableNode is None or slicer.app.layoutManager() is None:
+            return
+        layoutManager = slicer.app.layoutManager()
+        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
+        selection = slicer.app.applicationLogic().GetSelectionNode()
+        selection.SetActiveTableID(tableNode.GetID())
+        slicer.app.applicationLogic().PropagateTableSelection()
+
+    def showPlotInLayout(self, segmentationNode):
+        _table, slices = self.resultTables(segmentationNode)
+        if slices is None or slicer.app.layoutManager() is None:
+            return
+        chart = _lib().scene.table.ensure_probability_plot(slicer.mrmlScene, slices, segmentationNode.GetName())
+        slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotView)
+        slicer.app.applicationLogic().GetSelectionNode().SetActivePlotChartID(chart.GetID())
+        slicer.app.applicationLogic().PropagatePlotChartSelection()
+
+    def selectAttentionHead(self, volumeNode, head: int):
+        """Refill the attention volume with map ``head`` (0 = mean) of the last compute."""
+        maps = self._attention.get(volumeNode.GetID())
+        if maps is None:
+            return None
+        scene = _lib().scene
+        seg = scene.segmentation.find_result_segmentation(slicer.mrmlScene, volumeNode)
+        node = scene.logic.linked_attention_node(slicer.mrmlScene, seg) if seg is not None else None
+        return scene.attention.show_attention_head(slicer.mrmlScene, volumeNode, maps, head, node)
+
+    def setAttentionOverlay(self, volumeNode, show: bool, opacity: float):
+        scene = _lib().scene
+        seg = scene.segmentation.find_result_segmentation(slicer.mrmlScene, volumeNode)
+        node = scene.logic.linked_attention_node(slicer.mrmlScene, seg) if seg is not None else None
+        scene.attention.set_overlay(slicer.mrmlScene, volumeNode, node if show else None, opacity)
+
+    def openSegmentEditor(self, segmentationNode, volumeNode, thresholdHu: float = 130.0):
+        """Open Segment Editor on the result, painting limited to voxels >= the threshold."""
+        slicer.util.selectModule("SegmentEditor")
+        editorWidget = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        editorWidget.setSegmentationNode(segmentationNode)
+        if hasattr(editorWidget, "setSourceVolumeNode"):
+            editorWidget.setSourceVolumeNode(volumeNode)
+        else:  # Slicer < 5.2
+            editorWidget.setMasterVolumeNode(volumeNode)
+        editorNode = editorWidget.mrmlSegmentEditorNode()
+        editorNode.SetSourceVolumeIntensityMask(True)
+        editorNode.SetSourceVolumeIntensityMaskRange(float(thresholdHu), 1.0e5)
+
+
+#
+# Test
+#
+
+
+class CoronaryCalciumDINOTest(ScriptedLoadableModuleTest):
+    """The phantom scenario inside Slicer: compute, check, edit, rescore, compute again."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_compute_edit_rescore()
+
+    def _phantomPath(self):
+        """The phantom series of the source tree (searched upwards from this file and the
+        working folder), or the folder in the CCDINO_TEST_DATA environment variable."""
+        import unittest
+        from pathlib import Path
+
+        candidates = [Path(os.environ["CCDINO_TEST_DATA"])] if os.environ.get("CCDINO_TEST_DATA") else []
+        for start in (Path(__file__).resolve().parent, Path.cwd()):
+            candidates += [p / "Testing" / "Data" for p in (start, *start.parents)]
+        for data in candidates:
+            if (data / "qrm-phantom-canon").is_dir():
+                return str(data / "qrm-phantom-canon")
+        raise unittest.SkipTest("phantom data not found; set CCDINO_TEST_DATA to the Testing/Data folder")
+
+    def test_compute_edit_rescore(self):
+        import numpy as np
+
+        lib = _lib()
+        self.delayDisplay("Loading the phantom")
+        ct = lib.io.load_ct(self._phantomPath())
+        volume = lib.scene.volume.ct_to_volume_node(slicer.mrmlScene, ct, "phantom")
+
+        # Known labels: every voxel >= 130 HU, artery by image quadrant.
+        z, y, x = ct.shape
+        quadrant = np.zeros((y, x), np.uint8)
+        quadrant[: y // 2, : x // 2], quadrant[: y // 2, x // 2:] = 1, 2
+        quadrant[y // 2:, : x // 2], quadrant[y // 2:, x // 2:] = 3, 4
+        labels = np.where(ct.hu >= 130, quadrant[None], 0).astype(np.uint8)
+
+        class Known:
+            def __init__(self, ct, labels):
+                self.labels = labels
+                self.score = lib.scoring.score(ct.hu, labels, ct.spacing)
+                self.slice_probabilities = np.zeros(ct.shape[0], np.float32)
+                self.selected = np.zeros(ct.shape[0], bool)
+                self.attention = None
+
+        logic = CoronaryCalciumDINOLogic()
+        segmentFn = None
+        bundleDir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "Models", "ccdino-default")
+        if not (os.path.isfile(os.path.join(bundleDir, "manifest.json")) and not logic.missingPackages()):
+            segmentFn = lambda c: Known(c, labels)  # noqa: E731
+        self.delayDisplay("Compute")
+        outcome = logic.compute(volume, device="cpu", attention=False, segmentFn=segmentFn)
+        seg = outcome.segmentation_node
+        names = [seg.GetSegmentation().GetNthSegment(i).GetName() for i in range(seg.GetSegmentation().GetNumberOfSegments())]
+        self.assertEqual(names, list(lib.constants.ARTERIES))
+        aiLabels = np.asarray(outcome.pipeline_result.labels)
+        expected = lib.scoring.score(ct.hu, aiLabels, ct.spacing)
+        report = lib.scene.table.report_from_table(outcome.score_table_node)
+        self.assertAlmostEqual(report["total"]["agatston"], expected.total.agatston, places=9)
+
+        self.delayDisplay("Edit LAD (keep only its first slice) and check the automatic rescoring")
+        lad = aiLabels == 2
+        edited = np.zeros_like(lad)
+        if lad.any():
+            first = int(np.flatnonzero(lad.any(axis=(1, 2)))[0])
+            edited[first] = lad[first]
+        slicer.util.updateSegmentBinaryLabelmapFromArray(edited.astype(np.uint8), seg, "LAD", volume)
+        logic.flushEditChecks()  # the panel waits for a pause in editing; the test does not
+        self.assertIn("LAD", lib.scene.edits.edited_segments(seg))
+        editedLabels = np.where(lad & ~edited, 0, aiLabels)
+        expectedEdit = lib.scoring.score(ct.hu, editedLabels, ct.spacing)
+        report = lib.scene.table.report_from_table(outcome.score_table_node)
+        self.assertAlmostEqual(report["total"]["agatston"], expectedEdit.total.agatston, places=9)
+
+        self.delayDisplay("Compute again keeps the edited LAD")
+        again = logic.compute(volume, device="cpu", attention=False, segmentFn=segmentFn)
+        self.assertEqual(again.kept, ["LAD"])
+        ladNow = slicer.util.arrayFromSegmentBinaryLabelmap(seg, "LAD", volume) > 0
+        self.assertTrue(np.array_equal(ladNow, edited))
+        logic.closeSessions()
+        self.delayDisplay("Test passed")

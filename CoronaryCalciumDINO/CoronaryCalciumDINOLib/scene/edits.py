@@ -1,0 +1,220 @@
+"""Tracking of user edits on the result segmentation.
+
+When the AI writes a segment, the tracker stores a fingerprint of its voxels (segment tag
+``CoronaryCalciumDINO.AIHash``). The tracker observes the segmentation
+(``vtkSegmentation.SegmentModified`` and ``SourceRepresentationModified``) and its labelmap
+layers (``ModifiedEvent``: an editor replacing a segment by an empty labelmap sends nothing
+else). On each event the artery segments' voxels are compared with what was last seen; a
+segment whose content changed is marked as user-edited (tag
+``CoronaryCalciumDINO.UserEdited`` = ``1``; ``0`` again if it is back to exactly the AI's
+content) and ``on_edit`` is called. Colour, name or tag changes do not change the content,
+so they do not count as edits. The tags are saved with the scene.
+
+While the AI writes, call inside ``with tracker.suppressed():`` so its own changes are
+ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from typing import Callable, Iterable
+
+import numpy as np
+
+from ..constants import ARTERIES
+from .segmentation import read_segment_mask
+from .volume import array_from_oriented_image, reference_oriented_image
+
+EDITED_TAG = "CoronaryCalciumDINO.UserEdited"
+HASH_TAG = "CoronaryCalciumDINO.AIHash"
+
+
+def mask_fingerprint(mask: np.ndarray) -> str:
+    """Fingerprint of a boolean mask (shape and packed voxels)."""
+    digest = hashlib.sha1(repr(tuple(mask.shape)).encode())
+    digest.update(np.packbits(np.asarray(mask, dtype=bool), axis=None).tobytes())
+    return digest.hexdigest()
+
+
+def is_edited(segmentation_node, artery: str) -> bool:
+    segment = segmentation_node.GetSegmentation().GetSegment(artery)
+    return segment is not None and _get_tag(segment, EDITED_TAG) == "1"
+
+
+def edited_segments(segmentation_node) -> list[str]:
+    """Artery segments marked as user-edited."""
+    return [a for a in ARTERIES if is_edited(segmentation_node, a)]
+
+
+def flag_unrecorded_edits(segmentation_node, volume_node) -> list[str]:
+    """Flag segments whose content differs from the AI's fingerprint though no tracker saw
+    the change (e.g. edited after the scene was reloaded); returns all edited segments."""
+    segmentation = segmentation_node.GetSegmentation()
+    for artery in ARTERIES:
+        segment = segmentation.GetSegment(artery)
+        if segment is None or is_edited(segmentation_node, artery):
+            continue
+        stored = _get_tag(segment, HASH_TAG)
+        if stored is not None and stored != mask_fingerprint(read_segment_mask(segmentation_node, artery, volume_node)):
+            segment.SetTag(EDITED_TAG, "1")
+    return edited_segments(segmentation_node)
+
+
+def _get_tag(segment, key: str) -> str | None:
+    import vtk
+
+    value = vtk.reference("")
+    if segment.GetTag(key, value):
+        return str(value)
+    return None
+
+
+def _layer_consistent(image) -> bool:
+    """False while a labelmap is mid-update (its extent and scalars disagree)."""
+    scalars = image.GetPointData().GetScalars()
+    if scalars is None:
+        return image.GetNumberOfPoints() == 0
+    return scalars.GetNumberOfTuples() == image.GetNumberOfPoints()
+
+
+class EditTracker:
+    """Observe a result segmentation and flag segments whose content the user changed.
+
+    ``on_edit(names)`` is called with the artery names whose content just changed, after
+    their tags are set. Call :meth:`stop` to remove the observers.
+    """
+
+    def __init__(self, segmentation_node, volume_node, on_edit: Callable[[list[str]], None] | None = None,
+                 defer: Callable[[Callable[[], None]], None] | None = None):
+        self.segmentation_node = segmentation_node
+        self.volume_node = volume_node
+        self.on_edit = on_edit
+        #: ``defer(check)`` postpones the content check (e.g. a restartable Qt timer, so one
+        #: paint stroke is checked once); None checks at once.
+        self.defer = defer
+        self._suppress = 0
+        #: artery -> fingerprint of the content last seen
+        self._last: dict[str, str] = {}
+        self._observed = None
+        self._tags: list[int] = []
+        self._layer_tags: list = []
+        self.start()
+
+    def start(self) -> None:
+        import slicer
+
+        if self._tags:
+            return
+        self._observed = self.segmentation_node.GetSegmentation()
+        # Content changes arrive as SourceRepresentationModified, other changes of a segment
+        # as SegmentModified; both are checked against the stored content.
+        for event in (slicer.vtkSegmentation.SourceRepresentationModified, slicer.vtkSegmentation.SegmentModified):
+            self._tags.append(self._observed.AddObserver(event, self._on_segment_modified))
+        self._observe_layers()
+        with self.suppressed():
+            for artery in ARTERIES:
+                if self.segmentation_node.GetSegmentation().GetSegment(artery) is not None:
+                    self._last[artery] = mask_fingerprint(
+                        read_segment_mask(self.segmentation_node, artery, self.volume_node)
+                    )
+
+    def stop(self) -> None:
+        if self._observed is not None:
+            for tag in self._tags:
+                self._observed.RemoveObserver(tag)
+        self._tags = []
+        self._observed = None
+        self._unobserve_layers()
+
+    def _unobserve_layers(self) -> None:
+        for image, tag in self._layer_tags:
+            image.RemoveObserver(tag)
+        self._layer_tags = []
+
+    def _observe_layers(self) -> None:
+        """Observe the labelmap layers themselves: replacing a segment's content by an empty
+        labelmap modifies its layer without any vtkSegmentation event."""
+        import slicer
+        import vtk
+
+        self._unobserve_layers()
+        name = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+        seen = set()
+        for artery in ARTERIES:
+            segment = self.segmentation_node.GetSegmentation().GetSegment(artery)
+            layer = segment.GetRepresentation(name) if segment is not None else None
+            if layer is None or layer.GetAddressAsString("vtkObject") in seen:
+                continue
+            seen.add(layer.GetAddressAsString("vtkObject"))
+            self._layer_tags.append((layer, layer.AddObserver(vtk.vtkCommand.ModifiedEvent, self._on_segment_modified)))
+
+    @contextlib.contextmanager
+    def suppressed(self):
+        """Ignore segment changes made inside the block (the AI writing)."""
+        self._suppress += 1
+        try:
+            yield
+        finally:
+            self._suppress -= 1
+
+    def record_ai_content(self, arteries: Iterable[str]) -> None:
+        """Store the fingerprint of the segments the AI just wrote and clear their edit flag."""
+        with self.suppressed():
+            segmentation = self.segmentation_node.GetSegmentation()
+            for artery in arteries:
+                fingerprint = mask_fingerprint(read_segment_mask(self.segmentation_node, artery, self.volume_node))
+                segment = segmentation.GetSegment(artery)
+                segment.SetTag(HASH_TAG, fingerprint)
+                segment.SetTag(EDITED_TAG, "0")
+                self._last[artery] = fingerprint
+        self._observe_layers()
+
+    def refresh(self) -> list[str]:
+        """Compare the segments with their last seen content; return the arteries that changed.
+
+        A changed segment is flagged as user-edited unless its content is back to exactly
+        what the AI wrote. A segment without an AI fingerprint counts as edited.
+        """
+        import slicer
+
+        changed = []
+        segmentation = self.segmentation_node.GetSegmentation()
+        name = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+        reference = reference_oriented_image(self.volume_node)
+        layers: dict[str, np.ndarray] = {}  # each shared layer is resampled once
+        with self.suppressed():
+            for artery in ARTERIES:
+                segment = segmentation.GetSegment(artery)
+                if segment is None or segment.GetRepresentation(name) is None:
+                    continue
+                layer = segment.GetRepresentation(name)
+                key = layer.GetAddressAsString("vtkObject")
+                if key not in layers:
+                    layers[key] = array_from_oriented_image(layer, reference)
+                fingerprint = mask_fingerprint(layers[key] == segment.GetLabelValue())
+                if self._last.get(artery) == fingerprint:
+                    continue
+                self._last[artery] = fingerprint
+                changed.append(artery)
+                segment.SetTag(EDITED_TAG, "0" if _get_tag(segment, HASH_TAG) == fingerprint else "1")
+        return changed
+
+    def _on_segment_modified(self, caller=None, event=None) -> None:
+        if self._suppress:
+            return
+        if self.defer is not None:
+            self.defer(self._check)
+        else:
+            self._check()
+
+    def _check(self) -> None:
+        if self._tags == [] or self._suppress:
+            return  # stopped meanwhile, or the AI is writing
+        if not all(_layer_consistent(image) for image, _ in self._layer_tags):
+            return  # a layer is being reallocated; its final Modified event follows
+        # Segments may share one labelmap, so one event can stand for several segments.
+        changed = self.refresh()
+        self._observe_layers()
+        if changed and self.on_edit is not None:
+            self.on_edit(changed)

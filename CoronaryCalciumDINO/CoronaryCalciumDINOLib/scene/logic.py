@@ -1,0 +1,297 @@
+"""Compute and rescore on an MRML scene (the logic behind the Slicer module).
+
+Everything takes the scene (or nodes) explicitly and uses no Qt and no ``slicer.mrmlScene``
+global, so the same code runs inside Slicer, in ``PythonSlicer`` and on the ``slicer-core``
+PyPI package. :func:`create_core_scene` builds a scene with the module logics the glue
+needs when there is no Slicer application (tests, headless scripts).
+
+Outputs of :func:`compute` for a CT volume node named ``V``:
+
+* segmentation ``V calcium`` (segments LM, LAD, LCX, RCA; one node per CT, reused by later
+  runs; placed under the CT's study in subject hierarchy),
+* table ``V calcium scores`` (see :mod:`.table`),
+* table ``V slice probabilities`` and plot chart ``V slice probability``,
+* scalar volume ``V attention`` when attention maps were computed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Union
+
+import numpy as np
+
+from ..constants import ARTERIES
+from ..errors import InputError
+from ..scoring import ScoringParams, params_for_kvp, score
+from . import attention as attention_glue
+from . import table as table_glue
+from .edits import EditTracker, edited_segments, flag_unrecorded_edits
+from .segmentation import create_result_segmentation, ensure_artery_segments, find_result_segmentation, place_in_hierarchy, read_labels, write_labels
+from .volume import volume_node_to_ct
+
+#: Node attribute linking a result segmentation to its score / slice tables.
+SCORE_TABLE_REF = "CoronaryCalciumDINO.ScoreTable"
+SLICE_TABLE_REF = "CoronaryCalciumDINO.SliceTable"
+ATTENTION_REF = "CoronaryCalciumDINO.Attention"
+
+#: What to do with user-edited segments when computing again: "keep", "replace", or a
+#: callable(list of edited artery names) -> "keep" | "replace" | iterable of names to replace.
+ConflictPolicy = Union[str, Callable[[list], object]]
+
+
+@dataclass
+class CoreScene:
+    """A scene with the module logics registered on an application logic (no Qt)."""
+
+    scene: object
+    app_logic: object
+    segmentations_logic: object
+    subject_hierarchy_logic: object
+    terminologies_logic: object
+
+
+def create_core_scene() -> CoreScene:
+    """A vtkMRMLScene with Colors, Terminologies, Segmentations and Subject hierarchy logics."""
+    import slicer
+
+    scene = slicer.vtkMRMLScene()
+    app = slicer.vtkSlicerApplicationLogic()
+    app.SetMRMLScene(scene)
+    app.GetColorLogic().SetMRMLScene(scene)
+    logics = {}
+    for key, cls in (
+        ("Terminologies", slicer.vtkSlicerTerminologiesModuleLogic),
+        ("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
+        ("SubjectHierarchy", slicer.vtkSlicerSubjectHierarchyModuleLogic),
+    ):
+        logic = cls()
+        logic.SetMRMLScene(scene)
+        logic.SetMRMLApplicationLogic(app)
+        app.SetModuleLogic(key, logic)
+        logics[key] = logic
+    return CoreScene(scene, app, logics["Segmentations"], logics["SubjectHierarchy"], logics["Terminologies"])
+
+
+@dataclass
+class ComputeOutcome:
+    """What :func:`compute` wrote and decided."""
+
+    segmentation_node: object
+    score_table_node: object
+    slice_table_node: object | None
+    attention_node: object | None
+    report: dict
+    #: edited segments that were kept (not overwritten by the AI)
+    kept: list[str] = field(default_factory=list)
+    #: segments the AI wrote in this run
+    written: list[str] = field(default_factory=list)
+    pipeline_result: object | None = None
+
+
+def scoring_params_for(volume_node, params: ScoringParams | None) -> ScoringParams:
+    """``params`` if given, else the kVp-adapted parameters from the volume's kVp attribute."""
+    if params is not None:
+        return params
+    text = volume_node.GetAttribute("CoronaryCalciumDINO.kVp")
+    return params_for_kvp(float(text)) if text else ScoringParams()
+
+
+def _linked(scene, node, attribute: str):
+    node_id = node.GetAttribute(attribute)
+    return scene.GetNodeByID(node_id) if node_id else None
+
+
+def _resolve_conflict(policy: ConflictPolicy, edited: list[str]) -> set[str]:
+    """Names of edited segments to replace."""
+    if not edited:
+        return set()
+    decision = policy(list(edited)) if callable(policy) else policy
+    if decision == "keep" or decision is None or decision is False:
+        return set()
+    if decision == "replace" or decision is True:
+        return set(edited)
+    if isinstance(decision, str):
+        raise InputError(f"on_conflict must be 'keep', 'replace' or a callable, got {decision!r}")
+    chosen = set(decision)
+    unknown = chosen - set(edited)
+    if unknown:
+        raise InputError(f"cannot replace {', '.join(sorted(unknown))}: not an edited segment")
+    return chosen
+
+
+class ResultSession:
+    """The result nodes of one CT volume plus the edit tracker that rescores on edits.
+
+    ``on_rescored(report)`` is called after each automatic rescoring (e.g. to refresh a
+    view); ``auto_rescore=False`` only flags edits; ``defer`` postpones the edit check
+    (see :class:`~.edits.EditTracker`).
+    """
+
+    def __init__(self, scene, volume_node, segmentation_node, params: ScoringParams | None = None,
+                 auto_rescore: bool = True, on_rescored: Callable[[dict], None] | None = None,
+                 defer: Callable[[Callable[[], None]], None] | None = None):
+        self.scene = scene
+        self.volume_node = volume_node
+        self.segmentation_node = segmentation_node
+        self.params = params
+        self.auto_rescore = auto_rescore
+        self.on_rescored = on_rescored
+        self.last_error: Exception | None = None
+        self.tracker = EditTracker(segmentation_node, volume_node, on_edit=self._on_edit, defer=defer)
+
+    def _on_edit(self, arteries: list[str]) -> None:
+        if not self.auto_rescore:
+            return
+        try:
+            report = rescore(self.segmentation_node, self.volume_node, self.params)
+            self.last_error = None
+        except InputError as exc:  # e.g. a segment was deleted: keep the last table
+            self.last_error = exc
+            return
+        if self.on_rescored is not None:
+            self.on_rescored(report)
+
+    def close(self) -> None:
+        """Remove the observers (call on module cleanup or scene close)."""
+        self.tracker.stop()
+
+
+def compute(
+    scene,
+    volume_node,
+    bundle=None,
+    device: str = "auto",
+    progress: Callable[[float, str], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    params: ScoringParams | None = None,
+    attention: bool = True,
+    on_conflict: ConflictPolicy = "keep",
+    segment_fn: Callable | None = None,
+    session: ResultSession | None = None,
+) -> ComputeOutcome:
+    """Run the pipeline on ``volume_node`` and write segmentation, tables and attention.
+
+    ``bundle``: a loaded ModelBundle, a bundle path, or None for the default bundle.
+    ``segment_fn(ct) -> PipelineResult-like`` replaces the pipeline (tests, other models).
+    Segments marked as user-edited are kept unless ``on_conflict`` says otherwise; the
+    other artery segments are replaced. The score table always reflects the segments
+    as they are after writing (kept edits included). Pass the volume's ``session`` (if
+    one is open) so that the AI's own writing is not taken for a user edit.
+    """
+    params = scoring_params_for(volume_node, params)
+    ct = volume_node_to_ct(volume_node)
+    result = run_segmentation(ct, bundle, device, params, attention, progress, cancel, segment_fn)
+    return write_result(scene, volume_node, ct, result, params, on_conflict, session)
+
+
+def run_segmentation(ct, bundle=None, device="auto", params=None, attention=True, progress=None, cancel=None, segment_fn=None):
+    """The pipeline (or ``segment_fn``) on a CTVolume; touches no MRML node (thread-safe)."""
+    if segment_fn is not None:
+        return segment_fn(ct)
+    from ..pipeline import run_pipeline
+
+    return run_pipeline(ct, bundle, device=device, params=params, attention=attention, progress=progress, cancel=cancel)
+
+
+def write_result(scene, volume_node, ct, result, params: ScoringParams | None = None,
+                 on_conflict: ConflictPolicy = "keep", session: ResultSession | None = None) -> ComputeOutcome:
+    """Write a pipeline result for ``volume_node`` into the scene (main thread only).
+
+    See :func:`compute` for what is written and how edited segments are handled.
+    """
+    params = scoring_params_for(volume_node, params)
+    labels = np.asarray(result.labels)
+    if labels.shape != ct.shape:
+        raise InputError(f"pipeline labels {labels.shape} do not match the CT grid {ct.shape}")
+
+    seg = find_result_segmentation(scene, volume_node)
+    if seg is None:
+        seg = create_result_segmentation(scene, volume_node)
+        kept: list[str] = []
+    else:
+        ensure_artery_segments(seg)
+        edited = flag_unrecorded_edits(seg, volume_node)
+        replace = _resolve_conflict(on_conflict, edited)
+        kept = [a for a in edited if a not in replace]
+    to_write = [a for a in ARTERIES if a not in kept]
+
+    own_tracker = session is None or session.segmentation_node is not seg
+    tracker = EditTracker(seg, volume_node) if own_tracker else session.tracker
+    try:
+        with tracker.suppressed():
+            write_labels(seg, labels, volume_node, to_write)
+        tracker.record_ai_content(to_write)
+    finally:
+        if own_tracker:
+            tracker.stop()
+
+    score_table = _linked(scene, seg, SCORE_TABLE_REF)
+    if score_table is None:
+        score_table = table_glue.new_table(scene, f"{seg.GetName()} scores")
+        seg.SetAttribute(SCORE_TABLE_REF, score_table.GetID())
+        place_in_hierarchy(scene, score_table, volume_node)
+    extra = result.report_extra() if hasattr(result, "report_extra") else {}
+    if kept:
+        current, warnings = read_labels(seg, volume_node)
+        score_result = score(ct.hu, current, ct.spacing, params)
+        extra["kept_user_edits"] = list(kept)
+    else:
+        score_result, warnings = result.score, []
+    report = table_glue.update_score_table(score_table, score_result, volume_node.GetName(), warnings=list(ct.warnings) + warnings, **extra)
+
+    slice_table = None
+    probabilities = getattr(result, "slice_probabilities", None)
+    if probabilities is not None:
+        slice_table = _linked(scene, seg, SLICE_TABLE_REF)
+        if slice_table is None:
+            slice_table = table_glue.new_table(scene, f"{volume_node.GetName()} slice probabilities")
+            seg.SetAttribute(SLICE_TABLE_REF, slice_table.GetID())
+            place_in_hierarchy(scene, slice_table, volume_node)
+        table_glue.update_slice_table(slice_table, probabilities, result.selected)
+        table_glue.ensure_probability_plot(scene, slice_table, volume_node.GetName())
+
+    attention_node = None
+    maps = getattr(result, "attention", None)
+    if maps is not None:
+        attention_node = attention_glue.show_attention_head(scene, volume_node, maps, 0, _linked(scene, seg, ATTENTION_REF))
+        seg.SetAttribute(ATTENTION_REF, attention_node.GetID())
+        place_in_hierarchy(scene, attention_node, volume_node)
+
+    return ComputeOutcome(seg, score_table, slice_table, attention_node, report, kept, to_write, result)
+
+
+def rescore(segmentation_node, volume_node, params: ScoringParams | None = None, table_node=None) -> dict:
+    """Score the CURRENT artery segments of any segmentation (by name) and update its table.
+
+    Works on AI results and on hand-made segmentations alike; the segments LM, LAD, LCX
+    and RCA must all exist (InputError naming the missing ones otherwise). The table is
+    ``table_node``, else the one linked to the segmentation, else a new one.
+    """
+    scene = volume_node.GetScene()
+    params = scoring_params_for(volume_node, params)
+    ct = volume_node_to_ct(volume_node)
+    labels, warnings = read_labels(segmentation_node, volume_node)
+    result = score(ct.hu, labels, ct.spacing, params)
+    if table_node is None:
+        table_node = _linked(scene, segmentation_node, SCORE_TABLE_REF)
+    if table_node is None:
+        table_node = table_glue.new_table(scene, f"{segmentation_node.GetName()} scores")
+        segmentation_node.SetAttribute(SCORE_TABLE_REF, table_node.GetID())
+        place_in_hierarchy(scene, table_node, volume_node)
+    previous = table_glue.report_from_table(table_node)
+    extra = {k: previous[k] for k in ("slices", "model") if k in previous}
+    return table_glue.update_score_table(
+        table_node, result, volume_node.GetName(), warnings=list(ct.warnings) + warnings,
+        rescored=True, user_edited=edited_segments(segmentation_node), **extra,
+    )
+
+
+def result_tables(scene, segmentation_node) -> tuple[object | None, object | None]:
+    """(score table, slice table) linked to a result segmentation."""
+    return _linked(scene, segmentation_node, SCORE_TABLE_REF), _linked(scene, segmentation_node, SLICE_TABLE_REF)
+
+
+def linked_attention_node(scene, segmentation_node):
+    return _linked(scene, segmentation_node, ATTENTION_REF)
+

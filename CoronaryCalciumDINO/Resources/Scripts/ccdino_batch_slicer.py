@@ -1,0 +1,111 @@
+"""Headless batch scoring inside 3D Slicer.
+
+    Slicer --no-splash --no-main-window --python-script ccdino_batch_slicer.py \
+        --input STUDIES_DIR --out OUT_DIR [--device auto|cpu|cuda] [--bundle PATH]
+        [--labels-dir DIR] [--shard I/N] [--overwrite] [--kvp auto|N]
+        [--install-dependencies]
+
+Scores every study of STUDIES_DIR with the library's batch runner
+(``CoronaryCalciumDINOLib.batch.run_batch``): per study OUT/<study>.seg.nrrd, .png and
+.json, and OUT/summary.csv. Nothing asks questions: missing Python packages are an error
+unless ``--install-dependencies`` is given. Exit status: 0 all studies scored, 1 some
+studies failed (see the summary), 2 bad arguments or missing dependencies.
+
+The script also runs with any Python that has the library's dependencies (e.g.
+``PythonSlicer``), since it needs no Slicer scene.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import sys
+
+MODULE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="ccdino_batch_slicer.py", description="CoronaryCalciumDINO batch scoring (headless Slicer)")
+    p.add_argument("--input", required=True, help="folder of studies (DICOM sub-folders or NIfTI/NRRD/MHA files)")
+    p.add_argument("--out", required=True, help="output folder (created if needed)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--bundle", default=None, help="model bundle folder or manifest (default: the module's bundle)")
+    p.add_argument("--labels-dir", default=None, help="score these label maps instead of running the AI")
+    p.add_argument("--shard", default=None, metavar="I/N", help="process studies I, I+N, ... only")
+    p.add_argument("--overwrite", action="store_true", help="process studies again even when their JSON exists")
+    p.add_argument("--kvp", default=None, metavar="auto|N",
+                   help="tube voltage for the kVp-adapted threshold: 'auto' (from DICOM) or a number; default: classic 120 kVp")
+    p.add_argument("--install-dependencies", action="store_true", help="pip-install missing packages (torch via PyTorchUtils in Slicer)")
+    return p.parse_args(argv)
+
+
+def missing_packages(need_ai: bool):
+    names = ["numpy", "scipy", "SimpleITK", "pydicom", "nrrd"] + (["torch", "timm", "monai"] if need_ai else [])
+    return [n for n in names if importlib.util.find_spec(n) is None]
+
+
+def install_dependencies(missing):
+    """Install missing packages non-interactively (inside Slicer only)."""
+    import slicer  # noqa: F401 - only inside Slicer
+
+    if "torch" in missing:
+        import PyTorchUtils
+
+        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=">=2.2") is None:
+            raise RuntimeError("PyTorch could not be installed")
+    pip_names = {"timm": "timm>=1.0", "monai": "monai>=1.3", "nrrd": "pynrrd", "pydicom": "pydicom"}
+    wanted = [pip_names[m] for m in missing if m in pip_names]
+    if wanted:
+        slicer.util.pip_install(wanted)
+
+
+def main(argv) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:  # argparse: bad arguments or --help
+        return 0 if not exc.code else 2
+    if MODULE_DIR not in sys.path:
+        sys.path.insert(0, MODULE_DIR)
+    missing = missing_packages(need_ai=args.labels_dir is None)
+    if missing:
+        if not args.install_dependencies:
+            print(f"ccdino: missing Python packages: {', '.join(missing)} "
+                  "(open the module once in Slicer and press Compute, or pass --install-dependencies)", file=sys.stderr)
+            return 2
+        try:
+            install_dependencies(missing)
+        except Exception as exc:  # noqa: BLE001 - reported as one line
+            print(f"ccdino: installing dependencies failed: {exc}", file=sys.stderr)
+            return 2
+
+    from CoronaryCalciumDINOLib.batch import parse_shard, run_batch, summary_name
+    from CoronaryCalciumDINOLib.errors import CCDinoError
+
+    def progress(fraction, message):
+        print(f"[{100 * fraction:5.1f}%] {message}", file=sys.stderr, flush=True)
+
+    kvp = args.kvp
+    try:
+        if kvp is not None and str(kvp).lower() != "auto":
+            kvp = float(kvp)
+        rows = run_batch(
+            args.input, args.out, workers=1, shard=parse_shard(args.shard), device=args.device,
+            bundle=args.bundle, labels_dir=args.labels_dir, progress=progress, overwrite=args.overwrite,
+            scoring={"kvp": kvp},
+        )
+    except (CCDinoError, ValueError) as exc:
+        print(f"ccdino: {exc}", file=sys.stderr)
+        return 2
+    failed = [r for r in rows if r["status"] != "ok"]
+    print(f"{len(rows) - len(failed)} of {len(rows)} studies scored; summary: "
+          f"{os.path.join(args.out, summary_name(parse_shard(args.shard)))}")
+    for r in failed:
+        print(f"ccdino: study {r['study']} failed: {r['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
