@@ -27,18 +27,17 @@ MODULE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__f
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="ccdino_batch_slicer.py", description="CoronaryCalciumDINO batch scoring (headless Slicer)")
+    """The script's own options; everything else goes to ``ccdino batch`` unchanged."""
+    p = argparse.ArgumentParser(
+        prog="ccdino_batch_slicer.py",
+        description="CoronaryCalciumDINO batch scoring (headless Slicer). Options other than "
+        "these are those of 'ccdino batch' (--device, --bundle, --shard, --overwrite, --kvp, ...).",
+    )
     p.add_argument("--input", required=True, help="folder of studies (DICOM sub-folders or NIfTI/NRRD/MHA files)")
     p.add_argument("--out", required=True, help="output folder (created if needed)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--bundle", default=None, help="model bundle folder or manifest (default: the module's bundle)")
     p.add_argument("--labels-dir", default=None, help="score these label maps instead of running the AI")
-    p.add_argument("--shard", default=None, metavar="I/N", help="process studies I, I+N, ... only")
-    p.add_argument("--overwrite", action="store_true", help="process studies again even when their JSON exists")
-    p.add_argument("--kvp", default=None, metavar="auto|N",
-                   help="tube voltage for the kVp-adapted threshold: 'auto' (from DICOM) or a number; default: classic 120 kVp")
     p.add_argument("--install-dependencies", action="store_true", help="pip-install missing packages (torch via PyTorchUtils in Slicer)")
-    return p.parse_args(argv)
+    return p.parse_known_args(argv)
 
 
 def missing_packages(need_ai: bool):
@@ -64,7 +63,7 @@ def install_dependencies(missing):
 def main(argv) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        args = parse_args(argv)
+        args, batch_options = parse_args(argv)
     except SystemExit as exc:  # argparse: bad arguments or --help
         return 0 if not exc.code else 2
     if MODULE_DIR not in sys.path:
@@ -81,30 +80,12 @@ def main(argv) -> int:
             print(f"ccdino: installing dependencies failed: {exc}", file=sys.stderr)
             return 2
 
-    from CoronaryCalciumDINOLib.batch import parse_shard, run_batch, summary_name
-    from CoronaryCalciumDINOLib.errors import CCDinoError
+    from CoronaryCalciumDINOLib.cli import main as ccdino
 
-    def progress(fraction, message):
-        print(f"[{100 * fraction:5.1f}%] {message}", file=sys.stderr, flush=True)
-
-    kvp = args.kvp
-    try:
-        if kvp is not None and str(kvp).lower() != "auto":
-            kvp = float(kvp)
-        rows = run_batch(
-            args.input, args.out, workers=1, shard=parse_shard(args.shard), device=args.device,
-            bundle=args.bundle, labels_dir=args.labels_dir, progress=progress, overwrite=args.overwrite,
-            scoring={"kvp": kvp},
-        )
-    except (CCDinoError, ValueError) as exc:
-        print(f"ccdino: {exc}", file=sys.stderr)
-        return 2
-    failed = [r for r in rows if r["status"] != "ok"]
-    print(f"{len(rows) - len(failed)} of {len(rows)} studies scored; summary: "
-          f"{os.path.join(args.out, summary_name(parse_shard(args.shard)))}")
-    for r in failed:
-        print(f"ccdino: study {r['study']} failed: {r['error']}", file=sys.stderr)
-    return 1 if failed else 0
+    command = ["batch", args.input, "--out", args.out, *batch_options]
+    if args.labels_dir:
+        command += ["--labels-dir", args.labels_dir]
+    return ccdino(command)
 
 
 if __name__ == "__main__":
