@@ -1,0 +1,3 @@
+"""Synthetic non-contrast cardiac CT studies with per-artery calcium labels."""
+
+from .generator import SynthResult, generate_study, render_study, study_id, write_studies  # noqa: F401

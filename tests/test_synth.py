@@ -1,0 +1,261 @@
+"""Tests of the synthetic cardiac CT generator (``ccdino synth``) and the example sheet.
+
+Expected values come from the specification of the generator (geometry ranges), from
+measurements on real non-contrast cardiac CT (HU of lung, fat and blood; see
+Testing/Data/real-cardiac-ct-slices/README.md) and from the scoring definition (labels
+are calcium voxels >= 130 HU).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from CoronaryCalciumDINOLib.constants import ARTERIES, ARTERY_TO_LABEL
+from CoronaryCalciumDINOLib.data.studies import list_studies, load_study, write_study
+from CoronaryCalciumDINOLib.errors import InputError
+from CoronaryCalciumDINOLib.scoring import score
+from CoronaryCalciumDINOLib.synth import generate_study, render_study, study_id
+from CoronaryCalciumDINOLib.synth.scanner import psf_sigmas
+
+SMALL = {"matrix": 128}  # same anatomy and field of view, 4x coarser pixels
+
+
+@pytest.fixture(scope="module")
+def full():
+    """One full-size study (512 x 512) with plaques, keeping the noise-free volumes."""
+    return render_study(3, plaques=True, keep_clean=True)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    """Sixteen small studies (default slice count, 128 x 128) with plaques forced."""
+    return [render_study(s, plaques=True, **SMALL) for s in range(100, 116)]
+
+
+def test_same_seed_gives_identical_arrays():
+    a = generate_study(7, matrix=96, n_slices=12)
+    b = generate_study(7, matrix=96, n_slices=12)
+    c = generate_study(8, matrix=96, n_slices=12)
+    assert np.array_equal(a.ct.hu, b.ct.hu)
+    assert np.array_equal(a.labels, b.labels)
+    assert np.array_equal(a.heart, b.heart)
+    assert a.ct.spacing == b.ct.spacing and a.ct.origin == b.ct.origin
+    assert a.meta["params"] == b.meta["params"]
+    assert not np.array_equal(a.ct.hu, c.ct.hu)
+    assert a.id == study_id(7) == "synth-000007"
+
+
+def test_full_size_geometry_and_metadata(full):
+    st = full.study
+    nz, ny, nx = st.ct.shape
+    assert (ny, nx) == (512, 512)
+    assert 40 <= nz <= 80
+    dz, dy, dx = st.ct.spacing
+    assert dy == dx and 0.4 <= dx <= 0.8
+    thickness = st.meta["params"]["slice_thickness_mm"]
+    assert (dz, thickness) in {(2.5, 2.5), (3.0, 3.0), (1.5, 3.0)}
+    assert np.allclose(st.ct.direction, np.eye(3))
+    assert st.ct.kvp == 120 and st.meta["kvp"] == 120 and st.meta["source"] == "synthetic"
+    assert st.meta["seed"] == 3 and st.id == "synth-000003"
+    assert st.ct.hu.dtype == np.float32 and np.array_equal(st.ct.hu, np.rint(st.ct.hu))
+    assert st.ct.hu.min() >= -1024
+    assert set(np.unique(st.labels)) <= {0, 1, 2, 3, 4}
+    assert set(st.meta["centrelines"]) == set(ARTERIES)
+    for name in ARTERIES:
+        pts = np.asarray(st.meta["centrelines"][name])
+        assert pts.ndim == 2 and pts.shape[1] == 3 and len(pts) >= 3
+        r = np.asarray(st.meta["centreline_radius_mm"][name])
+        assert np.all((r >= 0.5) & (r <= 2.1))  # lumen diameter about 1-4 mm
+        assert r[0] >= r[-1]  # tapering
+    json.dumps(st.meta)  # JSON-ready
+
+
+@pytest.mark.parametrize("seed", range(20, 40))
+def test_sampled_geometry_within_spec(seed):
+    st = generate_study(seed, matrix=32)  # geometry parameters do not depend on the matrix
+    p = st.meta["params"]
+    assert 0.4 * 512 <= p["scanner"]["fov_mm"] <= 0.8 * 512
+    assert (p["slice_spacing_mm"], p["slice_thickness_mm"]) in {(2.5, 2.5), (3.0, 3.0), (1.5, 3.0)}
+    assert 40 <= st.ct.shape[0] <= 80
+    assert 10 <= p["noise_sd_hu"] <= 40
+    assert 0 <= p["anatomy"]["heart_elevation_deg"] <= 90
+    # The heart mask lies inside the volume and is not cut at the top (aortic root level).
+    assert st.heart.any()
+    assert not st.heart[-1].any()
+
+
+def test_overrides_and_bad_options():
+    st = generate_study(5, matrix=64, n_slices=10, spacing=2.0, noise_sd=12.0)
+    assert st.ct.shape == (10, 64, 64) and st.ct.spacing[0] == 2.0
+    assert st.meta["params"]["noise_sd_hu"] == 12.0
+    st = generate_study(5, matrix=64, slices_range=(20, 22))
+    assert 20 <= st.ct.shape[0] <= 22
+    with pytest.raises(InputError):
+        generate_study(5, colour="red")
+    with pytest.raises(InputError):
+        generate_study(5, matrix=8)
+
+
+def test_streaks_touch_only_slices_through_their_sources():
+    on = render_study(9, matrix=96, n_slices=12, streaks=True)
+    off = render_study(9, matrix=96, n_slices=12, streaks=False)
+    touched = on.study.meta["params"]["streak_slices"]
+    assert touched >= 1 and off.study.meta["params"]["streak_slices"] == 0
+    changed = np.flatnonzero(np.any(on.study.ct.hu != off.study.ct.hu, axis=(1, 2)))
+    # Each source touches the slices within 0.6 x thickness of it: at most 3 per source here.
+    assert 1 <= len(changed) <= touched
+
+
+def test_psf_combines_point_spread_pixel_and_slice_profile():
+    # FWHM 0.8 mm -> sigma 0.8 / 2.3548 = 0.3397; pixel 0.6 mm box -> variance 0.03.
+    s_xy, s_z = psf_sigmas(0.6, 3.0, 0.8)
+    assert s_xy == pytest.approx(np.sqrt(0.3397**2 + 0.03), rel=1e-3)
+    assert s_z == pytest.approx(3.0 / 2.3548, rel=1e-3)
+
+
+def test_labels_only_on_calcium_near_their_artery(full, batch):
+    for res in [full] + batch:
+        st = res.study
+        lab = st.labels
+        assert np.all(st.ct.hu[lab > 0] >= 130)
+        zz, yy, xx = np.nonzero(lab)
+        if not len(zz):
+            continue
+        g = res.grid
+        pts = np.stack([g.x[xx], g.y[yy], g.z[zz]], axis=1)
+        for name in ARTERIES:
+            sel = lab[zz, yy, xx] == ARTERY_TO_LABEL[name]
+            if not sel.any():
+                continue
+            cl = np.asarray(st.meta["centrelines"][name])
+            # Distance to the artery's centreline (sampled every 2 mm): lumen radius (<= 2.1)
+            # + plaque offset (<= radius) + 3-sigma support of a blurred plaque (< 8 mm).
+            d = np.min(np.linalg.norm(pts[sel][:, None, :] - cl[None, :, :], axis=2), axis=1)
+            assert d.max() < 14.0, (st.id, name, d.max())
+
+
+def test_no_label_on_bone_or_other_anatomy(full):
+    # Voxels that are dense before any calcification is added (bone, cartilage) never get a label.
+    dense_anatomy = full.anatomy_hu >= 130
+    assert dense_anatomy.sum() > 1000  # spine, ribs and sternum are there
+    assert not np.any(full.study.labels[dense_anatomy])
+    # and they are genuinely above the scoring threshold in the final image
+    assert np.mean(full.study.ct.hu[dense_anatomy] >= 130) > 0.8
+
+
+def test_confounders_present_and_never_labelled():
+    seen = {"aortic_wall": 0, "aortic_valve": 0, "mitral_annulus": 0}
+    for seed in range(200, 260):
+        res = render_study(seed, plaques=True, matrix=64, n_slices=4)  # cheap: only the drawn blobs
+        for b in res.blobs:
+            if b.label == 0:
+                seen[b.kind] += 1
+        if all(seen.values()):
+            break
+    assert all(v > 0 for v in seen.values()), seen
+    # Render studies holding confounders at full in-plane size and look at their cores.
+    found = 0
+    for seed in range(200, 260):
+        res = render_study(seed, plaques=True, matrix=64, n_slices=4)
+        if not any(b.label == 0 for b in res.blobs):
+            continue
+        res = render_study(seed, plaques=True, matrix=256)
+        g = res.grid
+        for b in res.blobs:
+            if b.label != 0:
+                continue
+            k = int(round((b.centre[2] - g.origin[2]) / g.dz))
+            j = int(round((b.centre[1] - g.origin[1]) / g.pixel))
+            i = int(round((b.centre[0] - g.origin[0]) / g.pixel))
+            if not (0 <= k < g.nz and 1 <= j < g.n - 1 and 1 <= i < g.n - 1):
+                continue
+            core = (slice(k, k + 1), slice(j - 1, j + 2), slice(i - 1, i + 2))
+            assert not res.study.labels[core].any(), (seed, b.kind)
+            found += int((res.study.ct.hu[core] >= 130).any())
+        if found >= 3:
+            break
+    assert found >= 3  # dense, unlabelled confounders exist
+
+
+def test_every_artery_appears_across_a_batch(batch):
+    present = set()
+    for res in batch:
+        present |= {int(v) for v in np.unique(res.study.labels) if v}
+    assert present == {1, 2, 3, 4}
+
+
+def test_hu_of_tissues_is_plausible(full):
+    st, clean, anat = full.study, full.clean, full.anatomy_hu
+    a = full.anatomy
+    hu = st.ct.hu
+    heart = st.heart.astype(bool)
+    lung = (anat < -700) & (anat > -960)
+    blood = heart & (np.abs(anat - a["blood_hu"]) < 0.5)
+    fat = heart & (np.abs(anat - a["fat_hu"]) < 0.5)
+    # Real non-contrast CT: lung about -850, blood about 44, fat about -100 HU.
+    assert -900 <= hu[lung].mean() <= -780
+    assert 30 <= hu[blood].mean() <= 55
+    assert -125 <= hu[fat].mean() <= -75
+    # Noise: measured SD equals the study's noise level (10-40 HU) within 10 %.
+    sd = float((hu[blood] - clean[blood]).std())
+    assert sd == pytest.approx(st.meta["params"]["noise_sd_hu"], rel=0.1)
+    assert 10 <= st.meta["params"]["noise_sd_hu"] <= 40
+    # Noise texture: neighbouring pixels are positively correlated (filtered noise).
+    n = (hu - clean)[blood.any(axis=(1, 2))]
+    r = np.corrcoef(n[:, :, :-1].ravel(), n[:, :, 1:].ravel())[0, 1]
+    assert r > 0.2
+
+
+def test_saved_scores_equal_scoring_of_saved_files(full, tmp_path):
+    folder = write_study(full.study, tmp_path)
+    loaded = load_study(folder)
+    assert np.array_equal(loaded.ct.hu, full.study.ct.hu)
+    assert np.array_equal(loaded.labels, full.study.labels)
+    res = score(loaded.ct.hu, loaded.labels, loaded.ct.spacing)
+    meta = json.loads((folder / "study.json").read_text())
+    assert meta["scores"]["total"]["agatston"] == pytest.approx(res.total.agatston, abs=1e-9)
+    assert res.total.agatston > 0
+    for name in ARTERIES:
+        assert meta["scores"]["arteries"][name]["agatston"] == pytest.approx(res.arteries[name].agatston, abs=1e-9)
+    assert meta["source"] == "synthetic" and meta["kvp"] == 120
+    assert np.asarray(meta["centrelines"]["LAD"]).shape[1] == 3
+
+
+def test_zero_score_share_is_in_a_broad_band():
+    zero = 0
+    n = 30
+    for seed in range(1000, 1000 + n):
+        st = generate_study(seed, matrix=192, noise_sd=25.0)
+        zero += score(st.ct.hu, st.labels, st.ct.spacing).total.agatston == 0
+    assert 0.15 * n <= zero <= 0.6 * n
+
+
+def test_cli_synth_writes_and_skips(tmp_path):
+    cmd = [sys.executable, "-m", "CoronaryCalciumDINOLib.cli", "synth", "--n", "2", "--seed", "4",
+           "--out", str(tmp_path), "--matrix", "48", "--slices-range", "8", "10"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert [p.name for p in list_studies(tmp_path)] == ["synth-000004", "synth-000005"]
+    assert "synth-000005" in first.stdout
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0 and second.stdout.count("skipped") == 2
+    bad = subprocess.run(cmd[:4] + ["--n", "0", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--n must be >= 1" in bad.stderr
+
+
+def test_sheet_is_written(tmp_path):
+    from CoronaryCalciumDINOLib.synth.sheet import REAL_SLICES, make_sheet, parse_seeds
+
+    assert parse_seeds("1,3-5") == [1, 3, 4, 5]
+    with pytest.raises(InputError):
+        parse_seeds("abc")
+    studies = [generate_study(s, plaques=True, matrix=128) for s in (1, 2)]
+    out = make_sheet(studies, tmp_path / "sheet.png", REAL_SLICES if Path(REAL_SLICES).exists() else None)
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
