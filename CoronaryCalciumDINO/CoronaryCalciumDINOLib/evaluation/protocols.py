@@ -442,8 +442,7 @@ def extract_block_features(backbone, images, blocks: Sequence[int] = (1, 4),
     """
     import torch
 
-    from ..models.backbone import _embed, _film_params
-    from ..models.conditioning import apply_film
+    from ..models.backbone import iter_blocks
 
     x_all = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
     if x_all.ndim != 4 or x_all.shape[0] == 0:
@@ -468,15 +467,7 @@ def extract_block_features(backbone, images, blocks: Sequence[int] = (1, 4),
                 _tick(progress, cancel, start / n, f"features {start}/{n}")
                 x = x_all[start:start + batch_size].to(device=param.device, dtype=param.dtype)
                 loc = None if loc_all is None else loc_all[start:start + batch_size]
-                params = _film_params(backbone, x.shape[0], loc)
-                h = _embed(backbone, x)
-                outs = []
-                for i, blk in enumerate(backbone.blocks):
-                    if params is not None:
-                        h = apply_film(h, params, i)
-                    h = blk(h)
-                    if i >= keep_from:
-                        outs.append(backbone.norm(h))
+                outs = [backbone.norm(h) for i, _, _, h in iter_blocks(backbone, x, loc) if i >= keep_from]
                 for b in blocks:
                     cls = torch.cat([t[:, 0] for t in outs[len(outs) - b:]], dim=1)
                     for p in mean_pool:

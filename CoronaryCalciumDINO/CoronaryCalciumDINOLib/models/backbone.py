@@ -270,15 +270,28 @@ def _embed(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return backbone.norm_pre(x)
 
 
-def forward_tokens(backbone: nn.Module, x: torch.Tensor, location=None) -> torch.Tensor:
-    """Final-norm tokens (B, prefix + N_patches, D), with location conditioning if the backbone has it."""
+def iter_blocks(backbone: nn.Module, x: torch.Tensor, location=None):
+    """Run the transformer blocks and yield ``(index, block, block input, block output)``.
+
+    The one place that embeds the patches and applies the location conditioning (when the
+    backbone has it) before each block; every feature / attention helper walks the blocks
+    through it.
+    """
     params = _film_params(backbone, x.shape[0], location)
-    x = _embed(backbone, x)
+    h = _embed(backbone, x)
     for i, blk in enumerate(backbone.blocks):
         if params is not None:
-            x = apply_film(x, params, i)
-        x = blk(x)
-    return backbone.norm(x)
+            h = apply_film(h, params, i)
+        out = blk(h)
+        yield i, blk, h, out
+        h = out
+
+
+def forward_tokens(backbone: nn.Module, x: torch.Tensor, location=None) -> torch.Tensor:
+    """Final-norm tokens (B, prefix + N_patches, D), with location conditioning if the backbone has it."""
+    for _, _, _, h in iter_blocks(backbone, x, location):
+        pass
+    return backbone.norm(h)
 
 
 def extract_features(backbone: nn.Module, x: torch.Tensor, location=None) -> torch.Tensor:
@@ -307,29 +320,20 @@ def block_attention(backbone: nn.Module, x: torch.Tensor, location=None, block: 
     block input is recomputed and ``softmax(q k^T / sqrt(d))`` is formed from the block's
     own ``qkv`` projection (and q/k norms, identities for DINO / DINOv2 models).
     """
-    params = _film_params(backbone, x.shape[0], location)
     block = block % len(backbone.blocks)
-    h = _embed(backbone, x)
-    for i, blk in enumerate(backbone.blocks[: block + 1]):
-        if params is not None:
-            h = apply_film(h, params, i)
-        if i < block:
-            h = blk(h)
-    return _attention_from_input(backbone.blocks[block], h)
+    for i, blk, h_in, _ in iter_blocks(backbone, x, location):
+        if i == block:
+            return _attention_from_input(blk, h_in)
+    raise AssertionError("unreachable: block index checked above")
 
 
 def features_and_attention(backbone: nn.Module, x: torch.Tensor, location=None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`extract_features` and :func:`last_attention` from one forward pass."""
-    params = _film_params(backbone, x.shape[0], location)
-    h = _embed(backbone, x)
     last = len(backbone.blocks) - 1
     attn = None
-    for i, blk in enumerate(backbone.blocks):
-        if params is not None:
-            h = apply_film(h, params, i)
+    for i, blk, h_in, h in iter_blocks(backbone, x, location):
         if i == last:
-            attn = _attention_from_input(blk, h)
-        h = blk(h)
+            attn = _attention_from_input(blk, h_in)
     tokens = backbone.norm(h)
     p = backbone.num_prefix_tokens
     feats = torch.cat([tokens[:, 0], tokens[:, p:].mean(dim=1)], dim=1)
