@@ -1,0 +1,371 @@
+"""Model bundles: a folder holding everything the inference pipeline needs.
+
+Layout::
+
+    <bundle>/manifest.json           format, name, version, provenance, configs, metrics,
+                                     and the sha256 / size of every other file
+    <bundle>/backbone-NN.safetensors frozen teacher ViT (fp16 unless noted; shards <= 16 MiB)
+    <bundle>/detector-NN.safetensors linear slice detector (+ feature standardisation)
+    <bundle>/segmenter-NN.safetensors MONAI 2D UNet, 5 classes
+    <bundle>/MODEL_CARD.md           what the model is, how it was trained, its measured metrics
+
+``manifest.json`` keys: ``format_version``, ``name``, ``version``, ``created`` (UTC ISO),
+``trained_on``, ``not_validated_on``, ``files`` ({file: {sha256, bytes}}), ``weights``
+({part: [files]}), ``backbone`` (config for
+:func:`..models.backbone.build_backbone_from_config`), ``detector`` (``in_dim``,
+``threshold``, ``youden_threshold``, ``target_sensitivity``), ``segmenter``
+(:class:`..models.unet.SegmenterConfig`), ``preprocessing`` (detector input: ``windows``,
+``crop_mm``, ``input_size``), ``scoring`` (``threshold_hu``), ``metrics``.
+
+Loading verifies every listed file's size and sha256 before anything is deserialised and
+raises :class:`..errors.ModelBundleError` naming the first bad file. Weights load on the
+CPU (``map_location="cpu"`` semantics); nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ModelBundleError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+MODEL_CARD = "MODEL_CARD.md"
+#: Largest weight file written (bytes); bigger state dicts are split into shards.
+MAX_FILE_BYTES = 16 * 1024 * 1024
+#: The default bundle shipped with the module.
+DEFAULT_BUNDLE_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "ccdino-default"
+PARTS = ("backbone", "detector", "segmenter")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class ModelBundle:
+    """A loaded, verified bundle: three modules in eval mode on the CPU plus the manifest."""
+
+    path: Path
+    manifest: dict
+    backbone: object  # torch.nn.Module
+    detector: object  # SliceDetector
+    segmenter: object  # monai UNet
+    sha256: str  # of manifest.json, which pins every other file's checksum
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest.get("name", self.path.name))
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest.get("version", ""))
+
+    @property
+    def threshold(self) -> float:
+        """Detector probability threshold (a slice is selected when prob >= threshold)."""
+        return float(self.manifest["detector"]["threshold"])
+
+    @property
+    def preprocessing(self) -> dict:
+        return dict(self.manifest["preprocessing"])
+
+    @property
+    def segmenter_config(self):
+        from .unet import SegmenterConfig
+
+        return SegmenterConfig.from_dict(self.manifest["segmenter"])
+
+    def model_info(self) -> dict:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "sha256": self.sha256,
+            "trained_on": self.manifest.get("trained_on", ""),
+        }
+
+    def modules(self):
+        return self.backbone, self.detector, self.segmenter
+
+
+# ----------------------------------------------------------------------------- saving
+
+
+def _to_storage(state: dict, half: bool) -> dict:
+    """Contiguous CPU tensors; floating tensors as fp16 when ``half`` and representable."""
+    import torch
+
+    out = {}
+    for k, v in state.items():
+        t = v.detach().to("cpu").contiguous()
+        if half and t.is_floating_point() and t.dtype != torch.float16:
+            h = t.to(torch.float16)
+            # keep fp32 where fp16 would overflow
+            if bool(torch.isfinite(h).all()) or not bool(torch.isfinite(t).all()):
+                t = h
+        out[k] = t.clone()
+    return out
+
+
+def _shards(state: dict, limit: int) -> list[dict]:
+    """Split a state dict into consecutive groups whose tensor bytes stay under ``limit``."""
+    groups: list[dict] = [{}]
+    size = 0
+    budget = limit - 256 * 1024  # room for the safetensors header
+    for k, t in state.items():
+        nbytes = t.numel() * t.element_size()
+        if nbytes > budget:
+            raise ModelBundleError(f"tensor {k} ({nbytes} bytes) exceeds the {limit}-byte file limit")
+        if size + nbytes > budget and groups[-1]:
+            groups.append({})
+            size = 0
+        groups[-1][k] = t
+        size += nbytes
+    return groups
+
+
+def save_bundle(
+    out_dir: str | os.PathLike,
+    *,
+    name: str,
+    version: str,
+    trained_on: str,
+    not_validated_on: str,
+    backbone_config: dict,
+    backbone_state: dict,
+    detector_state: dict,
+    detector_info: dict,
+    segmenter_config: dict,
+    segmenter_state: dict,
+    preprocessing: dict,
+    scoring_threshold_hu: float = 130.0,
+    metrics: dict | None = None,
+    model_card: str = "",
+    half: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Write a bundle folder (weights, model card, then the manifest last) and return it.
+
+    ``detector_info`` must hold ``in_dim`` and ``threshold`` (optionally
+    ``youden_threshold``, ``target_sensitivity``). The folder is built next to ``out_dir``
+    and renamed into place, so a reader never sees a half-written bundle. An existing
+    ``out_dir`` is replaced only with ``overwrite=True``.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise ModelBundleError(f"bundle folder exists (use overwrite): {out}")
+    for key in ("in_dim", "threshold"):
+        if key not in detector_info:
+            raise ModelBundleError(f"detector_info lacks {key!r}")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+
+    weights: dict[str, list[str]] = {}
+    for part, state in (("backbone", backbone_state), ("detector", detector_state), ("segmenter", segmenter_state)):
+        stored = _to_storage(state, half)
+        weights[part] = []
+        for i, group in enumerate(_shards(stored, MAX_FILE_BYTES)):
+            fname = f"{part}-{i:02d}.safetensors"
+            save_file(group, str(tmp / fname), metadata={"part": part, "format_version": str(FORMAT_VERSION)})
+            weights[part].append(fname)
+    (tmp / MODEL_CARD).write_text(model_card or f"# {name} {version}\n", encoding="utf-8")
+
+    files = {}
+    for f in sorted(p for p in tmp.iterdir() if p.is_file()):
+        os.chmod(f, 0o644)  # readable by everyone, like any installed resource
+        files[f.name] = {"sha256": sha256_file(f), "bytes": f.stat().st_size}
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "version": version,
+        "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "trained_on": trained_on,
+        "not_validated_on": not_validated_on,
+        "files": files,
+        "weights": weights,
+        "backbone": backbone_config,
+        "detector": dict(detector_info),
+        "segmenter": segmenter_config,
+        "preprocessing": preprocessing,
+        "scoring": {"threshold_hu": float(scoring_threshold_hu)},
+        "metrics": metrics or {},
+    }
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    os.chmod(tmp / MANIFEST, 0o644)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def resolve_bundle_path(path: str | os.PathLike | None) -> Path:
+    """Bundle folder for ``path`` (None: the default bundle; a manifest.json: its folder)."""
+    p = DEFAULT_BUNDLE_DIR if path is None else Path(path).expanduser()
+    if p.is_file() and p.name == MANIFEST:
+        p = p.parent
+    if not p.exists():
+        which = "default model bundle" if path is None else "model bundle"
+        raise ModelBundleError(f"{which} not found: {p}")
+    if not p.is_dir():
+        raise ModelBundleError(f"a model bundle is a folder with {MANIFEST} (or that file), got: {p}")
+    if not (p / MANIFEST).is_file():
+        raise ModelBundleError(f"model bundle {p} has no {MANIFEST}")
+    return p
+
+
+def read_manifest(path: str | os.PathLike | None) -> dict:
+    folder = resolve_bundle_path(path)
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelBundleError(f"cannot read {folder / MANIFEST}: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise ModelBundleError(f"{folder / MANIFEST} is not a JSON object")
+    fv = manifest.get("format_version")
+    if fv != FORMAT_VERSION:
+        raise ModelBundleError(f"model bundle {folder.name}: format_version {fv!r} is not supported (expected {FORMAT_VERSION})")
+    for key in ("files", "weights", "backbone", "detector", "segmenter", "preprocessing"):
+        if key not in manifest:
+            raise ModelBundleError(f"model bundle {folder.name}: manifest lacks {key!r}")
+    return manifest
+
+
+def verify_bundle(path: str | os.PathLike | None) -> dict:
+    """Check that every file listed in the manifest exists with its size and sha256.
+
+    Returns the manifest. Raises :class:`ModelBundleError` naming the first bad file.
+    """
+    folder = resolve_bundle_path(path)
+    manifest = read_manifest(folder)
+    for part in PARTS:
+        for fname in manifest["weights"].get(part, []) or [None]:
+            if fname is None or fname not in manifest["files"]:
+                raise ModelBundleError(f"model bundle {folder.name}: {part} weights are not listed in the manifest")
+    for fname, info in manifest["files"].items():
+        f = folder / fname
+        if Path(fname).name != fname:
+            raise ModelBundleError(f"model bundle {folder.name}: bad file name {fname!r} in manifest")
+        if not f.is_file():
+            raise ModelBundleError(f"model bundle {folder.name}: file {fname} is missing")
+        if f.stat().st_size != int(info.get("bytes", -1)):
+            raise ModelBundleError(
+                f"model bundle {folder.name}: file {fname} has {f.stat().st_size} bytes, manifest says {info.get('bytes')}"
+            )
+        if sha256_file(f) != info.get("sha256"):
+            raise ModelBundleError(f"model bundle {folder.name}: checksum mismatch for {fname} (file corrupted or changed)")
+    return manifest
+
+
+def _load_state(folder: Path, files: list[str]) -> dict:
+    from safetensors.torch import load_file
+
+    state: dict = {}
+    for fname in files:
+        try:
+            part = load_file(str(folder / fname), device="cpu")
+        except Exception as exc:  # safetensors raises its own error types
+            raise ModelBundleError(f"model bundle {folder.name}: cannot read {fname}: {exc}") from None
+        state.update({k: (v.float() if v.is_floating_point() else v) for k, v in part.items()})
+    return state
+
+
+def _load_into(module, state: dict, folder: Path, part: str) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ModelBundleError(f"model bundle {folder.name}: {part} weights do not fit its config ({first})") from None
+
+
+def load_bundle(path: str | os.PathLike | None = None) -> ModelBundle:
+    """Load and verify a bundle (folder or its manifest.json; None = the default bundle)."""
+    from .backbone import build_backbone_from_config
+    from .detector import SliceDetector
+    from .unet import SegmenterConfig, build_unet
+
+    folder = resolve_bundle_path(path)
+    manifest = verify_bundle(folder)
+    try:
+        backbone = build_backbone_from_config(manifest["backbone"])
+        detector = SliceDetector(int(manifest["detector"]["in_dim"]))
+        segmenter = build_unet(SegmenterConfig.from_dict(manifest["segmenter"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelBundleError(f"model bundle {folder.name}: invalid config in manifest ({exc})") from None
+    for part, module in (("backbone", backbone), ("detector", detector), ("segmenter", segmenter)):
+        _load_into(module, _load_state(folder, manifest["weights"][part]), folder, part)
+        module.eval()
+        for p in module.parameters():
+            p.requires_grad_(False)
+    return ModelBundle(
+        path=folder,
+        manifest=manifest,
+        backbone=backbone,
+        detector=detector,
+        segmenter=segmenter,
+        sha256=sha256_file(folder / MANIFEST),
+    )
+
+
+def save_random_bundle(
+    out_dir: str | os.PathLike,
+    *,
+    backbone_name: str = "vit_tiny_patch16_224",
+    input_size: int = 64,
+    depth: int | None = 2,
+    segmenter: dict | None = None,
+    preprocessing: dict | None = None,
+    threshold: float = 0.5,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Path:
+    """Write an *untrained* (randomly initialised) bundle: for tests and speed benchmarks.
+
+    Its outputs are meaningless; its manifest says so (``trained_on: "nothing"``).
+    """
+    import torch
+
+    from .backbone import backbone_config, build_backbone
+    from .detector import SliceDetector
+    from .unet import SegmenterConfig, build_unet
+
+    torch.manual_seed(seed)
+    overrides = {"depth": int(depth)} if depth else None
+    backbone = build_backbone(backbone_name, img_size=input_size, in_chans=3, drop_path=0.0, overrides=overrides)
+    cfg = backbone_config(backbone)
+    detector = SliceDetector(int(cfg["feature_dim"]))
+    seg_cfg = SegmenterConfig.from_dict(segmenter or {"input_size": 64, "channels": [8, 16, 32], "strides": [2, 2], "crop_mm": 120.0})
+    unet = build_unet(seg_cfg)
+    prep = preprocessing or {"windows": seg_cfg.windows, "crop_mm": 160.0, "input_size": int(input_size)}
+    return save_bundle(
+        out_dir,
+        name="random-untrained",
+        version="0",
+        trained_on="nothing (random initialisation)",
+        not_validated_on="anything: outputs are meaningless",
+        backbone_config=cfg,
+        backbone_state=backbone.state_dict(),
+        detector_state=detector.state_dict(),
+        detector_info={"in_dim": detector.in_dim, "threshold": float(threshold), "youden_threshold": None},
+        segmenter_config=seg_cfg.to_dict(),
+        segmenter_state=unet.state_dict(),
+        preprocessing=prep,
+        model_card="# random-untrained\n\nRandomly initialised weights for tests and benchmarks. Not a model.\n",
+        overwrite=overwrite,
+    )

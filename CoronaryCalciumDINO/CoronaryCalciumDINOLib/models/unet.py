@@ -1,0 +1,73 @@
+"""Per-artery calcium segmenter: a MONAI 2D UNet with 5 output classes.
+
+Input channels are the HU windows of the slice being segmented, optionally followed by the
+same windows of its neighbouring slices (``neighbours`` = 1 gives z-1, z, z+1, in that
+order: 3 slices x n windows channels). Output: logits of background, LM, LAD, LCX, RCA.
+The network is fully convolutional; the input side must be divisible by
+``2 ** len(strides)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from ..constants import NUM_CLASSES
+
+
+@dataclass
+class SegmenterConfig:
+    """What a bundle stores about its segmenter (all JSON-ready)."""
+
+    windows: list[list[float]] = field(default_factory=lambda: [[-160.0, 240.0], [-200.0, 800.0], [130.0, 1130.0]])
+    #: neighbouring slices on each side given as extra channels (0: the slice alone)
+    neighbours: int = 1
+    #: side of the square field (mm) around the heart centre that is segmented
+    crop_mm: float = 150.0
+    #: side (pixels) the field is resampled to; crop_mm / input_size = pixel size seen
+    input_size: int = 256
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    strides: list[int] = field(default_factory=lambda: [2, 2, 2])
+    num_res_units: int = 1
+    out_classes: int = NUM_CLASSES
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.windows) * (2 * self.neighbours + 1)
+
+    @property
+    def divisor(self) -> int:
+        d = 1
+        for s in self.strides:
+            d *= int(s)
+        return d
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["in_channels"] = self.in_channels
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SegmenterConfig":
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        cfg = cls(**known)
+        if cfg.input_size % cfg.divisor:
+            raise ValueError(f"segmenter input size {cfg.input_size} is not divisible by {cfg.divisor}")
+        return cfg
+
+
+def build_unet(config: SegmenterConfig | dict):
+    """The MONAI 2D UNet described by ``config`` (randomly initialised)."""
+    from monai.networks.nets import UNet
+
+    cfg = config if isinstance(config, SegmenterConfig) else SegmenterConfig.from_dict(config)
+    if len(cfg.channels) != len(cfg.strides) + 1:
+        raise ValueError("segmenter config: len(channels) must be len(strides) + 1")
+    return UNet(
+        spatial_dims=2,
+        in_channels=cfg.in_channels,
+        out_channels=cfg.out_classes,
+        channels=tuple(int(c) for c in cfg.channels),
+        strides=tuple(int(s) for s in cfg.strides),
+        num_res_units=int(cfg.num_res_units),
+        norm="batch",
+    )

@@ -1,0 +1,87 @@
+"""``ccdino score`` without ``--labels``: run the AI pipeline and write its outputs.
+
+Files written (only those asked for; an existing file of the same name is replaced, since
+the user named it):
+
+``<out>/<stem>.labels.nrrd``
+    per-artery label map (uint8 0 bg, 1 LM, 2 LAD, 3 LCX, 4 RCA) on the CT grid.
+``<out>/<stem>.seg.nrrd``
+    the same labels as a Slicer segmentation file (segments LM, LAD, LCX, RCA).
+``--attention FILE``
+    mean attention over heads as a scalar volume on the CT grid (NRRD or NIfTI by the
+    suffix), plus one file per head next to it: ``<name>.head1<suffix>``, ... Values are
+    attention weights (0 on slices the detector did not select).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..io.volume import VOLUME_SUFFIXES, CTVolume
+
+
+def _split_suffix(path: Path) -> tuple[str, str]:
+    name = path.name
+    for suffix in sorted(VOLUME_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)], name[-len(suffix):]
+    return name, ".nrrd"
+
+
+def attention_paths(path: str | Path, heads: int) -> list[Path]:
+    """[mean file, head 1 file, ..., head ``heads`` file] for ``--attention path``."""
+    path = Path(path)
+    stem, suffix = _split_suffix(path)
+    if not path.name.lower().endswith(suffix):
+        path = path.with_name(stem + suffix)
+    return [path] + [path.with_name(f"{stem}.head{h}{suffix}") for h in range(1, heads + 1)]
+
+
+def write_attention(attention, ct: CTVolume, path: str | Path) -> list[Path]:
+    """Write (heads+1, z, y, x) attention maps: the mean to ``path``, heads beside it."""
+    from ..io.volume import write_volume
+
+    paths = attention_paths(path, attention.shape[0] - 1)
+    for arr, p in zip(attention, paths):
+        write_volume(arr.astype("float32"), ct, p)
+    return paths
+
+
+def _printer():
+    last = {"pct": -1}
+
+    def progress(fraction: float, message: str) -> None:
+        pct = int(fraction * 100)
+        if pct != last["pct"]:
+            last["pct"] = pct
+            print(f"\r[{pct:3d}%] {message:<40}", end="" if fraction < 1.0 else "\n", file=sys.stderr, flush=True)
+
+    return progress
+
+
+def score_with_ai(ct: CTVolume, args, params, stem: str, out_dir: Path | None) -> dict:
+    """Run the pipeline for the ``score`` subcommand and return its report dict."""
+    from ..io.volume import write_volume
+    from ..report import build_report
+    from . import load_bundle, run_pipeline
+
+    bundle = load_bundle(getattr(args, "bundle", None))
+    quiet = getattr(args, "quiet", False)
+    res = run_pipeline(
+        ct,
+        bundle,
+        device=getattr(args, "device", "auto") or "auto",
+        params=params,
+        attention=bool(getattr(args, "attention", None)),
+        progress=None if quiet else _printer(),
+    )
+    if out_dir is not None:
+        from ..io.segfile import write_seg_nrrd
+
+        out_dir = Path(out_dir)
+        write_volume(res.labels, ct, out_dir / f"{stem}.labels.nrrd")
+        write_seg_nrrd(res.labels, ct, out_dir / f"{stem}.seg.nrrd")
+    if getattr(args, "attention", None):
+        write_attention(res.attention, ct, args.attention)
+    return build_report(res.score, getattr(args, "input", ct.source), kvp=ct.kvp, warnings=ct.warnings, **res.report_extra())

@@ -1,0 +1,147 @@
+"""Model bundle format: save / load round trip, checksums, missing files, sharding."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from CoronaryCalciumDINOLib.errors import ModelBundleError  # noqa: E402
+from CoronaryCalciumDINOLib.models import bundle as bundle_mod  # noqa: E402
+from CoronaryCalciumDINOLib.models.bundle import (  # noqa: E402
+    MANIFEST,
+    load_bundle,
+    save_bundle,
+    save_random_bundle,
+    verify_bundle,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    return save_random_bundle(tmp_path_factory.mktemp("b") / "tiny", threshold=0.25, seed=3)
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_round_trip_weights_and_manifest(tiny_bundle):
+    from safetensors.torch import load_file
+
+    b = load_bundle(tiny_bundle)
+    man = json.loads((tiny_bundle / MANIFEST).read_text())
+    assert man["format_version"] == 1
+    assert b.threshold == 0.25
+    assert man["detector"]["in_dim"] == 2 * man["backbone"]["embed_dim"] == 384
+    # sha256 of the bundle = sha256 of its manifest file, computed here independently
+    assert b.model_info()["sha256"] == hashlib.sha256((tiny_bundle / MANIFEST).read_bytes()).hexdigest()
+    assert set(b.model_info()) == {"name", "version", "sha256", "trained_on"}
+    # every file listed with its real size and checksum
+    for name, info in man["files"].items():
+        data = (tiny_bundle / name).read_bytes()
+        assert info["bytes"] == len(data)
+        assert info["sha256"] == hashlib.sha256(data).hexdigest()
+    # stored weights are fp16 and load back as the same values in fp32
+    for part, module in (("backbone", b.backbone), ("detector", b.detector), ("segmenter", b.segmenter)):
+        stored = {}
+        for f in man["weights"][part]:
+            stored.update(load_file(str(tiny_bundle / f)))
+        own = module.state_dict()
+        assert set(stored) == set(own)
+        for k, v in stored.items():
+            if v.is_floating_point():
+                assert v.dtype == torch.float16
+                assert own[k].dtype == torch.float32
+            assert torch.equal(own[k].to(v.dtype), v), k
+    assert not b.backbone.training and not b.segmenter.training
+
+
+def test_manifest_path_is_accepted(tiny_bundle):
+    b = load_bundle(tiny_bundle / MANIFEST)
+    assert b.path == tiny_bundle
+
+
+def test_corrupted_byte_names_the_file(tiny_bundle, tmp_path):
+    bad = _copy(tiny_bundle, tmp_path / "bad")
+    man = json.loads((bad / MANIFEST).read_text())
+    target = man["weights"]["segmenter"][0]
+    data = bytearray((bad / target).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (bad / target).write_bytes(bytes(data))
+    with pytest.raises(ModelBundleError, match=f"checksum mismatch for {target}"):
+        load_bundle(bad)
+
+
+def test_missing_file_names_the_file(tiny_bundle, tmp_path):
+    bad = _copy(tiny_bundle, tmp_path / "missing")
+    (bad / "MODEL_CARD.md").unlink()
+    with pytest.raises(ModelBundleError, match="MODEL_CARD.md is missing"):
+        verify_bundle(bad)
+
+
+def test_missing_bundle_and_manifest(tmp_path):
+    with pytest.raises(ModelBundleError, match="not found"):
+        load_bundle(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelBundleError, match="no manifest.json"):
+        load_bundle(tmp_path / "empty")
+
+
+def test_wrong_format_version(tiny_bundle, tmp_path):
+    bad = _copy(tiny_bundle, tmp_path / "v")
+    man = json.loads((bad / MANIFEST).read_text())
+    man["format_version"] = 99
+    (bad / MANIFEST).write_text(json.dumps(man))
+    with pytest.raises(ModelBundleError, match="format_version 99"):
+        load_bundle(bad)
+
+
+def test_refuses_to_overwrite(tiny_bundle):
+    with pytest.raises(ModelBundleError, match="exists"):
+        save_random_bundle(tiny_bundle)
+
+
+def test_large_state_is_split_into_shards(tmp_path, monkeypatch):
+    """With a 1 MiB file limit a ~2 MB backbone is split and loads back identically."""
+    from CoronaryCalciumDINOLib.models.backbone import backbone_config, build_backbone
+    from CoronaryCalciumDINOLib.models.detector import SliceDetector
+    from CoronaryCalciumDINOLib.models.unet import SegmenterConfig, build_unet
+
+    monkeypatch.setattr(bundle_mod, "MAX_FILE_BYTES", 1024 * 1024)
+    torch.manual_seed(0)
+    bb = build_backbone("vit_tiny_patch16_224", img_size=32, drop_path=0.0, overrides={"depth": 2})
+    det = SliceDetector(384)
+    seg_cfg = SegmenterConfig(input_size=32, channels=[4, 8], strides=[2])
+    unet = build_unet(seg_cfg)
+    out = save_bundle(
+        tmp_path / "sharded", name="s", version="1", trained_on="t", not_validated_on="n",
+        backbone_config=backbone_config(bb), backbone_state=bb.state_dict(),
+        detector_state=det.state_dict(), detector_info={"in_dim": 384, "threshold": 0.5},
+        segmenter_config=seg_cfg.to_dict(), segmenter_state=unet.state_dict(),
+        preprocessing={"windows": seg_cfg.windows, "crop_mm": 100.0, "input_size": 32}, half=False,
+    )
+    man = json.loads((out / MANIFEST).read_text())
+    assert len(man["weights"]["backbone"]) >= 2
+    assert all(info["bytes"] <= 1024 * 1024 for info in man["files"].values())
+    b = load_bundle(out)
+    for k, v in bb.state_dict().items():
+        assert torch.equal(b.backbone.state_dict()[k], v), k
+
+
+def test_default_bundle_verifies_if_present():
+    if not (bundle_mod.DEFAULT_BUNDLE_DIR / MANIFEST).is_file():
+        pytest.skip("default bundle not built")
+    man = verify_bundle(None)
+    assert "synthetic" in man["trained_on"].lower()
+    assert man["not_validated_on"]
+    sizes = [info["bytes"] for info in man["files"].values()]
+    assert max(sizes) <= 16 * 1024 * 1024
+    assert np.isfinite(man["detector"]["threshold"])
