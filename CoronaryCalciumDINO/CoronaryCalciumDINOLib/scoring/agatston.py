@@ -31,7 +31,9 @@ Mass (McCollough)
 Tube voltage
     The classic definition is for 120 kVp. :func:`params_for_kvp` gives the kVp-adapted
     threshold of Graeni et al. (2018) and scales the weight band edges by the same ratio
-    (threshold / 130).
+    (threshold / 130). The table (:data:`KVP_THRESHOLDS_HU`) is a plain mapping that a study
+    can replace; check its values against the publication before reporting kVp-adapted
+    scores in research.
 Risk category (of the unrounded total Agatston A)
     ``0`` for A == 0, ``1-10`` for 0 < A <= 10, ``11-100`` for 10 < A <= 100,
     ``101-400`` for 100 < A <= 400, ``>400`` for A > 400.
