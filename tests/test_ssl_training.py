@@ -102,6 +102,42 @@ def test_centering_shifts_teacher_distribution():
     assert torch.allclose(q[0], torch.full((1, 3), 1 / 3))
 
 
+def test_teacher_collapse_stats_hand_cases():
+    """Per-sample and batch-mean teacher entropies: ln K / ln K uniform, 0 / 0 for every
+    sample on one prototype, 0 / ln B for B samples on B different prototypes."""
+    from training.pretrain_dino import teacher_collapse_stats
+
+    k, b = 8, 4
+    uniform = [torch.full((b, k), 1.0 / k)] * 2
+    same = torch.zeros(b, k)
+    same[:, 3] = 1.0
+    spread = torch.eye(k)[:b]
+    s = teacher_collapse_stats(uniform)
+    assert s["teacher_entropy"] == pytest.approx(math.log(k), rel=1e-6)
+    assert s["teacher_batch_entropy"] == pytest.approx(math.log(k), rel=1e-6)
+    s = teacher_collapse_stats([same, same])
+    assert s["teacher_entropy"] == pytest.approx(0.0, abs=1e-6)
+    assert s["teacher_batch_entropy"] == pytest.approx(0.0, abs=1e-6)
+    s = teacher_collapse_stats([spread, spread])
+    assert s["teacher_entropy"] == pytest.approx(0.0, abs=1e-6)
+    assert s["teacher_batch_entropy"] == pytest.approx(math.log(b), rel=1e-6)
+
+
+def test_center_momentum_zero_centres_on_last_batch():
+    """``--center-momentum 0`` (exposed by pretrain_dino): the centre is the last batch mean."""
+    from training.pretrain_dino import build_parser
+
+    args = build_parser().parse_args(["--synthetic", "1", "--output", "x", "--center-momentum", "0"])
+    loss_fn = _loss(out_dim=2, center_momentum=args.center_momentum)
+    loss_fn.update_center(torch.tensor([[1.0, 3.0], [3.0, 5.0]]))
+    loss_fn.update_center(torch.tensor([[10.0, 0.0]]))
+    assert torch.allclose(loss_fn.center, torch.tensor([[10.0, 0.0]]))
+    from training.pretrain_dino import check_args
+
+    with pytest.raises(InputError):
+        check_args(build_parser().parse_args(["--synthetic", "1", "--output", "x", "--center-momentum", "1.5"]))
+
+
 def test_teacher_temperature_warmup():
     s = teacher_temperature_schedule(0.07, 0.04, warmup_epochs=3, epochs=5)
     assert np.allclose(s, [0.04, 0.055, 0.07, 0.07, 0.07])

@@ -51,6 +51,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ssl-batch", type=int, default=16)
     p.add_argument("--ssl-lr", type=float, default=4e-3,
                    help="DINO lr at batch 256 (scaled linearly: 4e-3 at batch 16 gives 2.5e-4)")
+    p.add_argument("--ssl-out-dim", type=int, default=4096, help="DINO head output dimension (prototypes)")
+    p.add_argument("--ssl-teacher-temp", type=float, default=0.04, help="DINO teacher softmax temperature")
+    p.add_argument("--ssl-center-momentum", type=float, default=0.9,
+                   help="EMA momentum of the teacher centre (0: centre on the previous batch's mean)")
+    p.add_argument("--ssl-freeze-last-layer", type=int, default=1,
+                   help="epochs (of ssl-steps / 10 steps) with the head's last layer frozen")
+    p.add_argument("--ssl-no-norm-last-layer", action="store_true",
+                   help="let the head's last-layer weight norms be learned")
     p.add_argument("--crop-mm", type=float, default=160.0, help="detector heart field (mm)")
     p.add_argument("--seg-crop-mm", type=float, default=140.0)
     p.add_argument("--seg-input", type=int, default=192)
@@ -130,10 +138,13 @@ def main(argv=None) -> int:
         "--data", str(studies), "--output", str(ssl_dir), "--arch", args.arch, "--img-size", str(args.img_size),
         "--local-size", str(args.local_size), "--local-crops", "4", "--label-guided", "--batch-size", str(args.ssl_batch),
         "--epochs", "10", "--warmup-epochs", "1", "--lr", str(args.ssl_lr), "--max-steps", str(args.ssl_steps),
-        "--iters-per-epoch", str(max(1, args.ssl_steps // 10)), "--out-dim", "4096", "--head-hidden", "512",
-        "--head-bottleneck", "128", "--momentum-teacher", "0.99", "--num-workers", "0", "--cache-studies", str(args.n_train), "--device", args.device,
+        "--iters-per-epoch", str(max(1, args.ssl_steps // 10)), "--out-dim", str(args.ssl_out_dim),
+        "--head-hidden", "512", "--head-bottleneck", "128", "--freeze-last-layer", str(args.ssl_freeze_last_layer),
+        "--teacher-temp", str(args.ssl_teacher_temp), "--warmup-teacher-temp", str(args.ssl_teacher_temp),
+        "--center-momentum", str(args.ssl_center_momentum), "--momentum-teacher", "0.99",
+        "--num-workers", "0", "--cache-studies", str(args.n_train), "--device", args.device,
         "--seed", "0", "--drop-path", "0.0",
-    ]
+    ] + (["--no-norm-last-layer"] if args.ssl_no_norm_last_layer else [])
     t = time.perf_counter()
     if not (ssl_dir / BACKBONE_CONFIG_FILE).is_file():
         _log("stage 2: DINO-LG pretraining")
@@ -265,10 +276,10 @@ def model_card(args, metrics, bb_cfg, seg_cfg, det, timings, environment) -> str
     sv = metrics["segmenter_validation"]
     import math
 
-    uniform = math.log(4096)
+    uniform = math.log(args.ssl_out_dim)
     collapsed = ssl.get("loss") is not None and abs(ssl["loss"] - uniform) < 0.05
     ssl_note = (
-        f"Final DINO loss {ssl['loss']:.3f} after {ssl.get('step')} steps, i.e. ln(4096) = {uniform:.3f}: this short run "
+        f"Final DINO loss {ssl['loss']:.3f} after {ssl.get('step')} steps, i.e. ln({args.ssl_out_dim}) = {uniform:.3f}: this short run "
         "did not leave DINO's initial uniform-output phase, so the backbone's features are close to those of its "
         "random initialisation; the slice detector is correspondingly weak."
         if collapsed else f"Final DINO loss {_fmt(ssl.get('loss'))} after {ssl.get('step')} steps."

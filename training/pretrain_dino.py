@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--teacher-temp", type=float, default=0.04)
     o.add_argument("--warmup-teacher-temp", type=float, default=0.04)
     o.add_argument("--warmup-teacher-temp-epochs", type=int, default=0)
+    o.add_argument("--center-momentum", type=float, default=0.9, help="EMA momentum of the teacher centre")
     o.add_argument("--freeze-last-layer", type=int, default=1, help="epochs with the head's last layer frozen")
     o.add_argument("--clip-grad", type=float, default=3.0, help="per-parameter gradient norm clip (0 = off)")
     o.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
@@ -135,6 +136,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise InputError("--synthetic needs N >= 1")
     if not 0.0 <= args.calcified_fraction < 1.0:
         raise InputError("--calcified-fraction must be in [0, 1)")
+    if not 0.0 <= args.center_momentum <= 1.0:
+        raise InputError("--center-momentum must be in [0, 1]")
 
 
 # ----------------------------------------------------------------------------- data
@@ -253,6 +256,23 @@ def amp_settings(mode: str, device: torch.device) -> tuple[torch.dtype | None, b
 # ----------------------------------------------------------------------------- training
 
 
+def teacher_collapse_stats(q: list[torch.Tensor]) -> dict:
+    """Two entropies of the teacher distributions (one (B, K) tensor per teacher crop).
+
+    ``teacher_entropy``: mean per-sample entropy (ln K = uniform collapse, 0 = one-hot);
+    ``teacher_batch_entropy``: entropy of the batch-mean distribution (near 0 = every sample
+    on the same prototype, one-hot collapse). A healthy run has the first well below ln K
+    and the second well above the first.
+    """
+    def entropy(p: torch.Tensor) -> torch.Tensor:
+        return -(p * p.clamp_min(1e-12).log()).sum(-1)
+
+    return {
+        "teacher_entropy": float(torch.stack([entropy(qi).mean() for qi in q]).mean()),
+        "teacher_batch_entropy": float(torch.stack([entropy(qi.mean(0)) for qi in q]).mean()),
+    }
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -291,6 +311,7 @@ def _train(args, env: DistEnv) -> dict:
     loss_fn = DINOLoss(
         args.out_dim, args.epochs, n_teacher_crops=n_t, teacher_temp=args.teacher_temp,
         warmup_teacher_temp=args.warmup_teacher_temp, warmup_teacher_temp_epochs=args.warmup_teacher_temp_epochs,
+        center_momentum=args.center_momentum,
     ).to(env.device)
     optimizer = torch.optim.AdamW(param_groups(student))
     amp_dtype, use_scaler = amp_settings(args.amp, env.device)
@@ -404,10 +425,8 @@ def _train(args, env: DistEnv) -> dict:
                         "wd": float(wd_s[step - 1]), "momentum": float(mom_s[step - 1]),
                         "teacher_temp": loss_fn.teacher_temp(epoch),
                     }
-                    with torch.no_grad():  # collapse monitor: log K = uniform, 0 = one-hot
-                        rec["teacher_entropy"] = float(
-                            torch.stack([-(qi * qi.clamp_min(1e-12).log()).sum(-1).mean() for qi in q]).mean()
-                        )
+                    with torch.no_grad():  # collapse monitors, see teacher_collapse_stats
+                        rec.update(teacher_collapse_stats(q))
                     if loss_nb is not None:
                         rec["loss_neighbor"] = float(loss_nb.item())
                     log.write(json.dumps(rec) + "\n")
