@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 from CoronaryCalciumDINOLib.errors import Cancelled, InputError  # noqa: E402
 from CoronaryCalciumDINOLib.io.volume import CTVolume  # noqa: E402
-from CoronaryCalciumDINOLib.models.bundle import DEFAULT_BUNDLE_DIR, MANIFEST, save_random_bundle  # noqa: E402
+from CoronaryCalciumDINOLib.models.bundle import save_random_bundle  # noqa: E402
 from CoronaryCalciumDINOLib.pipeline import PipelineResult, load_bundle, run_pipeline  # noqa: E402
 from CoronaryCalciumDINOLib.scoring import ScoringParams, score  # noqa: E402
 
@@ -214,7 +214,6 @@ def test_score_command_writes_ai_outputs(bundle_dir, tmp_path):
         assert (tmp_path / f"att.head{h}.nrrd").is_file()
 
 
-@pytest.mark.skipif(not (DEFAULT_BUNDLE_DIR / MANIFEST).is_file(), reason="default bundle not built")
 def test_default_bundle_on_phantom():
     """The shipped bundle loads, verifies and runs on the real phantom scan.
 

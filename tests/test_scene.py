@@ -30,7 +30,6 @@ from CoronaryCalciumDINOLib.constants import DISCLAIMER  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PHANTOM = REPO / "Testing" / "Data" / "qrm-phantom-canon"
-DEFAULT_BUNDLE = REPO / "CoronaryCalciumDINO" / "Resources" / "Models" / "ccdino-default"
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -387,7 +386,6 @@ def test_compute_with_the_real_pipeline_on_a_tiny_bundle(core, tmp_path):
     assert len(report["slices"]) == ct.shape[0] and report["model"]
 
 
-@pytest.mark.skipif(not DEFAULT_BUNDLE.is_dir(), reason="default model bundle not built yet")
 def test_compute_with_default_bundle_on_phantom(core, phantom):
     volume = ct_to_volume_node(core.scene, phantom, "phantom")
     out = scene_logic.compute(core.scene, volume, bundle=None, device="cpu", attention=False)
