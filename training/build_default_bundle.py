@@ -57,6 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="EMA momentum of the teacher centre (0: centre on the previous batch's mean)")
     p.add_argument("--ssl-freeze-last-layer", type=int, default=1,
                    help="epochs (of ssl-steps / 10 steps) with the head's last layer frozen")
+    p.add_argument("--plain-dino", action="store_true",
+                   help="plain DINO (no label-guided crops), e.g. for the DINO vs DINO-LG comparison")
     p.add_argument("--ssl-no-norm-last-layer", action="store_true",
                    help="let the head's last-layer weight norms be learned")
     p.add_argument("--crop-mm", type=float, default=160.0, help="detector heart field (mm)")
@@ -136,7 +138,7 @@ def main(argv=None) -> int:
     ssl_dir = work / "ssl"
     commands["ssl"] = [
         "--data", str(studies), "--output", str(ssl_dir), "--arch", args.arch, "--img-size", str(args.img_size),
-        "--local-size", str(args.local_size), "--local-crops", "4", "--label-guided", "--batch-size", str(args.ssl_batch),
+        "--local-size", str(args.local_size), "--local-crops", "4", *([] if args.plain_dino else ["--label-guided"]), "--batch-size", str(args.ssl_batch),
         "--epochs", "10", "--warmup-epochs", "1", "--lr", str(args.ssl_lr), "--max-steps", str(args.ssl_steps),
         "--iters-per-epoch", str(max(1, args.ssl_steps // 10)), "--out-dim", str(args.ssl_out_dim),
         "--head-hidden", "512", "--head-bottleneck", "128", "--freeze-last-layer", str(args.ssl_freeze_last_layer),
@@ -180,10 +182,11 @@ def main(argv=None) -> int:
     det_metrics = json.loads((det_dir / train_detector.METRICS_FILE).read_text())
     seg_metrics = json.loads((seg_dir / train_segmenter.METRICS_FILE).read_text())
     ssl_summary = _ssl_summary(ssl_dir)
+    hardware = _hardware(args.device)
     common = dict(
         name=args.name, version=args.version,
         trained_on=f"{args.n_train} synthetic non-contrast cardiac CT studies (seeds {args.first_seed}-"
-                   f"{args.first_seed + args.n_train - 1}), CPU, tiny budget",
+                   f"{args.first_seed + args.n_train - 1}), trained on {hardware}",
         not_validated_on="patient data (no real CT was used for training or validation)",
         backbone_config=bb_cfg, backbone_state=backbone.state_dict(),
         detector_state=det["state_dict"],
@@ -208,7 +211,7 @@ def main(argv=None) -> int:
         "segmenter_validation": seg_metrics["val"],
         "ssl": ssl_summary,
     }
-    environment = {"device": args.device, "threads": args.threads, "torch": torch.__version__,
+    environment = {"device": args.device, "hardware": hardware, "threads": args.threads, "torch": torch.__version__,
                    "python": platform.python_version(), "machine": platform.machine()}
     card = model_card(args, metrics, bb_cfg, seg["config"], det, timings, environment)
     save_bundle(args.out, overwrite=args.overwrite, metrics=_compact(metrics), model_card=card, **common)
@@ -261,6 +264,16 @@ def _fmt(v, nd=3) -> str:
     return "n/a" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
 
 
+def _hardware(device: str) -> str:
+    """``CPU`` or the GPU's name, for the bundle's records."""
+    import torch
+
+    from CoronaryCalciumDINOLib.pipeline.device import resolve_device
+
+    dev = resolve_device(device)
+    return "CPU" if dev.type == "cpu" else f"GPU ({torch.cuda.get_device_name(dev)})"
+
+
 def model_card(args, metrics, bb_cfg, seg_cfg, det, timings, environment) -> str:
     h = metrics["heldout_synthetic"]
     s = h["slices"]["at_threshold"]
@@ -286,13 +299,13 @@ def model_card(args, metrics, bb_cfg, seg_cfg, det, timings, environment) -> str
     )
     return f"""# {args.name} {args.version}
 
-**A tiny demonstration model, trained on a CPU on synthetic data. Not validated on patient
-data. Research use only; not a medical device.**
+**{"A tiny demonstration model, trained on a CPU" if environment["hardware"] == "CPU" else "A model trained on " + environment["hardware"]}
+on synthetic data. Not validated on patient data. Research use only; not a medical device.**
 
 ## What it is
 - Backbone: `{bb_cfg['name']}` (ViT, {bb_cfg['depth']} blocks, {bb_cfg['num_heads']} heads, embed {bb_cfg['embed_dim']}),
   input {bb_cfg['img_size']} px, 3 HU windows {det['preprocessing']['windows']}, heart field
-  {det['preprocessing']['crop_mm']:.0f} mm. Self-supervised DINO-LG (label-guided crops) for
+  {det['preprocessing']['crop_mm']:.0f} mm. Self-supervised {'DINO' if args.plain_dino else 'DINO-LG (label-guided crops)'} for
   {args.ssl_steps} steps of batch {args.ssl_batch} from random initialisation. {ssl_note}
 - Slice detector: linear head on frozen teacher features (CLS + mean patch token); threshold
   {det['threshold']:.4f} chosen on validation slices for sensitivity >= {det['target_sensitivity']:.2f}
@@ -310,7 +323,7 @@ data. Research use only; not a medical device.**
   {args.first_seed + args.n_train - 1}, each with at least one coronary plaque), study-level
   train/validation split. Held-out test studies use the generator's defaults (about 30 %
   without coronary calcium).
-- Hardware: CPU only ({environment['threads']} threads, torch {environment['torch']}); total
+- Hardware: {environment['hardware']} ({environment['threads']} CPU threads, torch {environment['torch']}); total
   {minutes:.0f} minutes for all stages ({', '.join(f"{k[:-2]} {v / 60:.1f}" for k, v in timings.items())} min). Rebuild: `python -m training.build_default_bundle`.
 
 ## Measured on {h['n_studies']} held-out synthetic studies (seeds {h['seeds'][0]}-{h['seeds'][1] - 1})
