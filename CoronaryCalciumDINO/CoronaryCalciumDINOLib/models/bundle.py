@@ -221,8 +221,12 @@ def resolve_bundle_path(path: str | os.PathLike | None) -> Path:
     if p.is_file() and p.name == MANIFEST:
         p = p.parent
     if not p.exists():
-        which = "default model bundle" if path is None else "model bundle"
-        raise ModelBundleError(f"{which} not found: {p}")
+        if path is None:
+            raise ModelBundleError(
+                f"default model bundle not found at {p} (it ships in the source tree: install with "
+                "'pip install -e .' from a checkout, or pass --bundle PATH)"
+            )
+        raise ModelBundleError(f"model bundle not found: {p}")
     if not p.is_dir():
         raise ModelBundleError(f"a model bundle is a folder with {MANIFEST} (or that file), got: {p}")
     if not (p / MANIFEST).is_file():

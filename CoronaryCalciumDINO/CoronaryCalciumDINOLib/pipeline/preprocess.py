@@ -52,6 +52,36 @@ def heart_centre(hu: np.ndarray, spacing) -> tuple[float, float]:
     return (0.5 * (y0 + y1) - 0.5, 0.5 * (x0 + x1) - 0.5)
 
 
+#: A CT axis counts as aligned with an LPS axis when their direction cosine exceeds this.
+ALIGNED_COSINE = 0.9
+
+
+def canonical_flips(direction) -> tuple[bool, bool, bool] | None:
+    """Array flips (z, y, x) that bring a CT into the canonical orientation, or ``None``.
+
+    The networks and the heart localiser expect the canonical axial LPS layout: columns
+    (i) towards patient left, rows (j) towards posterior (anterior at row 0), slices (k)
+    towards superior. A CT whose axes are each within about 25 degrees of these (possibly
+    reversed) is brought there by flipping the reversed axes; flips keep every voxel's
+    physical position when the geometry is flipped along, and they are undone on the
+    outputs. ``None`` means the axes are permuted (e.g. a sagittal or coronal stack) or
+    strongly oblique: no flip can give the canonical layout.
+    """
+    d = np.asarray(direction, dtype=float)
+    flips = []
+    for axis in range(3):  # column 0 = i (x), 1 = j (y), 2 = k (z)
+        c = d[:, axis]
+        if abs(c[axis]) < ALIGNED_COSINE:
+            return None
+        flips.append(bool(c[axis] < 0))
+    return flips[2], flips[1], flips[0]
+
+
+def flip_axes(flips: tuple[bool, bool, bool], offset: int = 0) -> tuple[int, ...]:
+    """Array axes to flip for ``flips`` (z, y, x), shifted by ``offset`` leading axes."""
+    return tuple(offset + a for a, f in enumerate(flips) if f)
+
+
 def field_for(centre_yx: tuple[float, float], spacing, crop_mm: float) -> Field:
     """The ``crop_mm`` square field around ``centre_yx`` for in-plane ``spacing`` (dz, dy, dx)."""
     dy, dx = float(spacing[1]), float(spacing[2])
