@@ -220,15 +220,16 @@ def _score_and_write(study, out_dir, bundle, device, labels_dir, scoring, t0) ->
             labels = read_label_file(label_path, ct)
         result = score(ct.hu, labels, ct.spacing, params)
         extra["labels"] = str(label_path)
+        run_warnings = []
     else:
         from .pipeline import run_pipeline
 
         res = run_pipeline(ct, bundle, device=device, params=params)
-        labels, result = res.labels, res.score
+        labels, result, run_warnings = res.labels, res.score, res.warnings
         extra.update(res.report_extra())
     paths = study.outputs(out_dir)
     write_seg_nrrd(labels, ct, paths["seg"])
-    report = build_report(result, str(study.path), kvp=ct.kvp, warnings=ct.warnings, **extra)
+    report = build_report(result, str(study.path), kvp=ct.kvp, warnings=[*ct.warnings, *run_warnings], **extra)
     write_report_png(ct, labels, report, paths["png"])
     report["seconds"] = time.perf_counter() - t0
     write_json(report, paths["json"])  # last: its presence marks the study as done

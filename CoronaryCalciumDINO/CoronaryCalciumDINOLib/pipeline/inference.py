@@ -11,6 +11,14 @@
    the CT grid.
 5. Labels kept only where HU >= the scoring threshold, then :func:`..scoring.score`.
 
+The networks and the heart localiser assume the canonical axial LPS layout (anterior at
+row 0, patient left at the last column, slices inferior to superior). A CT stored with
+reversed axes (e.g. rows posterior to anterior, feet-first slice order) is flipped into
+that layout for the networks and every output is flipped back, so results are the same
+physical labels whatever the storage order. A CT whose axes are permuted or strongly
+oblique (sagittal/coronal stacks) cannot be flipped there: it is processed as stored,
+with a ``UserWarning``; resample it to axial first.
+
 Optionally (``attention=True``) the teacher's last-block CLS attention of the selected
 slices is returned on the CT grid, per head and averaged.
 
@@ -21,6 +29,7 @@ everything runs under ``torch.inference_mode``.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -45,6 +54,8 @@ class PipelineResult:
     attention: np.ndarray | None  # float32 (heads+1, z, y, x); [0] = mean over heads
     model_info: dict
     timings: dict = field(default_factory=dict)
+    #: notes on the run a user should see (e.g. a non-axial CT), one line each
+    warnings: list[str] = field(default_factory=list)
 
     def report_extra(self) -> dict:
         """Extra report keys: per-slice detector output and the model's identity."""
@@ -145,6 +156,20 @@ def run_pipeline(
     hu = np.asarray(ct.hu)
     if hu.ndim != 3 or min(hu.shape) < 1:
         raise InputError(f"CT must be a 3D volume (z, y, x), got shape {hu.shape}")
+    run_warnings: list[str] = []
+    flips = pp.canonical_flips(ct.direction)
+    if flips is None:
+        message = (
+            "the CT axes are not close to axial LPS (permuted or oblique: direction "
+            f"{np.round(np.asarray(ct.direction, dtype=float), 3).tolist()}); the models assume axial slices "
+            "with anterior up and patient left on the right, so results may be wrong; resample to axial first"
+        )
+        warnings.warn(message, UserWarning, stacklevel=2)
+        run_warnings.append(message)
+        flips = (False, False, False)
+    axes = pp.flip_axes(flips)
+    # Network view: the canonical layout (a flipped copy when the CT is stored otherwise).
+    hu_net = np.ascontiguousarray(np.flip(hu, axes) if axes else hu, dtype=np.float32)
     hu = np.ascontiguousarray(hu, dtype=np.float32)
     dev = resolve_device(device)
     batch = batch_size or (64 if dev.type == "cuda" else 16)
@@ -155,15 +180,17 @@ def run_pipeline(
         m.to(dev)
     with torch.inference_mode():
         t = time.perf_counter()
-        centre = pp.heart_centre(hu, ct.spacing)
+        centre = pp.heart_centre(hu_net, ct.spacing)
         det_field = pp.field_for(centre, ct.spacing, float(bundle.preprocessing["crop_mm"]))
         seg_field = pp.field_for(centre, ct.spacing, float(bundle.segmenter_config.crop_mm))
         timings["heart_box_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
         locations = pp.slice_locations(ct) if bundle.manifest["backbone"].get("location_conditioning") else None
+        if locations is not None and flips[0]:
+            locations = np.ascontiguousarray(locations[::-1])
         probs = detector_probabilities(
-            hu, det_field, bundle, dev, batch, lambda f, m: report(0.05 + 0.45 * f, m), locations=locations
+            hu_net, det_field, bundle, dev, batch, lambda f, m: report(0.05 + 0.45 * f, m), locations=locations
         )
         timings["detector_s"] = time.perf_counter() - t
         selected = np.ones_like(probs, dtype=bool) if all_slices else probs >= bundle.threshold
@@ -172,17 +199,24 @@ def run_pipeline(
         t = time.perf_counter()
         seg_batch = max(1, batch // 2)
         span = 0.35 if attention else 0.45
-        labels = segment_slices(hu, chosen, seg_field, bundle, dev, seg_batch, lambda f, m: report(0.5 + span * f, m))
+        labels = segment_slices(hu_net, chosen, seg_field, bundle, dev, seg_batch, lambda f, m: report(0.5 + span * f, m))
         timings["segmenter_s"] = time.perf_counter() - t
 
         att = None
         if attention:
             t = time.perf_counter()
             att = attention_maps(
-                hu, chosen, det_field, bundle, dev, batch, lambda f, m: report(0.85 + 0.1 * f, m), locations=locations
+                hu_net, chosen, det_field, bundle, dev, batch, lambda f, m: report(0.85 + 0.1 * f, m), locations=locations
             )
             timings["attention_s"] = time.perf_counter() - t
 
+    del hu_net
+    if axes:  # back to the CT's own storage order
+        labels = np.ascontiguousarray(np.flip(labels, axes))
+        if att is not None:
+            att = np.ascontiguousarray(np.flip(att, pp.flip_axes(flips, offset=1)))
+        if flips[0]:
+            probs, selected = probs[::-1].copy(), selected[::-1].copy()
     t = time.perf_counter()
     labels[hu < params.threshold_hu] = 0
     result = score(hu, labels, ct.spacing, params)
@@ -197,4 +231,5 @@ def run_pipeline(
         attention=att,
         model_info=bundle.model_info(),
         timings=timings,
+        warnings=run_warnings,
     )

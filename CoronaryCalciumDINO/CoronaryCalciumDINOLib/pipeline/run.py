@@ -84,4 +84,8 @@ def score_with_ai(ct: CTVolume, args, params, stem: str, out_dir: Path | None) -
         write_seg_nrrd(res.labels, ct, out_dir / f"{stem}.seg.nrrd")
     if getattr(args, "attention", None):
         write_attention(res.attention, ct, args.attention)
-    return build_report(res.score, getattr(args, "input", ct.source), kvp=ct.kvp, warnings=ct.warnings, **res.report_extra())
+    for message in res.warnings:
+        print(f"ccdino: warning: {message}", file=sys.stderr)
+    return build_report(
+        res.score, getattr(args, "input", ct.source), kvp=ct.kvp, warnings=[*ct.warnings, *res.warnings], **res.report_extra()
+    )
