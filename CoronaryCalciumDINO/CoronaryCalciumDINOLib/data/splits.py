@@ -12,7 +12,6 @@ one of them.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -104,13 +103,10 @@ def save_splits(splits: dict, path: str | Path, seed: int | None = None, **extra
 
 def load_splits(path: str | Path) -> dict:
     """Read a splits file written by :func:`save_splits` (checks version and overlap)."""
+    from ..report.tables import read_json
+
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"splits file not found: {p}")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise InputError(f"splits file {p.name} is not valid JSON: {exc}") from None
+    data = read_json(p, "splits file")
     if not isinstance(data, dict) or data.get("version") != SPLITS_VERSION:
         raise InputError(f"splits file {p.name} has version {data.get('version') if isinstance(data, dict) else None}, expected {SPLITS_VERSION}")
     for name in SPLIT_NAMES:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..errors import CCDinoError, InputError
+from ..report.tables import read_json
 
 #: Canonical display order; other variants follow in the order given.
 VARIANT_ORDER: tuple[str, ...] = (
@@ -164,12 +165,7 @@ def load_results(specs: Sequence[str]) -> dict[str, dict]:
     for spec in specs:
         name, sep, path = spec.partition("=")
         p = Path(path if sep else spec)
-        if not p.is_file():
-            raise InputError(f"results file not found: {p}")
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise InputError(f"results file {p.name} is not valid JSON: {exc}") from None
+        data = read_json(p, "results file")
         if not isinstance(data, dict):
             raise InputError(f"results file {p.name} does not hold a JSON object")
         key = name if sep else (data.get("variant") or p.stem)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..constants import ARTERIES, DISCLAIMER
+from ..errors import InputError
 from ..scoring import ScoreResult
 
 METRICS = ("agatston", "volume_mm3", "mass_mg", "lesions")
@@ -61,6 +62,17 @@ def _json_default(obj):
 def write_json(report: dict, path: str | os.PathLike) -> Path:
     """Write a report as JSON (atomically: temporary file, then rename)."""
     return _atomic_write_text(Path(path), json.dumps(report, indent=2, default=_json_default, allow_nan=False) + "\n")
+
+
+def read_json(path: str | os.PathLike, what: str = "file"):
+    """Read a JSON file; a missing or malformed file is a one-line :class:`InputError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{what} not found: {p}")
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise InputError(f"{what} {p.name} is not valid JSON: {exc}") from None
 
 
 def score_table_rows(report: dict) -> list[list]:

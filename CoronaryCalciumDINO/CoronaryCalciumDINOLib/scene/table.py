@@ -131,7 +131,6 @@ def ensure_probability_plot(scene, table_node, name: str):
     """Plot chart (probability vs slice) of a slice table; returns the chart node."""
     import slicer
 
-    series = None
     chart_id = table_node.GetAttribute("CoronaryCalciumDINO.PlotChart")
     chart = scene.GetNodeByID(chart_id) if chart_id else None
     if chart is None:
