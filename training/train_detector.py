@@ -31,6 +31,8 @@ import numpy as np
 
 from CoronaryCalciumDINOLib.data.slices import DEFAULT_BOX_MM, DEFAULT_WINDOWS
 
+from .common.stages import split_dirs, start_stage  # noqa: F401 (split_dirs: used by the probes)
+
 DETECTOR_FILE = "detector.pt"
 METRICS_FILE = "detector_metrics.json"
 
@@ -52,28 +54,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     return p.parse_args(argv)
-
-
-def split_dirs(dirs, val_fraction: float, seed: int):
-    """Patient-level (here: study-level) train / validation split of study folders.
-
-    Stratified: studies with and without calcium are split separately, so that the
-    validation set holds calcified slices whenever at least two studies have some.
-    """
-    from CoronaryCalciumDINOLib.data.splits import make_splits
-    from CoronaryCalciumDINOLib.data.studies import read_study_meta
-
-    by_id = {Path(d).name: Path(d) for d in dirs}
-    calcified = {i for i, d in by_id.items() if read_study_meta(d).get("slices_with_calcium")}
-    train, val = [], []
-    for group in (sorted(calcified), sorted(set(by_id) - calcified)):
-        if len(group) == 1:
-            train += group
-        elif group:
-            sp = make_splits(group, (1.0 - val_fraction, val_fraction, 0.0), seed=seed)
-            train += sp["train"]
-            val += sp["val"]
-    return [by_id[i] for i in sorted(train)], [by_id[i] for i in sorted(val)]
 
 
 def study_features(study_dir: Path, backbone, prep: dict, dev, batch: int, location_conditioning: bool = False):
@@ -137,19 +117,13 @@ def predict(det, features: np.ndarray) -> np.ndarray:
 def main(argv=None) -> int:
     import torch
 
-    from CoronaryCalciumDINOLib.data.studies import list_studies
     from CoronaryCalciumDINOLib.evaluation.metrics import slice_metrics
     from CoronaryCalciumDINOLib.models.backbone import load_backbone_dir
     from CoronaryCalciumDINOLib.models.detector import choose_thresholds
-    from CoronaryCalciumDINOLib.pipeline.device import resolve_device
 
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    dev = resolve_device(args.device)
+    out, dev, train_dirs, val_dirs = start_stage(args, "detector")
     backbone = load_backbone_dir(args.backbone).to(dev)
     cfg = json.loads((Path(args.backbone) / "backbone_config.json").read_text())
     prep = {
@@ -157,9 +131,6 @@ def main(argv=None) -> int:
         "crop_mm": float(args.crop_mm),
         "input_size": int(args.input_size or cfg.get("img_size", 224)),
     }
-    dirs = list_studies(args.studies)
-    train_dirs, val_dirs = split_dirs(dirs, args.val_fraction, args.seed)
-    print(f"[detector] {len(train_dirs)} train / {len(val_dirs)} validation studies", file=sys.stderr)
 
     def features(ds):
         f, y = [], []

@@ -148,27 +148,20 @@ def main(argv=None) -> int:
     import torch
     from monai.losses import DiceCELoss
 
-    from CoronaryCalciumDINOLib.data.studies import list_studies
     from CoronaryCalciumDINOLib.models.unet import build_unet
-    from CoronaryCalciumDINOLib.pipeline.device import autocast_for, resolve_device
+    from CoronaryCalciumDINOLib.pipeline.device import autocast_for
 
-    from .train_detector import split_dirs
+    from .common.stages import start_stage
 
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     cfg = config_from_args(args)
     if args.patch % cfg.divisor or args.patch > cfg.input_size:
         raise SystemExit(f"--patch must be <= --input-size and divisible by {cfg.divisor}")
-    dev = resolve_device(args.device)
+    t0 = time.perf_counter()
+    out, dev, train_dirs, val_dirs = start_stage(args, "segmenter")
     rng = np.random.default_rng(args.seed)
     torch.manual_seed(args.seed)
 
-    dirs = list_studies(args.studies)
-    train_dirs, val_dirs = split_dirs(dirs, args.val_fraction, args.seed)
 
     def gather(ds, calcified_only):
         xs, ys = [], []
