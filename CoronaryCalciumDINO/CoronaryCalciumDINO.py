@@ -164,6 +164,7 @@ class CoronaryCalciumDINOWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.ui.disclaimerLabel.text = _lib().constants.DISCLAIMER
         self.ui.progressBar.setValue(0)
         self.ui.cancelButton.enabled = False
+        self._showWarnings(None)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -208,6 +209,7 @@ class CoronaryCalciumDINOWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             self._job = None
             self.ui.progressBar.setValue(0)
             self.ui.statusLabel.text = ""
+        self._showWarnings(None)
         self.logic.closeSessions()
         self.setParameterNode(None)
 
@@ -267,6 +269,7 @@ class CoronaryCalciumDINOWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             )
             self.ui.progressBar.setValue(0)
             self.ui.statusLabel.text = _("Starting...")
+            self._showWarnings(None)
             self._updateButtons()
             self._timer.start()
 
@@ -303,7 +306,8 @@ class CoronaryCalciumDINOWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             self._parameterNode.resultSegmentation = outcome.segmentation_node
             self._showOutcome(outcome)
             kept = f" (kept your edits of {', '.join(outcome.kept)})" if outcome.kept else ""
-            self.ui.statusLabel.text = _("Done") + kept
+            warned = _(" - see the warnings below") if outcome.report.get("warnings") else ""
+            self.ui.statusLabel.text = _("Done") + kept + warned
             self.ui.progressBar.setValue(100)
 
     def _askConflict(self, edited):
@@ -314,7 +318,15 @@ class CoronaryCalciumDINOWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         )
         return "replace" if replace else "keep"
 
+    def _showWarnings(self, report) -> None:
+        """The warning banner under the status line: the report's warnings (e.g. a
+        contrast-enhanced CT), hidden when there are none."""
+        text = _lib().scene.logic.warnings_text(report)
+        self.ui.warningLabel.text = text
+        self.ui.warningLabel.visible = bool(text)
+
     def _showOutcome(self, outcome) -> None:
+        self._showWarnings(outcome.report)
         self.ui.resultsTableView.setMRMLTableNode(outcome.score_table_node)
         self.logic.showTableInLayout(outcome.score_table_node)
         self.ui.attentionHeadComboBox.clear()
@@ -330,6 +342,7 @@ class CoronaryCalciumDINOWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         if p and p.resultSegmentation:
             table, _slices = self.logic.resultTables(p.resultSegmentation)
             self.ui.resultsTableView.setMRMLTableNode(table)
+        self._showWarnings(report)
         self.ui.statusLabel.text = _("Rescored after your edit")
 
     # -- results
@@ -340,6 +353,7 @@ class CoronaryCalciumDINOWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             table = self.logic.rescore(p.resultSegmentation, p.inputVolume, self.logic.scoringParams(p))
             self.ui.resultsTableView.setMRMLTableNode(table)
             self.logic.showTableInLayout(table)
+            self._showWarnings(_lib().scene.table.report_from_table(table) if table is not None else None)
             self.ui.statusLabel.text = _("Rescored")
 
     def onCorrect(self) -> None:

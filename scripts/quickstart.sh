@@ -9,3 +9,23 @@ mkdir -p out/quickstart
 ccdino score Testing/Data/qrm-phantom-canon --out out/quickstart \
     --attention out/quickstart/qrm-phantom-canon.attention.nrrd
 echo "Outputs (report JSON, score CSV, label map, Slicer segmentation, attention): out/quickstart/"
+python - <<'EOF'
+import json
+r = json.load(open("out/quickstart/qrm-phantom-canon.json"))
+sel = [s["index"] for s in r["slices"] if s["selected"]]
+n = len(r["lesions"])
+print()
+print("What this scan is: a QRM thorax phantom, not a patient. It has no coronary arteries; its only")
+print("calcium-like objects are the insert's hydroxyapatite cylinders (slices 20-23) and its bone-equivalent")
+print("spine, ribs and sternum.")
+if n == 0:
+    print("What the model found: no coronary calcium (total Agatston 0). It labels no bone, and it does not")
+    print("take the insert's cylinders for coronary calcium either: it was trained on synthetic patients,")
+    print("where calcium sits in epicardial fat on the heart, and a plastic insert looks like neither.")
+else:
+    print(f"What the model found: {n} lesion(s) on slices {sorted({l['slice'] for l in r['lesions']})}: these")
+    print("are the insert's hydroxyapatite cylinders, which the model takes for coronary calcium; the artery")
+    print("names are its guesses (a phantom has no arteries).")
+print(f"Slices the detector selected: {sel if sel else 'none'}.")
+print("To score the insert itself, give a label map: ccdino score CT --labels LABELS (see README).")
+EOF

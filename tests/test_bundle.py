@@ -19,6 +19,7 @@ from CoronaryCalciumDINOLib.models.bundle import (  # noqa: E402
     save_random_bundle,
     verify_bundle,
 )
+from CoronaryCalciumDINOLib.pipeline.candidates import CONTEXT_NAMES, CandidateConfig  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +39,12 @@ def test_round_trip_weights_and_manifest(tiny_bundle):
 
     b = load_bundle(tiny_bundle)
     man = json.loads((tiny_bundle / MANIFEST).read_text())
-    assert man["format_version"] == 1
+    assert man["format_version"] == 2
     assert b.threshold == 0.25
-    assert man["detector"]["in_dim"] == 2 * man["backbone"]["embed_dim"] == 384
+    assert man["detector"]["feature_dim"] == 2 * man["backbone"]["embed_dim"] == 256
+    assert man["detector"]["context_dim"] == len(CONTEXT_NAMES) == man["segmenter"]["context_dim"]
+    # the candidate settings of training travel with the bundle and rebuild the same config
+    assert b.candidate_config == CandidateConfig.from_dict(man["candidates"]) == CandidateConfig()
     # sha256 of the bundle = sha256 of its manifest file, computed here independently
     assert b.model_info()["sha256"] == hashlib.sha256((tiny_bundle / MANIFEST).read_bytes()).hexdigest()
     assert set(b.model_info()) == {"name", "version", "sha256", "trained_on"}
@@ -112,21 +116,21 @@ def test_refuses_to_overwrite(tiny_bundle):
 def test_large_state_is_split_into_shards(tmp_path, monkeypatch):
     """With a 1 MiB file limit a ~2 MB backbone is split and loads back identically."""
     from CoronaryCalciumDINOLib.models.backbone import backbone_config, build_backbone
-    from CoronaryCalciumDINOLib.models.detector import SliceDetector
-    from CoronaryCalciumDINOLib.models.unet import SegmenterConfig, build_unet
+    from CoronaryCalciumDINOLib.models.detector import CandidateDetector
+    from CoronaryCalciumDINOLib.models.unet import SegmenterConfig, build_candidate_segmenter
 
     monkeypatch.setattr(bundle_mod, "MAX_FILE_BYTES", 1024 * 1024)
     torch.manual_seed(0)
     bb = build_backbone("vit_tiny_patch16_224", img_size=32, drop_path=0.0, overrides={"depth": 2})
-    det = SliceDetector(384)
-    seg_cfg = SegmenterConfig(input_size=32, channels=[4, 8], strides=[2])
-    unet = build_unet(seg_cfg)
+    det = CandidateDetector(384, len(CONTEXT_NAMES), hidden=16)
+    seg_cfg = SegmenterConfig(input_size=32, channels=[4, 8], strides=[2], neighbours=0, context_dim=len(CONTEXT_NAMES))
+    unet = build_candidate_segmenter(seg_cfg)
     out = save_bundle(
         tmp_path / "sharded", name="s", version="1", trained_on="t", not_validated_on="n",
         backbone_config=backbone_config(bb), backbone_state=bb.state_dict(),
-        detector_state=det.state_dict(), detector_info={"in_dim": 384, "threshold": 0.5},
+        detector_state=det.state_dict(), detector_info={**det.config(), "threshold": 0.5},
         segmenter_config=seg_cfg.to_dict(), segmenter_state=unet.state_dict(),
-        preprocessing={"windows": seg_cfg.windows, "crop_mm": 100.0, "input_size": 32}, half=False,
+        candidates=CandidateConfig().to_dict(), half=False,
     )
     man = json.loads((out / MANIFEST).read_text())
     assert len(man["weights"]["backbone"]) >= 2
@@ -143,3 +147,26 @@ def test_default_bundle_ships_and_verifies():
     sizes = [info["bytes"] for info in man["files"].values()]
     assert max(sizes) <= 16 * 1024 * 1024
     assert np.isfinite(man["detector"]["threshold"])
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda m: m["detector"].__setitem__("threshold", "0.5"), "threshold"),
+        (lambda m: m["detector"].__setitem__("threshold", 0.0), "threshold"),
+        (lambda m: m["detector"].__setitem__("threshold", float("nan")), "threshold"),
+        (lambda m: m.__setitem__("candidates", ["x"]), "'candidates' must be an object"),
+        (lambda m: m["candidates"].__setitem__("crop_px", 0), "crop_px"),
+        (lambda m: m["candidates"].__setitem__("context", ["only_one"]), "context features"),
+        (lambda m: m.pop("candidates"), "lacks 'candidates'"),
+    ],
+)
+def test_manifest_values_are_checked_before_weights_load(tiny_bundle, tmp_path, change, message):
+    """A manifest with a bad value is refused with a line naming it (the file checksums
+    still match: only the manifest changed)."""
+    b = _copy(tiny_bundle, tmp_path / "b")
+    man = json.loads((b / MANIFEST).read_text())
+    change(man)
+    (b / MANIFEST).write_text(json.dumps(man))
+    with pytest.raises(ModelBundleError, match=message):
+        load_bundle(b)

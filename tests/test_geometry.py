@@ -257,10 +257,7 @@ def tiny_bundle(tmp_path_factory):
     from CoronaryCalciumDINOLib.models.bundle import save_random_bundle
     from CoronaryCalciumDINOLib.pipeline import load_bundle
 
-    path = save_random_bundle(
-        tmp_path_factory.mktemp("geo") / "b", input_size=32, threshold=0.0,
-        segmenter={"input_size": 32, "crop_mm": 60.0, "channels": [8, 16], "strides": [2], "neighbours": 1},
-    )
+    path = save_random_bundle(tmp_path_factory.mktemp("geo") / "b", threshold=0.01)
     return load_bundle(path)
 
 

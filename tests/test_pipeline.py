@@ -15,6 +15,7 @@ from CoronaryCalciumDINOLib.errors import Cancelled, InputError  # noqa: E402
 from CoronaryCalciumDINOLib.io.volume import CTVolume  # noqa: E402
 from CoronaryCalciumDINOLib.models.bundle import save_random_bundle  # noqa: E402
 from CoronaryCalciumDINOLib.pipeline import PipelineResult, load_bundle, run_pipeline  # noqa: E402
+from CoronaryCalciumDINOLib.pipeline.candidates import CONTEXT_NAMES  # noqa: E402
 from CoronaryCalciumDINOLib.scoring import ScoringParams, score  # noqa: E402
 
 PHANTOM = Path(__file__).resolve().parents[1] / "Testing" / "Data" / "qrm-phantom-canon"
@@ -27,47 +28,51 @@ class ConstantSegmenter(torch.nn.Module):
         super().__init__()
         self.cls = cls
 
-    def forward(self, x):
+    def forward(self, x, context):
         out = torch.zeros(x.shape[0], 5, *x.shape[2:], device=x.device)
-        out[:, self.cls] = 1.0
+        out[:, self.cls] = 30.0  # logits: softmax is one-hot
         return out
 
 
 class CalciumWindowSegmenter(torch.nn.Module):
-    """Class 3 where the centre slice's calcium window (HU > 130) is positive."""
+    """Class 3 where the calcium window (HU > 130) of the crop is positive, else background."""
 
-    def __init__(self, channel: int):
-        super().__init__()
-        self.channel = channel
-
-    def forward(self, x):
+    def forward(self, x, context):
         out = torch.zeros(x.shape[0], 5, *x.shape[2:], device=x.device)
-        out[:, 0] = 0.5
-        out[:, 3] = (x[:, self.channel] > 0).float()
+        dense = (x[:, 2] > 0).float()
+        out[:, 0] = 30.0 * (1.0 - dense)  # logits: softmax is one-hot
+        out[:, 3] = 30.0 * dense
         return out
 
 
-def _ct(nz=8, n=48, seed=0) -> CTVolume:
-    """A 1 mm-pixel toy CT: soft-tissue disc in air, 3x3-pixel dense spots of rising HU."""
+class PeakDetector(torch.nn.Module):
+    """P(calcium) rising with the candidate's peak HU (context column), for gating tests."""
+
+    def __init__(self, centre_hu: float):
+        super().__init__()
+        self.centre = centre_hu / 1000.0
+
+    def forward(self, features, context):
+        return (context[:, CONTEXT_NAMES.index("peak_hu_k")] - self.centre) * 200.0
+
+
+def _ct(nz=8, n=160, seed=0) -> CTVolume:
+    """A 0.5 mm-pixel toy CT: soft-tissue disc in air, 3x3-pixel dense spots of rising HU."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:n, :n]
     hu = np.full((nz, n, n), -1000.0, np.float32)
     hu[:, (yy - n / 2) ** 2 + (xx - n / 2) ** 2 < (0.45 * n) ** 2] = 40.0
     hu += rng.normal(0, 5, hu.shape).astype(np.float32)
     for z in range(nz):
-        y, x = 10 + 3 * z % 25, 12 + 2 * z % 20
+        y, x = 40 + 9 * z % 60, 50 + 7 * z % 50
         hu[z, y : y + 3, x : x + 3] = 150.0 + 60.0 * z
-        hu[z, 30:32, 30:33] = 135.0  # small spot just above 130 HU
-    return CTVolume(hu=hu, spacing=(3.0, 1.0, 1.0))
+        hu[z, 100:102, 100:103] = 135.0  # small spot just above 130 HU (1.5 mm^2)
+    return CTVolume(hu=hu, spacing=(3.0, 0.5, 0.5))
 
 
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory):
-    # segmenter field 64 mm at 1 mm pixels = 64 px = its input size: no resampling
-    return save_random_bundle(
-        tmp_path_factory.mktemp("pipe") / "b", input_size=32, threshold=0.0,
-        segmenter={"input_size": 64, "crop_mm": 64.0, "channels": [8, 16], "strides": [2], "neighbours": 1},
-    )
+    return save_random_bundle(tmp_path_factory.mktemp("pipe") / "b", threshold=0.01)
 
 
 def test_outputs_types_shapes(bundle_dir):
@@ -77,74 +82,62 @@ def test_outputs_types_shapes(bundle_dir):
     assert res.labels.dtype == np.uint8 and res.labels.shape == ct.shape
     assert res.slice_probabilities.dtype == np.float32 and res.slice_probabilities.shape == (ct.shape[0],)
     assert np.all((res.slice_probabilities >= 0) & (res.slice_probabilities <= 1))
-    assert res.selected.dtype == bool and res.selected.all()  # threshold 0 selects every slice
+    assert res.selected.dtype == bool
     assert res.attention is None
     assert set(res.model_info) == {"name", "version", "sha256", "trained_on"}
     assert res.labels.max() <= 4
+    assert res.counts["candidates"] == 2 * ct.shape[0]  # the spot and the small spot on each slice
     # the returned score is the score of the returned labels
     ref = score(ct.hu, res.labels, ct.spacing)
     assert res.score.total.agatston == pytest.approx(ref.total.agatston)
     extra = res.report_extra()
     assert [s["index"] for s in extra["slices"]] == list(range(ct.shape[0]))
+    assert all(s["candidates"] == 2 for s in extra["slices"])
     assert extra["model"]["name"] == "random-untrained"
+    assert len(extra["lesion_confidence"]) == len(res.score.lesions)
 
 
-def test_labels_only_on_selected_slices_and_calcium_hu(bundle_dir):
+def test_gating_slices_and_candidates(bundle_dir):
     ct = _ct()
     b = load_bundle(bundle_dir)
+    b.detector = PeakDetector(centre_hu=360.0)  # spots of slices 4.. (>= 390 HU) pass
     b.segmenter = ConstantSegmenter(2)
-    probs = run_pipeline(ct, b, device="cpu").slice_probabilities
-    assert np.unique(probs).size > 2, "toy slices should give different probabilities"
-    thr = float(np.sort(probs)[len(probs) // 2])
-    b.manifest["detector"]["threshold"] = thr
+    b.manifest["detector"]["threshold"] = 0.5
     res = run_pipeline(ct, b, device="cpu")
-    sel = probs >= thr
-    np.testing.assert_array_equal(res.selected, sel)
-    assert 0 < sel.sum() < len(sel)
-    # the constant segmenter covers the whole 48 mm image (field 64 mm), so the labels must
-    # be exactly: 2 where HU >= 130 on selected slices, 0 elsewhere
-    expected = np.where((ct.hu >= 130) & sel[:, None, None], 2, 0)
+    peaks = 150.0 + 60.0 * np.arange(ct.shape[0])
+    np.testing.assert_array_equal(res.selected, peaks >= 360.0)
+    # labels: exactly the big spot of each selected slice (the 135 HU spot fails the detector)
+    expected = np.zeros(ct.shape, np.uint8)
+    for z in np.flatnonzero(res.selected):
+        expected[z][(ct.hu[z] >= 150.0)] = 2
     np.testing.assert_array_equal(res.labels, expected)
+    assert res.counts["segmented"] == int(res.selected.sum())
     # a higher scoring threshold keeps fewer voxels, exactly those >= it
-    res300 = run_pipeline(ct, b, device="cpu", params=ScoringParams(threshold_hu=300.0, band_edges_hu=(300, 400, 500, 600)))
-    np.testing.assert_array_equal(res300.labels, np.where((ct.hu >= 300) & sel[:, None, None], 2, 0))
-    # the "UNET on every slice" mode labels every slice
+    res500 = run_pipeline(ct, b, device="cpu", params=ScoringParams(threshold_hu=500.0, band_edges_hu=(500, 600, 700, 800)))
+    np.testing.assert_array_equal(res500.labels, np.where(ct.hu >= 500, expected, 0))
+    # the "UNET on every slice" mode segments every candidate, and gives the gated labels too
     res_all = run_pipeline(ct, b, device="cpu", all_slices=True)
-    assert res_all.selected.all()
     np.testing.assert_array_equal(res_all.labels, np.where(ct.hu >= 130, 2, 0))
+    np.testing.assert_array_equal(res_all.gated_labels, res.labels)
+    np.testing.assert_array_equal(res_all.selected, res.selected)
 
 
-def test_segmenter_geometry_round_trip(bundle_dir):
-    """Input field -> segmenter -> CT grid puts labels back on the same voxels."""
+def test_segmenter_geometry_round_trip_and_flips(bundle_dir):
+    """Crops -> segmenter -> CT grid puts labels back on the same voxels, in any storage order."""
     ct = _ct()
     b = load_bundle(bundle_dir)
-    b.segmenter = CalciumWindowSegmenter(channel=3 + 2)  # centre slice (of 3), calcium window
+    b.detector = PeakDetector(centre_hu=0.0)  # everything passes
+    b.segmenter = CalciumWindowSegmenter()
+    b.manifest["detector"]["threshold"] = 0.5
     res = run_pipeline(ct, b, device="cpu")
-    np.testing.assert_array_equal(res.labels, np.where(ct.hu > 130, 3, 0))
-
-
-def test_segmenter_geometry_with_resampling(tmp_path):
-    """Field 128 mm at 1 mm = 128 px resampled to 64 px: labels stay on the dense voxels.
-
-    The 3x3 spots are raised to >= 450 HU so that after 2x antialiased shrinking (a
-    3x3 spot keeps at least (7/8)^2 of its contrast) they stay above 130 HU.
-    """
-    ct = _ct()
-    ct.hu[ct.hu >= 150] += 300.0
-    b = load_bundle(save_random_bundle(
-        tmp_path / "b2", input_size=32, threshold=0.0,
-        segmenter={"input_size": 64, "crop_mm": 128.0, "channels": [8, 16], "strides": [2], "neighbours": 0},
-    ))
-    b.segmenter = CalciumWindowSegmenter(channel=2)
-    res = run_pipeline(ct, b, device="cpu")
-    dense = ct.hu >= 130
-    assert not np.any(res.labels[~dense])  # HU restriction
-    from scipy import ndimage
-
-    for z in range(ct.shape[0]):  # every 3x3 spot gets labelled
-        comps, n = ndimage.label(ct.hu[z] >= 150)
-        for k in range(1, n + 1):
-            assert np.any(res.labels[z][comps == k] == 3), (z, k)
+    np.testing.assert_array_equal(res.labels, np.where(ct.hu >= 130, 3, 0))
+    assert all(c["calcium"] == pytest.approx(1.0) and c["artery"] == pytest.approx(1.0) for c in res.lesion_confidence)
+    # the same CT stored with rows and slices reversed (direction flipped along)
+    flipped = CTVolume(hu=np.ascontiguousarray(ct.hu[::-1, ::-1]), spacing=ct.spacing,
+                       direction=np.diag([1.0, -1.0, -1.0]))
+    res_f = run_pipeline(flipped, b, device="cpu")
+    np.testing.assert_array_equal(res_f.labels, res.labels[::-1, ::-1])
+    np.testing.assert_array_equal(res_f.slice_probabilities, res.slice_probabilities[::-1])
 
 
 def test_progress_and_cancel(bundle_dir):
@@ -170,11 +163,12 @@ def test_progress_and_cancel(bundle_dir):
 def test_attention_maps(bundle_dir):
     ct = _ct()
     b = load_bundle(bundle_dir)
-    probs = run_pipeline(ct, b, device="cpu").slice_probabilities
-    b.manifest["detector"]["threshold"] = float(np.sort(probs)[len(probs) // 2])
+    b.detector = PeakDetector(centre_hu=360.0)
+    b.manifest["detector"]["threshold"] = 0.5
     res = run_pipeline(ct, b, device="cpu", attention=True)
     heads = b.backbone.blocks[-1].attn.num_heads
     assert res.attention.shape == (heads + 1, *ct.shape) and res.attention.dtype == np.float32
+    assert 0 < res.selected.sum() < len(res.selected)
     assert not res.attention[:, ~res.selected].any()
     assert res.attention[:, res.selected].max() > 0
     np.testing.assert_allclose(res.attention[0], res.attention[1:].mean(0), rtol=1e-5, atol=1e-7)
@@ -214,20 +208,36 @@ def test_score_command_writes_ai_outputs(bundle_dir, tmp_path):
         assert (tmp_path / f"att.head{h}.nrrd").is_file()
 
 
-def test_default_bundle_on_phantom():
-    """The shipped bundle loads, verifies and runs on the real phantom scan.
-
-    Its numbers are recorded in docs/model.md; here only what must hold for any model:
-    labels only on selected slices and only at >= 130 HU, consistent score.
-    """
+@pytest.fixture(scope="module")
+def phantom_result():
     from CoronaryCalciumDINOLib.io import load_ct
 
     ct = load_ct(PHANTOM)
-    res = run_pipeline(ct, load_bundle(None), device="cpu")
+    return ct, run_pipeline(ct, load_bundle(None), device="cpu")
+
+
+def test_default_bundle_on_phantom_labels_no_bone(phantom_result):
+    """The shipped bundle on the real phantom scan labels nothing outside the
+    calcification insert: the spine, ribs, sternum and table are never coronary calcium."""
+    from .test_phantom_scoring import insert_labels
+
+    ct, res = phantom_result
     assert res.labels.shape == ct.shape
     assert not np.any(res.labels[~res.selected])
     assert not np.any(res.labels[ct.hu < 130])
+    dense = ct.hu >= 130
+    assert dense.sum() > 100_000  # plenty of bone-like voxels the model had to reject
+    insert = insert_labels(ct.shape) > 0
+    assert not np.any(res.labels[~insert]), "labels outside the calcification insert (bone?)"
     assert res.score.total.agatston == pytest.approx(score(ct.hu, res.labels, ct.spacing).total.agatston)
+
+
+@pytest.mark.xfail(strict=True, reason="known shortfall of the synthetic-trained default model: it does not take "
+                   "the phantom's hydroxyapatite cylinders (in a water-equivalent insert, no epicardial fat) for "
+                   "coronary calcium; see docs/model.md")
+def test_default_bundle_selects_the_phantom_insert_slices(phantom_result):
+    ct, res = phantom_result
+    assert res.selected[20:24].all(), np.flatnonzero(res.selected)
 
 
 def test_evaluation_gated_equals_pipeline_run(bundle_dir):
@@ -238,20 +248,22 @@ def test_evaluation_gated_equals_pipeline_run(bundle_dir):
 
     ct = _ct()
     b = load_bundle(bundle_dir)
-    b.segmenter = CalciumWindowSegmenter(channel=5)
-    probs = run_pipeline(ct, b, device="cpu").slice_probabilities
-    b.manifest["detector"]["threshold"] = float(np.sort(probs)[len(probs) // 2])
+    b.segmenter = CalciumWindowSegmenter()
+    b.detector = PeakDetector(centre_hu=360.0)
+    b.manifest["detector"]["threshold"] = 0.5
     ref_labels = np.where(ct.hu >= 150, 1, 0).astype(np.uint8)  # the spots, as LM
     outcome = evaluate_study(Study(id="toy", ct=ct, labels=ref_labels), b, device="cpu")
     gated = run_pipeline(ct, b, device="cpu")
     assert outcome.pipeline["total"] == pytest.approx(gated.score.total.agatston)
     assert outcome.pipeline["LCX"] == pytest.approx(gated.score.arteries["LCX"].agatston)
+    assert outcome.pipeline["LCX"] > 0
     np.testing.assert_array_equal(outcome.selected, gated.selected)
     # every slice has a >= 150 HU spot, so every slice is a reference positive
     assert outcome.positive.all()
     assert outcome.reference["LM"] == pytest.approx(score(ct.hu, ref_labels, ct.spacing).total.agatston)
     # segmenter on all slices labels the same voxels on more slices: never a lower score
     assert outcome.unet_all["total"] >= outcome.pipeline["total"]
+    assert outcome.unet_all["total"] > outcome.pipeline["total"]  # it also labels the small spots
     s = summarise([outcome, outcome], b.manifest["detector"]["threshold"])
     assert s["n_studies"] == 2
     assert s["slices"]["at_threshold"]["sensitivity"] == pytest.approx(gated.selected.mean())

@@ -1,5 +1,5 @@
-"""Frozen-feature protocols, PEFT and the evaluation stage script on small synthetic data
-with known answers (tiny ViTs, CPU)."""
+"""Frozen-feature protocols, PEFT and the candidate evaluation script
+(``training.evaluate_protocols``) on small synthetic data with known answers (tiny ViTs, CPU)."""
 
 from __future__ import annotations
 
@@ -300,89 +300,196 @@ def test_lora_and_full_finetune_run():
 # ----------------------------------------------------------------------------- stage script
 
 
-def test_evaluate_protocols_script_on_features(tmp_path):
+def write_cache(path, studies, seed=0, n_pos=4, n_neg=12, max_neg=None, windows=None):
+    """A candidate cache in the format of ``training.candidate_data`` with known classes.
+
+    ``studies``: {name: has coronary calcium}. Each study has ``n_neg`` non-coronary
+    candidates (alternately a 700 HU bone edge over half the crop and a faint 150 HU 2 x 2
+    spot) and, when it has calcium, ``n_pos`` coronary ones (a 500 HU 3 x 3 spot at the
+    centre, arteries 1..4 in turn). Soft tissue 40 +- 20 HU around; crops 40 px (32 + 2 x 4).
+    """
+    from CoronaryCalciumDINOLib.pipeline.candidates import CandidateConfig
+
+    rng = np.random.default_rng(seed)
+    crops, target, study = [], [], []
+    for i, has_pos in enumerate(studies.values()):
+        k = n_pos if has_pos else 0
+        for j in range(k + n_neg):
+            c = rng.normal(40.0, 20.0, (40, 40))
+            if j < k:
+                c[19:22, 19:22] = 500.0
+                target.append(1 + j % 4)
+            else:
+                if j % 2:
+                    c[:, 22:] = 700.0
+                else:
+                    c[19:21, 19:21] = 150.0
+                target.append(0)
+            crops.append(c)
+            study.append(i)
+    cfg = CandidateConfig().to_dict()
+    if windows is not None:
+        cfg["windows"] = windows
+    meta = {"version": 1, "config": cfg, "margin": 4, "max_neg": max_neg, "n_random": 0, "seed": seed,
+            "studies": list(studies)}
+    np.savez(path, meta=json.dumps(meta), crops=np.array(crops, np.float16), target=np.array(target),
+             study=np.array(study), weight=np.ones(len(target), np.float32))
+    return path
+
+
+def write_backbone_file(path, depth=2):
+    """A ``backbone.pt`` as pretrain_candidates writes it, of a tiny ViT (32 px, 3 windows)."""
+    from CoronaryCalciumDINOLib.models.backbone import backbone_config
+
+    bb = tiny_vit(depth=depth, seed=1)
+    torch.save({"config": backbone_config(bb), "state": bb.state_dict()}, path)
+    return path
+
+
+def test_split_patients_stratified_and_deterministic():
+    from training.evaluate_protocols import split_patients
+
+    pid = np.repeat([f"p{i}" for i in range(10)], 3)
+    y = np.where(np.isin(pid, ["p0", "p1", "p2", "p3", "p4"]), 1, 0)
+    val = split_patients(pid, y, 0.2, seed=0)
+    # round(0.2 x 5) = 1 patient of each kind
+    assert len(val & {"p0", "p1", "p2", "p3", "p4"}) == 1 and len(val) == 2
+    assert split_patients(pid, y, 0.2, seed=0) == val
+    assert len({frozenset(split_patients(pid, y, 0.2, seed=s)) for s in range(10)}) > 1
+    # a group of two gives one patient to validation, never both
+    val2 = split_patients(np.array(["a", "b", "c", "d"]), np.array([1, 1, 0, 0]), 0.9, seed=0)
+    assert len(val2 & {"a", "b"}) == 1 and len(val2 & {"c", "d"}) == 1
+    with pytest.raises(InputError):
+        split_patients(np.array(["a", "a"]), np.array([1, 0]), 0.2, seed=0)
+    with pytest.raises(InputError):
+        split_patients(pid, y, 0.0, seed=0)
+
+
+def test_finetune_subset_caps_and_balances():
+    from training.evaluate_protocols import finetune_subset
+
+    lab = np.r_[np.ones(30, int), np.zeros(300, int), np.ones(5, int)]  # last 5: the evaluation cache
+    split = np.r_[np.full(330, "train"), np.full(5, "test")]
+    data = {"labels": lab, "masks": {"test": split == "test"}}
+    idx = finetune_subset(data, 40, seed=0)
+    assert idx.size == 40 and lab[idx].sum() == 20 and idx.max() < 330
+    idx = finetune_subset(data, 100, seed=0)
+    assert idx.size == 100 and lab[idx].sum() == 30  # every coronary candidate, the rest negatives
+    assert finetune_subset(data, 1000, seed=0).size == 330
+
+
+def test_evaluate_protocols_on_known_caches(tmp_path):
     from training.evaluate_protocols import main
 
-    rng = np.random.default_rng(0)
-    pid, lab = patient_table(n_patients=30, n_pos_patients=15)
-    patient_no = np.array([int(p[1:]) for p in pid])
-    split = np.where(np.isin(patient_no, [0, 1, 2, 15, 16, 17]), "test",
-                     np.where(np.isin(patient_no, [3, 4, 18, 19]), "val", "train"))
-    good = rng.normal(size=(lab.size, 8)).astype(np.float32)
-    good[:, 0] += 6.0 * lab  # the classes point along different axes (cosine kNN)
-    good[:, 1] += 6.0 * (1 - lab)
-    npz = tmp_path / "feats.npz"
-    np.savez(npz, labels=lab, patient_ids=pid, split=split, **{"features__last1+avgpool": good,
-                                                                "features__noise": rng.normal(size=(lab.size, 8))})
-    out = tmp_path / "results.json"
-    rc = main(["--features", str(npz), "--protocols", "knn,linear,fewshot", "--few-shot-ks", "1,2",
-               "--few-shot-seeds", "2", "--out", str(out), "--variant", "test-variant"])
+    train = write_cache(tmp_path / "train.npz", {f"s{i:02d}": i < 6 for i in range(10)}, seed=0)
+    ev = write_cache(tmp_path / "eval.npz", {f"e{i:02d}": i < 2 for i in range(3)}, seed=1)
+    tiny = write_backbone_file(tmp_path / "backbone.pt")
+    out = tmp_path / "res.json"
+    common = ["--few-shot-ks", "1,2", "--few-shot-seeds", "2", "--finetune-epochs", "1", "--lora-r", "4",
+              "--epochs", "3", "--bootstrap", "50"]
+    rc = main(["--train", str(train), "--eval", str(ev), "--backbone", "random:0", "--backbone", f"tiny={tiny}",
+               "--out", str(out), *common])
     assert rc == 0
     res = json.loads(out.read_text())
-    assert res["variant"] == "test-variant"
-    assert res["knn"]["last1+avgpool"]["per_k"]["5"]["accuracy"] > 0.95
-    assert res["linear"]["selected"]["features"] == "last1+avgpool"
-    assert [e["k"] for e in res["fewshot"]["curve"]] == [1, 2]
+    d = res["data"]
+    # training cache: 6 studies with 4 coronary + 12 other candidates, 4 with 12 others; one
+    # study of each kind goes to validation. Evaluation: 2 x 16 + 12 candidates, 8 coronary
+    # (arteries 1..4 all count as coronary).
+    assert d["n_patients"] == {"train": 8, "val": 2, "test": 3}
+    assert d["n_positive_patients"] == {"train": 5, "val": 1, "test": 2}
+    assert d["n_candidates"] == {"train": 5 * 16 + 3 * 12, "val": 16 + 12, "test": 44}
+    assert d["n_positive"] == {"train": 20, "val": 4, "test": 8}
+    assert d["notes"] == []
+    assert list(res["backbones"]) == ["random:0", "tiny"]
+    rnd, tb = res["backbones"]["random:0"], res["backbones"]["tiny"]
+    assert rnd["feature_sets"] == {"last1": 128, "last1+avgpool": 256, "last4": 512, "last4+avgpool": 640}
+    assert tb["feature_sets"] == {"last1": 32, "last1+avgpool": 64}  # depth 2: block 4 is dropped
+    for name, r in res["backbones"].items():
+        assert set(r) >= set(("knn", "linear", "fewshot", "finetune", "lora", "bitfit"))
+        for proto in ("knn", "linear", "finetune", "lora", "bitfit"):
+            e = r[proto]["eval"]
+            assert e["n"] == 44 and e["n_positive"] == 8
+            assert 0.0 <= e["auroc"] <= 1.0 and 0.0 <= e["auprc"] <= 1.0
+            lo, hi = e["auroc_ci95"]
+            assert lo <= e["auroc"] + 1e-9 and e["auroc"] <= hi + 1e-9
+        # the calcium spot is easy to tell from bone edges and faint spots
+        assert r["knn"]["eval"]["auroc"] > 0.9, name
+        assert r["linear"]["eval"]["auroc"] > 0.9, name
+        k = r["knn"]["selected"]["k"]
+        assert r["knn"]["eval"]["auroc"] == pytest.approx(r["knn"]["eval_per_k"]["per_k"][str(k)]["auroc"])
+        assert r["knn"]["eval_per_k"]["n_train"] == 144
+        # the reported probabilities are those of linear_probe's own retrained model
+        assert r["linear"]["eval"]["auroc"] == pytest.approx(r["linear"]["test"]["auroc"], abs=1e-12)
+        assert r["linear"]["n"] == {"train": 116, "val": 28, "test": 44}
+        curve = {e["k"]: e for e in r["fewshot"]["curve"]}
+        assert set(curve) == {1, 2} and curve[1]["n_seeds"] == 2
+        assert curve[2]["auroc_mean"] > 0.9 and 0.0 < curve[2]["auprc_mean"] <= 1.0
+        assert r["fewshot"]["features"] == "last1+avgpool"
+        assert r["finetune"]["train"]["lr"] == 1e-5 and r["finetune"]["train"]["n_train"] == 144
+        assert r["finetune"]["train"]["n_train_positive"] == 24
+        assert r["lora"]["train"]["trainable"] < r["finetune"]["train"]["trainable"]
+    bb = tiny_vit(depth=2)
+    assert tb["bitfit"]["train"]["trainable"] == sum(p.numel() for n, p in bb.named_parameters()
+                                                     if n.endswith("bias"))
+    rows = {(r["backbone"], r["protocol"], r.get("k")) for r in res["summary"]}
+    assert ("tiny", "linear", None) in rows and ("random:0", "fewshot", 2) in rows
+    assert len(res["summary"]) == 2 * (5 + 2)
+
     # refuses to overwrite without --overwrite
-    assert main(["--features", str(npz), "--protocols", "knn", "--out", str(out)]) == 2
+    assert main(["--train", str(train), "--eval", str(ev), "--backbone", "random:0", "--out", str(out)]) == 2
+    bad = tmp_path / "bad.json"
+    # the same studies in both caches: patient leak
+    assert main(["--train", str(train), "--eval", str(train), "--backbone", "random:0", "--protocols", "knn",
+                 "--out", str(bad)]) == 2
+    # caches made with other HU windows
+    other = write_cache(tmp_path / "other.npz", {"o0": True}, windows=[[0, 100], [0, 200], [0, 300]])
+    assert main(["--train", str(train), "--eval", str(other), "--backbone", "random:0", "--protocols", "knn",
+                 "--out", str(bad)]) == 2
+    assert main(["--train", str(train), "--eval", str(ev), "--backbone", "random:0", "--protocols", "knn,svm",
+                 "--out", str(bad)]) == 2
+    assert main(["--train", str(train), "--eval", str(ev), "--backbone", str(tmp_path / "missing.pt"),
+                 "--out", str(bad)]) == 2
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    assert main(["--train", str(train), "--eval", str(ev), "--backbone", str(tmp_path / "garbage.pt"),
+                 "--out", str(bad)]) == 2
+    assert not bad.exists()
 
 
-def write_tiny_studies(root, n=8, nz=6, size=48):
-    """``n`` small studies: a 40 HU body disk in air; even-numbered studies get a 600 HU
-    LAD lesion on slices 2 and 3."""
-    from CoronaryCalciumDINOLib.data.studies import Study, write_study
-    from CoronaryCalciumDINOLib.io.volume import CTVolume
-
-    yy, xx = np.mgrid[:size, :size]
-    disk = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (0.4 * size) ** 2
-    for i in range(n):
-        hu = np.where(disk, 40.0, -1000.0).astype(np.float32)[None].repeat(nz, 0)
-        labels = np.zeros(hu.shape, np.uint8)
-        if i % 2 == 0:
-            hu[2:4, 20:24, 26:30] = 600.0
-            labels[2:4, 20:24, 26:30] = 2
-        ct = CTVolume(hu=hu, spacing=(3.0, 2.0, 2.0))
-        write_study(Study(id=f"s{i:02d}", ct=ct, labels=labels), root)
-
-
-def test_evaluate_protocols_script_end_to_end(tmp_path):
-    from CoronaryCalciumDINOLib.models.backbone import (
-        BACKBONE_CONFIG_FILE,
-        BACKBONE_WEIGHTS_FILE,
-        backbone_config,
-    )
+def test_evaluate_protocols_on_built_cache(tmp_path):
+    """Caches written by training.candidate_data from tiny synthetic studies."""
+    from CoronaryCalciumDINOLib.data.studies import write_study
+    from CoronaryCalciumDINOLib.pipeline.candidates import CandidateConfig
+    from CoronaryCalciumDINOLib.synth import render_study
+    from training.candidate_data import build_cache, load_cache
     from training.evaluate_protocols import main
 
-    studies = tmp_path / "studies"
-    write_tiny_studies(studies)
-    ssl = tmp_path / "ssl"
-    ssl.mkdir()
-    bb = tiny_vit()
-    torch.save(bb.state_dict(), ssl / BACKBONE_WEIGHTS_FILE)
-    (ssl / BACKBONE_CONFIG_FILE).write_text(json.dumps(backbone_config(bb)))
-    splits = tmp_path / "splits.json"
-    splits.write_text(json.dumps({"version": 1, "train": ["s00", "s01", "s02", "s03"],
-                                  "val": ["s04", "s05"], "test": ["s06", "s07"]}))
-    out, feats = tmp_path / "res.json", tmp_path / "feats.npz"
-    rc = main(["--ssl-dir", str(ssl), "--studies", str(studies), "--splits", str(splits),
-               "--protocols", "knn,linear,fewshot,lora,bitfit,finetune", "--few-shot-ks", "1",
-               "--few-shot-seeds", "2", "--finetune-epochs", "1", "--lora-r", "4", "--epochs", "2",
-               "--save-features", str(feats), "--out", str(out)])
+    dirs = {}
+    for seed in (1, 5, 3):  # 96 x 96 studies, each with coronary candidates
+        st = render_study(seed, plaques=True, matrix=96).study
+        write_study(st, tmp_path / "studies")
+        dirs[seed] = tmp_path / "studies" / st.id
+    train = build_cache([dirs[1], dirs[5]], tmp_path / "train.npz", CandidateConfig(), max_neg=60, n_random=2,
+                        log=lambda m: None)
+    ev = build_cache([dirs[3]], tmp_path / "eval.npz", CandidateConfig(), max_neg=None, n_random=2,
+                     log=lambda m: None)
+    ct, ce = load_cache(train), load_cache(ev)
+    assert (ct["target"] > 0).any() and (ce["target"] > 0).any()
+    out = tmp_path / "res.json"
+    rc = main(["--train", str(train), "--eval", str(ev), "--backbone", "random:0",
+               "--protocols", "knn,linear,fewshot,lora", "--few-shot-ks", "1", "--few-shot-seeds", "1",
+               "--epochs", "2", "--lora-r", "4", "--finetune-epochs", "1", "--finetune-max-train", "32",
+               "--out", str(out)])
     assert rc == 0
     res = json.loads(out.read_text())
-    # 8 studies x 6 slices; the lesion studies s00, s02 (train), s04 (val), s06 (test)
-    # hold 2 calcified slices each
-    assert res["n_slices"] == {"train": 24, "val": 12, "test": 12}
-    assert res["n_positive"] == {"train": 4, "val": 2, "test": 2}
-    assert res["feature_sets"] == {"last1": 32, "last1+avgpool": 64, "last4": 128, "last4+avgpool": 160}
-    # k capped at the 36 train + val slices
-    assert res["knn"]["last1"]["per_k"]["200"]["k"] == 36
-    assert set(res["finetune"]) == {"full", "lora", "bitfit"}
-    assert res["finetune"]["full"]["train"]["lr"] == 1e-5
-    assert res["finetune"]["lora"]["train"]["trainable"] < res["finetune"]["full"]["train"]["trainable"]
-    assert res["finetune"]["bitfit"]["test"]["n"] == 12
-    saved = np.load(feats)
-    assert saved["features__last4"].shape == (48, 128)
-    assert list(saved["split"][:6]) == ["train"] * 6 and saved["patient_ids"][0] == "s00"
-    # features-only input cannot run the image protocols: one-line error, exit 2
-    assert main(["--features", str(feats), "--protocols", "lora", "--out", str(tmp_path / "x.json")]) == 2
+    d = res["data"]
+    assert d["n_patients"] == {"train": 1, "val": 1, "test": 1}
+    assert d["n_candidates"]["train"] + d["n_candidates"]["val"] == len(ct["target"])
+    assert d["n_candidates"]["test"] == len(ce["target"])
+    assert d["n_positive"]["train"] + d["n_positive"]["val"] == int((ct["target"] > 0).sum())
+    assert d["n_positive"]["test"] == int((ce["target"] > 0).sum())
+    r = res["backbones"]["random:0"]
+    assert r["lora"]["train"]["n_train"] == 32
+    assert r["lora"]["eval"]["n"] == len(ce["target"])
+    # one evaluation study: no study-bootstrap interval
+    assert r["knn"]["eval"]["auroc_ci95"] is None
+    assert {row["protocol"] for row in res["summary"]} == {"knn", "linear", "fewshot", "lora"}

@@ -365,10 +365,7 @@ def test_compute_with_the_real_pipeline_on_a_tiny_bundle(core, tmp_path):
     from CoronaryCalciumDINOLib.models.bundle import save_random_bundle
 
     torch.set_num_threads(1)
-    bundle = save_random_bundle(
-        tmp_path / "b", input_size=32, threshold=0.0,
-        segmenter={"input_size": 64, "crop_mm": 64.0, "channels": [8, 16], "strides": [2], "neighbours": 1},
-    )
+    bundle = save_random_bundle(tmp_path / "b", threshold=0.01)
     rng = np.random.default_rng(0)
     hu = np.full((6, 48, 48), 40.0, np.float32) + rng.normal(0, 5, (6, 48, 48)).astype(np.float32)
     hu[:, 10:14, 10:14] = 400.0

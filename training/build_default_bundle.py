@@ -1,22 +1,27 @@
-"""Build the default model bundle shipped with the module, in one command.
+"""Build the default model bundle shipped with the module, in one command, on a CPU.
 
-    python -m training.build_default_bundle --work runs/default-bundle \\
-        --out CoronaryCalciumDINO/Resources/Models/ccdino-default --overwrite
+    python -m training.build_default_bundle --overwrite            # 2-core CPU
+    python -m training.build_default_bundle --device cuda --n-train 2000 --ssl-steps 20000 \\
+        --ssl-batch 512 --seg-steps 20000 --work runs/big --out runs/big-bundle \\
+        --name ccdino-big --results runs/big/results                              # scaled up
 
-Stages (each skipped when its output already exists in ``--work``, so a run can resume):
+Stages (each skipped when its output already exists in ``--work``, so a run resumes where
+it stopped; the SSL stage also resumes from its own checkpoint):
 
-1. synthetic training studies, seeds ``--first-seed`` .. (never a held-out seed);
-2. self-supervised DINO-LG pretraining of a small ViT (``training.pretrain_dino
-   --label-guided``) for ``--ssl-steps`` steps;
-3. the slice detector on frozen teacher features (``training.train_detector``);
-4. the per-artery UNet (``training.train_segmenter``);
-5. evaluation of the assembled bundle on ``--n-test`` held-out synthetic studies
-   (:data:`CoronaryCalciumDINOLib.data.splits.HELDOUT_SYNTHETIC_SEEDS`);
+1. synthetic studies: ``--n-train`` training + validation studies (seeds ``--first-seed``..,
+   never a held-out seed; the last ``--n-val`` are the validation studies) and ``--n-test``
+   held-out studies (seeds 900000..);
+2. candidate caches (:mod:`training.candidate_data`): the inference crop sampler run on
+   every study;
+3. DINO-LG self-supervised pretraining of the candidate ViT
+   (:mod:`training.pretrain_candidates`);
+4. detector heads, the gradient-boosted baseline and the per-artery segmenter
+   (:mod:`training.train_candidates`);
+5. evaluation of the assembled bundle on the held-out studies (pipeline and the
+   segmenter on every slice, slice detection, Agatston agreement, risk, power of zero)
+   with the baseline's slice detection on the same candidates, and the real phantom scan;
 6. the bundle (fp16 weights, manifest with metrics, model card) written to ``--out``, and
-   the metrics plus the exact stage commands written to ``--results``.
-
-The defaults are a tiny CPU budget (minutes per stage on 2 threads); scale ``--n-train``,
-``--ssl-steps``, ``--arch``, ``--img-size`` and ``--seg-steps`` up on a GPU.
+   the metrics and the exact stage commands written to ``--results``.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+PHANTOM = REPO / "Testing" / "Data" / "qrm-phantom-canon"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -39,38 +45,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--results", type=Path, default=REPO / "training" / "results")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--name", default="ccdino-default")
-    p.add_argument("--version", default="0.1.0")
-    p.add_argument("--n-train", type=int, default=40, help="synthetic training + validation studies")
-    p.add_argument("--n-test", type=int, default=40, help="held-out synthetic studies for the reported metrics")
+    p.add_argument("--version", default="0.2.0")
+    p.add_argument("--n-train", type=int, default=200, help="synthetic training + validation studies")
+    p.add_argument("--n-val", type=int, default=30, help="of which validation studies (threshold choice)")
+    p.add_argument("--n-test", type=int, default=100, help="held-out synthetic studies for the reported metrics")
     p.add_argument("--first-seed", type=int, default=1000)
-    p.add_argument("--matrix", type=int, default=None, help="synthetic image matrix (default: the generator's 512)")
-    p.add_argument("--arch", default="vit_tiny_patch16_224")
-    p.add_argument("--img-size", type=int, default=112, help="ViT global crop / detector input size")
-    p.add_argument("--local-size", type=int, default=48)
-    p.add_argument("--ssl-steps", type=int, default=400)
-    p.add_argument("--ssl-batch", type=int, default=16)
-    p.add_argument("--ssl-lr", type=float, default=4e-3,
-                   help="DINO lr at batch 256 (scaled linearly: 4e-3 at batch 16 gives 2.5e-4)")
-    p.add_argument("--ssl-out-dim", type=int, default=4096, help="DINO head output dimension (prototypes)")
-    p.add_argument("--ssl-teacher-temp", type=float, default=0.04, help="DINO teacher softmax temperature")
-    p.add_argument("--ssl-center-momentum", type=float, default=0.9,
-                   help="EMA momentum of the teacher centre (0: centre on the previous batch's mean)")
-    p.add_argument("--ssl-freeze-last-layer", type=int, default=1,
-                   help="epochs (of ssl-steps / 10 steps) with the head's last layer frozen")
-    p.add_argument("--plain-dino", action="store_true",
-                   help="plain DINO (no label-guided crops), e.g. for the DINO vs DINO-LG comparison")
-    p.add_argument("--ssl-no-norm-last-layer", action="store_true",
-                   help="let the head's last-layer weight norms be learned")
-    p.add_argument("--crop-mm", type=float, default=160.0, help="detector heart field (mm)")
-    p.add_argument("--seg-crop-mm", type=float, default=140.0)
-    p.add_argument("--seg-input", type=int, default=192)
-    p.add_argument("--seg-steps", type=int, default=3000)
-    p.add_argument("--seg-batch", type=int, default=8)
-    p.add_argument("--seg-patch", type=int, default=128)
-    p.add_argument("--seg-channels", default="16,32,64,128")
-    p.add_argument("--seg-neg-ratio", type=float, default=1.0, help="slices without calcium per calcified slice")
+    p.add_argument("--max-neg", type=int, default=500, help="non-coronary candidates kept per training study")
+    p.add_argument("--ssl-steps", type=int, default=1200)
+    p.add_argument("--ssl-batch", type=int, default=64)
+    p.add_argument("--plain-dino", action="store_true", help="plain DINO (no label guidance), for comparisons")
+    p.add_argument("--seg-steps", type=int, default=2000)
+    p.add_argument("--target-sensitivity", type=float, default=0.99)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=1, help="processes generating synthetic studies")
+    p.add_argument("--matrix", type=int, default=None, help="synthetic image matrix (default: the generator's 512)")
+    p.add_argument("--n-slices", type=int, default=None, help="synthetic slices per study (default: the generator's)")
+    p.add_argument("--train-plaques", action="store_true",
+                   help="every training study gets coronary plaques (for tiny runs; default: the generator's mix)")
     return p.parse_args(argv)
 
 
@@ -84,31 +76,31 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def stage_studies(args, folder: Path) -> list[Path]:
-    """Stage 1: the synthetic training studies (existing complete ones are kept)."""
-    from CoronaryCalciumDINOLib.data.splits import check_disjoint
-    from CoronaryCalciumDINOLib.evaluation.pipeline_eval import synthetic_study_dirs
+def _hardware(device: str) -> str:
+    import torch
 
-    seeds = range(args.first_seed, args.first_seed + args.n_train)
-    check_disjoint(seeds)
-    # every training study gets at least one plaque: calcified slices are rare (< 10 %)
-    return synthetic_study_dirs(seeds, folder, lambda f, m: _log(f"synth {m}"), plaques=True, **_overrides(args))
+    from CoronaryCalciumDINOLib.pipeline.device import resolve_device
 
-
-def _overrides(args) -> dict:
-    return {} if args.matrix is None else {"matrix": args.matrix}
+    dev = resolve_device(device)
+    if dev.type == "cpu":
+        return f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    return f"GPU ({torch.cuda.get_device_name(dev)})"
 
 
 def main(argv=None) -> int:
+    import numpy as np
     import torch
 
-    from CoronaryCalciumDINOLib.data.splits import HELDOUT_SYNTHETIC_SEEDS
+    from CoronaryCalciumDINOLib.data.splits import HELDOUT_SYNTHETIC_SEEDS, check_disjoint
+    from CoronaryCalciumDINOLib.evaluation.metrics import slice_metrics
     from CoronaryCalciumDINOLib.evaluation.pipeline_eval import evaluate_bundle, summarise, synthetic_study_dirs
-    from CoronaryCalciumDINOLib.models.backbone import BACKBONE_CONFIG_FILE, load_backbone_dir
     from CoronaryCalciumDINOLib.models.bundle import load_bundle, save_bundle
+    from CoronaryCalciumDINOLib.models.detector import choose_thresholds
+    from CoronaryCalciumDINOLib.pipeline.candidates import CandidateConfig
     from CoronaryCalciumDINOLib.report import write_json
 
-    from . import pretrain_dino, train_detector, train_segmenter
+    from . import pretrain_candidates, train_candidates
+    from .candidate_data import build_cache, load_cache
 
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -119,7 +111,6 @@ def main(argv=None) -> int:
     os.chdir(REPO)  # paths inside the repository are recorded relative to it
     work = _rel(work)
     work.mkdir(parents=True, exist_ok=True)
-    # seconds of each stage when it actually ran (kept across resumed runs)
     timings_file = work / "stage_seconds.json"
     timings: dict[str, float] = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
     commands: dict[str, list[str]] = {}
@@ -128,109 +119,134 @@ def main(argv=None) -> int:
         timings[name] = time.perf_counter() - t0
         timings_file.write_text(json.dumps(timings, indent=2) + "\n")
 
+    # 1. studies
     t = time.perf_counter()
-    stage_studies(args, work / "studies")
-    studies = work / "studies"
+    seeds = range(args.first_seed, args.first_seed + args.n_train)
+    check_disjoint(seeds)
+    over = {k: v for k, v in (("matrix", args.matrix), ("n_slices", args.n_slices)) if v is not None}
+    studies = synthetic_study_dirs(seeds, work / "studies", lambda f, m: _log(f"synth {m}"), workers=args.workers,
+                                   **over, **({"plaques": True} if args.train_plaques else {}))
+    test_seeds = range(HELDOUT_SYNTHETIC_SEEDS.start, HELDOUT_SYNTHETIC_SEEDS.start + args.n_test)
+    test_dirs = synthetic_study_dirs(test_seeds, work / "heldout", lambda f, m: _log(f"synth {m}"), workers=args.workers,
+                                     **over)
     if "synth_s" not in timings:
         ran("synth_s", t)
-    _log(f"{args.n_train} training studies ready")
+    train_dirs, val_dirs = studies[: args.n_train - args.n_val], studies[args.n_train - args.n_val:]
 
-    ssl_dir = work / "ssl"
-    commands["ssl"] = [
-        "--data", str(studies), "--output", str(ssl_dir), "--arch", args.arch, "--img-size", str(args.img_size),
-        "--local-size", str(args.local_size), "--local-crops", "4", *([] if args.plain_dino else ["--label-guided"]), "--batch-size", str(args.ssl_batch),
-        "--epochs", "10", "--warmup-epochs", "1", "--lr", str(args.ssl_lr), "--max-steps", str(args.ssl_steps),
-        "--iters-per-epoch", str(max(1, args.ssl_steps // 10)), "--out-dim", str(args.ssl_out_dim),
-        "--head-hidden", "512", "--head-bottleneck", "128", "--freeze-last-layer", str(args.ssl_freeze_last_layer),
-        "--teacher-temp", str(args.ssl_teacher_temp), "--warmup-teacher-temp", str(args.ssl_teacher_temp),
-        "--center-momentum", str(args.ssl_center_momentum), "--momentum-teacher", "0.99",
-        "--num-workers", "0", "--cache-studies", str(args.n_train), "--device", args.device,
-        "--seed", "0", "--drop-path", "0.0",
-    ] + (["--no-norm-last-layer"] if args.ssl_no_norm_last_layer else [])
+    # 2. caches
     t = time.perf_counter()
-    if not (ssl_dir / BACKBONE_CONFIG_FILE).is_file():
-        _log("stage 2: DINO-LG pretraining")
-        if pretrain_dino.main(commands["ssl"]) != 0:
-            raise SystemExit("self-supervised stage failed")
+    cfg = CandidateConfig()
+    train_cache = build_cache(train_dirs, work / "train.npz", cfg, max_neg=args.max_neg, log=_log)
+    val_cache = build_cache(val_dirs, work / "val.npz", cfg, max_neg=None, n_random=0, log=_log)
+    test_cache = build_cache(test_dirs, work / "test.npz", cfg, max_neg=None, n_random=0, log=_log)
+    if "caches_s" not in timings:
+        ran("caches_s", t)
+
+    # 3. SSL
+    ssl_dir = work / ("ssl-dino" if args.plain_dino else "ssl-dino-lg")
+    commands["ssl"] = ["--cache", str(train_cache), "--out", str(ssl_dir), "--steps", str(args.ssl_steps),
+                       "--batch", str(args.ssl_batch), "--seed", "0", "--threads", str(args.threads),
+                       "--device", args.device] + ([] if args.plain_dino else ["--label-guided"])
+    t = time.perf_counter()
+    if not (ssl_dir / "backbone.pt").is_file():
+        _log("stage 3: DINO-LG pretraining" if not args.plain_dino else "stage 3: DINO pretraining")
+        pretrain_candidates.main(commands["ssl"])
         ran("ssl_s", t)
 
-    det_dir = work / "detector"
-    commands["detector"] = ["--studies", str(studies), "--backbone", str(ssl_dir), "--out", str(det_dir),
-                            "--crop-mm", str(args.crop_mm), "--device", args.device, "--threads", str(args.threads)]
+    # 4. supervised
+    sup_dir = work / "supervised"
+    commands["supervised"] = ["--train", str(train_cache), "--val", str(val_cache), "--backbone",
+                              str(ssl_dir / "backbone.pt"), "--out", str(sup_dir), "--seg-steps", str(args.seg_steps),
+                              "--target-sensitivity", str(args.target_sensitivity), "--threads", str(args.threads),
+                              "--device", args.device]
     t = time.perf_counter()
-    if not (det_dir / train_detector.DETECTOR_FILE).is_file():
-        _log("stage 3: slice detector")
-        train_detector.main(commands["detector"])
-        ran("detector_s", t)
-
-    seg_dir = work / "segmenter"
-    commands["segmenter"] = ["--studies", str(studies), "--out", str(seg_dir), "--crop-mm", str(args.seg_crop_mm),
-                             "--input-size", str(args.seg_input), "--steps", str(args.seg_steps),
-                             "--batch", str(args.seg_batch), "--patch", str(args.seg_patch),
-                             "--channels", args.seg_channels, "--neg-ratio", str(args.seg_neg_ratio), "--device", args.device, "--threads", str(args.threads)]
-    t = time.perf_counter()
-    if not (seg_dir / train_segmenter.SEGMENTER_FILE).is_file():
-        _log("stage 4: segmenter")
-        train_segmenter.main(commands["segmenter"])
-        ran("segmenter_s", t)
+    if not (sup_dir / "supervised.pt").is_file():
+        _log("stage 4: detector heads, baseline, segmenter")
+        train_candidates.main(commands["supervised"])
+        ran("supervised_s", t)
 
     # assemble (metrics are added once measured)
-    det = torch.load(det_dir / train_detector.DETECTOR_FILE, map_location="cpu")
-    seg = torch.load(seg_dir / train_segmenter.SEGMENTER_FILE, map_location="cpu")
-    backbone = load_backbone_dir(ssl_dir)
-    bb_cfg = json.loads((ssl_dir / BACKBONE_CONFIG_FILE).read_text())
-    det_metrics = json.loads((det_dir / train_detector.METRICS_FILE).read_text())
-    seg_metrics = json.loads((seg_dir / train_segmenter.METRICS_FILE).read_text())
-    ssl_summary = _ssl_summary(ssl_dir)
+    sup = torch.load(sup_dir / "supervised.pt", map_location="cpu", weights_only=False)
+    ssl = torch.load(ssl_dir / "backbone.pt", map_location="cpu", weights_only=False)
     hardware = _hardware(args.device)
+    det_info = {**sup["detector_config"], **sup["threshold"]}
     common = dict(
         name=args.name, version=args.version,
-        trained_on=f"{args.n_train} synthetic non-contrast cardiac CT studies (seeds {args.first_seed}-"
-                   f"{args.first_seed + args.n_train - 1}), trained on {hardware}",
+        trained_on=f"{args.n_train} synthetic non-contrast cardiac CT studies (seeds {seeds.start}-{seeds.stop - 1}), "
+                   f"trained on {hardware}",
         not_validated_on="patient data (no real CT was used for training or validation)",
-        backbone_config=bb_cfg, backbone_state=backbone.state_dict(),
-        detector_state=det["state_dict"],
-        detector_info={"in_dim": det["in_dim"], "threshold": det["threshold"],
-                       "youden_threshold": det["youden_threshold"], "target_sensitivity": det["target_sensitivity"]},
-        segmenter_config=seg["config"], segmenter_state=seg["state_dict"], preprocessing=det["preprocessing"],
+        backbone_config=ssl["config"], backbone_state=ssl["state"],
+        detector_state=sup["detector"], detector_info=det_info,
+        segmenter_config=sup["segmenter_config"], segmenter_state=sup["segmenter"],
+        candidates=cfg.to_dict(),
     )
     candidate = save_bundle(work / "candidate", overwrite=True, **common)
 
+    # 5. evaluation
     t = time.perf_counter()
-    _log("stage 5: evaluation on held-out synthetic studies")
-    test_seeds = range(HELDOUT_SYNTHETIC_SEEDS.start, HELDOUT_SYNTHETIC_SEEDS.start + args.n_test)
-    test_dirs = synthetic_study_dirs(test_seeds, work / "heldout", **_overrides(args))
+    _log(f"stage 5: evaluation on {len(test_dirs)} held-out synthetic studies")
     b = load_bundle(candidate)
     outcomes = evaluate_bundle(b, test_dirs, device=args.device, progress=lambda f, m: _log(m))
-    heldout = summarise(outcomes, b.threshold, det["target_sensitivity"])
+    heldout = summarise(outcomes, b.threshold, args.target_sensitivity)
+    # the simple baseline on the same candidates, its threshold chosen on the same validation studies
+    tr, va, te = load_cache(train_cache), load_cache(val_cache), load_cache(test_cache)
+    gbm = train_candidates.gbm_baseline(tr)
+    ys_v, ps_v, _ = train_candidates.slice_probs(va, gbm(va))
+    gthr = choose_thresholds(ys_v, ps_v, args.target_sensitivity)["threshold"]
+    ys, ps, _ = train_candidates.slice_probs(te, gbm(te))
+    # the pipeline's slice labels, for a check that both rows use the same slices
+    pos = np.concatenate([o.positive for o in outcomes])
+    if not np.array_equal(pos, ys):
+        _log("warning: baseline slice labels differ from the pipeline's (study order?)")
+    baseline = slice_metrics(ys, ps, gthr, args.target_sensitivity)
+    phantom = phantom_check(b, args.device)
     ran("evaluation_s", t)
 
     metrics = {
         "heldout_synthetic": {"seeds": [test_seeds.start, test_seeds.stop], **heldout},
-        "detector_validation": {k: det_metrics[k] for k in ("val", "val_at_youden", "threshold", "youden_threshold")},
-        "segmenter_validation": seg_metrics["val"],
-        "ssl": ssl_summary,
+        "baseline_gbm_hand_features": {"slices": baseline, "threshold": gthr},
+        "validation": sup["report"],
+        "phantom": phantom,
+        "ssl": _ssl_summary(ssl_dir),
     }
     environment = {"device": args.device, "hardware": hardware, "threads": args.threads, "torch": torch.__version__,
                    "python": platform.python_version(), "machine": platform.machine()}
-    card = model_card(args, metrics, bb_cfg, seg["config"], det, timings, environment)
+    card = model_card(args, metrics, ssl["config"], sup, timings, environment, cfg)
     save_bundle(args.out, overwrite=args.overwrite, metrics=_compact(metrics), model_card=card, **common)
     args.results.mkdir(parents=True, exist_ok=True)
-    write_json({"bundle": str(_rel(args.out)),
-                "metrics": metrics, "timings_s": timings, "environment": environment,
-                "detector_train": det_metrics, "segmenter_train": seg_metrics},
+    write_json({"bundle": str(_rel(args.out)), "metrics": metrics, "timings_s": timings, "environment": environment},
                args.results / f"{args.name}-metrics.json")
-    write_json({"recipe": "python -m training.build_default_bundle " + " ".join(argv or sys.argv[1:]),
-                "stages": {"ssl": "python -m training.pretrain_dino " + " ".join(commands["ssl"]),
-                           "detector": "python -m training.train_detector " + " ".join(commands["detector"]),
-                           "segmenter": "python -m training.train_segmenter " + " ".join(commands["segmenter"])}},
+    write_json({"recipe": "python -m training.build_default_bundle " + " ".join(argv if argv is not None else sys.argv[1:]),
+                "stages": {"ssl": "python -m training.pretrain_candidates " + " ".join(commands["ssl"]),
+                           "supervised": "python -m training.train_candidates " + " ".join(commands["supervised"])}},
                args.results / f"{args.name}-commands.json")
-    _log(f"bundle written to {_rel(args.out)}")
+    _log(f"bundle written to {_rel(args.out)} ({sum(timings.values()) / 60:.1f} min of stages)")
     return 0
 
 
+def phantom_check(bundle, device: str) -> dict:
+    """The bundle on the real QRM phantom series: which slices it selects, what it labels."""
+    import numpy as np
+
+    from CoronaryCalciumDINOLib.io import load_ct
+    from CoronaryCalciumDINOLib.pipeline import run_pipeline
+
+    if not PHANTOM.is_dir():
+        return {"note": f"{_rel(PHANTOM)} not found"}
+    ct = load_ct(str(PHANTOM))
+    res = run_pipeline(ct, bundle, device=device)
+    return {
+        "slices": int(ct.hu.shape[0]),
+        "selected_slices": [int(i) for i in np.flatnonzero(res.selected)],
+        "lesions": [{"artery": les.artery, "slice": les.slice, "area_mm2": les.area_mm2, "peak_hu": les.peak_hu}
+                    for les in res.score.lesions],
+        "total_agatston": res.score.total.agatston,
+        "seconds": res.timings.get("total_s"),
+    }
+
+
 def _ssl_summary(ssl_dir: Path) -> dict:
-    """Steps and last logged loss of the self-supervised stage (from its log.jsonl)."""
+    """Steps and last logged loss / entropies of the self-supervised stage (from its log.jsonl)."""
     log = ssl_dir / "log.jsonl"
     last = {}
     if log.is_file():
@@ -241,21 +257,24 @@ def _ssl_summary(ssl_dir: Path) -> dict:
                 continue
             if "loss" in rec:
                 last = rec
-    return {k: last[k] for k in ("step", "epoch", "loss") if k in last}
+    return {k: last[k] for k in ("step", "loss", "teacher_entropy", "batch_entropy") if k in last}
 
 
 def _compact(metrics: dict) -> dict:
     """The headline numbers for the manifest (the full metrics go to the results file)."""
     h = metrics["heldout_synthetic"]
     t = h["slices"]["at_threshold"]
+    p = h["pipeline"]
     return {
         "heldout_synthetic_studies": h["n_studies"],
         "slice_sensitivity": t["sensitivity"], "slice_specificity": t["specificity"],
         "slice_auroc": h["slices"]["auroc"], "slice_auprc": h["slices"]["auprc"],
-        "total_agatston_icc_2_1": h["pipeline"]["agatston_agreement"]["total"]["icc_2_1"],
-        "total_agatston_mae": h["pipeline"]["agatston_agreement"]["total"]["mae"],
-        "risk_accuracy": h["pipeline"]["risk"]["accuracy"],
-        "risk_kappa_linear": h["pipeline"]["risk"]["kappa_linear"],
+        "total_agatston_icc_2_1": p["agatston_agreement"]["total"]["icc_2_1"],
+        **{f"{a}_agatston_icc_2_1": p["agatston_agreement"][a]["icc_2_1"] for a in ("LM", "LAD", "LCX", "RCA")},
+        "total_agatston_mae": p["agatston_agreement"]["total"]["mae"],
+        "risk_accuracy": p["risk"]["accuracy"],
+        "risk_kappa_linear": p["risk"]["kappa_linear"],
+        "zero_scored_zero": p["zero_scored_zero"],
         "risk_accuracy_unet_all_slices": h["unet_all_slices"]["risk"]["accuracy"],
     }
 
@@ -264,90 +283,81 @@ def _fmt(v, nd=3) -> str:
     return "n/a" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
 
 
-def _hardware(device: str) -> str:
-    """``CPU`` or the GPU's name, for the bundle's records."""
-    import torch
-
-    from CoronaryCalciumDINOLib.pipeline.device import resolve_device
-
-    dev = resolve_device(device)
-    return "CPU" if dev.type == "cpu" else f"GPU ({torch.cuda.get_device_name(dev)})"
-
-
-def model_card(args, metrics, bb_cfg, seg_cfg, det, timings, environment) -> str:
+def model_card(args, metrics, bb_cfg, sup, timings, environment, cfg) -> str:
     h = metrics["heldout_synthetic"]
     s = h["slices"]["at_threshold"]
     pa, ua = h["pipeline"], h["unet_all_slices"]
+    g = metrics["baseline_gbm_hand_features"]["slices"]["at_threshold"]
     rows = "\n".join(
-        f"| {a} | {_fmt(pa['agatston_agreement'][a]['icc_2_1'])} | {_fmt(pa['agatston_agreement'][a]['pearson_r'])} | "
+        f"| {a} | {_fmt(pa['agatston_agreement'][a]['icc_2_1'])} | {_fmt(ua['agatston_agreement'][a]['icc_2_1'])} | "
         f"{_fmt(pa['agatston_agreement'][a]['mae'], 1)} | {_fmt(pa['agatston_agreement'][a]['bland_altman']['bias'], 1)} |"
         for a in ("LM", "LAD", "LCX", "RCA", "total")
     )
     minutes = sum(timings.values()) / 60.0
     ssl = metrics.get("ssl", {})
-    dv = metrics["detector_validation"]["val"]
-    sv = metrics["segmenter_validation"]
-    import math
-
-    uniform = math.log(args.ssl_out_dim)
-    collapsed = ssl.get("loss") is not None and abs(ssl["loss"] - uniform) < 0.05
-    ssl_note = (
-        f"Final DINO loss {ssl['loss']:.3f} after {ssl.get('step')} steps, i.e. ln({args.ssl_out_dim}) = {uniform:.3f}: this short run "
-        "did not leave DINO's initial uniform-output phase, so the backbone's features are close to those of its "
-        "random initialisation; the slice detector is correspondingly weak."
-        if collapsed else f"Final DINO loss {_fmt(ssl.get('loss'))} after {ssl.get('step')} steps."
+    rep = sup["report"]
+    head = rep["shipped_head"]
+    heads = "\n".join(
+        f"| {n} | {_fmt(r['candidate_auroc'], 4)} | {_fmt(r['slice']['sensitivity'])} | {_fmt(r['slice']['specificity'])} |"
+        for n, r in rep["heads"].items()
     )
+    ph = metrics["phantom"]
+    dc = sup["detector_config"]
     return f"""# {args.name} {args.version}
 
-**{"A tiny demonstration model, trained on a CPU" if environment["hardware"] == "CPU" else "A model trained on " + environment["hardware"]}
-on synthetic data. Not validated on patient data. Research use only; not a medical device.**
+**A small model trained on a CPU ({environment['hardware']}) on synthetic data. Not validated on
+patient data. Research use only; not a medical device.**
 
 ## What it is
-- Backbone: `{bb_cfg['name']}` (ViT, {bb_cfg['depth']} blocks, {bb_cfg['num_heads']} heads, embed {bb_cfg['embed_dim']}),
-  input {bb_cfg['img_size']} px, 3 HU windows {det['preprocessing']['windows']}, heart field
-  {det['preprocessing']['crop_mm']:.0f} mm. Self-supervised {'DINO' if args.plain_dino else 'DINO-LG (label-guided crops)'} for
-  {args.ssl_steps} steps of batch {args.ssl_batch} from random initialisation. {ssl_note}
-- Slice detector: linear head on frozen teacher features (CLS + mean patch token); threshold
-  {det['threshold']:.4f} chosen on validation slices for sensitivity >= {det['target_sensitivity']:.2f}
-  (Youden point {_fmt(det['youden_threshold'], 4)}). Validation slices: sensitivity
-  {_fmt(dv['at_threshold']['sensitivity'])}, specificity {_fmt(dv['at_threshold']['specificity'])}, AUROC {_fmt(dv['auroc'])}.
-- Segmenter: MONAI 2D UNet, channels {seg_cfg['channels']}, 5 classes (background, LM, LAD, LCX, RCA),
-  input {seg_cfg['input_size']} px over {seg_cfg['crop_mm']:.0f} mm
-  ({seg_cfg['crop_mm'] / seg_cfg['input_size']:.2f} mm pixels), slice +/- {seg_cfg['neighbours']} neighbour(s),
-  {args.seg_steps} steps. Validation Dice on calcified slices: LM {_fmt(sv['dice']['LM'])}, LAD
-  {_fmt(sv['dice']['LAD'])}, LCX {_fmt(sv['dice']['LCX'])}, RCA {_fmt(sv['dice']['RCA'])}, any calcium
-  {_fmt(sv['dice_any_calcium'])}.
+- Candidates: every connected region >= {cfg.threshold_hu:.0f} HU of >= {cfg.min_area_mm2:g} mm^2 in a
+  {cfg.field_mm:.0f} mm heart field of each axial slice; crops of {cfg.crop_px} x {cfg.crop_px} px of
+  {cfg.pixel_mm} mm (native CT pixel size), HU windows {[list(w) for w in cfg.windows]}, and a context
+  vector of {sup['segmenter_config']['context_dim']} features (position, HU statistics, coarse views).
+- Backbone: ViT (`{bb_cfg['name']}` with patch {bb_cfg['patch_size']}, {bb_cfg['depth']} blocks, {bb_cfg['num_heads']}
+  heads, width {bb_cfg['embed_dim']}), {'plain DINO' if args.plain_dino else 'DINO-LG (label-guided candidate crops)'}
+  for {args.ssl_steps} steps of batch {args.ssl_batch} from random initialisation (final DINO loss
+  {_fmt(ssl.get('loss'))}, teacher entropy {_fmt(ssl.get('teacher_entropy'))}).
+- Detector: `{head}` head on the frozen teacher features (CLS + mean patch token){' and the context' if dc['use_context'] else ''};
+  slice probability = max over the slice's candidates; threshold {sup['threshold']['threshold']:.4f} chosen
+  on {args.n_val} validation studies for slice sensitivity >= {args.target_sensitivity}.
+- Segmenter: MONAI 2D UNet (channels {sup['segmenter_config']['channels']}) on each candidate crop of the selected
+  slices, context as extra channels; 5 classes (background, LM, LAD, LCX, RCA).
+
+Validation heads (candidate AUROC; slice sensitivity / specificity at each head's own threshold):
+
+| head | candidate AUROC | slice sensitivity | slice specificity |
+|---|---|---|---|
+{heads}
 
 ## How it was trained
-- Data: {args.n_train} synthetic studies from the project's generator (seeds {args.first_seed}-
-  {args.first_seed + args.n_train - 1}, each with at least one coronary plaque), study-level
-  train/validation split. Held-out test studies use the generator's defaults (about 30 %
-  without coronary calcium).
-- Hardware: {environment['hardware']} ({environment['threads']} CPU threads, torch {environment['torch']}); total
-  {minutes:.0f} minutes for all stages ({', '.join(f"{k[:-2]} {v / 60:.1f}" for k, v in timings.items())} min). Rebuild: `python -m training.build_default_bundle`.
+{args.n_train} synthetic studies (seeds {args.first_seed}-{args.first_seed + args.n_train - 1}; the last
+{args.n_val} for validation), {environment['hardware']}, torch {environment['torch']}: {minutes:.0f} minutes for all
+stages ({', '.join(f"{k[:-2]} {v / 60:.1f}" for k, v in timings.items())} min). Rebuild:
+`python -m training.build_default_bundle --overwrite`.
 
 ## Measured on {h['n_studies']} held-out synthetic studies (seeds {h['seeds'][0]}-{h['seeds'][1] - 1})
-Slices ({h['slices']['n']} slices, {h['slices']['n_positive']} with calcium): sensitivity {_fmt(s['sensitivity'])},
-specificity {_fmt(s['specificity'])}, AUROC {_fmt(h['slices']['auroc'])}, AUPRC {_fmt(h['slices']['auprc'])}.
+Slices ({h['slices']['n']}, {h['slices']['n_positive']} with calcium): sensitivity {_fmt(s['sensitivity'])},
+specificity {_fmt(s['specificity'])}, AUROC {_fmt(h['slices']['auroc'], 4)}. Gradient-boosted baseline on
+hand features, same candidates: sensitivity {_fmt(g['sensitivity'])}, specificity {_fmt(g['specificity'])}.
 
-Agatston agreement of the pipeline with the reference labels:
-
-| artery | ICC(2,1) | Pearson r | MAE | bias |
+| artery | ICC(2,1) gated | ICC(2,1) segmenter on every slice | MAE gated | bias gated |
 |---|---|---|---|---|
 {rows}
 
-Risk category (0, 1-10, 11-100, 101-400, >400): accuracy {_fmt(pa['risk']['accuracy'])}, linear
-weighted kappa {_fmt(pa['risk']['kappa_linear'])}; the same UNet on every slice (no detector):
-accuracy {_fmt(ua['risk']['accuracy'])}, kappa {_fmt(ua['risk']['kappa_linear'])}.
+Risk category accuracy {_fmt(pa['risk']['accuracy'])} (segmenter on every slice {_fmt(ua['risk']['accuracy'])});
+studies without coronary calcium scored exactly 0: {_fmt(pa['zero_scored_zero'])} of {pa['zero_studies']}.
+
+## The real phantom scan (Testing/Data/qrm-phantom-canon)
+Selected slices {ph.get('selected_slices')}; labelled lesions: {len(ph.get('lesions', []))}
+({', '.join(f"{x['artery']} slice {x['slice']} {x['area_mm2']:.1f} mm^2 peak {x['peak_hu']:.0f} HU" for x in ph.get('lesions', [])) or 'none'}).
+A phantom has no coronary arteries: whatever is labelled there is the phantom's calcium
+inserts seen as coronary calcium by a model trained on synthetic patients.
 
 ## Limits
 - Synthetic studies only: real anatomy, noise, motion, stents, valves and bone near the
-  coronaries differ; expect worse, possibly much worse, results on patient scans.
-- Tiny model and budget: the numbers above describe this demonstration, not the method.
-- Slices unlike the training data (e.g. slices above or below the body, phantoms) can get
-  high detector probabilities.
-- Not validated on patient data (e.g. COCA); use `ccdino evaluate` with your own data and
-  retrain with `training/` on a GPU before drawing any conclusion.
+  coronaries differ; expect worse results on patient scans.
+- Contrast-enhanced CT is not a calcium-scoring scan (the pipeline warns).
+- Not validated on patient data (e.g. COCA); use `ccdino evaluate` with your own data.
 """
 
 

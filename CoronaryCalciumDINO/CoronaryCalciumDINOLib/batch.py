@@ -205,11 +205,15 @@ def process_study(
 def _score_and_write(study, out_dir, bundle, device, labels_dir, scoring, t0) -> dict:
     from .io import load_ct, read_label_file
     from .io.segfile import read_seg_labels, write_seg_nrrd
+    from .pipeline.contrast import check_contrast
     from .report import build_report, write_json
     from .report.picture import write_report_png
     from .scoring import score
 
     ct = load_ct(study.path)
+    contrast = check_contrast(ct)  # into ct.warnings, hence into the report (both paths)
+    if contrast:
+        log.warning("study %s: %s", study.name, contrast)
     params = _params_for(scoring, ct.kvp)
     extra: dict = {"study": study.name}
     if labels_dir is not None:
@@ -225,7 +229,8 @@ def _score_and_write(study, out_dir, bundle, device, labels_dir, scoring, t0) ->
         from .pipeline import run_pipeline
 
         res = run_pipeline(ct, bundle, device=device, params=params)
-        labels, result, run_warnings = res.labels, res.score, res.warnings
+        labels, result = res.labels, res.score
+        run_warnings = [w for w in res.warnings if w not in ct.warnings]  # no repeat of a CT warning
         extra.update(res.report_extra())
     paths = study.outputs(out_dir)
     write_seg_nrrd(labels, ct, paths["seg"])

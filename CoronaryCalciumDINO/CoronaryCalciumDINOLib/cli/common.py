@@ -18,6 +18,17 @@ def study_stem(path: str | Path) -> str:
     return name
 
 
+def check_ct(ct) -> list[str]:
+    """Checks of a loaded CT that the user must see (today: does it look contrast-enhanced,
+    :mod:`..pipeline.contrast`). New warnings are appended to ``ct.warnings``, which every
+    report of the ``score`` subcommand includes (``--labels`` and AI paths alike); returns
+    ``ct.warnings``."""
+    from ..pipeline.contrast import check_contrast
+
+    check_contrast(ct)
+    return ct.warnings
+
+
 def add_scoring_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("score definition")
     g.add_argument("--kvp", default=None, metavar="auto|N",

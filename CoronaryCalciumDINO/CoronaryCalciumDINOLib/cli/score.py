@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .common import add_scoring_options, scoring_params_from_args, study_stem
+from .common import add_scoring_options, check_ct, scoring_params_from_args, study_stem
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from ..scoring import score
 
     ct = load_ct(args.input, series_uid=args.series)
+    check_ct(ct)  # adds e.g. the contrast-enhanced-CT warning to ct.warnings (both paths report them)
     for w in ct.warnings:
         log.warning(w)
         print(f"ccdino: warning: {w}", file=sys.stderr)

@@ -1,10 +1,10 @@
 """Run model bundles over labelled studies and collect everything the metrics need.
 
-For each study the segmenter runs once on **every** slice (the "UNET alone" baseline);
-the detector's probabilities are computed for every slice too. Because the segmenter sees
-each slice (with its fixed neighbours) independently of the selection, the full
-pipeline's labels are exactly the all-slice labels kept on the selected slices, so both
-modes come from one run. Scores of both modes and of the reference labels use the same
+For each study the segmenter runs once on **every** candidate of every slice (the "UNET
+alone" baseline); the detector's probabilities are computed for every candidate too.
+Because the segmenter sees each candidate independently of the selection, the gated
+pipeline's labels (the segmenter's on the candidates the detector passed) come from the
+same run (``PipelineResult.gated_labels``), so both modes come from one run. Scores of both modes and of the reference labels use the same
 :class:`..scoring.ScoringParams`.
 
 The metric functions themselves live in :mod:`.metrics`; :func:`summarise` only arranges
@@ -66,8 +66,8 @@ def evaluate_study(study, bundle, device: str = "auto", params=None) -> StudyOut
     res = run_pipeline(study.ct, bundle, device=device, params=params, all_slices=True)
     seconds = time.perf_counter() - t
     hu = study.ct.hu
-    selected = res.slice_probabilities >= bundle.threshold
-    gated = np.where(selected[:, None, None], res.labels, 0).astype(np.uint8)
+    selected = res.selected
+    gated = res.gated_labels
     ref = score(hu, study.labels, study.ct.spacing, params)
     return StudyOutcome(
         study_id=study.id,
@@ -102,9 +102,13 @@ def _mode_metrics(outcomes: list[StudyOutcome], key: str) -> dict:
 
     ref = {a: [o.reference[a] for o in outcomes] for a in (*ARTERIES, "total")}
     pred = {a: [getattr(o, key)[a] for o in outcomes] for a in (*ARTERIES, "total")}
+    zero = [o for o in outcomes if o.reference["total"] == 0]
     return {
         "agatston_agreement": {a: agreement_metrics(pred[a], ref[a]) for a in (*ARTERIES, "total")},
         "risk": risk_metrics(pred["total"], ref["total"]),
+        # "power of zero": studies without coronary calcium that are scored exactly 0
+        "zero_studies": len(zero),
+        "zero_scored_zero": (sum(getattr(o, key)["total"] == 0 for o in zero) / len(zero)) if zero else None,
     }
 
 

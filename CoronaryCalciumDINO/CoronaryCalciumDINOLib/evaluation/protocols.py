@@ -369,6 +369,8 @@ def few_shot_curve(features, labels, patient_ids, split, ks: Sequence[int] = FEW
                    cancel: Cancel = None) -> dict:
     """Few-shot curve: test AUROC (mean +- sd over seeds) against K patients per class.
 
+    Binary labels also give the test AUPRC of each seed (``auprc``, ``auprc_mean``).
+
     The few-shot pool is the train + val split; evaluation is on the whole test split, whose
     patients never enter the pool (checked). ``method`` is ``"linear"`` (probe with ``lr``,
     ``epochs``, full batch) or ``"knn"`` (weighted kNN with ``min(knn_k, n)`` neighbours).
@@ -389,7 +391,7 @@ def few_shot_curve(features, labels, patient_ids, split, ks: Sequence[int] = FEW
     total = len(ks) * seeds
     done = 0
     for k in ks:
-        aurocs, accs, note = [], [], None
+        aurocs, auprcs, accs, note = [], [], [], None
         for s in range(seeds):
             _tick(progress, cancel, done / total, f"few-shot K={k} seed {s}")
             done += 1
@@ -408,9 +410,12 @@ def few_shot_curve(features, labels, patient_ids, split, ks: Sequence[int] = FEW
             accs.append(res["accuracy"])
             if res["auroc"] is not None:
                 aurocs.append(res["auroc"])
+            if res.get("auprc") is not None:
+                auprcs.append(res["auprc"])
         entry = {"k": int(k), "n_seeds": len(accs), "auroc": aurocs, "accuracy": accs,
                  "auroc_mean": float(np.mean(aurocs)) if aurocs else None,
                  "auroc_sd": float(np.std(aurocs, ddof=1)) if len(aurocs) > 1 else (0.0 if aurocs else None),
+                 "auprc": auprcs, "auprc_mean": float(np.mean(auprcs)) if auprcs else None,
                  "accuracy_mean": float(np.mean(accs)) if accs else None}
         if note:
             entry["note"] = note

@@ -4,18 +4,21 @@ Layout::
 
     <bundle>/manifest.json           format, name, version, provenance, configs, metrics,
                                      and the sha256 / size of every other file
-    <bundle>/backbone-NN.safetensors frozen teacher ViT (fp16 unless noted; shards <= 16 MiB)
-    <bundle>/detector-NN.safetensors linear slice detector (+ feature standardisation)
-    <bundle>/segmenter-NN.safetensors MONAI 2D UNet, 5 classes
+    <bundle>/backbone-NN.safetensors frozen teacher ViT of candidate crops (fp16 unless noted; shards <= 16 MiB)
+    <bundle>/detector-NN.safetensors candidate detector head (+ input standardisation)
+    <bundle>/segmenter-NN.safetensors MONAI 2D UNet on candidate crops + context, 5 classes
     <bundle>/MODEL_CARD.md           what the model is, how it was trained, its measured metrics
 
-``manifest.json`` keys: ``format_version``, ``name``, ``version``, ``created`` (UTC ISO),
+``manifest.json`` keys: ``format_version`` (2), ``name``, ``version``, ``created`` (UTC ISO),
 ``trained_on``, ``not_validated_on``, ``files`` ({file: {sha256, bytes}}), ``weights``
 ({part: [files]}), ``backbone`` (config for
-:func:`..models.backbone.build_backbone_from_config`), ``detector`` (``in_dim``,
-``threshold``, ``youden_threshold``, ``target_sensitivity``), ``segmenter``
-(:class:`..models.unet.SegmenterConfig`), ``preprocessing`` (detector input: ``windows``,
-``crop_mm``, ``input_size``), ``scoring`` (``threshold_hu``), ``metrics``.
+:func:`..models.backbone.build_backbone_from_config`), ``detector``
+(:meth:`..models.detector.CandidateDetector.config` plus ``threshold``,
+``youden_threshold``, ``target_sensitivity``), ``segmenter``
+(:class:`..models.unet.SegmenterConfig`), ``candidates`` (the
+:class:`..pipeline.candidates.CandidateConfig` of training and inference: threshold, field,
+crop size and pixel, windows, context feature names), ``scoring`` (``threshold_hu``),
+``metrics``.
 
 Loading verifies every listed file's size and sha256 before anything is deserialised and
 raises :class:`..errors.ModelBundleError` naming the first bad file. Weights load on the
@@ -34,7 +37,7 @@ from pathlib import Path
 
 from ..errors import ModelBundleError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 MODEL_CARD = "MODEL_CARD.md"
 #: Largest weight file written (bytes); bigger state dicts are split into shards.
@@ -59,8 +62,8 @@ class ModelBundle:
     path: Path
     manifest: dict
     backbone: object  # torch.nn.Module
-    detector: object  # SliceDetector
-    segmenter: object  # monai UNet
+    detector: object  # CandidateDetector
+    segmenter: object  # candidate segmenter (MONAI UNet + context)
     sha256: str  # of manifest.json, which pins every other file's checksum
 
     @property
@@ -77,8 +80,10 @@ class ModelBundle:
         return float(self.manifest["detector"]["threshold"])
 
     @property
-    def preprocessing(self) -> dict:
-        return dict(self.manifest["preprocessing"])
+    def candidate_config(self):
+        from ..pipeline.candidates import CandidateConfig
+
+        return CandidateConfig.from_dict(self.manifest["candidates"])
 
     @property
     def segmenter_config(self):
@@ -147,7 +152,7 @@ def save_bundle(
     detector_info: dict,
     segmenter_config: dict,
     segmenter_state: dict,
-    preprocessing: dict,
+    candidates: dict,
     scoring_threshold_hu: float = 130.0,
     metrics: dict | None = None,
     model_card: str = "",
@@ -156,7 +161,7 @@ def save_bundle(
 ) -> Path:
     """Write a bundle folder (weights, model card, then the manifest last) and return it.
 
-    ``detector_info`` must hold ``in_dim`` and ``threshold`` (optionally
+    ``detector_info`` must hold the detector config and ``threshold`` (optionally
     ``youden_threshold``, ``target_sensitivity``). The folder is built next to ``out_dir``
     and renamed into place, so a reader never sees a half-written bundle. An existing
     ``out_dir`` is replaced only with ``overwrite=True``.
@@ -166,7 +171,7 @@ def save_bundle(
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise ModelBundleError(f"bundle folder exists (use overwrite): {out}")
-    for key in ("in_dim", "threshold"):
+    for key in ("feature_dim", "context_dim", "threshold"):
         if key not in detector_info:
             raise ModelBundleError(f"detector_info lacks {key!r}")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -200,7 +205,7 @@ def save_bundle(
         "backbone": backbone_config,
         "detector": dict(detector_info),
         "segmenter": segmenter_config,
-        "preprocessing": preprocessing,
+        "candidates": candidates,
         "scoring": {"threshold_hu": float(scoring_threshold_hu)},
         "metrics": metrics or {},
     }
@@ -245,9 +250,18 @@ def read_manifest(path: str | os.PathLike | None) -> dict:
     fv = manifest.get("format_version")
     if fv != FORMAT_VERSION:
         raise ModelBundleError(f"model bundle {folder.name}: format_version {fv!r} is not supported (expected {FORMAT_VERSION})")
-    for key in ("files", "weights", "backbone", "detector", "segmenter", "preprocessing"):
+    for key in ("files", "weights", "backbone", "detector", "segmenter", "candidates"):
         if key not in manifest:
             raise ModelBundleError(f"model bundle {folder.name}: manifest lacks {key!r}")
+    for key in ("files", "weights", "backbone", "detector", "segmenter", "candidates"):
+        if not isinstance(manifest[key], dict):
+            raise ModelBundleError(f"model bundle {folder.name}: manifest {key!r} must be an object")
+    thr = manifest["detector"].get("threshold")
+    if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not 0.0 < float(thr) < 1.0:
+        raise ModelBundleError(f"model bundle {folder.name}: detector threshold must be a number in (0, 1), got {thr!r}")
+    for fname, info in manifest["files"].items():
+        if not isinstance(info, dict) or isinstance(info.get("bytes"), bool) or not isinstance(info.get("bytes"), int):
+            raise ModelBundleError(f"model bundle {folder.name}: manifest entry of {fname!r} needs an integer 'bytes'")
     return manifest
 
 
@@ -300,17 +314,22 @@ def _load_into(module, state: dict, folder: Path, part: str) -> None:
 
 def load_bundle(path: str | os.PathLike | None = None) -> ModelBundle:
     """Load and verify a bundle (folder or its manifest.json; None = the default bundle)."""
+    from ..errors import InputError
+    from ..pipeline.candidates import CandidateConfig
     from .backbone import build_backbone_from_config
-    from .detector import SliceDetector
-    from .unet import SegmenterConfig, build_unet
+    from .detector import CandidateDetector
+    from .unet import SegmenterConfig, build_candidate_segmenter
 
     folder = resolve_bundle_path(path)
     manifest = verify_bundle(folder)
     try:
+        CandidateConfig.from_dict(manifest["candidates"])
         backbone = build_backbone_from_config(manifest["backbone"])
-        detector = SliceDetector(int(manifest["detector"]["in_dim"]))
-        segmenter = build_unet(SegmenterConfig.from_dict(manifest["segmenter"]))
-    except (KeyError, TypeError, ValueError) as exc:
+        d = manifest["detector"]
+        detector = CandidateDetector(int(d["feature_dim"]), int(d["context_dim"]), int(d.get("hidden", 0)),
+                                     bool(d.get("use_context", True)))
+        segmenter = build_candidate_segmenter(SegmenterConfig.from_dict(manifest["segmenter"]))
+    except (KeyError, TypeError, ValueError, InputError) as exc:
         raise ModelBundleError(f"model bundle {folder.name}: invalid config in manifest ({exc})") from None
     for part, module in (("backbone", backbone), ("detector", detector), ("segmenter", segmenter)):
         _load_into(module, _load_state(folder, manifest["weights"][part]), folder, part)
@@ -330,33 +349,32 @@ def load_bundle(path: str | os.PathLike | None = None) -> ModelBundle:
 def save_random_bundle(
     out_dir: str | os.PathLike,
     *,
-    backbone_name: str = "vit_tiny_patch16_224",
-    input_size: int = 64,
-    depth: int | None = 2,
-    segmenter: dict | None = None,
-    preprocessing: dict | None = None,
     threshold: float = 0.5,
     seed: int = 0,
     overwrite: bool = False,
 ) -> Path:
     """Write an *untrained* (randomly initialised) bundle: for tests and speed benchmarks.
 
-    Its outputs are meaningless; its manifest says so (``trained_on: "nothing"``).
+    Same architecture as the default bundle; its outputs are meaningless and its manifest
+    says so (``trained_on: "nothing"``).
     """
     import torch
 
+    from ..pipeline.candidates import CONTEXT_NAMES, CandidateConfig
     from .backbone import backbone_config, build_backbone
-    from .detector import SliceDetector
-    from .unet import SegmenterConfig, build_unet
+    from .detector import CandidateDetector
+    from .unet import SegmenterConfig, build_candidate_segmenter
 
     torch.manual_seed(seed)
-    overrides = {"depth": int(depth)} if depth else None
-    backbone = build_backbone(backbone_name, img_size=input_size, in_chans=3, drop_path=0.0, overrides=overrides)
+    cand = CandidateConfig()
+    backbone = build_backbone("vit_tiny_patch16_224", img_size=cand.crop_px, in_chans=len(cand.windows), drop_path=0.0,
+                              overrides={"patch_size": 8, "embed_dim": 128, "depth": 4, "num_heads": 4})
     cfg = backbone_config(backbone)
-    detector = SliceDetector(int(cfg["feature_dim"]))
-    seg_cfg = SegmenterConfig.from_dict(segmenter or {"input_size": 64, "channels": [8, 16, 32], "strides": [2, 2], "crop_mm": 120.0})
-    unet = build_unet(seg_cfg)
-    prep = preprocessing or {"windows": seg_cfg.windows, "crop_mm": 160.0, "input_size": int(input_size)}
+    detector = CandidateDetector(int(cfg["feature_dim"]), len(CONTEXT_NAMES), hidden=0)
+    seg_cfg = SegmenterConfig(windows=[list(w) for w in cand.windows], neighbours=0, crop_mm=0.0,
+                              input_size=cand.crop_px, channels=[8, 16, 32], strides=[2, 2],
+                              context_dim=len(CONTEXT_NAMES))
+    seg = build_candidate_segmenter(seg_cfg)
     return save_bundle(
         out_dir,
         name="random-untrained",
@@ -366,10 +384,10 @@ def save_random_bundle(
         backbone_config=cfg,
         backbone_state=backbone.state_dict(),
         detector_state=detector.state_dict(),
-        detector_info={"in_dim": detector.in_dim, "threshold": float(threshold), "youden_threshold": None},
+        detector_info={**detector.config(), "threshold": float(threshold), "youden_threshold": None},
         segmenter_config=seg_cfg.to_dict(),
-        segmenter_state=unet.state_dict(),
-        preprocessing=prep,
+        segmenter_state=seg.state_dict(),
+        candidates=cand.to_dict(),
         model_card="# random-untrained\n\nRandomly initialised weights for tests and benchmarks. Not a model.\n",
         overwrite=overwrite,
     )

@@ -29,10 +29,13 @@ class SegmenterConfig:
     strides: list[int] = field(default_factory=lambda: [2, 2, 2])
     num_res_units: int = 1
     out_classes: int = NUM_CLASSES
+    #: context features given as extra constant channels (candidate segmenter: where in
+    #: the heart the crop lies; 0 for none)
+    context_dim: int = 0
 
     @property
     def in_channels(self) -> int:
-        return len(self.windows) * (2 * self.neighbours + 1)
+        return len(self.windows) * (2 * self.neighbours + 1) + int(self.context_dim)
 
     @property
     def divisor(self) -> int:
@@ -71,3 +74,39 @@ def build_unet(config: SegmenterConfig | dict):
         num_res_units=int(cfg.num_res_units),
         norm="batch",
     )
+
+
+def build_candidate_segmenter(config: SegmenterConfig | dict):
+    """UNet on a candidate crop with its context as constant extra channels.
+
+    ``forward(windows, context)``: windows (N, W, P, P) from
+    :func:`..pipeline.candidates.crop_windows`, context (N, C) from
+    :func:`..pipeline.candidates.find_candidates`; the context is standardised with the
+    training set's mean / std (buffers ``context_mean`` / ``context_std``, saved with the
+    weights), broadcast to P x P and appended to the windows. Returns (N, 5, P, P) logits.
+    """
+    import torch
+    from torch import nn
+
+    cfg = config if isinstance(config, SegmenterConfig) else SegmenterConfig.from_dict(config)
+
+    class _CandidateSegmenter(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = cfg
+            self.unet = build_unet(cfg)
+            self.register_buffer("context_mean", torch.zeros(int(cfg.context_dim)))
+            self.register_buffer("context_std", torch.ones(int(cfg.context_dim)))
+
+        def set_standardisation(self, context) -> None:
+            c = torch.as_tensor(context).float()
+            self.context_mean.copy_(c.mean(0))
+            self.context_std.copy_(c.std(0).clamp_min(1e-3))
+
+        def forward(self, windows, context):
+            n, _, p, q = windows.shape
+            c = (context.float() - self.context_mean) / self.context_std
+            x = torch.cat([windows.float(), c[:, :, None, None].expand(n, c.shape[1], p, q)], dim=1)
+            return self.unet(x)
+
+    return _CandidateSegmenter()

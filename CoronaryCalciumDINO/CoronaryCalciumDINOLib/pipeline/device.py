@@ -26,14 +26,34 @@ def resolve_device(device: str | None = "auto"):
     raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
 
 
-def autocast_for(dev):
-    """Autocast context for ``dev``: bf16 (or fp16) on CUDA, a no-op on the CPU."""
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU runs bf16 matrix products natively (AVX-512 bf16 / AMX)."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def cpu_autocast(use: bool | None = None):
+    """bf16 autocast on the CPU: ``use=None`` where the CPU supports bf16 natively, else as told."""
     import contextlib
 
     import torch
 
+    if use is None:
+        use = cpu_bf16_supported()
+    return torch.autocast("cpu", dtype=torch.bfloat16) if use else contextlib.nullcontext()
+
+
+def autocast_for(dev, cpu_bf16: bool | None = False):
+    """Autocast context for ``dev``: bf16 (or fp16) on CUDA; on the CPU bf16 when
+    ``cpu_bf16`` is True (None: where the CPU supports it natively), else none."""
+    import torch
+
     if dev.type != "cuda":
-        return contextlib.nullcontext()
+        return cpu_autocast(cpu_bf16)
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast("cuda", dtype=dtype)
 

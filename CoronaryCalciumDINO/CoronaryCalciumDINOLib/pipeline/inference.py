@@ -1,29 +1,36 @@
-"""The AI pipeline: slice detector -> per-artery segmenter -> scores.
+"""The AI pipeline: candidates -> DINO-LG detector -> per-artery segmenter -> scores.
 
-1. One heart-centred field per volume (:mod:`.preprocess`).
-2. Every axial slice: field resampled to the detector input size, three HU windows as
-   channels, frozen teacher ViT features (CLS token and mean patch token), linear
-   detector -> probability that the slice holds coronary calcium.
-3. Slices with probability >= the bundle threshold are *selected*.
-4. Selected slices only (with their neighbours as extra input channels when the bundle
-   says so): MONAI 2D UNet on the segmenter field (finer pixels than the detector's:
-   a 1 mm^2 lesion stays a few pixels), argmax at once (uint8), nearest-neighbour back to
-   the CT grid.
-5. Labels kept only where HU >= the scoring threshold, then :func:`..scoring.score`.
+1. Candidates (:mod:`.candidates`): every connected >= 130 HU region of >= 1 mm^2 in the
+   heart field of each axial slice (what the Agatston definition could count), with its
+   context (where it sits in the heart field, HU statistics, coarse views of the slice).
+2. Detector: the frozen DINO-LG teacher ViT sees each candidate's crop at native pixel
+   size (32 x 32 px of 0.5 mm, HU windows as channels); a head on its features and the
+   context gives P(coronary calcium) per candidate. A slice's probability is the maximum
+   over its candidates (0 without candidates); slices with probability >= the bundle
+   threshold are *selected*.
+3. Segmenter, selected slices only, on the candidates the detector flagged there
+   (probability >= the threshold): a MONAI 2D UNet on each candidate crop with the
+   context as extra channels gives per-pixel class probabilities (background, LM, LAD,
+   LCX, RCA). A candidate is calcium when the mean over its pixels of P(not background)
+   is >= 0.5; its pixels then take their most probable artery (pixels outside the crop
+   take the candidate's most probable artery). ``all_slices=True`` is the "UNET alone"
+   baseline: the segmenter on every candidate of every slice, no detector.
+4. :func:`..scoring.score` on the labels (only voxels >= the scoring threshold count).
+
+Per-slice and per-lesion confidences go to the report: each slice's probability and the
+candidate that gave it; each lesion's calcium and artery probabilities.
 
 The networks and the heart localiser assume the canonical axial LPS layout (anterior at
 row 0, patient left at the last column, slices inferior to superior). A CT stored with
-reversed axes (e.g. rows posterior to anterior, feet-first slice order) is flipped into
-that layout for the networks and every output is flipped back, so results are the same
-physical labels whatever the storage order. A CT whose axes are permuted or strongly
-oblique (sagittal/coronal stacks) cannot be flipped there: it is processed as stored,
-with a ``UserWarning``; resample it to axial first.
+reversed axes is flipped into that layout for the networks and every output is flipped
+back. A CT whose axes are permuted or strongly oblique is processed as stored, with a
+``UserWarning``; resample it to axial first.
 
-Optionally (``attention=True``) the teacher's last-block CLS attention of the selected
-slices is returned on the CT grid, per head and averaged.
+Optionally (``attention=True``) the teacher's last-block CLS attention over each
+candidate crop of the selected slices is returned on the CT grid, per head and averaged.
 
-On a GPU the networks run in batches under autocast (bf16 where supported, else fp16);
-everything runs under ``torch.inference_mode``.
+Networks run in batches under ``torch.inference_mode``; on a GPU under autocast (bf16 or
+fp16), on a CPU with native bf16 (AVX-512 bf16 / AMX) under bf16 autocast.
 """
 
 from __future__ import annotations
@@ -35,12 +42,17 @@ from typing import Callable
 
 import numpy as np
 
+from ..constants import ARTERIES
 from ..errors import Cancelled, InputError
 from ..io.volume import CTVolume
 from ..scoring import ScoreResult, ScoringParams, score
+from . import candidates as cd
 from . import preprocess as pp
-from .attention import attention_maps
+from .contrast import check_contrast
 from .device import autocast_for, chunks, resolve_device
+
+#: A candidate on a selected slice is labelled calcium when its mean P(not background) >= this.
+CALCIUM_PROBABILITY = 0.5
 
 
 @dataclass
@@ -56,14 +68,24 @@ class PipelineResult:
     timings: dict = field(default_factory=dict)
     #: notes on the run a user should see (e.g. a non-axial CT), one line each
     warnings: list[str] = field(default_factory=list)
+    #: per slice: number of candidates (z,)
+    slice_candidates: np.ndarray | None = None
+    #: per kept lesion (same order as ``score.lesions``): {"calcium", "artery"} probabilities
+    lesion_confidence: list[dict] = field(default_factory=list)
+    #: candidates found / given to the segmenter
+    counts: dict = field(default_factory=dict)
+    #: with ``all_slices=True``: the labels the gated pipeline gives (same run), else None
+    gated_labels: np.ndarray | None = None
 
     def report_extra(self) -> dict:
-        """Extra report keys: per-slice detector output and the model's identity."""
+        """Extra report keys: per-slice detector output, per-lesion confidence, the model."""
+        n = self.slice_candidates if self.slice_candidates is not None else np.zeros(len(self.selected), int)
         return {
             "slices": [
-                {"index": int(i), "probability": float(p), "selected": bool(s)}
-                for i, (p, s) in enumerate(zip(self.slice_probabilities, self.selected))
+                {"index": int(i), "probability": float(p), "selected": bool(s), "candidates": int(c)}
+                for i, (p, s, c) in enumerate(zip(self.slice_probabilities, self.selected, n))
             ],
+            "lesion_confidence": [dict(c) for c in self.lesion_confidence],
             "model": dict(self.model_info),
         }
 
@@ -81,49 +103,139 @@ class _Progress:
             self.progress(float(min(max(fraction, 0.0), 1.0)), message)
 
 
-def detector_probabilities(
-    ct_hu: np.ndarray, field: pp.Field, bundle, dev, batch: int, report=None, locations: np.ndarray | None = None
-) -> np.ndarray:
-    """Calcium probability of every slice (float32 (z,)); ``locations`` for conditioned backbones."""
+def detector_probabilities(hu: np.ndarray, cands: cd.Candidates, bundle, dev, batch: int, report=None) -> np.ndarray:
+    """P(coronary calcium) of every candidate (float32 (n,))."""
     import torch
 
     from ..models.backbone import extract_features
 
-    prep = bundle.preprocessing
-    size, windows = int(prep["input_size"]), prep["windows"]
-    probs = np.zeros(ct_hu.shape[0], dtype=np.float32)
-    idx = np.arange(ct_hu.shape[0])
+    n = len(cands)
+    out = np.zeros(n, dtype=np.float32)
     done = 0
-    for chunk in chunks(idx, batch):
-        x = pp.to_windows(pp.extract_field(ct_hu[chunk], field), size, windows).to(dev)
-        with autocast_for(dev):
-            loc = None if locations is None else torch.from_numpy(locations[chunk]).to(dev)
-            feats = extract_features(bundle.backbone, x, location=loc)
-            logits = bundle.detector(feats.float())
-        probs[chunk] = torch.sigmoid(logits.float()).cpu().numpy()
-        done += len(chunk)
+    for idx in chunks(np.arange(n), batch):
+        x = torch.from_numpy(cd.crop_windows(hu, cands, idx)).to(dev)
+        ctx = torch.from_numpy(cands.context[idx]).to(dev)
+        with autocast_for(dev, cpu_bf16=None):
+            feats = extract_features(bundle.backbone, x)
+        logits = bundle.detector(feats.float(), ctx)
+        out[idx] = torch.sigmoid(logits.float()).cpu().numpy()
+        done += len(idx)
         if report:
-            report(done / len(idx), f"slice detector {done}/{len(idx)}")
-    return probs
+            report(done / max(n, 1), f"detector {done}/{n} candidates")
+    return out
 
 
-def segment_slices(ct_hu: np.ndarray, indices: np.ndarray, field: pp.Field, bundle, dev, batch: int, report=None) -> np.ndarray:
-    """Per-artery labels (uint8 (z, y, x), CT grid) of slices ``indices``; other slices 0."""
+def segment_candidates(hu: np.ndarray, cands: cd.Candidates, index: np.ndarray, bundle, dev, batch: int, report=None):
+    """Segmenter on candidates ``index``: (per-candidate (k, 5) mean class probabilities over
+    its own pixels, per-pixel (k, P, P) class probabilities of the crop (k, 5, P, P))."""
     import torch
 
-    cfg = bundle.segmenter_config
-    labels = np.zeros(ct_hu.shape, dtype=np.uint8)
+    index = np.asarray(index, dtype=int)
+    p = cands.config.crop_px
+    mean = np.zeros((index.size, 5), dtype=np.float32)
+    pix = np.zeros((index.size, 5, p, p), dtype=np.float32)
+    masks = cd.subset(cands, index).masks() if index.size else np.zeros((0, p, p), np.float32)
     done = 0
-    for chunk in chunks(np.asarray(indices, dtype=int), batch):
-        x = pp.segmenter_input(ct_hu, chunk, field, cfg).to(dev)
-        with autocast_for(dev):
-            logits = bundle.segmenter(x)
-        lab = logits.argmax(1).to(torch.uint8)
-        labels[chunk] = pp.field_to_grid(lab, field, ct_hu.shape[1:], mode="nearest")
-        done += len(chunk)
+    for sl in chunks(np.arange(index.size), batch):
+        idx = index[sl]
+        x = torch.from_numpy(cd.crop_windows(hu, cands, idx)).to(dev)
+        ctx = torch.from_numpy(cands.context[idx]).to(dev)
+        with autocast_for(dev, cpu_bf16=None):
+            logits = bundle.segmenter(x, ctx)
+        prob = torch.softmax(logits.float(), 1).cpu().numpy()
+        m = masks[sl]
+        mean[sl] = (prob * m[:, None]).sum((2, 3)) / np.maximum(m.sum((1, 2)), 1)[:, None]
+        pix[sl] = prob
+        done += len(idx)
         if report:
-            report(done / max(len(indices), 1), f"segmenter {done}/{len(indices)}")
-    return labels
+            report(done / max(index.size, 1), f"segmenter {done}/{index.size} candidates")
+    return mean, pix
+
+
+def paint_labels(cands: cd.Candidates, index: np.ndarray, mean: np.ndarray, pix: np.ndarray):
+    """Labels (z, y, x) uint8 and per-voxel confidences of the calcium candidates among ``index``.
+
+    A candidate is calcium when ``1 - mean[:, 0] >= CALCIUM_PROBABILITY``; its voxels take
+    the candidate's most probable artery, then voxels hit by a crop pixel of the candidate
+    that the segmenter calls calcium (P(not background) >= 0.5) take that pixel's most
+    probable artery. Returns (labels, calcium-probability volume,
+    artery-probability volume) on the CT grid in the candidates' layout.
+    """
+    shape = cands.shape
+    calcium = (1.0 - mean[:, 0]) >= CALCIUM_PROBABILITY
+    art = 1 + np.argmax(mean[:, 1:], axis=1)
+    classes = np.zeros(len(cands), dtype=np.uint8)
+    classes[index[calcium]] = art[calcium]
+    labels = cands.paint(classes)
+    p_calc = np.zeros(shape, dtype=np.float32)
+    p_art = np.zeros(shape, dtype=np.float32)
+    conf_c = np.zeros(len(cands), np.float32)
+    conf_c[index] = 1.0 - mean[:, 0]
+    conf_a = np.zeros(len(cands), np.float32)
+    conf_a[index] = mean[np.arange(len(index)), art] / np.maximum(1.0 - mean[:, 0], 1e-6)
+    sel = np.zeros(len(cands), bool)
+    sel[index[calcium]] = True
+    for vol, conf in ((p_calc, conf_c), (p_art, conf_a)):
+        full = np.zeros(int(cands.ids.max(initial=0)) + 1, np.float32)
+        full[cands.uid[sel]] = conf[sel]
+        sub = full[cands.ids]
+        iy, ix, fy, fx = cands.field.clipped(shape[1:])
+        vol[:, iy, ix] = sub[:, fy, fx]
+    # per-pixel artery inside the crops of calcium candidates
+    ci = np.flatnonzero(calcium)
+    if ci.size:
+        sub = cd.subset(cands, index[ci])
+        z, y, x, ok = sub.nearest_pixels()
+        pa = pix[ci][:, 1:]  # (k, 4, P, P)
+        # pixels of the candidate that the segmenter itself calls calcium take their own
+        # artery; the others keep the candidate's
+        ok = ok & (sub.masks() > 0) & (pa.sum(1) >= 0.5)
+        pixel_art = (1 + np.argmax(pa, axis=1)).astype(np.uint8)
+        labels[z[ok], y[ok], x[ok]] = pixel_art[ok]
+        pc = np.maximum(pa.sum(1), 1e-6)
+        p_art[z[ok], y[ok], x[ok]] = (np.max(pa, axis=1) / pc)[ok]
+    return labels, p_calc, p_art
+
+
+def lesion_confidences(result: ScoreResult, labels: np.ndarray, hu: np.ndarray, p_calc, p_art) -> list[dict]:
+    """Mean calcium / artery probability over each kept lesion's voxels, in ``result.lesions`` order.
+
+    Lesions are found with the scoring's rule (in-plane 8-connected voxels of one artery
+    >= the threshold, one slice) on the labelled voxels only, and matched to
+    ``result.lesions`` by (artery, slice, voxel count, peak HU).
+    """
+    from scipy import ndimage
+
+    from ..scoring.agatston import _INPLANE_8
+
+    found: dict[tuple, list[dict]] = {}
+    flat = np.flatnonzero((labels > 0) & (hu >= result.params.threshold_hu))
+    lab_v = labels.ravel()[flat]
+    for a, artery in enumerate(ARTERIES, start=1):
+        sel = flat[lab_v == a]
+        if sel.size == 0:
+            continue
+        z, y, x = np.unravel_index(sel, labels.shape)
+        lo = (z.min(), y.min(), x.min())
+        box = np.zeros((z.max() - lo[0] + 1, y.max() - lo[1] + 1, x.max() - lo[2] + 1), dtype=bool)
+        box[z - lo[0], y - lo[1], x - lo[2]] = True
+        comp, n = ndimage.label(box, structure=_INPLANE_8)
+        ids = comp[z - lo[0], y - lo[1], x - lo[2]] - 1
+        vox = np.bincount(ids, minlength=n)
+        peak = np.full(n, -np.inf)
+        np.maximum.at(peak, ids, hu.ravel()[sel].astype(np.float64))
+        zc = np.zeros(n, dtype=int)
+        zc[ids] = z
+        mc = np.bincount(ids, weights=p_calc.ravel()[sel], minlength=n) / np.maximum(vox, 1)
+        ma = np.bincount(ids, weights=p_art.ravel()[sel], minlength=n) / np.maximum(vox, 1)
+        for i in range(n):
+            key = (artery, int(zc[i]), int(vox[i]), float(peak[i]))
+            found.setdefault(key, []).append({"calcium": float(mc[i]), "artery": float(ma[i])})
+    out = []
+    for les in result.lesions:
+        hits = found.get((les.artery, les.slice, les.voxels, float(les.peak_hu)))
+        out.append(hits.pop(0) if hits else {"calcium": None, "artery": None})
+    return out
 
 
 def run_pipeline(
@@ -140,8 +252,8 @@ def run_pipeline(
 ) -> PipelineResult:
     """Run the pipeline of ``bundle`` (a :class:`ModelBundle` or a path / None) on ``ct``.
 
-    ``all_slices=True`` skips the detector's selection and segments every slice (the
-    "UNET alone" baseline); probabilities are still computed and returned.
+    ``all_slices=True`` skips the detector's selection and segments the candidates of
+    every slice (the "UNET alone" baseline); probabilities are still computed and returned.
     """
     import torch
 
@@ -157,6 +269,7 @@ def run_pipeline(
     if hu.ndim != 3 or min(hu.shape) < 1:
         raise InputError(f"CT must be a 3D volume (z, y, x), got shape {hu.shape}")
     run_warnings: list[str] = []
+    run_warnings.extend(w for w in [check_contrast(ct)] if w)  # contrast-enhanced CT: scores not valid
     flips = pp.canonical_flips(ct.direction)
     if flips is None:
         message = (
@@ -168,58 +281,74 @@ def run_pipeline(
         run_warnings.append(message)
         flips = (False, False, False)
     axes = pp.flip_axes(flips)
-    # Network view: the canonical layout (a flipped copy when the CT is stored otherwise).
     hu_net = np.ascontiguousarray(np.flip(hu, axes) if axes else hu, dtype=np.float32)
     hu = np.ascontiguousarray(hu, dtype=np.float32)
     dev = resolve_device(device)
-    batch = batch_size or (64 if dev.type == "cuda" else 16)
+    batch = batch_size or (2048 if dev.type == "cuda" else 512)
     report = _Progress(progress, cancel)
-    report(0.0, "preparing")
+    report(0.0, "finding candidates")
 
+    cfg = bundle.candidate_config
+    # Candidates at the scoring threshold when it is below the bundle's (kVp-adapted
+    # thresholds), so nothing the score could count is left out.
+    if params.threshold_hu < cfg.threshold_hu or params.min_area_mm2 < cfg.min_area_mm2:
+        from dataclasses import replace
+
+        cfg = replace(cfg, threshold_hu=min(cfg.threshold_hu, params.threshold_hu),
+                      min_area_mm2=min(cfg.min_area_mm2, params.min_area_mm2))
     for m in bundle.modules():
         m.to(dev)
     with torch.inference_mode():
         t = time.perf_counter()
-        centre = pp.heart_centre(hu_net, ct.spacing)
-        det_field = pp.field_for(centre, ct.spacing, float(bundle.preprocessing["crop_mm"]))
-        seg_field = pp.field_for(centre, ct.spacing, float(bundle.segmenter_config.crop_mm))
-        timings["heart_box_s"] = time.perf_counter() - t
+        cands = cd.find_candidates(hu_net, ct.spacing, cfg)
+        timings["candidates_s"] = time.perf_counter() - t
+        report(0.1, f"{len(cands)} candidates")
 
         t = time.perf_counter()
-        locations = pp.slice_locations(ct) if bundle.manifest["backbone"].get("location_conditioning") else None
-        if locations is not None and flips[0]:
-            locations = np.ascontiguousarray(locations[::-1])
-        probs = detector_probabilities(
-            hu_net, det_field, bundle, dev, batch, lambda f, m: report(0.05 + 0.45 * f, m), locations=locations
-        )
+        cand_probs = detector_probabilities(hu_net, cands, bundle, dev, batch, lambda f, m: report(0.1 + 0.5 * f, m))
+        probs = cands.per_slice_max(cand_probs)
         timings["detector_s"] = time.perf_counter() - t
-        selected = np.ones_like(probs, dtype=bool) if all_slices else probs >= bundle.threshold
-        chosen = np.flatnonzero(selected)
+        selected = probs >= bundle.threshold
+        gate = selected[cands.z] & (cand_probs >= bundle.threshold) if len(cands) else np.zeros(0, bool)
+        seg_index = np.arange(len(cands)) if all_slices else np.flatnonzero(gate)
 
         t = time.perf_counter()
-        seg_batch = max(1, batch // 2)
-        span = 0.35 if attention else 0.45
-        labels = segment_slices(hu_net, chosen, seg_field, bundle, dev, seg_batch, lambda f, m: report(0.5 + span * f, m))
+        span = 0.25 if attention else 0.35
+        mean, pix = segment_candidates(hu_net, cands, seg_index, bundle, dev, batch, lambda f, m: report(0.6 + span * f, m))
+        labels, p_calc, p_art = paint_labels(cands, seg_index, mean, pix)
+        gated = None
+        if all_slices:
+            keep = gate[seg_index]
+            gated = paint_labels(cands, seg_index[keep], mean[keep], pix[keep])[0]
+        del pix
         timings["segmenter_s"] = time.perf_counter() - t
 
         att = None
         if attention:
+            from .attention import attention_maps
+
             t = time.perf_counter()
-            att = attention_maps(
-                hu_net, chosen, det_field, bundle, dev, batch, lambda f, m: report(0.85 + 0.1 * f, m), locations=locations
-            )
+            att = attention_maps(hu_net, cands, seg_index, bundle, dev, batch, lambda f, m: report(0.85 + 0.1 * f, m))
             timings["attention_s"] = time.perf_counter() - t
 
+    n_slice = np.bincount(cands.z, minlength=hu.shape[0]) if len(cands) else np.zeros(hu.shape[0], int)
     del hu_net
     if axes:  # back to the CT's own storage order
         labels = np.ascontiguousarray(np.flip(labels, axes))
+        if gated is not None:
+            gated = np.ascontiguousarray(np.flip(gated, axes))
+        p_calc = np.ascontiguousarray(np.flip(p_calc, axes))
+        p_art = np.ascontiguousarray(np.flip(p_art, axes))
         if att is not None:
             att = np.ascontiguousarray(np.flip(att, pp.flip_axes(flips, offset=1)))
         if flips[0]:
-            probs, selected = probs[::-1].copy(), selected[::-1].copy()
+            probs, selected, n_slice = probs[::-1].copy(), selected[::-1].copy(), n_slice[::-1].copy()
     t = time.perf_counter()
     labels[hu < params.threshold_hu] = 0
+    if gated is not None:
+        gated[hu < params.threshold_hu] = 0
     result = score(hu, labels, ct.spacing, params)
+    conf = lesion_confidences(result, labels, hu, p_calc, p_art)
     timings["scoring_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
     report(1.0, "done")
@@ -232,4 +361,8 @@ def run_pipeline(
         model_info=bundle.model_info(),
         timings=timings,
         warnings=run_warnings,
+        slice_candidates=n_slice,
+        lesion_confidence=conf,
+        counts={"candidates": len(cands), "segmented": int(seg_index.size)},
+        gated_labels=gated,
     )

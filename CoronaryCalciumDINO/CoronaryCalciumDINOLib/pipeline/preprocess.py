@@ -104,10 +104,10 @@ def slice_locations(ct) -> np.ndarray:
     return np.array([slice_location(z, (0, nz - 1), sup) for z in range(nz)], dtype=np.float32)
 
 
-def extract_field(hu_slices: np.ndarray, field: Field) -> np.ndarray:
-    """(n, ny, nx) float32 HU of ``field`` cut from (n, y, x) slices; air outside the image."""
+def extract_field(hu_slices: np.ndarray, field: Field, fill: float = AIR_HU) -> np.ndarray:
+    """(n, ny, nx) float32 HU of ``field`` cut from (n, y, x) slices; ``fill`` (air) outside the image."""
     n = hu_slices.shape[0]
-    out = np.full((n, field.ny, field.nx), AIR_HU, dtype=np.float32)
+    out = np.full((n, field.ny, field.nx), fill, dtype=np.float32)
     iy, ix, fy, fx = field.clipped(hu_slices.shape[1:])
     out[:, fy, fx] = hu_slices[:, iy, ix]
     return out

@@ -34,6 +34,10 @@ def build_report(result: ScoreResult, input_path: str, kvp: float | None = None,
     report["warnings"] = list(warnings or [])
     report["software"] = {"name": "CoronaryCalciumDINO", "version": __version__}
     report["disclaimer"] = DISCLAIMER
+    confidence = extra.pop("lesion_confidence", None)
+    if confidence is not None and len(confidence) == len(report.get("lesions", [])):
+        for lesion, conf in zip(report["lesions"], confidence):
+            lesion["confidence"] = dict(conf)
     report.update(extra)
     return report
 

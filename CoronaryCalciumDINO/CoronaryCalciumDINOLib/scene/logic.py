@@ -12,6 +12,11 @@ Outputs of :func:`compute` for a CT volume node named ``V``:
 * table ``V calcium scores`` (see :mod:`.table`),
 * table ``V slice probabilities`` and plot chart ``V slice probability``,
 * scalar volume ``V attention`` when attention maps were computed.
+
+Checks of the CT that invalidate the scores (today: a contrast-enhanced CT, see
+:mod:`..pipeline.contrast`) run on every compute and rescore; their warnings go into the
+report's ``warnings`` (kept on the score table) and :func:`warnings_text` gives the text the
+module panel shows.
 """
 
 from __future__ import annotations
@@ -87,6 +92,36 @@ class ComputeOutcome:
     #: segments the AI wrote in this run
     written: list[str] = field(default_factory=list)
     pipeline_result: object | None = None
+
+
+#: Contrast check results by (volume node ID, image data MTime): rescoring after every edit
+#: does not measure the same unchanged volume again.
+_CONTRAST_CACHE: dict[tuple[str, int], str | None] = {}
+_CONTRAST_CACHE_SIZE = 16
+
+
+def check_volume(volume_node, ct) -> list[str]:
+    """Run the CT checks (contrast) on ``ct``, the CTVolume of ``volume_node``; new warnings
+    are appended to ``ct.warnings``, which is returned. Cached per unchanged volume."""
+    from ..pipeline.contrast import check_contrast
+
+    image = volume_node.GetImageData() if volume_node is not None else None
+    key = (volume_node.GetID(), int(image.GetMTime())) if image is not None else None
+    if key is not None and key in _CONTRAST_CACHE and "contrast_warning" not in ct.meta:
+        ct.meta["contrast_warning"] = _CONTRAST_CACHE[key]
+    message = check_contrast(ct)
+    if key is not None:
+        if len(_CONTRAST_CACHE) >= _CONTRAST_CACHE_SIZE:
+            _CONTRAST_CACHE.clear()
+        _CONTRAST_CACHE[key] = message
+    return ct.warnings
+
+
+def warnings_text(report: dict | None) -> str:
+    """Text of the panel's warning banner for a report: one "Warning: ..." line per report
+    warning, '' when there is none."""
+    items = (report or {}).get("warnings") or []
+    return "\n".join(f"Warning: {w}" for w in items)
 
 
 def scoring_params_for(volume_node, params: ScoringParams | None) -> ScoringParams:
@@ -186,7 +221,14 @@ def compute(
 
 
 def run_segmentation(ct, bundle=None, device="auto", params=None, attention=True, progress=None, cancel=None, segment_fn=None):
-    """The pipeline (or ``segment_fn``) on a CTVolume; touches no MRML node (thread-safe)."""
+    """The pipeline (or ``segment_fn``) on a CTVolume; touches no MRML node (thread-safe).
+
+    The CT checks (contrast) run first, here in the worker thread; their warnings are
+    added to ``ct.warnings`` and reported by :func:`write_result`.
+    """
+    from ..pipeline.contrast import check_contrast
+
+    check_contrast(ct)
     if segment_fn is not None:
         return segment_fn(ct)
     from ..pipeline import run_pipeline
@@ -232,13 +274,17 @@ def write_result(scene, volume_node, ct, result, params: ScoringParams | None = 
         seg.SetAttribute(SCORE_TABLE_REF, score_table.GetID())
         place_in_hierarchy(scene, score_table, volume_node)
     extra = result.report_extra() if hasattr(result, "report_extra") else {}
+    check_volume(volume_node, ct)  # usually done already by run_segmentation (cached)
+    run_warnings = [w for w in (getattr(result, "warnings", None) or []) if w not in ct.warnings]
     if kept:
         current, warnings = read_labels(seg, volume_node)
         score_result = score(ct.hu, current, ct.spacing, params)
         extra["kept_user_edits"] = list(kept)
     else:
         score_result, warnings = result.score, []
-    report = table_glue.update_score_table(score_table, score_result, volume_node.GetName(), warnings=list(ct.warnings) + warnings, **extra)
+    report = table_glue.update_score_table(
+        score_table, score_result, volume_node.GetName(), warnings=list(ct.warnings) + run_warnings + warnings, **extra
+    )
 
     slice_table = None
     probabilities = getattr(result, "slice_probabilities", None)
@@ -271,6 +317,7 @@ def rescore(segmentation_node, volume_node, params: ScoringParams | None = None,
     scene = volume_node.GetScene()
     params = scoring_params_for(volume_node, params)
     ct = volume_node_to_ct(volume_node)
+    check_volume(volume_node, ct)
     labels, warnings = read_labels(segmentation_node, volume_node)
     result = score(ct.hu, labels, ct.spacing, params)
     if table_node is None:

@@ -1,0 +1,459 @@
+"""Calcium candidates: the one place that turns a CT into what the networks see.
+
+Training (``training/``) and inference (:mod:`.inference`) call these functions and
+nothing else to prepare network inputs, so both see identical preprocessing; a bundle's
+manifest records the :class:`CandidateConfig` it was trained with.
+
+Definitions
+-----------
+heart field
+    A square of ``field_mm`` (default 160 mm) around the heart centre found from HU alone
+    (:func:`..data.slices.heart_centre`; calcium labels are never used), at the CT's own
+    pixel size. Outside the image is air (-1024 HU).
+candidate
+    A 2D connected region (in-plane 8-connectivity, never across slices) of voxels with
+    HU >= ``threshold_hu`` inside the heart field, of area >= ``min_area_mm2``: exactly
+    what the Agatston definition could count as a lesion if it lay in an artery. Bone,
+    aortic wall, valves, noise and coronary calcium are all candidates; the networks decide
+    which is which. A slice without candidates cannot hold a countable lesion.
+crop
+    ``crop_px`` x ``crop_px`` pixels of ``pixel_mm`` (default 32 px of 0.5 mm = 16 mm,
+    close to the CT's native 0.4-0.8 mm pixels: a 1 mm^2 lesion keeps about 4 pixels and
+    its peak) centred on the pixel corner nearest the candidate's centroid, bilinear, turned into the HU windows
+    (:func:`..data.slices.hu_to_windows`, fixed windows, never min-max) as channels.
+context
+    Where the candidate sits and what surrounds it (:data:`CONTEXT_NAMES`): position in the
+    heart field and along the scan, area, peak and mean HU, mean HU of the 6 mm and 20 mm
+    squares around it, the share of >= threshold voxels within 20 mm, the highest HU under
+    its footprint on the slices above and below, the slice's noise level and the peak's
+    contrast over it, and two coarse 5 x 5 views of the slice around it (8 mm
+    and 24 mm cells). :data:`HAND_FEATURES` is the handful used by the gradient-boosted
+    baseline.
+target
+    (training only) the candidate's class: the artery label held by most of its voxels
+    when at least half of them are labelled, else 0 (not coronary calcium).
+
+Array order is (z, y, x); the CT is expected in the canonical axial layout
+(:func:`.preprocess.canonical_flips`). Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from ..data.slices import DEFAULT_WINDOWS, heart_centre, hu_to_windows
+from ..errors import InputError
+from ..scoring.agatston import AREA_TOLERANCE_MM2
+from .preprocess import AIR_HU, Field, extract_field, field_for
+
+#: In-plane 8-connectivity that never connects two slices (the scoring's lesion rule).
+_INPLANE_8 = np.zeros((3, 3, 3), dtype=bool)
+_INPLANE_8[1] = True
+
+#: Half-widths (mm) of the surroundings squares and the coarse-view cell sizes (mm).
+_NEAR_MM, _FAR_MM = 3.0, 10.0
+_COARSE_CELLS_MM = (8.0, 24.0)
+_COARSE_N = 5
+
+CONTEXT_NAMES: tuple[str, ...] = (
+    "x_field",  # (column - heart centre) in mm / (field / 2), + towards patient left
+    "y_field",  # (row - heart centre) in mm / (field / 2), + towards posterior
+    "z_scan",  # slice position in the scan range, -1 inferior .. +1 superior
+    "z_from_top_dm",  # distance below the most superior slice, in dm
+    "log_area_mm2",
+    "peak_hu_k",  # peak HU / 1000
+    "mean_hu_k",
+    "near_mean_hu_k",  # mean HU of the 6 mm square around the centroid
+    "far_mean_hu_k",  # mean HU of the 20 mm square
+    "far_dense_share",  # share of voxels >= threshold in the 20 mm square
+    "above_max_hu_k",  # highest HU under the candidate's footprint on the slice above (superior) / 1000
+    "below_max_hu_k",
+    "noise_hu_100",  # image noise of the slice (robust SD of soft-tissue pixel differences) / 100
+    "peak_snr_10",  # (peak - mean of the 6 mm square) / noise / 10
+) + tuple(f"coarse{int(c)}_{i}" for c in _COARSE_CELLS_MM for i in range(_COARSE_N * _COARSE_N))
+
+#: The hand features of the simple baseline: position, area, peak and mean HU, surroundings.
+HAND_FEATURES: tuple[str, ...] = (
+    "x_field", "y_field", "z_scan", "log_area_mm2", "peak_hu_k", "mean_hu_k", "near_mean_hu_k", "far_mean_hu_k",
+)
+
+
+@dataclass(frozen=True)
+class CandidateConfig:
+    """Settings of candidate search, crops and context (stored in the bundle manifest)."""
+
+    threshold_hu: float = 130.0
+    min_area_mm2: float = 1.0
+    field_mm: float = 160.0
+    crop_px: int = 32
+    pixel_mm: float = 0.5
+    windows: tuple[tuple[float, float], ...] = DEFAULT_WINDOWS
+
+    def __post_init__(self) -> None:
+        for name in ("threshold_hu", "min_area_mm2", "field_mm", "pixel_mm"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not np.isfinite(v):
+                raise InputError(f"candidate config: {name} must be a finite number, got {v!r}")
+        if not self.field_mm > 0 or not self.pixel_mm > 0 or self.min_area_mm2 < 0:
+            raise InputError("candidate config: field_mm and pixel_mm must be > 0 and min_area_mm2 >= 0")
+        if not isinstance(self.crop_px, int) or self.crop_px < 4:
+            raise InputError(f"candidate config: crop_px must be an integer >= 4, got {self.crop_px!r}")
+        object.__setattr__(self, "windows", tuple((float(a), float(b)) for a, b in self.windows))
+        for lo, hi in self.windows:
+            if not hi > lo:
+                raise InputError(f"candidate config: HU window must have high > low, got ({lo}, {hi})")
+
+    @property
+    def context_dim(self) -> int:
+        return len(CONTEXT_NAMES)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["windows"] = [list(w) for w in self.windows]
+        d["context"] = list(CONTEXT_NAMES)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CandidateConfig":
+        if not isinstance(d, dict):
+            raise InputError(f"candidate config must be an object, got {type(d).__name__}")
+        ctx = d.get("context")
+        if ctx is not None and list(ctx) != list(CONTEXT_NAMES):
+            raise InputError("candidate config: the bundle's context features differ from this version's")
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        if "windows" in known:
+            try:
+                known["windows"] = tuple((float(a), float(b)) for a, b in known["windows"])
+            except (TypeError, ValueError):
+                raise InputError(f"candidate config: windows must be [[low, high], ...], got {d['windows']!r}") from None
+        return cls(**known)
+
+
+@dataclass
+class Candidates:
+    """The candidates of one CT (canonical layout), in the heart field's pixel frame."""
+
+    config: CandidateConfig
+    spacing: tuple[float, float, float]
+    shape: tuple[int, int, int]  # CT (z, y, x)
+    field: Field
+    centre_yx: tuple[float, float]  # heart centre, CT pixel indices
+    #: (z, ny, nx) int32 candidate id + 1 on the field (0: no candidate)
+    ids: np.ndarray = field(repr=False)
+    z: np.ndarray = field(default_factory=lambda: np.zeros(0, int))  # (n,) slice
+    cy: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (n,) centroid row, field pixels
+    cx: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    voxels: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
+    #: (n,) each candidate's value in ``ids``
+    uid: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    context: np.ndarray = field(default_factory=lambda: np.zeros((0, len(CONTEXT_NAMES)), np.float32))
+
+    def __len__(self) -> int:
+        return int(self.z.size)
+
+    def per_slice_max(self, values: np.ndarray) -> np.ndarray:
+        """(z,) maximum of per-candidate ``values`` on each slice (0 where a slice has none)."""
+        out = np.zeros(self.shape[0], dtype=np.float32)
+        if len(self):
+            np.maximum.at(out, self.z, np.asarray(values, dtype=np.float32))
+        return out
+
+    def paint(self, classes: np.ndarray, slices: np.ndarray | None = None) -> np.ndarray:
+        """(z, y, x) uint8 label map: each candidate's voxels get its class (0..4).
+
+        ``slices`` (bool (z,)) limits the painting to those slices.
+        """
+        lut = np.zeros(int(self.ids.max(initial=0)) + 1, dtype=np.uint8)
+        lut[self.uid] = np.asarray(classes, dtype=np.uint8)
+        out = np.zeros(self.shape, dtype=np.uint8)
+        sub = lut[self.ids]
+        if slices is not None:
+            sub[~np.asarray(slices, dtype=bool)] = 0
+        iy, ix, fy, fx = self.field.clipped(self.shape[1:])
+        out[:, iy, ix] = sub[:, fy, fx]
+        return out
+
+    def targets(self, labels: np.ndarray) -> np.ndarray:
+        """(n,) class of each candidate from a per-artery label map on the CT grid (training)."""
+        lab = extract_field(np.asarray(labels), self.field, fill=0).astype(np.int64)
+        total = int(self.ids.max(initial=0))
+        sel = self.ids > 0
+        counts = np.bincount((self.ids[sel] - 1) * 5 + np.clip(lab[sel], 0, 4), minlength=5 * total)
+        counts = counts.reshape(total, 5)[self.uid - 1] if total else np.zeros((0, 5), dtype=np.int64)
+        labelled = counts[:, 1:].sum(axis=1)
+        best = 1 + np.argmax(counts[:, 1:], axis=1)
+        return np.where(labelled * 2 >= np.maximum(counts.sum(axis=1), 1), best, 0).astype(np.int64) * (labelled > 0)
+
+    def nearest_pixels(self, size: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """CT-grid voxel (z, y, x) nearest to each crop pixel, each (n, P, P), and whether
+        it lies inside the image. Ties (a crop pixel centred between two CT pixels) go to
+        the higher index, so neighbouring crop pixels never share a voxel at equal size."""
+        p = self.config.crop_px if size is None else int(size)
+        yy, xx = _crop_grid(self, p)
+        y = np.floor(yy + self.field.y0 + 0.5).astype(int)
+        x = np.floor(xx + self.field.x0 + 0.5).astype(int)
+        z = np.broadcast_to(self.z[:, None, None], y.shape)
+        ok = (y >= 0) & (y < self.shape[1]) & (x >= 0) & (x < self.shape[2])
+        return z, y, x, ok
+
+    def masks(self, size: int | None = None) -> np.ndarray:
+        """(n, P, P) float32: 1 where a crop pixel (nearest voxel) belongs to its own candidate."""
+        z, y, x, ok = self.nearest_pixels(size)
+        fy = np.clip(y - self.field.y0, 0, self.ids.shape[1] - 1)
+        fx = np.clip(x - self.field.x0, 0, self.ids.shape[2] - 1)
+        own = self.ids[z, fy, fx] == self.uid[:, None, None]
+        return (own & ok).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- search
+
+
+def _rect_sums(ii: np.ndarray, z, y0, y1, x0, x1) -> np.ndarray:
+    """Sums over [y0, y1) x [x0, x1) of slices ``z`` from the integral image ``ii`` (z, ny+1, nx+1)."""
+    ny, nx = ii.shape[1] - 1, ii.shape[2] - 1
+    y0, y1 = np.clip(y0, 0, ny), np.clip(y1, 0, ny)
+    x0, x1 = np.clip(x0, 0, nx), np.clip(x1, 0, nx)
+    return ii[z, y1, x1] - ii[z, y0, x1] - ii[z, y1, x0] + ii[z, y0, x0]
+
+
+def _integral(a: np.ndarray) -> np.ndarray:
+    ii = np.zeros((a.shape[0], a.shape[1] + 1, a.shape[2] + 1), dtype=np.float64)
+    np.cumsum(np.cumsum(a, axis=1, dtype=np.float64), axis=2, out=ii[:, 1:, 1:])
+    return ii
+
+
+def _box_means(ii_hu, ii_n, z, cy, cx, half_y, half_x, with_pad: bool = True):
+    """Mean over the square of half-width (half_y, half_x) pixels around (cy, cx); air outside."""
+    y0 = np.floor(cy - half_y + 0.5).astype(int)
+    x0 = np.floor(cx - half_x + 0.5).astype(int)
+    y1 = y0 + np.maximum(1, np.rint(2 * half_y)).astype(int)
+    x1 = x0 + np.maximum(1, np.rint(2 * half_x)).astype(int)
+    full = (y1 - y0) * (x1 - x0)
+    s = _rect_sums(ii_hu, z, y0, y1, x0, x1)
+    inside = _rect_sums(ii_n, z, y0, y1, x0, x1)
+    return (s + (full - inside) * AIR_HU) / full
+
+
+def _footprint_max(f: np.ndarray, z: np.ndarray, y: np.ndarray, x: np.ndarray, lid: np.ndarray, m: int) -> np.ndarray:
+    """Per candidate, the highest HU of slices ``z`` at its voxels' (y, x); air off the volume."""
+    out = np.full(m, AIR_HU, dtype=np.float64)
+    ok = (z >= 0) & (z < f.shape[0])
+    np.maximum.at(out, lid[ok], f[z[ok], y[ok], x[ok]])
+    return out
+
+
+#: HU range of the soft-tissue pixels used for the noise estimate
+_NOISE_HU = (-150.0, 150.0)
+#: Noise assumed where a slice has too few soft-tissue pixels (HU)
+_DEFAULT_NOISE_HU = 20.0
+
+
+def slice_noise(f: np.ndarray, inside: np.ndarray | None = None) -> np.ndarray:
+    """(z,) robust noise SD (HU) of each slice: 1.4826 x MAD of horizontal neighbour
+    differences / sqrt(2), over pairs of soft-tissue pixels (every second row).
+
+    Never below 5 HU; ``_DEFAULT_NOISE_HU`` for a slice with fewer than 200 such pairs.
+    """
+    a, b = f[:, ::2, 1:], f[:, ::2, :-1]
+    ok = (a > _NOISE_HU[0]) & (a < _NOISE_HU[1]) & (b > _NOISE_HU[0]) & (b < _NOISE_HU[1])
+    if inside is not None:
+        ins = inside[::2] > 0
+        ok &= ins[:, 1:] & ins[:, :-1]
+    out = np.full(f.shape[0], _DEFAULT_NOISE_HU)
+    for k in range(f.shape[0]):
+        d = (a[k] - b[k])[ok[k]]
+        if d.size >= 200:
+            out[k] = 1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2.0)
+    return np.maximum(out, 5.0)
+
+
+def scan_positions(nz: int, dz: float, superior_increasing: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(z_scan in [-1, 1] inferior..superior, distance below the top slice in dm) of each slice."""
+    k = np.arange(nz, dtype=np.float64)
+    t = np.zeros(nz) if nz == 1 else 2.0 * k / (nz - 1) - 1.0
+    if not superior_increasing:
+        t = -t
+    top = (nz - 1 - k) if superior_increasing else k
+    return t.astype(np.float32), (top * dz / 100.0).astype(np.float32)
+
+
+def find_candidates(
+    hu: np.ndarray,
+    spacing: Sequence[float],
+    config: CandidateConfig | None = None,
+    centre_yx: tuple[float, float] | None = None,
+    superior_increasing: bool = True,
+) -> Candidates:
+    """All candidates of a CT (z, y, x) in HU, canonical layout, with their context.
+
+    ``centre_yx`` (CT pixel indices) overrides the HU-only heart localiser (training may
+    pass a centre from a heart mask; inference never does).
+    """
+    cfg = config or CandidateConfig()
+    hu = np.asarray(hu)
+    if hu.ndim != 3 or min(hu.shape) < 1:
+        raise InputError(f"CT must be a 3D volume (z, y, x), got shape {hu.shape}")
+    dz, dy, dx = (float(s) for s in spacing)
+    if centre_yx is None:
+        centre_yx = heart_centre(hu, (dz, dy, dx))
+    fld = field_for(centre_yx, (dz, dy, dx), cfg.field_mm)
+    f = extract_field(hu, fld)  # (z, ny, nx) float32, air outside the image
+    inside = np.zeros(f.shape[1:], dtype=np.float32)
+    iy, ix, fy, fx = fld.clipped(hu.shape[1:])
+    inside[fy, fx] = 1.0
+    dense = f >= cfg.threshold_hu
+    ids, n = ndimage.label(dense, structure=_INPLANE_8)
+    if n == 0:
+        return Candidates(cfg, (dz, dy, dx), tuple(hu.shape), fld, tuple(centre_yx), ids=ids.astype(np.int32))
+    flat_ids = ids[dense]
+    counts = np.bincount(flat_ids, minlength=n + 1)[1:]
+    keep = counts * dy * dx >= cfg.min_area_mm2 - AREA_TOLERANCE_MM2
+    # Renumber: kept components 1..m in label order, dropped ones 0.
+    remap = np.zeros(n + 1, dtype=np.int32)
+    remap[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    ids = remap[ids]
+    m = int(keep.sum())
+    zz, yy, xx = np.nonzero(ids)
+    lid = ids[zz, yy, xx] - 1
+    vals = f[zz, yy, xx].astype(np.float64)
+    cnt = np.bincount(lid, minlength=m).astype(np.float64)
+    cz = (np.bincount(lid, weights=zz, minlength=m) / cnt).round().astype(int)
+    cy = np.bincount(lid, weights=yy, minlength=m) / cnt
+    cx = np.bincount(lid, weights=xx, minlength=m) / cnt
+    mean = np.bincount(lid, weights=vals, minlength=m) / cnt
+    peak = np.full(m, -np.inf)
+    np.maximum.at(peak, lid, vals)
+
+    ii_hu = _integral(np.where(inside[None] > 0, f, 0.0))
+    ii_in = _integral(np.broadcast_to(inside, f.shape))
+    ii_dense = _integral(dense)
+    near = _box_means(ii_hu, ii_in, cz, cy, cx, _NEAR_MM / dy, _NEAR_MM / dx)
+    far = _box_means(ii_hu, ii_in, cz, cy, cx, _FAR_MM / dy, _FAR_MM / dx)
+    hy, hx = _FAR_MM / dy, _FAR_MM / dx
+    y0 = np.floor(cy - hy + 0.5).astype(int)
+    x0 = np.floor(cx - hx + 0.5).astype(int)
+    y1, x1 = y0 + int(round(2 * hy)), x0 + int(round(2 * hx))
+    far_dense = _rect_sums(ii_dense, cz, y0, y1, x0, x1) / max(1, int(round(2 * hy)) * int(round(2 * hx)))
+
+    up = +1 if superior_increasing else -1
+    above = _footprint_max(f, zz + up, yy, xx, lid, m)
+    below = _footprint_max(f, zz - up, yy, xx, lid, m)
+    noise = slice_noise(f, inside)[cz]
+
+    coarse = []
+    g = np.arange(_COARSE_N) - (_COARSE_N - 1) / 2.0
+    for cell in _COARSE_CELLS_MM:
+        gy, gx = np.meshgrid(g * cell / dy, g * cell / dx, indexing="ij")
+        py = cy[:, None] + gy.ravel()[None]
+        px = cx[:, None] + gx.ravel()[None]
+        zc = np.broadcast_to(cz[:, None], py.shape)
+        coarse.append(_box_means(ii_hu, ii_in, zc, py, px, 0.5 * cell / dy, 0.5 * cell / dx) / 1000.0)
+
+    half = 0.5 * cfg.field_mm
+    cyc, cxc = centre_yx
+    x_field = ((cx + fld.x0) - cxc) * dx / half
+    y_field = ((cy + fld.y0) - cyc) * dy / half
+    z_scan, z_top = scan_positions(hu.shape[0], dz, superior_increasing)
+    ctx = np.column_stack(
+        [
+            x_field, y_field, z_scan[cz], z_top[cz], np.log(cnt * dy * dx), peak / 1000.0, mean / 1000.0,
+            near / 1000.0, far / 1000.0, far_dense, above / 1000.0, below / 1000.0, noise / 100.0,
+            (peak - near) / noise / 10.0, *coarse,
+        ]
+    ).astype(np.float32)
+    ctx = np.clip(np.nan_to_num(ctx, nan=0.0, posinf=10.0, neginf=-10.0), -10.0, 10.0)
+    return Candidates(
+        cfg, (dz, dy, dx), tuple(hu.shape), fld, tuple(centre_yx), ids=ids.astype(np.int32),
+        z=cz, cy=cy, cx=cx, voxels=cnt.astype(int), uid=np.arange(1, m + 1, dtype=np.int32), context=ctx,
+    )
+
+
+# ----------------------------------------------------------------------------- crops
+
+
+def _crop_grid(c: Candidates, size: int, shift=None, scale=None) -> tuple[np.ndarray, np.ndarray]:
+    """Field-pixel coordinates (n, P, P) of the crop grids (optionally shifted (n, 2) mm, scaled (n,))."""
+    dy, dx = c.spacing[1], c.spacing[2]
+    g = (np.arange(size) - (size - 1) / 2.0) * c.config.pixel_mm
+    s = np.ones(len(c)) if scale is None else np.asarray(scale, dtype=float)
+    oy = np.zeros(len(c)) if shift is None else np.asarray(shift, dtype=float)[:, 0]
+    ox = np.zeros(len(c)) if shift is None else np.asarray(shift, dtype=float)[:, 1]
+    # Centre on the corner between the four pixels nearest the centroid: with 0.5 mm CT
+    # pixels the crop pixels are then the CT's own pixels (no interpolation at all).
+    cy, cx = np.floor(c.cy) + 0.5, np.floor(c.cx) + 0.5
+    yy = cy[:, None, None] + (oy[:, None, None] + s[:, None, None] * g[None, :, None]) / dy
+    xx = cx[:, None, None] + (ox[:, None, None] + s[:, None, None] * g[None, None, :]) / dx
+    return np.broadcast_to(yy, (len(c), size, size)), np.broadcast_to(xx, (len(c), size, size))
+
+
+def crop_hu(
+    hu: np.ndarray, c: Candidates, index=None, size: int | None = None, shift=None, scale=None
+) -> np.ndarray:
+    """(n, P, P) float32 HU crops (bilinear) of the candidates ``index`` (default all).
+
+    ``hu`` is the CT (canonical layout, the one the candidates were found on). ``shift``
+    ((n, 2) mm) and ``scale`` ((n,)) move and zoom the crop (training augmentation).
+    """
+    sub = c if index is None else subset(c, index)
+    p = c.config.crop_px if size is None else int(size)
+    if len(sub) == 0:
+        return np.zeros((0, p, p), dtype=np.float32)
+    yy, xx = _crop_grid(sub, p, shift, scale)
+    yy = yy + sub.field.y0
+    xx = xx + sub.field.x0
+    h, w = hu.shape[1:]
+    y0 = np.floor(yy).astype(int)
+    x0 = np.floor(xx).astype(int)
+    wy = (yy - y0).astype(np.float32)
+    wx = (xx - x0).astype(np.float32)
+    zi = np.broadcast_to(sub.z[:, None, None], yy.shape)
+
+    def at(y, x):
+        ok = (y >= 0) & (y < h) & (x >= 0) & (x < w)
+        v = hu[zi, np.clip(y, 0, h - 1), np.clip(x, 0, w - 1)].astype(np.float32)
+        return np.where(ok, v, np.float32(AIR_HU))
+
+    top = at(y0, x0) * (1 - wx) + at(y0, x0 + 1) * wx
+    bot = at(y0 + 1, x0) * (1 - wx) + at(y0 + 1, x0 + 1) * wx
+    return (top * (1 - wy) + bot * wy).astype(np.float32)
+
+
+def crop_windows(hu: np.ndarray, c: Candidates, index=None, **kw) -> np.ndarray:
+    """(n, len(windows), P, P) float32 network input of the candidates ``index``."""
+    return hu_to_windows(crop_hu(hu, c, index, **kw), c.config.windows)
+
+
+def subset(c: Candidates, index) -> Candidates:
+    """The candidates ``index`` (int array or bool mask) of ``c`` (ids are left as they are)."""
+    idx = np.arange(len(c))[index]
+    return Candidates(
+        c.config, c.spacing, c.shape, c.field, c.centre_yx, ids=c.ids, z=c.z[idx], cy=c.cy[idx], cx=c.cx[idx],
+        voxels=c.voxels[idx], uid=c.uid[idx], context=c.context[idx],
+    )
+
+
+def crop_labels(labels: np.ndarray, c: Candidates, index=None, size: int | None = None) -> np.ndarray:
+    """(n, P, P) uint8 labels at the crop grid (nearest pixel; 0 outside the image), for training."""
+    sub = c if index is None else subset(c, index)
+    p = c.config.crop_px if size is None else int(size)
+    if len(sub) == 0:
+        return np.zeros((0, p, p), dtype=np.uint8)
+    zi, y, x, ok = sub.nearest_pixels(p)
+    h, w = labels.shape[1:]
+    v = np.asarray(labels)[zi, np.clip(y, 0, h - 1), np.clip(x, 0, w - 1)]
+    return np.where(ok, v, 0).astype(np.uint8)
+
+
+def random_points(c: Candidates, n: int, rng: np.random.Generator) -> Candidates:
+    """``n`` pseudo-candidates at uniformly random places of the heart field (for plain DINO)."""
+    z = rng.integers(0, c.shape[0], n)
+    cy = rng.uniform(0, c.field.ny - 1, n)
+    cx = rng.uniform(0, c.field.nx - 1, n)
+    return Candidates(
+        c.config, c.spacing, c.shape, c.field, c.centre_yx, ids=c.ids, z=z, cy=cy, cx=cx,
+        voxels=np.zeros(n, int), uid=np.zeros(n, np.int32), context=np.zeros((n, len(CONTEXT_NAMES)), np.float32),
+    )

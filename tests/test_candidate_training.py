@@ -1,0 +1,114 @@
+"""The training side of the candidate design at tiny scale, on the CPU: caches from the
+inference crop sampler, DINO-LG / DINO pretraining (resumable), detector heads, baseline,
+segmenter, bundle assembly and evaluation in one command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("sklearn")
+
+from CoronaryCalciumDINOLib.data.studies import load_study  # noqa: E402
+from CoronaryCalciumDINOLib.pipeline.candidates import CandidateConfig, crop_hu, find_candidates  # noqa: E402
+from CoronaryCalciumDINOLib.synth import write_studies  # noqa: E402
+from training import pretrain_candidates  # noqa: E402
+from training.candidate_data import build_cache, load_cache  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cand")
+    dirs = write_studies([11, 12, 13], root / "studies", matrix=192, n_slices=12, plaques=True)
+    return dirs, build_cache(dirs, root / "train.npz", CandidateConfig(), max_neg=50, n_random=20)
+
+
+def test_cache_holds_the_inference_input(tiny_cache):
+    dirs, path = tiny_cache
+    d = load_cache(path)
+    assert d["crops"].shape[1:] == (40, 40) and d["pixel_labels"].shape[1:] == (32, 32)
+    assert (d["target"] > 0).any() and (d["target"] == 0).any()
+    assert d["random_crops"].shape == (60, 40, 40)
+    # a study's candidates, recomputed by the inference functions: same crops
+    i = int(d["study"][np.flatnonzero(d["target"] > 0)[0]])
+    st = load_study(dirs[i], with_heart=False)
+    hu = np.asarray(st.ct.hu, np.float32)
+    c = find_candidates(hu, st.ct.spacing, CandidateConfig())
+    y = c.targets(st.labels)
+    mine = d["study"] == i
+    pos = np.flatnonzero(y > 0)
+    np.testing.assert_array_equal(d["target"][mine][d["target"][mine] > 0], y[pos])
+    k = int(np.flatnonzero(mine & (d["target"] > 0))[0])
+    same = crop_hu(hu, c, [pos[0]])[0]
+    np.testing.assert_allclose(d["crops"][k, 4:36, 4:36].astype(np.float32), same, atol=0.5)  # float16 storage
+    # negatives beyond the cap carry weights that restore the true count
+    assert d["weight"][mine][d["target"][mine] == 0].sum() == pytest.approx((y == 0).sum())
+    # an up-to-date cache is reused, not rebuilt
+    mtime = path.stat().st_mtime_ns
+    build_cache(dirs, path, CandidateConfig(), max_neg=50, n_random=20)
+    assert path.stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("guided", [True, False])
+def test_views_and_a_few_dino_steps_resume(tiny_cache, tmp_path, guided, monkeypatch, capsys):
+    _, path = tiny_cache
+    gen = torch.Generator().manual_seed(0)
+    hu = torch.from_numpy(load_cache(path)["crops"][:5].astype(np.float32))
+    views = pretrain_candidates.make_views(hu, 32, 4, 3, 16, guided, [(-160, 240), (130, 1130)], gen)
+    assert [tuple(v.shape) for v in views] == [(5, 2, 32, 32)] * 2 + [(5, 2, 16, 16)] * 3
+    assert all(float(v.min()) >= 0 and float(v.max()) <= 1 for v in views)
+    out = tmp_path / "ssl"
+    args = ["--cache", str(path), "--out", str(out), "--steps", "4", "--batch", "8", "--ckpt-every", "2",
+            "--threads", "1", "--device", "cpu"] + (["--label-guided"] if guided else [])
+    # interrupted after the first checkpoint (step 2), then resumed to the end
+    calls = {"n": 0}
+    original = pretrain_candidates.update_teacher
+
+    def interrupted(*a):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        original(*a)
+
+    monkeypatch.setattr(pretrain_candidates, "update_teacher", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_candidates.main(args)
+    assert (out / "checkpoint.pt").exists() and not (out / "backbone.pt").exists()
+    monkeypatch.undo()
+    pretrain_candidates.main(args)
+    assert "resuming at step 2" in capsys.readouterr().out
+    state = torch.load(out / "backbone.pt", weights_only=False)
+    assert state["ssl"]["label_guided"] is guided and state["config"]["patch_size"] == 8
+    assert not (out / "checkpoint.pt").exists()
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 3 and all(np.isfinite(r["loss"]) for r in log)
+
+
+@pytest.mark.slow
+def test_build_default_bundle_tiny(tmp_path, capsys):
+    """The one-command recipe end to end at tiny scale; then the bundle runs."""
+    from CoronaryCalciumDINOLib.pipeline import load_bundle, run_pipeline
+    from training import build_default_bundle
+
+    out, res = tmp_path / "bundle", tmp_path / "results"
+    argv = ["--work", str(tmp_path / "work"), "--out", str(out), "--results", str(res), "--n-train", "4",
+            "--n-val", "2", "--n-test", "2", "--matrix", "160", "--n-slices", "10", "--train-plaques",
+            "--ssl-steps", "3", "--ssl-batch", "8", "--seg-steps", "3", "--threads", "1", "--device", "cpu",
+            "--target-sensitivity", "0.9"]
+    assert build_default_bundle.main(argv) == 0
+    metrics = json.loads((res / "ccdino-default-metrics.json").read_text())["metrics"]
+    h = metrics["heldout_synthetic"]
+    assert h["n_studies"] == 2 and "zero_scored_zero" in h["pipeline"]
+    assert "baseline_gbm_hand_features" in metrics and metrics["phantom"]["slices"] == 47
+    b = load_bundle(out)
+    assert b.manifest["candidates"] == CandidateConfig().to_dict()
+    st = load_study(sorted((tmp_path / "work" / "heldout").iterdir())[0], with_heart=False)
+    assert run_pipeline(st.ct, b, device="cpu").labels.shape == st.ct.shape
+    # a second run resumes: every stage is found done, only the bundle is written again
+    capsys.readouterr()
+    assert build_default_bundle.main(argv + ["--overwrite"]) == 0
+    log = capsys.readouterr().err
+    assert "stage 3" not in log and "stage 4" not in log and "bundle written" in log

@@ -1,0 +1,315 @@
+"""Supervised stages on candidates: frozen features, detector heads, baseline, segmenter.
+
+    python -m training.train_candidates --train runs/x/train.npz --val runs/x/val.npz \\
+        --backbone runs/x/ssl-lg/backbone.pt --out runs/x/supervised
+
+Everything starts from the caches of :mod:`training.candidate_data` (crops and context
+from :mod:`CoronaryCalciumDINOLib.pipeline.candidates`, the inference path):
+
+* frozen teacher features of each candidate crop (CLS (+) mean patch token), computed by
+  the library's :func:`~CoronaryCalciumDINOLib.models.backbone.extract_features` on the
+  inference input (:func:`features_of`);
+* detector heads (:class:`~CoronaryCalciumDINOLib.models.detector.CandidateDetector`):
+  ``linear`` on the ViT features alone (the paper's protocol), ``linear+context`` and
+  ``mlp+context`` (one hidden layer); weighted BCE, target = coronary calcium or not;
+* the gradient-boosted baseline on :data:`HAND_FEATURES` (scikit-learn);
+* the per-artery segmenter: a MONAI 2D UNet on the candidate crop with the context as
+  constant extra channels, trained on per-pixel labels (:func:`train_segmenter`).
+
+The detector threshold is chosen on the validation studies' slices (every candidate of
+those studies is in the validation cache), slice probability = max over its candidates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from CoronaryCalciumDINOLib.evaluation.metrics import auroc, slice_metrics
+from CoronaryCalciumDINOLib.models.backbone import build_backbone, build_backbone_from_config, extract_features
+from CoronaryCalciumDINOLib.models.detector import CandidateDetector, choose_thresholds
+from CoronaryCalciumDINOLib.models.unet import SegmenterConfig, build_candidate_segmenter
+from CoronaryCalciumDINOLib.pipeline.candidates import CONTEXT_NAMES, HAND_FEATURES
+from CoronaryCalciumDINOLib.pipeline.device import autocast_for, resolve_device
+
+from .candidate_data import load_cache
+from .pretrain_candidates import DEFAULT_ARCH, DEFAULT_OVERRIDES, plain_view
+
+HEADS = {"linear": (0, False), "linear+context": (0, True), "mlp+context": (128, True)}
+
+
+# ----------------------------------------------------------------------------- features
+
+
+def load_backbone(spec: str, crop_px: int = 32, in_chans: int = 3, overrides: dict | None = None):
+    """``random:SEED`` (random initialisation of the default architecture) or a ``backbone.pt``."""
+    if str(spec).startswith("random:"):
+        torch.manual_seed(int(str(spec).split(":", 1)[1]))
+        bb = build_backbone(DEFAULT_ARCH, img_size=crop_px, in_chans=in_chans, drop_path=0.0,
+                            overrides=overrides or DEFAULT_OVERRIDES)
+    else:
+        state = torch.load(spec, map_location="cpu", weights_only=False)
+        bb = build_backbone_from_config(state["config"])
+        bb.load_state_dict(state["state"])
+    bb.eval()
+    for p in bb.parameters():
+        p.requires_grad_(False)
+    return bb
+
+
+@torch.inference_mode()
+def features_of(backbone, crops_hu: np.ndarray, crop_px: int, windows, batch: int = 1024, device="cpu") -> np.ndarray:
+    """(N, 2D) float32 frozen features of stored HU crops (their central ``crop_px``)."""
+    dev = resolve_device(device)
+    backbone.to(dev)
+    out = []
+    for s in range(0, len(crops_hu), batch):
+        x = plain_view(torch.from_numpy(crops_hu[s:s + batch].astype(np.float32)), crop_px, windows).to(dev)
+        with autocast_for(dev, cpu_bf16=None):
+            out.append(extract_features(backbone, x).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 2 * backbone.embed_dim), np.float32)
+
+
+def cache_windows(cache: dict):
+    cfg = cache["meta"]["config"]
+    return int(cfg["crop_px"]), [tuple(w) for w in cfg["windows"]]
+
+
+# ----------------------------------------------------------------------------- heads
+
+
+def fit_head(feats, context, y, weight, hidden: int, use_context: bool, steps: int = 400, seed: int = 0,
+             lr: float = 1e-2, wd: float = 1e-4) -> CandidateDetector:
+    """Weighted-BCE detector head (classes balanced) on frozen features; full-batch AdamW."""
+    torch.manual_seed(seed)
+    det = CandidateDetector(feats.shape[1], context.shape[1], hidden=hidden, use_context=use_context)
+    f, c = torch.from_numpy(feats), torch.from_numpy(context)
+    det.set_standardisation(det.inputs(f, c))
+    yt = torch.from_numpy((y > 0).astype(np.float32))
+    w = torch.from_numpy(weight.astype(np.float32))
+    pos = float((w * yt).sum())
+    neg = float((w * (1 - yt)).sum())
+    w = w * torch.where(yt > 0, 0.5 / max(pos, 1e-6), 0.5 / max(neg, 1e-6)) * len(yt)
+    opt = torch.optim.AdamW(det.parameters(), lr=lr if hidden == 0 else 3e-3, weight_decay=wd)
+    det.train()
+    for _ in range(steps):
+        loss = (F.binary_cross_entropy_with_logits(det(f, c), yt, reduction="none") * w).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    det.eval()
+    return det
+
+
+@torch.inference_mode()
+def head_probs(det: CandidateDetector, feats, context) -> np.ndarray:
+    return torch.sigmoid(det(torch.from_numpy(feats), torch.from_numpy(context))).numpy()
+
+
+def slice_probs(cache: dict, cand_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(slice labels, slice probabilities, slice study index) of a full (not subsampled) cache."""
+    off = cache["slice_offset"]
+    n = int(off[-1])
+    probs = np.zeros(n, dtype=np.float32)
+    gidx = off[cache["study"]] + cache["z"]
+    np.maximum.at(probs, gidx, cand_probs.astype(np.float32))
+    study = np.repeat(np.arange(len(off) - 1), np.diff(off))
+    return cache["slice_has_calcium"].astype(bool), probs, study
+
+
+def knn_probs(train_f, train_y, eval_f, k: int = 20, t: float = 0.07) -> np.ndarray:
+    """Weighted kNN (cosine similarity, exp(s / t) weights; DINO's protocol), P(coronary)."""
+    a = torch.nn.functional.normalize(torch.from_numpy(train_f), dim=1)
+    b = torch.nn.functional.normalize(torch.from_numpy(eval_f), dim=1)
+    ya = torch.from_numpy((train_y > 0).astype(np.float32))
+    out = []
+    for s in range(0, len(b), 2048):
+        sim = b[s:s + 2048] @ a.T
+        v, i = sim.topk(min(k, a.shape[0]), dim=1)
+        w = (v / t).exp()
+        out.append(((w * ya[i]).sum(1) / w.sum(1)).numpy())
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def gbm_baseline(train: dict, seed: int = 0):
+    """Gradient-boosted trees on the hand features (the comparison row)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    cols = [CONTEXT_NAMES.index(n) for n in HAND_FEATURES]
+    y = (train["target"] > 0).astype(int)
+    w = train["weight"] * np.where(y > 0, 0.5 / max(train["weight"][y > 0].sum(), 1e-6),
+                                   0.5 / max(train["weight"][y == 0].sum(), 1e-6))
+    clf = HistGradientBoostingClassifier(max_iter=300, learning_rate=0.1, random_state=seed)
+    clf.fit(train["context"][:, cols], y, sample_weight=w * len(y))
+    return lambda cache: clf.predict_proba(cache["context"][:, cols])[:, 1]
+
+
+def bootstrap_auroc(y, p, groups, n: int = 500, seed: int = 0) -> tuple[float | None, float | None]:
+    """95 % interval of AUROC by resampling studies (``groups``)."""
+    rng = np.random.default_rng(seed)
+    ug = np.unique(groups)
+    members = [np.flatnonzero(groups == g) for g in ug]
+    vals = []
+    for _ in range(n):
+        idx = np.concatenate([members[i] for i in rng.integers(0, len(ug), len(ug))])
+        a = auroc(y[idx], p[idx])
+        if a is not None:
+            vals.append(a)
+    if not vals:
+        return None, None
+    return float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))
+
+
+# ----------------------------------------------------------------------------- segmenter
+
+
+def segmenter_config(cache: dict, channels=(16, 32, 64)) -> SegmenterConfig:
+    crop_px, windows = cache_windows(cache)
+    return SegmenterConfig(windows=[list(w) for w in windows], neighbours=0, crop_mm=0.0, input_size=crop_px,
+                           channels=list(channels), strides=[2] * (len(channels) - 1), num_res_units=1,
+                           context_dim=len(CONTEXT_NAMES))
+
+
+def train_segmenter(train: dict, cfg: SegmenterConfig, steps: int = 1500, batch: int = 64, seed: int = 0,
+                    lr: float = 3e-3, log=print, device="cpu"):
+    """Per-pixel 5-class CE on candidate crops; coronary candidates are half of each batch."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    dev = resolve_device(device)
+    net = build_candidate_segmenter(cfg)
+    net.set_standardisation(train["context"])
+    net.to(dev)
+    crop_px, windows = cache_windows(train)
+    pos = np.flatnonzero(train["target"] > 0)
+    neg = np.flatnonzero(train["target"] == 0)
+    counts = np.bincount(train["pixel_labels"][pos].ravel(), minlength=5).astype(float) + 1
+    cw = torch.tensor((counts.sum() / counts) ** 0.5, dtype=torch.float32)
+    cw = (cw / cw.mean()).to(dev)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    net.train()
+    t0 = time.perf_counter()
+    for step in range(steps):
+        idx = np.concatenate([rng.choice(pos, batch // 2), rng.choice(neg, batch - batch // 2)]) if pos.size else rng.choice(neg, batch)
+        hu = torch.from_numpy(train["crops"][idx].astype(np.float32))
+        x = plain_view(hu, crop_px, windows).to(dev)
+        ctx = torch.from_numpy(train["context"][idx]).to(dev)
+        y = torch.from_numpy(train["pixel_labels"][idx].astype(np.int64)).to(dev)
+        with autocast_for(dev, cpu_bf16=None):
+            logits = net(x, ctx)
+        loss = F.cross_entropy(logits.float(), y, weight=cw)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"  segmenter step {step}/{steps} loss {loss.item():.4f} ({time.perf_counter() - t0:.0f} s)")
+    net.eval()
+    return net.cpu()
+
+
+@torch.inference_mode()
+def segmenter_candidate_probs(net, cache: dict, masks: np.ndarray, batch: int = 512):
+    """(N, 5) class probabilities of each candidate: the mean softmax over its own pixels."""
+    crop_px, windows = cache_windows(cache)
+    out = []
+    for s in range(0, len(cache["target"]), batch):
+        hu = torch.from_numpy(cache["crops"][s:s + batch].astype(np.float32))
+        x = plain_view(hu, crop_px, windows)
+        ctx = torch.from_numpy(cache["context"][s:s + batch])
+        with autocast_for(torch.device("cpu"), cpu_bf16=None):
+            p = torch.softmax(net(x, ctx).float(), 1)
+        m = torch.from_numpy(np.asarray(masks[s:s + batch], dtype=np.float32))
+        out.append(((p * m[:, None]).sum((2, 3)) / m.sum((1, 2)).clamp_min(1)[:, None]).numpy())
+    return np.concatenate(out)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m training.train_candidates", description=__doc__.split("\n")[0])
+    p.add_argument("--train", type=Path, required=True)
+    p.add_argument("--val", type=Path, required=True)
+    p.add_argument("--backbone", required=True, help="backbone.pt of pretrain_candidates, or random:SEED")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--head", choices=sorted(HEADS) + ["auto"], default="auto", help="shipped detector head")
+    p.add_argument("--target-sensitivity", type=float, default=0.99)
+    p.add_argument("--seg-steps", type=int, default=1500)
+    p.add_argument("--seg-channels", default="16,32,64")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "supervised.pt").exists():
+        print(f"{out}/supervised.pt exists: nothing to do")
+        return
+    train, val = load_cache(args.train), load_cache(args.val)
+    crop_px, windows = cache_windows(train)
+    bb = load_backbone(args.backbone, crop_px, len(windows))
+    t = time.perf_counter()
+    ft = features_of(bb, train["crops"], crop_px, windows, device=args.device)
+    fv = features_of(bb, val["crops"], crop_px, windows, device=args.device)
+    print(f"features: {len(ft)} train, {len(fv)} val candidates ({time.perf_counter() - t:.0f} s)")
+    report = {"heads": {}}
+    dets = {}
+    for name, (hidden, use_ctx) in HEADS.items():
+        det = fit_head(ft, train["context"], train["target"], train["weight"], hidden, use_ctx, seed=args.seed)
+        pv = head_probs(det, fv, val["context"])
+        ys, ps, _ = slice_probs(val, pv)
+        thr = choose_thresholds(ys, ps, args.target_sensitivity)
+        m = slice_metrics(ys, ps, thr["threshold"], args.target_sensitivity)["at_threshold"]
+        report["heads"][name] = {"candidate_auroc": auroc(val["target"] > 0, pv), "slice": m, **thr}
+        dets[name] = (det, thr)
+        print(f"head {name}: candidate AUROC {report['heads'][name]['candidate_auroc']:.4f}, slice sens "
+              f"{m['sensitivity']:.3f} spec {m['specificity']:.3f} at {thr['threshold']:.3f}")
+    gbm = gbm_baseline(train, args.seed)
+    pg = gbm(val)
+    ys, ps, _ = slice_probs(val, pg)
+    thr = choose_thresholds(ys, ps, args.target_sensitivity)
+    report["gbm_hand_features"] = {"candidate_auroc": auroc(val["target"] > 0, pg),
+                                   "slice": slice_metrics(ys, ps, thr["threshold"], args.target_sensitivity)["at_threshold"],
+                                   **thr}
+    print(f"GBM baseline: slice sens {report['gbm_hand_features']['slice']['sensitivity']:.3f} spec "
+          f"{report['gbm_hand_features']['slice']['specificity']:.3f}")
+    if args.head == "auto":  # best validation specificity at the target sensitivity, then AUROC
+        chosen = max(("linear+context", "mlp+context"), key=lambda n: (
+            report["heads"][n]["slice"]["specificity"] or 0, report["heads"][n]["candidate_auroc"] or 0))
+    else:
+        chosen = args.head
+    report["shipped_head"] = chosen
+
+    cfg = segmenter_config(train, [int(c) for c in args.seg_channels.split(",")])
+    net = train_segmenter(train, cfg, steps=args.seg_steps, seed=args.seed, device=args.device)
+    sp = segmenter_candidate_probs(net, val, val["masks"])
+    vt = val["target"]
+    calc = sp[:, 1:].sum(1) >= 0.5
+    report["segmenter"] = {
+        "candidate_accuracy_all": float(((np.where(calc, 1 + sp[:, 1:].argmax(1), 0)) == vt).mean()),
+        "coronary_recall": float(calc[vt > 0].mean()) if (vt > 0).any() else None,
+        "artery_accuracy_on_coronary": float((1 + sp[vt > 0, 1:].argmax(1) == vt[vt > 0]).mean()) if (vt > 0).any() else None,
+        "false_calcium_rate": float(calc[vt == 0].mean()),
+    }
+    print("segmenter (val):", json.dumps(report["segmenter"]))
+    det, thr = dets[chosen]
+    torch.save({"backbone": args.backbone, "detector": det.state_dict(), "detector_config": det.config(), "threshold": thr,
+                "segmenter": net.state_dict(), "segmenter_config": cfg.to_dict(), "report": report},
+               out / "supervised.pt")
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+
+
+if __name__ == "__main__":
+    main()
