@@ -86,7 +86,8 @@ class CoronaryCalciumDINO(ScriptedLoadableModule):
         self.parent.contributors = ["CoronaryCalciumDINO contributors"]
         self.parent.helpText = _(
             "Coronary artery calcium scoring on non-contrast CT: a self-supervised vision "
-            "transformer (DINO) picks calcified slices, a UNET segments calcium per artery "
+            "transformer (DINO-LG) looks at every calcium candidate (>= 130 HU) at native "
+            "pixel size and picks the calcified slices, a UNET segments calcium per artery "
             "(LM, LAD, LCX, RCA), and Agatston / volume / mass scores are computed. "
             "Correct the segments in Segment Editor; the scores follow your edits."
         )

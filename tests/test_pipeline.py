@@ -199,6 +199,10 @@ def test_score_command_writes_ai_outputs(bundle_dir, tmp_path):
     assert rc == 0
     report = json.loads((out / "toy.json").read_text())
     assert len(report["slices"]) == ct.shape[0] and report["model"]["name"] == "random-untrained"
+    assert all(set(s) == {"index", "probability", "selected", "candidates"} for s in report["slices"])
+    assert "lesion_confidence" not in report
+    for lesion in report["lesions"]:
+        assert 0.5 <= lesion["confidence"]["calcium"] <= 1.0 and 0.0 <= lesion["confidence"]["artery"] <= 1.0
     labels = read_label_file(out / "toy.labels.nrrd", read_volume_file(ct_path))
     assert labels.shape == ct.shape and not np.any(labels[ct.hu < 130])
     assert (out / "toy.seg.nrrd").is_file()

@@ -84,10 +84,12 @@ def cache_windows(cache: dict):
 # ----------------------------------------------------------------------------- heads
 
 
-def fit_head(feats, context, y, weight, hidden: int, use_context: bool, steps: int = 400, seed: int = 0,
-             lr: float = 1e-2, wd: float = 1e-4) -> CandidateDetector:
-    """Weighted-BCE detector head (classes balanced) on frozen features; full-batch AdamW."""
+def fit_head(feats, context, y, weight, hidden: int, use_context: bool, steps: int = 600, seed: int = 0,
+             lr: float = 1e-2, wd: float = 1e-4, batch: int = 4096) -> CandidateDetector:
+    """Weighted-BCE detector head (classes balanced) on frozen features; mini-batch AdamW
+    with a cosine learning rate (full batch when there are fewer samples than ``batch``)."""
     torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
     det = CandidateDetector(feats.shape[1], context.shape[1], hidden=hidden, use_context=use_context)
     f, c = torch.from_numpy(feats), torch.from_numpy(context)
     det.set_standardisation(det.inputs(f, c))
@@ -96,13 +98,18 @@ def fit_head(feats, context, y, weight, hidden: int, use_context: bool, steps: i
     pos = float((w * yt).sum())
     neg = float((w * (1 - yt)).sum())
     w = w * torch.where(yt > 0, 0.5 / max(pos, 1e-6), 0.5 / max(neg, 1e-6)) * len(yt)
-    opt = torch.optim.AdamW(det.parameters(), lr=lr if hidden == 0 else 3e-3, weight_decay=wd)
+    base = lr if hidden == 0 else 3e-3
+    opt = torch.optim.AdamW(det.parameters(), lr=base, weight_decay=wd)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=base * 0.01)
+    n = len(yt)
     det.train()
     for _ in range(steps):
-        loss = (F.binary_cross_entropy_with_logits(det(f, c), yt, reduction="none") * w).mean()
+        idx = torch.from_numpy(rng.integers(0, n, min(batch, n))) if n > batch else slice(None)
+        loss = (F.binary_cross_entropy_with_logits(det(f[idx], c[idx]), yt[idx], reduction="none") * w[idx]).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
+        sched.step()
     det.eval()
     return det
 

@@ -110,4 +110,14 @@ def format_summary(report: dict) -> str:
         mass = "-" if s["mass_mg"] is None else f"{s['mass_mg']:.1f}"
         lines.append(f"{name:8}{s['agatston']:>10.1f}{s['volume_mm3']:>12.1f}{mass:>10}{s['lesions']:>9d}")
     lines.append(f"risk category {report['risk_category']}   CAC-DRS {report['cac_drs']}")
+    if "slices" in report:  # AI mode: what the model looked at and how sure it was
+        slices = report["slices"]
+        sel = sum(1 for s in slices if s.get("selected"))
+        cands = sum(int(s.get("candidates", 0)) for s in slices)
+        line = f"model: {cands} candidate regions >= threshold, {sel} of {len(slices)} slices selected"
+        conf = [les["confidence"]["calcium"] for les in report.get("lesions", [])
+                if isinstance(les.get("confidence"), dict) and les["confidence"].get("calcium") is not None]
+        if conf:
+            line += f"; lesion confidence {min(conf):.2f}-{max(conf):.2f}"
+        lines.append(line)
     return "\n".join(lines)
