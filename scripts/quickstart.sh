@@ -21,11 +21,13 @@ print("spine, ribs and sternum.")
 if n == 0:
     print("What the model found: no coronary calcium (total Agatston 0). It labels no bone, and it does not")
     print("take the insert's cylinders for coronary calcium either: it was trained on synthetic patients,")
-    print("where calcium sits in epicardial fat on the heart, and a plastic insert looks like neither.")
+    print("where coronary calcium sits in epicardial fat on the heart; cylinders in a water-equivalent")
+    print("plastic insert look like nothing it was trained on.")
 else:
     print(f"What the model found: {n} lesion(s) on slices {sorted({l['slice'] for l in r['lesions']})}: these")
     print("are the insert's hydroxyapatite cylinders, which the model takes for coronary calcium; the artery")
     print("names are its guesses (a phantom has no arteries).")
-print(f"Slices the detector selected: {sel if sel else 'none'}.")
+print(f"Slices the detector selected: {sel if sel else 'none'}"
+      + (" (the segmenter found no calcium there)." if sel and n == 0 else "."))
 print("To score the insert itself, give a label map: ccdino score CT --labels LABELS (see README).")
 EOF

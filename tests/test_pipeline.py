@@ -223,7 +223,7 @@ def phantom_result():
 def test_default_bundle_on_phantom_labels_no_bone(phantom_result):
     """The shipped bundle on the real phantom scan labels nothing outside the
     calcification insert: the spine, ribs, sternum and table are never coronary calcium."""
-    from .test_phantom_scoring import insert_labels
+    from test_phantom_scoring import insert_labels
 
     ct, res = phantom_result
     assert res.labels.shape == ct.shape

@@ -84,7 +84,7 @@ def _hardware(device: str) -> str:
 
     dev = resolve_device(device)
     if dev.type == "cpu":
-        return f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+        return f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads used)"
     return f"GPU ({torch.cuda.get_device_name(dev)})"
 
 
@@ -306,7 +306,7 @@ def model_card(args, metrics, bb_cfg, sup, timings, environment, cfg) -> str:
     dc = sup["detector_config"]
     return f"""# {args.name} {args.version}
 
-**A small model trained on a CPU ({environment['hardware']}) on synthetic data. Not validated on
+**A small model trained on a {environment['hardware']} on synthetic data. Not validated on
 patient data. Research use only; not a medical device.**
 
 ## What it is
@@ -341,18 +341,20 @@ Slices ({h['slices']['n']}, {h['slices']['n_positive']} with calcium): sensitivi
 specificity {_fmt(s['specificity'])}, AUROC {_fmt(h['slices']['auroc'], 4)}. Gradient-boosted baseline on
 hand features, same candidates: sensitivity {_fmt(g['sensitivity'])}, specificity {_fmt(g['specificity'])}.
 
-| artery | ICC(2,1) gated | ICC(2,1) segmenter on every slice | MAE gated | bias gated |
+| artery | ICC(2,1) gated | ICC(2,1) segmenter on every candidate | MAE gated | bias gated |
 |---|---|---|---|---|
 {rows}
 
-Risk category accuracy {_fmt(pa['risk']['accuracy'])} (segmenter on every slice {_fmt(ua['risk']['accuracy'])});
-studies without coronary calcium scored exactly 0: {_fmt(pa['zero_scored_zero'])} of {pa['zero_studies']}.
+Risk category accuracy {_fmt(pa['risk']['accuracy'])} (segmenter on every candidate {_fmt(ua['risk']['accuracy'])});
+share of the {pa['zero_studies']} studies without coronary calcium scored exactly 0: {_fmt(pa['zero_scored_zero'])}
+(segmenter on every candidate {_fmt(ua['zero_scored_zero'])}).
 
 ## The real phantom scan (Testing/Data/qrm-phantom-canon)
 Selected slices {ph.get('selected_slices')}; labelled lesions: {len(ph.get('lesions', []))}
 ({', '.join(f"{x['artery']} slice {x['slice']} {x['area_mm2']:.1f} mm^2 peak {x['peak_hu']:.0f} HU" for x in ph.get('lesions', [])) or 'none'}).
-A phantom has no coronary arteries: whatever is labelled there is the phantom's calcium
-inserts seen as coronary calcium by a model trained on synthetic patients.
+A phantom has no coronary arteries: anything labelled there would be the insert's calcium
+cylinders or bone seen as coronary calcium by a model trained on synthetic patients
+(bone labels count as failures: `tests/test_pipeline.py`).
 
 ## Limits
 - Synthetic studies only: real anatomy, noise, motion, stents, valves and bone near the

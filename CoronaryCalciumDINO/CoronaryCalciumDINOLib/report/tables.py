@@ -114,7 +114,9 @@ def format_summary(report: dict) -> str:
         slices = report["slices"]
         sel = sum(1 for s in slices if s.get("selected"))
         cands = sum(int(s.get("candidates", 0)) for s in slices)
-        line = f"model: {cands} candidate regions >= threshold, {sel} of {len(slices)} slices selected"
+        thr = report.get("threshold_hu", 130.0)
+        line = (f"model: {cands} candidates (regions >= {thr:g} HU of >= 1 mm^2 in the heart field), "
+                f"{sel} of {len(slices)} slices selected")
         conf = [les["confidence"]["calcium"] for les in report.get("lesions", [])
                 if isinstance(les.get("confidence"), dict) and les["confidence"].get("calcium") is not None]
         if conf:
