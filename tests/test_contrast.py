@@ -207,14 +207,13 @@ class _FakePipelineResult:
 @pytest.mark.parametrize("pipeline_checks_too", [False, True])
 def test_cli_score_ai_path_warns_once_on_contrast_ct(study, contrast_hu, tmp_path, capsys, monkeypatch, pipeline_checks_too):
     """Without --labels the same CT warning is printed and reported exactly once, also when
-    run_pipeline itself reports the contrast check in its warnings."""
+    the pipeline runs the contrast check again (as run_pipeline does)."""
     import CoronaryCalciumDINOLib.pipeline as pipeline
 
     def fake_run_pipeline(ct, bundle, **kwargs):
         notes = ["a pipeline note"]
         if pipeline_checks_too:
-            message = check_contrast(ct)
-            notes.append(message)
+            check_contrast(ct)
         return _FakePipelineResult(ct, notes)
 
     monkeypatch.setattr(pipeline, "load_bundle", lambda path: object())
@@ -286,3 +285,17 @@ def test_scene_compute_and_rescore_report_contrast(study, contrast_hu):
     out = scene_logic.compute(core.scene, plain, segment_fn=_Known)
     assert not any("contrast" in w for w in out.report["warnings"])
     assert scene_logic.warnings_text({"warnings": []}) == ""
+
+
+def test_run_pipeline_puts_the_contrast_warning_on_the_ct(study, contrast_hu, tmp_path):
+    """The real pipeline checks the CT too: its warning joins ct.warnings once, not the
+    run's own notes (which every report adds next to ct.warnings)."""
+    pytest.importorskip("torch")
+    from CoronaryCalciumDINOLib.io.volume import CTVolume
+    from CoronaryCalciumDINOLib.models.bundle import save_random_bundle
+    from CoronaryCalciumDINOLib.pipeline import load_bundle, run_pipeline
+
+    ct = CTVolume(hu=contrast_hu, spacing=study.ct.spacing)
+    res = run_pipeline(ct, load_bundle(save_random_bundle(tmp_path / "b", threshold=0.99)), device="cpu")
+    assert len([w for w in ct.warnings if "contrast-enhanced CT" in w]) == 1
+    assert not any("contrast" in w for w in res.warnings)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from CoronaryCalciumDINOLib.constants import ARTERY_TO_LABEL
 from CoronaryCalciumDINOLib.errors import InputError
 from CoronaryCalciumDINOLib.scoring import (
     ScoringParams,
@@ -259,3 +260,22 @@ def test_report_dict_follows_the_contract():
         assert set(s) >= {"agatston", "volume_mm3", "mass_mg", "lesions"}
     assert set(d["lesions"][0]) >= {"artery", "slice", "area_mm2", "peak_hu", "mean_hu", "agatston"}
     assert d["lesions"][0]["artery"] == "LAD" and d["lesions"][0]["slice"] == 1
+
+
+def test_lesion_voxels_follow_the_lesion_order():
+    """keep_lesion_voxels returns each kept lesion's own voxels, in the order of ``lesions``."""
+    rng = np.random.default_rng(5)
+    hu = rng.uniform(-100, 600, (6, 40, 40)).astype(np.float32)
+    labels = rng.integers(0, 5, hu.shape).astype(np.uint8)
+    r = score(hu, labels, (3.0, 0.7, 0.7), keep_lesion_voxels=True)
+    assert r.lesions and len(r.lesion_voxels) == len(r.lesions)
+    assert score(hu, labels, (3.0, 0.7, 0.7)).lesion_voxels is None
+    seen = np.concatenate(r.lesion_voxels)
+    assert np.unique(seen).size == seen.size  # no voxel in two lesions
+    kept = score(hu, labels, (3.0, 0.7, 0.7), keep_label_map=True).kept_labels
+    assert set(seen.tolist()) == set(np.flatnonzero(kept).tolist())
+    for les, vox in zip(r.lesions, r.lesion_voxels):
+        z, _, _ = np.unravel_index(vox, hu.shape)
+        assert vox.size == les.voxels and set(z.tolist()) == {les.slice}
+        assert set(labels.ravel()[vox].tolist()) == {ARTERY_TO_LABEL[les.artery]}
+        assert hu.ravel()[vox].max() == pytest.approx(les.peak_hu)

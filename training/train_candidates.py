@@ -37,6 +37,7 @@ from CoronaryCalciumDINOLib.models.detector import CandidateDetector, choose_thr
 from CoronaryCalciumDINOLib.models.unet import SegmenterConfig, build_candidate_segmenter
 from CoronaryCalciumDINOLib.pipeline.candidates import CONTEXT_NAMES, HAND_FEATURES
 from CoronaryCalciumDINOLib.pipeline.device import autocast_for, resolve_device
+from CoronaryCalciumDINOLib.pipeline.inference import candidate_means
 
 from .candidate_data import load_cache
 from .pretrain_candidates import DEFAULT_ARCH, DEFAULT_OVERRIDES, plain_view
@@ -223,17 +224,16 @@ def train_segmenter(train: dict, cfg: SegmenterConfig, steps: int = 1500, batch:
 
 @torch.inference_mode()
 def segmenter_candidate_probs(net, cache: dict, masks: np.ndarray, batch: int = 512):
-    """(N, 5) class probabilities of each candidate: the mean softmax over its own pixels."""
+    """(N, 5) class probabilities of each candidate, as the pipeline forms them
+    (:func:`~CoronaryCalciumDINOLib.pipeline.inference.candidate_means`)."""
     crop_px, windows = cache_windows(cache)
     out = []
     for s in range(0, len(cache["target"]), batch):
-        hu = torch.from_numpy(cache["crops"][s:s + batch].astype(np.float32))
-        x = plain_view(hu, crop_px, windows)
+        x = plain_view(torch.from_numpy(cache["crops"][s:s + batch].astype(np.float32)), crop_px, windows)
         ctx = torch.from_numpy(cache["context"][s:s + batch])
         with autocast_for(torch.device("cpu"), cpu_bf16=None):
-            p = torch.softmax(net(x, ctx).float(), 1)
-        m = torch.from_numpy(np.asarray(masks[s:s + batch], dtype=np.float32))
-        out.append(((p * m[:, None]).sum((2, 3)) / m.sum((1, 2)).clamp_min(1)[:, None]).numpy())
+            p = torch.softmax(net(x, ctx).float(), 1).numpy()
+        out.append(candidate_means(p, np.asarray(masks[s:s + batch], dtype=np.float32)))
     return np.concatenate(out)
 
 

@@ -230,7 +230,7 @@ def _score_and_write(study, out_dir, bundle, device, labels_dir, scoring, t0) ->
 
         res = run_pipeline(ct, bundle, device=device, params=params)
         labels, result = res.labels, res.score
-        run_warnings = [w for w in res.warnings if w not in ct.warnings]  # no repeat of a CT warning
+        run_warnings = res.warnings
         extra.update(res.report_extra())
     paths = study.outputs(out_dir)
     write_seg_nrrd(labels, ct, paths["seg"])

@@ -47,12 +47,8 @@ from scipy import ndimage
 
 from ..data.slices import DEFAULT_WINDOWS, heart_centre, hu_to_windows
 from ..errors import InputError
-from ..scoring.agatston import AREA_TOLERANCE_MM2
+from ..scoring.agatston import _INPLANE_8, AREA_TOLERANCE_MM2
 from .preprocess import AIR_HU, Field, extract_field, field_for
-
-#: In-plane 8-connectivity that never connects two slices (the scoring's lesion rule).
-_INPLANE_8 = np.zeros((3, 3, 3), dtype=bool)
-_INPLANE_8[1] = True
 
 #: Half-widths (mm) of the surroundings squares and the coarse-view cell sizes (mm).
 _NEAR_MM, _FAR_MM = 3.0, 10.0
@@ -107,10 +103,6 @@ class CandidateConfig:
             if not hi > lo:
                 raise InputError(f"candidate config: HU window must have high > low, got ({lo}, {hi})")
 
-    @property
-    def context_dim(self) -> int:
-        return len(CONTEXT_NAMES)
-
     def to_dict(self) -> dict:
         d = asdict(self)
         d["windows"] = [list(w) for w in self.windows]
@@ -162,14 +154,16 @@ class Candidates:
             np.maximum.at(out, self.z, np.asarray(values, dtype=np.float32))
         return out
 
-    def paint(self, classes: np.ndarray, slices: np.ndarray | None = None) -> np.ndarray:
-        """(z, y, x) uint8 label map: each candidate's voxels get its class (0..4).
+    def paint(self, values: np.ndarray, slices: np.ndarray | None = None) -> np.ndarray:
+        """(z, y, x) volume on the CT grid: each candidate's voxels get its value (e.g. its
+        class 0..4 as uint8, or a float confidence), 0 elsewhere; dtype of ``values``.
 
         ``slices`` (bool (z,)) limits the painting to those slices.
         """
-        lut = np.zeros(int(self.ids.max(initial=0)) + 1, dtype=np.uint8)
-        lut[self.uid] = np.asarray(classes, dtype=np.uint8)
-        out = np.zeros(self.shape, dtype=np.uint8)
+        values = np.asarray(values)
+        lut = np.zeros(int(self.ids.max(initial=0)) + 1, dtype=values.dtype)
+        lut[self.uid] = values
+        out = np.zeros(self.shape, dtype=values.dtype)
         sub = lut[self.ids]
         if slices is not None:
             sub[~np.asarray(slices, dtype=bool)] = 0
@@ -226,12 +220,16 @@ def _integral(a: np.ndarray) -> np.ndarray:
     return ii
 
 
-def _box_means(ii_hu, ii_n, z, cy, cx, half_y, half_x, with_pad: bool = True):
-    """Mean over the square of half-width (half_y, half_x) pixels around (cy, cx); air outside."""
+def _box(cy, cx, half_y: float, half_x: float):
+    """Half-open pixel box [y0, y1) x [x0, x1) of half-width (half_y, half_x) around (cy, cx)."""
     y0 = np.floor(cy - half_y + 0.5).astype(int)
     x0 = np.floor(cx - half_x + 0.5).astype(int)
-    y1 = y0 + np.maximum(1, np.rint(2 * half_y)).astype(int)
-    x1 = x0 + np.maximum(1, np.rint(2 * half_x)).astype(int)
+    return y0, y0 + max(1, int(round(2 * half_y))), x0, x0 + max(1, int(round(2 * half_x)))
+
+
+def _box_means(ii_hu, ii_n, z, cy, cx, half_y, half_x):
+    """Mean HU over the :func:`_box` around (cy, cx); pixels off the image count as air."""
+    y0, y1, x0, x1 = _box(cy, cx, half_y, half_x)
     full = (y1 - y0) * (x1 - x0)
     s = _rect_sums(ii_hu, z, y0, y1, x0, x1)
     inside = _rect_sums(ii_n, z, y0, y1, x0, x1)
@@ -333,11 +331,8 @@ def find_candidates(
     ii_dense = _integral(dense)
     near = _box_means(ii_hu, ii_in, cz, cy, cx, _NEAR_MM / dy, _NEAR_MM / dx)
     far = _box_means(ii_hu, ii_in, cz, cy, cx, _FAR_MM / dy, _FAR_MM / dx)
-    hy, hx = _FAR_MM / dy, _FAR_MM / dx
-    y0 = np.floor(cy - hy + 0.5).astype(int)
-    x0 = np.floor(cx - hx + 0.5).astype(int)
-    y1, x1 = y0 + int(round(2 * hy)), x0 + int(round(2 * hx))
-    far_dense = _rect_sums(ii_dense, cz, y0, y1, x0, x1) / max(1, int(round(2 * hy)) * int(round(2 * hx)))
+    y0, y1, x0, x1 = _box(cy, cx, _FAR_MM / dy, _FAR_MM / dx)
+    far_dense = _rect_sums(ii_dense, cz, y0, y1, x0, x1) / ((y1 - y0) * (x1 - x0))
 
     up = +1 if superior_increasing else -1
     above = _footprint_max(f, zz + up, yy, xx, lid, m)

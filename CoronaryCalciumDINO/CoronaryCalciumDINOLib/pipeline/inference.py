@@ -37,12 +37,11 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
 
-from ..constants import ARTERIES
 from ..errors import Cancelled, InputError
 from ..io.volume import CTVolume
 from ..scoring import ScoreResult, ScoringParams, score
@@ -66,7 +65,8 @@ class PipelineResult:
     attention: np.ndarray | None  # float32 (heads+1, z, y, x); [0] = mean over heads
     model_info: dict
     timings: dict = field(default_factory=dict)
-    #: notes on the run a user should see (e.g. a non-axial CT), one line each
+    #: notes on the run a user should see (e.g. a non-axial CT), one line each; checks of
+    #: the CT itself (e.g. a contrast-enhanced CT) go to ``ct.warnings`` instead
     warnings: list[str] = field(default_factory=list)
     #: per slice: number of candidates (z,)
     slice_candidates: np.ndarray | None = None
@@ -125,16 +125,22 @@ def detector_probabilities(hu: np.ndarray, cands: cd.Candidates, bundle, dev, ba
     return out
 
 
+def candidate_means(pix: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """(k, C) mean of per-pixel class probabilities (k, C, P, P) over each candidate's own
+    pixels ``masks`` (k, P, P): what the segmenter says of the candidate as a whole."""
+    return (pix * masks[:, None]).sum((2, 3)) / np.maximum(masks.sum((1, 2)), 1)[:, None]
+
+
 def segment_candidates(hu: np.ndarray, cands: cd.Candidates, index: np.ndarray, bundle, dev, batch: int, report=None):
-    """Segmenter on candidates ``index``: (per-candidate (k, 5) mean class probabilities over
-    its own pixels, per-pixel (k, P, P) class probabilities of the crop (k, 5, P, P))."""
+    """Segmenter on candidates ``index``. Returns (per-pixel class probabilities (k, 5, P, P),
+    the candidates' own pixels in their crops (k, P, P), per-candidate mean class
+    probabilities over those pixels (k, 5))."""
     import torch
 
     index = np.asarray(index, dtype=int)
     p = cands.config.crop_px
-    mean = np.zeros((index.size, 5), dtype=np.float32)
     pix = np.zeros((index.size, 5, p, p), dtype=np.float32)
-    masks = cd.subset(cands, index).masks() if index.size else np.zeros((0, p, p), np.float32)
+    masks = cd.subset(cands, index).masks()
     done = 0
     for sl in chunks(np.arange(index.size), batch):
         idx = index[sl]
@@ -142,100 +148,55 @@ def segment_candidates(hu: np.ndarray, cands: cd.Candidates, index: np.ndarray, 
         ctx = torch.from_numpy(cands.context[idx]).to(dev)
         with autocast_for(dev, cpu_bf16=None):
             logits = bundle.segmenter(x, ctx)
-        prob = torch.softmax(logits.float(), 1).cpu().numpy()
-        m = masks[sl]
-        mean[sl] = (prob * m[:, None]).sum((2, 3)) / np.maximum(m.sum((1, 2)), 1)[:, None]
-        pix[sl] = prob
+        pix[sl] = torch.softmax(logits.float(), 1).cpu().numpy()
         done += len(idx)
         if report:
             report(done / max(index.size, 1), f"segmenter {done}/{index.size} candidates")
-    return mean, pix
+    return pix, masks, candidate_means(pix, masks)
 
 
-def paint_labels(cands: cd.Candidates, index: np.ndarray, mean: np.ndarray, pix: np.ndarray):
-    """Labels (z, y, x) uint8 and per-voxel confidences of the calcium candidates among ``index``.
+def paint_labels(cands: cd.Candidates, index: np.ndarray, pix: np.ndarray, masks: np.ndarray, mean: np.ndarray):
+    """Labels (z, y, x) uint8 and per-voxel confidences of the calcium candidates among
+    ``index`` (the outputs of :func:`segment_candidates` for them).
 
     A candidate is calcium when ``1 - mean[:, 0] >= CALCIUM_PROBABILITY``; its voxels take
     the candidate's most probable artery, then voxels hit by a crop pixel of the candidate
     that the segmenter calls calcium (P(not background) >= 0.5) take that pixel's most
-    probable artery. Returns (labels, calcium-probability volume,
-    artery-probability volume) on the CT grid in the candidates' layout.
+    probable artery. Returns (labels, calcium-probability volume, artery-probability
+    volume) on the CT grid in the candidates' layout.
     """
-    shape = cands.shape
     calcium = (1.0 - mean[:, 0]) >= CALCIUM_PROBABILITY
     art = 1 + np.argmax(mean[:, 1:], axis=1)
-    classes = np.zeros(len(cands), dtype=np.uint8)
-    classes[index[calcium]] = art[calcium]
-    labels = cands.paint(classes)
-    p_calc = np.zeros(shape, dtype=np.float32)
-    p_art = np.zeros(shape, dtype=np.float32)
-    conf_c = np.zeros(len(cands), np.float32)
-    conf_c[index] = 1.0 - mean[:, 0]
-    conf_a = np.zeros(len(cands), np.float32)
-    conf_a[index] = mean[np.arange(len(index)), art] / np.maximum(1.0 - mean[:, 0], 1e-6)
-    sel = np.zeros(len(cands), bool)
-    sel[index[calcium]] = True
-    for vol, conf in ((p_calc, conf_c), (p_art, conf_a)):
-        full = np.zeros(int(cands.ids.max(initial=0)) + 1, np.float32)
-        full[cands.uid[sel]] = conf[sel]
-        sub = full[cands.ids]
-        iy, ix, fy, fx = cands.field.clipped(shape[1:])
-        vol[:, iy, ix] = sub[:, fy, fx]
+    p_calc_cand = 1.0 - mean[:, 0]
+    p_art_cand = mean[np.arange(len(index)), art] / np.maximum(p_calc_cand, 1e-6)
+
+    def per_candidate(values, dtype):
+        full = np.zeros(len(cands), dtype=dtype)
+        full[index[calcium]] = values[calcium]
+        return cands.paint(full)
+
+    labels = per_candidate(art, np.uint8)
+    p_calc = per_candidate(p_calc_cand, np.float32)
+    p_art = per_candidate(p_art_cand, np.float32)
     # per-pixel artery inside the crops of calcium candidates
     ci = np.flatnonzero(calcium)
     if ci.size:
-        sub = cd.subset(cands, index[ci])
-        z, y, x, ok = sub.nearest_pixels()
+        z, y, x, ok = cd.subset(cands, index[ci]).nearest_pixels()
         pa = pix[ci][:, 1:]  # (k, 4, P, P)
+        pc = pa.sum(1)
         # pixels of the candidate that the segmenter itself calls calcium take their own
         # artery; the others keep the candidate's
-        ok = ok & (sub.masks() > 0) & (pa.sum(1) >= 0.5)
-        pixel_art = (1 + np.argmax(pa, axis=1)).astype(np.uint8)
-        labels[z[ok], y[ok], x[ok]] = pixel_art[ok]
-        pc = np.maximum(pa.sum(1), 1e-6)
-        p_art[z[ok], y[ok], x[ok]] = (np.max(pa, axis=1) / pc)[ok]
+        ok = ok & (masks[ci] > 0) & (pc >= 0.5)
+        labels[z[ok], y[ok], x[ok]] = (1 + np.argmax(pa, axis=1)).astype(np.uint8)[ok]
+        p_art[z[ok], y[ok], x[ok]] = (np.max(pa, axis=1) / np.maximum(pc, 1e-6))[ok]
     return labels, p_calc, p_art
 
 
-def lesion_confidences(result: ScoreResult, labels: np.ndarray, hu: np.ndarray, p_calc, p_art) -> list[dict]:
-    """Mean calcium / artery probability over each kept lesion's voxels, in ``result.lesions`` order.
-
-    Lesions are found with the scoring's rule (in-plane 8-connected voxels of one artery
-    >= the threshold, one slice) on the labelled voxels only, and matched to
-    ``result.lesions`` by (artery, slice, voxel count, peak HU).
-    """
-    from scipy import ndimage
-
-    from ..scoring.agatston import _INPLANE_8
-
-    found: dict[tuple, list[dict]] = {}
-    flat = np.flatnonzero((labels > 0) & (hu >= result.params.threshold_hu))
-    lab_v = labels.ravel()[flat]
-    for a, artery in enumerate(ARTERIES, start=1):
-        sel = flat[lab_v == a]
-        if sel.size == 0:
-            continue
-        z, y, x = np.unravel_index(sel, labels.shape)
-        lo = (z.min(), y.min(), x.min())
-        box = np.zeros((z.max() - lo[0] + 1, y.max() - lo[1] + 1, x.max() - lo[2] + 1), dtype=bool)
-        box[z - lo[0], y - lo[1], x - lo[2]] = True
-        comp, n = ndimage.label(box, structure=_INPLANE_8)
-        ids = comp[z - lo[0], y - lo[1], x - lo[2]] - 1
-        vox = np.bincount(ids, minlength=n)
-        peak = np.full(n, -np.inf)
-        np.maximum.at(peak, ids, hu.ravel()[sel].astype(np.float64))
-        zc = np.zeros(n, dtype=int)
-        zc[ids] = z
-        mc = np.bincount(ids, weights=p_calc.ravel()[sel], minlength=n) / np.maximum(vox, 1)
-        ma = np.bincount(ids, weights=p_art.ravel()[sel], minlength=n) / np.maximum(vox, 1)
-        for i in range(n):
-            key = (artery, int(zc[i]), int(vox[i]), float(peak[i]))
-            found.setdefault(key, []).append({"calcium": float(mc[i]), "artery": float(ma[i])})
-    out = []
-    for les in result.lesions:
-        hits = found.get((les.artery, les.slice, les.voxels, float(les.peak_hu)))
-        out.append(hits.pop(0) if hits else {"calcium": None, "artery": None})
-    return out
+def lesion_confidences(result: ScoreResult, p_calc: np.ndarray, p_art: np.ndarray) -> list[dict]:
+    """Mean calcium / artery probability over each kept lesion's voxels, in ``result.lesions``
+    order (``result`` scored with ``keep_lesion_voxels=True``)."""
+    pc, pa = p_calc.ravel(), p_art.ravel()
+    return [{"calcium": float(pc[v].mean()), "artery": float(pa[v].mean())} for v in result.lesion_voxels]
 
 
 def run_pipeline(
@@ -269,7 +230,7 @@ def run_pipeline(
     if hu.ndim != 3 or min(hu.shape) < 1:
         raise InputError(f"CT must be a 3D volume (z, y, x), got shape {hu.shape}")
     run_warnings: list[str] = []
-    run_warnings.extend(w for w in [check_contrast(ct)] if w)  # contrast-enhanced CT: scores not valid
+    check_contrast(ct)  # a contrast-enhanced CT: its warning joins ct.warnings (once)
     flips = pp.canonical_flips(ct.direction)
     if flips is None:
         message = (
@@ -292,8 +253,6 @@ def run_pipeline(
     # Candidates at the scoring threshold when it is below the bundle's (kVp-adapted
     # thresholds), so nothing the score could count is left out.
     if params.threshold_hu < cfg.threshold_hu or params.min_area_mm2 < cfg.min_area_mm2:
-        from dataclasses import replace
-
         cfg = replace(cfg, threshold_hu=min(cfg.threshold_hu, params.threshold_hu),
                       min_area_mm2=min(cfg.min_area_mm2, params.min_area_mm2))
     for m in bundle.modules():
@@ -309,17 +268,18 @@ def run_pipeline(
         probs = cands.per_slice_max(cand_probs)
         timings["detector_s"] = time.perf_counter() - t
         selected = probs >= bundle.threshold
-        gate = selected[cands.z] & (cand_probs >= bundle.threshold) if len(cands) else np.zeros(0, bool)
+        gate = selected[cands.z] & (cand_probs >= bundle.threshold)
         seg_index = np.arange(len(cands)) if all_slices else np.flatnonzero(gate)
 
         t = time.perf_counter()
         span = 0.25 if attention else 0.35
-        mean, pix = segment_candidates(hu_net, cands, seg_index, bundle, dev, batch, lambda f, m: report(0.6 + span * f, m))
-        labels, p_calc, p_art = paint_labels(cands, seg_index, mean, pix)
+        pix, masks, mean = segment_candidates(hu_net, cands, seg_index, bundle, dev, batch,
+                                              lambda f, m: report(0.6 + span * f, m))
+        labels, p_calc, p_art = paint_labels(cands, seg_index, pix, masks, mean)
         gated = None
         if all_slices:
             keep = gate[seg_index]
-            gated = paint_labels(cands, seg_index[keep], mean[keep], pix[keep])[0]
+            gated = paint_labels(cands, seg_index[keep], pix[keep], masks[keep], mean[keep])[0]
         del pix
         timings["segmenter_s"] = time.perf_counter() - t
 
@@ -331,7 +291,7 @@ def run_pipeline(
             att = attention_maps(hu_net, cands, seg_index, bundle, dev, batch, lambda f, m: report(0.85 + 0.1 * f, m))
             timings["attention_s"] = time.perf_counter() - t
 
-    n_slice = np.bincount(cands.z, minlength=hu.shape[0]) if len(cands) else np.zeros(hu.shape[0], int)
+    n_slice = np.bincount(cands.z, minlength=hu.shape[0])
     del hu_net
     if axes:  # back to the CT's own storage order
         labels = np.ascontiguousarray(np.flip(labels, axes))
@@ -347,8 +307,8 @@ def run_pipeline(
     labels[hu < params.threshold_hu] = 0
     if gated is not None:
         gated[hu < params.threshold_hu] = 0
-    result = score(hu, labels, ct.spacing, params)
-    conf = lesion_confidences(result, labels, hu, p_calc, p_art)
+    result = score(hu, labels, ct.spacing, params, keep_lesion_voxels=True)
+    conf = lesion_confidences(result, p_calc, p_art)
     timings["scoring_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
     report(1.0, "done")

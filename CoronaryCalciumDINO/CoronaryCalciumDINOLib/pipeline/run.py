@@ -84,11 +84,9 @@ def score_with_ai(ct: CTVolume, args, params, stem: str, out_dir: Path | None) -
         write_seg_nrrd(res.labels, ct, out_dir / f"{stem}.seg.nrrd")
     if getattr(args, "attention", None):
         write_attention(res.attention, ct, args.attention)
-    # The CT's own warnings (ct.warnings, e.g. a contrast-enhanced CT) were printed by the
-    # caller; a pipeline warning repeating one of them is not printed or reported twice.
-    run_warnings = [w for w in res.warnings if w not in ct.warnings]
-    for message in run_warnings:
+    # the CT's own warnings (ct.warnings, e.g. a contrast-enhanced CT) were printed by the caller
+    for message in res.warnings:
         print(f"ccdino: warning: {message}", file=sys.stderr)
     return build_report(
-        res.score, getattr(args, "input", ct.source), kvp=ct.kvp, warnings=[*ct.warnings, *run_warnings], **res.report_extra()
+        res.score, getattr(args, "input", ct.source), kvp=ct.kvp, warnings=[*ct.warnings, *res.warnings], **res.report_extra()
     )

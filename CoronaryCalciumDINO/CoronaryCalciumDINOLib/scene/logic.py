@@ -223,12 +223,9 @@ def compute(
 def run_segmentation(ct, bundle=None, device="auto", params=None, attention=True, progress=None, cancel=None, segment_fn=None):
     """The pipeline (or ``segment_fn``) on a CTVolume; touches no MRML node (thread-safe).
 
-    The CT checks (contrast) run first, here in the worker thread; their warnings are
-    added to ``ct.warnings`` and reported by :func:`write_result`.
+    The pipeline's checks of the CT (contrast) add their warnings to ``ct.warnings``;
+    :func:`write_result` reports them (and runs them, cached, when ``segment_fn`` did not).
     """
-    from ..pipeline.contrast import check_contrast
-
-    check_contrast(ct)
     if segment_fn is not None:
         return segment_fn(ct)
     from ..pipeline import run_pipeline
@@ -274,8 +271,8 @@ def write_result(scene, volume_node, ct, result, params: ScoringParams | None = 
         seg.SetAttribute(SCORE_TABLE_REF, score_table.GetID())
         place_in_hierarchy(scene, score_table, volume_node)
     extra = result.report_extra() if hasattr(result, "report_extra") else {}
-    check_volume(volume_node, ct)  # usually done already by run_segmentation (cached)
-    run_warnings = [w for w in (getattr(result, "warnings", None) or []) if w not in ct.warnings]
+    check_volume(volume_node, ct)  # usually done already by the pipeline (cached on ct.meta)
+    run_warnings = list(getattr(result, "warnings", None) or [])
     if kept:
         current, warnings = read_labels(seg, volume_node)
         score_result = score(ct.hu, current, ct.spacing, params)

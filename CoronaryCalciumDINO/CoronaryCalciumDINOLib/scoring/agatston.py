@@ -182,6 +182,8 @@ class ScoreResult:
     cac_drs: str = "A0"
     #: label volume restricted to the kept lesions' voxels (0..4), same shape as the input
     kept_labels: np.ndarray | None = field(default=None, repr=False)
+    #: flat voxel indices of each lesion, in ``lesions`` order (``keep_lesion_voxels``)
+    lesion_voxels: list[np.ndarray] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         """JSON-ready dict (numbers unrounded) following the report contract."""
@@ -261,6 +263,7 @@ def score(
     spacing: Sequence[float],
     params: ScoringParams | None = None,
     keep_label_map: bool = False,
+    keep_lesion_voxels: bool = False,
 ) -> ScoreResult:
     """Score a CT volume given a per-artery label map.
 
@@ -271,6 +274,7 @@ def score(
     spacing : (dz, dy, dx) in mm; dz is the distance between slice centres.
     params : the score definition (default: classic 120 kVp Agatston).
     keep_label_map : also return ``kept_labels``, the labels of the kept lesions' voxels.
+    keep_lesion_voxels : also return ``lesion_voxels``, each kept lesion's flat voxel indices.
     """
     params = params or ScoringParams()
     hu = np.asarray(hu)
@@ -290,6 +294,7 @@ def score(
 
     per_artery: dict[str, ArteryScore] = {}
     all_lesions: list[Lesion] = []
+    all_voxels: list[np.ndarray] = []
     for artery in ARTERIES:
         lab = ARTERY_TO_LABEL[artery]
         per_artery[artery] = ArteryScore(mass_mg=0.0 if c is not None else None)
@@ -328,7 +333,10 @@ def score(
             mass_mg=float(mass[keep].sum()) if mass is not None else None,
             lesions=int(keep.sum()),
         )
+        lesion_flat = flat[sel][order] if keep_lesion_voxels else None
         for i in np.flatnonzero(keep):
+            if lesion_flat is not None:
+                all_voxels.append(lesion_flat[starts[i]: starts[i] + counts[i]])
             all_lesions.append(
                 Lesion(
                     artery=artery,
@@ -343,7 +351,9 @@ def score(
                 )
             )
 
-    all_lesions.sort(key=lambda les: (les.slice, ARTERIES.index(les.artery), -les.area_mm2))
+    order_out = sorted(range(len(all_lesions)), key=lambda k: (
+        all_lesions[k].slice, ARTERIES.index(all_lesions[k].artery), -all_lesions[k].area_mm2))
+    all_lesions = [all_lesions[k] for k in order_out]
     total = ArteryScore(
         agatston=float(sum(s.agatston for s in per_artery.values())),
         volume_mm3=float(sum(s.volume_mm3 for s in per_artery.values())),
@@ -359,6 +369,7 @@ def score(
         risk_category=risk_category(total.agatston),
         cac_drs=cac_drs(total.agatston, {a: s.agatston for a, s in per_artery.items()}),
         kept_labels=kept_map,
+        lesion_voxels=[all_voxels[k] for k in order_out] if keep_lesion_voxels else None,
     )
 
 
