@@ -1,12 +1,10 @@
 """Batch scoring of every study in a folder (used by ``ccdino batch`` and headless Slicer).
 
-A *study* is an entry of the input folder:
-
-* a sub-folder holding one DICOM CT series (any file names, any depth), or a study folder
-  of the project's own format (``ct.nrrd`` + ``study.json``);
-* a volume file ``.nii``, ``.nii.gz``, ``.nrrd``, ``.nhdr``, ``.mha`` or ``.mhd``.
-
-Hidden entries, other files and ``.seg.nrrd`` files are ignored. Studies are processed in
+A *study* is an entry of the input folder, as defined once for every command in
+:mod:`.data.studies`: a DICOM sub-folder, a study folder of the project's own format
+(``ct.nrrd``, ``labels.nrrd``, ...) or a volume file ``.nii``, ``.nii.gz``, ``.nrrd``,
+``.nhdr``, ``.mha`` or ``.mhd``. Hidden entries, other files and ``.seg.nrrd`` files are
+ignored. Studies are processed in
 sorted name order. Per study ``<out>/<study>.seg.nrrd`` (Slicer segmentation),
 ``<out>/<study>.png`` (report picture) and ``<out>/<study>.json`` (the report, written
 last) are written, each atomically; the run's table is ``<out>/summary.csv``
@@ -17,7 +15,8 @@ the JSON) unless ``overwrite=True``. A study that fails gets an ``error`` row an
 batch goes on; it is retried by the next run.
 
 Scores come from the AI pipeline of a model bundle or, with ``labels_dir``, from the label
-maps ``<labels_dir>/<study>.nrrd|.nii.gz|.nii|.mha|.seg.nrrd`` on the CT grid.
+maps on the CT grid found by :func:`.data.studies.find_study_labels`
+(``<labels_dir>/<study>.seg.nrrd|.nrrd|.nii.gz|.nii|.mha`` or ``<labels_dir>/<study>/labels.nrrd``).
 """
 
 from __future__ import annotations
@@ -30,11 +29,11 @@ import math
 import os
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from .constants import ARTERIES
+from .data.studies import LABEL_SUFFIXES, StudyInput  # noqa: F401 - one definition of a study, shared
 from .errors import CCDinoError, Cancelled, InputError
 
 log = logging.getLogger(__name__)
@@ -53,24 +52,6 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "cac_drs",
     "seconds",
 )
-#: Suffixes of label-map files looked up in ``labels_dir``, in order of preference.
-LABEL_SUFFIXES = (".seg.nrrd", ".nrrd", ".nii.gz", ".nii", ".mha")
-_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-
-
-@dataclass(frozen=True)
-class StudyInput:
-    """One study of a batch: its name (output file stem) and where its CT is."""
-
-    name: str
-    path: Path  # DICOM folder or volume file
-
-    def outputs(self, out_dir: Path) -> dict[str, Path]:
-        return {
-            "seg": out_dir / f"{self.name}.seg.nrrd",
-            "png": out_dir / f"{self.name}.png",
-            "json": out_dir / f"{self.name}.json",
-        }
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -99,48 +80,12 @@ def summary_name(shard: tuple[int, int] | None) -> str:
     return "summary.csv" if shard is None else f"summary-shard-{shard[0]}-of-{shard[1]}.csv"
 
 
-def _volume_stem(name: str) -> str | None:
-    low = name.lower()
-    if low.endswith(".seg.nrrd"):
-        return None
-    for suffix in _VOLUME_SUFFIXES:
-        if low.endswith(suffix):
-            return name[: -len(suffix)]
-    return None
-
-
 def list_batch_studies(input_dir: str | os.PathLike) -> list[StudyInput]:
-    """The studies of an input folder, sorted by name (names must be unique)."""
-    from .data.studies import CT_FILE, is_study_dir
+    """The studies of an input folder, sorted by name (names must be unique); see
+    :func:`.data.studies.list_study_inputs`, the definition ``score`` shares."""
+    from .data.studies import list_study_inputs
 
-    root = Path(input_dir)
-    if not root.is_dir():
-        raise InputError(f"input folder not found: {root}")
-    studies: list[StudyInput] = []
-    for entry in sorted(root.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir():
-            studies.append(StudyInput(entry.name, entry / CT_FILE if is_study_dir(entry) else entry))
-        elif entry.is_file():
-            stem = _volume_stem(entry.name)
-            if stem:
-                studies.append(StudyInput(stem, entry))
-    names = [s.name for s in studies]
-    dups = sorted({n for n in names if names.count(n) > 1})
-    if dups:
-        raise InputError(f"several inputs share the study name {', '.join(dups)} in {root}; rename them")
-    if not studies:
-        raise InputError(f"no studies in {root} (expected DICOM sub-folders or NIfTI/NRRD/MHA files)")
-    return studies
-
-
-def _find_labels(labels_dir: Path, name: str) -> Path:
-    for suffix in LABEL_SUFFIXES:
-        p = labels_dir / f"{name}{suffix}"
-        if p.is_file():
-            return p
-    raise InputError(f"no label map for study {name} in {labels_dir} (looked for {name}{{{','.join(LABEL_SUFFIXES)}}})")
+    return list_study_inputs(input_dir)
 
 
 def _params_for(scoring: dict | None, ct_kvp: float | None):
@@ -217,7 +162,9 @@ def _score_and_write(study, out_dir, bundle, device, labels_dir, scoring, t0) ->
     params = _params_for(scoring, ct.kvp)
     extra: dict = {"study": study.name}
     if labels_dir is not None:
-        label_path = _find_labels(Path(labels_dir), study.name)
+        from .data.studies import find_study_labels
+
+        label_path = find_study_labels(labels_dir, study)
         if label_path.name.lower().endswith(".seg.nrrd"):
             labels = read_seg_labels(label_path, ct)
         else:
@@ -320,8 +267,9 @@ def run_batch(
     if isinstance(early.get("kvp"), str) and early["kvp"].lower() == "auto":
         early["kvp"] = None
     _params_for(early, None)  # invalid options fail before any study is processed
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from .outputs import check_output_dir
+
+    out = check_output_dir(out_dir, "output folder")
     summary_path = out / summary_name(shard)
 
     rows: dict[str, dict] = {}
@@ -337,6 +285,9 @@ def run_batch(
         log.info("%d of %d studies already done; skipping them", skipped, len(studies))
         if progress is not None:
             progress(skipped / len(studies), f"{skipped} of {len(studies)} studies already done (skipped)")
+            for row in rows.values():  # an unreadable earlier report: said once, here
+                if row["error"]:
+                    progress(skipped / len(studies), f"{row['study']}: {row['status']} ({row['error']})")
 
     def ordered() -> list[dict]:
         return [rows[s.name] for s in studies if s.name in rows]

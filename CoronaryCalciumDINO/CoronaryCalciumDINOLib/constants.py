@@ -25,7 +25,14 @@ ARTERY_COLORS: dict[str, tuple[float, float, float]] = {
 #: Risk categories of the total Agatston score, in order.
 RISK_CATEGORIES: tuple[str, ...] = ("0", "1-10", "11-100", "101-400", ">400")
 
-DISCLAIMER = (
-    "Research use only; not a medical device. The default model is trained on synthetic "
-    "studies and has not been validated on patient data."
-)
+#: Said of every result.
+RESEARCH_ONLY = "Research use only; not a medical device."
+#: Said in addition where a model produced the labels (AI mode).
+MODEL_CAVEAT = "The default model is trained on synthetic studies and has not been validated on patient data."
+#: The whole text, e.g. for the Slicer module panel, where the model may run.
+DISCLAIMER = f"{RESEARCH_ONLY} {MODEL_CAVEAT}"
+
+
+def disclaimer(model_ran: bool) -> str:
+    """The disclaimer of one result: the model caveat only where a model produced the labels."""
+    return DISCLAIMER if model_ran else RESEARCH_ONLY

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .common import add_scoring_options
 
@@ -53,8 +54,10 @@ def _scoring_options(args) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from ..batch import parse_shard, run_batch, summary_name
+    from ..outputs import check_output_dir
 
     shard = parse_shard(args.shard)
+    check_output_dir(args.out, "--out")
 
     def progress(fraction: float, message: str) -> None:
         if not args.quiet:
@@ -73,8 +76,12 @@ def run(args: argparse.Namespace) -> int:
         scoring=_scoring_options(args),
     )
     failed = [r for r in rows if r["status"] != "ok"]
-    print(f"{len(rows) - len(failed)} of {len(rows)} studies scored; summary: "
-          f"{args.out.rstrip('/')}/{summary_name(shard)}")
-    for r in failed:
-        print(f"ccdino: study {r['study']} failed: {r['error']}", file=sys.stderr)
+    summary = Path(args.out) / summary_name(shard)
+    if failed and not args.quiet:  # each error was printed once, as its study finished
+        print(f"{len(rows) - len(failed)} of {len(rows)} studies scored, {len(failed)} failed (errors above and "
+              f"in the summary); summary: {summary}")
+    else:
+        print(f"{len(rows) - len(failed)} of {len(rows)} studies scored; summary: {summary}")
+        for r in failed:
+            print(f"ccdino: study {r['study']} failed: {r['error']}", file=sys.stderr)
     return 1 if failed else 0

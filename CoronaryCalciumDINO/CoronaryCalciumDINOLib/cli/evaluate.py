@@ -45,17 +45,47 @@ def parse_seeds(text: str | None) -> range:
     return range(a, b)
 
 
+def _fig(value, digits: int = 3) -> str:
+    """A figure for people: rounded; '-' when undefined (None or NaN)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    return f"{float(value):.{digits}f}"
+
+
+def summary_line(a: dict) -> str:
+    """The one-line summary of a bundle's metrics (rounded; the JSON keeps them unrounded)."""
+    t = a["slices"]["at_threshold"]
+    return (f"bundle A on {a['n_studies']} synthetic studies: slice sensitivity {_fig(t['sensitivity'])}, "
+            f"specificity {_fig(t['specificity'])}, AUROC {_fig(a['slices']['auroc'])}; risk accuracy pipeline "
+            f"{_fig(a['pipeline']['risk']['accuracy'])} vs UNET on all slices "
+            f"{_fig(a['unet_all_slices']['risk']['accuracy'])}")
+
+
+def coca_study_dirs(root) -> list[Path]:
+    """The labelled study folders of ``root`` (the study definition of every command,
+    :func:`..data.studies.list_study_inputs`); a study without labels is an error."""
+    from ..data.studies import is_study_dir, list_study_inputs
+    from ..errors import InputError
+
+    studies = list_study_inputs(root)
+    bad = [s.name for s in studies if s.labels is None or not is_study_dir(s.labels.parent)]
+    if bad:
+        raise InputError(f"--coca: {len(bad)} studies of {root} are not labelled study folders "
+                         f"(ct.nrrd, labels.nrrd, study.json; see 'ccdino coca'): {', '.join(bad[:5])}")
+    return [s.labels.parent for s in studies]
+
+
 def run(args: argparse.Namespace) -> int:
     from ..data.splits import HELDOUT_SYNTHETIC_SEEDS
-    from ..data.studies import list_studies
     from ..errors import InputError
     from ..evaluation.pipeline_eval import compare_slice_detection, evaluate_bundle, summarise, synthetic_study_dirs
     from ..pipeline import load_bundle
     from ..report import write_json
 
+    from ..outputs import check_output_files
+
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise InputError(f"{out} exists; use --overwrite to replace it")
+    check_output_files([(out, "--out")], overwrite=args.overwrite)
     seeds = parse_seeds(args.synthetic_seeds)
     outside = [s for s in seeds if s not in HELDOUT_SYNTHETIC_SEEDS]
     if outside:
@@ -70,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"studies: synthetic seeds {seeds.start}:{seeds.stop} in {cache}", file=sys.stderr)
     sets = {"synthetic": synthetic_study_dirs(seeds, cache, progress)}
     if args.coca:
-        sets["coca"] = list_studies(args.coca)
+        sets["coca"] = coca_study_dirs(args.coca)
 
     bundles = {"A": load_bundle(args.bundle)}
     if args.bundle_b:
@@ -90,11 +120,6 @@ def run(args: argparse.Namespace) -> int:
             r = result[set_name]
             result[set_name]["comparison"] = compare_slice_detection(r["A"], r["B"], "A", "B")
     write_json(result, out)
-    a = result["synthetic"]["A"]
-    t = a["slices"]["at_threshold"]
-    print(f"bundle A on {a['n_studies']} synthetic studies: slice sensitivity {t['sensitivity']}, specificity "
-          f"{t['specificity']}, AUROC {a['slices']['auroc']}; risk accuracy pipeline "
-          f"{a['pipeline']['risk']['accuracy']:.3f} vs UNET on all slices {a['unet_all_slices']['risk']['accuracy']:.3f}",
-          file=sys.stderr)
+    print(summary_line(result["synthetic"]["A"]), file=sys.stderr)
     print(f"wrote {out}")
     return 0

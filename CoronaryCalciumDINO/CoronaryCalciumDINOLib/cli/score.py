@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .common import add_scoring_options, check_ct, scoring_params_from_args, study_stem
+from .common import add_scoring_options, check_ct, scoring_params_from_args
 
 log = logging.getLogger(__name__)
 
@@ -20,44 +20,80 @@ def register(sub) -> None:
         "label map (0 background, 1 LM, 2 LAD, 3 LCX, 4 RCA; same grid as INPUT). Without it, "
         "run the AI pipeline (slice detector + segmenter) of a model bundle.",
     )
-    p.add_argument("input", help="DICOM folder, or a NIfTI / NRRD / MHA file")
+    p.add_argument("input", help="DICOM folder, study folder (ct.nrrd ...), or a NIfTI / NRRD / MHA file")
     p.add_argument("--labels", help="per-artery label map on the CT grid (skips the AI)")
     p.add_argument("--series", help="SeriesInstanceUID to use when the folder holds several series")
     p.add_argument("--json", help="write the JSON report here")
     p.add_argument("--csv", help="write the per-artery score table here")
-    p.add_argument("--out", help="write <study>.json, <study>.csv (and AI outputs) into this folder")
+    p.add_argument("--out", help="write <study>.json, <study>.csv (and AI outputs) into this folder; <study> is "
+                   "the folder name for a DICOM or study folder and for a file named ct.*, else the file name")
+    p.add_argument("--overwrite", action="store_true", help="replace output files that exist (default: refuse)")
+    p.add_argument("--quiet", action="store_true", help="do not print the score table")
     add_scoring_options(p)
     g = p.add_argument_group("AI pipeline (without --labels)")
     g.add_argument("--bundle", help="model bundle folder or manifest (default: the bundled default model)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     g.add_argument("--attention", help="write the attention maps (mean and per head) to this NRRD/NIfTI file")
-    g.add_argument("--quiet", action="store_true", help="do not print the score table")
     p.set_defaults(func=run)
 
 
+def output_files(args: argparse.Namespace, stem: str) -> list[tuple[Path, str]]:
+    """Every file this run will write, with the option that names it."""
+    from ..pipeline.run import attention_paths
+
+    files: list[tuple[Path, str]] = []
+    if args.out:
+        out = Path(args.out)
+        files += [(out / f"{stem}.json", "--out"), (out / f"{stem}.csv", "--out")]
+        if not args.labels:
+            files += [(out / f"{stem}.labels.nrrd", "--out"), (out / f"{stem}.seg.nrrd", "--out")]
+    if args.json:
+        files.append((Path(args.json), "--json"))
+    if args.csv:
+        files.append((Path(args.csv), "--csv"))
+    if args.attention and not args.labels:
+        mean = attention_paths(args.attention, 0)[0]
+        files.append((mean, "--attention"))
+        head1 = attention_paths(args.attention, 1)[1]
+        pattern = head1.name.replace(".head1", ".head*", 1)
+        files += [(p, "--attention") for p in sorted(mean.parent.glob(pattern))] if mean.parent.is_dir() else []
+    return files
+
+
 def run(args: argparse.Namespace) -> int:
+    from ..data.studies import study_input
     from ..io import load_ct, read_label_file
+    from ..io.labelcheck import check_label_map
+    from ..outputs import check_output_dir, check_output_files
     from ..report import build_report, write_json, write_score_csv
     from ..report.tables import format_summary
     from ..scoring import score
 
-    ct = load_ct(args.input, series_uid=args.series)
+    study = study_input(args.input)
+    stem = study.name
+    out_dir = check_output_dir(args.out, "--out") if args.out else None
+    check_output_files(output_files(args, stem), overwrite=args.overwrite)  # before any work
+
+    ct = load_ct(study.path, series_uid=args.series)
     check_ct(ct)  # adds e.g. the contrast-enhanced-CT warning to ct.warnings (both paths report them)
     for w in ct.warnings:
         log.warning(w)
         print(f"ccdino: warning: {w}", file=sys.stderr)
     params = scoring_params_from_args(args, ct.kvp)
-    stem = study_stem(args.input)
-    out_dir = Path(args.out) if args.out else None
 
     if args.labels:
         labels = read_label_file(args.labels, ct)
+        label_warnings = check_label_map(labels, ct.spacing, Path(args.labels).name)
+        for w in label_warnings:
+            print(f"ccdino: warning: {w}", file=sys.stderr)
         result = score(ct.hu, labels, ct.spacing, params)
-        report = build_report(result, args.input, kvp=ct.kvp, warnings=ct.warnings)
+        report = build_report(result, args.input, kvp=ct.kvp, warnings=[*ct.warnings, *label_warnings],
+                              study=stem, labels=str(args.labels))
     else:
         from ..pipeline.run import score_with_ai
 
         report = score_with_ai(ct, args, params, stem=stem, out_dir=out_dir)
+        report["study"] = stem
 
     if args.json:
         write_json(report, args.json)

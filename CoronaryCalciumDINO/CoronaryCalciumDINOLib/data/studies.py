@@ -1,6 +1,19 @@
-"""The per-study format shared by the synthetic generator and the COCA reader.
+"""What a study is: the one definition shared by ``score``, ``batch``, ``evaluate`` and Slicer.
 
-A study is a folder::
+A *study* given to the program (:func:`study_input`, :func:`list_study_inputs`) is
+
+* a study folder of the project's own format (below; ``study.json`` optional): its CT is
+  ``ct.nrrd`` (or ``ct.nii.gz`` / ``.nii`` / ``.mha`` ...), its label map ``labels.*``
+  when present; the study is named after the folder;
+* any other folder: one DICOM CT series (any file names, any depth), named after the folder;
+* a volume file ``.nii``, ``.nii.gz``, ``.nrrd``, ``.nhdr``, ``.mha`` or ``.mhd``, named
+  after the file without its suffix, except a file called ``ct.*``, which is named after
+  the folder holding it (``study-123/ct.nrrd`` is study ``study-123``).
+
+Output files are named after the study, so two studies of one batch (or two ``score``
+runs into one folder) do not share output names unless their studies do.
+
+The project's study format, written by the synthetic generator and the COCA reader::
 
     <root>/<study_id>/ct.nrrd       int16 HU, with geometry (spacing, origin, direction)
     <root>/<study_id>/labels.nrrd   uint8 calcium labels 0 bg, 1 LM, 2 LAD, 3 LCX, 4 RCA
@@ -27,6 +40,122 @@ CT_FILE = "ct.nrrd"
 LABELS_FILE = "labels.nrrd"
 HEART_FILE = "heart.nrrd"
 META_FILE = "study.json"
+
+
+#: Suffixes of volume files, longest first where one ends another.
+STUDY_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: Suffixes of label-map files, in order of preference (``.seg.nrrd``: a Slicer segmentation).
+LABEL_SUFFIXES = (".seg.nrrd", ".nrrd", ".nii.gz", ".nii", ".mha")
+_CT_STEM, _LABELS_STEM = CT_FILE.split(".")[0], LABELS_FILE.split(".")[0]
+
+
+@dataclass(frozen=True)
+class StudyInput:
+    """One study as given to the program: its name (the stem of every output file), where
+    its CT is (DICOM folder or volume file) and, for a study folder, its label map."""
+
+    name: str
+    path: Path
+    labels: Path | None = None
+
+    def outputs(self, out_dir: str | Path) -> dict[str, Path]:
+        """The per-study output files of ``batch`` in ``out_dir``."""
+        out_dir = Path(out_dir)
+        return {
+            "seg": out_dir / f"{self.name}.seg.nrrd",
+            "png": out_dir / f"{self.name}.png",
+            "json": out_dir / f"{self.name}.json",
+        }
+
+
+def volume_stem(name: str) -> str | None:
+    """``name`` without its volume suffix; None for other files and for ``.seg.nrrd``."""
+    low = name.lower()
+    if low.endswith(".seg.nrrd"):
+        return None
+    for suffix in STUDY_VOLUME_SUFFIXES:
+        if low.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def _named_volume(folder: Path, stem: str) -> Path | None:
+    """``folder/<stem><volume suffix>`` if there is one (any case of the suffix)."""
+    if not folder.is_dir():
+        return None
+    for entry in sorted(folder.iterdir()):
+        if entry.is_file() and (volume_stem(entry.name) or "").lower() == stem:
+            return entry
+    return None
+
+
+def study_ct_file(folder: str | Path) -> Path | None:
+    """The CT volume file of a study folder of the project's format, or None."""
+    return _named_volume(Path(folder), _CT_STEM)
+
+
+def study_input(path: str | Path) -> StudyInput:
+    """The study at ``path`` (a folder or a volume file); see the module docstring."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"input not found: {p}")
+    if p.is_dir():
+        name = p.name or p.resolve().name
+        ct = study_ct_file(p)
+        if ct is not None:
+            return StudyInput(name, ct, _named_volume(p, _LABELS_STEM))
+        return StudyInput(name, p)
+    stem = volume_stem(p.name)
+    if stem is None:  # e.g. a single DICOM file
+        return StudyInput(p.name[:-4] if p.name.lower().endswith(".dcm") else p.name, p)
+    if stem.lower() == _CT_STEM:
+        folder = p.resolve().parent
+        labels = _named_volume(folder, _LABELS_STEM)
+        return StudyInput(folder.name or stem, p, labels)
+    return StudyInput(stem, p)
+
+
+def list_study_inputs(root: str | Path) -> list[StudyInput]:
+    """The studies of a folder (its sub-folders and volume files), sorted by name; hidden
+    entries, other files and ``.seg.nrrd`` files are ignored; names must be unique."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"input folder not found: {root}")
+    studies: list[StudyInput] = []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            studies.append(study_input(entry))
+        elif entry.is_file():
+            stem = volume_stem(entry.name)
+            if stem:
+                studies.append(StudyInput(stem, entry))
+    names = [s.name for s in studies]
+    dups = sorted({n for n in names if names.count(n) > 1})
+    if dups:
+        raise InputError(f"several inputs share the study name {', '.join(dups)} in {root}; rename them")
+    if not studies:
+        raise InputError(f"no studies in {root} (expected DICOM sub-folders, study folders or NIfTI/NRRD/MHA files)")
+    return studies
+
+
+def find_study_labels(labels_dir: str | Path, study: StudyInput) -> Path:
+    """The label map of ``study`` in ``labels_dir``, in the layouts the project writes:
+    ``<dir>/<study>.seg.nrrd`` (``batch`` output), ``<dir>/<study>.nrrd|.nii.gz|.nii|.mha``,
+    or ``<dir>/<study>/labels.nrrd`` (a study folder of ``ccdino synth`` / ``ccdino coca``)."""
+    labels_dir = Path(labels_dir)
+    for suffix in LABEL_SUFFIXES:
+        p = labels_dir / f"{study.name}{suffix}"
+        if p.is_file():
+            return p
+    inside = _named_volume(labels_dir / study.name, _LABELS_STEM)
+    if inside is not None:
+        return inside
+    raise InputError(
+        f"no label map for study {study.name} in {labels_dir} (looked for {study.name}{{{','.join(LABEL_SUFFIXES)}}} "
+        f"and {study.name}/{LABELS_FILE})"
+    )
 
 
 @dataclass

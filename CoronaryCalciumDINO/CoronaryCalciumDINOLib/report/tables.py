@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from .. import __version__
-from ..constants import ARTERIES, DISCLAIMER
+from ..constants import ARTERIES, disclaimer
 from ..errors import InputError
 from ..scoring import ScoreResult
 
@@ -33,7 +33,7 @@ def build_report(result: ScoreResult, input_path: str, kvp: float | None = None,
     report.update(body)
     report["warnings"] = list(warnings or [])
     report["software"] = {"name": "CoronaryCalciumDINO", "version": __version__}
-    report["disclaimer"] = DISCLAIMER
+    report["disclaimer"] = disclaimer(model_ran=extra.get("model") is not None)
     confidence = extra.pop("lesion_confidence", None)
     if confidence is not None and len(confidence) == len(report.get("lesions", [])):
         for lesion, conf in zip(report["lesions"], confidence):

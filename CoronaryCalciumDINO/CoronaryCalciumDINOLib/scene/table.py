@@ -43,7 +43,7 @@ def score_rows(report: dict) -> list[list[str]]:
     blank = [""] * len(ARTERIES)
     rows.append(["risk_category", *blank, str(report["risk_category"])])
     rows.append(["cac_drs", *blank, str(report["cac_drs"])])
-    rows.append(["disclaimer", *blank, DISCLAIMER])
+    rows.append(["disclaimer", *blank, report.get("disclaimer", DISCLAIMER)])
     return rows
 
 
@@ -79,7 +79,7 @@ def update_score_table(table_node, result, input_name: str, warnings=None, **ext
     report = build_report(result, input_name, warnings=warnings, **extra)
     _fill_string_table(table_node, COLUMNS, score_rows(report))
     table_node.SetAttribute(REPORT_ATTRIBUTE, json.dumps(report, default=_json_default))
-    table_node.SetAttribute(DISCLAIMER_ATTRIBUTE, DISCLAIMER)
+    table_node.SetAttribute(DISCLAIMER_ATTRIBUTE, report["disclaimer"])
     table_node.SetUseColumnTitleAsColumnHeader(True)
     table_node.SetLocked(True)
     return report
