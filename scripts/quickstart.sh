@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 mkdir -p out/quickstart
-ccdino score Testing/Data/qrm-phantom-canon --out out/quickstart \
+ccdino score Testing/Data/qrm-phantom-canon --out out/quickstart --overwrite \
     --attention out/quickstart/qrm-phantom-canon.attention.nrrd
 echo "Outputs (report JSON, score CSV, label map, Slicer segmentation, attention): out/quickstart/"
 python - <<'EOF'

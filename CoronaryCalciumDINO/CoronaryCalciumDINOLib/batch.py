@@ -169,9 +169,11 @@ def _score_and_write(study, out_dir, bundle, device, labels_dir, scoring, t0) ->
             labels = read_seg_labels(label_path, ct)
         else:
             labels = read_label_file(label_path, ct)
-        result = score(ct.hu, labels, ct.spacing, params)
+        from .io.labelcheck import check_label_map
+
+        run_warnings = check_label_map(labels, ct.spacing, label_path.name)
+        result = score(ct.hu, labels, ct.spacing, params, keep_lesion_voxels=True)
         extra["labels"] = str(label_path)
-        run_warnings = []
     else:
         from .pipeline import run_pipeline
 
@@ -182,7 +184,7 @@ def _score_and_write(study, out_dir, bundle, device, labels_dir, scoring, t0) ->
     paths = study.outputs(out_dir)
     write_seg_nrrd(labels, ct, paths["seg"])
     report = build_report(result, str(study.path), kvp=ct.kvp, warnings=[*ct.warnings, *run_warnings], **extra)
-    write_report_png(ct, labels, report, paths["png"])
+    write_report_png(ct, labels, report, paths["png"], result=result)
     report["seconds"] = time.perf_counter() - t0
     write_json(report, paths["json"])  # last: its presence marks the study as done
     return report

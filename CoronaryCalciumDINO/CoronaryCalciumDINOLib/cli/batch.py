@@ -29,8 +29,8 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="process studies again even when their JSON exists")
     add_scoring_options(p)
     g = p.add_argument_group("AI pipeline (without --labels-dir)")
-    g.add_argument("--bundle", help="model bundle folder or manifest (default: the bundled default model)")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    g.add_argument("--bundle", metavar="PATH", help="model bundle folder or manifest (default: the bundled default model)")
+    g.add_argument("--device", default="auto", metavar="auto|cpu|cuda", help="auto, cpu, cuda or cuda:N (default auto)")
     g.add_argument("--quiet", action="store_true", help="print no per-study progress")
     p.set_defaults(func=run)
 

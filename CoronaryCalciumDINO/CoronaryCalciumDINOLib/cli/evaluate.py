@@ -17,15 +17,15 @@ def register(sub) -> None:
         "specificity, weighted kappa), for the detector-gated pipeline and for the segmenter on every slice. "
         "With --bundle-b, both bundles and their slice-detection comparison (e.g. DINO vs DINO-LG).",
     )
-    p.add_argument("--bundle", help="model bundle folder or manifest (default: the bundled default model)")
-    p.add_argument("--bundle-b", help="second bundle to compare with (e.g. DINO-LG against DINO)")
+    p.add_argument("--bundle", metavar="PATH", help="model bundle folder or manifest (default: the bundled default model)")
+    p.add_argument("--bundle-b", metavar="PATH", help="second bundle to compare with (e.g. DINO-LG against DINO)")
     p.add_argument("--synthetic-seeds", metavar="START:END",
                    help="held-out synthetic seeds START..END-1 (default: the first 20 held-out seeds)")
     p.add_argument("--cache", metavar="DIR", help="keep / reuse the generated studies here (default: OUT's folder/eval-studies)")
     p.add_argument("--coca", metavar="DIR", help="also evaluate a folder of COCA study folders (converted with 'ccdino coca')")
-    p.add_argument("--out", required=True, help="metrics JSON file")
+    p.add_argument("--out", required=True, metavar="FILE", help="metrics JSON file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda", help="auto, cpu, cuda or cuda:N (default auto)")
     p.set_defaults(func=run)
 
 

@@ -20,20 +20,20 @@ def register(sub) -> None:
         "label map (0 background, 1 LM, 2 LAD, 3 LCX, 4 RCA; same grid as INPUT). Without it, "
         "run the AI pipeline (slice detector + segmenter) of a model bundle.",
     )
-    p.add_argument("input", help="DICOM folder, study folder (ct.nrrd ...), or a NIfTI / NRRD / MHA file")
+    p.add_argument("input", metavar="CT", help="DICOM folder, study folder (ct.nrrd ...), or a NIfTI / NRRD / MHA file")
     p.add_argument("--labels", help="per-artery label map on the CT grid (skips the AI)")
-    p.add_argument("--series", help="SeriesInstanceUID to use when the folder holds several series")
-    p.add_argument("--json", help="write the JSON report here")
-    p.add_argument("--csv", help="write the per-artery score table here")
-    p.add_argument("--out", help="write <study>.json, <study>.csv (and AI outputs) into this folder; <study> is "
+    p.add_argument("--series", metavar="UID", help="SeriesInstanceUID to use when the folder holds several series")
+    p.add_argument("--json", metavar="FILE", help="write the JSON report here")
+    p.add_argument("--csv", metavar="FILE", help="write the per-artery score table here")
+    p.add_argument("--out", metavar="DIR", help="write <study>.json, <study>.csv (and AI outputs) into this folder; <study> is "
                    "the folder name for a DICOM or study folder and for a file named ct.*, else the file name")
     p.add_argument("--overwrite", action="store_true", help="replace output files that exist (default: refuse)")
     p.add_argument("--quiet", action="store_true", help="do not print the score table")
     add_scoring_options(p)
     g = p.add_argument_group("AI pipeline (without --labels)")
-    g.add_argument("--bundle", help="model bundle folder or manifest (default: the bundled default model)")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    g.add_argument("--attention", help="write the attention maps (mean and per head) to this NRRD/NIfTI file")
+    g.add_argument("--bundle", metavar="PATH", help="model bundle folder or manifest (default: the bundled default model)")
+    g.add_argument("--device", default="auto", metavar="auto|cpu|cuda", help="auto, cpu, cuda or cuda:N (default auto)")
+    g.add_argument("--attention", metavar="FILE", help="write the attention maps (mean and per head) to this NRRD/NIfTI file")
     p.set_defaults(func=run)
 
 
