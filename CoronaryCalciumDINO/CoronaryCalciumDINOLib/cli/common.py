@@ -3,19 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..errors import InputError
-
-
-def study_stem(path: str | Path) -> str:
-    """Name of a study for output files: folder name, or file name without its suffixes."""
-    p = Path(path)
-    name = p.name.rstrip("/") or p.resolve().name
-    for suffix in (".nii.gz", ".seg.nrrd", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def check_ct(ct) -> list[str]:

@@ -106,13 +106,23 @@ def study_input(path: str | Path) -> StudyInput:
             return StudyInput(name, ct, _named_volume(p, _LABELS_STEM))
         return StudyInput(name, p)
     stem = volume_stem(p.name)
+    labels = _named_volume(p.resolve().parent, _LABELS_STEM) if (stem or "").lower() == _CT_STEM else None
+    return StudyInput(study_name(p), p, labels)
+
+
+def study_name(path: str | Path) -> str:
+    """The name of the study at ``path`` (which need not exist any more for a file):
+    the folder's name for a folder, for a file ``ct.*`` the name of the folder holding it,
+    else the file name without its volume suffix (or ``.dcm``)."""
+    p = Path(path)
+    if p.is_dir():
+        return p.name or p.resolve().name
+    stem = volume_stem(p.name)
     if stem is None:  # e.g. a single DICOM file
-        return StudyInput(p.name[:-4] if p.name.lower().endswith(".dcm") else p.name, p)
+        return p.name[:-4] if p.name.lower().endswith(".dcm") else p.name
     if stem.lower() == _CT_STEM:
-        folder = p.resolve().parent
-        labels = _named_volume(folder, _LABELS_STEM)
-        return StudyInput(folder.name or stem, p, labels)
-    return StudyInput(stem, p)
+        return p.resolve().parent.name or stem
+    return stem
 
 
 def list_study_inputs(root: str | Path) -> list[StudyInput]:

@@ -83,13 +83,10 @@ def study_title(report: dict, ct=None) -> str:
     called ``ct.*`` is named after its folder, as everywhere)."""
     if report.get("study"):
         return str(report["study"])
-    from ..data.studies import study_input
+    from ..data.studies import study_name
 
     source = str(report.get("input", getattr(ct, "source", "")) or "")
-    try:
-        return study_input(source).name
-    except Exception:  # noqa: BLE001 - the input may be gone; its name is enough
-        return Path(source).name or "study"
+    return study_name(source) if source else "study"
 
 
 def scored_lesions(ct, labels: np.ndarray, report: dict, result=None) -> list[dict]:
