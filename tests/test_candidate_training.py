@@ -97,7 +97,7 @@ def test_build_default_bundle_tiny(tmp_path, capsys):
     argv = ["--work", str(tmp_path / "work"), "--out", str(out), "--results", str(res), "--n-train", "4",
             "--n-val", "2", "--n-test", "2", "--matrix", "160", "--n-slices", "10", "--train-plaques",
             "--ssl-steps", "3", "--ssl-batch", "8", "--seg-steps", "3", "--threads", "1", "--device", "cpu",
-            "--target-sensitivity", "0.9"]
+            "--target-sensitivity", "0.9", "--n-calibration", "3"]
     assert build_default_bundle.main(argv) == 0
     metrics = json.loads((res / "ccdino-default-metrics.json").read_text())["metrics"]
     h = metrics["heldout_synthetic"]
@@ -105,6 +105,7 @@ def test_build_default_bundle_tiny(tmp_path, capsys):
     assert "baseline_gbm_hand_features" in metrics and metrics["phantom"]["slices"] == 47
     b = load_bundle(out)
     assert b.manifest["candidates"] == CandidateConfig().to_dict()
+    assert b.noise_rule.to_dict() == metrics["noise_rule"]["rule"] and metrics["noise_rule"]["studies"] == 3
     st = load_study(sorted((tmp_path / "work" / "heldout").iterdir())[0], with_heart=False)
     assert run_pipeline(st.ct, b, device="cpu").labels.shape == st.ct.shape
     # a second run resumes: every stage is found done, only the bundle is written again
@@ -112,3 +113,30 @@ def test_build_default_bundle_tiny(tmp_path, capsys):
     assert build_default_bundle.main(argv + ["--overwrite"]) == 0
     log = capsys.readouterr().err
     assert "stage 3" not in log and "stage 4" not in log and "bundle written" in log
+
+
+def test_noise_rule_fit_on_a_lesion_table():
+    """The fit picks the rule that zeroes the calcium-free studies without losing real lesions,
+    and prefers the rule that drops the fewest lesions among equals."""
+    from training.fit_noise_rule import fit, outcome
+
+    def les(agatston, contrast, area):
+        return {"agatston": agatston, "contrast_sd": contrast, "area_mm2": area}
+
+    table = [
+        {"study": "zero-a", "reference_total": 0.0, "lesions": [les(1.2, 3.1, 1.5)]},  # noise speck
+        {"study": "zero-b", "reference_total": 0.0, "lesions": [les(0.8, 3.6, 2.2), les(0.5, 2.5, 1.1)]},
+        {"study": "zero-c", "reference_total": 0.0, "lesions": []},
+        {"study": "small", "reference_total": 3.0, "lesions": [les(3.0, 5.2, 2.0)]},  # faint but real
+        {"study": "big", "reference_total": 250.0, "lesions": [les(240.0, 30.0, 20.0), les(10.0, 4.0, 9.0)]},
+    ]
+    none = outcome(table, 0.0, 0.0)
+    assert none["power_of_zero"] == pytest.approx(1 / 3) and none["risk_accuracy"] == pytest.approx(3 / 5)
+    res = fit(table)
+    rule = res["rule"]
+    assert res["with_rule"]["power_of_zero"] == 1.0 and res["with_rule"]["risk_accuracy"] == 1.0
+    # the specks (contrast <= 3.6, area <= 2.2) go, the faint real lesion (5.2 SD) and the
+    # large faint one (9 mm^2) stay; among such rules the one dropping fewest lesions wins
+    assert 3.6 < rule["min_contrast_sd"] <= 5.2 and 2.2 < rule["min_area_mm2"] <= 9.0
+    assert res["with_rule"]["dropped_lesions"] == 3
+    assert res["without_rule"] == none

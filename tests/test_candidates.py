@@ -10,6 +10,7 @@ from CoronaryCalciumDINOLib.pipeline.candidates import (
     CONTEXT_NAMES,
     HAND_FEATURES,
     CandidateConfig,
+    NoiseRule,
     crop_hu,
     crop_labels,
     crop_windows,
@@ -132,12 +133,12 @@ def test_crop_outside_the_image_is_air():
 
 def test_noise_estimate_and_contrast_feature():
     hu = _volume(nz=3, noise=30.0)
-    est = slice_noise(hu)
+    est = slice_noise(hu, SPACING[1:])
     np.testing.assert_allclose(est, 30.0, rtol=0.1)
     hu[1, 80:84, 80:84] = 400.0
     c = find_candidates(hu, SPACING, CandidateConfig(min_area_mm2=3.0), centre_yx=CENTRE)
     k = int(np.argmax(c.context[:, C["peak_hu_k"]]))
-    assert c.context[k, C["noise_hu_100"]] == pytest.approx(0.3, rel=0.15)
+    assert c.context[k, C["noise_sd_hu_100"]] == pytest.approx(0.3, rel=0.15)
     assert c.context[k, C["peak_snr_10"]] > 0.5
 
 
@@ -166,3 +167,41 @@ def test_no_candidates_and_config_checks():
     assert set(HAND_FEATURES) <= set(CONTEXT_NAMES)
     with pytest.raises(InputError, match="3D"):
         find_candidates(hu[0], SPACING)
+
+
+def test_noise_estimate_of_textured_noise():
+    """Correlated (grainy) noise, as CT reconstructions have: the estimate is its SD, not the
+    much smaller SD of neighbouring-pixel differences; calcium and edges barely move it."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    hu = _volume(nz=4)
+    body = hu > 0
+    grain = ndimage.gaussian_filter(rng.standard_normal(hu.shape), (0, 1.6, 1.6))
+    grain *= 25.0 / grain[body].std()
+    hu[body] += grain[body].astype(np.float32)
+    hu[:, 60:66, 60:66] = 500.0  # calcium
+    hu[:, 120:200, :] = np.where(body[:, 120:200, :], -90.0, hu[:, 120:200, :])  # a fat region and its edge
+    est = slice_noise(hu, SPACING[1:])
+    np.testing.assert_allclose(est, 25.0, rtol=0.12)
+    inside = np.zeros(hu.shape[1:], np.float32)
+    inside[:, :100] = 1.0
+    np.testing.assert_allclose(slice_noise(hu, SPACING[1:], inside), 25.0, rtol=0.12)
+
+
+def test_noise_rule():
+    ctx = np.zeros((4, len(CONTEXT_NAMES)), np.float32)
+    ctx[:, C["noise_sd_hu_100"]] = 0.2  # 20 HU
+    ctx[:, C["peak_hu_k"]] = [0.14, 0.14, 0.2, 0.14]  # 5, 5, 8, 5 SD above 40 HU
+    ctx[:, C["log_area_mm2"]] = np.log([1.0, 3.0, 1.0, 2.99])
+    rule = NoiseRule(min_contrast_sd=6.0, min_area_mm2=3.0)
+    assert rule.active
+    np.testing.assert_allclose(rule.contrast_sd(ctx), [5, 5, 8, 5], rtol=1e-5)
+    np.testing.assert_array_equal(rule.significant(ctx), [False, True, True, False])
+    assert NoiseRule().significant(ctx).all() and not NoiseRule().active
+    assert NoiseRule.from_dict(rule.to_dict()) == rule
+    for bad in ({"min_contrast_sd": float("nan")}, {"min_area_mm2": -1.0}, {"min_contrast_sd": "4"}, {"typo": 1.0}):
+        with pytest.raises(InputError):
+            NoiseRule.from_dict(bad)
+    with pytest.raises(InputError):
+        NoiseRule.from_dict([1, 2])

@@ -122,6 +122,35 @@ def test_gating_slices_and_candidates(bundle_dir):
     np.testing.assert_array_equal(res_all.selected, res.selected)
 
 
+def test_noise_rule_keeps_small_faint_regions_unlabelled(bundle_dir):
+    """The bundle's noise rule: flagged regions that are both small and faint stay unlabelled,
+    with a warning that counts them; without a rule everything flagged is segmented."""
+    ct = _ct()
+    b = load_bundle(bundle_dir)
+    b.detector = PeakDetector(centre_hu=0.0)  # every candidate passes the detector
+    b.segmenter = CalciumWindowSegmenter()
+    b.manifest["detector"]["threshold"] = 0.5
+    plain = run_pipeline(ct, b, device="cpu")
+    np.testing.assert_array_equal(plain.labels, np.where(ct.hu >= 130, 3, 0))
+    assert plain.counts["below_noise"] == 0 and not plain.warnings
+    # noise SD is 5 HU (the estimate's floor): the 135 HU spot is 19 SD above soft tissue and
+    # 1.5 mm^2, the rising spots are 2.25 mm^2
+    b.manifest["noise_rule"] = {"min_contrast_sd": 25.0, "min_area_mm2": 2.0, "soft_tissue_hu": 40.0}
+    res = run_pipeline(ct, b, device="cpu")
+    expected = np.where(ct.hu >= 150, 3, 0)
+    np.testing.assert_array_equal(res.labels, expected)
+    assert res.counts["below_noise"] == ct.shape[0]
+    assert len(res.warnings) == 1 and f"{ct.shape[0]} small faint region(s)" in res.warnings[0]
+    # a faint region large enough counts, and so does a small one bright enough
+    b.manifest["noise_rule"] = {"min_contrast_sd": 25.0, "min_area_mm2": 1.5, "soft_tissue_hu": 40.0}
+    np.testing.assert_array_equal(run_pipeline(ct, b, device="cpu").labels, plain.labels)
+    b.manifest["noise_rule"] = {"min_contrast_sd": 15.0, "min_area_mm2": 2.0, "soft_tissue_hu": 40.0}
+    np.testing.assert_array_equal(run_pipeline(ct, b, device="cpu").labels, plain.labels)
+    # the "UNET on every slice" baseline obeys the same rule
+    b.manifest["noise_rule"] = {"min_contrast_sd": 25.0, "min_area_mm2": 2.0, "soft_tissue_hu": 40.0}
+    np.testing.assert_array_equal(run_pipeline(ct, b, device="cpu", all_slices=True).labels, expected)
+
+
 def test_segmenter_geometry_round_trip_and_flips(bundle_dir):
     """Crops -> segmenter -> CT grid puts labels back on the same voxels, in any storage order."""
     ct = _ct()

@@ -9,14 +9,16 @@ Stages (each skipped when its output already exists in ``--work``, so a run resu
 it stopped; the SSL stage also resumes from its own checkpoint):
 
 1. synthetic studies: ``--n-train`` training + validation studies (seeds ``--first-seed``..,
-   never a held-out seed; the last ``--n-val`` are the validation studies) and ``--n-test``
-   held-out studies (seeds 900000..);
+   never a held-out seed; the last ``--n-val`` are the validation studies), ``--n-calibration``
+   calibration studies (seeds ``--calibration-seed``..) and ``--n-test`` held-out studies
+   (seeds 900000..);
 2. candidate caches (:mod:`training.candidate_data`): the inference crop sampler run on
    every study;
 3. DINO-LG self-supervised pretraining of the candidate ViT
    (:mod:`training.pretrain_candidates`);
 4. detector heads, the gradient-boosted baseline and the per-artery segmenter
-   (:mod:`training.train_candidates`);
+   (:mod:`training.train_candidates`), then the noise rule fitted on the calibration studies
+   (:mod:`training.fit_noise_rule`);
 5. evaluation of the assembled bundle on the held-out studies (pipeline and the
    segmenter on every slice, slice detection, Agatston agreement, risk, power of zero)
    with the baseline's slice detection on the same candidates, and the real phantom scan;
@@ -49,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n-train", type=int, default=200, help="synthetic training + validation studies")
     p.add_argument("--n-val", type=int, default=30, help="of which validation studies (threshold choice)")
     p.add_argument("--n-test", type=int, default=100, help="held-out synthetic studies for the reported metrics")
+    p.add_argument("--n-calibration", type=int, default=100, help="synthetic studies that fit the noise rule")
+    p.add_argument("--calibration-seed", type=int, default=800000, help="first seed of the calibration studies")
     p.add_argument("--first-seed", type=int, default=1000)
     p.add_argument("--max-neg", type=int, default=1500, help="non-coronary candidates kept per training study")
     p.add_argument("--ssl-steps", type=int, default=1200)
@@ -100,7 +104,7 @@ def main(argv=None) -> int:
     from CoronaryCalciumDINOLib.pipeline.candidates import CandidateConfig
     from CoronaryCalciumDINOLib.report import write_json
 
-    from . import pretrain_candidates, train_candidates
+    from . import fit_noise_rule, pretrain_candidates, train_candidates
     from .candidate_data import build_cache, load_cache
 
     args = parse_args(argv)
@@ -127,6 +131,12 @@ def main(argv=None) -> int:
     over = {k: v for k, v in (("matrix", args.matrix), ("n_slices", args.n_slices)) if v is not None}
     studies = synthetic_study_dirs(seeds, work / "studies", lambda f, m: _log(f"synth {m}"), workers=args.workers,
                                    **over, **({"plaques": True} if args.train_plaques else {}))
+    cal_seeds = range(args.calibration_seed, args.calibration_seed + args.n_calibration)
+    check_disjoint(cal_seeds)
+    if set(cal_seeds) & set(seeds):
+        raise SystemExit("calibration seeds overlap the training seeds")
+    cal_dirs = synthetic_study_dirs(cal_seeds, work / "calibration", lambda f, m: _log(f"synth {m}"),
+                                    workers=args.workers, **over)
     test_seeds = range(HELDOUT_SYNTHETIC_SEEDS.start, HELDOUT_SYNTHETIC_SEEDS.start + args.n_test)
     test_dirs = synthetic_study_dirs(test_seeds, work / "heldout", lambda f, m: _log(f"synth {m}"), workers=args.workers,
                                      **over)
@@ -183,6 +193,20 @@ def main(argv=None) -> int:
     )
     candidate = save_bundle(work / "candidate", overwrite=True, **common)
 
+    # 4b. noise rule, on the calibration studies
+    rule_file = work / "noise_rule.json"
+    commands["noise_rule"] = ["--bundle", str(work / "candidate"), "--studies", str(work / "calibration"),
+                              "--out", str(rule_file), "--device", args.device]
+    t = time.perf_counter()
+    if not rule_file.is_file():
+        _log(f"stage 4b: noise rule on {len(cal_dirs)} calibration studies")
+        table = fit_noise_rule.lesion_table(load_bundle(candidate), cal_dirs, args.device, _log)
+        write_json(fit_noise_rule.fit(table), rule_file)
+        ran("noise_rule_s", t)
+    noise_fit = json.loads(rule_file.read_text())
+    common["noise_rule"] = noise_fit["rule"]
+    candidate = save_bundle(work / "candidate", overwrite=True, **common)
+
     # 5. evaluation
     t = time.perf_counter()
     _log(f"stage 5: evaluation on {len(test_dirs)} held-out synthetic studies")
@@ -207,6 +231,8 @@ def main(argv=None) -> int:
         "heldout_synthetic": {"seeds": [test_seeds.start, test_seeds.stop], **heldout},
         "baseline_gbm_hand_features": {"slices": baseline, "threshold": gthr},
         "validation": sup["report"],
+        "noise_rule": {k: noise_fit[k] for k in ("rule", "studies", "without_rule", "with_rule")}
+        | {"calibration_seeds": [cal_seeds.start, cal_seeds.stop]},
         "phantom": phantom,
         "ssl": _ssl_summary(ssl_dir),
     }
@@ -219,7 +245,8 @@ def main(argv=None) -> int:
                args.results / f"{args.name}-metrics.json")
     write_json({"recipe": "python -m training.build_default_bundle " + " ".join(argv if argv is not None else sys.argv[1:]),
                 "stages": {"ssl": "python -m training.pretrain_candidates " + " ".join(commands["ssl"]),
-                           "supervised": "python -m training.train_candidates " + " ".join(commands["supervised"])}},
+                           "supervised": "python -m training.train_candidates " + " ".join(commands["supervised"]),
+                           "noise_rule": "python -m training.fit_noise_rule " + " ".join(commands["noise_rule"])}},
                args.results / f"{args.name}-commands.json")
     _log(f"bundle written to {_rel(args.out)} ({sum(timings.values()) / 60:.1f} min of stages)")
     return 0
@@ -303,6 +330,7 @@ def model_card(args, metrics, bb_cfg, sup, timings, environment, cfg) -> str:
         for n, r in rep["heads"].items()
     )
     ph = metrics["phantom"]
+    nr = metrics["noise_rule"]
     dc = sup["detector_config"]
     return f"""# {args.name} {args.version}
 
@@ -323,6 +351,12 @@ patient data. Research use only; not a medical device.**
   on {args.n_val} validation studies for slice sensitivity >= {args.target_sensitivity}.
 - Segmenter: MONAI 2D UNet (channels {sup['segmenter_config']['channels']}) on each candidate crop of the selected
   slices, context as extra channels; 5 classes (background, LM, LAD, LCX, RCA).
+- Noise rule: a flagged region smaller than {nr['rule']['min_area_mm2']:g} mm^2 whose peak is less than
+  {nr['rule']['min_contrast_sd']:g} noise SDs above soft tissue ({nr['rule']['soft_tissue_hu']:g} HU) is taken for image
+  noise and not labelled (the report says how many); fitted on {nr['studies']} calibration studies (seeds
+  {nr['calibration_seeds'][0]}-{nr['calibration_seeds'][1] - 1}): power of zero {_fmt(nr['without_rule']['power_of_zero'])} ->
+  {_fmt(nr['with_rule']['power_of_zero'])}, risk accuracy {_fmt(nr['without_rule']['risk_accuracy'])} ->
+  {_fmt(nr['with_rule']['risk_accuracy'])} there.
 
 Validation heads (candidate AUROC; slice sensitivity / specificity at each head's own threshold):
 

@@ -17,8 +17,9 @@ Layout::
 ``youden_threshold``, ``target_sensitivity``), ``segmenter``
 (:class:`..models.unet.SegmenterConfig`), ``candidates`` (the
 :class:`..pipeline.candidates.CandidateConfig` of training and inference: threshold, field,
-crop size and pixel, windows, context feature names), ``scoring`` (``threshold_hu``),
-``metrics``.
+crop size and pixel, windows, context feature names), ``noise_rule`` (optional: the
+:class:`..pipeline.candidates.NoiseRule` fitted on calibration studies; absent = every
+candidate counts), ``scoring`` (``threshold_hu``), ``metrics``.
 
 Loading verifies every listed file's size and sha256 before anything is deserialised and
 raises :class:`..errors.ModelBundleError` naming the first bad file. Weights load on the
@@ -84,6 +85,14 @@ class ModelBundle:
         from ..pipeline.candidates import CandidateConfig
 
         return CandidateConfig.from_dict(self.manifest["candidates"])
+
+    @property
+    def noise_rule(self):
+        """The bundle's :class:`..pipeline.candidates.NoiseRule` (inactive when the manifest has none)."""
+        from ..pipeline.candidates import NoiseRule
+
+        d = self.manifest.get("noise_rule")
+        return NoiseRule() if d is None else NoiseRule.from_dict(d)
 
     @property
     def segmenter_config(self):
@@ -153,6 +162,7 @@ def save_bundle(
     segmenter_config: dict,
     segmenter_state: dict,
     candidates: dict,
+    noise_rule: dict | None = None,
     scoring_threshold_hu: float = 130.0,
     metrics: dict | None = None,
     model_card: str = "",
@@ -206,6 +216,7 @@ def save_bundle(
         "detector": dict(detector_info),
         "segmenter": segmenter_config,
         "candidates": candidates,
+        **({"noise_rule": dict(noise_rule)} if noise_rule is not None else {}),
         "scoring": {"threshold_hu": float(scoring_threshold_hu)},
         "metrics": metrics or {},
     }
@@ -315,7 +326,7 @@ def _load_into(module, state: dict, folder: Path, part: str) -> None:
 def load_bundle(path: str | os.PathLike | None = None) -> ModelBundle:
     """Load and verify a bundle (folder or its manifest.json; None = the default bundle)."""
     from ..errors import InputError
-    from ..pipeline.candidates import CandidateConfig
+    from ..pipeline.candidates import CandidateConfig, NoiseRule
     from .backbone import build_backbone_from_config
     from .detector import CandidateDetector
     from .unet import SegmenterConfig, build_candidate_segmenter
@@ -324,6 +335,8 @@ def load_bundle(path: str | os.PathLike | None = None) -> ModelBundle:
     manifest = verify_bundle(folder)
     try:
         CandidateConfig.from_dict(manifest["candidates"])
+        if manifest.get("noise_rule") is not None:
+            NoiseRule.from_dict(manifest["noise_rule"])
         backbone = build_backbone_from_config(manifest["backbone"])
         d = manifest["detector"]
         detector = CandidateDetector(int(d["feature_dim"]), int(d["context_dim"]), int(d.get("hidden", 0)),

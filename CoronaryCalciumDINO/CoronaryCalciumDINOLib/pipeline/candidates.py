@@ -68,9 +68,12 @@ CONTEXT_NAMES: tuple[str, ...] = (
     "far_dense_share",  # share of voxels >= threshold in the 20 mm square
     "above_max_hu_k",  # highest HU under the candidate's footprint on the slice above (superior) / 1000
     "below_max_hu_k",
-    "noise_hu_100",  # image noise of the slice (robust SD of soft-tissue pixel differences) / 100
+    "noise_sd_hu_100",  # image noise SD of the slice (:func:`slice_noise`) / 100
     "peak_snr_10",  # (peak - mean of the 6 mm square) / noise / 10
 ) + tuple(f"coarse{int(c)}_{i}" for c in _COARSE_CELLS_MM for i in range(_COARSE_N * _COARSE_N))
+
+#: Column of each context feature
+CONTEXT_INDEX: dict[str, int] = {n: i for i, n in enumerate(CONTEXT_NAMES)}
 
 #: The hand features of the simple baseline: position, area, peak and mean HU, surroundings.
 HAND_FEATURES: tuple[str, ...] = (
@@ -123,6 +126,69 @@ class CandidateConfig:
             except (TypeError, ValueError):
                 raise InputError(f"candidate config: windows must be [[low, high], ...], got {d['windows']!r}") from None
         return cls(**known)
+
+
+@dataclass(frozen=True)
+class NoiseRule:
+    """Which candidates stand out of the image noise (stored in the bundle manifest).
+
+    A candidate is *significant* when its area is at least ``min_area_mm2`` or its peak is
+    at least ``min_contrast_sd`` noise SDs (:func:`slice_noise`) above soft tissue
+    (``soft_tissue_hu``). A small, faint region in a noisy image is what noise alone
+    produces (a 1-3 mm^2 speck 3 SDs above the blood pool happens on most noisy slices) and
+    cannot be told from a faint plaque on one slice; the AI pipeline does not label such
+    regions, since one of them turns a calcium-free study into a non-zero score. The two
+    numbers are fitted per bundle on calibration studies (never on the studies a bundle is
+    evaluated on); the defaults (0, 0) keep every candidate. The rule applies to what the
+    model labels only: a label map given by a reader is scored as it is.
+    """
+
+    min_contrast_sd: float = 0.0
+    min_area_mm2: float = 0.0
+    soft_tissue_hu: float = 40.0
+
+    def __post_init__(self) -> None:
+        for name in ("min_contrast_sd", "min_area_mm2", "soft_tissue_hu"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+                raise InputError(f"noise rule: {name} must be a finite number, got {v!r}")
+        if self.min_contrast_sd < 0 or self.min_area_mm2 < 0:
+            raise InputError("noise rule: min_contrast_sd and min_area_mm2 must be >= 0")
+
+    @property
+    def active(self) -> bool:
+        return self.min_contrast_sd > 0 and self.min_area_mm2 > 0
+
+    def contrast_sd(self, context: np.ndarray) -> np.ndarray:
+        """(n,) each candidate's peak above soft tissue, in noise SDs (from its context)."""
+        ctx = np.asarray(context)
+        peak = ctx[:, CONTEXT_INDEX["peak_hu_k"]] * 1000.0
+        noise = ctx[:, CONTEXT_INDEX["noise_sd_hu_100"]] * 100.0
+        return (peak - self.soft_tissue_hu) / np.maximum(noise, 1e-6)
+
+    def keeps(self, contrast_sd, area_mm2) -> np.ndarray:
+        """bool: whether regions of these contrasts (noise SDs) and areas (mm^2) count."""
+        contrast_sd, area_mm2 = np.asarray(contrast_sd, dtype=float), np.asarray(area_mm2, dtype=float)
+        if not self.active:
+            return np.ones(np.broadcast(contrast_sd, area_mm2).shape, dtype=bool)
+        return (area_mm2 >= self.min_area_mm2 - AREA_TOLERANCE_MM2) | (contrast_sd >= self.min_contrast_sd)
+
+    def significant(self, context: np.ndarray) -> np.ndarray:
+        """(n,) bool: the candidates (rows of ``context``) that count."""
+        ctx = np.asarray(context)
+        return self.keeps(self.contrast_sd(ctx), np.exp(ctx[:, CONTEXT_INDEX["log_area_mm2"]]))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d) -> "NoiseRule":
+        if not isinstance(d, dict):
+            raise InputError(f"noise rule must be an object, got {type(d).__name__}")
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise InputError(f"noise rule: unknown keys {sorted(unknown)}")
+        return cls(**d)
 
 
 @dataclass
@@ -244,28 +310,41 @@ def _footprint_max(f: np.ndarray, z: np.ndarray, y: np.ndarray, x: np.ndarray, l
     return out
 
 
-#: HU range of the soft-tissue pixels used for the noise estimate
-_NOISE_HU = (-150.0, 150.0)
-#: Noise assumed where a slice has too few soft-tissue pixels (HU)
+#: Side (mm) of the windows whose local standard deviation gives the noise estimate
+NOISE_WINDOW_MM = 8.0
+#: Local-mean HU range of windows that count as homogeneous soft tissue (blood pool, myocardium)
+_SOFT_TISSUE_HU = (0.0, 100.0)
+#: Noise assumed where a slice has too few soft-tissue windows (HU)
 _DEFAULT_NOISE_HU = 20.0
 
 
-def slice_noise(f: np.ndarray, inside: np.ndarray | None = None) -> np.ndarray:
-    """(z,) robust noise SD (HU) of each slice: 1.4826 x MAD of horizontal neighbour
-    differences / sqrt(2), over pairs of soft-tissue pixels (every second row).
+def slice_noise(f: np.ndarray, pixel_mm: Sequence[float], inside: np.ndarray | None = None) -> np.ndarray:
+    """(z,) image noise SD (HU) of each slice of ``f`` (z, y, x) with pixel size ``pixel_mm`` (dy, dx).
 
-    Never below 5 HU; ``_DEFAULT_NOISE_HU`` for a slice with fewer than 200 such pairs.
+    The median, over the pixels of the slice, of the HU standard deviation in the
+    :data:`NOISE_WINDOW_MM` square around each pixel, counting only windows whose mean is
+    soft tissue (0-100 HU) and (with ``inside``) that lie in the image. Blood pool and
+    myocardium fill most of the heart field, so the median is the SD of homogeneous tissue:
+    the pixel noise a lesion's peak is seen through, correlated (textured) noise included;
+    edges and calcium lift only a minority of windows. (Differences of neighbouring pixels
+    would measure only the fine-grained part of textured noise, a fraction of it.)
+
+    Never below 5 HU; ``_DEFAULT_NOISE_HU`` for a slice with fewer than 200 such pixels.
     """
-    a, b = f[:, ::2, 1:], f[:, ::2, :-1]
-    ok = (a > _NOISE_HU[0]) & (a < _NOISE_HU[1]) & (b > _NOISE_HU[0]) & (b < _NOISE_HU[1])
-    if inside is not None:
-        ins = inside[::2] > 0
-        ok &= ins[:, 1:] & ins[:, :-1]
+    wy = max(3, int(round(NOISE_WINDOW_MM / float(pixel_mm[0]))) | 1)
+    wx = max(3, int(round(NOISE_WINDOW_MM / float(pixel_mm[1]))) | 1)
     out = np.full(f.shape[0], _DEFAULT_NOISE_HU)
+    if inside is not None:
+        ok_in = ndimage.minimum_filter(np.asarray(inside) > 0, size=(wy, wx), mode="constant", cval=False)
     for k in range(f.shape[0]):
-        d = (a[k] - b[k])[ok[k]]
-        if d.size >= 200:
-            out[k] = 1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2.0)
+        a = f[k].astype(np.float64)
+        m = ndimage.uniform_filter(a, (wy, wx), mode="nearest")
+        var = ndimage.uniform_filter(a * a, (wy, wx), mode="nearest") - m * m
+        ok = (m > _SOFT_TISSUE_HU[0]) & (m < _SOFT_TISSUE_HU[1])
+        if inside is not None:
+            ok &= ok_in
+        if np.count_nonzero(ok) >= 200:
+            out[k] = float(np.sqrt(max(np.median(var[ok]), 0.0)))
     return np.maximum(out, 5.0)
 
 
@@ -337,7 +416,7 @@ def find_candidates(
     up = +1 if superior_increasing else -1
     above = _footprint_max(f, zz + up, yy, xx, lid, m)
     below = _footprint_max(f, zz - up, yy, xx, lid, m)
-    noise = slice_noise(f, inside)[cz]
+    noise = slice_noise(f, (dy, dx), inside)[cz]
 
     coarse = []
     g = np.arange(_COARSE_N) - (_COARSE_N - 1) / 2.0

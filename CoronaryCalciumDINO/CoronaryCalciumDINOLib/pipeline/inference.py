@@ -9,12 +9,15 @@
    over its candidates (0 without candidates); slices with probability >= the bundle
    threshold are *selected*.
 3. Segmenter, selected slices only, on the candidates the detector flagged there
-   (probability >= the threshold): a MONAI 2D UNet on each candidate crop with the
+   (probability >= the threshold) that stand out of the image noise (the bundle's
+   :class:`.candidates.NoiseRule`; flagged regions below it are counted in a warning):
+   a MONAI 2D UNet on each candidate crop with the
    context as extra channels gives per-pixel class probabilities (background, LM, LAD,
    LCX, RCA). A candidate is calcium when the mean over its pixels of P(not background)
    is >= 0.5; its pixels then take their most probable artery (pixels outside the crop
    take the candidate's most probable artery). ``all_slices=True`` is the "UNET alone"
-   baseline: the segmenter on every candidate of every slice, no detector.
+   baseline: the segmenter on every candidate of every slice that stands out of the noise,
+   no detector.
 4. :func:`..scoring.score` on the labels (only voxels >= the scoring threshold count).
 
 Per-slice and per-lesion confidences go to the report: each slice's probability and the
@@ -268,8 +271,19 @@ def run_pipeline(
         probs = cands.per_slice_max(cand_probs)
         timings["detector_s"] = time.perf_counter() - t
         selected = probs >= bundle.threshold
-        gate = selected[cands.z] & (cand_probs >= bundle.threshold)
-        seg_index = np.arange(len(cands)) if all_slices else np.flatnonzero(gate)
+        rule = bundle.noise_rule
+        significant = rule.significant(cands.context)
+        flagged = selected[cands.z] & (cand_probs >= bundle.threshold)
+        gate = flagged & significant
+        seg_index = np.flatnonzero(significant) if all_slices else np.flatnonzero(gate)
+        below_noise = flagged & ~significant
+        if below_noise.any():
+            noise = cands.context[below_noise, cd.CONTEXT_INDEX["noise_sd_hu_100"]] * 100.0
+            run_warnings.append(
+                f"{int(below_noise.sum())} small faint region(s) the detector flagged (< {rule.min_area_mm2:g} mm^2, "
+                f"peak < {rule.min_contrast_sd:g} noise SD above soft tissue; image noise {np.median(noise):.0f} HU) "
+                "were taken for image noise and not labelled"
+            )
 
         t = time.perf_counter()
         span = 0.25 if attention else 0.35
@@ -323,6 +337,6 @@ def run_pipeline(
         warnings=run_warnings,
         slice_candidates=n_slice,
         lesion_confidence=conf,
-        counts={"candidates": len(cands), "segmented": int(seg_index.size)},
+        counts={"candidates": len(cands), "segmented": int(seg_index.size), "below_noise": int(below_noise.sum())},
         gated_labels=gated,
     )

@@ -1,0 +1,126 @@
+"""Fit a bundle's noise rule (:class:`CoronaryCalciumDINOLib.pipeline.candidates.NoiseRule`)
+on calibration studies.
+
+    python -m training.fit_noise_rule --bundle runs/default-bundle/candidate \\
+        --studies runs/default-bundle/calibration --out runs/default-bundle/noise_rule.json
+
+The bundle runs without a rule on every calibration study (synthetic studies with labels,
+never training or held-out studies). Each lesion it labels belongs to one candidate, whose
+contrast over soft tissue (noise SDs) and area decide whether a rule keeps it. For every
+rule of a grid, the studies' totals without the lesions it drops give the power of zero
+(calcium-free studies scored exactly 0) and the risk-category accuracy; the rule with the
+highest sum of the two is chosen (risk accuracy alone without calcium-free studies), ties going to the rule that drops the fewest lesions
+(then the lowest contrast, then the smallest area). The output holds the rule, the grid's
+best rows and the calibration figures without and with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from CoronaryCalciumDINOLib.data.studies import load_study
+from CoronaryCalciumDINOLib.errors import InputError
+from CoronaryCalciumDINOLib.models.bundle import ModelBundle, load_bundle
+from CoronaryCalciumDINOLib.pipeline import candidates as cd
+from CoronaryCalciumDINOLib.pipeline import run_pipeline
+from CoronaryCalciumDINOLib.pipeline.preprocess import canonical_flips
+from CoronaryCalciumDINOLib.report import write_json
+from CoronaryCalciumDINOLib.scoring import ScoringParams, risk_category, score
+
+#: The grid searched: contrast over soft tissue (noise SDs) and area (mm^2) limits.
+CONTRAST_GRID = tuple(np.round(np.arange(2.0, 10.01, 0.25), 2))
+AREA_GRID = (1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)
+
+
+def lesion_table(bundle: ModelBundle, study_dirs, device: str = "cpu",
+                 log: Callable[[str], None] | None = None) -> list[dict]:
+    """Per calibration study: the reference total and, per lesion the bundle labels (without a
+    noise rule), its Agatston and its candidate's contrast (noise SDs) and area (mm^2)."""
+    bundle.manifest.pop("noise_rule", None)  # the lesions a rule would choose from
+    rule = cd.NoiseRule()
+    params = ScoringParams()
+    out = []
+    for i, d in enumerate(study_dirs):
+        st = load_study(d, with_heart=False)
+        if canonical_flips(st.ct.direction) != (False, False, False):
+            raise InputError(f"{d}: calibration studies must be stored in the canonical axial layout")
+        hu = np.asarray(st.ct.hu, dtype=np.float32)
+        res = run_pipeline(st.ct, bundle, device=device, params=params)
+        cands = cd.find_candidates(hu, st.ct.spacing, bundle.candidate_config)
+        owner = cands.paint(np.arange(1, len(cands) + 1, dtype=np.int32)).ravel()
+        contrast = rule.contrast_sd(cands.context)
+        area = np.exp(cands.context[:, cd.CONTEXT_INDEX["log_area_mm2"]])
+        lesions = []
+        for les, vox in zip(res.score.lesions, res.score.lesion_voxels):
+            k = int(np.bincount(owner[vox]).argmax()) - 1
+            if k < 0:
+                raise InputError(f"{d}: a labelled lesion outside every candidate")
+            lesions.append({"agatston": float(les.agatston), "contrast_sd": float(contrast[k]),
+                            "area_mm2": float(area[k])})
+        ref = score(st.ct.hu, st.labels, st.ct.spacing, params)
+        out.append({"study": Path(d).name, "reference_total": float(ref.total.agatston), "lesions": lesions})
+        if log:
+            log(f"calibration {i + 1}/{len(study_dirs)} {Path(d).name}: reference {ref.total.agatston:.1f}, "
+                f"model {res.score.total.agatston:.1f}")
+    return out
+
+
+def outcome(table: list[dict], min_contrast_sd: float, min_area_mm2: float) -> dict:
+    """Power of zero, risk accuracy and dropped lesions of one rule on ``table``."""
+    rule = cd.NoiseRule(min_contrast_sd, min_area_mm2)
+    zero_ok, risk_ok, dropped, n_zero = 0, 0, 0, 0
+    for s in table:
+        les = s["lesions"]
+        keep = rule.keeps([x["contrast_sd"] for x in les], [x["area_mm2"] for x in les])
+        total = float(sum(x["agatston"] for x, k in zip(les, keep) if k))
+        dropped += int((~keep).sum())
+        if s["reference_total"] == 0:
+            n_zero += 1
+            zero_ok += total == 0
+        risk_ok += risk_category(total) == risk_category(s["reference_total"])
+    return {"min_contrast_sd": float(min_contrast_sd), "min_area_mm2": float(min_area_mm2),
+            "power_of_zero": zero_ok / n_zero if n_zero else None, "zero_studies": n_zero,
+            "risk_accuracy": risk_ok / len(table), "dropped_lesions": dropped}
+
+
+def fit(table: list[dict]) -> dict:
+    """The grid's best rule on ``table`` (see the module docstring) and the figures."""
+    if not table:
+        raise InputError("no calibration studies")
+    rows = [outcome(table, k, a) for k in CONTRAST_GRID for a in AREA_GRID]
+    rows.sort(key=lambda r: (-((r["power_of_zero"] or 0.0) + r["risk_accuracy"]), r["dropped_lesions"],
+                             r["min_contrast_sd"], r["min_area_mm2"]))
+    best = rows[0]
+    rule = cd.NoiseRule(best["min_contrast_sd"], best["min_area_mm2"])
+    return {"rule": rule.to_dict(), "studies": len(table), "without_rule": outcome(table, 0.0, 0.0),
+            "with_rule": best, "best_rows": rows[:10]}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m training.fit_noise_rule", description=__doc__.split("\n")[0])
+    p.add_argument("--bundle", required=True, help="bundle folder (its noise rule, if any, is ignored)")
+    p.add_argument("--studies", required=True, type=Path, help="folder of labelled calibration study folders")
+    p.add_argument("--out", required=True, type=Path, help="JSON file for the rule and the figures")
+    p.add_argument("--device", default="cpu")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    dirs = sorted(d for d in args.studies.iterdir() if (d / "study.json").is_file())
+    table = lesion_table(load_bundle(args.bundle), dirs, args.device, lambda m: print(m, file=sys.stderr, flush=True))
+    result = fit(table)
+    write_json(result, args.out)
+    print(json.dumps({k: result[k] for k in ("rule", "without_rule", "with_rule")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
