@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import limits
 from ..errors import InputError
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -83,13 +84,80 @@ def _from_sitk(img) -> tuple[np.ndarray, tuple[float, float, float], tuple[float
     return arr, (float(sz), float(sy), float(sx)), tuple(float(v) for v in img.GetOrigin()), direction  # type: ignore[return-value]
 
 
+def _nifti_data_end(head: bytes) -> int | None:
+    """Byte offset where a NIfTI-1/-2 file's voxel data ends (from its header), or None."""
+    import struct
+
+    for order in ("<", ">"):
+        if len(head) >= 348 and struct.unpack(f"{order}i", head[:4])[0] == 348:
+            dims = struct.unpack(f"{order}8h", head[40:56])
+            bitpix = struct.unpack(f"{order}h", head[72:74])[0]
+            offset = int(struct.unpack(f"{order}f", head[108:112])[0])
+            break
+        if len(head) >= 540 and struct.unpack(f"{order}i", head[:4])[0] == 540:
+            bitpix = struct.unpack(f"{order}h", head[14:16])[0]
+            dims = struct.unpack(f"{order}8q", head[16:80])
+            offset = struct.unpack(f"{order}q", head[168:176])[0]
+            break
+    else:
+        return None
+    n = 1
+    for d in dims[1 : 1 + max(0, min(int(dims[0]), 7))]:
+        n *= max(int(d), 1)
+    return offset + n * max(int(bitpix), 8) // 8
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """A NIfTI file must hold all its voxel data: SimpleITK reads a truncated ``.nii`` or
+    ``.nii.gz`` without complaint (the missing part comes back as zeros)."""
+    import gzip
+    import zlib
+
+    name = path.name.lower()
+    if name.endswith(".nii"):
+        with open(path, "rb") as fh:
+            head = fh.read(540)
+        size = path.stat().st_size
+    elif name.endswith(".nii.gz"):
+        size = 0
+        head = b""
+        try:
+            with gzip.open(path, "rb") as fh:
+                while block := fh.read(1 << 22):
+                    if len(head) < 540:
+                        head += block[: 540 - len(head)]
+                    size += len(block)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise InputError(f"cannot read {path.name}: the compressed data is incomplete or damaged ({exc})") from None
+    else:
+        return
+    end = _nifti_data_end(head)
+    if end is not None and size < end:
+        raise InputError(
+            f"{path.name} is truncated: its header needs {end} bytes of voxel data and header, the file holds {size}"
+        )
+
+
+def check_volume_values(ct: CTVolume, where: str) -> None:
+    """Plausibility of a CT's geometry and HU (:mod:`..limits`): one-line InputError for an
+    impossible value."""
+    limits.check_spacing(ct.spacing, where)
+    limits.check_position(ct.origin, "origin", where)
+    d = np.asarray(ct.direction, dtype=float)
+    if d.shape != (3, 3) or not np.all(np.isfinite(d)) or abs(abs(np.linalg.det(d)) - 1.0) > 1e-3:
+        raise InputError(f"{where}: the direction matrix is not a rotation ({d.ravel().tolist()})")
+    limits.check_hu(ct.hu, where)
+
+
 def read_volume_file(path: str | os.PathLike) -> CTVolume:
-    """Read a NIfTI / NRRD / MHA CT volume (values taken as HU)."""
+    """Read a NIfTI / NRRD / MHA CT volume (values taken as HU), completely or not at all;
+    implausible geometry or values are refused (:func:`check_volume_values`)."""
     import SimpleITK as sitk
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"CT file not found: {path}")
+    _check_nifti_complete(path)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -97,13 +165,15 @@ def read_volume_file(path: str | os.PathLike) -> CTVolume:
     arr, spacing, origin, direction = _from_sitk(img)
     if arr.shape[0] < 2:
         raise InputError(f"{path.name} holds a single slice; a calcium score needs a volume")
-    return CTVolume(
+    ct = CTVolume(
         hu=arr.astype(np.float32, copy=False),
         spacing=spacing,
         origin=origin,
         direction=direction,
         source=str(path),
     )
+    check_volume_values(ct, path.name)
+    return ct
 
 
 def read_label_file(path: str | os.PathLike, ct: CTVolume | None = None) -> np.ndarray:
@@ -115,11 +185,21 @@ def read_label_file(path: str | os.PathLike, ct: CTVolume | None = None) -> np.n
         raise InputError(f"label file not found: {path}")
     if path.is_dir():
         raise InputError(f"label map must be a volume file, got a folder: {path}")
+    _check_nifti_complete(path)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise InputError(f"cannot read label map {path.name}: {str(exc).strip().splitlines()[-1]}") from None
     arr, spacing, origin, direction = _from_sitk(img)
+    if not np.issubdtype(arr.dtype, np.integer) and not np.all(np.isfinite(arr)):
+        raise InputError(f"label map {path.name} holds non-finite values (NaN or infinite)")
+    if arr.size:
+        lo, hi = arr.min(), arr.max()
+        if lo < limits.LABEL_VALUES[0] or hi > limits.LABEL_VALUES[1]:
+            raise InputError(
+                f"label map {path.name} holds values outside {limits.LABEL_VALUES[0]}..{limits.LABEL_VALUES[1]} "
+                f"(found {lo:g}..{hi:g}); expected 0 background, 1 LM, 2 LAD, 3 LCX, 4 RCA"
+            )
     if not np.issubdtype(arr.dtype, np.integer):
         if not np.all(np.mod(arr, 1) == 0):
             raise InputError(f"label map {path.name} holds non-integer values")
@@ -150,6 +230,10 @@ def write_volume(array: np.ndarray, ref: CTVolume, path: str | os.PathLike, comp
     path.parent.mkdir(parents=True, exist_ok=True)
     name = path.name
     tmp = path.with_name(f".{name}.tmp-{os.getpid()}{''.join(path.suffixes[-2:]) if name.endswith('.gz') else path.suffix}")
-    sitk.WriteImage(_to_sitk(array, ref), str(tmp), compress)
-    os.replace(tmp, path)
+    try:
+        sitk.WriteImage(_to_sitk(array, ref), str(tmp), compress)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never leave a half-written file behind
+        raise
     return path
