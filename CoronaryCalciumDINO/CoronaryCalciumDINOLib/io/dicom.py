@@ -134,8 +134,17 @@ def _iter_files(path: Path):
                 yield Path(root) / name
 
 
-def _is_image(ds) -> bool:
-    return "SeriesInstanceUID" in ds and "Rows" in ds and "Columns" in ds
+def _is_image(ds, path: Path | None = None) -> bool:
+    """Is this header an image of a series? A CT image without Rows/Columns is damaged:
+    :class:`InputError` (skipping it would silently drop a slice)."""
+    if "SeriesInstanceUID" not in ds:
+        return False
+    if "Rows" in ds and "Columns" in ds:
+        return True
+    if str(ds.get("SOPClassUID", "") or "") in CT_SOP_CLASSES:
+        missing = " and ".join(k for k in ("Rows", "Columns") if k not in ds)
+        raise InputError(f"DICOM file {path.name if path else '?'} is a CT image without {missing}")
+    return False
 
 
 def _is_multi(value) -> bool:
@@ -172,12 +181,21 @@ def _float_or_none(value) -> float | None:
         return None
 
 
-def _scan(path: Path) -> dict[str, list[tuple[Path, object]]]:
-    """Headers of every DICOM image below ``path``, grouped by SeriesInstanceUID."""
+def _scan(path: Path, notes: list[str] | None = None) -> dict[str, list[tuple[Path, object]]]:
+    """Headers of every DICOM image below ``path``, grouped by SeriesInstanceUID; empty
+    files are skipped with a note (a slice may have been lost in transfer)."""
     groups: dict[str, list[tuple[Path, object]]] = {}
     for f in _iter_files(path):
+        try:
+            empty = f.stat().st_size == 0
+        except OSError:
+            empty = False
+        if empty:
+            if notes is not None:
+                notes.append(f"empty file {f.name} skipped (a slice lost in transfer?)")
+            continue
         ds = _read_header(f)
-        if ds is None or not _is_image(ds):
+        if ds is None or not _is_image(ds, f):
             continue
         groups.setdefault(str(ds.SeriesInstanceUID), []).append((f, ds))
     return groups
@@ -219,23 +237,24 @@ def _select(path: Path, series_uid: str | None) -> tuple[str, list[tuple[Path, o
     """The chosen series' UID and headers, and notes on series left aside."""
     if path.is_file():
         ds = _read_header(path)
-        if ds is None or not _is_image(ds):
+        if ds is None or not _is_image(ds, path):
             raise InputError(f"{path.name} is neither a DICOM image nor a NIfTI/NRRD/MHA volume")
         series_uid = series_uid or str(ds.SeriesInstanceUID)
         path = path.parent
-    groups = _scan(path)
+    skipped: list[str] = []
+    groups = _scan(path, skipped)
     if not groups:
         raise InputError(f"no readable DICOM image in {path}")
     if series_uid is not None:
         if series_uid not in groups:
             found = ", ".join(sorted(groups))
             raise InputError(f"series {series_uid} not found in {path} (series there: {found})")
-        return series_uid, groups[series_uid], []
-    notes = []
+        return series_uid, groups[series_uid], skipped
+    notes = list(skipped)
     if len(groups) > 1:
         scouts = [u for u, items in groups.items() if _is_localizer(items)]
         if 0 < len(scouts) < len(groups):
-            notes = [f"localizer series {u} ignored" for u in sorted(scouts)]
+            notes += [f"localizer series {u} ignored" for u in sorted(scouts)]
             groups = {u: items for u, items in groups.items() if u not in scouts}
     if len(groups) > 1:
         infos = sorted((_info(u, it) for u, it in groups.items()), key=lambda s: s.uid)

@@ -84,18 +84,19 @@ def _from_sitk(img) -> tuple[np.ndarray, tuple[float, float, float], tuple[float
     return arr, (float(sz), float(sy), float(sx)), tuple(float(v) for v in img.GetOrigin()), direction  # type: ignore[return-value]
 
 
-def _nifti_data_end(head: bytes) -> int | None:
-    """Byte offset where a NIfTI-1/-2 file's voxel data ends (from its header), or None."""
+def _nifti_layout(head: bytes):
+    """(data start, data end, numpy dtype of a float datatype or None) of a NIfTI-1/-2
+    header, or None when ``head`` is no NIfTI header."""
     import struct
 
     for order in ("<", ">"):
         if len(head) >= 348 and struct.unpack(f"{order}i", head[:4])[0] == 348:
+            datatype, bitpix = struct.unpack(f"{order}2h", head[70:74])
             dims = struct.unpack(f"{order}8h", head[40:56])
-            bitpix = struct.unpack(f"{order}h", head[72:74])[0]
             offset = int(struct.unpack(f"{order}f", head[108:112])[0])
             break
         if len(head) >= 540 and struct.unpack(f"{order}i", head[:4])[0] == 540:
-            bitpix = struct.unpack(f"{order}h", head[14:16])[0]
+            datatype, bitpix = struct.unpack(f"{order}2h", head[12:16])
             dims = struct.unpack(f"{order}8q", head[16:80])
             offset = struct.unpack(f"{order}q", head[168:176])[0]
             break
@@ -104,38 +105,56 @@ def _nifti_data_end(head: bytes) -> int | None:
     n = 1
     for d in dims[1 : 1 + max(0, min(int(dims[0]), 7))]:
         n *= max(int(d), 1)
-    return offset + n * max(int(bitpix), 8) // 8
+    floats = {16: f"{order}f4", 64: f"{order}f8"}.get(int(datatype))
+    return offset, offset + n * max(int(bitpix), 8) // 8, floats
 
 
 def _check_nifti_complete(path: Path) -> None:
-    """A NIfTI file must hold all its voxel data: SimpleITK reads a truncated ``.nii`` or
-    ``.nii.gz`` without complaint (the missing part comes back as zeros)."""
+    """A NIfTI file must hold all its voxel data, and float voxels must be finite:
+    SimpleITK reads a truncated ``.nii`` / ``.nii.gz`` without complaint (the missing part
+    comes back as zeros) and turns NaN voxels into 0."""
     import gzip
     import zlib
 
     name = path.name.lower()
     if name.endswith(".nii"):
-        with open(path, "rb") as fh:
-            head = fh.read(540)
-        size = path.stat().st_size
+        opener = open
     elif name.endswith(".nii.gz"):
-        size = 0
-        head = b""
-        try:
-            with gzip.open(path, "rb") as fh:
-                while block := fh.read(1 << 22):
-                    if len(head) < 540:
-                        head += block[: 540 - len(head)]
-                    size += len(block)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise InputError(f"cannot read {path.name}: the compressed data is incomplete or damaged ({exc})") from None
+        opener = gzip.open
     else:
         return
-    end = _nifti_data_end(head)
-    if end is not None and size < end:
+    size, head, layout, carry, bad = 0, b"", None, b"", 0
+    try:
+        with opener(path, "rb") as fh:
+            while block := fh.read(1 << 22):
+                pos = size
+                size += len(block)
+                if layout is None:
+                    head += block[: 540 - len(head)] if len(head) < 540 else b""
+                    if len(head) < 540 and size < 540:
+                        continue
+                    layout = _nifti_layout(head) or (0, 0, None)
+                start, end, floats = layout
+                if floats is None:
+                    continue
+                lo, hi = max(start - pos, 0), max(min(end - pos, len(block)), 0)
+                if lo < hi:
+                    data = carry + block[lo:hi]
+                    item = np.dtype(floats).itemsize
+                    cut = len(data) - len(data) % item
+                    bad += int(np.count_nonzero(~np.isfinite(np.frombuffer(data[:cut], dtype=floats))))
+                    carry = data[cut:]
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(f"cannot read {path.name}: the data is incomplete or damaged ({exc})") from None
+    layout = layout or _nifti_layout(head)
+    if layout is None:
+        return
+    if size < layout[1]:
         raise InputError(
-            f"{path.name} is truncated: its header needs {end} bytes of voxel data and header, the file holds {size}"
+            f"{path.name} is truncated: its header needs {layout[1]} bytes of header and voxel data, the file holds {size}"
         )
+    if bad:
+        raise InputError(f"{path.name}: {bad} voxels are not finite numbers (NaN or infinite)")
 
 
 def check_volume_values(ct: CTVolume, where: str) -> None:
