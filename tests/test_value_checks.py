@@ -206,11 +206,13 @@ def phantom_ct(four_slices):
     return load_ct(four_slices)
 
 
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_non_finite_voxel_refused(tmp_path, phantom_ct, bad):
+def test_non_finite_voxel_refused(tmp_path, phantom_ct, bad, suffix):
+    """One NaN voxel changed the score (SimpleITK reads NaN in NIfTI as 0)."""
     hu = phantom_ct.hu.copy()
     hu[2, 200, 200] = bad
-    path = write_volume(hu, phantom_ct, tmp_path / "ct.nii.gz")
+    path = write_volume(hu, phantom_ct, tmp_path / f"ct{suffix}")
     with pytest.raises(InputError, match="not finite"):
         read_volume_file(path)
 
