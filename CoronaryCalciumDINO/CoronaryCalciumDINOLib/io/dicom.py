@@ -18,9 +18,19 @@ Slices are sorted by their position along the slice normal (``ImagePositionPatie
 
 HU = stored value x ``RescaleSlope`` + ``RescaleIntercept``, per slice, as float32.
 
+Every value that enters the volume is checked in every file of the series, not only the
+first (:mod:`..limits` holds the limits and their reasoning): modality and frame count,
+single-valued sizes, vector tags with their number of values, finite and plausible pixel
+spacing, positions and slice spacing, rescale slope and intercept, pixel-data length
+against Rows x Columns x BitsAllocated, stored values within BitsStored, and HU within any
+CT scale. A file that starts like DICOM but is cut short is an error, never skipped (an
+end slice would vanish unnoticed); an empty file is skipped with a warning.
+
 Input that cannot give a valid score raises :class:`~..errors.InputError` with a one-line
-message; conditions under which the score is still valid but the user should know are
-added to ``CTVolume.warnings``.
+message naming the file and the value; conditions under which the score is still valid
+but the user should know (rescale differing between slices, no air in the volume, an
+implausible KVP or SliceThickness tag, which is then ignored) are added to
+``CTVolume.warnings``, which reach the report.
 """
 
 from __future__ import annotations
@@ -383,20 +393,19 @@ _NATIVE_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1
 
 
 def _rescale(ds, fname: str) -> tuple[float | None, float | None]:
-    """RescaleSlope and RescaleIntercept (None when absent), each finite and plausible."""
-    out = []
-    for name, check in (
-        ("RescaleSlope", lambda v: limits.check_range(v, *limits.RESCALE_SLOPE, name, f"DICOM file {fname}")),
-        ("RescaleIntercept", lambda v: limits.check_range(
-            v, -limits.RESCALE_INTERCEPT, limits.RESCALE_INTERCEPT, name, f"DICOM file {fname}")),
-    ):
+    """RescaleSlope and RescaleIntercept (None when absent), each finite and plausible
+    (:data:`..limits.RESCALE_SLOPE`, :data:`..limits.RESCALE_INTERCEPT`)."""
+    ranges = {"RescaleSlope": limits.RESCALE_SLOPE,
+              "RescaleIntercept": (-limits.RESCALE_INTERCEPT, limits.RESCALE_INTERCEPT)}
+    out: list[float | None] = []
+    for name, (lo, hi) in ranges.items():
         value = ds.get(name)
         if value in (None, ""):
             out.append(None)
-            continue
-        if _is_multi(value):
+        elif _is_multi(value):
             raise InputError(f"DICOM file {fname} has several values in {name} ({list(value)!r}); expected one")
-        out.append(check(value))
+        else:
+            out.append(limits.check_range(value, lo, hi, name, f"DICOM file {fname}"))
     return out[0], out[1]
 
 
