@@ -188,3 +188,131 @@ def test_ai_path_with_a_random_bundle(tmp_path):
     report = json.loads((tmp_path / "out" / "a.json").read_text())
     assert len(report["slices"]) == 6 and "model" in report
     assert (tmp_path / "out" / "a.seg.nrrd").is_file() and (tmp_path / "out" / "a.png").is_file()
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def _dead_pid() -> int:
+    import os
+
+    pid = 4_000_000
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except PermissionError:
+            pass
+        pid += 1
+
+
+def test_stale_temporaries_are_removed_by_the_next_run(tmp_path, batch_input):
+    """A killed run leaves ``.<name>.tmp-<pid>`` files; the next run removes those of dead
+    processes (never a file of a process still running)."""
+    import os
+
+    inp, labels = batch_input
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = _dead_pid()
+    stale = [out / f".a.json.tmp-{dead}", out / f".b.seg.nrrd.tmp-{dead}", out / f".a.seg.nrrd.tmp-{dead}.nii.gz"]
+    for p in stale:
+        p.write_bytes(b"half")
+    live = out / f".x.json.tmp-{os.getppid()}"
+    live.write_bytes(b"in flight")
+    mine = out / "notes.tmp-1.txt"  # not a temporary of ours (no leading dot)
+    mine.write_text("user file")
+    run_batch(inp, out, labels_dir=labels)
+    assert not any(p.exists() for p in stale)
+    assert live.exists() and mine.exists()
+
+
+def test_non_object_report_json_is_an_error_row(tmp_path, batch_input):
+    inp, labels = batch_input
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.json").write_text("[1, 2, 3]\n")
+    (out / "b.json").write_text('"just a string"\n')
+    rows = run_batch(inp, out, labels_dir=labels)
+    assert [r["status"] for r in rows] == ["error", "error", "error", "error"]
+    assert "a.json is unreadable" in rows[0]["error"] and "not a report object" in rows[0]["error"]
+    assert "b.json is unreadable" in rows[1]["error"]
+    assert (out / "summary.csv").is_file()
+
+
+@pytest.mark.parametrize("kind", ["read-only", "proc", "file", "empty"])
+def test_unusable_output_folder_is_one_error_before_any_work(tmp_path, batch_input, capsys, kind):
+    import os
+
+    inp, labels = batch_input
+    if kind == "read-only":
+        out = tmp_path / "ro"
+        out.mkdir()
+        out.chmod(0o555)
+        if os.access(out, os.W_OK):
+            pytest.skip("running as a user that may write anywhere (root); the 'proc' case covers it")
+    elif kind == "proc":
+        out = Path("/proc/self/fdinfo")  # an existing folder nobody may create files in
+        if not out.is_dir():
+            pytest.skip("no /proc")
+    elif kind == "file":
+        out = tmp_path / "a-file"
+        out.write_text("x")
+    else:
+        out = ""
+    seen = []
+    with pytest.raises(InputError) as info:
+        run_batch(inp, out, labels_dir=labels, progress=lambda f, m: seen.append(m))
+    assert "output folder" in str(info.value) and "\n" not in str(info.value)
+    assert seen == []  # nothing was processed
+    code = cli_main(["batch", str(inp), "--out", str(out), "--labels-dir", str(labels), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("ccdino: error:") and "\n" not in err
+    if kind == "read-only":
+        out.chmod(0o755)
+
+
+def test_write_failure_of_one_study_is_one_row_and_the_batch_goes_on(tmp_path, batch_input, caplog):
+    inp, labels = batch_input
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.seg.nrrd").mkdir()  # the segmentation of a cannot be written there
+    rows = run_batch(inp, out, labels_dir=labels)
+    assert [r["status"] for r in rows] == ["error", "ok", "error", "error"]
+    assert "a.seg.nrrd" in rows[0]["error"] and "\n" not in rows[0]["error"]
+    assert "Traceback" not in caplog.text
+    assert not (out / "a.png").exists() and not (out / "a.json").exists()
+    assert (out / "b.json").is_file()
+    assert not [p for p in out.iterdir() if ".tmp-" in p.name]
+
+
+def test_full_disk_leaves_no_partial_files(tmp_path, batch_input):
+    """Writes fail part-way (a file size limit, as on a full disk): every study gets one
+    error line, no temporary or partial output stays, no traceback is printed."""
+    import os
+    import subprocess
+    import sys
+
+    import CoronaryCalciumDINOLib
+
+    inp, labels = batch_input
+    env = dict(os.environ, PYTHONPATH=str(Path(CoronaryCalciumDINOLib.__file__).resolve().parents[1]))
+    out = tmp_path / "out"
+    script = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (30000, 30000))\n"
+        "from CoronaryCalciumDINOLib.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script, "batch", str(inp), "--out", str(out), "--labels-dir",
+                          str(labels), "--quiet"], capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 1, res.stderr
+    assert "Traceback" not in res.stderr
+    failed = [line for line in res.stderr.splitlines() if line.startswith("ccdino: study")]
+    assert len(failed) == 4 and all("File too large" in line for line in failed[:2]), res.stderr
+    left = sorted(p.name for p in out.iterdir())
+    assert left == ["summary.csv"], left  # no partial .png, no orphan .seg.nrrd, no temporaries
+    rows = _summary(out / "summary.csv")
+    assert [r["status"] for r in rows] == ["error"] * 4

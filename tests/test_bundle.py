@@ -159,14 +159,42 @@ def test_default_bundle_ships_and_verifies():
         (lambda m: m["candidates"].__setitem__("crop_px", 0), "crop_px"),
         (lambda m: m["candidates"].__setitem__("context", ["only_one"]), "context features"),
         (lambda m: m.pop("candidates"), "lacks 'candidates'"),
+        # the manifest schema: types, ranges and consistency of every field used
+        (lambda m: next(iter(m["files"].values())).__setitem__("bytes", "abc"), "bytes"),
+        (lambda m: next(iter(m["files"].values())).__setitem__("sha256", "xyz"), "sha256"),
+        (lambda m: m.__setitem__("files", list(m["files"])), "'files' must be an object"),
+        (lambda m: m.__setitem__("weights", ["backbone-00.safetensors"]), "'weights' must be an object"),
+        (lambda m: m["weights"].__setitem__("detector", "detector-00.safetensors"), "weights.detector"),
+        (lambda m: m["detector"].__setitem__("threshold", True), "threshold"),
+        (lambda m: m["detector"].__setitem__("feature_dim", -3), "detector.feature_dim"),
+        (lambda m: m["detector"].__setitem__("use_context", "yes"), "use_context"),
+        (lambda m: m["segmenter"].__setitem__("input_size", -32), "segmenter.input_size"),
+        (lambda m: m["segmenter"].__setitem__("input_size", 30), "divisible"),
+        (lambda m: m["segmenter"].__setitem__("windows", "x"), "segmenter.windows"),
+        (lambda m: m["segmenter"].__setitem__("windows", [[240.0, -160.0]]), "high > low"),
+        (lambda m: m["segmenter"].__setitem__("crop_mm", float("nan")), "crop_mm"),
+        (lambda m: m["segmenter"].__setitem__("strides", [2]), "strides"),
+        (lambda m: m["segmenter"].__setitem__("out_classes", 4), "out_classes"),
+        (lambda m: m["candidates"].__setitem__("threshold_hu", 0.0), "candidates.threshold_hu"),
+        (lambda m: m["candidates"].__setitem__("pixel_mm", 0.0), "candidates.pixel_mm"),
+        (lambda m: m["candidates"].__setitem__("field_mm", 0.0), "candidates.field_mm"),
+        (lambda m: m["candidates"].__setitem__("windows", "x"), "candidates.windows"),
+        (lambda m: m["scoring"].__setitem__("threshold_hu", float("inf")), "scoring.threshold_hu"),
+        (lambda m: m["backbone"].__setitem__("embed_dim", "128"), "backbone.embed_dim"),
     ],
 )
-def test_manifest_values_are_checked_before_weights_load(tiny_bundle, tmp_path, change, message):
+def test_manifest_values_are_checked_before_weights_load(tiny_bundle, tmp_path, change, message, monkeypatch):
     """A manifest with a bad value is refused with a line naming it (the file checksums
     still match: only the manifest changed)."""
     b = _copy(tiny_bundle, tmp_path / "b")
     man = json.loads((b / MANIFEST).read_text())
     change(man)
     (b / MANIFEST).write_text(json.dumps(man))
-    with pytest.raises(ModelBundleError, match=message):
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights were read before the manifest was validated")
+
+    monkeypatch.setattr(bundle_mod, "_load_state", no_weights)
+    with pytest.raises(ModelBundleError, match=message) as info:
         load_bundle(b)
+    assert "\n" not in str(info.value)

@@ -170,6 +170,24 @@ def test_oblique_volume_round_trip(core):
     assert np.array_equal(back.hu, ct.hu)  # float values kept (not integers -> float32 storage)
 
 
+@pytest.mark.parametrize("damage", ["nan", "spacing", "kvp"])
+def test_volume_node_values_are_checked(core, damage):
+    """A volume node is read like a file: NaN voxels and implausible spacing are refused,
+    a damaged kVp attribute is taken as unknown."""
+    ct = CTVolume(hu=np.full((3, 8, 8), -1000, np.float32), spacing=(3.0, 0.5, 0.5), kvp=120.0)
+    if damage == "nan":
+        ct.hu[1, 2, 2] = np.nan
+    elif damage == "spacing":
+        ct.spacing = (1e-6, 0.5, 0.5)
+    node = ct_to_volume_node(core.scene, ct, f"damaged-{damage}")
+    if damage == "kvp":
+        node.SetAttribute("CoronaryCalciumDINO.kVp", "nan")
+        assert volume_node_to_ct(node).kvp is None
+        return
+    with pytest.raises(InputError, match="not finite" if damage == "nan" else "slice spacing"):
+        volume_node_to_ct(node)
+
+
 def test_volume_node_without_image_is_an_input_error(core):
     node = slicer.vtkMRMLScalarVolumeNode()
     core.scene.AddNode(node)

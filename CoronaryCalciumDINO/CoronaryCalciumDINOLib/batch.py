@@ -10,6 +10,13 @@ sorted name order. Per study ``<out>/<study>.seg.nrrd`` (Slicer segmentation),
 last) are written, each atomically; the run's table is ``<out>/summary.csv``
 (``summary-shard-I-of-N.csv`` for a shard), rewritten after every study.
 
+Faults: an output folder that cannot be created or written to is one :class:`InputError`
+before any study is processed. Every file is written to a temporary name and renamed; a
+failed write removes its temporary file, and temporary files left by a killed run are
+removed by the next run. A study that fails (bad input, or a write error such as a full
+disk) gets one ``error`` row with a one-line message, its outputs of that attempt are
+removed, and the batch goes on.
+
 Resuming: a study whose ``.json`` exists is not processed again (its row is rebuilt from
 the JSON) unless ``overwrite=True``. A study that fails gets an ``error`` row and the
 batch goes on; it is retried by the next run.
@@ -27,6 +34,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 import traceback
 from pathlib import Path
@@ -104,6 +112,37 @@ def _params_for(scoring: dict | None, ct_kvp: float | None):
 _BUNDLE = None
 
 
+#: Temporary files of the atomic writers: ``.<name>.tmp-<pid>[suffix]``.
+_TMP_PATTERN = re.compile(r"^\..+\.tmp-(\d+)(\.[A-Za-z0-9.]+)?$")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def clean_stale_temporaries(out_dir: str | os.PathLike) -> list[Path]:
+    """Remove temporary files of writers that no longer run (e.g. a killed batch) from
+    ``out_dir``; returns the removed paths."""
+    removed = []
+    for entry in Path(out_dir).iterdir():
+        m = _TMP_PATTERN.match(entry.name)
+        if m and entry.is_file() and not _pid_alive(int(m.group(1))):
+            try:
+                entry.unlink()
+                removed.append(entry)
+            except OSError as exc:
+                log.warning("cannot remove the stale temporary file %s: %s", entry, exc)
+    return removed
+
+
 def _init_worker(bundle_path, threads: int | None) -> None:
     """Process-pool initialiser: cap threads, load the bundle once (AI path only)."""
     global _BUNDLE
@@ -136,18 +175,24 @@ def process_study(
     a bad study: the error goes into the row)."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
+    written: list[Path] = []
     try:
-        report = _score_and_write(study, out_dir, bundle, device, labels_dir, scoring, t0)
-    except Cancelled:
-        raise
-    except Exception as exc:  # noqa: BLE001 - one bad study must not stop the batch
-        if not isinstance(exc, CCDinoError):
+        report = _score_and_write(study, out_dir, bundle, device, labels_dir, scoring, t0, written)
+    except BaseException as exc:
+        for p in written:  # no half set of outputs: the study is retried as a whole
+            try:
+                p.unlink()
+            except OSError:
+                pass
+        if isinstance(exc, (Cancelled, KeyboardInterrupt, SystemExit)) or not isinstance(exc, Exception):
+            raise
+        if not isinstance(exc, (CCDinoError, OSError)):  # a write error (disk full, ...) is one line
             log.warning("study %s failed:\n%s", study.name, traceback.format_exc())
         return _row(study.name, None, _one_line(exc), time.perf_counter() - t0)
     return _row(study.name, report, "", report.get("seconds"))
 
 
-def _score_and_write(study, out_dir, bundle, device, labels_dir, scoring, t0) -> dict:
+def _score_and_write(study, out_dir, bundle, device, labels_dir, scoring, t0, written: list) -> dict:
     from .io import load_ct, read_label_file
     from .io.segfile import read_seg_labels, write_seg_nrrd
     from .pipeline.contrast import check_contrast
@@ -182,9 +227,11 @@ def _score_and_write(study, out_dir, bundle, device, labels_dir, scoring, t0) ->
         run_warnings = res.warnings
         extra.update(res.report_extra())
     paths = study.outputs(out_dir)
-    write_seg_nrrd(labels, ct, paths["seg"])
     report = build_report(result, str(study.path), kvp=ct.kvp, warnings=[*ct.warnings, *run_warnings], **extra)
+    write_seg_nrrd(labels, ct, paths["seg"])
+    written.append(paths["seg"])
     write_report_png(ct, labels, report, paths["png"], result=result)
+    written.append(paths["png"])
     report["seconds"] = time.perf_counter() - t0
     write_json(report, paths["json"])  # last: its presence marks the study as done
     return report
@@ -217,8 +264,10 @@ def _row(name: str, report: dict | None, error: str, seconds) -> dict:
 def _row_from_existing(study: StudyInput, json_path: Path) -> dict:
     try:
         report = json.loads(json_path.read_text(encoding="utf-8"))
+        if not isinstance(report, dict):
+            raise ValueError(f"a JSON {type(report).__name__}, not a report object")
         return _row(study.name, report, "", report.get("seconds"))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         return _row(study.name, None, f"existing report {json_path.name} is unreadable ({exc}); use overwrite", None)
 
 
@@ -231,8 +280,12 @@ def write_summary(rows: list[dict], path: str | os.PathLike) -> Path:
         w.writerow({k: "" if v is None or (isinstance(v, float) and math.isnan(v)) else v for k, v in row.items()})
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(buf.getvalue(), encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(buf.getvalue(), encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -271,7 +324,10 @@ def run_batch(
     _params_for(early, None)  # invalid options fail before any study is processed
     from .outputs import check_output_dir
 
-    out = check_output_dir(out_dir, "output folder")
+    out = check_output_dir(out_dir, "output folder")  # one error before any study is processed
+    removed = clean_stale_temporaries(out)
+    if removed:
+        log.info("removed %d temporary files left by an interrupted run", len(removed))
     summary_path = out / summary_name(shard)
 
     rows: dict[str, dict] = {}
@@ -296,13 +352,16 @@ def run_batch(
 
     def finished(row: dict) -> None:
         rows[row["study"]] = row
-        write_summary(ordered(), summary_path)
+        try:
+            write_summary(ordered(), summary_path)
+        except OSError as exc:  # e.g. disk full: keep scoring, the summary is written again at the end
+            log.warning("cannot write %s now: %s", summary_path, exc)
         if progress is not None:
             detail = f" ({row['error']})" if row["error"] else ""
             progress(len(rows) / len(studies), f"{row['study']}: {row['status']}{detail}")
 
     if not todo:
-        write_summary(ordered(), summary_path)
+        _final_summary(ordered(), summary_path)
         return ordered()
 
     use_ai = labels_dir is None
@@ -319,8 +378,15 @@ def run_batch(
             finished(process_study(s, out, bundle=loaded, device=device, labels_dir=labels_dir, scoring=scoring))
     else:
         _run_pool(todo, out, int(workers), device, bundle, labels_dir, scoring, use_ai, finished, cancel)
-    write_summary(ordered(), summary_path)
+    _final_summary(ordered(), summary_path)
     return ordered()
+
+
+def _final_summary(rows: list[dict], path: Path) -> None:
+    try:
+        write_summary(rows, path)
+    except OSError as exc:
+        raise InputError(f"cannot write the summary {path}: {exc.strerror or exc}") from None
 
 
 def _run_pool(todo, out, workers, device, bundle, labels_dir, scoring, use_ai, finished, cancel) -> None:

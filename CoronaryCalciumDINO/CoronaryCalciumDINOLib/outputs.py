@@ -22,6 +22,8 @@ def _reason(exc: OSError) -> str:
 
 def check_output_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
     """Create the folder ``path`` if needed and make sure files can be written into it."""
+    if path is None or not str(path).strip():
+        raise InputError(f"{what} is empty; give a folder, e.g. results")
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise InputError(f"{what} {p} is a file, not a folder")

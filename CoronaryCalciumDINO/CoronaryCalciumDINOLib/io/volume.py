@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import limits
 from ..errors import InputError
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -83,13 +84,99 @@ def _from_sitk(img) -> tuple[np.ndarray, tuple[float, float, float], tuple[float
     return arr, (float(sz), float(sy), float(sx)), tuple(float(v) for v in img.GetOrigin()), direction  # type: ignore[return-value]
 
 
+def _nifti_layout(head: bytes):
+    """(data start, data end, numpy dtype of a float datatype or None) of a NIfTI-1/-2
+    header, or None when ``head`` is no NIfTI header."""
+    import struct
+
+    for order in ("<", ">"):
+        if len(head) >= 348 and struct.unpack(f"{order}i", head[:4])[0] == 348:
+            datatype, bitpix = struct.unpack(f"{order}2h", head[70:74])
+            dims = struct.unpack(f"{order}8h", head[40:56])
+            offset = int(struct.unpack(f"{order}f", head[108:112])[0])
+            break
+        if len(head) >= 540 and struct.unpack(f"{order}i", head[:4])[0] == 540:
+            datatype, bitpix = struct.unpack(f"{order}2h", head[12:16])
+            dims = struct.unpack(f"{order}8q", head[16:80])
+            offset = struct.unpack(f"{order}q", head[168:176])[0]
+            break
+    else:
+        return None
+    n = 1
+    for d in dims[1 : 1 + max(0, min(int(dims[0]), 7))]:
+        n *= max(int(d), 1)
+    floats = {16: f"{order}f4", 64: f"{order}f8"}.get(int(datatype))
+    return offset, offset + n * max(int(bitpix), 8) // 8, floats
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """A NIfTI file must hold all its voxel data, and float voxels must be finite:
+    SimpleITK reads a truncated ``.nii`` / ``.nii.gz`` without complaint (the missing part
+    comes back as zeros) and turns NaN voxels into 0."""
+    import gzip
+    import zlib
+
+    name = path.name.lower()
+    if name.endswith(".nii"):
+        opener = open
+    elif name.endswith(".nii.gz"):
+        opener = gzip.open
+    else:
+        return
+    size, head, layout, carry, bad = 0, b"", None, b"", 0
+    try:
+        with opener(path, "rb") as fh:
+            while block := fh.read(1 << 22):
+                pos = size
+                size += len(block)
+                if layout is None:
+                    head += block[: 540 - len(head)] if len(head) < 540 else b""
+                    if len(head) < 540 and size < 540:
+                        continue
+                    layout = _nifti_layout(head) or (0, 0, None)
+                start, end, floats = layout
+                if floats is None:
+                    continue
+                lo, hi = max(start - pos, 0), max(min(end - pos, len(block)), 0)
+                if lo < hi:
+                    data = carry + block[lo:hi]
+                    item = np.dtype(floats).itemsize
+                    cut = len(data) - len(data) % item
+                    bad += int(np.count_nonzero(~np.isfinite(np.frombuffer(data[:cut], dtype=floats))))
+                    carry = data[cut:]
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(f"cannot read {path.name}: the data is incomplete or damaged ({exc})") from None
+    layout = layout or _nifti_layout(head)
+    if layout is None:
+        return
+    if size < layout[1]:
+        raise InputError(
+            f"{path.name} is truncated: its header needs {layout[1]} bytes of header and voxel data, the file holds {size}"
+        )
+    if bad:
+        raise InputError(f"{path.name}: {bad} voxels are not finite numbers (NaN or infinite)")
+
+
+def check_volume_values(ct: CTVolume, where: str) -> None:
+    """Plausibility of a CT's geometry and HU (:mod:`..limits`): one-line InputError for an
+    impossible value."""
+    limits.check_spacing(ct.spacing, where)
+    limits.check_position(ct.origin, "origin", where)
+    d = np.asarray(ct.direction, dtype=float)
+    if d.shape != (3, 3) or not np.all(np.isfinite(d)) or abs(abs(np.linalg.det(d)) - 1.0) > 1e-3:
+        raise InputError(f"{where}: the direction matrix is not a rotation ({d.ravel().tolist()})")
+    limits.check_hu(ct.hu, where)
+
+
 def read_volume_file(path: str | os.PathLike) -> CTVolume:
-    """Read a NIfTI / NRRD / MHA CT volume (values taken as HU)."""
+    """Read a NIfTI / NRRD / MHA CT volume (values taken as HU), completely or not at all;
+    implausible geometry or values are refused (:func:`check_volume_values`)."""
     import SimpleITK as sitk
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"CT file not found: {path}")
+    _check_nifti_complete(path)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -97,13 +184,15 @@ def read_volume_file(path: str | os.PathLike) -> CTVolume:
     arr, spacing, origin, direction = _from_sitk(img)
     if arr.shape[0] < 2:
         raise InputError(f"{path.name} holds a single slice; a calcium score needs a volume")
-    return CTVolume(
+    ct = CTVolume(
         hu=arr.astype(np.float32, copy=False),
         spacing=spacing,
         origin=origin,
         direction=direction,
         source=str(path),
     )
+    check_volume_values(ct, path.name)
+    return ct
 
 
 def read_label_file(path: str | os.PathLike, ct: CTVolume | None = None) -> np.ndarray:
@@ -115,11 +204,21 @@ def read_label_file(path: str | os.PathLike, ct: CTVolume | None = None) -> np.n
         raise InputError(f"label file not found: {path}")
     if path.is_dir():
         raise InputError(f"label map must be a volume file, got a folder: {path}")
+    _check_nifti_complete(path)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise InputError(f"cannot read label map {path.name}: {str(exc).strip().splitlines()[-1]}") from None
     arr, spacing, origin, direction = _from_sitk(img)
+    if not np.issubdtype(arr.dtype, np.integer) and not np.all(np.isfinite(arr)):
+        raise InputError(f"label map {path.name} holds non-finite values (NaN or infinite)")
+    if arr.size:
+        lo, hi = arr.min(), arr.max()
+        if lo < limits.LABEL_VALUES[0] or hi > limits.LABEL_VALUES[1]:
+            raise InputError(
+                f"label map {path.name} holds values outside {limits.LABEL_VALUES[0]}..{limits.LABEL_VALUES[1]} "
+                f"(found {lo:g}..{hi:g}); expected 0 background, 1 LM, 2 LAD, 3 LCX, 4 RCA"
+            )
     if not np.issubdtype(arr.dtype, np.integer):
         if not np.all(np.mod(arr, 1) == 0):
             raise InputError(f"label map {path.name} holds non-integer values")
@@ -150,6 +249,10 @@ def write_volume(array: np.ndarray, ref: CTVolume, path: str | os.PathLike, comp
     path.parent.mkdir(parents=True, exist_ok=True)
     name = path.name
     tmp = path.with_name(f".{name}.tmp-{os.getpid()}{''.join(path.suffixes[-2:]) if name.endswith('.gz') else path.suffix}")
-    sitk.WriteImage(_to_sitk(array, ref), str(tmp), compress)
-    os.replace(tmp, path)
+    try:
+        sitk.WriteImage(_to_sitk(array, ref), str(tmp), compress)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never leave a half-written file behind
+        raise
     return path

@@ -36,6 +36,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import limits
 from ..errors import ModelBundleError
 
 FORMAT_VERSION = 2
@@ -261,19 +262,149 @@ def read_manifest(path: str | os.PathLike | None) -> dict:
     fv = manifest.get("format_version")
     if fv != FORMAT_VERSION:
         raise ModelBundleError(f"model bundle {folder.name}: format_version {fv!r} is not supported (expected {FORMAT_VERSION})")
-    for key in ("files", "weights", "backbone", "detector", "segmenter", "candidates"):
-        if key not in manifest:
-            raise ModelBundleError(f"model bundle {folder.name}: manifest lacks {key!r}")
-    for key in ("files", "weights", "backbone", "detector", "segmenter", "candidates"):
-        if not isinstance(manifest[key], dict):
-            raise ModelBundleError(f"model bundle {folder.name}: manifest {key!r} must be an object")
-    thr = manifest["detector"].get("threshold")
-    if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not 0.0 < float(thr) < 1.0:
-        raise ModelBundleError(f"model bundle {folder.name}: detector threshold must be a number in (0, 1), got {thr!r}")
-    for fname, info in manifest["files"].items():
-        if not isinstance(info, dict) or isinstance(info.get("bytes"), bool) or not isinstance(info.get("bytes"), int):
-            raise ModelBundleError(f"model bundle {folder.name}: manifest entry of {fname!r} needs an integer 'bytes'")
+    validate_manifest(manifest, folder.name)
     return manifest
+
+
+# ----------------------------------------------------------------------------- manifest schema
+# Every field the loader and the pipeline use, with its type and plausible range; checked
+# before any weight is read (limits of HU, areas and pixel sizes: ..limits).
+
+
+def _bad(where: str, key: str, what: str, value) -> ModelBundleError:
+    return ModelBundleError(f"model bundle {where}: manifest {key} must be {what}, got {value!r}")
+
+
+def _num(where, key, value, lo=None, hi=None, lo_open=False, hi_open=False):
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+        raise _bad(where, key, "a finite number", value)
+    v = float(value)
+    if (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and (v >= hi if hi_open else v > hi)):
+        lo_s = "" if lo is None else ("(" if lo_open else "[") + f"{lo:g}"
+        hi_s = "" if hi is None else f"{hi:g}" + (")" if hi_open else "]")
+        raise _bad(where, key, f"a number in {lo_s or '(-inf'}, {hi_s or 'inf)'}", value)
+    return v
+
+
+def _int(where, key, value, lo=0, hi=None):
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+        raise _bad(where, key, f"an integer >= {lo}" + ("" if hi is None else f" and <= {hi}"), value)
+    return value
+
+
+def _windows(where, key, value):
+    if not isinstance(value, list) or not value:
+        raise _bad(where, key, "a non-empty list of [low, high] HU windows", value)
+    for i, w in enumerate(value):
+        if not isinstance(w, list) or len(w) != 2:
+            raise _bad(where, f"{key}[{i}]", "a [low, high] pair", w)
+        lo = _num(where, f"{key}[{i}][0]", w[0], *limits.HU_RANGE)
+        hi = _num(where, f"{key}[{i}][1]", w[1], *limits.HU_RANGE)
+        if not hi > lo:
+            raise _bad(where, f"{key}[{i}]", "a window with high > low", w)
+
+
+def _object(where, manifest, key, required=True) -> dict:
+    value = manifest.get(key)
+    if value is None and not required:
+        return {}
+    if key not in manifest:
+        raise ModelBundleError(f"model bundle {where}: manifest lacks {key!r}")
+    if not isinstance(value, dict):
+        raise _bad(where, f"{key!r}", "an object", value)
+    return value
+
+
+def validate_manifest(manifest: dict, where: str) -> None:
+    """Validate a format-2 manifest against its schema (types, ranges, consistency); raise
+    :class:`ModelBundleError` naming the field and its value. Runs before any weight loads."""
+    import re
+
+    from ..constants import NUM_CLASSES
+
+    for key in ("name", "version"):
+        if key in manifest and not isinstance(manifest[key], str):
+            raise _bad(where, key, "a string", manifest[key])
+    files = _object(where, manifest, "files")
+    for fname, info in files.items():
+        if not isinstance(info, dict):
+            raise _bad(where, f"files[{fname!r}]", "an object {sha256, bytes}", info)
+        _int(where, f"files[{fname!r}].bytes", info.get("bytes"))
+        sha = info.get("sha256")
+        if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
+            raise _bad(where, f"files[{fname!r}].sha256", "64 lower-case hex digits", sha)
+    weights = _object(where, manifest, "weights")
+    for part in PARTS:
+        listed = weights.get(part)
+        if not isinstance(listed, list) or not listed or not all(isinstance(f, str) for f in listed):
+            raise _bad(where, f"weights.{part}", "a non-empty list of file names", listed)
+
+    backbone = _object(where, manifest, "backbone")
+    if not isinstance(backbone.get("name"), str):
+        raise _bad(where, "backbone.name", "a string", backbone.get("name"))
+    for key in ("img_size", "in_chans", "patch_size", "embed_dim", "depth", "num_heads", "feature_dim"):
+        if key in backbone:
+            _int(where, f"backbone.{key}", backbone[key], lo=1)
+    for key in ("num_prefix_tokens", "num_register_tokens"):
+        if key in backbone:
+            _int(where, f"backbone.{key}", backbone[key], lo=0)
+    if "overrides" in backbone and backbone["overrides"] is not None and not isinstance(backbone["overrides"], dict):
+        raise _bad(where, "backbone.overrides", "an object", backbone["overrides"])
+    if not isinstance(backbone.get("location_conditioning", False), bool):
+        raise _bad(where, "backbone.location_conditioning", "true or false", backbone.get("location_conditioning"))
+
+    det = _object(where, manifest, "detector")
+    _int(where, "detector.feature_dim", det.get("feature_dim"), lo=1)
+    _int(where, "detector.context_dim", det.get("context_dim"), lo=0)
+    _int(where, "detector.hidden", det.get("hidden", 0), lo=0)
+    if not isinstance(det.get("use_context", True), bool):
+        raise _bad(where, "detector.use_context", "true or false", det.get("use_context"))
+    _num(where, "detector.threshold", det.get("threshold"), 0.0, 1.0, lo_open=True, hi_open=True)
+    if det.get("youden_threshold") is not None:
+        _num(where, "detector.youden_threshold", det["youden_threshold"], 0.0, 1.0)
+    if det.get("target_sensitivity") is not None:
+        _num(where, "detector.target_sensitivity", det["target_sensitivity"], 0.0, 1.0, lo_open=True)
+
+    seg = _object(where, manifest, "segmenter")
+    _windows(where, "segmenter.windows", seg.get("windows"))
+    _int(where, "segmenter.neighbours", seg.get("neighbours", 1), lo=0, hi=16)
+    _num(where, "segmenter.crop_mm", seg.get("crop_mm", 150.0), 0.0, 1000.0)
+    size = _int(where, "segmenter.input_size", seg.get("input_size"), lo=1, hi=4096)
+    channels, strides = seg.get("channels"), seg.get("strides")
+    if not isinstance(channels, list) or len(channels) < 2:
+        raise _bad(where, "segmenter.channels", "a list of at least 2 channel counts", channels)
+    for i, c in enumerate(channels):
+        _int(where, f"segmenter.channels[{i}]", c, lo=1)
+    if not isinstance(strides, list) or len(strides) != len(channels) - 1:
+        raise _bad(where, "segmenter.strides", f"a list of {len(channels) - 1} strides (one per down step)", strides)
+    divisor = 1
+    for i, st in enumerate(strides):
+        divisor *= _int(where, f"segmenter.strides[{i}]", st, lo=1, hi=8)
+    if size % divisor:
+        raise _bad(where, "segmenter.input_size", f"divisible by the strides' product {divisor}", size)
+    _int(where, "segmenter.num_res_units", seg.get("num_res_units", 1), lo=0, hi=16)
+    if seg.get("out_classes", NUM_CLASSES) != NUM_CLASSES:
+        raise _bad(where, "segmenter.out_classes", f"{NUM_CLASSES} (background + 4 arteries)", seg.get("out_classes"))
+    _int(where, "segmenter.context_dim", seg.get("context_dim", 0), lo=0)
+
+    cand = _object(where, manifest, "candidates")
+    _num(where, "candidates.threshold_hu", cand.get("threshold_hu", 130.0), *limits.THRESHOLD_HU)
+    _num(where, "candidates.min_area_mm2", cand.get("min_area_mm2", 1.0), *limits.MIN_AREA_MM2)
+    _num(where, "candidates.field_mm", cand.get("field_mm", 160.0), 10.0, 1000.0)
+    _int(where, "candidates.crop_px", cand.get("crop_px", 32), lo=4, hi=1024)
+    _num(where, "candidates.pixel_mm", cand.get("pixel_mm", 0.5), *limits.PIXEL_SPACING_MM)
+    if "windows" in cand:
+        _windows(where, "candidates.windows", cand["windows"])
+    ctx = cand.get("context")
+    if ctx is not None and (not isinstance(ctx, list) or not all(isinstance(c, str) for c in ctx)):
+        raise _bad(where, "candidates.context", "a list of feature names", ctx)
+
+    scoring = _object(where, manifest, "scoring", required=False)
+    if "threshold_hu" in scoring:
+        _num(where, "scoring.threshold_hu", scoring["threshold_hu"], *limits.THRESHOLD_HU)
+
 
 
 def verify_bundle(path: str | os.PathLike | None) -> dict:

@@ -39,15 +39,51 @@ def build_report(result: ScoreResult, input_path: str, kvp: float | None = None,
         for lesion, conf in zip(report["lesions"], confidence):
             lesion["confidence"] = dict(conf)
     report.update(extra)
+    check_finite(report)
     return report
+
+
+def _non_finite(obj, where: str = ""):
+    """Path of the first NaN/inf number in a JSON-like structure, or None."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            found = _non_finite(v, f"{where}.{k}" if where else str(k))
+            if found:
+                return found
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            found = _non_finite(v, f"{where}[{i}]")
+            if found:
+                return found
+    elif isinstance(obj, np.ndarray):
+        if obj.dtype.kind in "fc" and not np.all(np.isfinite(obj)):
+            return where
+    elif isinstance(obj, (float, np.floating)) and not math.isfinite(float(obj)):
+        return f"{where} = {float(obj)}"
+    return None
+
+
+def check_finite(report: dict) -> None:
+    """A report never holds NaN or infinity: one-line :class:`InputError` naming the value
+    (an input the checks of :mod:`..limits` let through would otherwise give a silent
+    non-number)."""
+    found = _non_finite(report)
+    if found:
+        raise InputError(f"the report would hold a non-finite number ({found}); the input gives no valid score")
 
 
 def _atomic_write_text(path: Path, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never leave a half-written file behind
+        raise
     return path
 
 
@@ -64,7 +100,8 @@ def _json_default(obj):
 
 
 def write_json(report: dict, path: str | os.PathLike) -> Path:
-    """Write a report as JSON (atomically: temporary file, then rename)."""
+    """Write a report as JSON (atomically: temporary file, then rename); never NaN/inf."""
+    check_finite(report)
     return _atomic_write_text(Path(path), json.dumps(report, indent=2, default=_json_default, allow_nan=False) + "\n")
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
-from ..io.volume import CTVolume
+from ..io.volume import CTVolume, check_volume_values
+from ..limits import KVP_RANGE
 
 #: LPS <-> RAS (its own inverse).
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -124,8 +125,13 @@ def volume_node_to_ct(node, kvp: float | None = None) -> CTVolume:
     direction = axes / sizes
     if kvp is None:
         text = node.GetAttribute("CoronaryCalciumDINO.kVp")
-        kvp = float(text) if text else None
-    return CTVolume(
+        try:
+            kvp = float(text) if text else None
+        except ValueError:
+            kvp = None
+        if kvp is not None and not (np.isfinite(kvp) and KVP_RANGE[0] <= kvp <= KVP_RANGE[1]):
+            kvp = None  # a damaged attribute: the tube voltage is unknown
+    ct = CTVolume(
         hu=hu,
         spacing=(float(sizes[2]), float(sizes[1]), float(sizes[0])),
         origin=tuple(float(v) for v in lps[:3, 3]),  # type: ignore[arg-type]
@@ -134,6 +140,8 @@ def volume_node_to_ct(node, kvp: float | None = None) -> CTVolume:
         source=node.GetAttribute("CoronaryCalciumDINO.Source") or node.GetName(),
         meta={"volume_node_id": node.GetID(), "name": node.GetName()},
     )
+    check_volume_values(ct, f"volume '{node.GetName()}'")  # finite, plausible spacing, origin and HU
+    return ct
 
 
 def oriented_image_from_array(array: np.ndarray, ijk_to_ras_matrix: np.ndarray):

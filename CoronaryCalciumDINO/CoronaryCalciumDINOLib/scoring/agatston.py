@@ -58,6 +58,7 @@ from scipy import ndimage
 
 from ..constants import ARTERIES, ARTERY_TO_LABEL
 from ..errors import InputError
+from ..limits import CALIBRATION_FACTOR, HU_RANGE, KVP_RANGE, MIN_AREA_MM2, THRESHOLD_HU, check_range, is_finite_number
 
 #: Reference slice spacing of the Agatston method (mm).
 REFERENCE_SLICE_MM = 3.0
@@ -90,15 +91,21 @@ class ScoringParams:
     kvp: float | None = None
 
     def __post_init__(self) -> None:
-        edges = tuple(float(e) for e in self.band_edges_hu)
+        # finite and plausible (limits and their reasoning: ..limits)
+        check_range(self.threshold_hu, *THRESHOLD_HU, "calcium threshold", unit="HU")
+        edges = tuple(check_range(e, *HU_RANGE, "weight band edge", unit="HU") for e in self.band_edges_hu)
         if len(edges) != 4 or any(b <= a for a, b in zip(edges, edges[1:])):
             raise InputError(f"weight band edges must be 4 increasing HU values, got {edges}")
-        if self.min_area_mm2 < 0:
-            raise InputError(f"minimum lesion area must be >= 0 mm^2, got {self.min_area_mm2}")
-        if self.calibration_factor is not None and not self.calibration_factor > 0:
-            raise InputError(
-                f"calibration factor must be > 0 mg/cm^3 per HU, got {self.calibration_factor}"
-            )
+        if not is_finite_number(self.min_area_mm2) or self.min_area_mm2 < 0:
+            raise InputError(f"minimum lesion area must be a finite number >= 0 mm^2, got {self.min_area_mm2}")
+        check_range(self.min_area_mm2, *MIN_AREA_MM2, "minimum lesion area", unit="mm^2")
+        if self.calibration_factor is not None:
+            c = self.calibration_factor
+            if not is_finite_number(c) or not c > CALIBRATION_FACTOR[0]:
+                raise InputError(f"calibration factor must be a finite number > 0 mg/cm^3 per HU, got {c}")
+            check_range(c, *CALIBRATION_FACTOR, "calibration factor", unit="mg/cm^3 per HU")
+        if self.kvp is not None:
+            check_range(self.kvp, *KVP_RANGE, "tube voltage", unit="kVp")
 
 
 def params_for_kvp(kvp: float | None, **overrides) -> ScoringParams:
@@ -110,6 +117,7 @@ def params_for_kvp(kvp: float | None, **overrides) -> ScoringParams:
     """
     if kvp is None:
         return ScoringParams(**overrides)
+    kvp = check_range(kvp, *KVP_RANGE, "tube voltage", unit="kVp")
     nearest = min(KVP_THRESHOLDS_HU, key=lambda k: abs(k - float(kvp)))
     if abs(nearest - float(kvp)) > 5:
         raise InputError(
