@@ -401,6 +401,15 @@ def validate_manifest(manifest: dict, where: str) -> None:
     if ctx is not None and (not isinstance(ctx, list) or not all(isinstance(c, str) for c in ctx)):
         raise _bad(where, "candidates.context", "a list of feature names", ctx)
 
+    rule = _object(where, manifest, "noise_rule", required=False)
+    unknown = sorted(set(rule) - {"min_contrast_sd", "min_area_mm2", "soft_tissue_hu"})
+    if unknown:
+        raise _bad(where, "noise_rule", "an object {min_contrast_sd, min_area_mm2, soft_tissue_hu}", rule)
+    if rule:
+        _num(where, "noise_rule.min_contrast_sd", rule.get("min_contrast_sd"), 0.0, 100.0)
+        _num(where, "noise_rule.min_area_mm2", rule.get("min_area_mm2"), 0.0, 1000.0)
+        _num(where, "noise_rule.soft_tissue_hu", rule.get("soft_tissue_hu", 40.0), -200.0, 200.0)
+
     scoring = _object(where, manifest, "scoring", required=False)
     if "threshold_hu" in scoring:
         _num(where, "scoring.threshold_hu", scoring["threshold_hu"], *limits.THRESHOLD_HU)
