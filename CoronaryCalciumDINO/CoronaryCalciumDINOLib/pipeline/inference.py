@@ -279,10 +279,11 @@ def run_pipeline(
         below_noise = flagged & ~significant
         if below_noise.any():
             noise = cands.context[below_noise, cd.CONTEXT_INDEX["noise_sd_hu_100"]] * 100.0
+            n = int(below_noise.sum())
             run_warnings.append(
-                f"{int(below_noise.sum())} small faint region(s) the detector flagged (< {rule.min_area_mm2:g} mm^2, "
-                f"peak < {rule.min_contrast_sd:g} noise SD above soft tissue; image noise {np.median(noise):.0f} HU) "
-                "were taken for image noise and not labelled"
+                f"{n} small faint region{'s' if n != 1 else ''} taken for image noise, not labelled "
+                f"(< {rule.min_area_mm2:g} mm^2, peak < {rule.min_contrast_sd:g} noise SD above soft tissue; "
+                f"noise {np.median(noise):.0f} HU)"
             )
 
         t = time.perf_counter()
