@@ -58,9 +58,13 @@ def lesion_table(bundle: ModelBundle, study_dirs, device: str = "cpu",
         area = np.exp(cands.context[:, cd.CONTEXT_INDEX["log_area_mm2"]])
         lesions = []
         for les, vox in zip(res.score.lesions, res.score.lesion_voxels):
-            k = int(np.bincount(owner[vox]).argmax()) - 1
-            if k < 0:
+            # a lesion is labelled from one candidate; it may reach past the heart field,
+            # where no candidate is painted
+            own = owner[vox]
+            own = own[own > 0]
+            if own.size == 0:
                 raise InputError(f"{d}: a labelled lesion outside every candidate")
+            k = int(np.bincount(own).argmax()) - 1
             lesions.append({"agatston": float(les.agatston), "contrast_sd": float(contrast[k]),
                             "area_mm2": float(area[k])})
         ref = score(st.ct.hu, st.labels, st.ct.spacing, params)
