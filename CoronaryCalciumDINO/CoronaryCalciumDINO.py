@@ -42,9 +42,11 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-#: Python packages the pipeline needs beyond Slicer's own (torch comes from PyTorchUtils).
-REQUIREMENTS = ("timm>=1.0", "monai>=1.3")
-TORCH_REQUIREMENT = ">=2.2"
+from CoronaryCalciumDINOLib import requirements as _requirements  # imports nothing else
+
+#: PyTorch's version range, installed through the PyTorch extension (PyTorchUtils); the other
+#: packages are those of :mod:`CoronaryCalciumDINOLib.requirements` that Slicer lacks.
+TORCH_REQUIREMENT = _requirements.TORCH_VERSION
 
 #: Progress polling: every _POLL_INTERVAL_MS the main thread waits up to _POLL_WAIT_S on the
 #: worker (releasing the GIL), leaving the rest of the interval to the Qt event loop.
@@ -450,18 +452,19 @@ class CoronaryCalciumDINOLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def missingPackages():
-        return [name for name in ("torch", "timm", "monai") if importlib.util.find_spec(name) is None]
+        return _requirements.missing(ai=True)
 
     def ensureDependencies(self, interactive: bool = True) -> bool:
-        """Install torch (through PyTorchUtils) then timm and monai, after asking once."""
+        """Install torch (through PyTorchUtils) then the other missing packages, after asking once."""
         missing = self.missingPackages()
         if not missing:
             return True
+        requirements = _requirements.pip_requirements(missing)
         if interactive and not slicer.util.confirmOkCancelDisplay(
             _("CoronaryCalciumDINO needs Python packages that are not installed yet: {names}. "
               "Install them now? This downloads several hundred MB and may take minutes.").format(names=", ".join(missing)),
             detailedText=_("PyTorch is installed by the PyTorch extension (it picks the build for your GPU); "
-                           "then: {reqs}.").format(reqs=", ".join(REQUIREMENTS)),
+                           "then: {reqs}.").format(reqs=", ".join(requirements)),
         ):
             return False
         if "torch" in missing:
@@ -477,10 +480,12 @@ class CoronaryCalciumDINOLogic(ScriptedLoadableModuleLogic):
             from slicer import packaging  # Slicer >= 5.12
         except ImportError:
             packaging = None
-        if packaging is not None:  # installs what is missing, offers a restart if needed
-            packaging.pip_ensure(list(REQUIREMENTS), prompt_install=False, requester="CoronaryCalciumDINO")
+        if not requirements:
+            pass
+        elif packaging is not None:  # installs what is missing, offers a restart if needed
+            packaging.pip_ensure(requirements, prompt_install=False, requester="CoronaryCalciumDINO")
         else:
-            slicer.util.pip_install(list(REQUIREMENTS))
+            slicer.util.pip_install(requirements)
         importlib.invalidate_caches()  # let find_spec see the packages just installed
         still = self.missingPackages()
         if still:

@@ -149,13 +149,13 @@ def _init_worker(bundle_path, threads: int | None) -> None:
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)
     if bundle_path is not False:
-        import torch
-
         from .pipeline import load_bundle
 
+        _BUNDLE = load_bundle(bundle_path)  # checks first that the AI is installed
         if threads:
+            import torch
+
             torch.set_num_threads(threads)
-        _BUNDLE = load_bundle(bundle_path)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from .. import limits
 from ..errors import ModelBundleError
+from ..requirements import require_ai
 
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
@@ -465,6 +466,7 @@ def _load_into(module, state: dict, folder: Path, part: str) -> None:
 
 def load_bundle(path: str | os.PathLike | None = None) -> ModelBundle:
     """Load and verify a bundle (folder or its manifest.json; None = the default bundle)."""
+    require_ai()  # before anything imports torch, timm or MONAI
     from ..errors import InputError
     from ..pipeline.candidates import CandidateConfig, NoiseRule
     from .backbone import build_backbone_from_config
@@ -511,6 +513,7 @@ def save_random_bundle(
     Same architecture as the default bundle; its outputs are meaningless and its manifest
     says so (``trained_on: "nothing"``).
     """
+    require_ai()
     import torch
 
     from ..pipeline.candidates import CONTEXT_NAMES, CandidateConfig
