@@ -42,11 +42,14 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from CoronaryCalciumDINOLib import requirements as _requirements  # imports nothing else
 
-#: PyTorch's version range, installed through the PyTorch extension (PyTorchUtils); the other
-#: packages are those of :mod:`CoronaryCalciumDINOLib.requirements` that Slicer lacks.
-TORCH_REQUIREMENT = _requirements.TORCH_VERSION
+def _requirements():
+    """The library's one list of requirements (:mod:`CoronaryCalciumDINOLib.requirements`,
+    which imports nothing): PyTorch (``TORCH_VERSION``) comes through the PyTorch extension
+    (PyTorchUtils), the other missing packages through pip."""
+    import CoronaryCalciumDINOLib.requirements
+
+    return CoronaryCalciumDINOLib.requirements
 
 #: Progress polling: every _POLL_INTERVAL_MS the main thread waits up to _POLL_WAIT_S on the
 #: worker (releasing the GIL), leaving the rest of the interval to the Qt event loop.
@@ -452,14 +455,14 @@ class CoronaryCalciumDINOLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def missingPackages():
-        return _requirements.missing(ai=True)
+        return _requirements().missing(ai=True)
 
     def ensureDependencies(self, interactive: bool = True) -> bool:
         """Install torch (through PyTorchUtils) then the other missing packages, after asking once."""
         missing = self.missingPackages()
         if not missing:
             return True
-        requirements = _requirements.pip_requirements(missing)
+        requirements = _requirements().pip_requirements(missing)
         if interactive and not slicer.util.confirmOkCancelDisplay(
             _("CoronaryCalciumDINO needs Python packages that are not installed yet: {names}. "
               "Install them now? This downloads several hundred MB and may take minutes.").format(names=", ".join(missing)),
@@ -474,7 +477,7 @@ class CoronaryCalciumDINOLogic(ScriptedLoadableModuleLogic):
                 raise RuntimeError(_("This module needs the PyTorch extension: install it from the Extensions Manager.")) from None
             torchLogic = PyTorchUtils.PyTorchUtilsLogic()
             if not torchLogic.torchInstalled():
-                if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT) is None:
+                if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=_requirements().TORCH_VERSION) is None:
                     raise RuntimeError(_("PyTorch could not be installed."))
         try:
             from slicer import packaging  # Slicer >= 5.12
@@ -704,8 +707,10 @@ class CoronaryCalciumDINOTest(ScriptedLoadableModuleTest):
 
         logic = CoronaryCalciumDINOLogic()
         segmentFn = None
-        bundleDir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "Models", "ccdino-default")
-        if not (os.path.isfile(os.path.join(bundleDir, "manifest.json")) and not logic.missingPackages()):
+        import CoronaryCalciumDINOLib.models.bundle
+
+        bundleDir = CoronaryCalciumDINOLib.models.bundle.default_bundle_dir()
+        if not ((bundleDir / "manifest.json").is_file() and not logic.missingPackages()):
             segmentFn = lambda c: Known(c, labels)  # noqa: E731
         self.delayDisplay("Compute")
         outcome = logic.compute(volume, device="cpu", attention=False, segmentFn=segmentFn)
