@@ -545,6 +545,7 @@ def test_resume_continues_from_saved_step(tmp_path, study_root):
     assert after["optimizer"]["state"] and not torch.equal(after["dino_loss"]["center"], before["dino_loss"]["center"])
 
 
+@pytest.mark.slow  # two torchrun processes
 def test_torchrun_ddp_two_cpu_processes(tmp_path, study_root):
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     if not Path(torchrun).exists():
