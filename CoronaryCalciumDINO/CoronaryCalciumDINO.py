@@ -509,17 +509,16 @@ class CoronaryCalciumDINOLogic(ScriptedLoadableModuleLogic):
         return ""
 
     def scoringParams(self, parameterNode):
-        """ScoringParams from the panel (kVp-adapted threshold, calibration, minimum area)."""
-        scoring = _lib().scoring
-        kvp = parameterNode.kvp or None
-        if kvp is None and parameterNode.inputVolume:
-            text = parameterNode.inputVolume.GetAttribute("CoronaryCalciumDINO.kVp")
-            kvp = float(text) if text else None
-        return scoring.params_for_kvp(
-            kvp,
+        """ScoringParams from the panel (kVp-adapted threshold, calibration, minimum area);
+        kVp 0 means the volume's own kVp (the classic definition when it has none)."""
+        lib = _lib()
+        options = lib.scoring.ScoringOptions(
+            kvp=parameterNode.kvp or "auto",
+            auto_kvp_required=False,
             calibration_factor=parameterNode.calibrationFactor or None,
             min_area_mm2=parameterNode.minAreaMm2,
         )
+        return options.resolve(lib.scene.volume.volume_kvp(parameterNode.inputVolume))
 
     # -- compute
 

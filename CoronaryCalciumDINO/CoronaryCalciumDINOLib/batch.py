@@ -43,6 +43,7 @@ from typing import Callable
 from .constants import ARTERIES
 from .data.studies import LABEL_SUFFIXES, StudyInput  # noqa: F401 - one definition of a study, shared
 from .errors import CCDinoError, Cancelled, InputError
+from .scoring import ScoringOptions
 
 log = logging.getLogger(__name__)
 
@@ -94,18 +95,6 @@ def list_batch_studies(input_dir: str | os.PathLike) -> list[StudyInput]:
     from .data.studies import list_study_inputs
 
     return list_study_inputs(input_dir)
-
-
-def _params_for(scoring: dict | None, ct_kvp: float | None):
-    from .scoring import params_for_kvp
-
-    opts = dict(scoring or {})
-    kvp = opts.pop("kvp", None)
-    if isinstance(kvp, str) and kvp.lower() == "auto":
-        if ct_kvp is None:
-            raise InputError("kVp 'auto': the CT has no KVP tag")
-        kvp = float(ct_kvp)
-    return params_for_kvp(None if kvp is None else float(kvp), **opts)
 
 
 # The model bundle of this process (loaded once per worker process).
@@ -169,7 +158,7 @@ def process_study(
     bundle=None,
     device: str = "auto",
     labels_dir: str | os.PathLike | None = None,
-    scoring: dict | None = None,
+    scoring: ScoringOptions | dict | None = None,
 ) -> dict:
     """Score one study and write its outputs; returns its summary row (never raises for
     a bad study: the error goes into the row)."""
@@ -204,7 +193,7 @@ def _score_and_write(study, out_dir, bundle, device, labels_dir, scoring, t0, wr
     contrast = check_contrast(ct)  # into ct.warnings, hence into the report (both paths)
     if contrast:
         log.warning("study %s: %s", study.name, contrast)
-    params = _params_for(scoring, ct.kvp)
+    params = ScoringOptions.of(scoring).resolve(ct.kvp)
     extra: dict = {"study": study.name}
     if labels_dir is not None:
         from .data.studies import find_study_labels
@@ -299,16 +288,16 @@ def run_batch(
     labels_dir: str | os.PathLike | None = None,
     progress: Callable[[float, str], None] | None = None,
     overwrite: bool = False,
-    scoring: dict | None = None,
+    scoring: ScoringOptions | dict | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> list[dict]:
     """Score every study of ``input_dir`` (or shard ``(i, n)``: studies i, i+n, ...).
 
     ``bundle``: model bundle path (``None`` = the default bundle) or a loaded bundle (only
     with ``workers=1``); unused with ``labels_dir``. ``scoring``: options of the score
-    definition, ``{"kvp": None | number | "auto", "min_area_mm2", "slice_correction",
-    "calibration_factor"}``. Returns the summary rows (see :data:`SUMMARY_COLUMNS`), in
-    study order; the same rows are written to the summary CSV in ``out_dir``.
+    definition, :class:`..scoring.ScoringOptions` (or a dict of its fields). Returns the
+    summary rows (see :data:`SUMMARY_COLUMNS`), in study order; the same rows are written to
+    the summary CSV in ``out_dir``.
     """
     shard = check_shard(shard)
     if int(workers) < 1:
@@ -318,10 +307,7 @@ def run_batch(
         studies = studies[shard[0] :: shard[1]]
     if labels_dir is not None and not Path(labels_dir).is_dir():
         raise InputError(f"labels folder not found: {labels_dir}")
-    early = dict(scoring or {})
-    if isinstance(early.get("kvp"), str) and early["kvp"].lower() == "auto":
-        early["kvp"] = None
-    _params_for(early, None)  # invalid options fail before any study is processed
+    scoring = ScoringOptions.of(scoring)  # invalid options fail before any study is processed
     from .outputs import check_output_dir
 
     out = check_output_dir(out_dir, "output folder")  # one error before any study is processed

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import add_scoring_options
+from .common import add_scoring_options, scoring_options_from_args
 
 
 def register(sub) -> None:
@@ -35,23 +35,6 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _scoring_options(args) -> dict:
-    kvp = args.kvp
-    if kvp is not None and str(kvp).lower() != "auto":
-        from ..errors import InputError
-
-        try:
-            kvp = float(kvp)
-        except ValueError:
-            raise InputError(f"--kvp must be 'auto' or a number, got {args.kvp!r}") from None
-    return {
-        "kvp": kvp,
-        "min_area_mm2": args.min_area,
-        "slice_correction": not args.no_slice_correction,
-        "calibration_factor": args.calibration_factor,
-    }
-
-
 def run(args: argparse.Namespace) -> int:
     from ..batch import parse_shard, run_batch, summary_name
     from ..outputs import check_output_dir
@@ -73,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         labels_dir=args.labels_dir,
         progress=progress,
         overwrite=args.overwrite,
-        scoring=_scoring_options(args),
+        scoring=scoring_options_from_args(args),
     )
     failed = [r for r in rows if r["status"] != "ok"]
     summary = Path(args.out) / summary_name(shard)

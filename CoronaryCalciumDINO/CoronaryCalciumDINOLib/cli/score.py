@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .common import add_scoring_options, check_ct, scoring_params_from_args
+from .common import add_scoring_options, check_ct, scoring_options_from_args
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from ..report.tables import format_summary
     from ..scoring import score
 
+    options = scoring_options_from_args(args)  # bad options fail before the CT is read
     study = study_input(args.input)
     stem = study.name
     out_dir = check_output_dir(args.out, "--out") if args.out else None
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     for w in ct.warnings:
         log.warning(w)
         print(f"ccdino: warning: {w}", file=sys.stderr)
-    params = scoring_params_from_args(args, ct.kvp)
+    params = options.resolve(ct.kvp)
 
     if args.labels:
         labels = read_label_file(args.labels, ct)
