@@ -72,3 +72,18 @@ def test_dicom_phantom_to_nrrd_overlays_exactly(tmp_path):
     back = read_volume_file(tmp_path / "phantom.nrrd")
     assert back.same_grid(ct, tol=1e-6)
     np.testing.assert_array_equal(back.hu, ct.hu)
+
+
+def test_one_rule_for_volume_file_names():
+    from CoronaryCalciumDINOLib.data.studies import study_name, volume_stem
+    from CoronaryCalciumDINOLib.io.volume import LABEL_SUFFIXES, VOLUME_SUFFIXES, split_volume_suffix
+
+    assert split_volume_suffix("a.seg.nrrd") == ("a", ".seg.nrrd")
+    assert split_volume_suffix("Study.NII.GZ") == ("Study", ".NII.GZ")
+    assert split_volume_suffix("x.mhd") == ("x", ".mhd") and split_volume_suffix("notes.txt") is None
+    assert split_volume_suffix(".nrrd") is None
+    assert LABEL_SUFFIXES[0] == ".seg.nrrd" and set(LABEL_SUFFIXES[1:]) == set(VOLUME_SUFFIXES)
+    for name, stem in (("p1.nii.gz", "p1"), ("p1.nhdr", "p1"), ("p1.dcm", "p1"), ("dicomdir", "dicomdir")):
+        assert study_name(name) == stem, name
+    # a folder of studies: volumes are studies, segmentations are not
+    assert volume_stem("p1.mha") == "p1" and volume_stem("p1.seg.nrrd") is None and volume_stem("p1.csv") is None

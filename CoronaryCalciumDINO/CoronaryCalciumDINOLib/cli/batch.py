@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..io.volume import LABEL_SUFFIXES
 from .common import add_scoring_options, scoring_options_from_args
 
 
@@ -25,7 +26,7 @@ def register(sub) -> None:
     p.add_argument("--shard", metavar="I/N",
                    help="process only studies I, I+N, I+2N, ... of the sorted list (0-based I), e.g. for job arrays")
     p.add_argument("--labels-dir", metavar="DIR",
-                   help="score the label maps DIR/<study>.seg.nrrd|.nrrd|.nii.gz|.nii|.mha instead of running the AI")
+                   help=f"score the label maps DIR/<study>{'|'.join(LABEL_SUFFIXES)} instead of running the AI")
     p.add_argument("--overwrite", action="store_true", help="process studies again even when their JSON exists")
     add_scoring_options(p)
     g = p.add_argument_group("AI pipeline (without --labels-dir)")

@@ -18,21 +18,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..io.volume import VOLUME_SUFFIXES, CTVolume
-
-
-def _split_suffix(path: Path) -> tuple[str, str]:
-    name = path.name
-    for suffix in sorted(VOLUME_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)], name[-len(suffix):]
-    return name, ".nrrd"
+from ..io.volume import CTVolume, split_volume_suffix
 
 
 def attention_paths(path: str | Path, heads: int) -> list[Path]:
     """[mean file, head 1 file, ..., head ``heads`` file] for ``--attention path``."""
     path = Path(path)
-    stem, suffix = _split_suffix(path)
+    stem, suffix = split_volume_suffix(path.name) or (path.name, ".nrrd")
     if not path.name.lower().endswith(suffix):
         path = path.with_name(stem + suffix)
     return [path] + [path.with_name(f"{stem}.head{h}{suffix}") for h in range(1, heads + 1)]
