@@ -43,6 +43,7 @@ from typing import Callable
 from .constants import ARTERIES
 from .data.studies import LABEL_SUFFIXES, StudyInput  # noqa: F401 - one definition of a study, shared
 from .errors import CCDinoError, Cancelled, InputError
+from .io.atomic import write_text_atomic
 from .scoring import ScoringOptions
 
 log = logging.getLogger(__name__)
@@ -267,15 +268,7 @@ def write_summary(rows: list[dict], path: str | os.PathLike) -> Path:
     w.writeheader()
     for row in rows:
         w.writerow({k: "" if v is None or (isinstance(v, float) and math.isnan(v)) else v for k, v in row.items()})
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(buf.getvalue(), encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, buf.getvalue())
 
 
 def run_batch(

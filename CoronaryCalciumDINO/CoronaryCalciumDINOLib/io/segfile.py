@@ -25,6 +25,7 @@ import numpy as np
 
 from ..constants import ARTERIES, ARTERY_COLORS
 from ..errors import InputError
+from .atomic import atomic_path
 from .volume import CTVolume
 
 #: Name of the terminology context (category and type) shipped with the Slicer module.
@@ -139,14 +140,8 @@ def write_seg_nrrd(labels: np.ndarray, ct: CTVolume, path: str | os.PathLike, se
             "Segmentation_ConversionParameters": "",
         }
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         nrrd.write(str(tmp), data, header, index_order="C")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..constants import ARTERIES, ARTERY_COLORS, DISCLAIMER
+from ..io.atomic import atomic_path
 
 #: Soft-tissue window (level, width) in HU.
 WINDOW_LEVEL_HU = 40.0
@@ -257,13 +258,6 @@ def write_report_png(ct, labels: np.ndarray, report: dict, path: str | os.PathLi
                 ha="left", fontsize=8.5, style="italic", color="darkred")
     fig.suptitle(f"Coronary artery calcium - {study_title(report, ct)}", fontsize=12, y=1 - 0.15 / height)
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.15)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return Path(path)
