@@ -87,3 +87,28 @@ def test_one_rule_for_volume_file_names():
         assert study_name(name) == stem, name
     # a folder of studies: volumes are studies, segmentations are not
     assert volume_stem("p1.mha") == "p1" and volume_stem("p1.seg.nrrd") is None and volume_stem("p1.csv") is None
+
+
+def test_atomic_writes_keep_the_old_file_on_failure(tmp_path):
+    import pytest
+
+    from CoronaryCalciumDINOLib.io.atomic import atomic_path, write_text_atomic
+    from CoronaryCalciumDINOLib.io.jsonfile import read_json, write_json
+
+    target = tmp_path / "sub" / "r.json"
+    write_json({"a": np.float32(1.5), "b": np.arange(2)}, target)
+    assert read_json(target) == {"a": 1.5, "b": [0, 1]}
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("writer failed")
+    assert read_json(target) == {"a": 1.5, "b": [0, 1]}
+    with pytest.raises(InputError, match="non-finite"):
+        write_json({"x": float("nan")}, target)
+    assert read_json(target)["a"] == 1.5
+    with atomic_path(tmp_path / "v.nii.gz", keep_suffix=True) as tmp:
+        assert tmp.name.endswith(".nii.gz") and tmp.parent == tmp_path
+        tmp.write_bytes(b"x")
+    write_text_atomic(tmp_path / "t.txt", "text")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub", "t.txt", "v.nii.gz"]
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["r.json"]

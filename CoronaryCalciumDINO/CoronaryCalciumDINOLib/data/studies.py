@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..io.jsonfile import write_json
 from ..io.volume import (  # noqa: F401 - LABEL_SUFFIXES: the label maps looked for, in order
     LABEL_SUFFIXES,
     SEG_SUFFIX,
@@ -43,6 +44,8 @@ from ..io.volume import (  # noqa: F401 - LABEL_SUFFIXES: the label maps looked 
     split_volume_suffix,
     write_volume,
 )
+from ..report.tables import build_report
+from ..scoring import score, slices_with_calcium
 
 CT_FILE = "ct.nrrd"
 LABELS_FILE = "labels.nrrd"
@@ -179,9 +182,6 @@ class Study:
 
 def write_study(study: Study, root: str | Path) -> Path:
     """Write a study folder (volumes first, ``study.json`` last: its presence marks completion)."""
-    from ..report import build_report, write_json
-    from ..scoring import score, slices_with_calcium
-
     folder = Path(root) / study.id
     folder.mkdir(parents=True, exist_ok=True)
     hu = np.clip(np.rint(study.ct.hu), -32768, 32767).astype(np.int16)
