@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..io.volume import LABEL_SUFFIXES
 from .common import add_scoring_options, scoring_options_from_args
+from .progress import progress_printer
 
 
 def register(sub) -> None:
@@ -43,10 +44,7 @@ def run(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard)
     check_output_dir(args.out, "--out")
 
-    def progress(fraction: float, message: str) -> None:
-        if not args.quiet:
-            print(f"[{100 * fraction:5.1f}%] {message}", file=sys.stderr, flush=True)
-
+    progress = progress_printer(quiet=args.quiet)
     rows = run_batch(
         args.input_dir,
         args.out,

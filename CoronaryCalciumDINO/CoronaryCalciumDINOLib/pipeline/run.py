@@ -18,6 +18,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..cli.progress import progress_printer
 from ..io.volume import CTVolume, split_volume_suffix
 
 
@@ -40,18 +41,6 @@ def write_attention(attention, ct: CTVolume, path: str | Path) -> list[Path]:
     return paths
 
 
-def _printer():
-    last = {"pct": -1}
-
-    def progress(fraction: float, message: str) -> None:
-        pct = int(fraction * 100)
-        if pct != last["pct"]:
-            last["pct"] = pct
-            print(f"\r[{pct:3d}%] {message:<40}", end="" if fraction < 1.0 else "\n", file=sys.stderr, flush=True)
-
-    return progress
-
-
 def score_with_ai(ct: CTVolume, args, params, stem: str, out_dir: Path | None) -> dict:
     """Run the pipeline for the ``score`` subcommand and return its report dict."""
     from ..io.volume import write_volume
@@ -66,7 +55,7 @@ def score_with_ai(ct: CTVolume, args, params, stem: str, out_dir: Path | None) -
         device=getattr(args, "device", "auto") or "auto",
         params=params,
         attention=bool(getattr(args, "attention", None)),
-        progress=None if quiet else _printer(),
+        progress=progress_printer(in_place=True, quiet=quiet),
     )
     if out_dir is not None:
         from ..io.segfile import write_seg_nrrd
