@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         report = build_report(result, args.input, kvp=ct.kvp, warnings=[*ct.warnings, *label_warnings],
                               study=stem, labels=str(args.labels))
     else:
-        from ..pipeline.run import score_with_ai
+        from .ai import score_with_ai  # the AI's modules, imported only when it runs
 
         report = score_with_ai(ct, args, params, stem=stem, out_dir=out_dir)
         report["study"] = stem

@@ -1,4 +1,6 @@
-"""``ccdino score`` without ``--labels``: run the AI pipeline and write its outputs.
+"""``ccdino score`` without ``--labels``: run the AI pipeline and write its outputs (the
+command line's side of the AI: options in, files and messages out; the pipeline itself is
+:mod:`..pipeline`).
 
 Files written (only those asked for; an existing file of the same name is replaced, since
 the user named it):
@@ -18,8 +20,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..cli.progress import progress_printer
-from ..io.volume import CTVolume, split_volume_suffix
+from ..io.segfile import write_seg_nrrd
+from ..io.volume import CTVolume, split_volume_suffix, write_volume
+from ..pipeline import load_bundle, run_pipeline
+from ..report import build_report
+from .progress import progress_printer
 
 
 def attention_paths(path: str | Path, heads: int) -> list[Path]:
@@ -33,8 +38,6 @@ def attention_paths(path: str | Path, heads: int) -> list[Path]:
 
 def write_attention(attention, ct: CTVolume, path: str | Path) -> list[Path]:
     """Write (heads+1, z, y, x) attention maps: the mean to ``path``, heads beside it."""
-    from ..io.volume import write_volume
-
     paths = attention_paths(path, attention.shape[0] - 1)
     for arr, p in zip(attention, paths):
         write_volume(arr.astype("float32"), ct, p)
@@ -43,10 +46,6 @@ def write_attention(attention, ct: CTVolume, path: str | Path) -> list[Path]:
 
 def score_with_ai(ct: CTVolume, args, params, stem: str, out_dir: Path | None) -> dict:
     """Run the pipeline for the ``score`` subcommand and return its report dict."""
-    from ..io.volume import write_volume
-    from ..report import build_report
-    from . import load_bundle, run_pipeline
-
     bundle = load_bundle(getattr(args, "bundle", None))
     quiet = getattr(args, "quiet", False)
     res = run_pipeline(
@@ -58,8 +57,6 @@ def score_with_ai(ct: CTVolume, args, params, stem: str, out_dir: Path | None) -
         progress=progress_printer(in_place=True, quiet=quiet),
     )
     if out_dir is not None:
-        from ..io.segfile import write_seg_nrrd
-
         out_dir = Path(out_dir)
         write_volume(res.labels, ct, out_dir / f"{stem}.labels.nrrd")
         write_seg_nrrd(res.labels, ct, out_dir / f"{stem}.seg.nrrd")
