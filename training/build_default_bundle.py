@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     from CoronaryCalciumDINOLib.evaluation.metrics import slice_metrics
     from CoronaryCalciumDINOLib.evaluation.pipeline_eval import evaluate_bundle, summarise, synthetic_study_dirs
     from CoronaryCalciumDINOLib.models.bundle import load_bundle, save_bundle
-    from CoronaryCalciumDINOLib.models.detector import choose_thresholds
+    from CoronaryCalciumDINOLib.evaluation.metrics import choose_thresholds
     from CoronaryCalciumDINOLib.pipeline.candidates import CandidateConfig
     from CoronaryCalciumDINOLib.report import write_json
 
