@@ -76,7 +76,7 @@ def test_dicom_phantom_to_nrrd_overlays_exactly(tmp_path):
 
 def test_one_rule_for_volume_file_names():
     from CoronaryCalciumDINOLib.data.studies import study_name, volume_stem
-    from CoronaryCalciumDINOLib.io.volume import LABEL_SUFFIXES, VOLUME_SUFFIXES, split_volume_suffix
+    from CoronaryCalciumDINOLib.filenames import LABEL_SUFFIXES, VOLUME_SUFFIXES, split_volume_suffix
 
     assert split_volume_suffix("a.seg.nrrd") == ("a", ".seg.nrrd")
     assert split_volume_suffix("Study.NII.GZ") == ("Study", ".NII.GZ")

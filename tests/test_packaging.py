@@ -115,3 +115,39 @@ def test_ai_without_torch_is_one_line_naming_the_extra(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("ccdino: error: the AI needs torch") and requirements.AI_INSTALL_HINT in lines[-1]
     assert "Traceback" not in proc.stderr
+
+
+def test_batch_with_label_maps_runs_without_torch(tmp_path):
+    from CoronaryCalciumDINOLib.io import load_ct, write_volume
+
+    ct = load_ct(PHANTOM)
+    (tmp_path / "studies").mkdir()
+    write_volume(ct.hu.astype(np.int16), ct, tmp_path / "studies" / "phantom.nrrd")
+    labels = np.zeros(ct.shape, np.uint8)
+    labels[20:24] = np.where(ct.hu[20:24] >= 130, 4, 0)
+    write_volume(labels, ct, tmp_path / "labels" / "phantom.nrrd")
+    code = (
+        "from CoronaryCalciumDINOLib.cli import main\n"
+        "rc = main(['batch', 'studies', '--out', 'out', '--labels-dir', 'labels', '--quiet'])\n"
+        "assert all(sys.modules.get(n) is None for n in ('torch', 'timm', 'monai'))\n"
+        "sys.exit(rc)\n"
+    )
+    proc = _run_without_ai(code, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    report = json.loads((tmp_path / "out" / "phantom.json").read_text())
+    assert report["arteries"]["RCA"]["agatston"] > 0 and (tmp_path / "out" / "phantom.png").is_file()
+
+
+def test_command_line_help_loads_neither_numpy_nor_the_ai():
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(ROOT / 'CoronaryCalciumDINO')!r})\n"
+        "from CoronaryCalciumDINOLib.cli import build_parser\n"
+        "build_parser().format_help()\n"
+        "print(sorted(n for n in ('numpy', 'scipy', 'torch', 'SimpleITK') if n in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import venv
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +38,15 @@ def _run(cmd, cwd, timeout=1800, check=True) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", out, ROOT], cwd=out)
+    # build from a copy: the build writes build/ and *.egg-info next to the sources, and
+    # setuptools would pack files left in an old build/ by an earlier layout
+    src = out / "src"
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, src / name)
+    lib = Path("CoronaryCalciumDINO") / "CoronaryCalciumDINOLib"
+    shutil.copytree(ROOT / lib, src / lib, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", out, src], cwd=out)
     (whl,) = out.glob("coronary_calcium_dino-*.whl")
     return whl
 
@@ -60,6 +70,10 @@ def _phantom_labels(path: Path):
 
 
 def test_core_wheel_scores_without_torch_and_finds_its_bundle(wheel, tmp_path):
+    names = zipfile.ZipFile(wheel).namelist()
+    bundle = [n for n in names if n.startswith("CoronaryCalciumDINOLib/bundles/ccdino-default/")]
+    assert "CoronaryCalciumDINOLib/bundles/ccdino-default/manifest.json" in bundle and len(bundle) >= 5
+    assert not [n for n in names if n.startswith("training/") or n.endswith(("/protocols.py", "/peft.py"))]
     bindir = _fresh_venv(tmp_path / "venv", str(wheel), tmp_path)
     py = bindir / "python"
     absent = _run([py, "-c", "import importlib.util as u; print([n for n in ('torch', 'timm', 'monai', 'torchvision') if u.find_spec(n)])"],

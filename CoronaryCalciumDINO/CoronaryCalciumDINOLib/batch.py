@@ -41,10 +41,24 @@ from pathlib import Path
 from typing import Callable
 
 from .constants import ARTERIES
-from .data.studies import LABEL_SUFFIXES, StudyInput  # noqa: F401 - one definition of a study, shared
-from .errors import CCDinoError, Cancelled, InputError
+from .data.studies import (  # noqa: F401
+    LABEL_SUFFIXES,
+    StudyInput,
+    find_study_labels,
+    list_study_inputs,
+)
+from .errors import Cancelled, CCDinoError, InputError
+from .io import load_ct, read_label_file
 from .io.atomic import write_text_atomic
-from .scoring import ScoringOptions
+from .io.labelcheck import check_label_map
+from .io.segfile import read_seg_labels, write_seg_nrrd
+from .models.bundle import verify_bundle
+from .outputs import check_output_dir
+from .pipeline import load_bundle, run_pipeline
+from .pipeline.contrast import check_contrast
+from .report import build_report, write_json
+from .report.picture import write_report_png
+from .scoring import ScoringOptions, score
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +107,6 @@ def summary_name(shard: tuple[int, int] | None) -> str:
 def list_batch_studies(input_dir: str | os.PathLike) -> list[StudyInput]:
     """The studies of an input folder, sorted by name (names must be unique); see
     :func:`.data.studies.list_study_inputs`, the definition ``score`` shares."""
-    from .data.studies import list_study_inputs
-
     return list_study_inputs(input_dir)
 
 
@@ -139,8 +151,6 @@ def _init_worker(bundle_path, threads: int | None) -> None:
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)
     if bundle_path is not False:
-        from .pipeline import load_bundle
-
         _BUNDLE = load_bundle(bundle_path)  # checks first that the AI is installed
         if threads:
             import torch
@@ -183,13 +193,6 @@ def process_study(
 
 
 def _score_and_write(study, out_dir, bundle, device, labels_dir, scoring, t0, written: list) -> dict:
-    from .io import load_ct, read_label_file
-    from .io.segfile import read_seg_labels, write_seg_nrrd
-    from .pipeline.contrast import check_contrast
-    from .report import build_report, write_json
-    from .report.picture import write_report_png
-    from .scoring import score
-
     ct = load_ct(study.path)
     contrast = check_contrast(ct)  # into ct.warnings, hence into the report (both paths)
     if contrast:
@@ -197,21 +200,15 @@ def _score_and_write(study, out_dir, bundle, device, labels_dir, scoring, t0, wr
     params = ScoringOptions.of(scoring).resolve(ct.kvp)
     extra: dict = {"study": study.name}
     if labels_dir is not None:
-        from .data.studies import find_study_labels
-
         label_path = find_study_labels(labels_dir, study)
         if label_path.name.lower().endswith(".seg.nrrd"):
             labels = read_seg_labels(label_path, ct)
         else:
             labels = read_label_file(label_path, ct)
-        from .io.labelcheck import check_label_map
-
         run_warnings = check_label_map(labels, ct.spacing, label_path.name)
         result = score(ct.hu, labels, ct.spacing, params, keep_lesion_voxels=True)
         extra["labels"] = str(label_path)
     else:
-        from .pipeline import run_pipeline
-
         res = run_pipeline(ct, bundle, device=device, params=params)
         labels, result = res.labels, res.score
         run_warnings = res.warnings
@@ -301,8 +298,6 @@ def run_batch(
     if labels_dir is not None and not Path(labels_dir).is_dir():
         raise InputError(f"labels folder not found: {labels_dir}")
     scoring = ScoringOptions.of(scoring)  # invalid options fail before any study is processed
-    from .outputs import check_output_dir
-
     out = check_output_dir(out_dir, "output folder")  # one error before any study is processed
     removed = clean_stale_temporaries(out)
     if removed:
@@ -347,8 +342,6 @@ def run_batch(
     if int(workers) == 1 or len(todo) == 1:
         loaded = None
         if use_ai:
-            from .pipeline import load_bundle
-
             given = bundle is not None and not isinstance(bundle, (str, os.PathLike))
             loaded = bundle if given else load_bundle(bundle)
         for s in todo:
@@ -376,8 +369,6 @@ def _run_pool(todo, out, workers, device, bundle, labels_dir, scoring, use_ai, f
     if use_ai:
         if bundle is not None and not isinstance(bundle, (str, os.PathLike)):
             raise InputError("with several workers give the model bundle as a path, not a loaded bundle")
-        from .models.bundle import verify_bundle
-
         verify_bundle(bundle)  # fail early, in this process, on a missing or damaged bundle
         bundle_arg = None if bundle is None else str(bundle)
     threads = max(1, (os.cpu_count() or 1) // workers)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import importlib.util
 
+from .errors import MissingDependencyError
+
 #: Name of the optional dependency group holding :data:`AI`.
 AI_EXTRA = "ai"
 #: How a user installs the AI.
@@ -64,8 +66,6 @@ def require_ai() -> None:
     call it before importing any of them."""
     absent = [name for name in AI if importlib.util.find_spec(name) is None]
     if absent:
-        from .errors import MissingDependencyError
-
         raise MissingDependencyError(
             f"the AI needs {', '.join(absent)}, which {'is' if len(absent) == 1 else 'are'} not installed: "
             f"{AI_INSTALL_HINT} (or score a label map with --labels)"

@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 
 from ..io.segfile import write_seg_nrrd
-from ..io.volume import CTVolume, split_volume_suffix, write_volume
+from ..filenames import split_volume_suffix
+from ..io.volume import CTVolume, write_volume
 from ..pipeline import load_bundle, run_pipeline
 from ..report import build_report
 from .progress import progress_printer

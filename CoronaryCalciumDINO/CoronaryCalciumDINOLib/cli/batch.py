@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..io.volume import LABEL_SUFFIXES
+from ..filenames import LABEL_SUFFIXES
 from .common import add_scoring_options, scoring_options_from_args
 from .progress import progress_printer
 

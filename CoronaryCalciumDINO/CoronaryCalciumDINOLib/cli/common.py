@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..scoring import ScoringOptions
 
 
 def check_ct(ct) -> list[str]:
@@ -31,9 +30,11 @@ def add_scoring_options(p: argparse.ArgumentParser) -> None:
                    help="mass calibration factor, mg HA/cm^3 per HU (without it mass is not reported)")
 
 
-def scoring_options_from_args(args) -> ScoringOptions:
-    """The score-definition options (:func:`add_scoring_options`) as :class:`ScoringOptions`;
-    their :meth:`~ScoringOptions.resolve` gives the parameters for a CT's kVp."""
+def scoring_options_from_args(args):
+    """The score-definition options (:func:`add_scoring_options`) as
+    :class:`..scoring.ScoringOptions`; its ``resolve`` gives the parameters for a CT's kVp."""
+    from ..scoring import ScoringOptions
+
     return ScoringOptions(
         kvp=args.kvp,
         min_area_mm2=args.min_area,

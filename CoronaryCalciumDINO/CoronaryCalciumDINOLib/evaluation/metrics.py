@@ -29,6 +29,7 @@ import numpy as np
 
 from ..constants import RISK_CATEGORIES
 from ..errors import InputError
+from ..scoring import risk_category
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -331,8 +332,6 @@ def agreement_metrics(predicted, reference) -> dict:
 
 def _to_categories(values: Iterable, categories: Sequence[str]) -> np.ndarray:
     """Category indices from category names or from total Agatston scores (numbers)."""
-    from ..scoring import risk_category
-
     out = []
     for v in values:
         if isinstance(v, str):
