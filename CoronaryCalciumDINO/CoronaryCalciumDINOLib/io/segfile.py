@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..constants import ARTERIES, ARTERY_COLORS
+from ..constants import ARTERIES, ARTERY_COLORS, ARTERY_TO_LABEL
 from ..errors import InputError
 from .atomic import atomic_path
 from .volume import CTVolume
@@ -216,8 +216,6 @@ def read_seg_labels(path: str | os.PathLike, ct: CTVolume) -> np.ndarray:
     grid; the file's voxels must coincide with CT voxels (same spacing and direction, origin
     on a voxel centre).
     """
-    from ..constants import ARTERY_TO_LABEL
-
     path = Path(path)
     labels, names, geom = read_seg_nrrd(path)
     unknown = [n for n in names if n not in ARTERY_TO_LABEL]
