@@ -51,6 +51,15 @@ def wheel(tmp_path_factory) -> Path:
     return whl
 
 
+@pytest.fixture
+def venv_dir(tmp_path):
+    """A folder for a fresh virtual environment, removed after the test (hundreds of MB
+    without the AI, gigabytes with it)."""
+    path = tmp_path / "venv"
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def _fresh_venv(path: Path, requirement: str, cwd: Path) -> Path:
     venv.create(path, with_pip=True)
     bindir = path / ("Scripts" if os.name == "nt" else "bin")
@@ -69,12 +78,12 @@ def _phantom_labels(path: Path):
     return score(ct.hu, labels, ct.spacing)
 
 
-def test_core_wheel_scores_without_torch_and_finds_its_bundle(wheel, tmp_path):
+def test_core_wheel_scores_without_torch_and_finds_its_bundle(wheel, tmp_path, venv_dir):
     names = zipfile.ZipFile(wheel).namelist()
     bundle = [n for n in names if n.startswith("CoronaryCalciumDINOLib/bundles/ccdino-default/")]
     assert "CoronaryCalciumDINOLib/bundles/ccdino-default/manifest.json" in bundle and len(bundle) >= 5
     assert not [n for n in names if n.startswith("training/") or n.endswith(("/protocols.py", "/peft.py"))]
-    bindir = _fresh_venv(tmp_path / "venv", str(wheel), tmp_path)
+    bindir = _fresh_venv(venv_dir, str(wheel), tmp_path)
     py = bindir / "python"
     absent = _run([py, "-c", "import importlib.util as u; print([n for n in ('torch', 'timm', 'monai', 'torchvision') if u.find_spec(n)])"],
                   cwd=tmp_path)
@@ -103,8 +112,8 @@ def test_core_wheel_scores_without_torch_and_finds_its_bundle(wheel, tmp_path):
 
 @pytest.mark.skipif(os.environ.get("CCDINO_TEST_AI_WHEEL") != "1",
                     reason="downloads PyTorch (GBs); set CCDINO_TEST_AI_WHEEL=1 to run")
-def test_ai_wheel_runs_the_quick_start(wheel, tmp_path):
-    bindir = _fresh_venv(tmp_path / "venv", f"coronary-calcium-dino[ai] @ {wheel.as_uri()}", tmp_path)
+def test_ai_wheel_runs_the_quick_start(wheel, tmp_path, venv_dir):
+    bindir = _fresh_venv(venv_dir, f"coronary-calcium-dino[ai] @ {wheel.as_uri()}", tmp_path)
     out = tmp_path / "out"
     _run([bindir / "ccdino", "score", PHANTOM, "--out", out, "--attention", out / "qrm-phantom-canon.attention.nrrd"],
          cwd=tmp_path)
