@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import re
 import subprocess
 import sys
@@ -78,10 +79,17 @@ def test_pip_requirements_leave_torch_to_the_pytorch_extension():
     assert requirements.pip_requirements(["torch", "timm", "nrrd"]) == [requirements.AI["timm"], "pynrrd>=1.0"]
 
 
-def _run_without_ai(code: str, cwd: Path) -> subprocess.CompletedProcess:
-    env_path = str(ROOT / "CoronaryCalciumDINO")
-    return subprocess.run([sys.executable, "-c", HIDE_AI + f"sys.path.insert(0, {env_path!r})\n" + code],
-                          cwd=cwd, capture_output=True, text=True, timeout=300)
+def _ccdino_without_ai(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``ccdino ARGV`` in a fresh interpreter in which the AI packages cannot be imported;
+    it fails if anything imported one anyway."""
+    code = HIDE_AI + (
+        f"sys.path.insert(0, {str(ROOT / 'CoronaryCalciumDINO')!r})\n"
+        "from CoronaryCalciumDINOLib.cli import main\n"
+        f"rc = main({argv!r})\n"
+        "assert all(sys.modules.get(n) is None for n in ('torch', 'timm', 'monai')), 'the AI was imported'\n"
+        "sys.exit(rc)\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
 def test_labels_scoring_runs_without_torch(tmp_path):
@@ -91,26 +99,14 @@ def test_labels_scoring_runs_without_torch(tmp_path):
     labels = np.zeros(ct.shape, np.uint8)
     labels[20:24] = np.where(ct.hu[20:24] >= 130, 2, 0)
     write_volume(labels, ct, tmp_path / "labels.nrrd")
-    code = (
-        "from CoronaryCalciumDINOLib.cli import main\n"
-        f"rc = main(['score', {str(PHANTOM)!r}, '--labels', 'labels.nrrd', '--json', 'r.json', '--quiet'])\n"
-        "assert all(sys.modules.get(n) is None for n in ('torch', 'timm', 'monai'))\n"
-        "sys.exit(rc)\n"
-    )
-    proc = _run_without_ai(code, tmp_path)
+    proc = _ccdino_without_ai(["score", str(PHANTOM), "--labels", "labels.nrrd", "--json", "r.json", "--quiet"], tmp_path)
     assert proc.returncode == 0, proc.stderr
-    import json
-
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["arteries"]["LAD"]["agatston"] > 0 and report["total"]["agatston"] == report["arteries"]["LAD"]["agatston"]
 
 
 def test_ai_without_torch_is_one_line_naming_the_extra(tmp_path):
-    code = (
-        "from CoronaryCalciumDINOLib.cli import main\n"
-        f"sys.exit(main(['score', {str(PHANTOM)!r}, '--quiet']))\n"
-    )
-    proc = _run_without_ai(code, tmp_path)
+    proc = _ccdino_without_ai(["score", str(PHANTOM), "--quiet"], tmp_path)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("ccdino: error: the AI needs torch") and requirements.AI_INSTALL_HINT in lines[-1]
@@ -126,16 +122,8 @@ def test_batch_with_label_maps_runs_without_torch(tmp_path):
     labels = np.zeros(ct.shape, np.uint8)
     labels[20:24] = np.where(ct.hu[20:24] >= 130, 4, 0)
     write_volume(labels, ct, tmp_path / "labels" / "phantom.nrrd")
-    code = (
-        "from CoronaryCalciumDINOLib.cli import main\n"
-        "rc = main(['batch', 'studies', '--out', 'out', '--labels-dir', 'labels', '--quiet'])\n"
-        "assert all(sys.modules.get(n) is None for n in ('torch', 'timm', 'monai'))\n"
-        "sys.exit(rc)\n"
-    )
-    proc = _run_without_ai(code, tmp_path)
+    proc = _ccdino_without_ai(["batch", "studies", "--out", "out", "--labels-dir", "labels", "--quiet"], tmp_path)
     assert proc.returncode == 0, proc.stderr
-    import json
-
     report = json.loads((tmp_path / "out" / "phantom.json").read_text())
     assert report["arteries"]["RCA"]["agatston"] > 0 and (tmp_path / "out" / "phantom.png").is_file()
 
