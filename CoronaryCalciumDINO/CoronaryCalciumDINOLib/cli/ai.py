@@ -20,10 +20,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..io.segfile import write_seg_nrrd
+from .. import pipeline
 from ..filenames import split_volume_suffix
+from ..io.segfile import write_seg_nrrd
 from ..io.volume import CTVolume, write_volume
-from ..pipeline import load_bundle, run_pipeline
 from ..report import build_report
 from .progress import progress_printer
 
@@ -47,9 +47,9 @@ def write_attention(attention, ct: CTVolume, path: str | Path) -> list[Path]:
 
 def score_with_ai(ct: CTVolume, args, params, stem: str, out_dir: Path | None) -> dict:
     """Run the pipeline for the ``score`` subcommand and return its report dict."""
-    bundle = load_bundle(getattr(args, "bundle", None))
+    bundle = pipeline.load_bundle(getattr(args, "bundle", None))
     quiet = getattr(args, "quiet", False)
-    res = run_pipeline(
+    res = pipeline.run_pipeline(
         ct,
         bundle,
         device=getattr(args, "device", "auto") or "auto",
