@@ -21,20 +21,11 @@ import sys
 from pathlib import Path
 
 from .. import pipeline
-from ..filenames import split_volume_suffix
 from ..io.segfile import write_seg_nrrd
 from ..io.volume import CTVolume, write_volume
 from ..report import build_report
+from .common import attention_paths
 from .progress import progress_printer
-
-
-def attention_paths(path: str | Path, heads: int) -> list[Path]:
-    """[mean file, head 1 file, ..., head ``heads`` file] for ``--attention path``."""
-    path = Path(path)
-    stem, suffix = split_volume_suffix(path.name) or (path.name, ".nrrd")
-    if not path.name.lower().endswith(suffix):
-        path = path.with_name(stem + suffix)
-    return [path] + [path.with_name(f"{stem}.head{h}{suffix}") for h in range(1, heads + 1)]
 
 
 def write_attention(attention, ct: CTVolume, path: str | Path) -> list[Path]:

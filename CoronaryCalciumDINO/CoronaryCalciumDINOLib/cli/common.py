@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from ..filenames import split_volume_suffix
 
 
 def check_ct(ct) -> list[str]:
@@ -41,3 +43,12 @@ def scoring_options_from_args(args):
         slice_correction=not args.no_slice_correction,
         calibration_factor=args.calibration_factor,
     )
+
+
+def attention_paths(path: str | Path, heads: int) -> list[Path]:
+    """[mean file, head 1 file, ..., head ``heads`` file] for ``--attention path``."""
+    path = Path(path)
+    stem, suffix = split_volume_suffix(path.name) or (path.name, ".nrrd")
+    if not path.name.lower().endswith(suffix):
+        path = path.with_name(stem + suffix)
+    return [path] + [path.with_name(f"{stem}.head{h}{suffix}") for h in range(1, heads + 1)]

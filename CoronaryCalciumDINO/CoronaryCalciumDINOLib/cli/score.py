@@ -7,7 +7,12 @@ import logging
 import sys
 from pathlib import Path
 
-from .common import add_scoring_options, check_ct, scoring_options_from_args
+from .common import (
+    add_scoring_options,
+    attention_paths,
+    check_ct,
+    scoring_options_from_args,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +44,6 @@ def register(sub) -> None:
 
 def output_files(args: argparse.Namespace, stem: str) -> list[tuple[Path, str]]:
     """Every file this run will write, with the option that names it."""
-    from ..pipeline.run import attention_paths
-
     files: list[tuple[Path, str]] = []
     if args.out:
         out = Path(args.out)
