@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pickle
 import sys
 import time
@@ -69,6 +68,7 @@ from pathlib import Path
 import numpy as np
 
 from CoronaryCalciumDINOLib.errors import CCDinoError, InputError
+from CoronaryCalciumDINOLib.io.atomic import write_text_atomic
 from training.common import protocols as P
 
 PROTOCOLS = ("knn", "linear", "fewshot", "finetune", "lora", "bitfit")
@@ -461,10 +461,7 @@ def main(argv=None) -> int:
     except CCDinoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, args.out)
+    write_text_atomic(args.out, json.dumps(results, indent=2) + "\n")
     log(f"wrote {args.out} in {results['seconds']:.1f} s")
     return 0
 
