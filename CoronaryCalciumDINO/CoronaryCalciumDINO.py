@@ -45,7 +45,7 @@ from slicer.util import VTKObservationMixin
 
 def _requirements():
     """The library's one list of requirements (:mod:`CoronaryCalciumDINOLib.requirements`,
-    which imports nothing): PyTorch (``TORCH_VERSION``) comes through the PyTorch extension
+    which needs nothing installed): PyTorch (``TORCH_VERSION``) comes through the PyTorch extension
     (PyTorchUtils), the other missing packages through pip."""
     import CoronaryCalciumDINOLib.requirements
 

@@ -9,7 +9,8 @@ module and the Slicer batch script read them from here to find and install what 
   ``pip install coronary-calcium-dino[ai]``). timm and MONAI are bounded above because the
   models use their internals (timm's ViT blocks and checkpoint filter, MONAI's UNet layout).
 
-Keys are import names, values pip requirements. This module imports nothing.
+Keys are import names, values pip requirements. This module imports only the standard
+library and :mod:`.errors`, so the Slicer module can read it before anything is installed.
 """
 
 from __future__ import annotations
