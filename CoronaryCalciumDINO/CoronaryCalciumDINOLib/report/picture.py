@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from ..constants import ARTERIES, ARTERY_COLORS, DISCLAIMER
+from ..data.studies import study_name
 from ..io.atomic import atomic_path
+from ..scoring import ScoringParams, score
 
 #: Soft-tissue window (level, width) in HU.
 WINDOW_LEVEL_HU = 40.0
@@ -84,8 +86,6 @@ def study_title(report: dict, ct=None) -> str:
     called ``ct.*`` is named after its folder, as everywhere)."""
     if report.get("study"):
         return str(report["study"])
-    from ..data.studies import study_name
-
     source = str(report.get("input", getattr(ct, "source", "")) or "")
     return study_name(source) if source else "study"
 
@@ -96,8 +96,6 @@ def scored_lesions(ct, labels: np.ndarray, report: dict, result=None) -> list[di
     report's ``lesions`` list. The voxels come from the scoring itself: ``result`` (scored
     with ``keep_lesion_voxels=True``) or, without it, the labels scored again with the
     report's definition (threshold, bands, minimum area)."""
-    from ..scoring import ScoringParams, score
-
     if result is None or getattr(result, "lesion_voxels", None) is None:
         params = ScoringParams(
             threshold_hu=float(report.get("threshold_hu", 130.0)),
