@@ -42,9 +42,14 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-#: Python packages the pipeline needs beyond Slicer's own (torch comes from PyTorchUtils).
-REQUIREMENTS = ("timm>=1.0", "monai>=1.3")
-TORCH_REQUIREMENT = ">=2.2"
+
+def _requirements():
+    """The library's one list of requirements (:mod:`CoronaryCalciumDINOLib.requirements`,
+    which needs nothing installed): PyTorch (``TORCH_VERSION``) comes through the PyTorch extension
+    (PyTorchUtils), the other missing packages through pip."""
+    import CoronaryCalciumDINOLib.requirements
+
+    return CoronaryCalciumDINOLib.requirements
 
 #: Progress polling: every _POLL_INTERVAL_MS the main thread waits up to _POLL_WAIT_S on the
 #: worker (releasing the GIL), leaving the rest of the interval to the Qt event loop.
@@ -450,18 +455,19 @@ class CoronaryCalciumDINOLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def missingPackages():
-        return [name for name in ("torch", "timm", "monai") if importlib.util.find_spec(name) is None]
+        return _requirements().missing(ai=True)
 
     def ensureDependencies(self, interactive: bool = True) -> bool:
-        """Install torch (through PyTorchUtils) then timm and monai, after asking once."""
+        """Install torch (through PyTorchUtils) then the other missing packages, after asking once."""
         missing = self.missingPackages()
         if not missing:
             return True
+        requirements = _requirements().pip_requirements(missing)
         if interactive and not slicer.util.confirmOkCancelDisplay(
             _("CoronaryCalciumDINO needs Python packages that are not installed yet: {names}. "
               "Install them now? This downloads several hundred MB and may take minutes.").format(names=", ".join(missing)),
             detailedText=_("PyTorch is installed by the PyTorch extension (it picks the build for your GPU); "
-                           "then: {reqs}.").format(reqs=", ".join(REQUIREMENTS)),
+                           "then: {reqs}.").format(reqs=", ".join(requirements)),
         ):
             return False
         if "torch" in missing:
@@ -471,16 +477,18 @@ class CoronaryCalciumDINOLogic(ScriptedLoadableModuleLogic):
                 raise RuntimeError(_("This module needs the PyTorch extension: install it from the Extensions Manager.")) from None
             torchLogic = PyTorchUtils.PyTorchUtilsLogic()
             if not torchLogic.torchInstalled():
-                if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT) is None:
+                if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=_requirements().TORCH_VERSION) is None:
                     raise RuntimeError(_("PyTorch could not be installed."))
         try:
             from slicer import packaging  # Slicer >= 5.12
         except ImportError:
             packaging = None
-        if packaging is not None:  # installs what is missing, offers a restart if needed
-            packaging.pip_ensure(list(REQUIREMENTS), prompt_install=False, requester="CoronaryCalciumDINO")
+        if not requirements:
+            pass
+        elif packaging is not None:  # installs what is missing, offers a restart if needed
+            packaging.pip_ensure(requirements, prompt_install=False, requester="CoronaryCalciumDINO")
         else:
-            slicer.util.pip_install(list(REQUIREMENTS))
+            slicer.util.pip_install(requirements)
         importlib.invalidate_caches()  # let find_spec see the packages just installed
         still = self.missingPackages()
         if still:
@@ -501,17 +509,16 @@ class CoronaryCalciumDINOLogic(ScriptedLoadableModuleLogic):
         return ""
 
     def scoringParams(self, parameterNode):
-        """ScoringParams from the panel (kVp-adapted threshold, calibration, minimum area)."""
-        scoring = _lib().scoring
-        kvp = parameterNode.kvp or None
-        if kvp is None and parameterNode.inputVolume:
-            text = parameterNode.inputVolume.GetAttribute("CoronaryCalciumDINO.kVp")
-            kvp = float(text) if text else None
-        return scoring.params_for_kvp(
-            kvp,
+        """ScoringParams from the panel (kVp-adapted threshold, calibration, minimum area);
+        kVp 0 means the volume's own kVp (the classic definition when it has none)."""
+        lib = _lib()
+        options = lib.scoring.ScoringOptions(
+            kvp=parameterNode.kvp or "auto",
+            auto_kvp_required=False,
             calibration_factor=parameterNode.calibrationFactor or None,
             min_area_mm2=parameterNode.minAreaMm2,
         )
+        return options.resolve(lib.scene.volume.volume_kvp(parameterNode.inputVolume))
 
     # -- compute
 
@@ -699,8 +706,10 @@ class CoronaryCalciumDINOTest(ScriptedLoadableModuleTest):
 
         logic = CoronaryCalciumDINOLogic()
         segmentFn = None
-        bundleDir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "Models", "ccdino-default")
-        if not (os.path.isfile(os.path.join(bundleDir, "manifest.json")) and not logic.missingPackages()):
+        import CoronaryCalciumDINOLib.models.bundle
+
+        bundleDir = CoronaryCalciumDINOLib.models.bundle.default_bundle_dir()
+        if not ((bundleDir / "manifest.json").is_file() and not logic.missingPackages()):
             segmentFn = lambda c: Known(c, labels)  # noqa: E731
         self.delayDisplay("Compute")
         outcome = logic.compute(volume, device="cpu", attention=False, segmentFn=segmentFn)

@@ -3,7 +3,7 @@
 # with the bundled default model. Outputs go to out/quickstart/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+CCDINO_EXTRAS=ai bash scripts/setup.sh
 . .venv/bin/activate
 mkdir -p out/quickstart
 ccdino score Testing/Data/qrm-phantom-canon --out out/quickstart --overwrite \

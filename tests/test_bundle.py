@@ -149,6 +149,21 @@ def test_default_bundle_ships_and_verifies():
     assert np.isfinite(man["detector"]["threshold"])
 
 
+def test_default_bundle_is_package_data_and_the_environment_can_point_elsewhere(tiny_bundle, tmp_path, monkeypatch):
+    import importlib.resources
+
+    packaged = importlib.resources.files("CoronaryCalciumDINOLib") / "bundles" / "ccdino-default"
+    assert (packaged / MANIFEST).is_file()
+    monkeypatch.delenv(bundle_mod.DEFAULT_BUNDLE_ENV, raising=False)
+    assert bundle_mod.resolve_bundle_path(None) == bundle_mod.DEFAULT_BUNDLE_DIR
+    monkeypatch.setenv(bundle_mod.DEFAULT_BUNDLE_ENV, str(tiny_bundle / MANIFEST))
+    assert bundle_mod.resolve_bundle_path(None) == tiny_bundle
+    assert load_bundle(None).name == "random-untrained"
+    monkeypatch.setenv(bundle_mod.DEFAULT_BUNDLE_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(ModelBundleError, match="CCDINO_DEFAULT_BUNDLE"):
+        verify_bundle(None)
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

@@ -72,3 +72,43 @@ def test_dicom_phantom_to_nrrd_overlays_exactly(tmp_path):
     back = read_volume_file(tmp_path / "phantom.nrrd")
     assert back.same_grid(ct, tol=1e-6)
     np.testing.assert_array_equal(back.hu, ct.hu)
+
+
+def test_one_rule_for_volume_file_names():
+    from CoronaryCalciumDINOLib.data.studies import study_name, volume_stem
+    from CoronaryCalciumDINOLib.filenames import LABEL_SUFFIXES, VOLUME_SUFFIXES, split_volume_suffix
+
+    assert split_volume_suffix("a.seg.nrrd") == ("a", ".seg.nrrd")
+    assert split_volume_suffix("Study.NII.GZ") == ("Study", ".NII.GZ")
+    assert split_volume_suffix("x.mhd") == ("x", ".mhd") and split_volume_suffix("notes.txt") is None
+    assert split_volume_suffix(".nrrd") is None
+    assert LABEL_SUFFIXES[0] == ".seg.nrrd" and set(LABEL_SUFFIXES[1:]) == set(VOLUME_SUFFIXES)
+    for name, stem in (("p1.nii.gz", "p1"), ("p1.nhdr", "p1"), ("p1.dcm", "p1"), ("dicomdir", "dicomdir")):
+        assert study_name(name) == stem, name
+    # a folder of studies: volumes are studies, segmentations are not
+    assert volume_stem("p1.mha") == "p1" and volume_stem("p1.seg.nrrd") is None and volume_stem("p1.csv") is None
+
+
+def test_atomic_writes_keep_the_old_file_on_failure(tmp_path):
+    import pytest
+
+    from CoronaryCalciumDINOLib.io.atomic import atomic_path, write_text_atomic
+    from CoronaryCalciumDINOLib.io.jsonfile import read_json, write_json
+
+    target = tmp_path / "sub" / "r.json"
+    write_json({"a": np.float32(1.5), "b": np.arange(2)}, target)
+    assert read_json(target) == {"a": 1.5, "b": [0, 1]}
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("writer failed")
+    assert read_json(target) == {"a": 1.5, "b": [0, 1]}
+    with pytest.raises(InputError, match="non-finite"):
+        write_json({"x": float("nan")}, target)
+    assert read_json(target)["a"] == 1.5
+    with atomic_path(tmp_path / "v.nii.gz", keep_suffix=True) as tmp:
+        assert tmp.name.endswith(".nii.gz") and tmp.parent == tmp_path
+        tmp.write_bytes(b"x")
+    write_text_atomic(tmp_path / "t.txt", "text")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub", "t.txt", "v.nii.gz"]
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["r.json"]

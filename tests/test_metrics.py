@@ -244,7 +244,7 @@ def _variant(sens, spec, auc, knn_acc, curve, risk=None):
 
 
 def test_comparison_table(tmp_path):
-    from CoronaryCalciumDINOLib.evaluation import compare as C
+    from training.common import compare as C
 
     results = {
         "DINO-LG": _variant(0.89, 0.90, 0.95, 0.93, [(1, 0.7, 0.05), (4, 0.9, 0.01)], risk=0.9),

@@ -12,8 +12,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from CoronaryCalciumDINOLib.errors import InputError  # noqa: E402
-from CoronaryCalciumDINOLib.evaluation import protocols as P  # noqa: E402
-from CoronaryCalciumDINOLib.evaluation.peft import (  # noqa: E402
+from training.common import protocols as P  # noqa: E402
+from training.common.peft import (  # noqa: E402
     LoRALinear,
     apply_bitfit,
     apply_lora,

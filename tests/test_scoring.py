@@ -279,3 +279,22 @@ def test_lesion_voxels_follow_the_lesion_order():
         assert vox.size == les.voxels and set(z.tolist()) == {les.slice}
         assert set(labels.ravel()[vox].tolist()) == {ARTERY_TO_LABEL[les.artery]}
         assert hu.ravel()[vox].max() == pytest.approx(les.peak_hu)
+
+
+def test_scoring_options_resolve_kvp_in_one_place():
+    from CoronaryCalciumDINOLib.scoring import ScoringOptions
+
+    assert ScoringOptions().resolve(100.0) == ScoringParams()  # no --kvp: classic, whatever the CT
+    assert ScoringOptions(kvp="100").resolve(None) == params_for_kvp(100)
+    assert ScoringOptions(kvp=" AUTO ").resolve(80.0) == params_for_kvp(80)
+    with pytest.raises(InputError, match="no KVP tag"):
+        ScoringOptions(kvp="auto").resolve(None)
+    assert ScoringOptions(kvp="auto", auto_kvp_required=False).resolve(None) == ScoringParams()
+    opts = ScoringOptions(min_area_mm2=2.0, slice_correction=False, calibration_factor=0.8)
+    assert opts.resolve(None) == ScoringParams(min_area_mm2=2.0, slice_correction=False, calibration_factor=0.8)
+    assert ScoringOptions.of(opts.to_dict()) == opts and ScoringOptions.of(None) == ScoringOptions()
+    # bad options fail when made, before any CT is read
+    for bad, message in (({"kvp": "high"}, "must be 'auto' or a number"), ({"kvp": 90}, "no kVp-adapted threshold"),
+                         ({"min_area_mm2": -1}, "minimum lesion area"), ({"calibration_factor": 0.0}, "calibration factor")):
+        with pytest.raises(InputError, match=message):
+            ScoringOptions(**bad)

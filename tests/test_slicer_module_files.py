@@ -84,14 +84,14 @@ def test_cmake_lists_every_resource():
     text = MODULE_CMAKE.read_text()
     listed = [e.replace("${MODULE_NAME}", "CoronaryCalciumDINO") for e in cmake_block(text, "MODULE_PYTHON_RESOURCES")]
     assert "${MODULE_MODEL_FILES}" in listed
-    assert "${CMAKE_CURRENT_SOURCE_DIR}/Resources/Models/ccdino-default/*" in text and "GLOB_RECURSE MODULE_MODEL_FILES" in text
+    assert "${CMAKE_CURRENT_SOURCE_DIR}/CoronaryCalciumDINOLib/bundles/ccdino-default/*" in text and "GLOB_RECURSE MODULE_MODEL_FILES" in text
     explicit = [e for e in listed if not e.startswith("$")]
     for entry in explicit:
         assert (MODULE / entry).is_file(), f"listed resource does not exist: {entry}"
     on_disk = sorted(
         p.relative_to(MODULE).as_posix()
         for p in (MODULE / "Resources").rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts and "Models" not in p.relative_to(MODULE / "Resources").parts[:1]
+        if p.is_file() and "__pycache__" not in p.parts
     )
     assert sorted(set(on_disk) - set(explicit)) == [], "resource files not listed in MODULE_PYTHON_RESOURCES"
 

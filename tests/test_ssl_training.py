@@ -545,12 +545,14 @@ def test_resume_continues_from_saved_step(tmp_path, study_root):
     assert after["optimizer"]["state"] and not torch.equal(after["dino_loss"]["center"], before["dino_loss"]["center"])
 
 
+@pytest.mark.slow  # two torchrun processes
 def test_torchrun_ddp_two_cpu_processes(tmp_path, study_root):
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     if not Path(torchrun).exists():
         pytest.skip("torchrun not available")
     out = tmp_path / "ddp"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    # the training scripts and the library of this checkout (not another installed copy)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "CoronaryCalciumDINO")]))
     cmd = [
         torchrun, "--standalone", "--nproc_per_node=2", "-m", "training.pretrain_dino",
         "--data", str(study_root), "--output", str(out), *TINY,

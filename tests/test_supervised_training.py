@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from CoronaryCalciumDINOLib.models.detector import choose_thresholds  # noqa: E402
+from CoronaryCalciumDINOLib.evaluation.metrics import choose_thresholds  # noqa: E402
 
 
 def test_threshold_for_target_sensitivity_hand_made():

@@ -227,6 +227,7 @@ def test_saved_scores_equal_scoring_of_saved_files(full, tmp_path):
     assert np.asarray(meta["centrelines"]["LAD"]).shape[1] == 3
 
 
+@pytest.mark.slow  # 30 studies at 192 x 192
 def test_zero_score_share_is_in_a_broad_band():
     zero = 0
     n = 30

@@ -36,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 
+from CoronaryCalciumDINOLib.models.bundle import DEFAULT_BUNDLE_DIR
+
 REPO = Path(__file__).resolve().parents[1]
 PHANTOM = REPO / "Testing" / "Data" / "qrm-phantom-canon"
 
@@ -43,7 +45,8 @@ PHANTOM = REPO / "Testing" / "Data" / "qrm-phantom-canon"
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.build_default_bundle", description=__doc__.split("\n")[0])
     p.add_argument("--work", type=Path, default=REPO / "runs" / "default-bundle", help="working folder (resumable)")
-    p.add_argument("--out", type=Path, default=REPO / "CoronaryCalciumDINO" / "Resources" / "Models" / "ccdino-default")
+    p.add_argument("--out", type=Path, default=DEFAULT_BUNDLE_DIR,
+                   help="bundle folder (default: the packaged default bundle, CoronaryCalciumDINOLib/bundles/ccdino-default)")
     p.add_argument("--results", type=Path, default=REPO / "training" / "results")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--name", default="ccdino-default")
@@ -100,7 +103,7 @@ def main(argv=None) -> int:
     from CoronaryCalciumDINOLib.evaluation.metrics import slice_metrics
     from CoronaryCalciumDINOLib.evaluation.pipeline_eval import evaluate_bundle, summarise, synthetic_study_dirs
     from CoronaryCalciumDINOLib.models.bundle import load_bundle, save_bundle
-    from CoronaryCalciumDINOLib.models.detector import choose_thresholds
+    from CoronaryCalciumDINOLib.evaluation.metrics import choose_thresholds
     from CoronaryCalciumDINOLib.pipeline.candidates import CandidateConfig
     from CoronaryCalciumDINOLib.report import write_json
 

@@ -28,24 +28,24 @@ study in both caches is an error).
 
 Protocols (every reported number is on the evaluation cache)
 -----------------------------------------------------------
-Frozen features: :func:`~CoronaryCalciumDINOLib.evaluation.protocols.extract_block_features`
+Frozen features: :func:`~training.common.protocols.extract_block_features`
 of the inference input, feature sets ``last{n}`` / ``last{n}+avgpool`` for n in ``--blocks``
 (``last1+avgpool`` = CLS (+) mean patch token = the detector's input).
 
 * ``knn``: weighted kNN (cosine, exp(s / T), T = 0.07): every feature set and k on
   validation (train -> val); the (feature set, k) with the best validation AUROC is
   evaluated with train + val as neighbours (all k of that set are listed too).
-* ``linear``: :func:`~CoronaryCalciumDINOLib.evaluation.protocols.linear_probe` (grid of
+* ``linear``: :func:`~training.common.protocols.linear_probe` (grid of
   feature sets x learning rates on validation, best retrained on train + val;
   class-balanced cross-entropy, SGD). Sample weights of subsampled negatives are not used.
-* ``fewshot``: :func:`~CoronaryCalciumDINOLib.evaluation.protocols.few_shot_curve` on
+* ``fewshot``: :func:`~training.common.protocols.few_shot_curve` on
   ``--feature-set``. **K means K studies (patients) per class**, drawn from the whole
   training cache: K studies with coronary calcium contribute *all* their coronary
   candidates, K other studies contribute all their non-coronary candidates (the 2K studies
   are distinct, so the few-shot set is what labelling 2K scans gives); a linear probe (or
   kNN, ``--few-shot-method``) trained on it; mean +- sd over ``--few-shot-seeds`` draws.
 * ``finetune`` / ``lora`` / ``bitfit``:
-  :func:`~CoronaryCalciumDINOLib.evaluation.protocols.finetune_classifier` (full fine-tune
+  :func:`~training.common.protocols.finetune_classifier` (full fine-tune
   lr 1e-5; LoRA r 48, alpha 16 on qkv / fc1 / fc2; BitFit) with a linear head on CLS (+)
   mean patch token, trained on inference-input crops of the training cache (train + val;
   at most ``--finetune-max-train`` candidates: coronary ones up to half, the rest random
@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pickle
 import sys
 import time
@@ -69,7 +68,8 @@ from pathlib import Path
 import numpy as np
 
 from CoronaryCalciumDINOLib.errors import CCDinoError, InputError
-from CoronaryCalciumDINOLib.evaluation import protocols as P
+from CoronaryCalciumDINOLib.io.atomic import write_text_atomic
+from training.common import protocols as P
 
 PROTOCOLS = ("knn", "linear", "fewshot", "finetune", "lora", "bitfit")
 IMAGE_PROTOCOLS = ("finetune", "lora", "bitfit")
@@ -461,10 +461,7 @@ def main(argv=None) -> int:
     except CCDinoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, args.out)
+    write_text_atomic(args.out, json.dumps(results, indent=2) + "\n")
     log(f"wrote {args.out} in {results['seconds']:.1f} s")
     return 0
 

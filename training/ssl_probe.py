@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from CoronaryCalciumDINOLib.evaluation.metrics import auroc, average_precision, confusion_at
-from CoronaryCalciumDINOLib.models.detector import choose_thresholds
+from CoronaryCalciumDINOLib.evaluation.metrics import choose_thresholds
 
 from CoronaryCalciumDINOLib.pipeline.candidates import CONTEXT_NAMES
 

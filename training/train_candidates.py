@@ -31,9 +31,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from CoronaryCalciumDINOLib.evaluation.metrics import auroc, slice_metrics
+from CoronaryCalciumDINOLib.evaluation.metrics import auroc, choose_thresholds, slice_metrics
 from CoronaryCalciumDINOLib.models.backbone import build_backbone, build_backbone_from_config, extract_features
-from CoronaryCalciumDINOLib.models.detector import CandidateDetector, choose_thresholds
+from CoronaryCalciumDINOLib.models.detector import CandidateDetector
 from CoronaryCalciumDINOLib.models.unet import SegmenterConfig, build_candidate_segmenter
 from CoronaryCalciumDINOLib.pipeline.candidates import CONTEXT_NAMES, HAND_FEATURES
 from CoronaryCalciumDINOLib.pipeline.device import autocast_for, resolve_device

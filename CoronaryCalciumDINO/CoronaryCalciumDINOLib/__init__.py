@@ -11,7 +11,7 @@ synth     synthetic non-contrast cardiac CT studies with exact labels
 data      COCA reader, slice-level datasets, splits
 models    ViT backbones, DINO heads, UNET, model bundles
 pipeline  inference: detector -> segmenter -> scores (+ attention maps)
-evaluation metrics and evaluation protocols
+evaluation metrics and the pipeline evaluation (research protocols: training/common/)
 report    JSON / CSV / PNG reports
 scene     Slicer scene glue (MRML segmentation / table nodes)
 cli       the ``ccdino`` command line

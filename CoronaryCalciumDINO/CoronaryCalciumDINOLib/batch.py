@@ -41,8 +41,24 @@ from pathlib import Path
 from typing import Callable
 
 from .constants import ARTERIES
-from .data.studies import LABEL_SUFFIXES, StudyInput  # noqa: F401 - one definition of a study, shared
-from .errors import CCDinoError, Cancelled, InputError
+from .data.studies import (  # noqa: F401
+    LABEL_SUFFIXES,
+    StudyInput,
+    find_study_labels,
+    list_study_inputs,
+)
+from .errors import Cancelled, CCDinoError, InputError
+from .io import load_ct, read_label_file
+from .io.atomic import write_text_atomic
+from .io.labelcheck import check_label_map
+from .io.segfile import read_seg_labels, write_seg_nrrd
+from .models.bundle import verify_bundle
+from .outputs import check_output_dir
+from .pipeline import load_bundle, run_pipeline
+from .pipeline.contrast import check_contrast
+from .report import build_report, write_json
+from .report.picture import write_report_png
+from .scoring import ScoringOptions, score
 
 log = logging.getLogger(__name__)
 
@@ -91,21 +107,7 @@ def summary_name(shard: tuple[int, int] | None) -> str:
 def list_batch_studies(input_dir: str | os.PathLike) -> list[StudyInput]:
     """The studies of an input folder, sorted by name (names must be unique); see
     :func:`.data.studies.list_study_inputs`, the definition ``score`` shares."""
-    from .data.studies import list_study_inputs
-
     return list_study_inputs(input_dir)
-
-
-def _params_for(scoring: dict | None, ct_kvp: float | None):
-    from .scoring import params_for_kvp
-
-    opts = dict(scoring or {})
-    kvp = opts.pop("kvp", None)
-    if isinstance(kvp, str) and kvp.lower() == "auto":
-        if ct_kvp is None:
-            raise InputError("kVp 'auto': the CT has no KVP tag")
-        kvp = float(ct_kvp)
-    return params_for_kvp(None if kvp is None else float(kvp), **opts)
 
 
 # The model bundle of this process (loaded once per worker process).
@@ -149,13 +151,11 @@ def _init_worker(bundle_path, threads: int | None) -> None:
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)
     if bundle_path is not False:
-        import torch
-
-        from .pipeline import load_bundle
-
+        _BUNDLE = load_bundle(bundle_path)  # checks first that the AI is installed
         if threads:
+            import torch
+
             torch.set_num_threads(threads)
-        _BUNDLE = load_bundle(bundle_path)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -169,7 +169,7 @@ def process_study(
     bundle=None,
     device: str = "auto",
     labels_dir: str | os.PathLike | None = None,
-    scoring: dict | None = None,
+    scoring: ScoringOptions | dict | None = None,
 ) -> dict:
     """Score one study and write its outputs; returns its summary row (never raises for
     a bad study: the error goes into the row)."""
@@ -193,35 +193,22 @@ def process_study(
 
 
 def _score_and_write(study, out_dir, bundle, device, labels_dir, scoring, t0, written: list) -> dict:
-    from .io import load_ct, read_label_file
-    from .io.segfile import read_seg_labels, write_seg_nrrd
-    from .pipeline.contrast import check_contrast
-    from .report import build_report, write_json
-    from .report.picture import write_report_png
-    from .scoring import score
-
     ct = load_ct(study.path)
     contrast = check_contrast(ct)  # into ct.warnings, hence into the report (both paths)
     if contrast:
         log.warning("study %s: %s", study.name, contrast)
-    params = _params_for(scoring, ct.kvp)
+    params = ScoringOptions.of(scoring).resolve(ct.kvp)
     extra: dict = {"study": study.name}
     if labels_dir is not None:
-        from .data.studies import find_study_labels
-
         label_path = find_study_labels(labels_dir, study)
         if label_path.name.lower().endswith(".seg.nrrd"):
             labels = read_seg_labels(label_path, ct)
         else:
             labels = read_label_file(label_path, ct)
-        from .io.labelcheck import check_label_map
-
         run_warnings = check_label_map(labels, ct.spacing, label_path.name)
         result = score(ct.hu, labels, ct.spacing, params, keep_lesion_voxels=True)
         extra["labels"] = str(label_path)
     else:
-        from .pipeline import run_pipeline
-
         res = run_pipeline(ct, bundle, device=device, params=params)
         labels, result = res.labels, res.score
         run_warnings = res.warnings
@@ -278,15 +265,7 @@ def write_summary(rows: list[dict], path: str | os.PathLike) -> Path:
     w.writeheader()
     for row in rows:
         w.writerow({k: "" if v is None or (isinstance(v, float) and math.isnan(v)) else v for k, v in row.items()})
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(buf.getvalue(), encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, buf.getvalue())
 
 
 def run_batch(
@@ -299,16 +278,16 @@ def run_batch(
     labels_dir: str | os.PathLike | None = None,
     progress: Callable[[float, str], None] | None = None,
     overwrite: bool = False,
-    scoring: dict | None = None,
+    scoring: ScoringOptions | dict | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> list[dict]:
     """Score every study of ``input_dir`` (or shard ``(i, n)``: studies i, i+n, ...).
 
     ``bundle``: model bundle path (``None`` = the default bundle) or a loaded bundle (only
     with ``workers=1``); unused with ``labels_dir``. ``scoring``: options of the score
-    definition, ``{"kvp": None | number | "auto", "min_area_mm2", "slice_correction",
-    "calibration_factor"}``. Returns the summary rows (see :data:`SUMMARY_COLUMNS`), in
-    study order; the same rows are written to the summary CSV in ``out_dir``.
+    definition, :class:`..scoring.ScoringOptions` (or a dict of its fields). Returns the
+    summary rows (see :data:`SUMMARY_COLUMNS`), in study order; the same rows are written to
+    the summary CSV in ``out_dir``.
     """
     shard = check_shard(shard)
     if int(workers) < 1:
@@ -318,12 +297,7 @@ def run_batch(
         studies = studies[shard[0] :: shard[1]]
     if labels_dir is not None and not Path(labels_dir).is_dir():
         raise InputError(f"labels folder not found: {labels_dir}")
-    early = dict(scoring or {})
-    if isinstance(early.get("kvp"), str) and early["kvp"].lower() == "auto":
-        early["kvp"] = None
-    _params_for(early, None)  # invalid options fail before any study is processed
-    from .outputs import check_output_dir
-
+    scoring = ScoringOptions.of(scoring)  # invalid options fail before any study is processed
     out = check_output_dir(out_dir, "output folder")  # one error before any study is processed
     removed = clean_stale_temporaries(out)
     if removed:
@@ -368,8 +342,6 @@ def run_batch(
     if int(workers) == 1 or len(todo) == 1:
         loaded = None
         if use_ai:
-            from .pipeline import load_bundle
-
             given = bundle is not None and not isinstance(bundle, (str, os.PathLike))
             loaded = bundle if given else load_bundle(bundle)
         for s in todo:
@@ -397,8 +369,6 @@ def _run_pool(todo, out, workers, device, bundle, labels_dir, scoring, use_ai, f
     if use_ai:
         if bundle is not None and not isinstance(bundle, (str, os.PathLike)):
             raise InputError("with several workers give the model bundle as a path, not a loaded bundle")
-        from .models.bundle import verify_bundle
-
         verify_bundle(bundle)  # fail early, in this process, on a missing or damaged bundle
         bundle_arg = None if bundle is None else str(bundle)
     threads = max(1, (os.cpu_count() or 1) // workers)

@@ -19,3 +19,7 @@ class ModelBundleError(CCDinoError):
 
 class Cancelled(CCDinoError):
     """Long work was cancelled by the user (progress ``cancel`` callback returned True)."""
+
+
+class MissingDependencyError(CCDinoError):
+    """An optional part (the AI: PyTorch, timm, MONAI) is not installed."""

@@ -9,20 +9,17 @@ checkpoint intact.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
 from CoronaryCalciumDINOLib.errors import InputError
+from CoronaryCalciumDINOLib.io.atomic import atomic_path
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -1,8 +1,9 @@
 """The ``ccdino`` command line.
 
 Each module of this package that defines ``register(subparsers)`` adds one subcommand;
-``register`` calls ``set_defaults(func=run)``. Heavy imports (torch, SimpleITK) happen inside
-``run`` so that ``ccdino --help`` stays fast.
+``register`` calls ``set_defaults(func=run)``; :data:`_HELPERS` are the other modules. Heavy
+imports (SciPy, SimpleITK, the pipeline, torch) happen inside ``run`` so that ``ccdino --help``
+stays fast; this is the one place where the package imports its own modules lazily for speed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from ..errors import CCDinoError
 
 #: Order in which subcommands are listed in ``--help``; others follow alphabetically.
 _ORDER = ("score", "batch", "evaluate", "synth", "sheet", "coca")
+#: Modules of this package that are helpers of the subcommands, not subcommands.
+_HELPERS = ("ai", "common", "progress")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and details")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    names = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
+    names = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_") and m.name not in _HELPERS]
     names.sort(key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
     for name in names:
         module = importlib.import_module(f"{__name__}.{name}")

@@ -6,7 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import add_scoring_options
+from ..filenames import LABEL_SUFFIXES
+from .common import add_scoring_options, scoring_options_from_args
+from .progress import progress_printer
 
 
 def register(sub) -> None:
@@ -25,7 +27,7 @@ def register(sub) -> None:
     p.add_argument("--shard", metavar="I/N",
                    help="process only studies I, I+N, I+2N, ... of the sorted list (0-based I), e.g. for job arrays")
     p.add_argument("--labels-dir", metavar="DIR",
-                   help="score the label maps DIR/<study>.seg.nrrd|.nrrd|.nii.gz|.nii|.mha instead of running the AI")
+                   help=f"score the label maps DIR/<study>{'|'.join(LABEL_SUFFIXES)} instead of running the AI")
     p.add_argument("--overwrite", action="store_true", help="process studies again even when their JSON exists")
     add_scoring_options(p)
     g = p.add_argument_group("AI pipeline (without --labels-dir)")
@@ -35,23 +37,6 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _scoring_options(args) -> dict:
-    kvp = args.kvp
-    if kvp is not None and str(kvp).lower() != "auto":
-        from ..errors import InputError
-
-        try:
-            kvp = float(kvp)
-        except ValueError:
-            raise InputError(f"--kvp must be 'auto' or a number, got {args.kvp!r}") from None
-    return {
-        "kvp": kvp,
-        "min_area_mm2": args.min_area,
-        "slice_correction": not args.no_slice_correction,
-        "calibration_factor": args.calibration_factor,
-    }
-
-
 def run(args: argparse.Namespace) -> int:
     from ..batch import parse_shard, run_batch, summary_name
     from ..outputs import check_output_dir
@@ -59,10 +44,7 @@ def run(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard)
     check_output_dir(args.out, "--out")
 
-    def progress(fraction: float, message: str) -> None:
-        if not args.quiet:
-            print(f"[{100 * fraction:5.1f}%] {message}", file=sys.stderr, flush=True)
-
+    progress = progress_printer(quiet=args.quiet)
     rows = run_batch(
         args.input_dir,
         args.out,
@@ -73,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         labels_dir=args.labels_dir,
         progress=progress,
         overwrite=args.overwrite,
-        scoring=_scoring_options(args),
+        scoring=scoring_options_from_args(args),
     )
     failed = [r for r in rows if r["status"] != "ok"]
     summary = Path(args.out) / summary_name(shard)

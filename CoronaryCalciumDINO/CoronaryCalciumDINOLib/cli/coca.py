@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
+from .progress import progress_printer
 
 
 def register(sub) -> None:
@@ -48,8 +49,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     log_path = Path(args.log) if args.log else out / "coca_conversion.jsonl"
 
-    def progress(frac: float, msg: str) -> None:
-        print(f"[{100 * frac:5.1f}%] {msg}", file=sys.stderr)
+    progress = progress_printer()
 
     results = convert_gated(
         root,

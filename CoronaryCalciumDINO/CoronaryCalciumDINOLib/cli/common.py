@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from ..errors import InputError
+from ..filenames import split_volume_suffix
 
 
 def check_ct(ct) -> list[str]:
@@ -31,24 +32,23 @@ def add_scoring_options(p: argparse.ArgumentParser) -> None:
                    help="mass calibration factor, mg HA/cm^3 per HU (without it mass is not reported)")
 
 
-def scoring_params_from_args(args, ct_kvp: float | None):
-    """Build :class:`ScoringParams` from the score-definition options."""
-    from ..scoring import params_for_kvp
+def scoring_options_from_args(args):
+    """The score-definition options (:func:`add_scoring_options`) as
+    :class:`..scoring.ScoringOptions`; its ``resolve`` gives the parameters for a CT's kVp."""
+    from ..scoring import ScoringOptions
 
-    kvp = None
-    if args.kvp is not None:
-        if str(args.kvp).lower() == "auto":
-            if ct_kvp is None:
-                raise InputError("--kvp auto: the input has no KVP tag; give the tube voltage, e.g. --kvp 100")
-            kvp = float(ct_kvp)
-        else:
-            try:
-                kvp = float(args.kvp)
-            except ValueError:
-                raise InputError(f"--kvp must be 'auto' or a number, got {args.kvp!r}") from None
-    return params_for_kvp(
-        kvp,
+    return ScoringOptions(
+        kvp=args.kvp,
         min_area_mm2=args.min_area,
         slice_correction=not args.no_slice_correction,
         calibration_factor=args.calibration_factor,
     )
+
+
+def attention_paths(path: str | Path, heads: int) -> list[Path]:
+    """[mean file, head 1 file, ..., head ``heads`` file] for ``--attention path``."""
+    path = Path(path)
+    stem, suffix = split_volume_suffix(path.name) or (path.name, ".nrrd")
+    if not path.name.lower().endswith(suffix):
+        path = path.with_name(stem + suffix)
+    return [path] + [path.with_name(f"{stem}.head{h}{suffix}") for h in range(1, heads + 1)]

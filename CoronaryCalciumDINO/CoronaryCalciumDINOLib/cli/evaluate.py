@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .progress import progress_printer
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -93,8 +95,7 @@ def run(args: argparse.Namespace) -> int:
               f"{HELDOUT_SYNTHETIC_SEEDS.start}:{HELDOUT_SYNTHETIC_SEEDS.stop}; a model may have been trained on them",
               file=sys.stderr)
 
-    def progress(fraction: float, message: str) -> None:
-        print(f"\r[{int(fraction * 100):3d}%] {message:<50}", end="\n" if fraction >= 1 else "", file=sys.stderr, flush=True)
+    progress = progress_printer(in_place=True)
 
     cache = Path(args.cache) if args.cache else out.parent / "eval-studies"
     print(f"studies: synthetic seeds {seeds.start}:{seeds.stop} in {cache}", file=sys.stderr)

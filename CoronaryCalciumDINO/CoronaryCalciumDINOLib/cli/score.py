@@ -7,7 +7,12 @@ import logging
 import sys
 from pathlib import Path
 
-from .common import add_scoring_options, check_ct, scoring_params_from_args
+from .common import (
+    add_scoring_options,
+    attention_paths,
+    check_ct,
+    scoring_options_from_args,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +44,6 @@ def register(sub) -> None:
 
 def output_files(args: argparse.Namespace, stem: str) -> list[tuple[Path, str]]:
     """Every file this run will write, with the option that names it."""
-    from ..pipeline.run import attention_paths
-
     files: list[tuple[Path, str]] = []
     if args.out:
         out = Path(args.out)
@@ -69,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from ..report.tables import format_summary
     from ..scoring import score
 
+    options = scoring_options_from_args(args)  # bad options fail before the CT is read
     study = study_input(args.input)
     stem = study.name
     out_dir = check_output_dir(args.out, "--out") if args.out else None
@@ -79,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     for w in ct.warnings:
         log.warning(w)
         print(f"ccdino: warning: {w}", file=sys.stderr)
-    params = scoring_params_from_args(args, ct.kvp)
+    params = options.resolve(ct.kvp)
 
     if args.labels:
         labels = read_label_file(args.labels, ct)
@@ -90,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         report = build_report(result, args.input, kvp=ct.kvp, warnings=[*ct.warnings, *label_warnings],
                               study=stem, labels=str(args.labels))
     else:
-        from ..pipeline.run import score_with_ai
+        from .ai import score_with_ai  # the AI's modules, imported only when it runs
 
         report = score_with_ai(ct, args, params, stem=stem, out_dir=out_dir)
         report["study"] = stem

@@ -59,6 +59,9 @@ import numpy as np
 
 from ..constants import ARTERY_TO_LABEL
 from ..errors import Cancelled, InputError
+from ..io import load_ct
+from ..io.dicom import list_series
+from .studies import Study, is_study_dir, write_study
 
 GATED_DIR = "Gated_release_final"
 NONGATED_DIR = "deidentified_nongated"
@@ -298,8 +301,6 @@ def _index_to_slice(files: list[Path], origin, direction, spacing, nz: int) -> d
 
 def _choose_series(patient_dir: Path, rois: list[CocaROI]):
     """The series of a patient folder the contours belong to, and a warning if there was a choice."""
-    from ..io.dicom import list_series
-
     series = list_series(patient_dir)
     if not series:
         raise InputError("no DICOM images")
@@ -363,9 +364,6 @@ def convert_gated_patient(
     type) with the reason. An existing study
     folder is left alone (``"exists"``) unless ``overwrite``.
     """
-    from .studies import Study, is_study_dir, write_study
-    from ..io import load_ct
-
     root = Path(root)
     sid = study_id_for(pid)
     bad = known_bad_reason(pid)

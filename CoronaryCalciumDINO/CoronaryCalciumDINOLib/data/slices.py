@@ -32,6 +32,15 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import InputError
+from ..io.volume import read_label_file
+from .studies import (
+    CT_FILE,
+    HEART_FILE,
+    is_study_dir,
+    list_studies,
+    load_study,
+    read_study_meta,
+)
 
 #: Default HU windows (low, high), one channel each: mediastinum, wide, calcium.
 DEFAULT_WINDOWS: tuple[tuple[float, float], ...] = ((-160.0, 240.0), (-200.0, 800.0), (130.0, 1130.0))
@@ -397,9 +406,6 @@ def index_studies(study_dirs, progress: Callable[[float, str], None] | None = No
     whole scan range (gated cardiac scans cover about the heart). CT voxels are not loaded:
     the shape comes from ``study.json`` and the orientation from the CT header.
     """
-    from .studies import HEART_FILE, CT_FILE, is_study_dir, list_studies, read_study_meta
-    from ..io.volume import read_label_file
-
     if isinstance(study_dirs, (str, Path)):
         p = Path(study_dirs)
         dirs = [p] if is_study_dir(p) else list_studies(p)
@@ -454,8 +460,6 @@ class _CachedStudy:
     """The arrays of one study restricted to its crop box (int16 HU, uint8 labels/heart)."""
 
     def __init__(self, study_dir: str, crop: str | None, size_mm: float):
-        from .studies import load_study
-
         st = load_study(study_dir)
         hu = st.ct.hu
         self.spacing = tuple(float(s) for s in st.ct.spacing)

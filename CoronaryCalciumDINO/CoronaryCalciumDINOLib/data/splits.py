@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..io.jsonfile import read_json, write_json
 
 SPLITS_VERSION = 1
 SPLIT_NAMES = ("train", "val", "test")
@@ -89,7 +90,6 @@ def _group_counts(n: int, fr: Sequence[float]) -> list[int]:
 
 def save_splits(splits: dict, path: str | Path, seed: int | None = None, **extra) -> Path:
     """Write splits as JSON ``{"version", "seed", "train", "val", "test", ...extra}``."""
-    from ..report import write_json
 
     for name in SPLIT_NAMES:
         if name not in splits:
@@ -103,7 +103,6 @@ def save_splits(splits: dict, path: str | Path, seed: int | None = None, **extra
 
 def load_splits(path: str | Path) -> dict:
     """Read a splits file written by :func:`save_splits` (checks version and overlap)."""
-    from ..report.tables import read_json
 
     p = Path(path)
     data = read_json(p, "splits file")

@@ -34,7 +34,18 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..io.volume import CTVolume, read_label_file, read_volume_file, write_volume
+from ..io.jsonfile import write_json
+from ..io.volume import (  # noqa: F401 - LABEL_SUFFIXES: the label maps looked for, in order
+    LABEL_SUFFIXES,
+    SEG_SUFFIX,
+    CTVolume,
+    read_label_file,
+    read_volume_file,
+    split_volume_suffix,
+    write_volume,
+)
+from ..report.tables import build_report
+from ..scoring import score, slices_with_calcium
 
 CT_FILE = "ct.nrrd"
 LABELS_FILE = "labels.nrrd"
@@ -42,10 +53,6 @@ HEART_FILE = "heart.nrrd"
 META_FILE = "study.json"
 
 
-#: Suffixes of volume files, longest first where one ends another.
-STUDY_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-#: Suffixes of label-map files, in order of preference (``.seg.nrrd``: a Slicer segmentation).
-LABEL_SUFFIXES = (".seg.nrrd", ".nrrd", ".nii.gz", ".nii", ".mha")
 _CT_STEM, _LABELS_STEM = CT_FILE.split(".")[0], LABELS_FILE.split(".")[0]
 
 
@@ -70,13 +77,8 @@ class StudyInput:
 
 def volume_stem(name: str) -> str | None:
     """``name`` without its volume suffix; None for other files and for ``.seg.nrrd``."""
-    low = name.lower()
-    if low.endswith(".seg.nrrd"):
-        return None
-    for suffix in STUDY_VOLUME_SUFFIXES:
-        if low.endswith(suffix):
-            return name[: -len(suffix)]
-    return None
+    split = split_volume_suffix(name)
+    return split[0] if split and split[1].lower() != SEG_SUFFIX else None
 
 
 def _named_volume(folder: Path, stem: str) -> Path | None:
@@ -180,9 +182,6 @@ class Study:
 
 def write_study(study: Study, root: str | Path) -> Path:
     """Write a study folder (volumes first, ``study.json`` last: its presence marks completion)."""
-    from ..report import build_report, write_json
-    from ..scoring import score, slices_with_calcium
-
     folder = Path(root) / study.id
     folder.mkdir(parents=True, exist_ok=True)
     hu = np.clip(np.rint(study.ct.hu), -32768, 32767).astype(np.int16)

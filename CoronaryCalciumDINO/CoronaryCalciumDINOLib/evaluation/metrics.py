@@ -29,6 +29,7 @@ import numpy as np
 
 from ..constants import RISK_CATEGORIES
 from ..errors import InputError
+from ..scoring import risk_category
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -168,6 +169,23 @@ def threshold_for_sensitivity(labels, probabilities, target: float = 0.90) -> fl
         return None
     k = max(1, math.ceil(float(target) * pos.size - 1e-9))
     return float(pos[k - 1])
+
+
+def choose_thresholds(labels, probabilities, target_sensitivity: float = 0.90) -> dict:
+    """A detector's operating points from validation slices.
+
+    ``threshold``: the highest threshold keeping sensitivity >= ``target_sensitivity``;
+    ``youden_threshold``: the Youden point (None with one class only). Raises ``ValueError``
+    without a positive slice, since then no sensitivity threshold exists.
+    """
+    thr = threshold_for_sensitivity(labels, probabilities, target_sensitivity)
+    if thr is None:
+        raise ValueError("no calcified slice among the validation slices: cannot choose a threshold")
+    return {
+        "threshold": float(thr),
+        "youden_threshold": youden_threshold(labels, probabilities),
+        "target_sensitivity": float(target_sensitivity),
+    }
 
 
 def slice_metrics(labels, probabilities, threshold: float = 0.5, target_sensitivity: float = 0.90) -> dict:
@@ -314,8 +332,6 @@ def agreement_metrics(predicted, reference) -> dict:
 
 def _to_categories(values: Iterable, categories: Sequence[str]) -> np.ndarray:
     """Category indices from category names or from total Agatston scores (numbers)."""
-    from ..scoring import risk_category
-
     out = []
     for v in values:
         if isinstance(v, str):

@@ -22,7 +22,12 @@ from typing import Callable
 import numpy as np
 
 from ..constants import ARTERIES
+from ..data.studies import load_study
 from ..errors import InputError
+from ..pipeline import run_pipeline
+from ..scoring import ScoringParams, score, slices_with_calcium
+from ..synth import write_studies
+from .metrics import agreement_metrics, risk_metrics, slice_metrics
 
 
 @dataclass
@@ -51,16 +56,11 @@ def synthetic_study_dirs(seeds, cache_dir: str | Path, progress: Callable[[float
 
     ``overrides`` go to :func:`..synth.generate_study` (e.g. ``matrix=256``).
     """
-    from ..synth import write_studies
-
     return [Path(d) for d in write_studies(list(seeds), cache_dir, progress=progress, **overrides)]
 
 
 def evaluate_study(study, bundle, device: str = "auto", params=None) -> StudyOutcome:
     """Run ``bundle`` on one :class:`..data.studies.Study` (both modes) against its labels."""
-    from ..pipeline import run_pipeline
-    from ..scoring import ScoringParams, score, slices_with_calcium
-
     params = params or ScoringParams()
     t = time.perf_counter()
     res = run_pipeline(study.ct, bundle, device=device, params=params, all_slices=True)
@@ -84,8 +84,6 @@ def evaluate_study(study, bundle, device: str = "auto", params=None) -> StudyOut
 def evaluate_bundle(bundle, study_dirs, device: str = "auto", params=None,
                     progress: Callable[[float, str], None] | None = None) -> list[StudyOutcome]:
     """:func:`evaluate_study` over study folders (loaded one at a time)."""
-    from ..data.studies import load_study
-
     dirs = list(study_dirs)
     if not dirs:
         raise InputError("no studies to evaluate")
@@ -98,8 +96,6 @@ def evaluate_bundle(bundle, study_dirs, device: str = "auto", params=None,
 
 
 def _mode_metrics(outcomes: list[StudyOutcome], key: str) -> dict:
-    from .metrics import agreement_metrics, risk_metrics
-
     ref = {a: [o.reference[a] for o in outcomes] for a in (*ARTERIES, "total")}
     pred = {a: [getattr(o, key)[a] for o in outcomes] for a in (*ARTERIES, "total")}
     zero = [o for o in outcomes if o.reference["total"] == 0]
@@ -114,8 +110,6 @@ def _mode_metrics(outcomes: list[StudyOutcome], key: str) -> dict:
 
 def summarise(outcomes: list[StudyOutcome], threshold: float, target_sensitivity: float = 0.90) -> dict:
     """Metrics of one bundle over studies: slice detection, both scoring modes, per study."""
-    from .metrics import slice_metrics
-
     probs = np.concatenate([o.probabilities for o in outcomes])
     pos = np.concatenate([o.positive for o in outcomes])
     return {

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import limits
-from ..errors import InputError
+from ..errors import Cancelled, InputError
 from .volume import CTVolume
 
 log = logging.getLogger(__name__)
@@ -480,8 +480,6 @@ def read_dicom_series(path: str | os.PathLike, series_uid: str | None = None, pr
     ``series_uid`` selects the series when the folder holds several; without it a folder
     with several image series is refused with a message listing them.
     """
-    from ..errors import Cancelled
-
     path = Path(path)
     if not path.exists():
         raise InputError(f"input not found: {path}")

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..constants import ARTERIES, ARTERY_COLORS
+from ..constants import ARTERIES, ARTERY_COLORS, ARTERY_TO_LABEL
 from ..errors import InputError
+from .atomic import atomic_path
 from .volume import CTVolume
 
 #: Name of the terminology context (category and type) shipped with the Slicer module.
@@ -139,14 +140,8 @@ def write_seg_nrrd(labels: np.ndarray, ct: CTVolume, path: str | os.PathLike, se
             "Segmentation_ConversionParameters": "",
         }
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         nrrd.write(str(tmp), data, header, index_order="C")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -221,8 +216,6 @@ def read_seg_labels(path: str | os.PathLike, ct: CTVolume) -> np.ndarray:
     grid; the file's voxels must coincide with CT voxels (same spacing and direction, origin
     on a voxel centre).
     """
-    from ..constants import ARTERY_TO_LABEL
-
     path = Path(path)
     labels, names, geom = read_seg_nrrd(path)
     unknown = [n for n in names if n not in ARTERY_TO_LABEL]

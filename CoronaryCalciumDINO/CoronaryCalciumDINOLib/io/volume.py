@@ -17,8 +17,9 @@ import numpy as np
 
 from .. import limits
 from ..errors import InputError
+from ..filenames import LABEL_SUFFIXES, SEG_SUFFIX, VOLUME_SUFFIXES, split_volume_suffix  # noqa: F401
+from .atomic import atomic_path
 
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 @dataclass
@@ -246,13 +247,6 @@ def write_volume(array: np.ndarray, ref: CTVolume, path: str | os.PathLike, comp
     path = Path(path)
     if tuple(array.shape) != ref.shape:
         raise InputError(f"array shape {array.shape} does not match the reference grid {ref.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    name = path.name
-    tmp = path.with_name(f".{name}.tmp-{os.getpid()}{''.join(path.suffixes[-2:]) if name.endswith('.gz') else path.suffix}")
-    try:
+    with atomic_path(path, keep_suffix=True) as tmp:  # SimpleITK picks the format by the suffix
         sitk.WriteImage(_to_sitk(array, ref), str(tmp), compress)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # never leave a half-written file behind
-        raise
     return path

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import importlib.resources
 import json
 import os
 import shutil
@@ -38,14 +39,19 @@ from pathlib import Path
 
 from .. import limits
 from ..errors import ModelBundleError
+from ..requirements import require_ai
 
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 MODEL_CARD = "MODEL_CARD.md"
 #: Largest weight file written (bytes); bigger state dicts are split into shards.
 MAX_FILE_BYTES = 16 * 1024 * 1024
-#: The default bundle shipped with the module.
-DEFAULT_BUNDLE_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "ccdino-default"
+#: The default bundle ships as package data of the library, in this folder (``bundles/``
+#: next to the subpackages): found through importlib.resources in a source checkout, an
+#: installed wheel and the Slicer module alike. ``training.build_default_bundle`` writes it.
+DEFAULT_BUNDLE_DIR = Path(str(importlib.resources.files("CoronaryCalciumDINOLib") / "bundles" / "ccdino-default"))
+#: Environment variable naming another default bundle (a folder or its manifest.json).
+DEFAULT_BUNDLE_ENV = "CCDINO_DEFAULT_BUNDLE"
 PARTS = ("backbone", "detector", "segmenter")
 
 
@@ -232,16 +238,23 @@ def save_bundle(
 # ----------------------------------------------------------------------------- loading
 
 
+def default_bundle_dir() -> Path:
+    """The default bundle: ``$CCDINO_DEFAULT_BUNDLE`` when set, else the packaged one."""
+    env = os.environ.get(DEFAULT_BUNDLE_ENV, "").strip()
+    return Path(env).expanduser() if env else DEFAULT_BUNDLE_DIR
+
+
 def resolve_bundle_path(path: str | os.PathLike | None) -> Path:
     """Bundle folder for ``path`` (None: the default bundle; a manifest.json: its folder)."""
-    p = DEFAULT_BUNDLE_DIR if path is None else Path(path).expanduser()
+    p = default_bundle_dir() if path is None else Path(path).expanduser()
     if p.is_file() and p.name == MANIFEST:
         p = p.parent
     if not p.exists():
         if path is None:
+            where = f"${DEFAULT_BUNDLE_ENV}" if os.environ.get(DEFAULT_BUNDLE_ENV, "").strip() else "the installed package"
             raise ModelBundleError(
-                f"default model bundle not found at {p} (it ships in the source tree: install with "
-                "'pip install -e .' from a checkout, or pass --bundle PATH)"
+                f"default model bundle not found at {p} ({where}; reinstall the package, set "
+                f"{DEFAULT_BUNDLE_ENV} to a bundle folder, or pass --bundle PATH)"
             )
         raise ModelBundleError(f"model bundle not found: {p}")
     if not p.is_dir():
@@ -465,6 +478,7 @@ def _load_into(module, state: dict, folder: Path, part: str) -> None:
 
 def load_bundle(path: str | os.PathLike | None = None) -> ModelBundle:
     """Load and verify a bundle (folder or its manifest.json; None = the default bundle)."""
+    require_ai()  # before anything imports torch, timm or MONAI
     from ..errors import InputError
     from ..pipeline.candidates import CandidateConfig, NoiseRule
     from .backbone import build_backbone_from_config
@@ -511,6 +525,7 @@ def save_random_bundle(
     Same architecture as the default bundle; its outputs are meaningless and its manifest
     says so (``trained_on: "nothing"``).
     """
+    require_ai()
     import torch
 
     from ..pipeline.candidates import CONTEXT_NAMES, CandidateConfig

@@ -10,8 +10,8 @@ travel with the weights) and returns one logit: is this candidate coronary calci
 
 A slice's probability is the maximum over its candidates; a slice is *selected* when it is
 >= the bundle's threshold, chosen on validation studies
-(:func:`choose_thresholds`): the highest value keeping the slice sensitivity at or above a
-target; the Youden point is reported next to it.
+(:func:`..evaluation.metrics.choose_thresholds`): the highest value keeping the slice
+sensitivity at or above a target; the Youden point is reported next to it.
 """
 
 from __future__ import annotations
@@ -54,22 +54,3 @@ class CandidateDetector(nn.Module):
     def config(self) -> dict:
         return {"feature_dim": self.feature_dim, "context_dim": self.context_dim, "hidden": self.hidden,
                 "use_context": self.use_context}
-
-
-def choose_thresholds(labels, probabilities, target_sensitivity: float = 0.90) -> dict:
-    """Operating points from validation slices (metrics from :mod:`..evaluation.metrics`).
-
-    ``threshold``: the highest threshold keeping sensitivity >= ``target_sensitivity``;
-    ``youden_threshold``: the Youden point (None with one class only). Raises ``ValueError``
-    without a positive slice, since then no sensitivity threshold exists.
-    """
-    from ..evaluation.metrics import threshold_for_sensitivity, youden_threshold
-
-    thr = threshold_for_sensitivity(labels, probabilities, target_sensitivity)
-    if thr is None:
-        raise ValueError("no calcified slice among the validation slices: cannot choose a threshold")
-    return {
-        "threshold": float(thr),
-        "youden_threshold": youden_threshold(labels, probabilities),
-        "target_sensitivity": float(target_sensitivity),
-    }

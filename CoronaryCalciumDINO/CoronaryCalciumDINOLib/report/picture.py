@@ -14,6 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from ..constants import ARTERIES, ARTERY_COLORS, DISCLAIMER
+from ..data.studies import study_name
+from ..io.atomic import atomic_path
+from ..scoring import ScoringParams, score
 
 #: Soft-tissue window (level, width) in HU.
 WINDOW_LEVEL_HU = 40.0
@@ -83,8 +86,6 @@ def study_title(report: dict, ct=None) -> str:
     called ``ct.*`` is named after its folder, as everywhere)."""
     if report.get("study"):
         return str(report["study"])
-    from ..data.studies import study_name
-
     source = str(report.get("input", getattr(ct, "source", "")) or "")
     return study_name(source) if source else "study"
 
@@ -95,8 +96,6 @@ def scored_lesions(ct, labels: np.ndarray, report: dict, result=None) -> list[di
     report's ``lesions`` list. The voxels come from the scoring itself: ``result`` (scored
     with ``keep_lesion_voxels=True``) or, without it, the labels scored again with the
     report's definition (threshold, bands, minimum area)."""
-    from ..scoring import ScoringParams, score
-
     if result is None or getattr(result, "lesion_voxels", None) is None:
         params = ScoringParams(
             threshold_hu=float(report.get("threshold_hu", 130.0)),
@@ -257,13 +256,6 @@ def write_report_png(ct, labels: np.ndarray, report: dict, path: str | os.PathLi
                 ha="left", fontsize=8.5, style="italic", color="darkred")
     fig.suptitle(f"Coronary artery calcium - {study_title(report, ct)}", fontsize=12, y=1 - 0.15 / height)
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.15)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return Path(path)

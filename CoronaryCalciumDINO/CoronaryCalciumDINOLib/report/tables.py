@@ -7,14 +7,14 @@ metric and one column per artery (``LM``, ``LAD``, ``LCX``, ``RCA``) plus ``tota
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from pathlib import Path
 
 from .. import __version__
 from ..constants import ARTERIES, disclaimer
-from ..errors import InputError
+from ..io.atomic import write_text_atomic
+from ..io.jsonfile import check_finite, read_json, write_json  # noqa: F401 - the report's JSON writer (and reader)
 from ..scoring import ScoreResult
 
 METRICS = ("agatston", "volume_mm3", "mass_mg", "lesions")
@@ -43,79 +43,6 @@ def build_report(result: ScoreResult, input_path: str, kvp: float | None = None,
     return report
 
 
-def _non_finite(obj, where: str = ""):
-    """Path of the first NaN/inf number in a JSON-like structure, or None."""
-    import numpy as np
-
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            found = _non_finite(v, f"{where}.{k}" if where else str(k))
-            if found:
-                return found
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            found = _non_finite(v, f"{where}[{i}]")
-            if found:
-                return found
-    elif isinstance(obj, np.ndarray):
-        if obj.dtype.kind in "fc" and not np.all(np.isfinite(obj)):
-            return where
-    elif isinstance(obj, (float, np.floating)) and not math.isfinite(float(obj)):
-        return f"{where} = {float(obj)}"
-    return None
-
-
-def check_finite(report: dict) -> None:
-    """A report never holds NaN or infinity: one-line :class:`InputError` naming the value
-    (an input the checks of :mod:`..limits` let through would otherwise give a silent
-    non-number)."""
-    found = _non_finite(report)
-    if found:
-        raise InputError(f"the report would hold a non-finite number ({found}); the input gives no valid score")
-
-
-def _atomic_write_text(path: Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # never leave a half-written file behind
-        raise
-    return path
-
-
-def _json_default(obj):
-    import numpy as np
-
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def write_json(report: dict, path: str | os.PathLike) -> Path:
-    """Write a report as JSON (atomically: temporary file, then rename); never NaN/inf."""
-    check_finite(report)
-    return _atomic_write_text(Path(path), json.dumps(report, indent=2, default=_json_default, allow_nan=False) + "\n")
-
-
-def read_json(path: str | os.PathLike, what: str = "file"):
-    """Read a JSON file; a missing or malformed file is a one-line :class:`InputError`."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{what} not found: {p}")
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise InputError(f"{what} {p.name} is not valid JSON: {exc}") from None
-
-
 def score_table_rows(report: dict) -> list[list]:
     """Rows ``[metric, LM, LAD, LCX, RCA, total]`` of a report (values unrounded, None kept)."""
     rows = []
@@ -136,7 +63,7 @@ def write_score_csv(report: dict, path: str | os.PathLike) -> Path:
         w.writerow(["" if (v is None or (isinstance(v, float) and math.isnan(v))) else v for v in row])
     w.writerow(["risk_category", "", "", "", "", report["risk_category"]])
     w.writerow(["cac_drs", "", "", "", "", report["cac_drs"]])
-    return _atomic_write_text(Path(path), buf.getvalue())
+    return write_text_atomic(path, buf.getvalue())
 
 
 def format_summary(report: dict) -> str:

@@ -28,12 +28,21 @@ import numpy as np
 
 from ..constants import ARTERIES
 from ..errors import InputError
-from ..scoring import ScoringParams, params_for_kvp, score
+from ..pipeline import run_pipeline
+from ..pipeline.contrast import check_contrast
+from ..scoring import ScoringOptions, ScoringParams, score
 from . import attention as attention_glue
 from . import table as table_glue
 from .edits import EditTracker, edited_segments, flag_unrecorded_edits
-from .segmentation import create_result_segmentation, ensure_artery_segments, find_result_segmentation, place_in_hierarchy, read_labels, write_labels
-from .volume import volume_node_to_ct
+from .segmentation import (
+    create_result_segmentation,
+    ensure_artery_segments,
+    find_result_segmentation,
+    place_in_hierarchy,
+    read_labels,
+    write_labels,
+)
+from .volume import volume_kvp, volume_node_to_ct
 
 #: Node attribute linking a result segmentation to its score / slice tables.
 SCORE_TABLE_REF = "CoronaryCalciumDINO.ScoreTable"
@@ -103,8 +112,6 @@ _CONTRAST_CACHE_SIZE = 16
 def check_volume(volume_node, ct) -> list[str]:
     """Run the CT checks (contrast) on ``ct``, the CTVolume of ``volume_node``; new warnings
     are appended to ``ct.warnings``, which is returned. Cached per unchanged volume."""
-    from ..pipeline.contrast import check_contrast
-
     image = volume_node.GetImageData() if volume_node is not None else None
     key = (volume_node.GetID(), int(image.GetMTime())) if image is not None else None
     if key is not None and key in _CONTRAST_CACHE and "contrast_warning" not in ct.meta:
@@ -124,12 +131,13 @@ def warnings_text(report: dict | None) -> str:
     return "\n".join(f"Warning: {w}" for w in items)
 
 
-def scoring_params_for(volume_node, params: ScoringParams | None) -> ScoringParams:
-    """``params`` if given, else the kVp-adapted parameters from the volume's kVp attribute."""
-    if params is not None:
+def scoring_params_for(volume_node, params: ScoringParams | ScoringOptions | None) -> ScoringParams:
+    """``params`` if given as :class:`ScoringParams`; else the options (default: the volume's
+    own kVp, the classic definition when it has none) resolved for the volume's kVp."""
+    if isinstance(params, ScoringParams):
         return params
-    text = volume_node.GetAttribute("CoronaryCalciumDINO.kVp")
-    return params_for_kvp(float(text)) if text else ScoringParams()
+    options = params if params is not None else ScoringOptions(kvp="auto", auto_kvp_required=False)
+    return options.resolve(volume_kvp(volume_node))
 
 
 def _linked(scene, node, attribute: str):
@@ -228,8 +236,6 @@ def run_segmentation(ct, bundle=None, device="auto", params=None, attention=True
     """
     if segment_fn is not None:
         return segment_fn(ct)
-    from ..pipeline import run_pipeline
-
     return run_pipeline(ct, bundle, device=device, params=params, attention=attention, progress=progress, cancel=cancel)
 
 

@@ -18,7 +18,8 @@ import json
 import numpy as np
 
 from ..constants import ARTERIES, DISCLAIMER
-from ..report.tables import METRICS, _json_default, build_report
+from ..io.jsonfile import json_default
+from ..report.tables import METRICS, build_report
 
 REPORT_ATTRIBUTE = "CoronaryCalciumDINO.Report"
 DISCLAIMER_ATTRIBUTE = "CoronaryCalciumDINO.Disclaimer"
@@ -78,7 +79,7 @@ def update_score_table(table_node, result, input_name: str, warnings=None, **ext
     """Fill ``table_node`` from a ScoreResult; returns the report dict stored on the node."""
     report = build_report(result, input_name, warnings=warnings, **extra)
     _fill_string_table(table_node, COLUMNS, score_rows(report))
-    table_node.SetAttribute(REPORT_ATTRIBUTE, json.dumps(report, default=_json_default))
+    table_node.SetAttribute(REPORT_ATTRIBUTE, json.dumps(report, default=json_default))
     table_node.SetAttribute(DISCLAIMER_ATTRIBUTE, report["disclaimer"])
     table_node.SetUseColumnTitleAsColumnHeader(True)
     table_node.SetLocked(True)

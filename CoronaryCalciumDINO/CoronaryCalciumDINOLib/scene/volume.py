@@ -19,6 +19,10 @@ from ..limits import KVP_RANGE
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
+#: Volume node attribute holding the CT's tube voltage (kVp).
+KVP_ATTRIBUTE = "CoronaryCalciumDINO.kVp"
+
+
 def _vtk():
     import vtk
     from vtk.util import numpy_support
@@ -78,7 +82,7 @@ def ct_to_volume_node(scene, ct: CTVolume, name: str = "CT", node=None):
     node.SetAndObserveImageData(_image_from_array(_hu_storage(np.asarray(ct.hu))))
     node.SetIJKToRASMatrix(numpy_to_matrix(ijk_to_ras(ct)))
     if ct.kvp is not None:
-        node.SetAttribute("CoronaryCalciumDINO.kVp", repr(float(ct.kvp)))
+        node.SetAttribute(KVP_ATTRIBUTE, repr(float(ct.kvp)))
     if ct.source:
         node.SetAttribute("CoronaryCalciumDINO.Source", str(ct.source))
     if node.GetDisplayNode() is None:
@@ -88,6 +92,18 @@ def ct_to_volume_node(scene, ct: CTVolume, name: str = "CT", node=None):
         display.AutoWindowLevelOff()
         display.SetWindowLevel(1500.0, 300.0)
     return node
+
+
+def volume_kvp(node) -> float | None:
+    """The tube voltage kept on a volume node (:func:`ct_to_volume_node`); None if unknown."""
+    text = node.GetAttribute(KVP_ATTRIBUTE) if node is not None else None
+    try:
+        kvp = float(text) if text else None
+    except ValueError:
+        return None
+    if kvp is not None and not (np.isfinite(kvp) and KVP_RANGE[0] <= kvp <= KVP_RANGE[1]):
+        return None  # a damaged attribute: the tube voltage is unknown
+    return kvp
 
 
 def node_ijk_to_ras(node) -> np.ndarray:
@@ -124,13 +140,7 @@ def volume_node_to_ct(node, kvp: float | None = None) -> CTVolume:
         raise InputError(f"volume '{node.GetName()}' has a zero voxel spacing")
     direction = axes / sizes
     if kvp is None:
-        text = node.GetAttribute("CoronaryCalciumDINO.kVp")
-        try:
-            kvp = float(text) if text else None
-        except ValueError:
-            kvp = None
-        if kvp is not None and not (np.isfinite(kvp) and KVP_RANGE[0] <= kvp <= KVP_RANGE[1]):
-            kvp = None  # a damaged attribute: the tube voltage is unknown
+        kvp = volume_kvp(node)
     ct = CTVolume(
         hu=hu,
         spacing=(float(sizes[2]), float(sizes[1]), float(sizes[0])),

@@ -17,3 +17,4 @@ from .agatston import (  # noqa: F401
     slices_with_calcium,
     weights_from_peak,
 )
+from .options import ScoringOptions  # noqa: F401

@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 
 from ..constants import ARTERIES
-from ..data.studies import Study
+from ..data.studies import Study, is_study_dir, read_study_meta, write_study
 from ..errors import InputError
 from ..io.volume import CTVolume
 from . import anatomy, coronaries, plaques, scanner
@@ -218,8 +218,6 @@ def generate_study(seed: int, **overrides) -> Study:
 
 def _write_one(job: tuple[int, str, dict]) -> tuple[int, str, float, float, bool]:
     """Generate and write one study unless its folder is complete (worker function)."""
-    from ..data.studies import is_study_dir, read_study_meta, write_study
-
     seed, out, overrides = job
     folder = Path(out) / study_id(seed)
     if is_study_dir(folder):

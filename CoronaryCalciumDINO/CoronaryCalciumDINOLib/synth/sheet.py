@@ -7,8 +7,11 @@ from pathlib import Path
 import numpy as np
 
 from ..constants import ARTERY_COLORS, LABEL_TO_ARTERY
-from ..data.studies import Study
+from ..data.studies import Study, is_study_dir, list_studies, load_study
 from ..errors import InputError
+from ..io import load_ct
+from ..scoring import score
+from .generator import generate_study
 
 #: Default real reference: two slices of a real non-contrast cardiac CT in the test data.
 REAL_SLICES = Path(__file__).resolve().parents[3] / "Testing" / "Data" / "real-cardiac-ct-slices"
@@ -40,8 +43,6 @@ def parse_seeds(text: str) -> list[int]:
 
 def load_sheet_studies(spec: str, n: int = 3) -> list[Study]:
     """Studies for the sheet: a study folder, a folder of studies, or seeds to generate."""
-    from ..data.studies import is_study_dir, list_studies, load_study
-
     p = Path(spec)
     if p.is_dir():
         folders = [p] if is_study_dir(p) else list_studies(p)
@@ -53,8 +54,6 @@ def load_sheet_studies(spec: str, n: int = 3) -> list[Study]:
         without = [s for s in studies if not s.labels.any()]
         chosen = with_ca[: max(n - 1, 1)] + without[:1]
         return (chosen + [s for s in studies if s not in chosen])[:n]
-    from .generator import generate_study
-
     return [generate_study(s) for s in parse_seeds(spec)[:n]]
 
 
@@ -84,8 +83,6 @@ def make_sheet(studies: list[Study], out: str | Path, real_path: str | Path | No
         raise InputError("no studies to show")
     real = None
     if real_path is not None and Path(real_path).exists():
-        from ..io import load_ct
-
         real = load_ct(real_path)
     rows = len(studies) + (1 if real is not None else 0)
     fig, axes = plt.subplots(rows, 4, figsize=(16, 4.1 * rows), squeeze=False)
@@ -107,8 +104,6 @@ def make_sheet(studies: list[Study], out: str | Path, real_path: str | Path | No
                 k_no = int(no_ca[int(np.argmax(dense))])
         agat = st.meta.get("scores", {}).get("total", {}).get("agatston")
         if agat is None:
-            from ..scoring import score
-
             agat = score(hu, lab, st.ct.spacing).total.agatston
         title = f"{st.id}  slice {k_ca}/{lab.shape[0]}  Agatston {agat:.1f}"
         ax = axes[r]

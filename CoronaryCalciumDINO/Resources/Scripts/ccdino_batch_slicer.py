@@ -18,7 +18,6 @@ The script also runs with any Python that has the library's dependencies (e.g.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import os
 import sys
@@ -41,21 +40,25 @@ def parse_args(argv):
 
 
 def missing_packages(need_ai: bool):
-    names = ["numpy", "scipy", "SimpleITK", "pydicom", "nrrd"] + (["torch", "timm", "monai"] if need_ai else [])
-    return [n for n in names if importlib.util.find_spec(n) is None]
+    """Import names of the library's requirements (:mod:`CoronaryCalciumDINOLib.requirements`)
+    that are not installed; the AI's only when ``need_ai``."""
+    from CoronaryCalciumDINOLib import requirements
+
+    return requirements.missing(ai=need_ai)
 
 
 def install_dependencies(missing):
     """Install missing packages non-interactively (inside Slicer only)."""
     import slicer  # noqa: F401 - only inside Slicer
 
+    from CoronaryCalciumDINOLib import requirements
+
     if "torch" in missing:
         import PyTorchUtils
 
-        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=">=2.2") is None:
+        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=requirements.TORCH_VERSION) is None:
             raise RuntimeError("PyTorch could not be installed")
-    pip_names = {"timm": "timm>=1.0", "monai": "monai>=1.3", "nrrd": "pynrrd", "pydicom": "pydicom"}
-    wanted = [pip_names[m] for m in missing if m in pip_names]
+    wanted = requirements.pip_requirements(missing)
     if wanted:
         slicer.util.pip_install(wanted)
 

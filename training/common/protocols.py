@@ -29,8 +29,11 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import Cancelled, InputError
-from . import metrics as M
+from CoronaryCalciumDINOLib.errors import Cancelled, InputError
+from CoronaryCalciumDINOLib.evaluation import metrics as M
+from CoronaryCalciumDINOLib.models.backbone import extract_features, iter_blocks
+
+from .peft import apply_bitfit, apply_lora, merge_lora, trainable_parameter_count
 
 KNN_KS: tuple[int, ...] = (5, 20, 50, 100, 200)
 KNN_TEMPERATURE = 0.07
@@ -441,13 +444,11 @@ def extract_block_features(backbone, images, blocks: Sequence[int] = (1, 4),
     For each n in ``blocks`` and each flag in ``mean_pool`` the feature is the CLS tokens of
     the last n blocks concatenated, followed (when pooling) by the mean patch token of the
     last block (register tokens excluded). Keys: ``"last{n}"`` / ``"last{n}+avgpool"``;
-    ``"last1+avgpool"`` equals :func:`..models.backbone.extract_features` (the detector's
+    ``"last1+avgpool"`` equals :func:`CoronaryCalciumDINOLib.models.backbone.extract_features` (the detector's
     input). ``images``: (N, C, H, W) array or tensor; ``location``: (N,) slice locations for
     location-conditioned backbones.
     """
     import torch
-
-    from ..models.backbone import iter_blocks
 
     x_all = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
     if x_all.ndim != 4 or x_all.shape[0] == 0:
@@ -496,7 +497,6 @@ class SliceClassifier:
     def __init__(self, backbone, num_classes: int):
         import torch
 
-        from ..models.backbone import extract_features
 
         class _Net(torch.nn.Module):
             def __init__(self):
@@ -543,7 +543,6 @@ def finetune_classifier(backbone, images, labels, mode: str = "full", lr: float 
     """
     import torch
 
-    from .peft import apply_bitfit, apply_lora, merge_lora, trainable_parameter_count
 
     if mode not in FINETUNE_LRS:
         raise InputError(f"fine-tuning mode must be one of {sorted(FINETUNE_LRS)}, got {mode!r}")

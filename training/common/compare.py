@@ -20,7 +20,7 @@ Columns per variant:
 :func:`build_comparison` returns a JSON-ready dict, :func:`to_markdown` renders it and
 :func:`write_comparison` writes both. Run as a module to build the table from files::
 
-    python -m CoronaryCalciumDINOLib.evaluation.compare DINO=dino.json DINO-LG=dino_lg.json \\
+    python -m training.common.compare DINO=dino.json DINO-LG=dino_lg.json \\
         --md comparison.md --json comparison.json
 """
 
@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from ..errors import CCDinoError, InputError
-from ..report.tables import read_json
+from CoronaryCalciumDINOLib.errors import CCDinoError, InputError
+from CoronaryCalciumDINOLib.io.atomic import write_text_atomic
+from CoronaryCalciumDINOLib.io.jsonfile import read_json
 
 #: Canonical display order; other variants follow in the order given.
 VARIANT_ORDER: tuple[str, ...] = (
@@ -141,10 +141,7 @@ def to_markdown(table: Mapping) -> str:
 def _write_text(path: Path, text: str, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise InputError(f"{path} exists; pass overwrite to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 def write_comparison(table: Mapping, md_path: str | Path | None = None, json_path: str | Path | None = None,

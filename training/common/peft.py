@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..errors import InputError
+from CoronaryCalciumDINOLib.errors import InputError
 
 LORA_TARGETS: tuple[str, ...] = ("qkv", "fc1", "fc2")
 

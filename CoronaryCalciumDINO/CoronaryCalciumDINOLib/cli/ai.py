@@ -1,4 +1,6 @@
-"""``ccdino score`` without ``--labels``: run the AI pipeline and write its outputs.
+"""``ccdino score`` without ``--labels``: run the AI pipeline and write its outputs (the
+command line's side of the AI: options in, files and messages out; the pipeline itself is
+:mod:`..pipeline`).
 
 Files written (only those asked for; an existing file of the same name is replaced, since
 the user named it):
@@ -18,67 +20,35 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..io.volume import VOLUME_SUFFIXES, CTVolume
-
-
-def _split_suffix(path: Path) -> tuple[str, str]:
-    name = path.name
-    for suffix in sorted(VOLUME_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)], name[-len(suffix):]
-    return name, ".nrrd"
-
-
-def attention_paths(path: str | Path, heads: int) -> list[Path]:
-    """[mean file, head 1 file, ..., head ``heads`` file] for ``--attention path``."""
-    path = Path(path)
-    stem, suffix = _split_suffix(path)
-    if not path.name.lower().endswith(suffix):
-        path = path.with_name(stem + suffix)
-    return [path] + [path.with_name(f"{stem}.head{h}{suffix}") for h in range(1, heads + 1)]
+from .. import pipeline
+from ..io.segfile import write_seg_nrrd
+from ..io.volume import CTVolume, write_volume
+from ..report import build_report
+from .common import attention_paths
+from .progress import progress_printer
 
 
 def write_attention(attention, ct: CTVolume, path: str | Path) -> list[Path]:
     """Write (heads+1, z, y, x) attention maps: the mean to ``path``, heads beside it."""
-    from ..io.volume import write_volume
-
     paths = attention_paths(path, attention.shape[0] - 1)
     for arr, p in zip(attention, paths):
         write_volume(arr.astype("float32"), ct, p)
     return paths
 
 
-def _printer():
-    last = {"pct": -1}
-
-    def progress(fraction: float, message: str) -> None:
-        pct = int(fraction * 100)
-        if pct != last["pct"]:
-            last["pct"] = pct
-            print(f"\r[{pct:3d}%] {message:<40}", end="" if fraction < 1.0 else "\n", file=sys.stderr, flush=True)
-
-    return progress
-
-
 def score_with_ai(ct: CTVolume, args, params, stem: str, out_dir: Path | None) -> dict:
     """Run the pipeline for the ``score`` subcommand and return its report dict."""
-    from ..io.volume import write_volume
-    from ..report import build_report
-    from . import load_bundle, run_pipeline
-
-    bundle = load_bundle(getattr(args, "bundle", None))
+    bundle = pipeline.load_bundle(getattr(args, "bundle", None))
     quiet = getattr(args, "quiet", False)
-    res = run_pipeline(
+    res = pipeline.run_pipeline(
         ct,
         bundle,
         device=getattr(args, "device", "auto") or "auto",
         params=params,
         attention=bool(getattr(args, "attention", None)),
-        progress=None if quiet else _printer(),
+        progress=progress_printer(in_place=True, quiet=quiet),
     )
     if out_dir is not None:
-        from ..io.segfile import write_seg_nrrd
-
         out_dir = Path(out_dir)
         write_volume(res.labels, ct, out_dir / f"{stem}.labels.nrrd")
         write_seg_nrrd(res.labels, ct, out_dir / f"{stem}.seg.nrrd")
