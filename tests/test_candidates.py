@@ -205,3 +205,18 @@ def test_noise_rule():
             NoiseRule.from_dict(bad)
     with pytest.raises(InputError):
         NoiseRule.from_dict([1, 2])
+
+
+def test_masks_stay_inside_the_heart_field():
+    """Calcium reaching past the heart field: the candidate is its part inside the field, and
+    so is its crop mask (what the pipeline may label), never the part outside."""
+    n = 400
+    hu = np.full((3, n, n), 40.0, np.float32)
+    hu[1, 200:204, 350:370] = 400.0
+    c = find_candidates(hu, SPACING, CandidateConfig(), centre_yx=(199.5, 199.5))
+    assert len(c) == 1 and c.field.x0 + c.ids.shape[2] == 360  # the field ends inside the bar
+    assert c.voxels[0] == 4 * 10
+    z, y, x, ok = c.nearest_pixels()
+    m = c.masks()[0] > 0
+    assert m.sum() == c.voxels[0]
+    assert (x[0][m] < 360).all()

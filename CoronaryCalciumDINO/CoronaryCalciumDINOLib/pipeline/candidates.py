@@ -261,12 +261,15 @@ class Candidates:
         return z, y, x, ok
 
     def masks(self, size: int | None = None) -> np.ndarray:
-        """(n, P, P) float32: 1 where a crop pixel (nearest voxel) belongs to its own candidate."""
+        """(n, P, P) float32: 1 where a crop pixel (nearest voxel) belongs to its own candidate
+        (never a voxel outside the heart field, where no candidate is)."""
         z, y, x, ok = self.nearest_pixels(size)
-        fy = np.clip(y - self.field.y0, 0, self.ids.shape[1] - 1)
-        fx = np.clip(x - self.field.x0, 0, self.ids.shape[2] - 1)
-        own = self.ids[z, fy, fx] == self.uid[:, None, None]
-        return (own & ok).astype(np.float32)
+        fy, fx = y - self.field.y0, x - self.field.x0
+        ok = ok & (fy >= 0) & (fy < self.ids.shape[1]) & (fx >= 0) & (fx < self.ids.shape[2])
+        own = np.zeros(ok.shape, dtype=bool)
+        uid = np.broadcast_to(self.uid[:, None, None], ok.shape)
+        own[ok] = self.ids[z[ok], fy[ok], fx[ok]] == uid[ok]
+        return own.astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- search
