@@ -126,6 +126,33 @@ def test_score_json_in_unwritable_place_is_one_line_exit_2(study_dir, tmp_path, 
                               "--csv", str(blocker / "x.csv")], "x.csv")
 
 
+def test_two_outputs_of_one_name_are_refused_before_anything_is_written(study_dir, tmp_path, capsys):
+    """--json and --csv (or --out's report and --json) naming one file: one line, exit 2, and
+    not even the --out folder is created."""
+    same = tmp_path / "a.csv"
+    _one_line_exit_2(capsys, ["score", str(study_dir), "--labels", str(study_dir / "labels.nrrd"),
+                              "--json", str(same), "--csv", str(same)], "name the same file")
+    out = tmp_path / "o"
+    _one_line_exit_2(capsys, ["score", str(study_dir), "--labels", str(study_dir / "labels.nrrd"),
+                              "--out", str(out), "--json", str(out / "synth-000125.json")], "name the same file")
+    assert not same.exists() and not out.exists()
+
+
+def test_two_file_volume_formats_are_refused_for_outputs(tmp_path, capsys):
+    """A .mhd / .nhdr header keeps its data in a second file, which one atomic rename cannot
+    move with it: outputs are written in single-file formats only, said in one line."""
+    from CoronaryCalciumDINOLib.errors import InputError
+
+    ct = CTVolume(hu=np.zeros((2, 4, 4), np.float32), spacing=(3.0, 0.5, 0.5))
+    for name in ("a.mhd", "a.nhdr"):
+        with pytest.raises(InputError, match="one file"):
+            write_volume(np.zeros((2, 4, 4), np.uint8), ct, tmp_path / name)
+    assert not list(tmp_path.iterdir())
+    assert write_volume(np.zeros((2, 4, 4), np.uint8), ct, tmp_path / "a.nrrd").is_file()
+    phantom = Path(__file__).resolve().parents[1] / "Testing" / "Data" / "qrm-phantom-canon"
+    _one_line_exit_2(capsys, ["score", str(phantom), "--attention", str(tmp_path / "att.mhd")], "att.mhd")
+
+
 # 3. one definition of a study -------------------------------------------------------------------
 
 def test_score_accepts_the_study_folders_batch_accepts(study_dir, tmp_path, capsys):

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 #: Suffixes of volume files (NRRD, NIfTI, MetaImage), in order of preference.
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii.gz", ".nii", ".mha", ".mhd")
+#: Volume suffixes whose header and data are one file: what outputs are written in (a
+#: ``.nhdr`` / ``.mhd`` header keeps its data in a second file, which one atomic rename
+#: cannot replace together with it).
+SINGLE_FILE_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha")
 #: Suffix of a Slicer segmentation file (a NRRD with segment metadata).
 SEG_SUFFIX = ".seg.nrrd"
 #: Suffixes of label-map files, in order of preference: a segmentation, then any volume.

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..filenames import split_volume_suffix
+from ..errors import InputError
+from ..filenames import SINGLE_FILE_SUFFIXES, split_volume_suffix
 
 
 def check_ct(ct) -> list[str]:
@@ -49,6 +50,9 @@ def attention_paths(path: str | Path, heads: int) -> list[Path]:
     """[mean file, head 1 file, ..., head ``heads`` file] for ``--attention path``."""
     path = Path(path)
     stem, suffix = split_volume_suffix(path.name) or (path.name, ".nrrd")
+    if suffix.lower() not in SINGLE_FILE_SUFFIXES:
+        raise InputError(f"--attention {path.name}: write the maps as {', '.join(SINGLE_FILE_SUFFIXES)} "
+                         "(header and data in one file)")
     if not path.name.lower().endswith(suffix):
         path = path.with_name(stem + suffix)
     return [path] + [path.with_name(f"{stem}.head{h}{suffix}") for h in range(1, heads + 1)]

@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ..errors import InputError
 from .common import (
     add_scoring_options,
     attention_paths,
@@ -60,6 +61,12 @@ def output_files(args: argparse.Namespace, stem: str) -> list[tuple[Path, str]]:
         head1 = attention_paths(args.attention, 1)[1]
         pattern = head1.name.replace(".head1", ".head*", 1)
         files += [(p, "--attention") for p in sorted(mean.parent.glob(pattern))] if mean.parent.is_dir() else []
+    seen: dict[Path, str] = {}
+    for path, option in files:
+        key = path.resolve()
+        if key in seen:
+            raise InputError(f"{seen[key]} and {option} name the same file {path}; give each output its own name")
+        seen[key] = option
     return files
 
 
@@ -75,8 +82,9 @@ def run(args: argparse.Namespace) -> int:
     options = scoring_options_from_args(args)  # bad options fail before the CT is read
     study = study_input(args.input)
     stem = study.name
+    files = output_files(args, stem)  # two outputs of one name are refused before anything is created
     out_dir = check_output_dir(args.out, "--out") if args.out else None
-    check_output_files(output_files(args, stem), overwrite=args.overwrite)  # before any work
+    check_output_files(files, overwrite=args.overwrite)  # before any work
 
     ct = load_ct(study.path, series_uid=args.series)
     check_ct(ct)  # adds e.g. the contrast-enhanced-CT warning to ct.warnings (both paths report them)

@@ -17,7 +17,13 @@ import numpy as np
 
 from .. import limits
 from ..errors import InputError
-from ..filenames import LABEL_SUFFIXES, SEG_SUFFIX, VOLUME_SUFFIXES, split_volume_suffix  # noqa: F401
+from ..filenames import (  # noqa: F401
+    LABEL_SUFFIXES,
+    SEG_SUFFIX,
+    SINGLE_FILE_SUFFIXES,
+    VOLUME_SUFFIXES,
+    split_volume_suffix,
+)
 from .atomic import atomic_path
 
 
@@ -240,11 +246,15 @@ def write_volume(array: np.ndarray, ref: CTVolume, path: str | os.PathLike, comp
     """Write ``array`` (z, y, x) with ``ref``'s geometry; the format follows the suffix.
 
     The file is written to a temporary name in the same folder and renamed, so a reader
-    never sees a half-written file.
+    never sees a half-written file; hence only single-file formats
+    (:data:`..filenames.SINGLE_FILE_SUFFIXES`).
     """
     import SimpleITK as sitk
 
     path = Path(path)
+    if not path.name.lower().endswith(SINGLE_FILE_SUFFIXES):
+        raise InputError(f"cannot write {path.name}: write volumes as {', '.join(SINGLE_FILE_SUFFIXES)} "
+                         "(header and data in one file)")
     if tuple(array.shape) != ref.shape:
         raise InputError(f"array shape {array.shape} does not match the reference grid {ref.shape}")
     with atomic_path(path, keep_suffix=True) as tmp:  # SimpleITK picks the format by the suffix
