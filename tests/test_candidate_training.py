@@ -140,3 +140,17 @@ def test_noise_rule_fit_on_a_lesion_table():
     assert 3.6 < rule["min_contrast_sd"] <= 5.2 and 2.2 < rule["min_area_mm2"] <= 9.0
     assert res["with_rule"]["dropped_lesions"] == 3
     assert res["without_rule"] == none
+
+
+def test_noise_rule_fit_keeps_no_rule_when_no_rule_is_best():
+    """A table where every small faint lesion is real: no rule beats every rule of the grid,
+    so none is installed."""
+    from training.fit_noise_rule import fit
+
+    table = [
+        {"study": "zero", "reference_total": 0.0, "lesions": []},
+        {"study": "small", "reference_total": 1.0, "lesions": [{"agatston": 1.0, "contrast_sd": 2.5, "area_mm2": 1.2}]},
+    ]
+    res = fit(table)
+    assert res["rule"]["min_contrast_sd"] == 0.0 and res["rule"]["min_area_mm2"] == 0.0
+    assert res["with_rule"]["risk_accuracy"] == 1.0 and res["with_rule"]["dropped_lesions"] == 0

@@ -6,12 +6,13 @@ on calibration studies.
 
 The bundle runs without a rule on every calibration study (synthetic studies with labels,
 never training or held-out studies). Each lesion it labels belongs to one candidate, whose
-contrast over soft tissue (noise SDs) and area decide whether a rule keeps it. For every
-rule of a grid, the studies' totals without the lesions it drops give the power of zero
-(calcium-free studies scored exactly 0) and the risk-category accuracy; the rule with the
-highest sum of the two is chosen (risk accuracy alone without calcium-free studies), ties going to the rule that drops the fewest lesions
-(then the lowest contrast, then the smallest area). The output holds the rule, the grid's
-best rows and the calibration figures without and with it.
+contrast over soft tissue (noise SDs) and area decide whether a rule keeps it. For no rule
+and every rule of a grid, the studies' totals without the lesions it drops give the power
+of zero (calcium-free studies scored exactly 0) and the risk-category accuracy; the one
+with the highest sum of the two is chosen (risk accuracy alone without calcium-free
+studies), ties going to the one that drops the fewest lesions (then the lowest contrast,
+then the smallest area), so a rule is installed only where it does better than none. The
+output holds the rule, the best rows and the calibration figures without and with it.
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ def fit(table: list[dict]) -> dict:
     """The grid's best rule on ``table`` (see the module docstring) and the figures."""
     if not table:
         raise InputError("no calibration studies")
-    rows = [outcome(table, k, a) for k in CONTRAST_GRID for a in AREA_GRID]
+    # no rule (0, 0) competes too: a rule is installed only where it does better
+    rows = [outcome(table, 0.0, 0.0)] + [outcome(table, k, a) for k in CONTRAST_GRID for a in AREA_GRID]
     rows.sort(key=lambda r: (-((r["power_of_zero"] or 0.0) + r["risk_accuracy"]), r["dropped_lesions"],
                              r["min_contrast_sd"], r["min_area_mm2"]))
     best = rows[0]
