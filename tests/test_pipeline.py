@@ -241,6 +241,25 @@ def test_score_command_writes_ai_outputs(bundle_dir, tmp_path):
         assert (tmp_path / f"att.head{h}.nrrd").is_file()
 
 
+def test_score_command_writes_nothing_when_the_report_fails(bundle_dir, tmp_path, monkeypatch, capsys):
+    """The AI report is built (and its values checked) before any output is written: a run
+    that fails there leaves no labels, segmentation or attention file to block the rerun."""
+    from CoronaryCalciumDINOLib.cli import ai, main
+    from CoronaryCalciumDINOLib.io.volume import write_volume
+
+    def failing_report(*args, **kwargs):
+        raise InputError("report holds a non-finite value")
+
+    monkeypatch.setattr(ai, "build_report", failing_report)
+    ct = _ct()
+    ct_path = write_volume(ct.hu, ct, tmp_path / "toy.nrrd")
+    out = tmp_path / "out"
+    rc = main(["score", str(ct_path), "--bundle", str(bundle_dir), "--device", "cpu", "--out", str(out),
+               "--attention", str(tmp_path / "att.nrrd"), "--quiet"])
+    assert rc == 2 and "non-finite" in capsys.readouterr().err
+    assert not list(out.iterdir()) and not (tmp_path / "att.nrrd").exists()
+
+
 @pytest.fixture(scope="module")
 def phantom_result():
     from CoronaryCalciumDINOLib.io import load_ct

@@ -48,6 +48,10 @@ def score_with_ai(ct: CTVolume, args, params, stem: str, out_dir: Path | None) -
         attention=bool(getattr(args, "attention", None)),
         progress=progress_printer(in_place=True, quiet=quiet),
     )
+    # the report first (it checks every value): a run that fails here has written nothing
+    report = build_report(
+        res.score, getattr(args, "input", ct.source), kvp=ct.kvp, warnings=[*ct.warnings, *res.warnings], **res.report_extra()
+    )
     if out_dir is not None:
         out_dir = Path(out_dir)
         write_volume(res.labels, ct, out_dir / f"{stem}.labels.nrrd")
@@ -57,6 +61,4 @@ def score_with_ai(ct: CTVolume, args, params, stem: str, out_dir: Path | None) -
     # the CT's own warnings (ct.warnings, e.g. a contrast-enhanced CT) were printed by the caller
     for message in res.warnings:
         print(f"ccdino: warning: {message}", file=sys.stderr)
-    return build_report(
-        res.score, getattr(args, "input", ct.source), kvp=ct.kvp, warnings=[*ct.warnings, *res.warnings], **res.report_extra()
-    )
+    return report
