@@ -48,10 +48,11 @@ from .data.studies import (  # noqa: F401
     list_study_inputs,
 )
 from .errors import Cancelled, CCDinoError, InputError
-from .io import load_ct, read_label_file
+from .io import load_ct
 from .io.atomic import write_text_atomic
 from .io.labelcheck import check_label_map
-from .io.segfile import read_seg_labels, write_seg_nrrd
+from .io.labels import read_labels
+from .io.segfile import write_seg_nrrd
 from .models.bundle import verify_bundle
 from .outputs import check_output_dir
 from .pipeline import load_bundle, run_pipeline
@@ -201,10 +202,7 @@ def _score_and_write(study, out_dir, bundle, device, labels_dir, scoring, t0, wr
     extra: dict = {"study": study.name}
     if labels_dir is not None:
         label_path = find_study_labels(labels_dir, study)
-        if label_path.name.lower().endswith(".seg.nrrd"):
-            labels = read_seg_labels(label_path, ct)
-        else:
-            labels = read_label_file(label_path, ct)
+        labels = read_labels(label_path, ct)
         run_warnings = check_label_map(labels, ct.spacing, label_path.name)
         result = score(ct.hu, labels, ct.spacing, params, keep_lesion_voxels=True)
         extra["labels"] = str(label_path)

@@ -72,7 +72,8 @@ def output_files(args: argparse.Namespace, stem: str) -> list[tuple[Path, str]]:
 
 def run(args: argparse.Namespace) -> int:
     from ..data.studies import study_input
-    from ..io import load_ct, read_label_file
+    from ..io import load_ct
+    from ..io.labels import read_labels
     from ..io.labelcheck import check_label_map
     from ..outputs import check_output_dir, check_output_files
     from ..report import build_report, write_json, write_score_csv
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     params = options.resolve(ct.kvp)
 
     if args.labels:
-        labels = read_label_file(args.labels, ct)
+        labels = read_labels(args.labels, ct)
         label_warnings = check_label_map(labels, ct.spacing, Path(args.labels).name)
         for w in label_warnings:
             print(f"ccdino: warning: {w}", file=sys.stderr)
