@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from CoronaryCalciumDINOLib.batch import SUMMARY_COLUMNS, list_batch_studies, parse_shard, run_batch
+from CoronaryCalciumDINOLib.batch import SUMMARY_COLUMNS, parse_shard, run_batch
+from CoronaryCalciumDINOLib.data.studies import list_study_inputs
 from CoronaryCalciumDINOLib.cli import main as cli_main
 from CoronaryCalciumDINOLib.errors import InputError
 from CoronaryCalciumDINOLib.io.segfile import read_seg_nrrd
@@ -155,13 +156,13 @@ def test_parse_shard_and_listing(tmp_path, batch_input):
     assert parse_shard("0/1") == (0, 1) and parse_shard("3/4") == (3, 4) and parse_shard(None) is None
     with pytest.raises(InputError):
         parse_shard("4/4")
-    assert [s.name for s in list_batch_studies(inp)] == ["a", "b", "c", "d"]
+    assert [s.name for s in list_study_inputs(inp)] == ["a", "b", "c", "d"]
     write_volume(np.zeros((2, 2, 2), np.int16), CTVolume(hu=np.zeros((2, 2, 2)), spacing=(1, 1, 1)), inp / "a.mha")
     with pytest.raises(InputError, match="share the study name a"):
-        list_batch_studies(inp)
+        list_study_inputs(inp)
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no studies"):
-        list_batch_studies(tmp_path / "empty")
+        list_study_inputs(tmp_path / "empty")
 
 
 def test_two_workers_give_the_same_rows(tmp_path, batch_input):
@@ -188,6 +189,13 @@ def test_ai_path_with_a_random_bundle(tmp_path):
     report = json.loads((tmp_path / "out" / "a.json").read_text())
     assert len(report["slices"]) == 6 and "model" in report
     assert (tmp_path / "out" / "a.seg.nrrd").is_file() and (tmp_path / "out" / "a.png").is_file()
+    assert set(report["scored_with"]) == {"model_sha256", "scoring"}
+    assert report["scored_with"]["model_sha256"] == report["model"]["sha256"]
+    # the same folder scored from label maps: the AI's report is not taken as that result
+    (tmp_path / "labels").mkdir()
+    shutil.copy(tmp_path / "a.nrrd", tmp_path / "labels" / "a.nrrd")
+    rows = run_batch(inp, tmp_path / "out", labels_dir=tmp_path / "labels")
+    assert rows[0]["status"] == "error" and "the model" in rows[0]["error"] and "a.json is kept" in rows[0]["error"]
 
 
 # --------------------------------------------------------------------------- faults
@@ -316,3 +324,115 @@ def test_full_disk_leaves_no_partial_files(tmp_path, batch_input):
     assert left == ["summary.csv"], left  # no partial .png, no orphan .seg.nrrd, no temporaries
     rows = _summary(out / "summary.csv")
     assert [r["status"] for r in rows] == ["error"] * 4
+
+
+# --------------------------------------------------------------------------- what is a study, what is done
+
+
+def test_a_study_folder_given_as_input_is_one_study(tmp_path):
+    """``batch synth/synth-1`` scores synth-1 (as ``score synth/synth-1`` does), not its
+    ct, labels and heart volumes as three studies."""
+    root = tmp_path / "synth"
+    study = root / "synth-1"
+    study.mkdir(parents=True)
+    _synthetic(study, "ct", tmp_path)  # the CT as synth-1/ct.nrrd, its label map as ct.nrrd next to synth/
+    shutil.move(tmp_path / "ct.nrrd", study / "labels.nrrd")
+    shutil.copy(study / "labels.nrrd", study / "heart.nrrd")
+    studies = list_study_inputs(study)
+    assert [s.name for s in studies] == ["synth-1"] and studies[0].path == study / "ct.nrrd"
+    rows = run_batch(study, tmp_path / "out", labels_dir=root)
+    assert [(r["study"], r["status"]) for r in rows] == [("synth-1", "ok")]
+    assert rows[0]["agatston_total"] == pytest.approx(29.0)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "summary.csv", "synth-1.json", "synth-1.png", "synth-1.seg.nrrd"]
+    assert json.loads((tmp_path / "out" / "synth-1.json").read_text())["input"] == str(study)
+
+
+def test_output_and_label_folders_inside_the_input_are_not_studies(tmp_path, batch_input, capsys):
+    inp, labels = batch_input
+    shutil.rmtree(inp / "c")
+    (tmp_path / "d.nrrd").rename(labels / "d.nrrd")
+    labels = labels.rename(inp / "labels")
+    out = inp / "results"
+    for _ in range(2):  # the second run finds the output folder there
+        code = cli_main(["batch", str(inp), "--out", str(out), "--labels-dir", str(labels), "--quiet"])
+        assert code == 0, capsys.readouterr()
+        assert [r["study"] for r in _summary(out / "summary.csv")] == ["a", "b", "d"]
+    assert "3 of 3 studies scored" in capsys.readouterr().out
+
+
+def _json_stamps(out: Path) -> dict:
+    return {p.name: p.stat().st_mtime_ns for p in out.glob("*.json")}
+
+
+def test_resume_reuses_only_reports_scored_with_the_same_settings(tmp_path, batch_input):
+    inp, labels = batch_input
+    out = tmp_path / "out"
+    rows = run_batch(inp, out, labels_dir=labels)
+    assert [r["status"] for r in rows] == ["ok", "ok", "error", "error"]
+    stamps = _json_stamps(out)
+    assert json.loads((out / "a.json").read_text())["scored_with"] == {
+        "labels_dir": str(labels.resolve()),
+        "scoring": {"kvp": None, "min_area_mm2": 1.0, "slice_correction": True, "calibration_factor": None,
+                    "auto_kvp_required": True}}
+    # other scoring options: the old reports are kept and named, not passed off as this run's
+    rows = run_batch(inp, out, labels_dir=labels, scoring={"kvp": 100})
+    assert [r["status"] for r in rows[:2]] == ["error", "error"]
+    assert "a.json is kept" in rows[0]["error"] and "kvp None (now 100.0)" in rows[0]["error"]
+    assert rows[0]["agatston_total"] == ""
+    # other label maps
+    other = tmp_path / "other-labels"
+    shutil.copytree(labels, other)
+    rows = run_batch(inp, out, labels_dir=other)
+    assert rows[0]["status"] == "error" and "the labels in" in rows[0]["error"] and str(other.resolve()) in rows[0]["error"]
+    assert _json_stamps(out) == stamps
+    # a report written by ``score --out`` is no batch result
+    (out / "a.json").unlink()
+    assert cli_main(["score", str(inp / "a.nrrd"), "--labels", str(labels / "a.nrrd"), "--out", str(out),
+                     "--quiet"]) == 0
+    rows = run_batch(inp, out, labels_dir=labels)
+    assert rows[0]["status"] == "error" and "does not record what it was scored with" in rows[0]["error"]
+    assert rows[1]["status"] == "ok"  # b: same settings, resumed
+    assert (out / "b.json").stat().st_mtime_ns == stamps["b.json"]
+    # --overwrite scores again with the new options
+    rows = run_batch(inp, out, labels_dir=labels, scoring={"kvp": 100}, overwrite=True)
+    assert [r["status"] for r in rows[:2]] == ["ok", "ok"]
+    assert json.loads((out / "a.json").read_text())["scored_with"]["scoring"]["kvp"] == 100.0
+    assert [r["status"] for r in run_batch(inp, out, labels_dir=labels, scoring={"kvp": 100})[:2]] == ["ok", "ok"]
+
+
+def test_overwrite_removes_old_outputs_of_a_study_that_now_fails(tmp_path, batch_input, capsys):
+    inp, labels = batch_input
+    out = tmp_path / "out"
+    run_batch(inp, out, labels_dir=labels)
+    assert (out / "a.json").is_file() and (out / "a.png").is_file() and (out / "a.seg.nrrd").is_file()
+    empty = tmp_path / "no-labels"
+    empty.mkdir()
+    rows = run_batch(inp, out, labels_dir=empty, overwrite=True)
+    assert all(r["status"] == "error" for r in rows)
+    for s in "abcd":
+        assert not list(out.glob(f"{s}.*")), s  # no stale result of an earlier run stays
+    code = cli_main(["batch", str(inp), "--out", str(out), "--labels-dir", str(empty), "--quiet"])
+    assert code == 1 and "0 of 4 studies scored" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["workers", "input", "labels", "bundle", "no-studies"])
+def test_a_batch_refused_before_any_work_leaves_no_output_folder(tmp_path, batch_input, capsys, case):
+    inp, labels = batch_input
+    out = tmp_path / "new" / "out"
+    args = ["batch", str(inp), "--out", str(out), "--labels-dir", str(labels), "--quiet"]
+    if case == "workers":
+        args += ["--workers", "0"]
+    elif case == "input":
+        args[1] = str(tmp_path / "missing")
+    elif case == "labels":
+        args[5] = str(tmp_path / "missing")
+    elif case == "bundle":
+        args = ["batch", str(inp), "--out", str(out), "--bundle", str(tmp_path / "missing"), "--quiet"]
+    else:
+        (tmp_path / "empty").mkdir()
+        args[1] = str(tmp_path / "empty")
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ccdino: error:") and "\n" not in err
+    assert not (tmp_path / "new").exists()

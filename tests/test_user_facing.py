@@ -171,6 +171,7 @@ def test_score_accepts_the_study_folders_batch_accepts(study_dir, tmp_path, caps
     a = json.loads((out / "synth-000125.json").read_text())
     b = json.loads((tmp_path / "b" / "synth-000125.json").read_text())
     assert a["total"] == b["total"] and a["study"] == b["study"]
+    assert a["input"] == b["input"] == str(study_dir)  # the path given for the study, not its ct.nrrd
 
 
 def test_evaluate_coca_refuses_unlabelled_studies(tmp_path):

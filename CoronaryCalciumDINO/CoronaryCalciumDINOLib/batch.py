@@ -53,7 +53,7 @@ from .io.atomic import write_text_atomic
 from .io.labelcheck import check_label_map
 from .io.labels import read_labels
 from .io.segfile import write_seg_nrrd
-from .models.bundle import verify_bundle
+from .models.bundle import MANIFEST, resolve_bundle_path, sha256_file, verify_bundle
 from .outputs import check_output_dir
 from .pipeline import load_bundle, run_pipeline
 from .pipeline.contrast import check_contrast
@@ -105,10 +105,49 @@ def summary_name(shard: tuple[int, int] | None) -> str:
     return "summary.csv" if shard is None else f"summary-shard-{shard[0]}-of-{shard[1]}.csv"
 
 
-def list_batch_studies(input_dir: str | os.PathLike) -> list[StudyInput]:
-    """The studies of an input folder, sorted by name (names must be unique); see
-    :func:`.data.studies.list_study_inputs`, the definition ``score`` shares."""
-    return list_study_inputs(input_dir)
+def run_settings(labels_dir=None, bundle=None, scoring: ScoringOptions | dict | None = None) -> dict:
+    """What a run scores with, as recorded in each report (``scored_with``): the label folder
+    (resolved path) or the model bundle's sha256 (of its manifest, which pins every weight
+    file), and the scoring options. A resumed run re-uses a report only if they are equal."""
+    if labels_dir is not None:
+        source: dict = {"labels_dir": str(Path(labels_dir).resolve())}
+    elif bundle is not None and not isinstance(bundle, (str, os.PathLike)):
+        source = {"model_sha256": bundle.sha256}
+    else:
+        source = {"model_sha256": sha256_file(resolve_bundle_path(bundle) / MANIFEST)}
+    return {**source, "scoring": ScoringOptions.of(scoring).to_dict()}
+
+
+def _settings_differ(recorded, settings: dict) -> str:
+    """What differs between a report's ``scored_with`` and this run's settings ('' if nothing)."""
+    if not isinstance(recorded, dict):
+        return "it does not record what it was scored with (not written by ccdino batch)"
+    what = []
+    if recorded.get("labels_dir") != settings.get("labels_dir") or recorded.get("model_sha256") != settings.get(
+        "model_sha256"
+    ):
+        def source(d):
+            if d.get("labels_dir"):
+                return f"the labels in {d['labels_dir']}"
+            return f"the model {str(d.get('model_sha256'))[:12]}" if d.get("model_sha256") else "unknown labels or model"
+
+        what.append(f"{source(recorded)}, not {source(settings)}")
+    old, new = recorded.get("scoring") or {}, settings["scoring"]
+    changed = [k for k in new if old.get(k) != new[k]]
+    if changed:
+        what.append("scoring options " + ", ".join(f"{k} {old.get(k)!r} (now {new[k]!r})" for k in changed))
+    return ("it was scored with " + "; ".join(what)) if what else ""
+
+
+def _remove_outputs(study: StudyInput, out_dir: Path) -> None:
+    """Remove a study's earlier outputs, its JSON first (so a study is never taken as done
+    by a half-removed set)."""
+    paths = study.outputs(out_dir)
+    for key in ("json", "png", "seg"):
+        try:
+            paths[key].unlink()
+        except FileNotFoundError:
+            pass
 
 
 # The model bundle of this process (loaded once per worker process).
@@ -171,14 +210,20 @@ def process_study(
     device: str = "auto",
     labels_dir: str | os.PathLike | None = None,
     scoring: ScoringOptions | dict | None = None,
+    settings: dict | None = None,
+    replace: bool = False,
 ) -> dict:
     """Score one study and write its outputs; returns its summary row (never raises for
-    a bad study: the error goes into the row)."""
+    a bad study: the error goes into the row). ``settings``: recorded in the report as
+    ``scored_with`` (see :func:`run_settings`). ``replace``: remove the study's earlier
+    outputs first, so that a failure leaves none of them."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     written: list[Path] = []
     try:
-        report = _score_and_write(study, out_dir, bundle, device, labels_dir, scoring, t0, written)
+        if replace:
+            _remove_outputs(study, out_dir)
+        report = _score_and_write(study, out_dir, bundle, device, labels_dir, scoring, t0, written, settings)
     except BaseException as exc:
         for p in written:  # no half set of outputs: the study is retried as a whole
             try:
@@ -193,7 +238,7 @@ def process_study(
     return _row(study.name, report, "", report.get("seconds"))
 
 
-def _score_and_write(study, out_dir, bundle, device, labels_dir, scoring, t0, written: list) -> dict:
+def _score_and_write(study, out_dir, bundle, device, labels_dir, scoring, t0, written: list, settings) -> dict:
     ct = load_ct(study.path)
     contrast = check_contrast(ct)  # into ct.warnings, hence into the report (both paths)
     if contrast:
@@ -212,18 +257,21 @@ def _score_and_write(study, out_dir, bundle, device, labels_dir, scoring, t0, wr
         run_warnings = res.warnings
         extra.update(res.report_extra())
     paths = study.outputs(out_dir)
-    report = build_report(result, str(study.path), kvp=ct.kvp, warnings=[*ct.warnings, *run_warnings], **extra)
+    report = build_report(result, str(study.input), kvp=ct.kvp, warnings=[*ct.warnings, *run_warnings], **extra)
     write_seg_nrrd(labels, ct, paths["seg"])
     written.append(paths["seg"])
     write_report_png(ct, labels, report, paths["png"], result=result)
     written.append(paths["png"])
     report["seconds"] = time.perf_counter() - t0
+    if settings is not None:
+        report["scored_with"] = settings
     write_json(report, paths["json"])  # last: its presence marks the study as done
     return report
 
 
-def _worker_task(study, out_dir, device, labels_dir, scoring) -> dict:
-    return process_study(study, out_dir, bundle=_BUNDLE, device=device, labels_dir=labels_dir, scoring=scoring)
+def _worker_task(study, out_dir, device, labels_dir, scoring, settings, replace) -> dict:
+    return process_study(study, out_dir, bundle=_BUNDLE, device=device, labels_dir=labels_dir, scoring=scoring,
+                         settings=settings, replace=replace)
 
 
 def _row(name: str, report: dict | None, error: str, seconds) -> dict:
@@ -246,14 +294,19 @@ def _row(name: str, report: dict | None, error: str, seconds) -> dict:
     return row
 
 
-def _row_from_existing(study: StudyInput, json_path: Path) -> dict:
+def _row_from_existing(study: StudyInput, json_path: Path, settings: dict) -> dict:
     try:
         report = json.loads(json_path.read_text(encoding="utf-8"))
         if not isinstance(report, dict):
             raise ValueError(f"a JSON {type(report).__name__}, not a report object")
-        return _row(study.name, report, "", report.get("seconds"))
+        row = _row(study.name, report, "", report.get("seconds"))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         return _row(study.name, None, f"existing report {json_path.name} is unreadable ({exc}); use overwrite", None)
+    differ = _settings_differ(report.get("scored_with"), settings)
+    if differ:
+        return _row(study.name, None, f"existing report {json_path.name} is kept: {differ}; use overwrite to score "
+                    "it again, or another output folder", None)
+    return row
 
 
 def write_summary(rows: list[dict], path: str | os.PathLike) -> Path:
@@ -287,15 +340,45 @@ def run_batch(
     summary rows (see :data:`SUMMARY_COLUMNS`), in study order; the same rows are written to
     the summary CSV in ``out_dir``.
     """
+    # Every check comes before the output folder is created; a folder this call created is
+    # removed again if the run stops before writing anything into it.
     shard = check_shard(shard)
     if int(workers) < 1:
         raise InputError(f"workers must be >= 1, got {workers}")
-    studies = list_batch_studies(input_dir)
-    if shard is not None:
-        studies = studies[shard[0] :: shard[1]]
     if labels_dir is not None and not Path(labels_dir).is_dir():
         raise InputError(f"labels folder not found: {labels_dir}")
+    studies = list_study_inputs(input_dir, exclude=(out_dir, labels_dir))
+    if shard is not None:
+        studies = studies[shard[0] :: shard[1]]
     scoring = ScoringOptions.of(scoring)  # invalid options fail before any study is processed
+    settings = run_settings(labels_dir, bundle, scoring)  # a missing model bundle fails here
+    created = _missing_folders(out_dir)
+    try:
+        return _run_batch(studies, out_dir, workers, shard, device, bundle, labels_dir, progress, overwrite, scoring,
+                          cancel, settings)
+    except BaseException:
+        for folder in reversed(created):  # innermost first; a folder holding anything stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _missing_folders(path) -> list[Path]:
+    """The folders of ``path`` (itself and its parents) that do not exist yet, outermost first."""
+    if path is None or not str(path).strip():
+        return []
+    p = Path(path).absolute()
+    missing = []
+    while not p.exists() and p.parent != p:
+        missing.append(p)
+        p = p.parent
+    return missing[::-1]
+
+
+def _run_batch(studies, out_dir, workers, shard, device, bundle, labels_dir, progress, overwrite, scoring, cancel,
+               settings) -> list[dict]:
     out = check_output_dir(out_dir, "output folder")  # one error before any study is processed
     removed = clean_stale_temporaries(out)
     if removed:
@@ -307,7 +390,7 @@ def run_batch(
     for s in studies:
         done = s.outputs(out)["json"]
         if done.is_file() and not overwrite:
-            rows[s.name] = _row_from_existing(s, done)
+            rows[s.name] = _row_from_existing(s, done, settings)
         else:
             todo.append(s)
     skipped = len(rows)
@@ -345,9 +428,11 @@ def run_batch(
         for s in todo:
             if cancel is not None and cancel():
                 raise Cancelled("batch cancelled")
-            finished(process_study(s, out, bundle=loaded, device=device, labels_dir=labels_dir, scoring=scoring))
+            finished(process_study(s, out, bundle=loaded, device=device, labels_dir=labels_dir, scoring=scoring,
+                                   settings=settings, replace=overwrite))
     else:
-        _run_pool(todo, out, int(workers), device, bundle, labels_dir, scoring, use_ai, finished, cancel)
+        _run_pool(todo, out, int(workers), device, bundle, labels_dir, scoring, use_ai, finished, cancel, settings,
+                  overwrite)
     _final_summary(ordered(), summary_path)
     return ordered()
 
@@ -359,7 +444,8 @@ def _final_summary(rows: list[dict], path: Path) -> None:
         raise InputError(f"cannot write the summary {path}: {exc.strerror or exc}") from None
 
 
-def _run_pool(todo, out, workers, device, bundle, labels_dir, scoring, use_ai, finished, cancel) -> None:
+def _run_pool(todo, out, workers, device, bundle, labels_dir, scoring, use_ai, finished, cancel, settings,
+              replace) -> None:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -373,7 +459,7 @@ def _run_pool(todo, out, workers, device, bundle, labels_dir, scoring, use_ai, f
     ctx = mp.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx, initializer=_init_worker,
                              initargs=(bundle_arg, threads)) as pool:
-        futures = {pool.submit(_worker_task, s, out, device, labels_dir, scoring): s for s in todo}
+        futures = {pool.submit(_worker_task, s, out, device, labels_dir, scoring, settings, replace): s for s in todo}
         try:
             for fut in as_completed(futures):
                 s = futures[fut]

@@ -14,10 +14,12 @@ from .progress import progress_printer
 def register(sub) -> None:
     p = sub.add_parser(
         "batch",
-        help="score every study of a folder (DICOM sub-folders or NIfTI/NRRD/MHA files)",
-        description="Score every study of INPUT_DIR: each DICOM sub-folder or NIfTI/NRRD/MHA file gives "
-        "OUT/<study>.seg.nrrd, OUT/<study>.png and OUT/<study>.json, and the run gives OUT/summary.csv "
-        "(OUT/summary-shard-I-of-N.csv with --shard). Studies whose JSON exists are skipped (resume). "
+        help="score every study of a folder (DICOM sub-folders, study folders or NIfTI/NRRD/MHA files)",
+        description="Score every study of INPUT_DIR: each DICOM sub-folder, study folder (ct.nrrd, labels.nrrd, "
+        "...) or NIfTI/NRRD/MHA file gives OUT/<study>.seg.nrrd, OUT/<study>.png and OUT/<study>.json, and the run "
+        "gives OUT/summary.csv (OUT/summary-shard-I-of-N.csv with --shard); INPUT_DIR may also be one study folder. "
+        "A study whose JSON exists and was scored with the same labels folder or model and scoring options is "
+        "skipped (resume); one scored otherwise is an error row until --overwrite. "
         "Exit status: 0 all studies scored, 1 some studies failed (see the summary), 2 bad arguments.",
     )
     p.add_argument("input_dir", metavar="INPUT_DIR", help="folder of studies")
@@ -28,7 +30,8 @@ def register(sub) -> None:
                    help="process only studies I, I+N, I+2N, ... of the sorted list (0-based I), e.g. for job arrays")
     p.add_argument("--labels-dir", metavar="DIR",
                    help=f"score the label maps DIR/<study>{'|'.join(LABEL_SUFFIXES)} instead of running the AI")
-    p.add_argument("--overwrite", action="store_true", help="process studies again even when their JSON exists")
+    p.add_argument("--overwrite", action="store_true",
+                   help="process studies again even when their JSON exists (their old outputs are removed first)")
     add_scoring_options(p)
     g = p.add_argument_group("AI pipeline (without --labels-dir)")
     g.add_argument("--bundle", metavar="PATH", help="model bundle folder or manifest (default: the bundled default model)")
@@ -39,10 +42,8 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..batch import parse_shard, run_batch, summary_name
-    from ..outputs import check_output_dir
 
-    shard = parse_shard(args.shard)
-    check_output_dir(args.out, "--out")
+    shard = parse_shard(args.shard)  # run_batch checks the rest before it creates --out
 
     progress = progress_printer(quiet=args.quiet)
     rows = run_batch(

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -59,11 +60,18 @@ _CT_STEM, _LABELS_STEM = CT_FILE.split(".")[0], LABELS_FILE.split(".")[0]
 @dataclass(frozen=True)
 class StudyInput:
     """One study as given to the program: its name (the stem of every output file), where
-    its CT is (DICOM folder or volume file) and, for a study folder, its label map."""
+    its CT is (DICOM folder or volume file), for a study folder its label map, and the path
+    the user gave for it (``given``: the folder or file; the report's ``input``)."""
 
     name: str
     path: Path
     labels: Path | None = None
+    given: Path | None = field(default=None, compare=False)
+
+    @property
+    def input(self) -> Path:
+        """The path the user gave for this study (its folder for a study folder)."""
+        return self.given if self.given is not None else self.path
 
     def outputs(self, out_dir: str | Path) -> dict[str, Path]:
         """The per-study output files of ``batch`` in ``out_dir``."""
@@ -105,11 +113,11 @@ def study_input(path: str | Path) -> StudyInput:
         name = p.name or p.resolve().name
         ct = study_ct_file(p)
         if ct is not None:
-            return StudyInput(name, ct, _named_volume(p, _LABELS_STEM))
-        return StudyInput(name, p)
+            return StudyInput(name, ct, _named_volume(p, _LABELS_STEM), given=p)
+        return StudyInput(name, p, given=p)
     stem = volume_stem(p.name)
     labels = _named_volume(p.resolve().parent, _LABELS_STEM) if (stem or "").lower() == _CT_STEM else None
-    return StudyInput(study_name(p), p, labels)
+    return StudyInput(study_name(p), p, labels, given=p)
 
 
 def study_name(path: str | Path) -> str:
@@ -127,22 +135,27 @@ def study_name(path: str | Path) -> str:
     return stem
 
 
-def list_study_inputs(root: str | Path) -> list[StudyInput]:
-    """The studies of a folder (its sub-folders and volume files), sorted by name; hidden
-    entries, other files and ``.seg.nrrd`` files are ignored; names must be unique."""
+def list_study_inputs(root: str | Path, exclude: Iterable[str | Path | None] = ()) -> list[StudyInput]:
+    """The studies of a folder, sorted by name; names must be unique.
+
+    ``root`` is a folder of studies (its sub-folders and volume files; hidden entries, other
+    files and ``.seg.nrrd`` files are ignored) or itself one study folder of the project's
+    format (it holds a ``ct.*`` volume): then that study alone, as :func:`study_input` names
+    it. Entries that are one of the folders ``exclude`` (e.g. an output or label folder
+    inside ``root``) are left out.
+    """
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"input folder not found: {root}")
+    if study_ct_file(root) is not None:  # a study folder, not a folder of studies
+        return [study_input(root)]
+    skip = {Path(p).resolve() for p in exclude if p is not None and str(p).strip()}
     studies: list[StudyInput] = []
     for entry in sorted(root.iterdir()):
-        if entry.name.startswith("."):
+        if entry.name.startswith(".") or (skip and entry.resolve() in skip):
             continue
-        if entry.is_dir():
+        if entry.is_dir() or (entry.is_file() and volume_stem(entry.name)):
             studies.append(study_input(entry))
-        elif entry.is_file():
-            stem = volume_stem(entry.name)
-            if stem:
-                studies.append(StudyInput(stem, entry))
     names = [s.name for s in studies]
     dups = sorted({n for n in names if names.count(n) > 1})
     if dups:
