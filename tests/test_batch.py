@@ -236,6 +236,39 @@ def test_stale_temporaries_are_removed_by_the_next_run(tmp_path, batch_input):
     assert live.exists() and mine.exists()
 
 
+def test_temporaries_of_a_batch_on_another_machine_are_left_alone(tmp_path, batch_input):
+    """Shards on several machines share one output folder: a process id in a temporary name
+    says nothing about another machine, so while another machine's batch marks the folder
+    as in use, only temporaries older than STALE_AFTER_S are removed."""
+    import os
+    import socket
+    import time
+
+    from CoronaryCalciumDINOLib.batch import STALE_AFTER_S
+
+    inp, labels = batch_input
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = _dead_pid()
+    other = out / f".ccdino-batch-not-{socket.gethostname()}-{dead}.running"  # another machine's live run
+    other.touch()
+    theirs = out / f".b.png.tmp-{dead}"  # in flight there (its pid is dead here)
+    theirs.write_bytes(b"in flight")
+    old = out / f".c.png.tmp-{dead}"
+    old.write_bytes(b"left by a run killed long ago")
+    long_ago = time.time() - STALE_AFTER_S - 60
+    os.utime(old, (long_ago, long_ago))
+    mine_dead = out / f".ccdino-batch-{socket.gethostname()}-{dead}.running"  # a killed run of this machine
+    mine_dead.touch()
+    run_batch(inp, out, labels_dir=labels)
+    assert theirs.exists() and other.exists()
+    assert not old.exists() and not mine_dead.exists()
+    os.utime(other, (long_ago, long_ago))  # that machine's run stopped long ago
+    run_batch(inp, out, labels_dir=labels)
+    assert not theirs.exists()
+    assert [p.name for p in out.glob(".*")] == [other.name]  # this run's own marker is gone
+
+
 def test_non_object_report_json_is_an_error_row(tmp_path, batch_input):
     inp, labels = batch_input
     out = tmp_path / "out"

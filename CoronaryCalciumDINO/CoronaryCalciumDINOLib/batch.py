@@ -1,29 +1,34 @@
 """Batch scoring of every study in a folder (used by ``ccdino batch`` and headless Slicer).
 
 A *study* is an entry of the input folder, as defined once for every command in
-:mod:`.data.studies`: a DICOM sub-folder, a study folder of the project's own format
-(``ct.nrrd``, ``labels.nrrd``, ...) or a volume file ``.nii``, ``.nii.gz``, ``.nrrd``,
-``.nhdr``, ``.mha`` or ``.mhd``. Hidden entries, other files and ``.seg.nrrd`` files are
-ignored. Studies are processed in
-sorted name order. Per study ``<out>/<study>.seg.nrrd`` (Slicer segmentation),
+:func:`.data.studies.list_study_inputs`: a DICOM sub-folder, a study folder of the project's
+own format (``ct.nrrd``, ``labels.nrrd``, ...) or a volume file (:data:`.filenames.VOLUME_SUFFIXES`);
+an input folder that is itself a study folder is that one study. Hidden entries, other
+files, ``.seg.nrrd`` files and the output and label folders are ignored. Studies are
+processed in sorted name order. Per study ``<out>/<study>.seg.nrrd`` (Slicer segmentation),
 ``<out>/<study>.png`` (report picture) and ``<out>/<study>.json`` (the report, written
 last) are written, each atomically; the run's table is ``<out>/summary.csv``
 (``summary-shard-I-of-N.csv`` for a shard), rewritten after every study.
 
-Faults: an output folder that cannot be created or written to is one :class:`InputError`
-before any study is processed. Every file is written to a temporary name and renamed; a
+Faults: every argument is checked before the output folder is created; a folder the run
+created is removed again when it stops before writing into it. An output folder that
+cannot be created or written to is one :class:`InputError` before any study is processed. Every file is written to a temporary name and renamed; a
 failed write removes its temporary file, and temporary files left by a killed run are
-removed by the next run. A study that fails (bad input, or a write error such as a full
+removed by the next run on the same machine (see :func:`clean_stale_temporaries`). A study that fails (bad input, or a write error such as a full
 disk) gets one ``error`` row with a one-line message, its outputs of that attempt are
 removed, and the batch goes on.
 
-Resuming: a study whose ``.json`` exists is not processed again (its row is rebuilt from
-the JSON) unless ``overwrite=True``. A study that fails gets an ``error`` row and the
-batch goes on; it is retried by the next run.
+Resuming: every report records what it was scored with (``scored_with``, see
+:func:`run_settings`). A study whose ``.json`` exists and records this run's settings is not
+processed again (its row is rebuilt from the JSON); one that records other settings, or
+none (e.g. a report of ``ccdino score``), is kept and gets an ``error`` row saying so.
+``overwrite=True`` processes every study again, removing its old outputs first. A study
+that fails gets an ``error`` row and the batch goes on; it is retried by the next run.
 
 Scores come from the AI pipeline of a model bundle or, with ``labels_dir``, from the label
-maps on the CT grid found by :func:`.data.studies.find_study_labels`
-(``<labels_dir>/<study>.seg.nrrd|.nrrd|.nii.gz|.nii|.mha`` or ``<labels_dir>/<study>/labels.nrrd``).
+maps found by :func:`.data.studies.find_study_labels` (``<labels_dir>/<study><suffix>`` for
+the suffixes :data:`.filenames.LABEL_SUFFIXES`, or ``<labels_dir>/<study>/labels.*``), read
+by :func:`.io.labels.read_labels` as ``ccdino score --labels`` reads them.
 """
 
 from __future__ import annotations
@@ -170,13 +175,59 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+#: A running batch marks the output folder with ``.ccdino-batch-<host>-<pid>.running``
+#: (touched after every study, removed at the end), so that shards on other machines
+#: writing into the same folder (a shared file system) can tell that it is in use.
+_MARKER_PATTERN = re.compile(r"^\.ccdino-batch-(.+)-(\d+)\.running$")
+#: Temporary files and run markers untouched for this long belong to no running batch.
+STALE_AFTER_S = 6 * 3600.0
+
+
+def _host() -> str:
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "localhost"
+
+
+def _run_marker(out_dir: Path) -> Path:
+    return out_dir / f".ccdino-batch-{_host()}-{os.getpid()}.running"
+
+
+def _other_runs(out_dir: Path) -> bool:
+    """Is a batch of another machine (its marker touched within :data:`STALE_AFTER_S`)
+    writing into ``out_dir``? Markers of this machine's dead runs are removed."""
+    host, now, others = _host(), time.time(), False
+    for entry in out_dir.iterdir():
+        m = _MARKER_PATTERN.match(entry.name)
+        if not m:
+            continue
+        try:
+            if m.group(1) == host:
+                if not _pid_alive(int(m.group(2))):
+                    entry.unlink()
+            elif now - entry.stat().st_mtime < STALE_AFTER_S:
+                others = True
+        except OSError:
+            pass
+    return others
+
+
 def clean_stale_temporaries(out_dir: str | os.PathLike) -> list[Path]:
     """Remove temporary files of writers that no longer run (e.g. a killed batch) from
-    ``out_dir``; returns the removed paths."""
+    ``out_dir``; returns the removed paths.
+
+    A temporary name holds the writer's process id, which says something only on this
+    machine: while a batch of another machine marks the folder as in use, a temporary file
+    is removed only if it is also older than :data:`STALE_AFTER_S` (it may be that batch's)."""
     removed = []
-    for entry in Path(out_dir).iterdir():
+    out_dir = Path(out_dir)
+    shared = _other_runs(out_dir)
+    now = time.time()
+    for entry in out_dir.iterdir():
         m = _TMP_PATTERN.match(entry.name)
         if m and entry.is_file() and not _pid_alive(int(m.group(1))):
+            if shared and now - entry.stat().st_mtime < STALE_AFTER_S:
+                continue
             try:
                 entry.unlink()
                 removed.append(entry)
@@ -380,6 +431,23 @@ def _missing_folders(path) -> list[Path]:
 def _run_batch(studies, out_dir, workers, shard, device, bundle, labels_dir, progress, overwrite, scoring, cancel,
                settings) -> list[dict]:
     out = check_output_dir(out_dir, "output folder")  # one error before any study is processed
+    marker = _run_marker(out)
+    try:
+        marker.touch()
+    except OSError as exc:
+        raise InputError(f"output folder {out} is not writable: {exc.strerror or exc}") from None
+    try:
+        return _run_marked(out, studies, workers, shard, device, bundle, labels_dir, progress, overwrite, scoring,
+                           cancel, settings, marker)
+    finally:
+        try:
+            marker.unlink()
+        except OSError:
+            pass
+
+
+def _run_marked(out, studies, workers, shard, device, bundle, labels_dir, progress, overwrite, scoring, cancel,
+                settings, marker) -> list[dict]:
     removed = clean_stale_temporaries(out)
     if removed:
         log.info("removed %d temporary files left by an interrupted run", len(removed))
@@ -407,6 +475,10 @@ def _run_batch(studies, out_dir, workers, shard, device, bundle, labels_dir, pro
 
     def finished(row: dict) -> None:
         rows[row["study"]] = row
+        try:
+            os.utime(marker)  # this run is alive
+        except OSError:
+            pass
         try:
             write_summary(ordered(), summary_path)
         except OSError as exc:  # e.g. disk full: keep scoring, the summary is written again at the end

@@ -167,8 +167,9 @@ def list_study_inputs(root: str | Path, exclude: Iterable[str | Path | None] = (
 
 def find_study_labels(labels_dir: str | Path, study: StudyInput) -> Path:
     """The label map of ``study`` in ``labels_dir``, in the layouts the project writes:
-    ``<dir>/<study>.seg.nrrd`` (``batch`` output), ``<dir>/<study>.nrrd|.nii.gz|.nii|.mha``,
-    or ``<dir>/<study>/labels.nrrd`` (a study folder of ``ccdino synth`` / ``ccdino coca``)."""
+    ``<dir>/<study><suffix>`` for the suffixes :data:`..filenames.LABEL_SUFFIXES` in that
+    order (``.seg.nrrd``, the ``batch`` output, first), or ``<dir>/<study>/labels.*`` (a
+    study folder of ``ccdino synth`` / ``ccdino coca``)."""
     labels_dir = Path(labels_dir)
     for suffix in LABEL_SUFFIXES:
         p = labels_dir / f"{study.name}{suffix}"
