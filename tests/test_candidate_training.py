@@ -154,3 +154,22 @@ def test_noise_rule_fit_keeps_no_rule_when_no_rule_is_best():
     res = fit(table)
     assert res["rule"]["min_contrast_sd"] == 0.0 and res["rule"]["min_area_mm2"] == 0.0
     assert res["with_rule"]["risk_accuracy"] == 1.0 and res["with_rule"]["dropped_lesions"] == 0
+
+
+def test_noise_rule_fit_uses_the_neighbouring_slices():
+    """Two faint specks of the same contrast and area: the real one shows on a neighbouring
+    slice, the noise does not; the fit finds a neighbour limit between them."""
+    from training.fit_noise_rule import fit
+
+    def les(agatston, contrast, area, neighbour):
+        return {"agatston": agatston, "contrast_sd": contrast, "area_mm2": area, "neighbour_sd": neighbour}
+
+    table = [
+        {"study": "zero", "reference_total": 0.0, "lesions": [les(1.0, 3.0, 1.5, 1.0)]},
+        {"study": "faint", "reference_total": 1.0, "lesions": [les(1.0, 3.0, 1.5, 6.0)]},
+        {"study": "big", "reference_total": 300.0, "lesions": [les(300.0, 40.0, 30.0, 20.0)]},
+    ]
+    res = fit(table)
+    assert res["with_rule"]["power_of_zero"] == 1.0 and res["with_rule"]["risk_accuracy"] == 1.0
+    assert 1.0 < res["rule"]["min_neighbour_sd"] <= 6.0
+    assert res["without_rule"]["risk_accuracy"] == pytest.approx(2 / 3)

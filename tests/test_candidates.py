@@ -205,6 +205,16 @@ def test_noise_rule():
             NoiseRule.from_dict(bad)
     with pytest.raises(InputError):
         NoiseRule.from_dict([1, 2])
+    # the neighbouring slices: a faint speck whose footprint shows on the slice above or below
+    ctx[:, C["above_max_hu_k"]] = [0.14, -1.0, -1.0, 0.1]  # 5 SD; air; air; 3 SD
+    ctx[:, C["below_max_hu_k"]] = [-1.0, -1.0, -1.0, 0.05]
+    with_nb = NoiseRule(min_contrast_sd=6.0, min_area_mm2=3.0, min_neighbour_sd=4.0)
+    np.testing.assert_allclose(with_nb.neighbour_sd(ctx)[[0, 3]], [5, 3], rtol=1e-5)
+    np.testing.assert_array_equal(with_nb.significant(ctx), [True, True, True, False])
+    np.testing.assert_array_equal(rule.significant(ctx), [False, True, True, False])  # off by default
+    assert NoiseRule.from_dict(with_nb.to_dict()) == with_nb
+    with pytest.raises(InputError):
+        NoiseRule.from_dict({"min_neighbour_sd": -1.0})
 
 
 def test_masks_stay_inside_the_heart_field():

@@ -334,6 +334,8 @@ def model_card(args, metrics, bb_cfg, sup, timings, environment, cfg) -> str:
     )
     ph = metrics["phantom"]
     nr = metrics["noise_rule"]
+    nb = nr["rule"].get("min_neighbour_sd", 0.0)
+    nb_text = f" and less than {nb:g} SDs under its footprint on the slices above and below" if nb > 0 else ""
     dc = sup["detector_config"]
     return f"""# {args.name} {args.version}
 
@@ -355,7 +357,7 @@ patient data. Research use only; not a medical device.**
 - Segmenter: MONAI 2D UNet (channels {sup['segmenter_config']['channels']}) on each candidate crop of the selected
   slices, context as extra channels; 5 classes (background, LM, LAD, LCX, RCA).
 - Noise rule: a flagged region smaller than {nr['rule']['min_area_mm2']:g} mm^2 whose peak is less than
-  {nr['rule']['min_contrast_sd']:g} noise SDs above soft tissue ({nr['rule']['soft_tissue_hu']:g} HU) is taken for image
+  {nr['rule']['min_contrast_sd']:g} noise SDs above soft tissue ({nr['rule']['soft_tissue_hu']:g} HU){nb_text} is taken for image
   noise and not labelled (the report says how many); fitted on {nr['studies']} calibration studies (seeds
   {nr['calibration_seeds'][0]}-{nr['calibration_seeds'][1] - 1}): power of zero {_fmt(nr['without_rule']['power_of_zero'])} ->
   {_fmt(nr['with_rule']['power_of_zero'])}, risk accuracy {_fmt(nr['without_rule']['risk_accuracy'])} ->

@@ -6,7 +6,8 @@ on calibration studies.
 
 The bundle runs without a rule on every calibration study (synthetic studies with labels,
 never training or held-out studies). Each lesion it labels belongs to one candidate, whose
-contrast over soft tissue (noise SDs) and area decide whether a rule keeps it. For no rule
+contrast over soft tissue (noise SDs), area and contrast on the neighbouring slices decide
+whether a rule keeps it. For no rule
 and every rule of a grid, the studies' totals without the lesions it drops give the power
 of zero (calcium-free studies scored exactly 0) and the risk-category accuracy; the one
 with the highest sum of the two is chosen (risk accuracy alone without calcium-free
@@ -34,9 +35,11 @@ from CoronaryCalciumDINOLib.pipeline.preprocess import canonical_flips
 from CoronaryCalciumDINOLib.report import write_json
 from CoronaryCalciumDINOLib.scoring import ScoringParams, risk_category, score
 
-#: The grid searched: contrast over soft tissue (noise SDs) and area (mm^2) limits.
+#: The grid searched: contrast over soft tissue (noise SDs) and area (mm^2) limits, and the
+#: neighbour-slice contrast (noise SDs; 0 = not used).
 CONTRAST_GRID = tuple(np.round(np.arange(2.0, 10.01, 0.25), 2))
 AREA_GRID = (1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)
+NEIGHBOUR_GRID = (0.0, *np.round(np.arange(2.0, 12.01, 0.5), 2))
 
 
 def lesion_table(bundle: ModelBundle, study_dirs, device: str = "cpu",
@@ -56,6 +59,7 @@ def lesion_table(bundle: ModelBundle, study_dirs, device: str = "cpu",
         cands = cd.find_candidates(hu, st.ct.spacing, bundle.candidate_config)
         owner = cands.paint(np.arange(1, len(cands) + 1, dtype=np.int32)).ravel()
         contrast = rule.contrast_sd(cands.context)
+        neighbour = rule.neighbour_sd(cands.context)
         area = np.exp(cands.context[:, cd.CONTEXT_INDEX["log_area_mm2"]])
         lesions = []
         for les, vox in zip(res.score.lesions, res.score.lesion_voxels):
@@ -67,7 +71,7 @@ def lesion_table(bundle: ModelBundle, study_dirs, device: str = "cpu",
                 raise InputError(f"{d}: a labelled lesion outside every candidate")
             k = int(np.bincount(own).argmax()) - 1
             lesions.append({"agatston": float(les.agatston), "contrast_sd": float(contrast[k]),
-                            "area_mm2": float(area[k])})
+                            "area_mm2": float(area[k]), "neighbour_sd": float(neighbour[k])})
         ref = score(st.ct.hu, st.labels, st.ct.spacing, params)
         out.append({"study": Path(d).name, "reference_total": float(ref.total.agatston), "lesions": lesions})
         if log:
@@ -76,13 +80,14 @@ def lesion_table(bundle: ModelBundle, study_dirs, device: str = "cpu",
     return out
 
 
-def outcome(table: list[dict], min_contrast_sd: float, min_area_mm2: float) -> dict:
+def outcome(table: list[dict], min_contrast_sd: float, min_area_mm2: float, min_neighbour_sd: float = 0.0) -> dict:
     """Power of zero, risk accuracy and dropped lesions of one rule on ``table``."""
-    rule = cd.NoiseRule(min_contrast_sd, min_area_mm2)
+    rule = cd.NoiseRule(min_contrast_sd, min_area_mm2, min_neighbour_sd=min_neighbour_sd)
     zero_ok, risk_ok, dropped, n_zero = 0, 0, 0, 0
     for s in table:
         les = s["lesions"]
-        keep = rule.keeps([x["contrast_sd"] for x in les], [x["area_mm2"] for x in les])
+        keep = rule.keeps([x["contrast_sd"] for x in les], [x["area_mm2"] for x in les],
+                          [x.get("neighbour_sd", -np.inf) for x in les])
         total = float(sum(x["agatston"] for x, k in zip(les, keep) if k))
         dropped += int((~keep).sum())
         if s["reference_total"] == 0:
@@ -90,7 +95,7 @@ def outcome(table: list[dict], min_contrast_sd: float, min_area_mm2: float) -> d
             zero_ok += total == 0
         risk_ok += risk_category(total) == risk_category(s["reference_total"])
     return {"min_contrast_sd": float(min_contrast_sd), "min_area_mm2": float(min_area_mm2),
-            "power_of_zero": zero_ok / n_zero if n_zero else None, "zero_studies": n_zero,
+            "min_neighbour_sd": float(min_neighbour_sd), "power_of_zero": zero_ok / n_zero if n_zero else None, "zero_studies": n_zero,
             "risk_accuracy": risk_ok / len(table), "dropped_lesions": dropped}
 
 
@@ -99,11 +104,12 @@ def fit(table: list[dict]) -> dict:
     if not table:
         raise InputError("no calibration studies")
     # no rule (0, 0) competes too: a rule is installed only where it does better
-    rows = [outcome(table, 0.0, 0.0)] + [outcome(table, k, a) for k in CONTRAST_GRID for a in AREA_GRID]
+    rows = [outcome(table, 0.0, 0.0)] + [outcome(table, k, a, n) for k in CONTRAST_GRID for a in AREA_GRID
+                                         for n in NEIGHBOUR_GRID]
     rows.sort(key=lambda r: (-((r["power_of_zero"] or 0.0) + r["risk_accuracy"]), r["dropped_lesions"],
-                             r["min_contrast_sd"], r["min_area_mm2"]))
+                             r["min_contrast_sd"], r["min_area_mm2"], r["min_neighbour_sd"]))
     best = rows[0]
-    rule = cd.NoiseRule(best["min_contrast_sd"], best["min_area_mm2"])
+    rule = cd.NoiseRule(best["min_contrast_sd"], best["min_area_mm2"], min_neighbour_sd=best["min_neighbour_sd"])
     return {"rule": rule.to_dict(), "studies": len(table), "without_rule": outcome(table, 0.0, 0.0),
             "with_rule": best, "best_rows": rows[:10]}
 

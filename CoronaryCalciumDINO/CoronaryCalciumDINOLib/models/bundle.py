@@ -415,13 +415,15 @@ def validate_manifest(manifest: dict, where: str) -> None:
         raise _bad(where, "candidates.context", "a list of feature names", ctx)
 
     rule = _object(where, manifest, "noise_rule", required=False)
-    unknown = sorted(set(rule) - {"min_contrast_sd", "min_area_mm2", "soft_tissue_hu"})
+    unknown = sorted(set(rule) - {"min_contrast_sd", "min_area_mm2", "soft_tissue_hu", "min_neighbour_sd"})
     if unknown:
-        raise _bad(where, "noise_rule", "an object {min_contrast_sd, min_area_mm2, soft_tissue_hu}", rule)
+        raise _bad(where, "noise_rule",
+                   "an object {min_contrast_sd, min_area_mm2, soft_tissue_hu, min_neighbour_sd}", rule)
     if rule:
         _num(where, "noise_rule.min_contrast_sd", rule.get("min_contrast_sd"), 0.0, 100.0)
         _num(where, "noise_rule.min_area_mm2", rule.get("min_area_mm2"), 0.0, 1000.0)
         _num(where, "noise_rule.soft_tissue_hu", rule.get("soft_tissue_hu", 40.0), -200.0, 200.0)
+        _num(where, "noise_rule.min_neighbour_sd", rule.get("min_neighbour_sd", 0.0), 0.0, 100.0)
 
     scoring = _object(where, manifest, "scoring", required=False)
     if "threshold_hu" in scoring:

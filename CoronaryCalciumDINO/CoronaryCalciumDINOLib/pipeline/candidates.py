@@ -132,51 +132,69 @@ class CandidateConfig:
 class NoiseRule:
     """Which candidates stand out of the image noise (stored in the bundle manifest).
 
-    A candidate is *significant* when its area is at least ``min_area_mm2`` or its peak is
+    A candidate is *significant* when its area is at least ``min_area_mm2``, or its peak is
     at least ``min_contrast_sd`` noise SDs (:func:`slice_noise`) above soft tissue
-    (``soft_tissue_hu``). A small, faint region in a noisy image is what noise alone
-    produces (a 1-3 mm^2 speck 3 SDs above the blood pool happens on most noisy slices) and
-    cannot be told from a faint plaque on one slice; the AI pipeline does not label such
-    regions, since one of them turns a calcium-free study into a non-zero score. The two
-    numbers are fitted per bundle on calibration studies (never on the studies a bundle is
-    evaluated on); the defaults (0, 0) keep every candidate. The rule applies to what the
+    (``soft_tissue_hu``), or (with ``min_neighbour_sd`` > 0) the highest HU under its
+    footprint on the slice above or below is at least ``min_neighbour_sd`` noise SDs above
+    soft tissue. A small, faint region in a noisy image is what noise alone produces (a
+    1-3 mm^2 speck 3 SDs above the blood pool happens on most noisy slices) and cannot be
+    told from a faint plaque on one slice; a plaque usually reaches the neighbouring slice,
+    a speck of noise seldom does. The AI pipeline does not label regions that fail all
+    three, since one of them turns a calcium-free study into a non-zero score. The numbers
+    are fitted per bundle on calibration studies (never on the studies a bundle is
+    evaluated on); the defaults (0) keep every candidate. The rule applies to what the
     model labels only: a label map given by a reader is scored as it is.
     """
 
     min_contrast_sd: float = 0.0
     min_area_mm2: float = 0.0
     soft_tissue_hu: float = 40.0
+    min_neighbour_sd: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("min_contrast_sd", "min_area_mm2", "soft_tissue_hu"):
+        for name in ("min_contrast_sd", "min_area_mm2", "soft_tissue_hu", "min_neighbour_sd"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
                 raise InputError(f"noise rule: {name} must be a finite number, got {v!r}")
-        if self.min_contrast_sd < 0 or self.min_area_mm2 < 0:
-            raise InputError("noise rule: min_contrast_sd and min_area_mm2 must be >= 0")
+        if self.min_contrast_sd < 0 or self.min_area_mm2 < 0 or self.min_neighbour_sd < 0:
+            raise InputError("noise rule: min_contrast_sd, min_area_mm2 and min_neighbour_sd must be >= 0")
 
     @property
     def active(self) -> bool:
         return self.min_contrast_sd > 0 and self.min_area_mm2 > 0
 
+    def _sd(self, context: np.ndarray, hu: np.ndarray) -> np.ndarray:
+        noise = np.asarray(context)[:, CONTEXT_INDEX["noise_sd_hu_100"]] * 100.0
+        return (hu - self.soft_tissue_hu) / np.maximum(noise, 1e-6)
+
     def contrast_sd(self, context: np.ndarray) -> np.ndarray:
         """(n,) each candidate's peak above soft tissue, in noise SDs (from its context)."""
-        ctx = np.asarray(context)
-        peak = ctx[:, CONTEXT_INDEX["peak_hu_k"]] * 1000.0
-        noise = ctx[:, CONTEXT_INDEX["noise_sd_hu_100"]] * 100.0
-        return (peak - self.soft_tissue_hu) / np.maximum(noise, 1e-6)
+        return self._sd(context, np.asarray(context)[:, CONTEXT_INDEX["peak_hu_k"]] * 1000.0)
 
-    def keeps(self, contrast_sd, area_mm2) -> np.ndarray:
-        """bool: whether regions of these contrasts (noise SDs) and areas (mm^2) count."""
+    def neighbour_sd(self, context: np.ndarray) -> np.ndarray:
+        """(n,) the highest HU under each candidate's footprint on the slices above and below,
+        above soft tissue, in noise SDs (from its context)."""
+        ctx = np.asarray(context)
+        hu = np.maximum(ctx[:, CONTEXT_INDEX["above_max_hu_k"]], ctx[:, CONTEXT_INDEX["below_max_hu_k"]]) * 1000.0
+        return self._sd(ctx, hu)
+
+    def keeps(self, contrast_sd, area_mm2, neighbour_sd=None) -> np.ndarray:
+        """bool: whether regions of these contrasts (noise SDs), areas (mm^2) and neighbour
+        contrasts (noise SDs; needed when ``min_neighbour_sd`` > 0) count."""
         contrast_sd, area_mm2 = np.asarray(contrast_sd, dtype=float), np.asarray(area_mm2, dtype=float)
         if not self.active:
             return np.ones(np.broadcast(contrast_sd, area_mm2).shape, dtype=bool)
-        return (area_mm2 >= self.min_area_mm2 - AREA_TOLERANCE_MM2) | (contrast_sd >= self.min_contrast_sd)
+        keep = (area_mm2 >= self.min_area_mm2 - AREA_TOLERANCE_MM2) | (contrast_sd >= self.min_contrast_sd)
+        if self.min_neighbour_sd > 0:
+            if neighbour_sd is None:
+                raise ValueError("this noise rule needs the neighbour contrasts")
+            keep |= np.asarray(neighbour_sd, dtype=float) >= self.min_neighbour_sd
+        return keep
 
     def significant(self, context: np.ndarray) -> np.ndarray:
         """(n,) bool: the candidates (rows of ``context``) that count."""
         ctx = np.asarray(context)
-        return self.keeps(self.contrast_sd(ctx), np.exp(ctx[:, CONTEXT_INDEX["log_area_mm2"]]))
+        return self.keeps(self.contrast_sd(ctx), np.exp(ctx[:, CONTEXT_INDEX["log_area_mm2"]]), self.neighbour_sd(ctx))
 
     def to_dict(self) -> dict:
         return asdict(self)

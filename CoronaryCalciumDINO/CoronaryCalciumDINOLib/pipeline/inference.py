@@ -282,8 +282,9 @@ def run_pipeline(
             n = int(below_noise.sum())
             run_warnings.append(
                 f"{n} small faint region{'s' if n != 1 else ''} taken for image noise, not labelled "
-                f"(< {rule.min_area_mm2:g} mm^2, peak < {rule.min_contrast_sd:g} noise SD above soft tissue; "
-                f"noise {np.median(noise):.0f} HU)"
+                f"(< {rule.min_area_mm2:g} mm^2, peak < {rule.min_contrast_sd:g} noise SD above soft tissue"
+                + (f", < {rule.min_neighbour_sd:g} SD on the neighbouring slices" if rule.min_neighbour_sd > 0 else "")
+                + f"; noise {np.median(noise):.0f} HU)"
             )
 
         t = time.perf_counter()
