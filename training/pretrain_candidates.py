@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from CoronaryCalciumDINOLib.models.backbone import backbone_config, build_backbo
 from CoronaryCalciumDINOLib.pipeline.device import autocast_for, resolve_device
 
 from .candidate_data import load_cache
+from .common.checkpoint import load_checkpoint, save_checkpoint
 from .common.dino import DINOHead, DINOLoss, MultiCropWrapper
 from .common.ema import update_teacher
 from .common.schedules import (
@@ -204,7 +204,7 @@ def train(args) -> Path:
     start = 0
     ckpt = out / "checkpoint.pt"
     if ckpt.exists():
-        state = torch.load(ckpt, map_location=dev, weights_only=False)
+        state = load_checkpoint(ckpt)
         student.load_state_dict(state["student"])
         teacher.load_state_dict(state["teacher"])
         opt.load_state_dict(state["opt"])
@@ -247,15 +247,13 @@ def train(args) -> Path:
             log.flush()
             print(json.dumps(rec), flush=True)
         if (step + 1) % args.ckpt_every == 0 and step + 1 < steps:
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save({"student": student.state_dict(), "teacher": teacher.state_dict(), "opt": opt.state_dict(),
-                        "loss": loss_fn.state_dict(), "gen": gen.get_state(), "rng": rng, "step": step + 1}, tmp)
-            os.replace(tmp, ckpt)
+            save_checkpoint(ckpt, {"student": student.state_dict(), "teacher": teacher.state_dict(),
+                                   "opt": opt.state_dict(), "loss": loss_fn.state_dict(), "gen": gen.get_state(),
+                                   "rng": rng, "step": step + 1})
     bb = teacher.backbone.cpu()
-    torch.save({"config": backbone_config(bb), "state": bb.state_dict(),
-                "ssl": {"label_guided": bool(args.label_guided), "steps": steps, "seed": args.seed}},
-               out / "backbone.tmp")
-    os.replace(out / "backbone.tmp", out / "backbone.pt")
+    save_checkpoint(out / "backbone.pt", {"config": backbone_config(bb), "state": bb.state_dict(),
+                                          "ssl": {"label_guided": bool(args.label_guided), "steps": steps,
+                                                  "seed": args.seed}})
     if ckpt.exists():
         ckpt.unlink()
     return out
