@@ -336,6 +336,8 @@ def validate_manifest(manifest: dict, where: str) -> None:
     import re
 
     from ..constants import NUM_CLASSES
+    from ..errors import InputError
+    from ..pipeline.candidates import NoiseRule
 
     for key in ("name", "version"):
         if key in manifest and not isinstance(manifest[key], str):
@@ -415,15 +417,11 @@ def validate_manifest(manifest: dict, where: str) -> None:
         raise _bad(where, "candidates.context", "a list of feature names", ctx)
 
     rule = _object(where, manifest, "noise_rule", required=False)
-    unknown = sorted(set(rule) - {"min_contrast_sd", "min_area_mm2", "soft_tissue_hu", "min_neighbour_sd"})
-    if unknown:
-        raise _bad(where, "noise_rule",
-                   "an object {min_contrast_sd, min_area_mm2, soft_tissue_hu, min_neighbour_sd}", rule)
     if rule:
-        _num(where, "noise_rule.min_contrast_sd", rule.get("min_contrast_sd"), 0.0, 100.0)
-        _num(where, "noise_rule.min_area_mm2", rule.get("min_area_mm2"), 0.0, 1000.0)
-        _num(where, "noise_rule.soft_tissue_hu", rule.get("soft_tissue_hu", 40.0), -200.0, 200.0)
-        _num(where, "noise_rule.min_neighbour_sd", rule.get("min_neighbour_sd", 0.0), 0.0, 100.0)
+        try:  # the rule's own definition of its valid values
+            NoiseRule.from_dict(rule)
+        except InputError as exc:
+            raise ModelBundleError(f"model bundle {where}: manifest noise_rule: {exc}") from None
 
     scoring = _object(where, manifest, "scoring", required=False)
     if "threshold_hu" in scoring:
@@ -482,7 +480,7 @@ def load_bundle(path: str | os.PathLike | None = None) -> ModelBundle:
     """Load and verify a bundle (folder or its manifest.json; None = the default bundle)."""
     require_ai()  # before anything imports torch, timm or MONAI
     from ..errors import InputError
-    from ..pipeline.candidates import CandidateConfig, NoiseRule
+    from ..pipeline.candidates import CandidateConfig
     from .backbone import build_backbone_from_config
     from .detector import CandidateDetector
     from .unet import SegmenterConfig, build_candidate_segmenter
@@ -491,8 +489,6 @@ def load_bundle(path: str | os.PathLike | None = None) -> ModelBundle:
     manifest = verify_bundle(folder)
     try:
         CandidateConfig.from_dict(manifest["candidates"])
-        if manifest.get("noise_rule") is not None:
-            NoiseRule.from_dict(manifest["noise_rule"])
         backbone = build_backbone_from_config(manifest["backbone"])
         d = manifest["detector"]
         detector = CandidateDetector(int(d["feature_dim"]), int(d["context_dim"]), int(d.get("hidden", 0)),
