@@ -194,16 +194,15 @@ def main(argv=None) -> int:
         segmenter_config=sup["segmenter_config"], segmenter_state=sup["segmenter"],
         candidates=cfg.to_dict(),
     )
-    candidate = save_bundle(work / "candidate", overwrite=True, **common)
-
-    # 4b. noise rule, on the calibration studies
+    # 4b. noise rule, on the calibration studies, with the bundle assembled without one
     rule_file = work / "noise_rule.json"
     commands["noise_rule"] = ["--bundle", str(work / "candidate"), "--studies", str(work / "calibration"),
                               "--out", str(rule_file), "--device", args.device]
     t = time.perf_counter()
     if not rule_file.is_file():
         _log(f"stage 4b: noise rule on {len(cal_dirs)} calibration studies")
-        table = fit_noise_rule.lesion_table(load_bundle(candidate), cal_dirs, args.device, _log)
+        no_rule = save_bundle(work / "candidate", overwrite=True, **common)
+        table = fit_noise_rule.lesion_table(load_bundle(no_rule), cal_dirs, args.device, _log)
         write_json(fit_noise_rule.fit(table), rule_file)
         ran("noise_rule_s", t)
     noise_fit = json.loads(rule_file.read_text())
