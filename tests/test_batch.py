@@ -19,36 +19,23 @@ from CoronaryCalciumDINOLib.cli import main as cli_main
 from CoronaryCalciumDINOLib.errors import InputError
 from CoronaryCalciumDINOLib.io.segfile import read_seg_nrrd
 from CoronaryCalciumDINOLib.io.volume import CTVolume, write_volume
+from shared_data import hand_scored_ct, phantom_files_by_z
 
-PHANTOM = Path(__file__).resolve().parents[1] / "Testing" / "Data" / "qrm-phantom-canon"
 
 
 def _synthetic(tmp: Path, name: str, labels_dir: Path) -> None:
-    """6 x 64 x 64 CT, 3 mm slices, 0.5 mm pixels, with hand-scorable calcium.
-
-    LAD: slices 2 and 3, a 4 x 5 voxel block of 250 HU -> per slice 5 mm^2 x weight 2 = 10;
-    RCA: slice 4, a 3 x 3 block of 450 HU -> 2.25 mm^2 x weight 4 = 9. Slice factor 3/3 = 1.
-    Total 29, volume 49 voxels x 0.75 mm^3 = 36.75 mm^3, 3 lesions.
-    """
-    ct = CTVolume(hu=np.zeros((6, 64, 64), np.float32), spacing=(3.0, 0.5, 0.5), origin=(-16.0, -16.0, 100.0))
-    lab = np.zeros(ct.shape, np.uint8)
-    lab[2:4, 10:14, 20:25] = 2
-    lab[4, 30:33, 40:43] = 4
-    ct.hu[lab == 2] = 250.0
-    ct.hu[lab == 4] = 450.0
+    """The hand-scorable CT (:func:`shared_data.hand_scored_ct`: Agatston 29, 36.75 mm^3,
+    3 lesions) as ``tmp/<name>.nrrd`` with its labels in ``labels_dir``."""
+    ct, lab = hand_scored_ct()
     write_volume(ct.hu.astype(np.int16), ct, tmp / f"{name}.nrrd")
     write_volume(lab, ct, labels_dir / f"{name}.nrrd")
 
 
 def _phantom_study(tmp: Path, name: str, labels_dir: Path) -> None:
     """Four phantom slices as a DICOM sub-folder, with an all-background label map."""
-    import pydicom
-
     folder = tmp / name
     folder.mkdir()
-    files = sorted((p for p in PHANTOM.iterdir() if p.name not in ("README.md", "LICENSE")),
-                   key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))
-    for f in files[20:24]:
+    for f in phantom_files_by_z()[20:24]:
         shutil.copy(f, folder / f.name)
     from CoronaryCalciumDINOLib.io import load_ct
 

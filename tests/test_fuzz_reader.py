@@ -50,8 +50,8 @@ from CoronaryCalciumDINOLib.cli import main as cli_main
 from CoronaryCalciumDINOLib.errors import InputError
 from CoronaryCalciumDINOLib.io.dicom import read_dicom_series
 from CoronaryCalciumDINOLib.io.volume import write_volume
+from shared_data import phantom_files_by_z
 
-PHANTOM = Path(__file__).resolve().parents[1] / "Testing" / "Data" / "qrm-phantom-canon"
 #: Seeds every run checks (they cover every kind of damage at least once).
 FIXED_SEEDS = tuple(range(120))
 #: Random seeds per default run.
@@ -187,9 +187,7 @@ class Fuzzer:
         self.work = work
         self.base = work / "base"
         self.base.mkdir(parents=True)
-        files = sorted((p for p in PHANTOM.iterdir() if p.name not in ("README.md", "LICENSE")),
-                       key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))
-        for i, f in enumerate(files[20:24]):
+        for i, f in enumerate(phantom_files_by_z()[20:24]):
             shutil.copy(f, self.base / f"s{i}")
         self.ct = read_dicom_series(self.base)
         labels = np.zeros(self.ct.shape, np.uint8)

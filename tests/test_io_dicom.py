@@ -20,21 +20,16 @@ from CoronaryCalciumDINOLib.cli import main as cli_main
 from CoronaryCalciumDINOLib.errors import InputError
 from CoronaryCalciumDINOLib.io import load_ct
 from CoronaryCalciumDINOLib.io.dicom import list_series, read_dicom_series
+from shared_data import edit_dicom, phantom_files_by_z
 
 DATA = Path(__file__).resolve().parents[1] / "Testing" / "Data"
 PHANTOM = DATA / "qrm-phantom-canon"
 JP2 = DATA / "real-cardiac-ct-slices"
 
 
-def _phantom_files_sorted() -> list[Path]:
-    """Phantom slice files sorted by z (the series is axial: IOP = identity)."""
-    files = [p for p in PHANTOM.iterdir() if p.name not in ("README.md", "LICENSE")]
-    return sorted(files, key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))
-
-
 @pytest.fixture(scope="module")
 def phantom_files():
-    return _phantom_files_sorted()
+    return phantom_files_by_z()
 
 
 @pytest.fixture(scope="module")
@@ -51,15 +46,6 @@ def _subset(files: list[Path], dest: Path, n: int = 5, start: int = 20) -> list[
         out.append(target)
     return out
 
-
-def _edit(path: Path, **changes) -> None:
-    ds = pydicom.dcmread(path)
-    for key, value in changes.items():
-        if value is None:
-            delattr(ds, key)
-        else:
-            setattr(ds, key, value)
-    ds.save_as(path)
 
 
 # --------------------------------------------------------------------------- real data
@@ -152,7 +138,7 @@ def test_pixel_spacing_order_matches_simpleitk(tmp_path, phantom_files):
 
     files = _subset(phantom_files, tmp_path / "s", n=3)
     for f in files:
-        _edit(f, PixelSpacing=[0.5, 0.4])
+        edit_dicom(f, PixelSpacing=[0.5, 0.4])
     ct = read_dicom_series(tmp_path / "s")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(tmp_path / "s")))
@@ -170,7 +156,7 @@ def _two_series(phantom_files, folder: Path) -> str:
     files = _subset(phantom_files, other, n=3, start=30)
     uid = generate_uid()
     for f in files:
-        _edit(f, SeriesInstanceUID=uid, SOPInstanceUID=generate_uid(), SeriesDescription="Second recon")
+        edit_dicom(f, SeriesInstanceUID=uid, SOPInstanceUID=generate_uid(), SeriesDescription="Second recon")
     return uid
 
 
@@ -199,7 +185,7 @@ def test_localizer_series_is_set_aside(tmp_path, phantom_files):
     files = _subset(phantom_files, folder / "scout", n=2, start=30)
     uid = generate_uid()
     for f in files:
-        _edit(f, SeriesInstanceUID=uid, SOPInstanceUID=generate_uid(), ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
+        edit_dicom(f, SeriesInstanceUID=uid, SOPInstanceUID=generate_uid(), ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
     ct = read_dicom_series(folder)
     assert ct.shape == (4, 512, 512) and ct.meta["series_uid"] != uid
     assert any(uid in w and "localizer" in w for w in ct.warnings)
@@ -207,14 +193,14 @@ def test_localizer_series_is_set_aside(tmp_path, phantom_files):
 
 def test_non_ct_modality_refused(tmp_path, phantom_files):
     for f in _subset(phantom_files, tmp_path / "mr", n=3):
-        _edit(f, Modality="MR")
+        edit_dicom(f, Modality="MR")
     with pytest.raises(InputError, match="modality MR"):
         read_dicom_series(tmp_path / "mr")
 
 
 def test_missing_pixel_data_refused(tmp_path, phantom_files):
     files = _subset(phantom_files, tmp_path / "nopix", n=3)
-    _edit(files[1], PixelData=None)
+    edit_dicom(files[1], PixelData=None)
     with pytest.raises(InputError, match="no pixel data"):
         read_dicom_series(tmp_path / "nopix")
 
@@ -263,18 +249,18 @@ def test_missing_middle_slice_refused(tmp_path, phantom_files):
 
 def test_duplicate_position_refused(tmp_path, phantom_files):
     files = _subset(phantom_files, tmp_path / "dup", n=4)
-    _edit(files[3], ImagePositionPatient=pydicom.dcmread(files[1]).ImagePositionPatient, SOPInstanceUID=generate_uid())
+    edit_dicom(files[3], ImagePositionPatient=pydicom.dcmread(files[1]).ImagePositionPatient, SOPInstanceUID=generate_uid())
     with pytest.raises(InputError, match="same position"):
         read_dicom_series(tmp_path / "dup")
 
 
 def test_mixed_sizes_and_orientations_refused(tmp_path, phantom_files):
     files = _subset(phantom_files, tmp_path / "size", n=3)
-    _edit(files[1], Rows=256)
+    edit_dicom(files[1], Rows=256)
     with pytest.raises(InputError, match="mixes image sizes"):
         read_dicom_series(tmp_path / "size")
     files = _subset(phantom_files, tmp_path / "orient", n=3)
-    _edit(files[1], ImageOrientationPatient=[1, 0, 0, 0, 0, -1])
+    edit_dicom(files[1], ImageOrientationPatient=[1, 0, 0, 0, 0, -1])
     with pytest.raises(InputError, match="mixes slice orientations"):
         read_dicom_series(tmp_path / "orient")
 
@@ -289,12 +275,12 @@ def test_folder_without_dicom_refused(tmp_path):
 def test_warnings_for_valid_but_unusual_series(tmp_path, phantom_files):
     files = _subset(phantom_files, tmp_path / "kvp", n=3)
     for f in files:
-        _edit(f, KVP=100)
+        edit_dicom(f, KVP=100)
     ct = read_dicom_series(tmp_path / "kvp")
     assert ct.kvp == 100 and any("100 kVp" in w for w in ct.warnings)
     files = _subset(phantom_files, tmp_path / "nokvp", n=3)
     for f in files:
-        _edit(f, KVP=None)
+        edit_dicom(f, KVP=None)
     ct = read_dicom_series(tmp_path / "nokvp")
     assert ct.kvp is None and any("KVP" in w for w in ct.warnings)
 

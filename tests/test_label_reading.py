@@ -16,16 +16,12 @@ from CoronaryCalciumDINOLib.batch import run_batch
 from CoronaryCalciumDINOLib.cli import main as cli_main
 from CoronaryCalciumDINOLib.io.segfile import write_seg_nrrd
 from CoronaryCalciumDINOLib.io.volume import CTVolume, write_volume
+from shared_data import hand_scored_ct
 
 
 def _study(tmp_path):
-    """LAD: 2 slices of a 4 x 5 block at 250 HU (Agatston 20); RCA: a 3 x 3 block at 450 HU (9)."""
-    ct = CTVolume(hu=np.zeros((6, 64, 64), np.float32), spacing=(3.0, 0.5, 0.5), origin=(-16.0, -16.0, 100.0))
-    lab = np.zeros(ct.shape, np.uint8)
-    lab[2:4, 10:14, 20:25] = 2
-    lab[4, 30:33, 40:43] = 4
-    ct.hu[lab == 2] = 250.0
-    ct.hu[lab == 4] = 450.0
+    """:func:`shared_data.hand_scored_ct` (LAD Agatston 20, RCA 9) as ``in/p1.nrrd``."""
+    ct, lab = hand_scored_ct()
     inp = tmp_path / "in"
     inp.mkdir()
     write_volume(ct.hu.astype(np.int16), ct, inp / "p1.nrrd")

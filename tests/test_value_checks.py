@@ -14,7 +14,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 from pydicom import config as dcm_config
 
@@ -26,8 +25,8 @@ from CoronaryCalciumDINOLib.io.dicom import read_dicom_series
 from CoronaryCalciumDINOLib.io.volume import CTVolume, read_volume_file, write_volume
 from CoronaryCalciumDINOLib.report import build_report, write_json
 from CoronaryCalciumDINOLib.scoring import ScoringParams, params_for_kvp, score
+from shared_data import edit_dicom, phantom_files_by_z
 
-PHANTOM = Path(__file__).resolve().parents[1] / "Testing" / "Data" / "qrm-phantom-canon"
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +34,7 @@ def four_slices(tmp_path_factory):
     """Slices 20-23 of the phantom (the calcium insert), as s0..s3."""
     dcm_config.settings.writing_validation_mode = dcm_config.IGNORE
     dest = tmp_path_factory.mktemp("phantom4")
-    files = sorted((p for p in PHANTOM.iterdir() if p.name not in ("README.md", "LICENSE")),
-                   key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))
-    for i, f in enumerate(files[20:24]):
+    for i, f in enumerate(phantom_files_by_z()[20:24]):
         shutil.copy(f, dest / f"s{i}")
     return dest
 
@@ -47,16 +44,6 @@ def series(four_slices, tmp_path):
     dest = tmp_path / "series"
     shutil.copytree(four_slices, dest)
     return dest
-
-
-def _edit(path: Path, **changes) -> None:
-    ds = pydicom.dcmread(path)
-    for key, value in changes.items():
-        if value is None:
-            delattr(ds, key)
-        else:
-            setattr(ds, key, value)
-    ds.save_as(path, enforce_file_format=False)
 
 
 def _refused(folder: Path, *words: str) -> str:
@@ -74,57 +61,57 @@ def _refused(folder: Path, *words: str) -> str:
 
 @pytest.mark.parametrize("slope", ["nan", "inf", "-inf", "0", "1e-30", "-1", "1e308"])
 def test_implausible_rescale_slope_refused_naming_file_and_value(series, slope):
-    _edit(series / "s2", RescaleSlope=slope)
+    edit_dicom(series / "s2", RescaleSlope=slope)
     _refused(series, "s2", "RescaleSlope")
 
 
 @pytest.mark.parametrize("intercept", ["nan", "inf", "-inf", "1e308", "1e6"])
 def test_implausible_rescale_intercept_refused(series, intercept):
-    _edit(series / "s1", RescaleIntercept=intercept)
+    edit_dicom(series / "s1", RescaleIntercept=intercept)
     _refused(series, "s1", "RescaleIntercept")
 
 
 def test_rescale_differing_between_slices_warns(series):
-    _edit(series / "s1", RescaleIntercept="-1")
+    edit_dicom(series / "s1", RescaleIntercept="-1")
     ct = read_dicom_series(series)
     assert any("differ between slices" in w for w in ct.warnings)
 
 
 def test_rescale_without_air_warns(series):
     for f in series.iterdir():
-        _edit(f, RescaleIntercept="1600")  # air (-2048 stored here) would read as -448 HU
+        edit_dicom(f, RescaleIntercept="1600")  # air (-2048 stored here) would read as -448 HU
     ct = read_dicom_series(series)
     assert any("no voxel is at or below" in w for w in ct.warnings)
 
 
 def test_multi_valued_rows_refused(series):
-    _edit(series / "s0", Rows=[512, 512])
+    edit_dicom(series / "s0", Rows=[512, 512])
     _refused(series, "s0", "Rows")
 
 
 @pytest.mark.parametrize("tag, value", [("PixelSpacing", "0.488"), ("ImagePositionPatient", "0"),
                                         ("ImageOrientationPatient", "1")])
 def test_vector_tag_with_one_value_refused(series, tag, value):
-    _edit(series / "s0", **{tag: value})
+    edit_dicom(series / "s0", **{tag: value})
     _refused(series, "s0", tag)
 
 
 @pytest.mark.parametrize("spacing", ["1e-6\\1e-6", "1e308\\1e308", "nan\\nan", "0\\0"])
 def test_implausible_pixel_spacing_refused(series, spacing):
     for f in series.iterdir():
-        _edit(f, PixelSpacing=spacing)
+        edit_dicom(f, PixelSpacing=spacing)
     _refused(series, "PixelSpacing")
 
 
 def test_implausible_slice_spacing_refused(series):
     """Slices 0.01 mm apart (at 1e-6 mm a resampling to mm allocated without bound)."""
     for i, f in enumerate(sorted(series.iterdir())):
-        _edit(f, ImagePositionPatient=[0, 0, i * 0.01])
+        edit_dicom(f, ImagePositionPatient=[0, 0, i * 0.01])
     _refused(series, "slice spacing")
 
 
 def test_non_finite_position_refused(series):
-    _edit(series / "s3", ImagePositionPatient=["nan", 0, 0])
+    edit_dicom(series / "s3", ImagePositionPatient=["nan", 0, 0])
     _refused(series, "s3", "ImagePositionPatient")
 
 
@@ -143,38 +130,38 @@ def test_empty_file_is_reported(series):
 
 
 def test_missing_rows_is_not_skipped(series):
-    _edit(series / "s3", Rows=None)
+    edit_dicom(series / "s3", Rows=None)
     _refused(series, "s3", "Rows")
 
 
 @pytest.mark.parametrize("modality", ["MR", "PT", "OT"])
 def test_modality_checked_in_every_file(series, modality):
-    _edit(series / "s2", Modality=modality)  # not the first file
+    edit_dicom(series / "s2", Modality=modality)  # not the first file
     _refused(series, modality, "s2")
 
 
 def test_sheared_image_refused(series):
     """Columns 511 with 512 x 512 pixel data: pydicom only warns and drops the excess."""
     for f in series.iterdir():
-        _edit(f, Columns=511)
+        edit_dicom(f, Columns=511)
     _refused(series, "pixel data", "511")
 
 
 def test_flipped_pixel_representation_refused(series):
     for f in series.iterdir():
-        _edit(f, PixelRepresentation=0)
+        edit_dicom(f, PixelRepresentation=0)
     _refused(series, "outside any CT scale")
 
 
 def test_values_beyond_bits_stored_refused(series):
-    _edit(series / "s1", BitsStored=8)  # pydicom would mask the stored values to 8 bits
+    edit_dicom(series / "s1", BitsStored=8)  # pydicom would mask the stored values to 8 bits
     _refused(series, "s1", "BitsStored")
 
 
 @pytest.mark.parametrize("kvp", ["nan", "inf", "0", "1e6"])
 def test_implausible_kvp_tag_is_ignored_with_a_warning(series, kvp, tmp_path):
     for f in series.iterdir():
-        _edit(f, KVP=kvp)
+        edit_dicom(f, KVP=kvp)
     ct = read_dicom_series(series)
     assert ct.kvp is None
     assert any("KVP tag" in w for w in ct.warnings)
@@ -187,7 +174,7 @@ def test_implausible_kvp_tag_is_ignored_with_a_warning(series, kvp, tmp_path):
 
 def test_implausible_slice_thickness_is_ignored_with_a_warning(series):
     for f in series.iterdir():
-        _edit(f, SliceThickness="nan")
+        edit_dicom(f, SliceThickness="nan")
     ct = read_dicom_series(series)
     assert ct.meta["slice_thickness"] is None
     assert any("SliceThickness" in w for w in ct.warnings)
