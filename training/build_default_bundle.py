@@ -5,13 +5,17 @@
         --ssl-batch 512 --seg-steps 20000 --work runs/big --out runs/big-bundle \\
         --name ccdino-big --results runs/big/results                              # scaled up
 
-Stages (each skipped when its output already exists in ``--work``, so a run resumes where
-it stopped; the SSL stage also resumes from its own checkpoint):
+Stages (each skipped when its output already exists in ``--work`` and was made from the same
+inputs, so a run resumes where it stopped; an output made from other studies or settings is
+made again; the SSL stage also resumes from its own checkpoint):
 
 1. synthetic studies: ``--n-train`` training + validation studies (seeds ``--first-seed``..,
-   never a held-out seed; the last ``--n-val`` are the validation studies), ``--n-calibration``
-   calibration studies (seeds ``--calibration-seed``..) and ``--n-test`` held-out studies
-   (seeds 900000..);
+   never a held-out seed; the last ``--n-val`` are the validation studies) with
+   ``--n-phantoms`` calcium-scoring phantoms (:mod:`CoronaryCalciumDINOLib.synth.phantom`,
+   seeds ``--phantom-seed``..; the last ``--n-val-phantoms`` for validation),
+   ``--n-calibration`` calibration studies (seeds ``--calibration-seed``..), ``--n-test``
+   held-out studies (seeds 900000..) and ``--n-test-phantoms`` held-out phantoms (seeds
+   900100..);
 2. candidate caches (:mod:`training.candidate_data`): the inference crop sampler run on
    every study;
 3. DINO-LG self-supervised pretraining of the candidate ViT
@@ -29,9 +33,11 @@ it stopped; the SSL stage also resumes from its own checkpoint):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -50,13 +56,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--results", type=Path, default=REPO / "training" / "results")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--name", default="ccdino-default")
-    p.add_argument("--version", default="0.4.0")
+    p.add_argument("--version", default="0.5.0")
     p.add_argument("--n-train", type=int, default=200, help="synthetic training + validation studies")
     p.add_argument("--n-val", type=int, default=30, help="of which validation studies (threshold choice)")
     p.add_argument("--n-test", type=int, default=100, help="held-out synthetic studies for the reported metrics")
     p.add_argument("--n-calibration", type=int, default=100, help="synthetic studies that fit the noise rule")
     p.add_argument("--calibration-seed", type=int, default=800000, help="first seed of the calibration studies")
     p.add_argument("--first-seed", type=int, default=1000)
+    p.add_argument("--n-phantoms", type=int, default=30, help="synthetic calcium-scoring phantoms for training + validation")
+    p.add_argument("--n-val-phantoms", type=int, default=5, help="of which validation phantoms")
+    p.add_argument("--phantom-seed", type=int, default=700000, help="first seed of the training phantoms")
+    p.add_argument("--n-test-phantoms", type=int, default=20, help="held-out synthetic phantoms (seeds 900100..)")
     p.add_argument("--max-neg", type=int, default=1500, help="non-coronary candidates kept per training study")
     p.add_argument("--ssl-steps", type=int, default=1200)
     p.add_argument("--ssl-batch", type=int, default=64)
@@ -99,7 +109,7 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from CoronaryCalciumDINOLib.data.splits import HELDOUT_SYNTHETIC_SEEDS, check_disjoint
+    from CoronaryCalciumDINOLib.data.splits import HELDOUT_PHANTOM_SEEDS, HELDOUT_SYNTHETIC_SEEDS, check_disjoint
     from CoronaryCalciumDINOLib.evaluation.metrics import slice_metrics
     from CoronaryCalciumDINOLib.evaluation.pipeline_eval import evaluate_bundle, summarise, synthetic_study_dirs
     from CoronaryCalciumDINOLib.models.bundle import load_bundle, save_bundle
@@ -127,6 +137,26 @@ def main(argv=None) -> int:
         timings[name] = time.perf_counter() - t0
         timings_file.write_text(json.dumps(timings, indent=2) + "\n")
 
+    inputs_file = work / "stage_inputs.json"
+    stage_inputs: dict[str, str] = json.loads(inputs_file.read_text()) if inputs_file.is_file() else {}
+
+    def current(name: str, done: Path, inputs, output: Path | None = None) -> bool:
+        """True when the stage is done (``done`` exists) and was made from the same ``inputs``.
+
+        When its inputs changed (other studies or settings), the stage's old ``output``
+        (default ``done``) is removed and it is made again; a stage stopped half-way with
+        the same inputs resumes."""
+        output = output or done
+        key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+        if stage_inputs.get(name) == key:
+            return done.exists()
+        if output.exists():
+            _log(f"{name}: inputs changed since {_rel(output)} was made; making it again")
+            shutil.rmtree(output) if output.is_dir() else output.unlink()
+        stage_inputs[name] = key
+        inputs_file.write_text(json.dumps(stage_inputs, indent=2) + "\n")
+        return False
+
     # 1. studies
     t = time.perf_counter()
     seeds = range(args.first_seed, args.first_seed + args.n_train)
@@ -138,14 +168,26 @@ def main(argv=None) -> int:
     check_disjoint(cal_seeds)
     if set(cal_seeds) & set(seeds):
         raise SystemExit("calibration seeds overlap the training seeds")
+    ph_seeds = range(args.phantom_seed, args.phantom_seed + args.n_phantoms)
+    check_disjoint(ph_seeds)
+    phantoms = synthetic_study_dirs(ph_seeds, work / "phantoms", lambda f, m: _log(f"synth {m}"), workers=args.workers,
+                                    phantom=True, **over)
     cal_dirs = synthetic_study_dirs(cal_seeds, work / "calibration", lambda f, m: _log(f"synth {m}"),
                                     workers=args.workers, **over)
     test_seeds = range(HELDOUT_SYNTHETIC_SEEDS.start, HELDOUT_SYNTHETIC_SEEDS.start + args.n_test)
     test_dirs = synthetic_study_dirs(test_seeds, work / "heldout", lambda f, m: _log(f"synth {m}"), workers=args.workers,
                                      **over)
+    if HELDOUT_SYNTHETIC_SEEDS.start + args.n_test > HELDOUT_PHANTOM_SEEDS.start:
+        raise SystemExit(f"--n-test {args.n_test}: at most {HELDOUT_PHANTOM_SEEDS.start - HELDOUT_SYNTHETIC_SEEDS.start} "
+                         "(the seeds above are the held-out phantoms')")
+    test_ph_seeds = range(HELDOUT_PHANTOM_SEEDS.start, HELDOUT_PHANTOM_SEEDS.start + args.n_test_phantoms)
+    test_phantoms = synthetic_study_dirs(test_ph_seeds, work / "heldout-phantoms", lambda f, m: _log(f"synth {m}"),
+                                         workers=args.workers, phantom=True, **over)
     if "synth_s" not in timings:
         ran("synth_s", t)
-    train_dirs, val_dirs = studies[: args.n_train - args.n_val], studies[args.n_train - args.n_val:]
+    n_tp = args.n_phantoms - args.n_val_phantoms
+    train_dirs = studies[: args.n_train - args.n_val] + phantoms[:n_tp]
+    val_dirs = studies[args.n_train - args.n_val:] + phantoms[n_tp:]
 
     # 2. caches
     t = time.perf_counter()
@@ -162,7 +204,7 @@ def main(argv=None) -> int:
                        "--batch", str(args.ssl_batch), "--seed", "0", "--threads", str(args.threads),
                        "--device", args.device] + ([] if args.plain_dino else ["--label-guided"])
     t = time.perf_counter()
-    if not (ssl_dir / "backbone.pt").is_file():
+    if not current("ssl", ssl_dir / "backbone.pt", [commands["ssl"], _cache_meta(train_cache)], ssl_dir):
         _log("stage 3: DINO-LG pretraining" if not args.plain_dino else "stage 3: DINO pretraining")
         pretrain_candidates.main(commands["ssl"])
         ran("ssl_s", t)
@@ -174,7 +216,8 @@ def main(argv=None) -> int:
                               "--target-sensitivity", str(args.target_sensitivity), "--threads", str(args.threads),
                               "--device", args.device]
     t = time.perf_counter()
-    if not (sup_dir / "supervised.pt").is_file():
+    if not current("supervised", sup_dir / "supervised.pt",
+                   [commands["supervised"], stage_inputs["ssl"], _cache_meta(val_cache)], sup_dir):
         _log("stage 4: detector heads, baseline, segmenter")
         train_candidates.main(commands["supervised"])
         ran("supervised_s", t)
@@ -186,7 +229,8 @@ def main(argv=None) -> int:
     det_info = {**sup["detector_config"], **sup["threshold"]}
     common = dict(
         name=args.name, version=args.version,
-        trained_on=f"{args.n_train} synthetic non-contrast cardiac CT studies (seeds {seeds.start}-{seeds.stop - 1}), "
+        trained_on=f"{args.n_train} synthetic non-contrast cardiac CT studies (seeds {seeds.start}-{seeds.stop - 1}) "
+                   f"and {args.n_phantoms} synthetic calcium-scoring phantoms (seeds {ph_seeds.start}-{ph_seeds.stop - 1}), "
                    f"trained on {hardware}",
         not_validated_on="patient data (no real CT was used for training or validation)",
         backbone_config=ssl["config"], backbone_state=ssl["state"],
@@ -199,7 +243,8 @@ def main(argv=None) -> int:
     commands["noise_rule"] = ["--bundle", str(work / "candidate"), "--studies", str(work / "calibration"),
                               "--out", str(rule_file), "--device", args.device]
     t = time.perf_counter()
-    if not rule_file.is_file():
+    if not current("noise_rule", rule_file, [commands["noise_rule"], stage_inputs["supervised"],
+                                             [p.name for p in cal_dirs]]):
         _log(f"stage 4b: noise rule on {len(cal_dirs)} calibration studies")
         no_rule = save_bundle(work / "candidate", overwrite=True, **common)
         table = fit_noise_rule.lesion_table(load_bundle(no_rule), cal_dirs, args.device, _log)
@@ -226,11 +271,15 @@ def main(argv=None) -> int:
     if not np.array_equal(pos, ys):
         _log("warning: baseline slice labels differ from the pipeline's (study order?)")
     baseline = slice_metrics(ys, ps, gthr, args.target_sensitivity)
+    _log(f"stage 5: evaluation on {len(test_phantoms)} held-out synthetic phantoms")
+    ph_outcomes = evaluate_bundle(b, test_phantoms, device=args.device, progress=lambda f, m: _log(m))
+    heldout_phantoms = summarise(ph_outcomes, b.threshold, args.target_sensitivity)
     phantom = phantom_check(b, args.device)
     ran("evaluation_s", t)
 
     metrics = {
         "heldout_synthetic": {"seeds": [test_seeds.start, test_seeds.stop], **heldout},
+        "heldout_synthetic_phantoms": {"seeds": [test_ph_seeds.start, test_ph_seeds.stop], **heldout_phantoms},
         "baseline_gbm_hand_features": {"slices": baseline, "threshold": gthr},
         "validation": sup["report"],
         "noise_rule": {k: noise_fit[k] for k in ("rule", "studies", "without_rule", "with_rule")}
@@ -252,6 +301,14 @@ def main(argv=None) -> int:
                args.results / f"{args.name}-commands.json")
     _log(f"bundle written to {_rel(args.out)} ({sum(timings.values()) / 60:.1f} min of stages)")
     return 0
+
+
+def _cache_meta(path: Path) -> dict:
+    """What a candidate cache was built from (its studies and settings)."""
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as z:
+        return json.loads(str(z["meta"]))
 
 
 def phantom_check(bundle, device: str) -> dict:
@@ -332,6 +389,7 @@ def model_card(args, metrics, bb_cfg, sup, timings, environment, cfg) -> str:
         for n, r in rep["heads"].items()
     )
     ph = metrics["phantom"]
+    hp = metrics["heldout_synthetic_phantoms"]
     nr = metrics["noise_rule"]
     nb = nr["rule"].get("min_neighbour_sd", 0.0)
     nb_text = f" and less than {nb:g} SDs under its footprint on the slices above and below" if nb > 0 else ""
@@ -387,12 +445,22 @@ Risk category accuracy {_fmt(pa['risk']['accuracy'])} (segmenter on every candid
 share of the {pa['zero_studies']} studies without coronary calcium scored exactly 0: {_fmt(pa['zero_scored_zero'])}
 (segmenter on every candidate {_fmt(ua['zero_scored_zero'])}).
 
-## The real phantom scan (Testing/Data/qrm-phantom-canon)
-Selected slices {ph.get('selected_slices')}; labelled lesions: {len(ph.get('lesions', []))}
-({', '.join(f"{x['artery']} slice {x['slice']} {x['area_mm2']:.1f} mm^2 peak {x['peak_hu']:.0f} HU" for x in ph.get('lesions', [])) or 'none'}).
-A phantom has no coronary arteries: anything labelled there would be the insert's calcium
-cylinders or bone seen as coronary calcium by a model trained on synthetic patients
-(bone labels count as failures: `tests/test_pipeline.py`).
+## Calcium-scoring phantoms
+{args.n_phantoms} synthetic phantoms (a thorax phantom with a cardiac calcification insert) were
+part of training, so that the calcium of a phantom's insert is found; a phantom has no
+arteries, so its per-artery split is a convention (patient right RCA, left anterior LAD,
+left posterior LCX) and only its total means something.
+
+{hp['n_studies']} held-out synthetic phantoms (seeds {hp['seeds'][0]}-{hp['seeds'][1] - 1}): slice sensitivity
+{_fmt(hp['slices']['at_threshold']['sensitivity'])}, specificity {_fmt(hp['slices']['at_threshold']['specificity'])}; total Agatston ICC(2,1)
+{_fmt(hp['pipeline']['agatston_agreement']['total']['icc_2_1'])} (MAE {_fmt(hp['pipeline']['agatston_agreement']['total']['mae'], 1)}); phantoms without calcium
+scored 0: {_fmt(hp['pipeline']['zero_scored_zero'])}.
+
+The real phantom scan (Testing/Data/qrm-phantom-canon; the 5 mm cylinders lie in slices
+20-23): selected slices {ph.get('selected_slices')}; labelled lesions: {len(ph.get('lesions', []))}
+({', '.join(f"{x['artery']} slice {x['slice']} {x['area_mm2']:.1f} mm^2 peak {x['peak_hu']:.0f} HU" for x in ph.get('lesions', [])) or 'none'});
+total Agatston {_fmt(ph.get('total_agatston'), 1)}. Bone labelled there counts as a failure
+(`tests/test_pipeline.py`).
 
 ## Limits
 - Synthetic studies only: real anatomy, noise, motion, stents, valves and bone near the

@@ -26,6 +26,8 @@ SPLIT_NAMES = ("train", "val", "test")
 
 #: Seeds of the synthetic studies reserved for evaluation (never used for training).
 HELDOUT_SYNTHETIC_SEEDS = range(900000, 900200)
+#: The held-out synthetic calcium-scoring phantoms (inside the reserved range).
+HELDOUT_PHANTOM_SEEDS = range(900100, 900200)
 
 
 def coca_patient(study_id: str) -> str:

@@ -11,7 +11,8 @@ everything has been drawn, so the rest of the study stays the same:
 ``pixel`` (mm), ``spacing`` and ``thickness`` (mm; ``spacing`` alone means contiguous slices), ``n_slices``, ``slices_range``
 ((min, max) slice count, default (40, 80)), ``noise_sd`` (HU), ``p_zero`` (probability of a
 study without coronary plaques, default 0.3), ``plaques`` (False: none; True: at least
-one plaque drawn), ``confounders`` (False: no aortic/valve/annulus calcium), ``streaks``
+one plaque drawn), ``phantom`` (True: a calcium-scoring phantom instead of a patient, see
+:mod:`.phantom`; its id is ``synth-phantom-<seed>``), ``confounders`` (False: no aortic/valve/annulus calcium), ``streaks``
 (True/False: force or forbid streak artifacts), ``keep_clean`` (also return the
 noise-free HU in :attr:`SynthResult.clean` and :attr:`SynthResult.anatomy_hu`).
 
@@ -33,19 +34,22 @@ from ..constants import ARTERIES
 from ..data.studies import Study, is_study_dir, read_study_meta, write_study
 from ..errors import InputError
 from ..io.volume import CTVolume
-from . import anatomy, coronaries, plaques, scanner
+from . import anatomy, coronaries, phantom, plaques, scanner
 from .render import Grid, ellipsoid_bounds
 
 GENERATOR_VERSION = 1
 DEFAULT_SLICES_RANGE = (40, 80)
 MATRIX = 512
 _OVERRIDES = {"matrix", "pixel", "spacing", "thickness", "n_slices", "slices_range", "noise_sd", "p_zero",
-              "plaques", "confounders", "streaks", "keep_clean"}
+              "plaques", "confounders", "streaks", "keep_clean", "phantom"}
+#: Overrides that apply to phantoms (the others describe a patient's anatomy).
+_PHANTOM_OVERRIDES = {"matrix", "pixel", "spacing", "thickness", "n_slices", "slices_range", "noise_sd", "streaks",
+                      "phantom"}
 
 
-def study_id(seed: int) -> str:
-    """Study id of a seed, e.g. ``synth-000123``."""
-    return f"synth-{int(seed):06d}"
+def study_id(seed: int, phantom: bool = False) -> str:
+    """Study id of a seed, e.g. ``synth-000123`` (a phantom: ``synth-phantom-000123``)."""
+    return f"synth-{'phantom-' if phantom else ''}{int(seed):06d}"
 
 
 @dataclass
@@ -100,6 +104,8 @@ def render_study(seed: int, progress: Callable[[float, str], None] | None = None
     unknown = set(overrides) - _OVERRIDES
     if unknown:
         raise InputError(f"unknown synthetic-study option(s): {', '.join(sorted(unknown))}")
+    if overrides.get("phantom"):
+        return _render_phantom(seed, overrides)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -211,6 +217,20 @@ def render_study(seed: int, progress: Callable[[float, str], None] | None = None
     return SynthResult(study, grid, a, arteries, blobs + conf, timings, clean, anatomy_hu)
 
 
+def _render_phantom(seed: int, overrides: dict) -> SynthResult:
+    unknown = set(overrides) - _PHANTOM_OVERRIDES
+    if unknown:
+        raise InputError(f"synthetic-study option(s) not for phantoms: {', '.join(sorted(unknown))}")
+    t = time.perf_counter()
+    r_scan, r_geo, r_noise, r_streak = _streams(seed, 4)
+    study, grid, p = phantom.render_phantom(seed, [r_geo, r_noise, r_streak], _scanner_params(r_scan), overrides)
+    study.meta.update({"source": "synthetic", "seed": int(seed), "kvp": 120,
+                       "params": _jsonable({"generator_version": GENERATOR_VERSION, **study.meta["params"],
+                                            "overrides": overrides})})
+    study = Study(id=study_id(seed, phantom=True), ct=study.ct, labels=study.labels, heart=study.heart, meta=study.meta)
+    return SynthResult(study, grid, p, {}, p["objects"], {"total": time.perf_counter() - t})
+
+
 def generate_study(seed: int, **overrides) -> Study:
     """One synthetic study in memory (no disk). Same seed and overrides -> identical arrays."""
     return render_study(seed, **overrides).study
@@ -219,7 +239,7 @@ def generate_study(seed: int, **overrides) -> Study:
 def _write_one(job: tuple[int, str, dict]) -> tuple[int, str, float, float, bool]:
     """Generate and write one study unless its folder is complete (worker function)."""
     seed, out, overrides = job
-    folder = Path(out) / study_id(seed)
+    folder = Path(out) / study_id(seed, bool(overrides.get("phantom")))
     if is_study_dir(folder):
         meta = read_study_meta(folder)
         return seed, str(folder), meta["scores"]["total"]["agatston"], 0.0, False
@@ -242,7 +262,7 @@ def write_studies(seeds, out, workers: int = 1, progress: Callable[[float, str],
         done.append(folder)
         if progress:
             state = f"{secs:.1f} s" if made else "exists, skipped"
-            progress(i / len(jobs), f"{study_id(seed)}: Agatston {agat:.1f} ({state})")
+            progress(i / len(jobs), f"{Path(folder).name}: Agatston {agat:.1f} ({state})")
 
     if workers <= 1:
         for i, job in enumerate(jobs, 1):
