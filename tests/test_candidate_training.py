@@ -116,6 +116,12 @@ def test_build_default_bundle_tiny(tmp_path, capsys):
     assert build_default_bundle.main(argv + ["--overwrite"]) == 0
     log = capsys.readouterr().err
     assert "stage 3" not in log and "stage 4" not in log and "bundle written" in log
+    # a changed setting re-makes the stages that depend on it, and only those
+    argv[argv.index("--seg-steps") + 1] = "4"
+    assert build_default_bundle.main(argv + ["--overwrite"]) == 0
+    log = capsys.readouterr().err
+    assert "stage 3" not in log and "supervised: inputs changed" in log and "stage 4:" in log
+    assert "stage 4b" in log  # the noise rule depends on the networks
 
 
 def test_noise_rule_fit_on_a_lesion_table():

@@ -145,11 +145,17 @@ def main(argv=None) -> int:
 
         When its inputs changed (other studies or settings), the stage's old ``output``
         (default ``done``) is removed and it is made again; a stage stopped half-way with
-        the same inputs resumes."""
+        the same inputs resumes; a finished output the recipe has no record of (made by
+        hand into the work folder) is used as it is."""
         output = output or done
         key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
         if stage_inputs.get(name) == key:
             return done.exists()
+        if name not in stage_inputs and done.exists():  # made by hand, not by this recipe: adopted as it is
+            _log(f"{name}: using {_rel(done)} (not made by this recipe; its inputs are not checked)")
+            stage_inputs[name] = key
+            inputs_file.write_text(json.dumps(stage_inputs, indent=2) + "\n")
+            return True
         if output.exists():
             _log(f"{name}: inputs changed since {_rel(output)} was made; making it again")
             shutil.rmtree(output) if output.is_dir() else output.unlink()

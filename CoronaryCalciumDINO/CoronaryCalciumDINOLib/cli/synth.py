@@ -25,6 +25,9 @@ def register(sub) -> None:
                    help="allowed number of slices per study (default 40 80)")
     p.add_argument("--matrix", type=int, default=None,
                    help="pixels per side (default 512; smaller keeps the field of view, for quick tests)")
+    p.add_argument("--phantoms", action="store_true",
+                   help="calcium-scoring phantoms (a thorax phantom with a calcification insert; folders "
+                        "synth-phantom-<seed>) instead of patients")
     p.set_defaults(func=run)
 
 
@@ -47,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
         if args.matrix < 16:
             raise InputError(f"--matrix must be >= 16, got {args.matrix}")
         overrides["matrix"] = args.matrix
+    if args.phantoms:
+        overrides["phantom"] = True
     t0 = time.perf_counter()
     n = args.n
 

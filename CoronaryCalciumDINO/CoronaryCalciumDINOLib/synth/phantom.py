@@ -13,7 +13,7 @@ What is modelled (all sizes and HU drawn per study, in the ranges below):
 * lungs: two lung-equivalent ellipses (-850..-750 HU) hugging the insert on either side;
 * spine: a vertebral body (cortex 400-700 HU, core 150-300 HU) behind the insert, a spinous
   process and a transverse bar (250-550 HU);
-* insert: a cylinder (radius 48-56 mm, wall of -300..250 HU) filled with water-equivalent
+* insert: a cylinder (radius 48-56 mm, wall of the fill's HU -60..+60) filled with water-equivalent
   material (20-90 HU) over part of the scan; beyond its fill the bore is air, and the scan
   may start or end beyond the phantom (air slices);
 * calcifications: 0 (15 % of phantoms) or 3-12 cylinders along z, diameter 1-6 mm, length
@@ -60,12 +60,13 @@ def sample_phantom(rng: np.random.Generator) -> dict:
     fill_len = length * rng.uniform(0.75, 1.0)
     fill_lo = rng.uniform(0, length - fill_len)
     lung_a = rng.uniform(45, 60)
+    fill = rng.uniform(20, 90)
     p = {
         "body_semi": [body_a, body_b], "body_hu": rng.uniform(30, 90),
         "lung_hu": rng.uniform(-850, -750), "lung_x": radius + lung_a - rng.uniform(5, 20),
         "lung_semi": [lung_a, rng.uniform(60, 85)],
-        "insert_radius": radius, "wall_mm": rng.uniform(1.0, 2.5), "wall_hu": rng.uniform(-300, 250),
-        "fill_hu": rng.uniform(20, 90), "length": length, "fill": [fill_lo, fill_lo + fill_len],
+        "insert_radius": radius, "wall_mm": rng.uniform(1.0, 2.5), "fill_hu": fill,
+        "wall_hu": fill + rng.uniform(-60, 60), "length": length, "fill": [fill_lo, fill_lo + fill_len],
         "vertebra_y": radius + rng.uniform(12, 18), "vertebra_r": rng.uniform(12, 16),
         "cortex_hu": rng.uniform(400, 700), "core_hu": rng.uniform(150, 300), "process_hu": rng.uniform(250, 550),
         "bar_half": rng.uniform(30, 45),
