@@ -98,15 +98,16 @@ def test_build_default_bundle_tiny(tmp_path, capsys):
             "--n-val", "2", "--n-test", "2", "--matrix", "160", "--n-slices", "10", "--train-plaques",
             "--ssl-steps", "3", "--ssl-batch", "8", "--seg-steps", "3", "--threads", "1", "--device", "cpu",
             "--target-sensitivity", "0.9", "--n-calibration", "3", "--n-phantoms", "2", "--n-val-phantoms", "1",
-            "--n-test-phantoms", "1"]
+            "--phantom-seed", "700002", "--n-test-phantoms", "1"]
     assert build_default_bundle.main(argv) == 0
     metrics = json.loads((res / "ccdino-default-metrics.json").read_text())["metrics"]
     h = metrics["heldout_synthetic"]
     assert h["n_studies"] == 2 and "zero_scored_zero" in h["pipeline"]
     assert "baseline_gbm_hand_features" in metrics and metrics["phantom"]["slices"] == 47
     assert metrics["heldout_synthetic_phantoms"]["n_studies"] == 1
-    assert sorted(p.name for p in (tmp_path / "work" / "phantoms").iterdir()) == ["synth-phantom-700000", "synth-phantom-700001"]
+    assert sorted(p.name for p in (tmp_path / "work" / "phantoms").iterdir()) == ["synth-phantom-700002", "synth-phantom-700003"]
     b = load_bundle(out)
+    assert b.phantom_detector is not None and 0 < b.phantom_threshold < 1
     assert b.manifest["candidates"] == CandidateConfig().to_dict()
     assert b.noise_rule.to_dict() == metrics["noise_rule"]["rule"] and metrics["noise_rule"]["studies"] == 3
     st = load_study(sorted((tmp_path / "work" / "heldout").iterdir())[0], with_heart=False)

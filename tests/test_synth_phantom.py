@@ -108,3 +108,18 @@ def test_cli_synth_phantoms(tmp_path):
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert [p.name for p in list_studies(tmp_path)] == ["synth-phantom-000003"]
+
+
+def test_fat_share_tells_a_phantom_from_a_patient():
+    """The slices' fat share: a patient's heart field holds fat, a phantom's insert none."""
+    from CoronaryCalciumDINOLib.pipeline.candidates import find_candidates, looks_like_phantom
+
+    for seed in (700001, 700002, 700003):
+        st = generate_study(seed, phantom=True, matrix=256)
+        c = find_candidates(st.ct.hu, st.ct.spacing)
+        assert looks_like_phantom(c), seed
+    for seed in (11, 12, 13):
+        st = generate_study(seed, plaques=True, matrix=256)
+        c = find_candidates(st.ct.hu, st.ct.spacing)
+        assert not looks_like_phantom(c), seed
+        assert np.median(c.fat[np.unique(c.z)]) > 0.03

@@ -176,8 +176,9 @@ def main(argv=None) -> int:
         raise SystemExit("calibration seeds overlap the training seeds")
     ph_seeds = range(args.phantom_seed, args.phantom_seed + args.n_phantoms)
     check_disjoint(ph_seeds)
+    ph_over = {k: v for k, v in over.items() if k != "n_slices"}  # a phantom's calcium may lie anywhere along it
     phantoms = synthetic_study_dirs(ph_seeds, work / "phantoms", lambda f, m: _log(f"synth {m}"), workers=args.workers,
-                                    phantom=True, **over)
+                                    phantom=True, **ph_over)
     cal_dirs = synthetic_study_dirs(cal_seeds, work / "calibration", lambda f, m: _log(f"synth {m}"),
                                     workers=args.workers, **over)
     test_seeds = range(HELDOUT_SYNTHETIC_SEEDS.start, HELDOUT_SYNTHETIC_SEEDS.start + args.n_test)
@@ -188,12 +189,11 @@ def main(argv=None) -> int:
                          "(the seeds above are the held-out phantoms')")
     test_ph_seeds = range(HELDOUT_PHANTOM_SEEDS.start, HELDOUT_PHANTOM_SEEDS.start + args.n_test_phantoms)
     test_phantoms = synthetic_study_dirs(test_ph_seeds, work / "heldout-phantoms", lambda f, m: _log(f"synth {m}"),
-                                         workers=args.workers, phantom=True, **over)
+                                         workers=args.workers, phantom=True, **ph_over)
     if "synth_s" not in timings:
         ran("synth_s", t)
+    train_dirs, val_dirs = studies[: args.n_train - args.n_val], studies[args.n_train - args.n_val:]
     n_tp = args.n_phantoms - args.n_val_phantoms
-    train_dirs = studies[: args.n_train - args.n_val] + phantoms[:n_tp]
-    val_dirs = studies[args.n_train - args.n_val:] + phantoms[n_tp:]
 
     # 2. caches
     t = time.perf_counter()
@@ -203,6 +203,11 @@ def main(argv=None) -> int:
     test_cache = build_cache(test_dirs, work / "test.npz", cfg, max_neg=None, n_random=0, log=_log)
     if "caches_s" not in timings:
         ran("caches_s", t)
+    t = time.perf_counter()
+    ph_train_cache = build_cache(phantoms[:n_tp], work / "phantoms-train.npz", cfg, max_neg=args.max_neg, log=_log)
+    ph_val_cache = build_cache(phantoms[n_tp:], work / "phantoms-val.npz", cfg, max_neg=None, n_random=0, log=_log)
+    if "phantom_caches_s" not in timings:
+        ran("phantom_caches_s", t)
 
     # 3. SSL
     ssl_dir = work / ("ssl-dino" if args.plain_dino else "ssl-dino-lg")
@@ -228,6 +233,20 @@ def main(argv=None) -> int:
         train_candidates.main(commands["supervised"])
         ran("supervised_s", t)
 
+    # 4c. phantom detector head (same frozen features; a phantom needs no segmenter)
+    ph_dir = work / "phantom"
+    commands["phantom"] = ["--phantom-head", "--train", str(ph_train_cache), "--val", str(ph_val_cache), "--backbone",
+                           str(ssl_dir / "backbone.pt"), "--out", str(ph_dir), "--target-sensitivity",
+                           str(args.target_sensitivity), "--threads", str(args.threads), "--device", args.device]
+    t = time.perf_counter()
+    if not current("phantom", ph_dir / "phantom_head.pt",
+                   [commands["phantom"], stage_inputs["ssl"], _cache_meta(ph_train_cache), _cache_meta(ph_val_cache)],
+                   ph_dir):
+        _log("stage 4c: phantom detector head")
+        train_candidates.main(commands["phantom"])
+        ran("phantom_head_s", t)
+    ph_head = torch.load(ph_dir / "phantom_head.pt", map_location="cpu", weights_only=False)
+
     # assemble (metrics are added once measured)
     sup = torch.load(sup_dir / "supervised.pt", map_location="cpu", weights_only=False)
     ssl = torch.load(ssl_dir / "backbone.pt", map_location="cpu", weights_only=False)
@@ -243,6 +262,7 @@ def main(argv=None) -> int:
         detector_state=sup["detector"], detector_info=det_info,
         segmenter_config=sup["segmenter_config"], segmenter_state=sup["segmenter"],
         candidates=cfg.to_dict(),
+        phantom_state=ph_head["detector"], phantom_info={**ph_head["detector_config"], **ph_head["threshold"]},
     )
     # 4b. noise rule, on the calibration studies, with the bundle assembled without one
     rule_file = work / "noise_rule.json"
@@ -279,7 +299,7 @@ def main(argv=None) -> int:
     baseline = slice_metrics(ys, ps, gthr, args.target_sensitivity)
     _log(f"stage 5: evaluation on {len(test_phantoms)} held-out synthetic phantoms")
     ph_outcomes = evaluate_bundle(b, test_phantoms, device=args.device, progress=lambda f, m: _log(m))
-    heldout_phantoms = summarise(ph_outcomes, b.threshold, args.target_sensitivity)
+    heldout_phantoms = summarise(ph_outcomes, b.phantom_threshold, args.target_sensitivity)
     phantom = phantom_check(b, args.device)
     ran("evaluation_s", t)
 
@@ -288,6 +308,7 @@ def main(argv=None) -> int:
         "heldout_synthetic_phantoms": {"seeds": [test_ph_seeds.start, test_ph_seeds.stop], **heldout_phantoms},
         "baseline_gbm_hand_features": {"slices": baseline, "threshold": gthr},
         "validation": sup["report"],
+        "validation_phantom_head": ph_head["report"],
         "noise_rule": {k: noise_fit[k] for k in ("rule", "studies", "without_rule", "with_rule")}
         | {"calibration_seeds": [cal_seeds.start, cal_seeds.stop]},
         "phantom": phantom,
@@ -303,6 +324,7 @@ def main(argv=None) -> int:
     write_json({"recipe": "python -m training.build_default_bundle " + " ".join(argv if argv is not None else sys.argv[1:]),
                 "stages": {"ssl": "python -m training.pretrain_candidates " + " ".join(commands["ssl"]),
                            "supervised": "python -m training.train_candidates " + " ".join(commands["supervised"]),
+                           "phantom": "python -m training.train_candidates " + " ".join(commands["phantom"]),
                            "noise_rule": "python -m training.fit_noise_rule " + " ".join(commands["noise_rule"])}},
                args.results / f"{args.name}-commands.json")
     _log(f"bundle written to {_rel(args.out)} ({sum(timings.values()) / 60:.1f} min of stages)")
@@ -396,6 +418,7 @@ def model_card(args, metrics, bb_cfg, sup, timings, environment, cfg) -> str:
     )
     ph = metrics["phantom"]
     hp = metrics["heldout_synthetic_phantoms"]
+    ph_rep = metrics["validation_phantom_head"]
     nr = metrics["noise_rule"]
     nb = nr["rule"].get("min_neighbour_sd", 0.0)
     nb_text = f" and less than {nb:g} SDs under its footprint on the slices above and below" if nb > 0 else ""
@@ -448,16 +471,21 @@ hand features, same candidates: sensitivity {_fmt(g['sensitivity'])}, specificit
 {rows}
 
 Risk category accuracy {_fmt(pa['risk']['accuracy'])} (segmenter on every candidate {_fmt(ua['risk']['accuracy'])});
+studies taken for phantoms: {h['taken_for_phantoms']};
 share of the {pa['zero_studies']} studies without coronary calcium scored exactly 0: {_fmt(pa['zero_scored_zero'])}
 (segmenter on every candidate {_fmt(ua['zero_scored_zero'])}).
 
 ## Calcium-scoring phantoms
-{args.n_phantoms} synthetic phantoms (a thorax phantom with a cardiac calcification insert) were
-part of training, so that the calcium of a phantom's insert is found; a phantom has no
-arteries, so its per-artery split is a convention (patient right RCA, left anterior LAD,
-left posterior LCX) and only its total means something.
+A scan whose slices with candidates hold almost no fat (median fat share < 0.02; a patient's
+heart field has epicardial and chest-wall fat) is taken for a calcium-scoring phantom. Its
+candidates then go to a second detector head (`{ph_rep['head']}` on the same frozen ViT features and
+context) trained on {args.n_phantoms - args.n_val_phantoms} synthetic phantoms (a thorax phantom with a cardiac calcification
+insert; seeds {args.phantom_seed}-{args.phantom_seed + args.n_phantoms - 1}, the last {args.n_val_phantoms} for its threshold {ph_rep['threshold']:.4f});
+the picked candidates' own voxels are labelled, named by side (patient right RCA, left
+anterior LAD, left posterior LCX: a phantom has no arteries, only its total means
+something), without the segmenter. The patients' networks never see phantoms.
 
-{hp['n_studies']} held-out synthetic phantoms (seeds {hp['seeds'][0]}-{hp['seeds'][1] - 1}): slice sensitivity
+{hp['n_studies']} held-out synthetic phantoms (seeds {hp['seeds'][0]}-{hp['seeds'][1] - 1}; {hp['taken_for_phantoms']} taken for phantoms): slice sensitivity
 {_fmt(hp['slices']['at_threshold']['sensitivity'])}, specificity {_fmt(hp['slices']['at_threshold']['specificity'])}; total Agatston ICC(2,1)
 {_fmt(hp['pipeline']['agatston_agreement']['total']['icc_2_1'])} (MAE {_fmt(hp['pipeline']['agatston_agreement']['total']['mae'], 1)}); phantoms without calcium
 scored 0: {_fmt(hp['pipeline']['zero_scored_zero'])}.

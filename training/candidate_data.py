@@ -31,7 +31,7 @@ from CoronaryCalciumDINOLib.pipeline.candidates import (
     random_points,
 )
 
-CACHE_VERSION = 2  # 2: the context's fat_share
+CACHE_VERSION = 1
 
 
 def study_samples(path, cfg: CandidateConfig, margin: int, max_neg: int | None, n_random: int, rng) -> dict:

@@ -18,6 +18,13 @@ from :mod:`CoronaryCalciumDINOLib.pipeline.candidates`, the inference path):
 
 The detector threshold is chosen on the validation studies' slices (every candidate of
 those studies is in the validation cache), slice probability = max over its candidates.
+
+With ``--phantom-head`` (caches of synthetic calcium-scoring phantoms,
+:mod:`CoronaryCalciumDINOLib.synth.phantom`) it trains the bundle's phantom detector
+instead: an ``mlp+context`` head on the same frozen features, target = the phantom's
+calcium, threshold chosen on the validation phantoms' slices (:func:`train_phantom_head`).
+A phantom has no arteries, so it needs no segmenter: inference labels the picked
+candidates' own voxels and names them by side.
 """
 
 from __future__ import annotations
@@ -237,6 +244,33 @@ def segmenter_candidate_probs(net, cache: dict, masks: np.ndarray, batch: int = 
     return np.concatenate(out)
 
 
+# ----------------------------------------------------------------------------- phantoms
+
+
+PHANTOM_HEAD = "mlp+context"
+
+
+def train_phantom_head(train: dict, val: dict, backbone, target_sensitivity: float = 0.99, seed: int = 0,
+                       device="cpu", log=print) -> dict:
+    """The phantom detector head on frozen features of phantom caches: its state, config,
+    threshold (validation phantoms' slices) and validation report."""
+    crop_px, windows = cache_windows(train)
+    ft = features_of(backbone, train["crops"], crop_px, windows, device=device)
+    fv = features_of(backbone, val["crops"], crop_px, windows, device=device)
+    hidden, use_ctx = HEADS[PHANTOM_HEAD]
+    det = fit_head(ft, train["context"], train["target"], train["weight"], hidden, use_ctx, seed=seed)
+    pv = head_probs(det, fv, val["context"])
+    ys, ps, _ = slice_probs(val, pv)
+    thr = choose_thresholds(ys, ps, target_sensitivity)
+    m = slice_metrics(ys, ps, thr["threshold"], target_sensitivity)["at_threshold"]
+    report = {"head": PHANTOM_HEAD, "candidate_auroc": auroc(val["target"] > 0, pv), "slice": m, **thr,
+              "train_candidates": len(ft), "val_candidates": len(fv)}
+    log(f"phantom head {PHANTOM_HEAD}: {len(ft)} train, {len(fv)} val candidates; candidate AUROC "
+        f"{report['candidate_auroc']:.4f}, slice sens {m['sensitivity']:.3f} spec {m['specificity']:.3f} "
+        f"at {thr['threshold']:.3f}")
+    return {"detector": det.state_dict(), "detector_config": det.config(), "threshold": thr, "report": report}
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -253,6 +287,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--phantom-head", action="store_true",
+                   help="train the phantom detector head on phantom caches (writes phantom_head.pt)")
     return p.parse_args(argv)
 
 
@@ -261,6 +297,14 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
+    if args.phantom_head:
+        train, val = load_cache(args.train), load_cache(args.val)
+        crop_px, windows = cache_windows(train)
+        res = train_phantom_head(train, val, load_backbone(args.backbone, crop_px, len(windows)),
+                                 args.target_sensitivity, args.seed, args.device)
+        torch.save({"backbone": args.backbone, **res}, out / "phantom_head.pt")
+        (out / "report.json").write_text(json.dumps(res["report"], indent=2, default=float) + "\n")
+        return
     if (out / "supervised.pt").exists():
         print(f"{out}/supervised.pt exists: nothing to do")
         return

@@ -42,6 +42,7 @@ class StudyOutcome:
     pipeline: dict  # artery/total -> Agatston, detector-gated
     unet_all: dict  # artery/total -> Agatston, segmenter on every slice
     seconds: float = 0.0
+    phantom: bool = False  # the pipeline took the scan for a calcium-scoring phantom
 
 
 def _agatston(result) -> dict:
@@ -78,6 +79,7 @@ def evaluate_study(study, bundle, device: str = "auto", params=None) -> StudyOut
         pipeline=_agatston(score(hu, gated, study.ct.spacing, params)),
         unet_all=_agatston(res.score),
         seconds=seconds,
+        phantom=bool(res.counts.get("phantom", 0)),
     )
 
 
@@ -118,10 +120,11 @@ def summarise(outcomes: list[StudyOutcome], threshold: float, target_sensitivity
         "pipeline": _mode_metrics(outcomes, "pipeline"),
         "unet_all_slices": _mode_metrics(outcomes, "unet_all"),
         "seconds_per_study": float(np.mean([o.seconds for o in outcomes])),
+        "taken_for_phantoms": int(sum(o.phantom for o in outcomes)),
         "studies": [
             {"id": o.study_id, "reference": o.reference, "pipeline": o.pipeline, "unet_all_slices": o.unet_all,
              "slices_positive": int(o.positive.sum()), "slices_selected": int(o.selected.sum()),
-             "slices": int(o.positive.size)}
+             "slices": int(o.positive.size), "phantom": o.phantom}
             for o in outcomes
         ],
     }

@@ -73,6 +73,8 @@ class ModelBundle:
     detector: object  # CandidateDetector
     segmenter: object  # candidate segmenter (MONAI UNet + context)
     sha256: str  # of manifest.json, which pins every other file's checksum
+    #: optional detector head for calcium-scoring phantoms (None in bundles without one)
+    phantom_detector: object = None
 
     @property
     def name(self) -> str:
@@ -86,6 +88,12 @@ class ModelBundle:
     def threshold(self) -> float:
         """Detector probability threshold (a slice is selected when prob >= threshold)."""
         return float(self.manifest["detector"]["threshold"])
+
+    @property
+    def phantom_threshold(self) -> float | None:
+        """Threshold of the phantom detector head (None without one)."""
+        d = self.manifest.get("phantom_detector")
+        return None if d is None else float(d["threshold"])
 
     @property
     def candidate_config(self):
@@ -116,7 +124,7 @@ class ModelBundle:
         }
 
     def modules(self):
-        return self.backbone, self.detector, self.segmenter
+        return tuple(m for m in (self.backbone, self.detector, self.segmenter, self.phantom_detector) if m is not None)
 
 
 # ----------------------------------------------------------------------------- saving
@@ -170,6 +178,8 @@ def save_bundle(
     segmenter_state: dict,
     candidates: dict,
     noise_rule: dict | None = None,
+    phantom_state: dict | None = None,
+    phantom_info: dict | None = None,
     scoring_threshold_hu: float = 130.0,
     metrics: dict | None = None,
     model_card: str = "",
@@ -179,7 +189,8 @@ def save_bundle(
     """Write a bundle folder (weights, model card, then the manifest last) and return it.
 
     ``detector_info`` must hold the detector config and ``threshold`` (optionally
-    ``youden_threshold``, ``target_sensitivity``). The folder is built next to ``out_dir``
+    ``youden_threshold``, ``target_sensitivity``); so must ``phantom_info``, the config of
+    the optional detector head for calcium-scoring phantoms (``phantom_state``). The folder is built next to ``out_dir``
     and renamed into place, so a reader never sees a half-written bundle. An existing
     ``out_dir`` is replaced only with ``overwrite=True``.
     """
@@ -191,13 +202,18 @@ def save_bundle(
     for key in ("feature_dim", "context_dim", "threshold"):
         if key not in detector_info:
             raise ModelBundleError(f"detector_info lacks {key!r}")
+        if phantom_state is not None and key not in (phantom_info or {}):
+            raise ModelBundleError(f"phantom_info lacks {key!r}")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
 
     weights: dict[str, list[str]] = {}
-    for part, state in (("backbone", backbone_state), ("detector", detector_state), ("segmenter", segmenter_state)):
+    parts = [("backbone", backbone_state), ("detector", detector_state), ("segmenter", segmenter_state)]
+    if phantom_state is not None:
+        parts.append(("phantom_detector", phantom_state))
+    for part, state in parts:
         stored = _to_storage(state, half)
         weights[part] = []
         for i, group in enumerate(_shards(stored, MAX_FILE_BYTES)):
@@ -224,6 +240,7 @@ def save_bundle(
         "segmenter": segmenter_config,
         "candidates": candidates,
         **({"noise_rule": dict(noise_rule)} if noise_rule is not None else {}),
+        **({"phantom_detector": dict(phantom_info)} if phantom_state is not None else {}),
         "scoring": {"threshold_hu": float(scoring_threshold_hu)},
         "metrics": metrics or {},
     }
@@ -370,17 +387,22 @@ def validate_manifest(manifest: dict, where: str) -> None:
     if not isinstance(backbone.get("location_conditioning", False), bool):
         raise _bad(where, "backbone.location_conditioning", "true or false", backbone.get("location_conditioning"))
 
-    det = _object(where, manifest, "detector")
-    _int(where, "detector.feature_dim", det.get("feature_dim"), lo=1)
-    _int(where, "detector.context_dim", det.get("context_dim"), lo=0)
-    _int(where, "detector.hidden", det.get("hidden", 0), lo=0)
-    if not isinstance(det.get("use_context", True), bool):
-        raise _bad(where, "detector.use_context", "true or false", det.get("use_context"))
-    _num(where, "detector.threshold", det.get("threshold"), 0.0, 1.0, lo_open=True, hi_open=True)
-    if det.get("youden_threshold") is not None:
-        _num(where, "detector.youden_threshold", det["youden_threshold"], 0.0, 1.0)
-    if det.get("target_sensitivity") is not None:
-        _num(where, "detector.target_sensitivity", det["target_sensitivity"], 0.0, 1.0, lo_open=True)
+    for key, required in (("detector", True), ("phantom_detector", False)):
+        det = _object(where, manifest, key, required=required)
+        if not det:
+            continue
+        _int(where, f"{key}.feature_dim", det.get("feature_dim"), lo=1)
+        _int(where, f"{key}.context_dim", det.get("context_dim"), lo=0)
+        _int(where, f"{key}.hidden", det.get("hidden", 0), lo=0)
+        if not isinstance(det.get("use_context", True), bool):
+            raise _bad(where, f"{key}.use_context", "true or false", det.get("use_context"))
+        _num(where, f"{key}.threshold", det.get("threshold"), 0.0, 1.0, lo_open=True, hi_open=True)
+        if det.get("youden_threshold") is not None:
+            _num(where, f"{key}.youden_threshold", det["youden_threshold"], 0.0, 1.0)
+        if det.get("target_sensitivity") is not None:
+            _num(where, f"{key}.target_sensitivity", det["target_sensitivity"], 0.0, 1.0, lo_open=True)
+    if "phantom_detector" in manifest and not manifest.get("weights", {}).get("phantom_detector"):
+        raise ModelBundleError(f"model bundle {where}: phantom_detector weights are not listed in the manifest")
 
     seg = _object(where, manifest, "segmenter")
     _windows(where, "segmenter.windows", seg.get("windows"))
@@ -494,9 +516,17 @@ def load_bundle(path: str | os.PathLike | None = None) -> ModelBundle:
         detector = CandidateDetector(int(d["feature_dim"]), int(d["context_dim"]), int(d.get("hidden", 0)),
                                      bool(d.get("use_context", True)))
         segmenter = build_candidate_segmenter(SegmenterConfig.from_dict(manifest["segmenter"]))
+        phantom = None
+        if "phantom_detector" in manifest:
+            d = manifest["phantom_detector"]
+            phantom = CandidateDetector(int(d["feature_dim"]), int(d["context_dim"]), int(d.get("hidden", 0)),
+                                        bool(d.get("use_context", True)))
     except (KeyError, TypeError, ValueError, InputError) as exc:
         raise ModelBundleError(f"model bundle {folder.name}: invalid config in manifest ({exc})") from None
-    for part, module in (("backbone", backbone), ("detector", detector), ("segmenter", segmenter)):
+    parts = [("backbone", backbone), ("detector", detector), ("segmenter", segmenter)]
+    if phantom is not None:
+        parts.append(("phantom_detector", phantom))
+    for part, module in parts:
         _load_into(module, _load_state(folder, manifest["weights"][part]), folder, part)
         module.eval()
         for p in module.parameters():
@@ -508,6 +538,7 @@ def load_bundle(path: str | os.PathLike | None = None) -> ModelBundle:
         detector=detector,
         segmenter=segmenter,
         sha256=sha256_file(folder / MANIFEST),
+        phantom_detector=phantom,
     )
 
 

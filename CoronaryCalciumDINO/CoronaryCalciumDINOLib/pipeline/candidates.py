@@ -26,8 +26,7 @@ context
     heart field and along the scan, area, peak and mean HU, mean HU of the 6 mm and 20 mm
     squares around it, the share of >= threshold voxels within 20 mm, the highest HU under
     its footprint on the slices above and below, the slice's noise level and the peak's
-    contrast over it, the share of fat in the slice's soft tissue (a patient has epicardial
-    and chest-wall fat; a calcium-scoring phantom has none), and two coarse 5 x 5 views of the slice around it (8 mm
+    contrast over it, and two coarse 5 x 5 views of the slice around it (8 mm
     and 24 mm cells). :data:`HAND_FEATURES` is the handful used by the gradient-boosted
     baseline.
 target
@@ -71,7 +70,6 @@ CONTEXT_NAMES: tuple[str, ...] = (
     "below_max_hu_k",
     "noise_sd_hu_100",  # image noise SD of the slice (:func:`slice_noise`) / 100
     "peak_snr_10",  # (peak - mean of the 6 mm square) / noise / 10
-    "fat_share",  # share of the slice's soft tissue that is fat (:func:`slice_fat_share`)
 ) + tuple(f"coarse{int(c)}_{i}" for c in _COARSE_CELLS_MM for i in range(_COARSE_N * _COARSE_N))
 
 #: Column of each context feature
@@ -229,6 +227,8 @@ class Candidates:
     #: (n,) each candidate's value in ``ids``
     uid: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     context: np.ndarray = field(default_factory=lambda: np.zeros((0, len(CONTEXT_NAMES)), np.float32))
+    #: (z,) share of each slice's tissue that is fat (:func:`slice_fat_share`; empty when not measured)
+    fat: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
     def __len__(self) -> int:
         return int(self.z.size)
@@ -400,6 +400,33 @@ def slice_fat_share(f: np.ndarray, pixel_mm: Sequence[float]) -> np.ndarray:
     return out
 
 
+#: Median fat share (over the slices holding candidates) below which a scan looks like a phantom
+PHANTOM_FAT_SHARE = 0.02
+
+
+def looks_like_phantom(c: "Candidates") -> bool:
+    """True when the slices holding candidates have almost no fat (median of
+    :attr:`Candidates.fat` below :data:`PHANTOM_FAT_SHARE`): a calcium-scoring phantom, not a patient."""
+    if not len(c) or c.fat.size != c.shape[0]:
+        return False
+    return bool(np.median(c.fat[np.unique(c.z)]) < PHANTOM_FAT_SHARE)
+
+
+def phantom_artery(dx, dy) -> np.ndarray:
+    """The artery label a phantom's calcium gets by convention, from its offset (mm, or any
+    unit) from the insert's centre: ``dx`` towards the patient's left, ``dy`` posterior.
+
+    A phantom has no arteries; its calcium is named by side: the patient's right RCA, left
+    anterior LAD, left posterior LCX (never LM). The synthetic phantoms are labelled and
+    real ones are named with this one rule.
+    """
+    dx, dy = np.asarray(dx, dtype=float), np.asarray(dy, dtype=float)
+    from ..constants import ARTERY_TO_LABEL
+
+    return np.where(dx < 0, ARTERY_TO_LABEL["RCA"],
+                    np.where(dy < 0, ARTERY_TO_LABEL["LAD"], ARTERY_TO_LABEL["LCX"])).astype(np.uint8)
+
+
 def scan_positions(nz: int, dz: float, superior_increasing: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(z_scan in [-1, 1] inferior..superior, distance below the top slice in dm) of each slice."""
     k = np.arange(nz, dtype=np.float64)
@@ -469,7 +496,7 @@ def find_candidates(
     above = _footprint_max(f, zz + up, yy, xx, lid, m)
     below = _footprint_max(f, zz - up, yy, xx, lid, m)
     noise = slice_noise(f, (dy, dx), inside)[cz]
-    fat = slice_fat_share(f, (dy, dx))[cz]
+    fat = slice_fat_share(f, (dy, dx))
 
     coarse = []
     g = np.arange(_COARSE_N) - (_COARSE_N - 1) / 2.0
@@ -489,13 +516,14 @@ def find_candidates(
         [
             x_field, y_field, z_scan[cz], z_top[cz], np.log(cnt * dy * dx), peak / 1000.0, mean / 1000.0,
             near / 1000.0, far / 1000.0, far_dense, above / 1000.0, below / 1000.0, noise / 100.0,
-            (peak - near) / noise / 10.0, fat, *coarse,
+            (peak - near) / noise / 10.0, *coarse,
         ]
     ).astype(np.float32)
     ctx = np.clip(np.nan_to_num(ctx, nan=0.0, posinf=10.0, neginf=-10.0), -10.0, 10.0)
     return Candidates(
         cfg, (dz, dy, dx), tuple(hu.shape), fld, tuple(centre_yx), ids=ids.astype(np.int32),
         z=cz, cy=cy, cx=cx, voxels=cnt.astype(int), uid=np.arange(1, m + 1, dtype=np.int32), context=ctx,
+        fat=fat.astype(np.float32),
     )
 
 
@@ -559,7 +587,7 @@ def subset(c: Candidates, index) -> Candidates:
     idx = np.arange(len(c))[index]
     return Candidates(
         c.config, c.spacing, c.shape, c.field, c.centre_yx, ids=c.ids, z=c.z[idx], cy=c.cy[idx], cx=c.cx[idx],
-        voxels=c.voxels[idx], uid=c.uid[idx], context=c.context[idx],
+        voxels=c.voxels[idx], uid=c.uid[idx], context=c.context[idx], fat=c.fat,
     )
 
 

@@ -106,8 +106,10 @@ class _Progress:
             self.progress(float(min(max(fraction, 0.0), 1.0)), message)
 
 
-def detector_probabilities(hu: np.ndarray, cands: cd.Candidates, bundle, dev, batch: int, report=None) -> np.ndarray:
-    """P(coronary calcium) of every candidate (float32 (n,))."""
+def detector_probabilities(hu: np.ndarray, cands: cd.Candidates, bundle, dev, batch: int, report=None,
+                           head=None) -> np.ndarray:
+    """P(coronary calcium) of every candidate (float32 (n,)), from the bundle's detector
+    (or ``head``, e.g. its phantom detector) on the frozen ViT features and the context."""
     import torch
 
     from ..models.backbone import extract_features
@@ -120,7 +122,7 @@ def detector_probabilities(hu: np.ndarray, cands: cd.Candidates, bundle, dev, ba
         ctx = torch.from_numpy(cands.context[idx]).to(dev)
         with autocast_for(dev, cpu_bf16=None):
             feats = extract_features(bundle.backbone, x)
-        logits = bundle.detector(feats.float(), ctx)
+        logits = (head or bundle.detector)(feats.float(), ctx)
         out[idx] = torch.sigmoid(logits.float()).cpu().numpy()
         done += len(idx)
         if report:
@@ -195,6 +197,22 @@ def paint_labels(cands: cd.Candidates, index: np.ndarray, pix: np.ndarray, masks
     return labels, p_calc, p_art
 
 
+def phantom_labels(cands: cd.Candidates, index: np.ndarray, cand_probs: np.ndarray):
+    """Labels of a phantom's picked candidates ``index``: each candidate's own voxels, its
+    artery by the side convention (:func:`..candidates.phantom_artery`, from its offset from
+    the insert's centre). Returns (labels, calcium-probability volume (the detector's),
+    artery-probability volume (1: a convention, not a guess))."""
+    ctx = cands.context
+    art = cd.phantom_artery(ctx[:, cd.CONTEXT_INDEX["x_field"]], ctx[:, cd.CONTEXT_INDEX["y_field"]])
+    values = np.zeros(len(cands), np.uint8)
+    values[index] = art[index]
+    pc = np.zeros(len(cands), np.float32)
+    pc[index] = cand_probs[index]
+    pa = np.zeros(len(cands), np.float32)
+    pa[index] = 1.0
+    return cands.paint(values), cands.paint(pc), cands.paint(pa)
+
+
 def lesion_confidences(result: ScoreResult, p_calc: np.ndarray, p_art: np.ndarray) -> list[dict]:
     """Mean calcium / artery probability over each kept lesion's voxels, in ``result.lesions``
     order (``result`` scored with ``keep_lesion_voxels=True``)."""
@@ -264,16 +282,31 @@ def run_pipeline(
         t = time.perf_counter()
         cands = cd.find_candidates(hu_net, ct.spacing, cfg)
         timings["candidates_s"] = time.perf_counter() - t
+        phantom = cd.looks_like_phantom(cands) and bundle.phantom_detector is not None
+        if phantom:
+            run_warnings.append(
+                "this scan looks like a calcium-scoring phantom, not a patient (almost no fat in the heart field): "
+                "the model's phantom detector picked its calcium; a phantom has no arteries, so the artery names "
+                "are a convention (patient right RCA, left anterior LAD, left posterior LCX); read the total"
+            )
+        elif cd.looks_like_phantom(cands):
+            run_warnings.append(
+                "this scan looks like a calcium-scoring phantom, not a patient (almost no fat in the heart field), "
+                f"and bundle {bundle.name} {bundle.version} has no phantom detector: its calcium may be missed"
+            )
         report(0.1, f"{len(cands)} candidates")
 
         t = time.perf_counter()
-        cand_probs = detector_probabilities(hu_net, cands, bundle, dev, batch, lambda f, m: report(0.1 + 0.5 * f, m))
+        head = bundle.phantom_detector if phantom else bundle.detector
+        threshold = bundle.phantom_threshold if phantom else bundle.threshold
+        cand_probs = detector_probabilities(hu_net, cands, bundle, dev, batch, lambda f, m: report(0.1 + 0.5 * f, m),
+                                            head=head)
         probs = cands.per_slice_max(cand_probs)
         timings["detector_s"] = time.perf_counter() - t
-        selected = probs >= bundle.threshold
+        selected = probs >= threshold
         rule = bundle.noise_rule
         significant = rule.significant(cands.context)
-        flagged = selected[cands.z] & (cand_probs >= bundle.threshold)
+        flagged = selected[cands.z] & (cand_probs >= threshold)
         gate = flagged & significant
         seg_index = np.flatnonzero(significant) if all_slices else np.flatnonzero(gate)
         below_noise = flagged & ~significant
@@ -289,14 +322,19 @@ def run_pipeline(
 
         t = time.perf_counter()
         span = 0.25 if attention else 0.35
-        pix, masks, mean = segment_candidates(hu_net, cands, seg_index, bundle, dev, batch,
-                                              lambda f, m: report(0.6 + span * f, m))
-        labels, p_calc, p_art = paint_labels(cands, seg_index, pix, masks, mean)
         gated = None
-        if all_slices:
-            keep = gate[seg_index]
-            gated = paint_labels(cands, seg_index[keep], pix[keep], masks[keep], mean[keep])[0]
-        del pix
+        if phantom:  # no arteries: each picked candidate's own voxels, named by side (no segmenter)
+            labels, p_calc, p_art = phantom_labels(cands, seg_index, cand_probs)
+            if all_slices:
+                gated = phantom_labels(cands, np.flatnonzero(gate), cand_probs)[0]
+        else:
+            pix, masks, mean = segment_candidates(hu_net, cands, seg_index, bundle, dev, batch,
+                                                  lambda f, m: report(0.6 + span * f, m))
+            labels, p_calc, p_art = paint_labels(cands, seg_index, pix, masks, mean)
+            if all_slices:
+                keep = gate[seg_index]
+                gated = paint_labels(cands, seg_index[keep], pix[keep], masks[keep], mean[keep])[0]
+            del pix
         timings["segmenter_s"] = time.perf_counter() - t
 
         att = None
@@ -339,6 +377,7 @@ def run_pipeline(
         warnings=run_warnings,
         slice_candidates=n_slice,
         lesion_confidence=conf,
-        counts={"candidates": len(cands), "segmented": int(seg_index.size), "below_noise": int(below_noise.sum())},
+        counts={"candidates": len(cands), "segmented": int(seg_index.size), "below_noise": int(below_noise.sum()),
+                "phantom": int(phantom)},
         gated_labels=gated,
     )

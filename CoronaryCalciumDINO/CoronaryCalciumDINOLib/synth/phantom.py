@@ -35,9 +35,9 @@ import numpy as np
 from scipy import ndimage
 from scipy.special import ndtr
 
-from ..constants import ARTERY_TO_LABEL
 from ..data.studies import Study
 from ..io.volume import CTVolume
+from ..pipeline.candidates import phantom_artery
 from . import scanner
 from .render import Grid, blend, coverage, ellipse_sd
 
@@ -105,10 +105,8 @@ def sample_phantom(rng: np.random.Generator) -> dict:
 
 
 def _side_label(x: float, y: float) -> int:
-    """The convention of a phantom's 'artery': patient right RCA, left anterior LAD, left posterior LCX."""
-    if x < 0:
-        return ARTERY_TO_LABEL["RCA"]
-    return ARTERY_TO_LABEL["LAD"] if y < 0 else ARTERY_TO_LABEL["LCX"]
+    """The convention of a phantom's 'artery' (:func:`..pipeline.candidates.phantom_artery`)."""
+    return int(phantom_artery(x, y))
 
 
 def _disk_cover(grid: Grid, cx: float, cy: float, r: float, s_xy: float) -> tuple[tuple[slice, slice], np.ndarray]:
