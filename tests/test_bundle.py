@@ -197,6 +197,8 @@ def test_default_bundle_is_package_data_and_the_environment_can_point_elsewhere(
         (lambda m: m["scoring"].__setitem__("threshold_hu", float("inf")), "scoring.threshold_hu"),
         (lambda m: m["backbone"].__setitem__("embed_dim", "128"), "backbone.embed_dim"),
         (lambda m: m.__setitem__("noise_rule", [4.5, 5.0]), "'noise_rule' must be an object"),
+        (lambda m: m.__setitem__("phantom_detector", {**m["detector"], "threshold": 1.5}), "phantom_detector.threshold"),
+        (lambda m: m.__setitem__("phantom_detector", {**m["detector"]}), "phantom_detector weights are not listed"),
         (lambda m: m.__setitem__("noise_rule", {"min_contrast_sd": float("nan"), "min_area_mm2": 5.0}),
          "noise_rule: .*min_contrast_sd"),
         (lambda m: m.__setitem__("noise_rule", {"min_contrast_sd": 4.5, "min_area_mm2": -1.0}), "noise_rule: .*min_area_mm2"),
@@ -218,3 +220,21 @@ def test_manifest_values_are_checked_before_weights_load(tiny_bundle, tmp_path, 
     with pytest.raises(ModelBundleError, match=message) as info:
         load_bundle(b)
     assert "\n" not in str(info.value)
+
+
+def test_phantom_head_round_trip(tmp_path):
+    """The optional phantom detector head is saved, checksummed and loaded like the others;
+    bundles without one load with none."""
+    from safetensors.torch import load_file
+
+    out = save_random_bundle(tmp_path / "ph", threshold=0.3, seed=1, phantom=True)
+    man = json.loads((out / MANIFEST).read_text())
+    assert man["phantom_detector"]["threshold"] == 0.3 and man["weights"]["phantom_detector"]
+    b = load_bundle(out)
+    assert b.phantom_threshold == 0.3 and b.phantom_detector in b.modules()
+    stored = {}
+    for f in man["weights"]["phantom_detector"]:
+        stored.update(load_file(str(out / f)))
+    assert set(stored) == set(b.phantom_detector.state_dict())
+    plain = load_bundle(save_random_bundle(tmp_path / "plain"))
+    assert plain.phantom_detector is None and plain.phantom_threshold is None and len(plain.modules()) == 3

@@ -354,3 +354,37 @@ def test_default_bundle_leaves_real_noise_speckle_alone():
     res = run_pipeline(ct, load_bundle(None), device="cpu")
     assert res.slice_candidates.min() >= 30  # the noise is there for the model to reject
     assert not res.labels.any() and res.score.total.agatston == 0.0
+
+
+def test_a_phantom_goes_to_the_phantom_head_and_is_named_by_side(tmp_path):
+    """A scan without fat is taken for a calcium-scoring phantom: its candidates go to the
+    bundle's phantom head (not the patients' detector), the picked ones are labelled with
+    their own voxels, named by side as the synthetic phantoms are labelled, and the report
+    says so. A patient's scan never takes that path."""
+    from CoronaryCalciumDINOLib.synth import generate_study
+
+    b = load_bundle(save_random_bundle(tmp_path / "b", phantom=True))
+    b.detector = PeakDetector(centre_hu=1e6)  # the patients' head flags nothing
+    b.phantom_detector = PeakDetector(centre_hu=300.0)  # the phantom head flags peaks above 300 HU
+    b.manifest["phantom_detector"]["threshold"] = 0.5
+    st = generate_study(700003, phantom=True, matrix=256)
+    res = run_pipeline(st.ct, b, device="cpu")
+    assert res.counts["phantom"] == 1 and any("calcium-scoring phantom" in w for w in res.warnings)
+    both = (res.labels > 0) & (st.labels > 0)
+    assert both.sum() > 50
+    assert np.all(res.labels[both] == st.labels[both])  # the same side convention as the generator's labels
+    assert np.all(st.ct.hu[res.labels > 0] >= 130)
+    assert all(c["artery"] == 1.0 for c in res.lesion_confidence)  # a convention, not a guess
+    patient = generate_study(12, plaques=True, matrix=256)
+    res = run_pipeline(patient.ct, b, device="cpu")
+    assert res.counts["phantom"] == 0 and not res.labels.any()
+    assert not any("phantom" in w for w in res.warnings)
+
+
+def test_a_phantom_with_a_bundle_without_phantom_head_is_said(bundle_dir):
+    from CoronaryCalciumDINOLib.synth import generate_study
+
+    st = generate_study(700003, phantom=True, matrix=128, n_slices=12)
+    res = run_pipeline(st.ct, load_bundle(bundle_dir), device="cpu")
+    assert res.counts["phantom"] == 0
+    assert any("has no phantom detector" in w for w in res.warnings)

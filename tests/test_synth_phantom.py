@@ -65,7 +65,8 @@ def test_labels_only_on_the_calcifications_with_the_side_convention(phantoms):
             o = calc[int(np.argmin(d))]
             assert np.all(np.hypot(x - o["x"], y - o["y"]) <= o["r"] + 3 * res.grid.pixel + 1.5)
             assert np.all((z >= o["z"][0] - 2 * res.grid.thickness) & (z <= o["z"][1] + 2 * res.grid.thickness))
-            want = "RCA" if o["x"] < 0 else ("LAD" if o["y"] < 0 else "LCX")
+            cx, cy = p["centre_found_mm"]
+            want = "RCA" if o["x"] < cx else ("LAD" if o["y"] < cy else "LCX")
             assert np.all(st.labels[zz, yy, xx] == ARTERY_TO_LABEL[want])
             seen.add(want)
         # rods and the spine are never labelled
@@ -77,6 +78,15 @@ def test_labels_only_on_the_calcifications_with_the_side_convention(phantoms):
         assert not st.labels[:, spine].any()
         assert (st.ct.hu[:, spine] >= 130).sum() > 100  # the bone is there, dense
     assert seen == {"LAD", "LCX", "RCA"}
+
+
+def test_the_centre_the_pipeline_finds_lies_in_the_insert_and_its_field_holds_the_calcium(phantoms):
+    for res in phantoms:
+        p = res.anatomy
+        cx, cy = p["centre_found_mm"]
+        assert np.hypot(cx, cy) < p["insert_radius"] - 10, res.study.id
+        for o in (o for o in p["objects"] if o["kind"] == "calcification"):  # inside the 160 mm field
+            assert max(abs(o["x"] - cx), abs(o["y"] - cy)) + o["r"] < 80.0, res.study.id
 
 
 def test_materials_and_calcium_as_specified(phantoms):

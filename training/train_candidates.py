@@ -22,7 +22,8 @@ those studies is in the validation cache), slice probability = max over its cand
 With ``--phantom-head`` (caches of synthetic calcium-scoring phantoms,
 :mod:`CoronaryCalciumDINOLib.synth.phantom`) it trains the bundle's phantom detector
 instead: an ``mlp+context`` head on the same frozen features, target = the phantom's
-calcium, threshold chosen on the validation phantoms' slices (:func:`train_phantom_head`).
+calcium, threshold at the Youden point of the validation phantoms' slices
+(:func:`train_phantom_head`).
 A phantom has no arteries, so it needs no segmenter: inference labels the picked
 candidates' own voxels and names them by side.
 """
@@ -261,7 +262,11 @@ def train_phantom_head(train: dict, val: dict, backbone, target_sensitivity: flo
     det = fit_head(ft, train["context"], train["target"], train["weight"], hidden, use_ctx, seed=seed)
     pv = head_probs(det, fv, val["context"])
     ys, ps, _ = slice_probs(val, pv)
-    thr = choose_thresholds(ys, ps, target_sensitivity)
+    # The Youden point: a phantom's slices with calcium include specks of its 1 mm cylinders
+    # that no detector can tell from noise; a sensitivity target would push the threshold to 0.
+    points = choose_thresholds(ys, ps, target_sensitivity)
+    thr = {"threshold": points["youden_threshold"], "operating_point": "youden",
+           "threshold_at_target_sensitivity": points["threshold"], "target_sensitivity": target_sensitivity}
     m = slice_metrics(ys, ps, thr["threshold"], target_sensitivity)["at_threshold"]
     report = {"head": PHANTOM_HEAD, "candidate_auroc": auroc(val["target"] > 0, pv), "slice": m, **thr,
               "train_candidates": len(ft), "val_candidates": len(fv)}

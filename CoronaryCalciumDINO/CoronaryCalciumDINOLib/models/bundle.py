@@ -548,11 +548,12 @@ def save_random_bundle(
     threshold: float = 0.5,
     seed: int = 0,
     overwrite: bool = False,
+    phantom: bool = False,
 ) -> Path:
     """Write an *untrained* (randomly initialised) bundle: for tests and speed benchmarks.
 
     Same architecture as the default bundle; its outputs are meaningless and its manifest
-    says so (``trained_on: "nothing"``).
+    says so (``trained_on: "nothing"``). ``phantom=True`` adds a (random) phantom detector head.
     """
     require_ai()
     import torch
@@ -585,6 +586,8 @@ def save_random_bundle(
         segmenter_config=seg_cfg.to_dict(),
         segmenter_state=seg.state_dict(),
         candidates=cand.to_dict(),
+        **({"phantom_state": (ph := CandidateDetector(int(cfg["feature_dim"]), len(CONTEXT_NAMES), hidden=16)).state_dict(),
+            "phantom_info": {**ph.config(), "threshold": float(threshold)}} if phantom else {}),
         model_card="# random-untrained\n\nRandomly initialised weights for tests and benchmarks. Not a model.\n",
         overwrite=overwrite,
     )

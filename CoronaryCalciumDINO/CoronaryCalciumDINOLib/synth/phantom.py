@@ -8,12 +8,13 @@ calcium and scores a phantom 0. These studies teach the networks what a phantom 
 
 What is modelled (all sizes and HU drawn per study, in the ranges below):
 
-* body: an ellipse (lateral semi-axis 140-160 mm, AP 95-110 mm) of soft-tissue-equivalent
-  material (30-90 HU), cut by the reconstruction circle as in a cardiac field of view;
+* body: an ellipse (lateral semi-axis 140-160 mm, AP 85-100 mm, its centre 15-25 mm behind
+  the insert's) of soft-tissue-equivalent material (30-90 HU), cut by the reconstruction
+  circle as in a cardiac field of view;
 * lungs: two lung-equivalent ellipses (-850..-750 HU) hugging the insert on either side;
 * spine: a vertebral body (cortex 400-700 HU, core 150-300 HU) behind the insert, a spinous
   process and a transverse bar (250-550 HU);
-* insert: a cylinder (radius 48-56 mm, wall of the fill's HU -60..+60) filled with water-equivalent
+* insert: a cylinder (radius 48-56 mm, wall of the fill's HU -40..+20) filled with water-equivalent
   material (20-90 HU) over part of the scan; beyond its fill the bore is air, and the scan
   may start or end beyond the phantom (air slices);
 * calcifications: 0 (15 % of phantoms) or 3-12 cylinders along z, diameter 1-6 mm, length
@@ -24,9 +25,11 @@ What is modelled (all sizes and HU drawn per study, in the ranges below):
 Scanner: the patient generator's geometry, point spread, textured noise and streaks.
 
 Labels: calcification voxels >= 130 HU. A phantom has no coronary arteries, so the artery
-is a convention by side, seen from the insert's centre: the patient's right is RCA, left
-anterior LAD, left posterior LCX (never LM). The total is what a phantom measures; the
-per-artery split of a phantom means nothing.
+is a convention by side (:func:`..pipeline.candidates.phantom_artery`), seen from the heart
+centre the pipeline finds on the rendered scan (:func:`..data.slices.heart_centre`, the
+insert's centre give or take a few mm): the patient's right is RCA, left anterior LAD, left
+posterior LCX (never LM). The total is what a phantom measures; the per-artery split of a
+phantom means nothing.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from scipy import ndimage
 from scipy.special import ndtr
 
 from ..data.studies import Study
+from ..data.slices import heart_centre
 from ..io.volume import CTVolume
 from ..pipeline.candidates import phantom_artery
 from . import scanner
@@ -54,19 +58,19 @@ def _slab(z: np.ndarray, z0: float, z1: float, s_z: float) -> np.ndarray:
 
 def sample_phantom(rng: np.random.Generator) -> dict:
     """Draw the phantom's geometry and materials (mm in world x, y relative to the insert centre)."""
-    body_a, body_b = rng.uniform(140, 160), rng.uniform(95, 110)
+    body_a, body_b = rng.uniform(140, 160), rng.uniform(85, 100)
     radius = rng.uniform(48, 56)
     length = rng.uniform(90, 140)
     fill_len = length * rng.uniform(0.75, 1.0)
     fill_lo = rng.uniform(0, length - fill_len)
     lung_a = rng.uniform(45, 60)
-    fill = rng.uniform(20, 90)
+    fill = rng.uniform(40, 90)
     p = {
-        "body_semi": [body_a, body_b], "body_hu": rng.uniform(30, 90),
+        "body_semi": [body_a, body_b], "body_y": rng.uniform(15, 25), "body_hu": rng.uniform(30, 90),
         "lung_hu": rng.uniform(-850, -750), "lung_x": radius + lung_a - rng.uniform(5, 20),
         "lung_semi": [lung_a, rng.uniform(60, 85)],
         "insert_radius": radius, "wall_mm": rng.uniform(1.0, 2.5), "fill_hu": fill,
-        "wall_hu": fill + rng.uniform(-60, 60), "length": length, "fill": [fill_lo, fill_lo + fill_len],
+        "wall_hu": fill + rng.uniform(-40, 20), "length": length, "fill": [fill_lo, fill_lo + fill_len],
         "vertebra_y": radius + rng.uniform(12, 18), "vertebra_r": rng.uniform(12, 16),
         "cortex_hu": rng.uniform(400, 700), "core_hu": rng.uniform(150, 300), "process_hu": rng.uniform(250, 550),
         "bar_half": rng.uniform(30, 45),
@@ -95,18 +99,12 @@ def sample_phantom(rng: np.random.Generator) -> dict:
         if it["kind"] == "calcification":
             h = r * rng.uniform(0.8, 1.6)
             zc = plane + rng.uniform(-6, 6)
-            out.append({**it, "x": x, "y": y, "r": r, "z": [zc - h, zc + h], "hu": rng.uniform(150, 1400),
-                        "label": _side_label(x, y)})
+            out.append({**it, "x": x, "y": y, "r": r, "z": [zc - h, zc + h], "hu": rng.uniform(150, 1400)})
         else:
             z0 = rng.uniform(p["fill"][0], max(p["fill"][0], p["fill"][1] - 50))
             out.append({**it, "x": x, "y": y, "r": r, "z": [z0, min(z0 + rng.uniform(20, 50), p["fill"][1])]})
     p["objects"] = out
     return p
-
-
-def _side_label(x: float, y: float) -> int:
-    """The convention of a phantom's 'artery' (:func:`..pipeline.candidates.phantom_artery`)."""
-    return int(phantom_artery(x, y))
 
 
 def _disk_cover(grid: Grid, cx: float, cy: float, r: float, s_xy: float) -> tuple[tuple[slice, slice], np.ndarray]:
@@ -146,7 +144,7 @@ def render_phantom(seed: int, rngs: list[np.random.Generator], sp: dict, overrid
         return coverage(sd, edge).astype(np.float32)
 
     layers = [  # (2D coverage, z extent, HU) painted in order
-        (cov2(ellipse_sd(X, Y, 0.0, 0.0, *p["body_semi"])), (z_lo, z_hi), p["body_hu"]),
+        (cov2(ellipse_sd(X, Y, 0.0, p["body_y"], *p["body_semi"])), (z_lo, z_hi), p["body_hu"]),
         (cov2(ellipse_sd(X, Y, -p["lung_x"], 0.0, *p["lung_semi"])), (z_lo, z_hi), p["lung_hu"]),
         (cov2(ellipse_sd(X, Y, p["lung_x"], 0.0, *p["lung_semi"])), (z_lo, z_hi), p["lung_hu"]),
         (cov2(ellipse_sd(X, Y, 0.0, p["vertebra_y"] + 22, 6.0, 22.0)), (z_lo, z_hi), p["process_hu"]),
@@ -172,17 +170,16 @@ def render_phantom(seed: int, rngs: list[np.random.Generator], sp: dict, overrid
     heart &= (_slab(grid.z, *p["fill"], s_z) > 0.5)[:, None, None]
 
     # calcifications: added on top of the fill, with their support for the labels
-    support = np.zeros(vol.shape, dtype=np.uint8)
-    for o in p["objects"]:
-        if o["kind"] != "calcification":
-            continue
+    support = np.zeros(vol.shape, dtype=np.uint8)  # 1 + index of the calcification
+    calc = [o for o in p["objects"] if o["kind"] == "calcification"]
+    for i, o in enumerate(calc):
         (ys, xs), c2 = _disk_cover(grid, o["x"], o["y"], o["r"], s_xy)
         w = _slab(grid.z, *o["z"], s_z)
         near = c2 > 0.02
         for k in np.flatnonzero(w > 1e-3):
             vol[k, ys, xs] += np.float32(o["hu"]) * w[k] * c2
             if w[k] > 0.02:
-                support[k, ys, xs][near] = o["label"]
+                support[k, ys, xs][near] = i + 1
 
     noise_sd = float(overrides.get("noise_sd", sp["noise_sd"]))
     scanner.add_noise(vol, grid, r_noise, noise_sd, max(sp["noise_grain_mm"] / pixel, 0.5))
@@ -194,7 +191,13 @@ def render_phantom(seed: int, rngs: list[np.random.Generator], sp: dict, overrid
     vol[:, ((X - centre[0]) ** 2 + (Y - centre[1]) ** 2) > fov_r**2] = AIR
     np.rint(vol, out=vol)
     np.maximum(vol, -1024.0, out=vol)
-    labels = np.where(vol >= 130.0, support, 0).astype(np.uint8)
+    cy, cx = heart_centre(vol, (spacing, pixel, pixel))  # where the pipeline will see the centre
+    p["centre_found_mm"] = [float(grid.x[0] + cx * pixel), float(grid.y[0] + cy * pixel)]
+    lut = np.zeros(len(calc) + 1, dtype=np.uint8)
+    for i, o in enumerate(calc):
+        o["label"] = int(phantom_artery(o["x"] - p["centre_found_mm"][0], o["y"] - p["centre_found_mm"][1]))
+        lut[i + 1] = o["label"]
+    labels = np.where(vol >= 130.0, lut[support], 0).astype(np.uint8)
     ct = CTVolume(hu=vol, spacing=(spacing, pixel, pixel), origin=origin, direction=np.eye(3), kvp=120.0,
                   source="synthetic", meta={"slice_thickness_mm": thickness})
     params = {"kind": "phantom", "matrix": matrix, "pixel_mm": pixel, "slice_spacing_mm": spacing,
