@@ -12,14 +12,14 @@ What is modelled (all sizes and HU drawn per study, in the ranges below):
   the insert's) of soft-tissue-equivalent material (30-90 HU), cut by the reconstruction
   circle as in a cardiac field of view;
 * lungs: two lung-equivalent ellipses (-850..-750 HU) hugging the insert on either side;
-* spine: a vertebral body (cortex 400-700 HU, core 150-300 HU) behind the insert, a spinous
-  process and a transverse bar (250-550 HU);
+* spine: a vertebral body (cortex 250-700 HU, core 100-300 HU) behind the insert, a spinous
+  process and a transverse bar (200-550 HU);
 * insert: a cylinder (radius 48-56 mm, wall of the fill's HU -40..+20) filled with water-equivalent
   material (20-90 HU) over part of the scan; beyond its fill the bore is air, and the scan
   may start or end beyond the phantom (air slices);
 * calcifications: 0 (15 % of phantoms) or 3-12 cylinders along z, diameter 1-6 mm, length
   0.8-1.6 times the diameter, 150-1400 HU above the fill, near one plane of the insert;
-* calibration rods (60 %): a bone-equivalent rod (150-300 HU) and a water rod (-20..20 HU),
+* calibration rods (60 %): a bone-equivalent rod (150-450 HU) and a water rod (-20..20 HU),
   10-22 mm across, over 20-50 mm of the insert. They are not calcifications (unlabelled).
 
 Scanner: the patient generator's geometry, point spread, textured noise and streaks.
@@ -72,14 +72,14 @@ def sample_phantom(rng: np.random.Generator) -> dict:
         "insert_radius": radius, "wall_mm": rng.uniform(1.0, 2.5), "fill_hu": fill,
         "wall_hu": fill + rng.uniform(-40, 20), "length": length, "fill": [fill_lo, fill_lo + fill_len],
         "vertebra_y": radius + rng.uniform(12, 18), "vertebra_r": rng.uniform(12, 16),
-        "cortex_hu": rng.uniform(400, 700), "core_hu": rng.uniform(150, 300), "process_hu": rng.uniform(250, 550),
+        "cortex_hu": rng.uniform(250, 700), "core_hu": rng.uniform(100, 300), "process_hu": rng.uniform(200, 550),
         "bar_half": rng.uniform(30, 45),
     }
     # calcifications and rods: positions in the insert, apart from each other
     n = 0 if rng.random() < P_EMPTY else int(rng.integers(3, 13))
     rods = []
     if rng.random() < 0.6:
-        rods = [{"kind": "bone_rod", "hu": rng.uniform(150, 300)}, {"kind": "water_rod", "hu": rng.uniform(-20, 20)}]
+        rods = [{"kind": "bone_rod", "hu": rng.uniform(150, 450)}, {"kind": "water_rod", "hu": rng.uniform(-20, 20)}]
     items = [{"kind": "calcification"} for _ in range(n)] + rods
     placed: list[tuple[float, float, float]] = []
     out = []
