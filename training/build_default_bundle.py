@@ -204,7 +204,8 @@ def main(argv=None) -> int:
     if "caches_s" not in timings:
         ran("caches_s", t)
     t = time.perf_counter()
-    ph_train_cache = build_cache(phantoms[:n_tp], work / "phantoms-train.npz", cfg, max_neg=args.max_neg, log=_log)
+    # every phantom candidate is kept: its few rods and bone regions are the hard negatives
+    ph_train_cache = build_cache(phantoms[:n_tp], work / "phantoms-train.npz", cfg, max_neg=None, n_random=0, log=_log)
     ph_val_cache = build_cache(phantoms[n_tp:], work / "phantoms-val.npz", cfg, max_neg=None, n_random=0, log=_log)
     if "phantom_caches_s" not in timings:
         ran("phantom_caches_s", t)
