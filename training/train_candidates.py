@@ -43,7 +43,7 @@ from CoronaryCalciumDINOLib.evaluation.metrics import auroc, choose_thresholds, 
 from CoronaryCalciumDINOLib.models.backbone import build_backbone, build_backbone_from_config, extract_features
 from CoronaryCalciumDINOLib.models.detector import CandidateDetector
 from CoronaryCalciumDINOLib.models.unet import SegmenterConfig, build_candidate_segmenter
-from CoronaryCalciumDINOLib.pipeline.candidates import CONTEXT_NAMES, HAND_FEATURES
+from CoronaryCalciumDINOLib.pipeline.candidates import CONTEXT_NAMES, HAND_FEATURES, phantom_sized
 from CoronaryCalciumDINOLib.pipeline.device import autocast_for, resolve_device
 from CoronaryCalciumDINOLib.pipeline.inference import candidate_means
 
@@ -256,11 +256,12 @@ def train_phantom_head(train: dict, val: dict, backbone, target_sensitivity: flo
     """The phantom detector head on frozen features of phantom caches: its state, config,
     threshold (validation phantoms' slices) and validation report."""
     crop_px, windows = cache_windows(train)
-    ft = features_of(backbone, train["crops"], crop_px, windows, device=device)
+    keep = phantom_sized(train["context"])  # what inference asks the head about
+    ft = features_of(backbone, train["crops"][keep], crop_px, windows, device=device)
     fv = features_of(backbone, val["crops"], crop_px, windows, device=device)
     hidden, use_ctx = HEADS[PHANTOM_HEAD]
-    det = fit_head(ft, train["context"], train["target"], train["weight"], hidden, use_ctx, seed=seed)
-    pv = head_probs(det, fv, val["context"])
+    det = fit_head(ft, train["context"][keep], train["target"][keep], train["weight"][keep], hidden, use_ctx, seed=seed)
+    pv = np.where(phantom_sized(val["context"]), head_probs(det, fv, val["context"]), 0.0)
     ys, ps, _ = slice_probs(val, pv)
     # The Youden point: a phantom's slices with calcium include specks of its 1 mm cylinders
     # that no detector can tell from noise; a sensitivity target would push the threshold to 0.

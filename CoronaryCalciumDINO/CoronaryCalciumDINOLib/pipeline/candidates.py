@@ -412,6 +412,17 @@ def looks_like_phantom(c: "Candidates") -> bool:
     return bool(np.median(c.fat[np.unique(c.z)]) < PHANTOM_FAT_SHARE)
 
 
+#: Largest region (mm^2) taken for a calcification in a phantom. Calcium-scoring phantoms'
+#: calcifications are cylinders of at most 5-6 mm across (QRM: 1, 3 and 5 mm; <= 50 mm^2
+#: with the blur of dense ones at 130 HU); their calibration rods (10-20 mm) and bone are larger.
+PHANTOM_MAX_AREA_MM2 = 80.0
+
+
+def phantom_sized(context: np.ndarray) -> np.ndarray:
+    """(n,) bool: candidates small enough to be a phantom's calcification (:data:`PHANTOM_MAX_AREA_MM2`)."""
+    return np.exp(np.asarray(context)[:, CONTEXT_INDEX["log_area_mm2"]]) <= PHANTOM_MAX_AREA_MM2
+
+
 def phantom_artery(dx, dy) -> np.ndarray:
     """The artery label a phantom's calcium gets by convention, from its offset (mm, or any
     unit) from the insert's centre: ``dx`` towards the patient's left, ``dy`` posterior.

@@ -286,7 +286,8 @@ def run_pipeline(
         if phantom:
             run_warnings.append(
                 "this scan looks like a calcium-scoring phantom, not a patient (almost no fat in the heart field): "
-                "the model's phantom detector picked its calcium; a phantom has no arteries, so the artery names "
+                "the model's phantom detector picked its calcium (regions up to "
+                f"{cd.PHANTOM_MAX_AREA_MM2:g} mm^2; larger ones are its rods and bone); a phantom has no arteries, so the artery names "
                 "are a convention (patient right RCA, left anterior LAD, left posterior LCX); read the total"
             )
         elif cd.looks_like_phantom(cands):
@@ -301,11 +302,15 @@ def run_pipeline(
         threshold = bundle.phantom_threshold if phantom else bundle.threshold
         cand_probs = detector_probabilities(hu_net, cands, bundle, dev, batch, lambda f, m: report(0.1 + 0.5 * f, m),
                                             head=head)
+        if phantom:
+            cand_probs = np.where(cd.phantom_sized(cands.context), cand_probs, 0.0).astype(np.float32)
         probs = cands.per_slice_max(cand_probs)
         timings["detector_s"] = time.perf_counter() - t
         selected = probs >= threshold
         rule = bundle.noise_rule
         significant = rule.significant(cands.context)
+        if phantom:  # a phantom's rods and bone are larger than its calcifications
+            significant &= cd.phantom_sized(cands.context)
         flagged = selected[cands.z] & (cand_probs >= threshold)
         gate = flagged & significant
         seg_index = np.flatnonzero(significant) if all_slices else np.flatnonzero(gate)
