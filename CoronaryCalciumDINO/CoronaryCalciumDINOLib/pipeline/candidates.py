@@ -413,9 +413,10 @@ def looks_like_phantom(c: "Candidates") -> bool:
 
 
 #: Largest region (mm^2) taken for a calcification in a phantom. Calcium-scoring phantoms'
-#: calcifications are cylinders of at most 5-6 mm across (QRM: 1, 3 and 5 mm; <= 50 mm^2
-#: with the blur of dense ones at 130 HU); their calibration rods (10-20 mm) and bone are larger.
-PHANTOM_MAX_AREA_MM2 = 80.0
+#: calcifications are cylinders of at most 5-6 mm across (QRM: 1, 3 and 5 mm; the real
+#: phantom's densest 5 mm one is 42 mm^2 at 130 HU with its blur); their calibration rods
+#: (10-20 mm) and bone are larger.
+PHANTOM_MAX_AREA_MM2 = 50.0
 
 
 def phantom_sized(context: np.ndarray) -> np.ndarray:
