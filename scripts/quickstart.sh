@@ -13,21 +13,28 @@ python - <<'EOF'
 import json
 r = json.load(open("out/quickstart/qrm-phantom-canon.json"))
 sel = [s["index"] for s in r["slices"] if s["selected"]]
-n = len(r["lesions"])
+lesions = r["lesions"]
+phantom = any("calcium-scoring phantom" in w for w in r["warnings"])
+insert = [les for les in lesions if 21 <= les["slice"] <= 23]
+other = [les for les in lesions if not 21 <= les["slice"] <= 23]
 print()
-print("What this scan is: a QRM thorax phantom, not a patient. It has no coronary arteries; its only")
-print("calcium-like objects are the insert's hydroxyapatite cylinders (slices 20-23) and its bone-equivalent")
-print("spine, ribs and sternum.")
-if n == 0:
-    print("What the model found: no coronary calcium (total Agatston 0). It labels no bone, and it does not")
-    print("take the insert's cylinders for coronary calcium either: it was trained on synthetic patients,")
-    print("where coronary calcium sits in epicardial fat on the heart; cylinders in a water-equivalent")
-    print("plastic insert look like nothing it was trained on.")
-else:
-    print(f"What the model found: {n} lesion(s) on slices {sorted({l['slice'] for l in r['lesions']})}: these")
-    print("are the insert's hydroxyapatite cylinders, which the model takes for coronary calcium; the artery")
-    print("names are its guesses (a phantom has no arteries).")
-print(f"Slices the detector selected: {sel if sel else 'none'}"
-      + (" (the segmenter found no calcium there)." if sel and n == 0 else "."))
-print("To score the insert itself, give a label map: ccdino score CT --labels LABELS (see README).")
+print("What this scan is: a QRM thorax phantom, not a patient. It has no coronary arteries; its")
+print("calcium-like objects are the insert's hydroxyapatite cylinders (slices 21-23), a calibration rod")
+print("and its bone-equivalent spine and ribs.")
+if phantom:
+    print("The model saw that too (its slices hold almost no fat) and used its phantom detector, trained on")
+    print("synthetic phantoms; the artery names are a convention (patient right RCA, left anterior LAD, left")
+    print("posterior LCX). Read the total.")
+print(f"What the model found: {len(lesions)} lesion(s), total Agatston {r['total']['agatston']:.0f}; slices selected: "
+      f"{sel if sel else 'none'}.")
+if insert:
+    print(f"  {len(insert)} on slices 21-23: the insert's cylinders ({sum(les['agatston'] for les in insert):.0f} points; "
+          "the same scan with the insert labelled by hand scores 960).")
+if other:
+    big = max(les["area_mm2"] for les in other)
+    print(f"  {len(other)} elsewhere (slices {sorted({les['slice'] for les in other})}, at most {big:.1f} mm^2, "
+          f"{sum(les['agatston'] for les in other):.0f} points): "
+          + ("most likely specks of image noise (the insert holds no calcification there)." if big < 5
+             else "look at them in the label map."))
+print("To score your own labels instead: ccdino score CT --labels LABELS (see README).")
 EOF
