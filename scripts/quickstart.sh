@@ -14,7 +14,7 @@ import json
 r = json.load(open("out/quickstart/qrm-phantom-canon.json"))
 sel = [s["index"] for s in r["slices"] if s["selected"]]
 lesions = r["lesions"]
-phantom = any("calcium-scoring phantom" in w for w in r["warnings"])
+phantom = r["model"].get("taken_for_phantom", False)
 insert = [les for les in lesions if 21 <= les["slice"] <= 23]
 other = [les for les in lesions if not 21 <= les["slice"] <= 23]
 print()

@@ -199,6 +199,10 @@ def test_default_bundle_is_package_data_and_the_environment_can_point_elsewhere(
         (lambda m: m.__setitem__("noise_rule", [4.5, 5.0]), "'noise_rule' must be an object"),
         (lambda m: m.__setitem__("phantom_detector", {**m["detector"], "threshold": 1.5}), "phantom_detector.threshold"),
         (lambda m: m.__setitem__("phantom_detector", {**m["detector"]}), "phantom_detector weights are not listed"),
+        (lambda m: m.__setitem__("phantom_detector", {}), "phantom_detector"),
+        (lambda m: m["weights"].__setitem__("phantom_detector", ["detector-00.safetensors"]), "must come together"),
+        (lambda m: m["weights"].__setitem__("phantom_detector", "x.safetensors"), "weights.phantom_detector"),
+        (lambda m: m["weights"].__setitem__("extra", ["detector-00.safetensors"]), "unknown weights part"),
         (lambda m: m.__setitem__("noise_rule", {"min_contrast_sd": float("nan"), "min_area_mm2": 5.0}),
          "noise_rule: .*min_contrast_sd"),
         (lambda m: m.__setitem__("noise_rule", {"min_contrast_sd": 4.5, "min_area_mm2": -1.0}), "noise_rule: .*min_area_mm2"),
@@ -238,3 +242,14 @@ def test_phantom_head_round_trip(tmp_path):
     assert set(stored) == set(b.phantom_detector.state_dict())
     plain = load_bundle(save_random_bundle(tmp_path / "plain"))
     assert plain.phantom_detector is None and plain.phantom_threshold is None and len(plain.modules()) == 3
+
+
+def test_phantom_head_weights_are_checksummed(tmp_path):
+    """An optional part's weights are verified like the others: a file not pinned in the
+    manifest's checksums is refused."""
+    out = save_random_bundle(tmp_path / "ph", phantom=True)
+    man = json.loads((out / MANIFEST).read_text())
+    man["files"].pop(man["weights"]["phantom_detector"][0])
+    (out / MANIFEST).write_text(json.dumps(man))
+    with pytest.raises(ModelBundleError, match="phantom_detector weights are not listed"):
+        load_bundle(out)

@@ -123,6 +123,11 @@ def test_build_default_bundle_tiny(tmp_path, capsys):
     log = capsys.readouterr().err
     assert "stage 3" not in log and "supervised: inputs changed" in log and "stage 4:" in log
     assert "stage 4b" in log  # the noise rule depends on the networks
+    # more threads make the same stages: nothing is made again
+    argv[argv.index("--threads") + 1] = "2"
+    assert build_default_bundle.main(argv + ["--overwrite"]) == 0
+    log = capsys.readouterr().err
+    assert "stage 3" not in log and "stage 4" not in log and "inputs changed" not in log
 
 
 def test_noise_rule_fit_on_a_lesion_table():

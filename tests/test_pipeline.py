@@ -288,6 +288,7 @@ def test_default_bundle_on_phantom_labels_no_bone(phantom_result):
     yy, xx = np.mgrid[: ct.shape[1], : ct.shape[2]]
     insert = (yy - INSERT_CENTRE[0]) ** 2 + (xx - INSERT_CENTRE[1]) ** 2 < INSERT_RADIUS_PX**2
     assert not np.any(res.labels[:, ~insert]), "labels outside the calcification insert (bone?)"
+    assert not np.any(res.labels[31:38]), "labels on the calibration rod (slices 31-37)"
     assert res.score.total.agatston == pytest.approx(score(ct.hu, res.labels, ct.spacing).total.agatston)
 
 

@@ -121,6 +121,12 @@ def main(argv=None) -> int:
     from .candidate_data import build_cache, load_cache
 
     args = parse_args(argv)
+    reserved = HELDOUT_PHANTOM_SEEDS.start - HELDOUT_SYNTHETIC_SEEDS.start
+    if not 1 <= args.n_test <= reserved or not 1 <= args.n_test_phantoms <= len(HELDOUT_PHANTOM_SEEDS):
+        raise SystemExit(f"--n-test must be 1..{reserved} and --n-test-phantoms 1..{len(HELDOUT_PHANTOM_SEEDS)} "
+                         "(the reserved held-out seeds)")
+    if not 1 <= args.n_val_phantoms < args.n_phantoms:
+        raise SystemExit("--n-val-phantoms must be at least 1 and less than --n-phantoms")
     torch.set_num_threads(args.threads)
     if args.out.exists() and not args.overwrite:
         raise SystemExit(f"{args.out} exists; use --overwrite")
@@ -141,27 +147,26 @@ def main(argv=None) -> int:
     stage_inputs: dict[str, str] = json.loads(inputs_file.read_text()) if inputs_file.is_file() else {}
 
     def current(name: str, done: Path, inputs, output: Path | None = None) -> bool:
-        """True when the stage is done (``done`` exists) and was made from the same ``inputs``.
+        """True when the stage is done (``done`` exists) and was made from the same ``inputs``
+        (commands without their ``--threads`` / ``--device``, which do not change what is made).
 
-        When its inputs changed (other studies or settings), the stage's old ``output``
-        (default ``done``) is removed and it is made again; a stage stopped half-way with
-        the same inputs resumes; a finished output the recipe has no record of (made by
-        hand into the work folder) is used as it is."""
+        ``name`` is the stage's output (a folder or file name in ``--work``). When its inputs
+        changed (other studies or settings), the stage's old ``output`` (default ``done``) is
+        removed and it is made again; a stage stopped half-way resumes; an output the recipe
+        has no record of (made by hand, or by a version of the recipe that kept none) is used
+        as it is, finished or not."""
         output = output or done
-        key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+        key = hashlib.sha256(json.dumps(_settings(inputs), sort_keys=True, default=str).encode()).hexdigest()
         if stage_inputs.get(name) == key:
             return done.exists()
-        if name not in stage_inputs and done.exists():  # made by hand, not by this recipe: adopted as it is
-            _log(f"{name}: using {_rel(done)} (not made by this recipe; its inputs are not checked)")
-            stage_inputs[name] = key
-            inputs_file.write_text(json.dumps(stage_inputs, indent=2) + "\n")
-            return True
-        if output.exists():
+        if name not in stage_inputs and output.exists():
+            _log(f"{name}: using {_rel(output)} as it is (no record of what it was made from)")
+        elif output.exists():
             _log(f"{name}: inputs changed since {_rel(output)} was made; making it again")
             shutil.rmtree(output) if output.is_dir() else output.unlink()
         stage_inputs[name] = key
         inputs_file.write_text(json.dumps(stage_inputs, indent=2) + "\n")
-        return False
+        return done.exists()
 
     # 1. studies
     t = time.perf_counter()
@@ -184,9 +189,6 @@ def main(argv=None) -> int:
     test_seeds = range(HELDOUT_SYNTHETIC_SEEDS.start, HELDOUT_SYNTHETIC_SEEDS.start + args.n_test)
     test_dirs = synthetic_study_dirs(test_seeds, work / "heldout", lambda f, m: _log(f"synth {m}"), workers=args.workers,
                                      **over)
-    if HELDOUT_SYNTHETIC_SEEDS.start + args.n_test > HELDOUT_PHANTOM_SEEDS.start:
-        raise SystemExit(f"--n-test {args.n_test}: at most {HELDOUT_PHANTOM_SEEDS.start - HELDOUT_SYNTHETIC_SEEDS.start} "
-                         "(the seeds above are the held-out phantoms')")
     test_ph_seeds = range(HELDOUT_PHANTOM_SEEDS.start, HELDOUT_PHANTOM_SEEDS.start + args.n_test_phantoms)
     test_phantoms = synthetic_study_dirs(test_ph_seeds, work / "heldout-phantoms", lambda f, m: _log(f"synth {m}"),
                                          workers=args.workers, phantom=True, **ph_over)
@@ -216,7 +218,7 @@ def main(argv=None) -> int:
                        "--batch", str(args.ssl_batch), "--seed", "0", "--threads", str(args.threads),
                        "--device", args.device] + ([] if args.plain_dino else ["--label-guided"])
     t = time.perf_counter()
-    if not current("ssl", ssl_dir / "backbone.pt", [commands["ssl"], _cache_meta(train_cache)], ssl_dir):
+    if not current(ssl_dir.name, ssl_dir / "backbone.pt", [commands["ssl"], _cache_meta(train_cache)], ssl_dir):
         _log("stage 3: DINO-LG pretraining" if not args.plain_dino else "stage 3: DINO pretraining")
         pretrain_candidates.main(commands["ssl"])
         ran("ssl_s", t)
@@ -228,8 +230,8 @@ def main(argv=None) -> int:
                               "--target-sensitivity", str(args.target_sensitivity), "--threads", str(args.threads),
                               "--device", args.device]
     t = time.perf_counter()
-    if not current("supervised", sup_dir / "supervised.pt",
-                   [commands["supervised"], stage_inputs["ssl"], _cache_meta(val_cache)], sup_dir):
+    if not current(sup_dir.name, sup_dir / "supervised.pt",
+                   [commands["supervised"], stage_inputs[ssl_dir.name], _cache_meta(val_cache)], sup_dir):
         _log("stage 4: detector heads, baseline, segmenter")
         train_candidates.main(commands["supervised"])
         ran("supervised_s", t)
@@ -240,8 +242,9 @@ def main(argv=None) -> int:
                            str(ssl_dir / "backbone.pt"), "--out", str(ph_dir), "--target-sensitivity",
                            str(args.target_sensitivity), "--threads", str(args.threads), "--device", args.device]
     t = time.perf_counter()
-    if not current("phantom", ph_dir / "phantom_head.pt",
-                   [commands["phantom"], stage_inputs["ssl"], _cache_meta(ph_train_cache), _cache_meta(ph_val_cache)],
+    if not current(ph_dir.name, ph_dir / "phantom_head.pt",
+                   [commands["phantom"], stage_inputs[ssl_dir.name], _cache_meta(ph_train_cache),
+                    _cache_meta(ph_val_cache)],
                    ph_dir):
         _log("stage 4c: phantom detector head")
         train_candidates.main(commands["phantom"])
@@ -270,7 +273,7 @@ def main(argv=None) -> int:
     commands["noise_rule"] = ["--bundle", str(work / "candidate"), "--studies", str(work / "calibration"),
                               "--out", str(rule_file), "--device", args.device]
     t = time.perf_counter()
-    if not current("noise_rule", rule_file, [commands["noise_rule"], stage_inputs["supervised"],
+    if not current(rule_file.name, rule_file, [commands["noise_rule"], stage_inputs[sup_dir.name], stage_inputs[ph_dir.name],
                                              [p.name for p in cal_dirs]]):
         _log(f"stage 4b: noise rule on {len(cal_dirs)} calibration studies")
         no_rule = save_bundle(work / "candidate", overwrite=True, **common)
@@ -330,6 +333,22 @@ def main(argv=None) -> int:
                args.results / f"{args.name}-commands.json")
     _log(f"bundle written to {_rel(args.out)} ({sum(timings.values()) / 60:.1f} min of stages)")
     return 0
+
+
+def _settings(inputs):
+    """``inputs`` without the ``--threads`` / ``--device`` values of any command in it."""
+    if isinstance(inputs, list):
+        out, skip = [], False
+        for v in inputs:
+            if skip:
+                skip = False
+                continue
+            if v in ("--threads", "--device"):
+                skip = True
+                continue
+            out.append(_settings(v))
+        return out
+    return inputs
 
 
 def _cache_meta(path: Path) -> dict:
@@ -400,6 +419,8 @@ def _fmt(v, nd=3) -> str:
 
 
 def model_card(args, metrics, bb_cfg, sup, timings, environment, cfg) -> str:
+    from CoronaryCalciumDINOLib.pipeline.candidates import PHANTOM_FAT_SHARE, PHANTOM_MAX_AREA_MM2
+
     h = metrics["heldout_synthetic"]
     s = h["slices"]["at_threshold"]
     pa, ua = h["pipeline"], h["unet_all_slices"]
@@ -477,9 +498,9 @@ share of the {pa['zero_studies']} studies without coronary calcium scored exactl
 (segmenter on every candidate {_fmt(ua['zero_scored_zero'])}).
 
 ## Calcium-scoring phantoms
-A scan whose slices with candidates hold almost no fat (median fat share < 0.02; a patient's
+A scan whose slices with candidates hold almost no fat (median fat share < {PHANTOM_FAT_SHARE:g}; a patient's
 heart field has epicardial and chest-wall fat) is taken for a calcium-scoring phantom. Its
-candidates then go to a second detector head (`{ph_rep['head']}` on the same frozen ViT features and
+candidates of up to {PHANTOM_MAX_AREA_MM2:g} mm^2 then go to a second detector head (`{ph_rep['head']}` on the same frozen ViT features and
 context) trained on {args.n_phantoms - args.n_val_phantoms} synthetic phantoms (a thorax phantom with a cardiac calcification
 insert; seeds {args.phantom_seed}-{args.phantom_seed + args.n_phantoms - 1}, the last {args.n_val_phantoms} for its threshold {ph_rep['threshold']:.4f});
 the picked candidates' own voxels are labelled, named by side (patient right RCA, left
@@ -491,8 +512,8 @@ something), without the segmenter. The patients' networks never see phantoms.
 {_fmt(hp['pipeline']['agatston_agreement']['total']['icc_2_1'])} (MAE {_fmt(hp['pipeline']['agatston_agreement']['total']['mae'], 1)}); phantoms without calcium
 scored 0: {_fmt(hp['pipeline']['zero_scored_zero'])}.
 
-The real phantom scan (Testing/Data/qrm-phantom-canon; the 5 mm cylinders lie in slices
-20-23): selected slices {ph.get('selected_slices')}; labelled lesions: {len(ph.get('lesions', []))}
+The real phantom scan (Testing/Data/qrm-phantom-canon; the insert's calcifications lie in
+slices 21-23): selected slices {ph.get('selected_slices')}; labelled lesions: {len(ph.get('lesions', []))}
 ({', '.join(f"{x['artery']} slice {x['slice']} {x['area_mm2']:.1f} mm^2 peak {x['peak_hu']:.0f} HU" for x in ph.get('lesions', [])) or 'none'});
 total Agatston {_fmt(ph.get('total_agatston'), 1)}. Bone labelled there counts as a failure
 (`tests/test_pipeline.py`).

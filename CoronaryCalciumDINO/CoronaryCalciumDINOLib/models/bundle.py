@@ -7,6 +7,7 @@ Layout::
     <bundle>/backbone-NN.safetensors frozen teacher ViT of candidate crops (fp16 unless noted; shards <= 16 MiB)
     <bundle>/detector-NN.safetensors candidate detector head (+ input standardisation)
     <bundle>/segmenter-NN.safetensors MONAI 2D UNet on candidate crops + context, 5 classes
+    <bundle>/phantom_detector-NN.safetensors  (optional) detector head for calcium-scoring phantoms
     <bundle>/MODEL_CARD.md           what the model is, how it was trained, its measured metrics
 
 ``manifest.json`` keys: ``format_version`` (2), ``name``, ``version``, ``created`` (UTC ISO),
@@ -19,7 +20,9 @@ Layout::
 :class:`..pipeline.candidates.CandidateConfig` of training and inference: threshold, field,
 crop size and pixel, windows, context feature names), ``noise_rule`` (optional: the
 :class:`..pipeline.candidates.NoiseRule` fitted on calibration studies; absent = every
-candidate counts), ``scoring`` (``threshold_hu``), ``metrics``.
+candidate counts), ``phantom_detector`` (optional, with its weights: the config and
+``threshold`` of the head that scans taken for phantoms go to), ``scoring``
+(``threshold_hu``), ``metrics``.
 
 Loading verifies every listed file's size and sha256 before anything is deserialised and
 raises :class:`..errors.ModelBundleError` naming the first bad file. Weights load on the
@@ -368,7 +371,7 @@ def validate_manifest(manifest: dict, where: str) -> None:
         if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
             raise _bad(where, f"files[{fname!r}].sha256", "64 lower-case hex digits", sha)
     weights = _object(where, manifest, "weights")
-    for part in PARTS:
+    for part in (*PARTS, *(["phantom_detector"] if "phantom_detector" in weights else [])):
         listed = weights.get(part)
         if not isinstance(listed, list) or not listed or not all(isinstance(f, str) for f in listed):
             raise _bad(where, f"weights.{part}", "a non-empty list of file names", listed)
@@ -401,8 +404,15 @@ def validate_manifest(manifest: dict, where: str) -> None:
             _num(where, f"{key}.youden_threshold", det["youden_threshold"], 0.0, 1.0)
         if det.get("target_sensitivity") is not None:
             _num(where, f"{key}.target_sensitivity", det["target_sensitivity"], 0.0, 1.0, lo_open=True)
-    if "phantom_detector" in manifest and not manifest.get("weights", {}).get("phantom_detector"):
-        raise ModelBundleError(f"model bundle {where}: phantom_detector weights are not listed in the manifest")
+    has_config, has_weights = "phantom_detector" in manifest, "phantom_detector" in manifest.get("weights", {})
+    if has_config and not manifest.get("phantom_detector"):
+        raise _bad(where, "phantom_detector", "the head's config (or no key at all)", manifest.get("phantom_detector"))
+    if has_config != has_weights or (has_weights and not manifest["weights"]["phantom_detector"]):
+        raise ModelBundleError(f"model bundle {where}: phantom_detector config and weights must come together "
+                               "(phantom_detector weights are not listed in the manifest, or have no config)")
+    unknown = set(manifest.get("weights", {})) - {*PARTS, "phantom_detector"}
+    if unknown:
+        raise ModelBundleError(f"model bundle {where}: unknown weights part(s) {sorted(unknown)}")
 
     seg = _object(where, manifest, "segmenter")
     _windows(where, "segmenter.windows", seg.get("windows"))
@@ -458,7 +468,7 @@ def verify_bundle(path: str | os.PathLike | None) -> dict:
     """
     folder = resolve_bundle_path(path)
     manifest = read_manifest(folder)
-    for part in PARTS:
+    for part in (*PARTS, *(p for p in manifest["weights"] if p not in PARTS)):
         for fname in manifest["weights"].get(part, []) or [None]:
             if fname is None or fname not in manifest["files"]:
                 raise ModelBundleError(f"model bundle {folder.name}: {part} weights are not listed in the manifest")

@@ -227,7 +227,8 @@ class Candidates:
     #: (n,) each candidate's value in ``ids``
     uid: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     context: np.ndarray = field(default_factory=lambda: np.zeros((0, len(CONTEXT_NAMES)), np.float32))
-    #: (z,) share of each slice's tissue that is fat (:func:`slice_fat_share`; empty when not measured)
+    #: (z,) share of each slice's tissue that is fat (:func:`slice_fat_share`), on the slices
+    #: holding candidates (0 on the others; empty when not measured)
     fat: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
     def __len__(self) -> int:
@@ -376,8 +377,9 @@ FAT_HU = (-190.0, -30.0)
 _FAT_MEAN_MM = 3.0
 
 
-def slice_fat_share(f: np.ndarray, pixel_mm: Sequence[float]) -> np.ndarray:
-    """(z,) share of each slice's tissue that is fat, in ``f`` (z, y, x) with pixel ``pixel_mm`` (dy, dx).
+def slice_fat_share(f: np.ndarray, pixel_mm: Sequence[float], slices=None) -> np.ndarray:
+    """(z,) share of each slice's tissue that is fat, in ``f`` (z, y, x) with pixel ``pixel_mm``
+    (dy, dx); only on ``slices`` (indices; default all), 0 on the others.
 
     On 3 mm local means (so image noise does not reach the fat window): tissue is > -500 HU;
     fat is tissue at least 3 mm inside it (away from the partial volume of lung and air
@@ -389,13 +391,13 @@ def slice_fat_share(f: np.ndarray, pixel_mm: Sequence[float]) -> np.ndarray:
     ky = max(1, int(round(_FAT_MEAN_MM / float(pixel_mm[0]))))
     kx = max(1, int(round(_FAT_MEAN_MM / float(pixel_mm[1]))))
     out = np.zeros(f.shape[0])
-    core = np.ones((2 * ky + 1, 2 * kx + 1), dtype=bool)
-    for k in range(f.shape[0]):
+    for k in range(f.shape[0]) if slices is None else np.unique(slices):
         m = ndimage.uniform_filter(f[k].astype(np.float32), (ky, kx), mode="nearest")
         tissue = m > -500.0
         n = np.count_nonzero(tissue)
-        if n:
-            inner = ndimage.binary_erosion(tissue, structure=core)
+        if n:  # tissue at least (ky, kx) pixels inside its edges (and the image's)
+            inner = ndimage.minimum_filter(tissue.view(np.uint8), size=(2 * ky + 1, 2 * kx + 1),
+                                           mode="constant", cval=0).astype(bool)
             out[k] = np.count_nonzero(inner & (m >= FAT_HU[0]) & (m <= FAT_HU[1])) / n
     return out
 
@@ -508,7 +510,7 @@ def find_candidates(
     above = _footprint_max(f, zz + up, yy, xx, lid, m)
     below = _footprint_max(f, zz - up, yy, xx, lid, m)
     noise = slice_noise(f, (dy, dx), inside)[cz]
-    fat = slice_fat_share(f, (dy, dx))
+    fat = slice_fat_share(f, (dy, dx), cz)
 
     coarse = []
     g = np.arange(_COARSE_N) - (_COARSE_N - 1) / 2.0

@@ -89,7 +89,7 @@ class PipelineResult:
                 for i, (p, s, c) in enumerate(zip(self.slice_probabilities, self.selected, n))
             ],
             "lesion_confidence": [dict(c) for c in self.lesion_confidence],
-            "model": dict(self.model_info),
+            "model": {**self.model_info, "taken_for_phantom": bool(self.counts.get("phantom", 0))},
         }
 
 

@@ -15,9 +15,10 @@ What is modelled (all sizes and HU drawn per study, in the ranges below):
 * spine: a vertebral body (cortex 250-700 HU, core 100-300 HU) behind the insert, a spinous
   process and a transverse bar (200-550 HU);
 * insert: a cylinder (radius 48-56 mm, wall of the fill's HU -40..+20) filled with water-equivalent
-  material (20-90 HU) over part of the scan; beyond its fill the bore is air, and the scan
+  material (40-90 HU) over part of the scan; beyond its fill the bore is air, and the scan
   may start or end beyond the phantom (air slices);
-* calcifications: 0 (15 % of phantoms) or 3-12 cylinders along z, diameter 1-6 mm, length
+* calcifications: none drawn in 15 % of phantoms (and the scan range may miss them), else
+  3-12 cylinders along z, diameter 1-6 mm, length
   0.8-1.6 times the diameter, 150-1400 HU above the fill, near one plane of the insert;
 * calibration rods (60 %): a bone-equivalent rod (150-450 HU) and a water rod (-20..20 HU),
   10-22 mm across, over 20-50 mm of the insert. They are not calcifications (unlabelled).
