@@ -45,6 +45,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from ..constants import ARTERY_TO_LABEL
 from ..data.slices import DEFAULT_WINDOWS, heart_centre, hu_to_windows
 from ..errors import InputError
 from ..scoring.agatston import _INPLANE_8, AREA_TOLERANCE_MM2
@@ -435,8 +436,6 @@ def phantom_artery(dx, dy) -> np.ndarray:
     real ones are named with this one rule.
     """
     dx, dy = np.asarray(dx, dtype=float), np.asarray(dy, dtype=float)
-    from ..constants import ARTERY_TO_LABEL
-
     return np.where(dx < 0, ARTERY_TO_LABEL["RCA"],
                     np.where(dy < 0, ARTERY_TO_LABEL["LAD"], ARTERY_TO_LABEL["LCX"])).astype(np.uint8)
 

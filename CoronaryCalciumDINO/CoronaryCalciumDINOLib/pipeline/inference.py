@@ -282,7 +282,10 @@ def run_pipeline(
         t = time.perf_counter()
         cands = cd.find_candidates(hu_net, ct.spacing, cfg)
         timings["candidates_s"] = time.perf_counter() - t
-        phantom = cd.looks_like_phantom(cands) and bundle.phantom_detector is not None
+        looks_like_phantom = cd.looks_like_phantom(cands)
+        phantom = looks_like_phantom and bundle.phantom_detector is not None
+        # a phantom's rods and bone are larger than its calcifications: only these are asked about
+        phantom_sized = cd.phantom_sized(cands.context) if phantom else None
         if phantom:
             run_warnings.append(
                 "this scan looks like a calcium-scoring phantom, not a patient (almost no fat in the heart field): "
@@ -290,7 +293,7 @@ def run_pipeline(
                 f"{cd.PHANTOM_MAX_AREA_MM2:g} mm^2; larger ones are its rods and bone); a phantom has no arteries, so the artery names "
                 "are a convention (patient right RCA, left anterior LAD, left posterior LCX); read the total"
             )
-        elif cd.looks_like_phantom(cands):
+        elif looks_like_phantom:
             run_warnings.append(
                 "this scan looks like a calcium-scoring phantom, not a patient (almost no fat in the heart field), "
                 f"and bundle {bundle.name} {bundle.version} has no phantom detector: its calcium may be missed"
@@ -303,14 +306,14 @@ def run_pipeline(
         cand_probs = detector_probabilities(hu_net, cands, bundle, dev, batch, lambda f, m: report(0.1 + 0.5 * f, m),
                                             head=head)
         if phantom:
-            cand_probs = np.where(cd.phantom_sized(cands.context), cand_probs, 0.0).astype(np.float32)
+            cand_probs = np.where(phantom_sized, cand_probs, 0.0).astype(np.float32)
         probs = cands.per_slice_max(cand_probs)
         timings["detector_s"] = time.perf_counter() - t
         selected = probs >= threshold
         rule = bundle.noise_rule
         significant = rule.significant(cands.context)
-        if phantom:  # a phantom's rods and bone are larger than its calcifications
-            significant &= cd.phantom_sized(cands.context)
+        if phantom:
+            significant &= phantom_sized
         flagged = selected[cands.z] & (cand_probs >= threshold)
         gate = flagged & significant
         seg_index = np.flatnonzero(significant) if all_slices else np.flatnonzero(gate)

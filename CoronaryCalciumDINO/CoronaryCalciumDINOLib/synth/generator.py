@@ -223,11 +223,12 @@ def _render_phantom(seed: int, overrides: dict) -> SynthResult:
         raise InputError(f"synthetic-study option(s) not for phantoms: {', '.join(sorted(unknown))}")
     t = time.perf_counter()
     r_scan, r_geo, r_noise, r_streak = _streams(seed, 4)
-    study, grid, p = phantom.render_phantom(seed, [r_geo, r_noise, r_streak], _scanner_params(r_scan), overrides)
+    study, grid, p = phantom.render_phantom(study_id(seed, phantom=True), [r_geo, r_noise, r_streak],
+                                            _scanner_params(r_scan),
+                                            {"matrix": MATRIX, "slices_range": DEFAULT_SLICES_RANGE, **overrides})
     study.meta.update({"source": "synthetic", "seed": int(seed), "kvp": 120,
                        "params": _jsonable({"generator_version": GENERATOR_VERSION, **study.meta["params"],
                                             "overrides": overrides})})
-    study = Study(id=study_id(seed, phantom=True), ct=study.ct, labels=study.labels, heart=study.heart, meta=study.meta)
     return SynthResult(study, grid, p, {}, p["objects"], {"total": time.perf_counter() - t})
 
 

@@ -119,11 +119,12 @@ def _disk_cover(grid: Grid, cx: float, cy: float, r: float, s_xy: float) -> tupl
     return (ys, xs), ndimage.gaussian_filter(inside, s_xy / grid.pixel, truncate=3.0)
 
 
-def render_phantom(seed: int, rngs: list[np.random.Generator], sp: dict, overrides: dict) -> tuple[Study, Grid, dict]:
-    """Render one phantom study; ``sp`` are the scanner parameters drawn for the seed."""
+def render_phantom(study_id: str, rngs: list[np.random.Generator], sp: dict, overrides: dict) -> tuple[Study, Grid, dict]:
+    """Render one phantom study; ``sp`` are the scanner parameters drawn for its seed,
+    ``overrides`` hold ``matrix`` and ``slices_range`` (the generator's defaults filled in)."""
     r_geo, r_noise, r_streak = rngs
     p = sample_phantom(r_geo)
-    matrix = int(overrides.get("matrix", 512))
+    matrix = int(overrides["matrix"])
     pixel = float(overrides.get("pixel", sp["fov_mm"] / matrix))
     spacing = float(overrides.get("spacing", sp["spacing"]))
     thickness = float(overrides.get("thickness", sp["thickness"] if "spacing" not in overrides else spacing))
@@ -132,7 +133,7 @@ def render_phantom(seed: int, rngs: list[np.random.Generator], sp: dict, overrid
     # scan range: the phantom's length, sometimes starting or ending in the air beyond it
     z_lo, z_hi = 0.0, p["length"]
     over = r_geo.uniform(-20, 25, size=2)
-    lo_n, hi_n = overrides.get("slices_range", (40, 80))
+    lo_n, hi_n = overrides["slices_range"]
     n_slices = int(overrides.get("n_slices", np.clip(int(np.ceil((z_hi - z_lo + over.sum()) / spacing)) + 1, lo_n, hi_n)))
     z_top = z_hi + over[1]
     centre = np.asarray(sp["fov_shift"]) * 0.5
@@ -144,6 +145,7 @@ def render_phantom(seed: int, rngs: list[np.random.Generator], sp: dict, overrid
     def cov2(sd):
         return coverage(sd, edge).astype(np.float32)
 
+    bore = cov2(ellipse_sd(X, Y, 0.0, 0.0, p["insert_radius"] - p["wall_mm"], p["insert_radius"] - p["wall_mm"]))
     layers = [  # (2D coverage, z extent, HU) painted in order
         (cov2(ellipse_sd(X, Y, 0.0, p["body_y"], *p["body_semi"])), (z_lo, z_hi), p["body_hu"]),
         (cov2(ellipse_sd(X, Y, -p["lung_x"], 0.0, *p["lung_semi"])), (z_lo, z_hi), p["lung_hu"]),
@@ -153,10 +155,8 @@ def render_phantom(seed: int, rngs: list[np.random.Generator], sp: dict, overrid
         (cov2(ellipse_sd(X, Y, 0.0, p["vertebra_y"], p["vertebra_r"], p["vertebra_r"])), (z_lo, z_hi), p["cortex_hu"]),
         (cov2(ellipse_sd(X, Y, 0.0, p["vertebra_y"], p["vertebra_r"] - 2.0, p["vertebra_r"] - 2.0)), (z_lo, z_hi), p["core_hu"]),
         (cov2(ellipse_sd(X, Y, 0.0, 0.0, p["insert_radius"], p["insert_radius"])), (z_lo, z_hi), p["wall_hu"]),
-        (cov2(ellipse_sd(X, Y, 0.0, 0.0, p["insert_radius"] - p["wall_mm"], p["insert_radius"] - p["wall_mm"])),
-         (z_lo, z_hi), AIR),
-        (cov2(ellipse_sd(X, Y, 0.0, 0.0, p["insert_radius"] - p["wall_mm"], p["insert_radius"] - p["wall_mm"])),
-         tuple(p["fill"]), p["fill_hu"]),
+        (bore, (z_lo, z_hi), AIR),
+        (bore, tuple(p["fill"]), p["fill_hu"]),
     ]
     for o in p["objects"]:
         if o["kind"] != "calcification":
@@ -204,4 +204,4 @@ def render_phantom(seed: int, rngs: list[np.random.Generator], sp: dict, overrid
     params = {"kind": "phantom", "matrix": matrix, "pixel_mm": pixel, "slice_spacing_mm": spacing,
               "slice_thickness_mm": thickness, "n_slices": n_slices, "noise_sd_hu": noise_sd,
               "psf_sigma_mm": [s_xy, s_z], "scanner": sp, "phantom": p}
-    return Study(id="", ct=ct, labels=labels, heart=heart.astype(np.uint8), meta={"params": params}), grid, p
+    return Study(id=study_id, ct=ct, labels=labels, heart=heart.astype(np.uint8), meta={"params": params}), grid, p
