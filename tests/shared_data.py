@@ -50,3 +50,70 @@ def hand_scored_ct() -> tuple[CTVolume, np.ndarray]:
     ct.hu[lab == 2] = 250.0
     ct.hu[lab == 4] = 450.0
     return ct, lab
+
+
+def write_small_series(
+    folder: Path,
+    hu: np.ndarray | None = None,
+    *,
+    series_uid: str | None = "auto",
+    sop_class: bool = True,
+    kvp: float | None = 120,
+    pixel_spacing: tuple[float, float] = (0.7, 0.7),
+    dz: float = 3.0,
+    series_number: int | None = 1,
+    study_uid: str | None = "1.2.826.0.1.3680043.8.498.1",
+    name: str = "IM-{n:04d}.dcm",
+) -> list[Path]:
+    """A small single-frame CT series built with pydicom (explicit VR little endian), one
+    file per slice of ``hu`` (default: 4 slices of 16 x 16, air with a 400 HU block).
+
+    ``series_uid=None`` leaves SeriesInstanceUID out (as de-identification often does),
+    ``sop_class=False`` leaves SOPClassUID out of the data set (the file meta keeps its
+    MediaStorageSOPClassUID); ``kvp``, ``series_number`` or ``study_uid`` None leave that
+    tag out. Returns the files in slice order (increasing z).
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    if hu is None:
+        hu = np.full((4, 16, 16), -1000, np.int16)
+        hu[1:3, 4:8, 6:10] = 400
+    folder.mkdir(parents=True, exist_ok=True)
+    uid = generate_uid() if series_uid == "auto" else series_uid
+    files = []
+    for k in range(hu.shape[0]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        if sop_class:
+            ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        if study_uid is not None:
+            ds.StudyInstanceUID = study_uid
+        if uid is not None:
+            ds.SeriesInstanceUID = uid
+        if series_number is not None:
+            ds.SeriesNumber = series_number
+        ds.Modality = "CT"
+        ds.InstanceNumber = k + 1
+        if kvp is not None:
+            ds.KVP = kvp
+        ds.SliceThickness = dz
+        ds.PixelSpacing = list(pixel_spacing)
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [-5.0, -6.0, 40.0 + dz * k]
+        ds.Rows, ds.Columns = int(hu.shape[1]), int(hu.shape[2])
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+        ds.PixelRepresentation = 0
+        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+        ds.PixelData = (hu[k].astype(np.int32) + 1024).astype(np.uint16).tobytes()
+        path = folder / name.format(n=k + 1)
+        ds.save_as(path, enforce_file_format=True)
+        files.append(path)
+    return files

@@ -286,3 +286,85 @@ def test_cli(coca_root, tmp_path):
     ng = json.loads((out / "coca_nongated_scores.json").read_text())
     assert ng["scores"]["0A"]["LM"] == 10.5
     assert main(["coca", str(tmp_path), "--out", str(out)]) == 2  # not a COCA folder
+
+
+def _write_xlsx(path: Path, rows) -> Path:
+    openpyxl = pytest.importorskip("openpyxl")
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    for row in rows:
+        ws.append(list(row))
+    wb.save(path)
+    return path
+
+
+# COCA's scores.xlsx layout (made-up values): an id column named "filename " (with a trailing
+# space), per-artery columns where LCA is the left main, then the total; ids like "1A".
+XLSX_ROWS = [
+    ("filename ", "LCA", "LAD", "LCX", "RCA", "total"),
+    ("1A", 0, 0, 0, 0, 0),
+    ("2A", 12, 30.5, 0, 7.25, 49.75),
+    ("3A", 0, 101, 3, None, 104),
+    (4, 1.5, 0, 0, 0, 1.5),  # an id that Excel stored as a number
+    (None, None, None, None, None, None),  # an empty row
+]
+
+
+def test_nongated_scores_from_xlsx(tmp_path):
+    x = _write_xlsx(tmp_path / "scores.xlsx", XLSX_ROWS)
+    s = read_nongated_scores(x)
+    assert set(s) == {"1A", "2A", "3A", "4"}
+    assert s["1A"] == {"patient": "1", "LM": 0.0, "LAD": 0.0, "LCX": 0.0, "RCA": 0.0, "total": 0.0}
+    assert s["2A"] == {"patient": "2", "LM": 12.0, "LAD": 30.5, "LCX": 0.0, "RCA": 7.25, "total": 49.75}
+    assert s["3A"]["RCA"] is None and s["3A"]["LAD"] == 101.0
+    assert s["4"]["patient"] == "4" and s["4"]["LM"] == 1.5
+    # found in a COCA root (deidentified_nongated/scores.xlsx) when there is no CSV
+    root = tmp_path / "root"
+    (root / "deidentified_nongated" / "1").mkdir(parents=True)
+    x.rename(root / "deidentified_nongated" / "scores.xlsx")
+    assert read_nongated_scores(root) == s
+    # a non-number in a score cell names the line and the column
+    bad = _write_xlsx(tmp_path / "bad.xlsx", [XLSX_ROWS[0], ("5A", 0, "n/a", 0, 0, 0)])
+    with pytest.raises(InputError, match=r"line 2: LAD is not a number"):
+        read_nongated_scores(bad)
+
+
+def test_damaged_xlsx_is_one_line_error(tmp_path):
+    pytest.importorskip("openpyxl")
+    x = tmp_path / "scores.xlsx"
+    x.write_bytes(b"PK\x03\x04 not really a workbook")
+    with pytest.raises(InputError, match="scores.xlsx") as exc:
+        read_nongated_scores(x)
+    assert "\n" not in str(exc.value)
+
+
+def test_cli_nongated_scores_from_xlsx(tmp_path):
+    from CoronaryCalciumDINOLib.cli import main
+
+    root = tmp_path / "coca"
+    (root / "Gated_release_final" / "patient").mkdir(parents=True)
+    (root / "deidentified_nongated").mkdir()
+    _write_xlsx(root / "deidentified_nongated" / "scores.xlsx", XLSX_ROWS)
+    out = tmp_path / "out"
+    assert main(["coca", str(root), "--out", str(out), "--nongated-scores"]) == 0
+    ng = json.loads((out / "coca_nongated_scores.json").read_text())
+    assert ng["scores"]["2A"]["LM"] == 12.0 and ng["scores"]["2A"]["total"] == 49.75
+
+
+def test_convert_patient_without_series_uid(tmp_path):
+    """De-identified COCA-like scans may lack SeriesInstanceUID: the series is found by
+    folder and geometry, and the conversion says so."""
+    from shared_data import edit_dicom
+
+    root = tmp_path / "coca"
+    folder = root / "Gated_release_final" / "patient" / "9" / "S"
+    write_series(folder, hu_volume(), 9)
+    for f in folder.iterdir():
+        edit_dicom(f, SeriesInstanceUID=None)
+    write_xml(root / "Gated_release_final" / "calcium_xml" / "9.xml", ROIS)
+    r = convert_gated_patient(root, "9", tmp_path / "out")
+    assert r.status == "converted", r.reason
+    st = load_study(tmp_path / "out" / "coca-9")
+    assert st.meta["series_uid"].startswith("no-uid:S:")
+    np.testing.assert_array_equal(st.labels, expected_labels())
+    assert any("no SeriesInstanceUID" in w for w in r.warnings)

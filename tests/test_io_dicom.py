@@ -6,6 +6,7 @@ here with pydicom, and from SimpleITK's own DICOM reader.
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 from pathlib import Path
@@ -18,9 +19,9 @@ from pydicom.uid import generate_uid
 
 from CoronaryCalciumDINOLib.cli import main as cli_main
 from CoronaryCalciumDINOLib.errors import InputError
-from CoronaryCalciumDINOLib.io import load_ct
+from CoronaryCalciumDINOLib.io import load_ct, write_volume
 from CoronaryCalciumDINOLib.io.dicom import list_series, read_dicom_series
-from shared_data import edit_dicom, phantom_files_by_z
+from shared_data import edit_dicom, phantom_files_by_z, write_small_series
 
 DATA = Path(__file__).resolve().parents[1] / "Testing" / "Data"
 PHANTOM = DATA / "qrm-phantom-canon"
@@ -296,3 +297,156 @@ def test_cli_reports_bad_dicom_in_one_line(tmp_path, phantom_files, capsys):
         assert code == 2
         assert len(err.splitlines()) == 1 and err.startswith("ccdino: error:") and expected in err
         assert "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- real DICOM as it comes
+
+
+def _built_hu() -> np.ndarray:
+    hu = np.full((4, 16, 16), -1000, np.int16)
+    hu[1:3, 4:8, 6:10] = 400
+    hu[3, 10:12, 2:5] = 180
+    return hu
+
+
+def test_series_without_series_uid_loads_with_a_warning(tmp_path):
+    """De-identified series often lack SeriesInstanceUID (and SOPClassUID): grouped by
+    folder and geometry under a stable synthetic key, with a warning."""
+    root = tmp_path / "deid"
+    files = write_small_series(root / "scan" / "1", _built_hu(), series_uid=None, sop_class=False, kvp=100,
+                               pixel_spacing=(0.6, 0.5))
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        assert "SeriesInstanceUID" not in ds and "SOPClassUID" not in ds
+    ct = read_dicom_series(root)
+    assert ct.shape == (4, 16, 16)
+    np.testing.assert_array_equal(ct.hu, _built_hu().astype(np.float32))
+    assert ct.spacing == pytest.approx((3.0, 0.6, 0.5))
+    assert ct.origin == pytest.approx((-5.0, -6.0, 40.0))
+    assert ct.kvp == 100
+    key = ct.meta["series_uid"]
+    assert key.startswith("no-uid:scan/1:")
+    notes = [w for w in ct.warnings if "no SeriesInstanceUID" in w]
+    assert len(notes) == 1 and key in notes[0] and "folder" in notes[0] and "4 files" in notes[0]
+    # list_series shows the key, --series accepts it, and it does not change between reads
+    infos = list_series(root)
+    assert [s.uid for s in infos] == [key] and infos[0].slices == 4 and infos[0].modality == "CT"
+    assert list_series(root)[0].uid == key
+    assert read_dicom_series(root, series_uid=key).shape == (4, 16, 16)
+    # one file of the series names it too (keys are relative to the folder read)
+    one = read_dicom_series(files[2])
+    assert one.shape == (4, 16, 16) and one.meta["series_uid"].startswith("no-uid:.:")
+
+
+def test_series_without_uid_grouped_by_folder_and_geometry(tmp_path):
+    root = tmp_path / "two"
+    write_small_series(root / "a", series_uid=None)
+    write_small_series(root / "b", series_uid=None)  # the same geometry, another folder
+    keys = sorted(s.uid for s in list_series(root))
+    assert len(keys) == 2 and keys[0].startswith("no-uid:a:") and keys[1].startswith("no-uid:b:")
+    with pytest.raises(InputError) as exc:
+        read_dicom_series(root)
+    msg = str(exc.value)
+    assert "2 series" in msg and keys[0] in msg and keys[1] in msg and "\n" not in msg
+    assert read_dicom_series(root, series_uid=keys[1]).shape == (4, 16, 16)
+    # one folder, two reconstructions without UID: told apart by pixel spacing / series number
+    same = tmp_path / "same"
+    write_small_series(same, series_uid=None, name="A{n:03d}")
+    write_small_series(same, series_uid=None, pixel_spacing=(0.5, 0.5), name="B{n:03d}")
+    write_small_series(same, series_uid=None, series_number=7, name="C{n:03d}")
+    infos = list_series(same)
+    assert len(infos) == 3 and all(s.slices == 4 for s in infos)
+    # with no identifying attribute at all, one folder is one series
+    bare = tmp_path / "bare"
+    write_small_series(bare, series_uid=None, series_number=None, study_uid=None)
+    assert read_dicom_series(bare).meta["series_uid"].startswith("no-uid:.:")
+
+
+def test_kvp_auto_reads_kvp_of_series_without_uid(tmp_path, capsys):
+    folder = tmp_path / "deid"
+    write_small_series(folder, _built_hu(), series_uid=None, sop_class=False, kvp=100)
+    ct = read_dicom_series(folder)
+    labels = tmp_path / "labels.nrrd"
+    lab = np.zeros(ct.shape, np.uint8)
+    lab[1:3, 4:8, 6:10] = 2
+    write_volume(lab, ct, labels)
+    reports = {}
+    for kvp in ("auto", None):
+        out = tmp_path / f"r-{kvp}.json"
+        argv = ["score", str(folder), "--labels", str(labels), "--json", str(out), "--quiet"]
+        assert cli_main(argv + (["--kvp", kvp] if kvp else [])) == 0, capsys.readouterr().err
+        reports[kvp] = json.loads(out.read_text())
+    assert reports["auto"]["kvp"] == 100 and reports["auto"]["threshold_hu"] > 130
+    assert reports[None]["threshold_hu"] == 130
+    assert any("no SeriesInstanceUID" in w for w in reports["auto"]["warnings"])
+
+
+@pytest.mark.parametrize("tag, value", [("ImagePositionPatient", None), ("ImageOrientationPatient", None),
+                                        ("PixelSpacing", None), ("Rows", None)])
+def test_missing_attribute_is_named_not_called_truncated(tmp_path, tag, value):
+    files = write_small_series(tmp_path / "s", series_uid=None, sop_class=False)
+    edit_dicom(files[2], **{tag: value})
+    with pytest.raises(InputError) as exc:
+        read_dicom_series(tmp_path / "s")
+    msg = str(exc.value)
+    assert files[2].name in msg and tag in msg and "truncated" not in msg and "\n" not in msg
+    if tag == "ImagePositionPatient":
+        assert f"DICOM file {files[2].name} lacks ImagePositionPatient" in msg
+
+
+def test_missing_sop_class_and_series_uid_in_phantom_slices_still_load(tmp_path, phantom_files):
+    files = _subset(phantom_files, tmp_path / "p", n=3)
+    for f in files:
+        edit_dicom(f, SOPClassUID=None, SeriesInstanceUID=None)
+    ct = read_dicom_series(tmp_path / "p")
+    assert ct.shape == (3, 512, 512) and any("no SeriesInstanceUID" in w for w in ct.warnings)
+
+
+def test_really_truncated_files_are_called_truncated(tmp_path):
+    files = write_small_series(tmp_path / "hdr")
+    data = files[1].read_bytes()
+    cut = data.index(b"\x28\x00\x30\x00DS") + 12  # inside the value of PixelSpacing
+    files[1].write_bytes(data[:cut])
+    with pytest.raises(InputError, match=rf"{files[1].name}.*truncated"):
+        read_dicom_series(tmp_path / "hdr")
+    files = write_small_series(tmp_path / "pix")
+    files[3].write_bytes(files[3].read_bytes()[:-100])  # inside the pixel data
+    with pytest.raises(InputError, match=rf"{files[3].name}.*PixelData.*truncated"):
+        read_dicom_series(tmp_path / "pix")
+
+
+def _set_vr(path: Path, element: bytes, vr: bytes = b"ZZ") -> None:
+    """Overwrite the value representation of an explicit-VR element (tag bytes + VR)."""
+    data = path.read_bytes()
+    i = data.index(element)
+    path.write_bytes(data[: i + 4] + vr + data[i + 6 :])
+
+
+#: (tag bytes + VR as written, name in the message): file meta elements, which pydicom
+#: reads at once (group length, transfer syntax), lazily, or misreads what follows
+#: (FileMetaInformationVersion: OB has a 4-byte length); and a data set element in use.
+_BAD_VR = [
+    (b"\x02\x00\x02\x00UI", "file meta element MediaStorageSOPClassUID"),
+    (b"\x02\x00\x10\x00UI", "file meta element TransferSyntaxUID"),
+    (b"\x02\x00\x00\x00UL", "file meta element FileMetaInformationGroupLength"),
+    (b"\x02\x00\x01\x00OB", "file meta element FileMetaInformationVersion"),
+    (b"\x02\x00\x12\x00UI", "file meta element ImplementationClassUID"),
+    (b"\x28\x00\x30\x00DS", "PixelSpacing"),
+]
+
+
+@pytest.mark.parametrize("element, name", _BAD_VR, ids=[n.split()[-1] for _, n in _BAD_VR])
+def test_corrupt_value_representation_is_one_clean_error(tmp_path, capsys, element, name):
+    files = write_small_series(tmp_path / "s", series_uid=None)
+    _set_vr(files[1], element)
+    with pytest.raises(InputError) as exc:
+        read_dicom_series(tmp_path / "s")
+    msg = str(exc.value)
+    assert files[1].name in msg and name in msg and "'ZZ'" in msg
+    assert "truncated" not in msg and "\n" not in msg
+    # the same through the command line (AI path: the CT is read before any model): exit 2, one line
+    code = cli_main(["score", str(tmp_path / "s")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("ccdino: error:") and files[1].name in err
+    assert "Traceback" not in err and "NotImplementedError" not in err

@@ -494,9 +494,14 @@ def _rows_from_xlsx(path: Path) -> list[list]:
         import openpyxl
     except ImportError:
         raise InputError(
-            f"reading {path.name} needs the openpyxl package (pip install openpyxl), or save it as scores.csv"
+            f"reading {path.name} needs the openpyxl package (pip install openpyxl, or the package's [coca] extra), "
+            "or save it as scores.csv"
         ) from None
-    wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    try:
+        wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except Exception as exc:  # noqa: BLE001 - a damaged file makes zipfile/openpyxl raise many types
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"cannot read {path.name} as an Excel workbook: {reason}") from None
     try:
         ws = wb.worksheets[0]
         return [list(r) for r in ws.iter_rows(values_only=True) if any(c not in (None, "") for c in r)]

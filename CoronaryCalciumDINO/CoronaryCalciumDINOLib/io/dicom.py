@@ -3,7 +3,16 @@
 Headers are read first (without pixel data) and grouped by ``SeriesInstanceUID``; only the
 chosen series' pixel data is decoded. Files may have any name (with or without ``.dcm``)
 and lie in any order, also in sub-folders; files that are not DICOM images (``DICOMDIR``,
-``README``, licences, structured reports) are skipped silently.
+``README``, licences, structured reports) are skipped silently. A file is an image when it
+has Rows and Columns (``SOPClassUID`` may be missing).
+
+De-identified series often lack ``SeriesInstanceUID``. Such files are grouped by what they
+have: the folder they lie in, ``StudyInstanceUID``, ``FrameOfReferenceUID``,
+``SeriesNumber``, ``ImageOrientationPatient`` and ``PixelSpacing`` (rounded) and the image
+size (whichever are present; with none of them, one folder is one series). The group gets
+the synthetic key ``no-uid:<folder>:<hash>`` (folder relative to the folder read, ``.`` for
+itself), which :func:`list_series` shows and ``series_uid`` (``--series``) accepts; the
+volume's warnings say that the series was grouped this way.
 
 Slices are sorted by their position along the slice normal (``ImagePositionPatient`` ·
 ``row x column`` direction of ``ImageOrientationPatient``), and the geometry of the
@@ -24,7 +33,11 @@ single-valued sizes, vector tags with their number of values, finite and plausib
 spacing, positions and slice spacing, rescale slope and intercept, pixel-data length
 against Rows x Columns x BitsAllocated, stored values within BitsStored, and HU within any
 CT scale. A file that starts like DICOM but is cut short is an error, never skipped (an
-end slice would vanish unnoticed); an empty file is skipped with a warning.
+end slice would vanish unnoticed); an empty file is skipped with a warning. Only a file
+that really ends inside a data element is called truncated; a missing attribute is named
+("DICOM file X lacks ImagePositionPatient"), and a damaged element (an unknown value
+representation, also in the file meta information) is one error naming the file and the
+element, never a traceback.
 
 Input that cannot give a valid score raises :class:`~..errors.InputError` with a one-line
 message naming the file and the value; conditions under which the score is still valid
@@ -35,6 +48,7 @@ implausible KVP or SliceThickness tag, which is then ignored) are added to
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -62,7 +76,8 @@ DUPLICATE_MM = 1e-3
 
 @dataclass
 class SeriesInfo:
-    """One DICOM series found in a folder."""
+    """One DICOM series found in a folder. ``uid`` is its SeriesInstanceUID, or for files
+    without one the synthetic ``no-uid:<folder>:<hash>`` key (:func:`series_key`)."""
 
     uid: str
     description: str
@@ -98,33 +113,238 @@ def _looks_like_dicom(path: Path) -> bool:
     return head[:2] in (b"\x08\x00", b"\x02\x00")
 
 
+#: Attributes the reader uses; each is converted (and checked) as soon as the header is read.
+_USED_KEYWORDS = (
+    "SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID", "SeriesNumber",
+    "SeriesDescription", "Modality", "ImageType", "Manufacturer", "PatientID", "KVP", "SliceThickness",
+    "Rows", "Columns", "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "NumberOfFrames",
+    "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated", "BitsStored", "HighBit",
+    "PixelRepresentation", "RescaleSlope", "RescaleIntercept",
+)
+#: Attributes of the Image Pixel module: a file with any of them is an image.
+_PIXEL_KEYWORDS = ("Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation",
+                   "PhotometricInterpretation", "SamplesPerPixel")
+
+
+class _EndWatch:
+    """A binary file that notes whether a read came back shorter than asked, but not empty:
+    the file ends inside a data element (its tag, length or value), i.e. it is cut short."""
+
+    def __init__(self, fh):
+        self._fh = fh
+        self.name = fh.name
+        self.cut = False
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._fh.read(size)
+        if size is not None and size > 0 and 0 < len(data) < size:
+            self.cut = True
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+
+def _raw_item(group, tag):
+    """An element as read (a RawDataElement until something converted it), never converted here."""
+    try:
+        return group.get_item(tag, keep_deferred=True)
+    except TypeError:  # pydicom < 3: no keep_deferred
+        return group._dict.get(tag)
+
+
+def _cut_element(ds) -> str | None:
+    """Name of a data element whose value is shorter than its declared length (the file
+    ends inside it), or None. Looks at the elements as read, without converting them."""
+    from pydicom.dataelem import RawDataElement
+
+    for group in (getattr(ds, "file_meta", None), ds):
+        if group is None:
+            continue
+        for tag in list(group.keys()):
+            elem = _raw_item(group, tag)
+            if (isinstance(elem, RawDataElement) and elem.value is not None and elem.length != 0xFFFFFFFF
+                    and len(elem.value) < elem.length):
+                return _tag_name(tag)
+    return None
+
+
+def _tag_name(tag) -> str:
+    from pydicom.datadict import keyword_for_tag
+    from pydicom.tag import Tag
+
+    tag = Tag(tag)
+    return keyword_for_tag(tag) or f"({tag.group:04X},{tag.element:04X})"
+
+
+class _ReadFailure(Exception):
+    """pydicom could not read a file: its exception, and whether it came at the end of the file."""
+
+    def __init__(self, exc: Exception, at_end: bool):
+        super().__init__(str(exc))
+        self.exc = exc
+        self.at_end = at_end
+
+
+def _dcmread(path: Path, **kwargs):
+    """``pydicom.dcmread`` of a file; also whether the file ended inside a data element,
+    and whether the reading went on to the end of the file (with ``stop_before_pixels``:
+    the file holds no pixel data).
+
+    pydicom stops quietly at the end of a file, also in the middle of an element; a read
+    coming back short, or an element value shorter than its declared length, shows that.
+    ``InvalidDicomError`` (no 'DICM' marker) passes through; any other exception comes
+    back as :class:`_ReadFailure`. pydicom's warnings and log messages while parsing
+    (a guessed VR encoding, an unknown VR) are silenced: a damaged file gets one error
+    line from the checks that follow, not several lines of pydicom's.
+    """
+    import warnings
+
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    pydicom_log = logging.getLogger("pydicom")
+    quiet = _Silence()
+    pydicom_log.addFilter(quiet)
+    try:
+        with open(path, "rb") as fh, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            size = os.fstat(fh.fileno()).st_size
+            watch = _EndWatch(fh)
+            try:
+                ds = pydicom.dcmread(watch, **kwargs)
+            except InvalidDicomError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a damaged or cut file makes pydicom raise many types
+                raise _ReadFailure(exc, watch.cut or fh.tell() >= size) from exc
+            at_end = fh.tell() >= size
+    except OSError as exc:
+        raise _ReadFailure(exc, False) from exc
+    finally:
+        pydicom_log.removeFilter(quiet)
+    return ds, watch.cut or _cut_element(ds) is not None, at_end
+
+
+class _Silence(logging.Filter):
+    """A logging filter that drops every record."""
+
+    def filter(self, record) -> bool:  # noqa: D102
+        return False
+
+
+def _unknown_vr(group, where: str = "") -> str | None:
+    """Description of the first element of ``group`` (a data set or its file meta) read
+    with an unknown value representation, or None. pydicom reads such an element with a
+    guessed length and raises only when its value is used; what follows may be misread."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.valuerep import VR
+
+    if group is None:
+        return None
+    known = {str(v.value) for v in VR}
+    for tag in list(group.keys()):
+        elem = _raw_item(group, tag)
+        if isinstance(elem, RawDataElement) and elem.VR is not None and str(elem.VR) not in known:
+            return f"unknown value representation {str(elem.VR)!r} in {where}{_tag_name(tag)}"
+    return None
+
+
+def _read_error(failure: Exception, fname: str) -> InputError:
+    """The one-line error for a file pydicom could not read (:class:`_ReadFailure`)."""
+    import re
+
+    exc = getattr(failure, "exc", failure)
+    m = re.search(r"Unknown Value Representation '([^']*)' in tag \((\w{4}),(\w{4})\)", str(exc))
+    if m:
+        where = "file meta element " if m.group(2) == "0002" else ""
+        name = _tag_name(int(m.group(2) + m.group(3), 16))
+        return InputError(f"corrupt DICOM file {fname}: unknown value representation {m.group(1)!r} in {where}{name}")
+    if getattr(failure, "at_end", False):
+        return InputError(f"corrupt DICOM file {fname}: the file ends inside a data element (file truncated?)")
+    return InputError(f"corrupt DICOM file {fname}: {_short(exc)}")
+
+
+def _check_read(ds, cut: bool, fname: str) -> None:
+    """A data set as read: a file meta element with an unknown value representation; a
+    file that ends inside an element (unless an element of unknown value representation
+    before it explains the false end: pydicom misreads what follows it); then the
+    elements in use (:func:`_check_elements`) are errors."""
+    bad = _unknown_vr(getattr(ds, "file_meta", None), "file meta element ")
+    if bad is None and cut:
+        bad = _unknown_vr(ds)
+    if bad:
+        raise InputError(f"corrupt DICOM file {fname}: {bad}")
+    if cut:
+        where = _cut_element(ds)
+        raise InputError(
+            f"corrupt DICOM file {fname}: the file ends inside {'its ' + where if where else 'a data element'} "
+            "(file truncated?)"
+        )
+    _check_elements(ds, fname)
+
+
+def _check_elements(ds, fname: str) -> None:
+    """Convert every file meta element and every attribute the reader uses now, so that a
+    damaged element (an unknown value representation, a value pydicom refuses) is one
+    :class:`InputError` naming the file and the element, not a traceback at a later access."""
+    from pydicom.datadict import tag_for_keyword
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        for tag in list(meta.keys()):
+            try:
+                meta[tag]
+            except Exception as exc:  # noqa: BLE001 - NotImplementedError, ValueError, ...
+                raise InputError(
+                    f"corrupt DICOM file {fname}: unreadable file meta element {_tag_name(tag)} ({_short(exc)})"
+                ) from None
+    for name in _USED_KEYWORDS:
+        tag = tag_for_keyword(name)
+        if tag is not None and tag in ds:
+            try:
+                ds[tag]
+            except Exception as exc:  # noqa: BLE001
+                raise InputError(f"DICOM file {fname} has an unreadable {name} ({_short(exc)})") from None
+
+
 def _read_header(path: Path):
-    """Header (no pixel data) of a DICOM file, ``None`` if the file is not DICOM.
+    """Header (no pixel data) of a DICOM file, ``None`` if the file is not DICOM or not an image.
 
     A file that starts like DICOM but cannot be parsed raises :class:`InputError`: it may
-    be a damaged slice of the series, and silently skipping it would leave a hole.
+    be a damaged slice of the series, and silently skipping it would leave a hole. Only a
+    file that ends inside a data element is called truncated.
     """
-    import pydicom
     from pydicom.errors import InvalidDicomError
 
     if not _looks_like_dicom(path):
         return None
+    part10 = True
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds, cut, no_pixels = _dcmread(path, stop_before_pixels=True)
     except InvalidDicomError:
+        # no 'DICM' marker: perhaps a raw data set (it starts with group 0x0008 or 0x0002)
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            ds, cut, no_pixels = _dcmread(path, stop_before_pixels=True, force=True)
         except Exception:  # noqa: BLE001 - not DICOM after all
             return None
-        if "SeriesInstanceUID" not in ds or "SOPClassUID" not in ds:
+        if "SOPClassUID" not in ds and not any(k in ds for k in _PIXEL_KEYWORDS):
             return None
+        part10 = False
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on damaged files
-        raise InputError(f"corrupt DICOM file {path.name}: {_short(exc)}") from None
+        raise _read_error(exc, path.name) from None
+    _check_read(ds, cut, path.name)
     if getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None) == "1.2.840.10008.1.3.10":
         return None  # DICOMDIR
-    if "SeriesInstanceUID" not in ds or "SOPClassUID" not in ds:
-        # A DICOM object always names its series and SOP class: the header is cut short.
-        raise InputError(f"corrupt DICOM file {path.name}: the header is incomplete (file truncated?)")
+    if part10 and len(ds) == 0:
+        # 'DICM' and file meta information, then nothing: the data set is missing
+        raise InputError(
+            f"corrupt DICOM file {path.name}: no data set after the file meta information (file truncated?)"
+        )
+    if not _is_image(ds, path, no_pixels):
+        return None
     return ds
 
 
@@ -144,16 +364,28 @@ def _iter_files(path: Path):
                 yield Path(root) / name
 
 
-def _is_image(ds, path: Path | None = None) -> bool:
-    """Is this header an image of a series? A CT image without Rows/Columns is damaged:
-    :class:`InputError` (skipping it would silently drop a slice)."""
-    if "SeriesInstanceUID" not in ds:
-        return False
+def _sop_class(ds) -> str:
+    """SOPClassUID, or the file meta's MediaStorageSOPClassUID when it is missing."""
+    sop = str(ds.get("SOPClassUID", "") or "").strip()
+    if not sop:
+        meta = getattr(ds, "file_meta", None)
+        sop = str(meta.get("MediaStorageSOPClassUID", "") or "").strip() if meta is not None else ""
+    return sop
+
+
+def _is_image(ds, path: Path | None = None, no_pixels: bool = False) -> bool:
+    """Is this header an image of a series (Rows and Columns; SOPClassUID and
+    SeriesInstanceUID may be missing)? A CT image, or a header with other Image Pixel
+    attributes, without Rows/Columns is damaged: :class:`InputError` naming the missing
+    attribute (skipping it would silently drop a slice). ``no_pixels``: the file ends
+    before any pixel data, which the message then says too."""
     if "Rows" in ds and "Columns" in ds:
         return True
-    if str(ds.get("SOPClassUID", "") or "") in CT_SOP_CLASSES:
+    if _sop_class(ds) in CT_SOP_CLASSES or any(k in ds for k in _PIXEL_KEYWORDS):
         missing = " and ".join(k for k in ("Rows", "Columns") if k not in ds)
-        raise InputError(f"DICOM file {path.name if path else '?'} is a CT image without {missing}")
+        kind = "a CT image" if _sop_class(ds) in CT_SOP_CLASSES else "an image"
+        end = ", and the file ends before any pixel data (file truncated?)" if no_pixels else ""
+        raise InputError(f"DICOM file {path.name if path else '?'} is {kind} without {missing}{end}")
     return False
 
 
@@ -191,8 +423,89 @@ def _float_or_none(value) -> float | None:
         return None
 
 
+#: Prefix of the synthetic key of a series without SeriesInstanceUID.
+NO_UID_PREFIX = "no-uid:"
+
+
+def _rounded(value, digits: int) -> str:
+    """Text of a (multi-)valued number tag rounded to ``digits`` decimals (-0 written as 0),
+    or its raw text when it is not numeric: a grouping key, never an error."""
+    values = list(value) if _is_multi(value) else [value]
+    try:
+        return "\\".join(f"{round(float(v), digits) + 0.0:.{digits}f}" for v in values)
+    except (TypeError, ValueError, OverflowError):
+        return str(value)
+
+
+#: Attributes that group the files of a folder without SeriesInstanceUID into series.
+_GROUP_FIELDS = ("StudyInstanceUID", "FrameOfReferenceUID", "SeriesNumber", "ImageOrientationPatient",
+                 "PixelSpacing", "Rows", "Columns")
+
+
+def _group_fields(ds) -> dict[str, str]:
+    """The grouping attributes of a header as text ("" when absent); orientation and pixel
+    spacing rounded (3 and 4 decimals) so that rounding noise does not split a series."""
+    out: dict[str, str] = {}
+    for name in _GROUP_FIELDS:
+        value = ds.get(name)
+        if value is None or (not _is_multi(value) and str(value).strip() == ""):
+            out[name] = ""
+        elif name == "ImageOrientationPatient":
+            out[name] = _rounded(value, 3)
+        elif name == "PixelSpacing":
+            out[name] = _rounded(value, 4)
+        else:
+            out[name] = str(value).strip()
+    return out
+
+
+def _folder_of(path: Path, root: Path) -> str:
+    try:
+        folder = path.parent.relative_to(root).as_posix()
+    except ValueError:
+        folder = path.parent.name
+    return folder or "."
+
+
+def series_key(ds, path: Path, root: Path) -> str:
+    """Key of the series of one header: its SeriesInstanceUID, or when that is missing or
+    empty ``no-uid:<folder>:<hash>``, the folder (relative to ``root``) and a hash of the
+    attributes present among StudyInstanceUID, FrameOfReferenceUID, SeriesNumber,
+    ImageOrientationPatient and PixelSpacing (rounded), Rows and Columns."""
+    uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
+    if uid:
+        return uid
+    text = "|".join(_group_fields(ds).values())
+    digest = hashlib.sha1(text.encode("utf-8", "replace")).hexdigest()[:10]
+    return f"{NO_UID_PREFIX}{_folder_of(path, root)}:{digest}"
+
+
+def _merge_incomplete(groups: dict[str, list[tuple[Path, object]]], root: Path) -> None:
+    """Files without SeriesInstanceUID that lack a grouping attribute the other files of
+    their folder have (a slice without ImageOrientationPatient, say) join the one group of
+    that folder that agrees on every attribute they do have, so that the series check
+    names the missing attribute instead of reporting an extra one-slice series."""
+    info = {}
+    for key, items in groups.items():
+        if key.startswith(NO_UID_PREFIX):
+            f, ds = items[0]
+            info[key] = (_folder_of(f, root), _group_fields(ds))
+    for key, (folder, fields) in sorted(info.items(), key=lambda kv: sum(v == "" for v in kv[1][1].values())):
+        if key not in groups or all(fields.values()):
+            continue
+        present = {k: v for k, v in fields.items() if v}
+        targets = [
+            other for other, (o_folder, o_fields) in info.items()
+            if other != key and other in groups and o_folder == folder
+            and sum(bool(v) for v in o_fields.values()) > len(present)
+            and all(o_fields[k] == v for k, v in present.items())
+        ]
+        if len(targets) == 1:
+            groups[targets[0]].extend(groups.pop(key))
+
+
 def _scan(path: Path, notes: list[str] | None = None) -> dict[str, list[tuple[Path, object]]]:
-    """Headers of every DICOM image below ``path``, grouped by SeriesInstanceUID; empty
+    """Headers of every DICOM image below ``path``, grouped by :func:`series_key`; empty
     files are skipped with a note (a slice may have been lost in transfer)."""
     groups: dict[str, list[tuple[Path, object]]] = {}
     for f in _iter_files(path):
@@ -205,9 +518,10 @@ def _scan(path: Path, notes: list[str] | None = None) -> dict[str, list[tuple[Pa
                 notes.append(f"empty file {f.name} skipped (a slice lost in transfer?)")
             continue
         ds = _read_header(f)
-        if ds is None or not _is_image(ds, f):
+        if ds is None:
             continue
-        groups.setdefault(str(ds.SeriesInstanceUID), []).append((f, ds))
+        groups.setdefault(series_key(ds, f, path), []).append((f, ds))
+    _merge_incomplete(groups, path)
     return groups
 
 
@@ -229,7 +543,8 @@ def _info(uid: str, items: list[tuple[Path, object]]) -> SeriesInfo:
 
 
 def list_series(path: str | os.PathLike) -> list[SeriesInfo]:
-    """The DICOM image series found in a folder (recursively), by series number then UID."""
+    """The DICOM image series found in a folder (recursively), by series number then UID
+    (SeriesInstanceUID, or the ``no-uid:`` key of a series without one)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"DICOM folder not found: {path}")
@@ -245,21 +560,24 @@ def _is_localizer(items: list[tuple[Path, object]]) -> bool:
 
 def _select(path: Path, series_uid: str | None) -> tuple[str, list[tuple[Path, object]], list[str]]:
     """The chosen series' UID and headers, and notes on series left aside."""
+    given_file = None
     if path.is_file():
         ds = _read_header(path)
-        if ds is None or not _is_image(ds, path):
+        if ds is None:
             raise InputError(f"{path.name} is neither a DICOM image nor a NIfTI/NRRD/MHA volume")
-        series_uid = series_uid or str(ds.SeriesInstanceUID)
-        path = path.parent
+        given_file, given_key, path = path, series_key(ds, path, path.parent), path.parent
     skipped: list[str] = []
     groups = _scan(path, skipped)
     if not groups:
         raise InputError(f"no readable DICOM image in {path}")
+    if given_file is not None and series_uid is None:
+        # the series the given file was grouped into (a hidden file is not scanned: its own key)
+        series_uid = next((k for k, items in groups.items() if any(f == given_file for f, _ in items)), given_key)
     if series_uid is not None:
         if series_uid not in groups:
             found = ", ".join(sorted(groups))
             raise InputError(f"series {series_uid} not found in {path} (series there: {found})")
-        return series_uid, groups[series_uid], skipped
+        return series_uid, groups[series_uid], skipped + _no_uid_note(series_uid, groups[series_uid])
     notes = list(skipped)
     if len(groups) > 1:
         scouts = [u for u, items in groups.items() if _is_localizer(items)]
@@ -273,7 +591,19 @@ def _select(path: Path, series_uid: str | None) -> tuple[str, list[tuple[Path, o
             f"{path} holds {len(groups)} series, choose one with --series UID: {listing}"
         )
     uid = next(iter(groups))
-    return uid, groups[uid], notes
+    return uid, groups[uid], notes + _no_uid_note(uid, groups[uid])
+
+
+def _no_uid_note(key: str, items: list[tuple[Path, object]]) -> list[str]:
+    """The warning for a series without SeriesInstanceUID (empty list for one with it)."""
+    if not key.startswith(NO_UID_PREFIX):
+        return []
+    folder = key[len(NO_UID_PREFIX):].rsplit(":", 1)[0]
+    return [
+        f"the series has no SeriesInstanceUID (de-identified?): its {len(items)} files were grouped by folder "
+        f"('{folder}') and by the study, frame of reference, series number, orientation, pixel spacing and image "
+        f"size they give, as series {key}; check that they are one scan"
+    ]
 
 
 def _vec(ds, name: str, n: int, fname: str) -> np.ndarray:
@@ -443,14 +773,13 @@ def _slice_hu(path: Path):
     """HU of one slice (float32) and its (RescaleSlope, RescaleIntercept), None if absent."""
     import warnings as _warnings
 
-    import pydicom
-
     try:
-        ds = pydicom.dcmread(path)
+        ds, cut, _ = _dcmread(path)
     except Exception as exc:  # noqa: BLE001
-        raise InputError(f"corrupt DICOM file {path.name}: {_short(exc)}") from None
+        raise _read_error(exc, path.name) from None
+    _check_read(ds, cut, path.name)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise InputError(f"DICOM file {path.name} has no pixel data")
+        raise InputError(f"DICOM file {path.name} has no pixel data (PixelData)")
     slope, intercept = _rescale(ds, path.name)
     try:
         with _warnings.catch_warnings():
@@ -477,8 +806,10 @@ def _slice_hu(path: Path):
 def read_dicom_series(path: str | os.PathLike, series_uid: str | None = None, progress=None, cancel=None) -> CTVolume:
     """Read one CT series of a DICOM folder (or the series of one given DICOM file).
 
-    ``series_uid`` selects the series when the folder holds several; without it a folder
-    with several image series is refused with a message listing them.
+    ``series_uid`` selects the series when the folder holds several (a SeriesInstanceUID,
+    or the ``no-uid:<folder>:<hash>`` key :func:`list_series` shows for a series without
+    one); without it a folder with several image series is refused with a message listing
+    them.
     """
     path = Path(path)
     if not path.exists():
