@@ -595,6 +595,28 @@ def crop_windows(hu: np.ndarray, c: Candidates, index=None, **kw) -> np.ndarray:
     return hu_to_windows(crop_hu(hu, c, index, **kw), c.config.windows)
 
 
+#: A candidate is in the heart region when at least this share of its voxels is (:func:`in_heart_region`).
+REGION_SHARE = 0.5
+
+
+def in_heart_region(c: Candidates, anatomy) -> np.ndarray:
+    """(n,) bool: candidates with at least :data:`REGION_SHARE` of their voxels inside the
+    heart region of ``anatomy`` (:class:`.anatomy.Anatomy` of the same CT, canonical layout)
+    and off bone. All True when the anatomy was not found (no lungs: a phantom, a scan cut
+    to the heart)."""
+    if not len(c) or not anatomy.found:
+        return np.ones(len(c), dtype=bool)
+    zz, fy_, fx_ = np.nonzero(c.ids)
+    yy, xx = fy_ + c.field.y0, fx_ + c.field.x0
+    ok = (yy >= 0) & (yy < c.shape[1]) & (xx >= 0) & (xx < c.shape[2])
+    zz, yy, xx = zz[ok], yy[ok], xx[ok]
+    uid = c.ids[zz, yy - c.field.y0, xx - c.field.x0]
+    inside = anatomy.in_region(zz, yy, xx) & ~anatomy.on_bone(zz, yy, xx)
+    m = int(c.ids.max(initial=0)) + 1
+    share = np.bincount(uid, weights=inside, minlength=m) / np.maximum(np.bincount(uid, minlength=m), 1)
+    return share[c.uid] >= REGION_SHARE
+
+
 def subset(c: Candidates, index) -> Candidates:
     """The candidates ``index`` (int array or bool mask) of ``c`` (ids are left as they are)."""
     idx = np.arange(len(c))[index]

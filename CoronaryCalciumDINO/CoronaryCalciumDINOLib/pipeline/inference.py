@@ -50,6 +50,7 @@ from ..io.volume import CTVolume
 from ..scoring import ScoreResult, ScoringParams, score
 from . import candidates as cd
 from . import preprocess as pp
+from .anatomy import find_anatomy
 from .contrast import check_contrast
 from .device import autocast_for, chunks, resolve_device
 
@@ -298,6 +299,14 @@ def run_pipeline(
                 "this scan looks like a calcium-scoring phantom, not a patient (almost no fat in the heart field), "
                 f"and bundle {bundle.name} {bundle.version} has no phantom detector: its calcium may be missed"
             )
+        outside, anatomy_found = 0, False
+        if not phantom:  # only where coronary calcium can be: not on bone, not outside the heart region
+            t = time.perf_counter()
+            anatomy = find_anatomy(hu_net, ct.spacing)
+            inside = cd.in_heart_region(cands, anatomy)
+            outside, anatomy_found = int(np.count_nonzero(~inside)), anatomy.found
+            cands = cd.subset(cands, inside)
+            timings["anatomy_s"] = time.perf_counter() - t
         report(0.1, f"{len(cands)} candidates")
 
         t = time.perf_counter()
@@ -386,6 +395,7 @@ def run_pipeline(
         slice_candidates=n_slice,
         lesion_confidence=conf,
         counts={"candidates": len(cands), "segmented": int(seg_index.size), "below_noise": int(below_noise.sum()),
-                "phantom": int(phantom)},
+                "phantom": int(phantom), "outside_heart": outside,
+                "anatomy_found": int(anatomy_found)},
         gated_labels=gated,
     )

@@ -1,0 +1,370 @@
+"""Where coronary calcium can be: the lungs, bone and the heart region, from HU alone, in 3D.
+
+The one module that owns the anatomy step of the pipeline (training calls it too). Nothing
+here uses calcium labels: they do not exist when a new CT is scored.
+
+Definitions (all on a working grid of about 2 mm in-plane, block means of the CT's own
+pixels; every slice kept)
+--------------------------------------------------------------------------------------
+body
+    Per slice, the largest connected region > -400 HU with its holes filled.
+lungs
+    3D connected air (< -400 HU) of at least :data:`MIN_LUNG_CM3` that is not the air
+    around the patient: inside the body or apart from the image edge with a mean above
+    :data:`OUTSIDE_AIR_HU`, or (when the field of view cuts the body, as a
+    heart-centred reconstruction does) touching the image edge with a mean above
+    :data:`OUTSIDE_AIR_HU` (air around a patient is about -1000 HU, lung -950 to -700).
+mediastinum
+    Per slice, the convex hull of the lungs (over the slices within
+    :data:`HULL_Z_MM` above and below, so that a slice where a lung tapers off keeps its
+    hull) minus the lungs: the heart, the great vessels, the oesophagus, the spine between
+    the lungs and the back of the sternum.
+bone
+    3D connected regions >= :data:`BONE_HU` (on the working grid, the marrow inside a
+    cortical shell filled per slice) of at least :data:`MIN_BONE_CM3`: vertebrae, sternum,
+    ribs and calcified costal cartilage joined to them. A coronary plaque, even a large one,
+    is far smaller on the working grid (its 2 mm means fall below the bone threshold except
+    in its core); aortic and valve calcification can reach that size, but they lie inside
+    the heart region, where bone is never looked for (:func:`find_anatomy`).
+spine
+    The bone regions reaching behind the lungs' posterior hull midpoint: the vertebrae and
+    what joins them.
+heart levels
+    Slices where the mediastinum holds soft tissue (-30..150 HU) at least
+    :data:`HEART_DEPTH_MM` deep (the distance to its edge: a blob >= 60 mm across, which
+    only the heart, or the liver below it, is; the aortic arch and great vessels are 30-40
+    mm). Coronary calcium lies from the aortic root, just above the heart's top level, down
+    to the diaphragm: the region reaches :data:`ABOVE_HEART_MM` above the most superior
+    heart level and ends where the lungs end below.
+heart region
+    The mediastinum on the slices from the lowest slice with lungs to
+    :data:`ABOVE_HEART_MM` above the top heart level, minus the bone regions outside it
+    (grown by :data:`BONE_MARGIN_MM`), minus everything behind the front of the spine less
+    :data:`SPINE_MARGIN_MM` (the descending aorta, the oesophagus, the azygos, the ribs'
+    heads), minus anything in front of the back of the sternum.
+
+A scan without lungs (a calcium-scoring phantom, a scan cut to the heart alone) has no
+anatomy to go by: :attr:`Anatomy.found` is False and the region is the whole image.
+
+Array order is (z, y, x), canonical axial LPS layout (anterior at row 0, patient left at
+the last column, slices inferior to superior; :func:`.preprocess.canonical_flips`).
+Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+#: Working in-plane pixel size (mm): block means of the CT's pixels.
+WORK_MM = 2.0
+AIR_HU = -400.0
+#: Mean HU below which air touching the image edge is the air around the patient.
+OUTSIDE_AIR_HU = -960.0
+MIN_LUNG_CM3 = 30.0
+HULL_Z_MM = 10.0
+#: Working-grid HU of bone (cortex 400-1000 HU and marrow 100-300 HU average above this).
+BONE_HU = 180.0
+MIN_BONE_CM3 = 2.0
+BONE_MARGIN_MM = 3.0
+SPINE_MARGIN_MM = 0.0
+STERNUM_MARGIN_MM = 0.0
+STERNUM_Z_MM = 20.0
+AORTA_MARGIN_MM = 4.0
+SLIVER_MM = 4.0
+#: The lungs' edge given to the mediastinum (mm): calcium on the heart's surface next to the
+#: lung shares its working-grid cells with lung.
+LUNG_RIM_MM = 4.0
+#: Holes in a slice's lungs up to this area (cm^2) are its vessels and airways.
+MAX_LUNG_HOLE_CM2 = 6.0
+SOFT_TISSUE_HU = (-30.0, 150.0)
+HEART_DEPTH_MM = 30.0
+ABOVE_HEART_MM = 45.0
+#: A scan longer than this (mm) reaches above the heart (a chest CT): the region is cut
+#: above the heart levels. A cardiac scan (gated calcium scoring: 120-200 mm) is the heart.
+CARDIAC_SCAN_MM = 200.0
+
+
+@dataclass
+class Anatomy:
+    """The anatomy of one CT (canonical layout) on the working grid (``factor`` CT pixels per cell)."""
+
+    shape: tuple[int, int, int]  # CT (z, y, x)
+    factor: tuple[int, int]  # CT pixels per working cell (y, x)
+    found: bool
+    lungs: np.ndarray = field(repr=False)  # bool (z, Y, X)
+    bone: np.ndarray = field(repr=False)  # bool (z, Y, X)
+    region: np.ndarray = field(repr=False)  # bool (z, Y, X): where coronary calcium can be
+    #: heart levels (first, last slice index) or None
+    heart_levels: tuple[int, int] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def _cells(self, y, x) -> tuple[np.ndarray, np.ndarray]:
+        fy, fx = self.factor
+        yy = np.clip(np.asarray(y) // fy, 0, self.region.shape[1] - 1)
+        xx = np.clip(np.asarray(x) // fx, 0, self.region.shape[2] - 1)
+        return yy, xx
+
+    def in_region(self, z, y, x) -> np.ndarray:
+        """bool per CT voxel (z, y, x index arrays): inside the heart region."""
+        yy, xx = self._cells(y, x)
+        return self.region[np.asarray(z), yy, xx]
+
+    def on_bone(self, z, y, x) -> np.ndarray:
+        """bool per CT voxel: on bone (grown by :data:`BONE_MARGIN_MM`)."""
+        yy, xx = self._cells(y, x)
+        return self.bone[np.asarray(z), yy, xx]
+
+    def region_full(self) -> np.ndarray:
+        """bool (z, y, x) region on the CT grid (for pictures and the Slicer scene)."""
+        fy, fx = self.factor
+        r = np.repeat(np.repeat(self.region, fy, axis=1), fx, axis=2)
+        out = np.zeros(self.shape, dtype=bool)
+        h, w = min(r.shape[1], self.shape[1]), min(r.shape[2], self.shape[2])
+        out[:, :h, :w] = r[:, :h, :w]
+        if h < self.shape[1]:
+            out[:, h:, :w] = out[:, h - 1: h, :w]
+        if w < self.shape[2]:
+            out[:, :, w:] = out[:, :, w - 1: w]
+        return out
+
+
+def _block_means(hu: np.ndarray, fy: int, fx: int) -> np.ndarray:
+    z, h, w = hu.shape
+    hh, ww = -(-h // fy), -(-w // fx)
+    pad = np.pad(np.asarray(hu, dtype=np.float32), ((0, 0), (0, hh * fy - h), (0, ww * fx - w)), mode="edge")
+    return pad.reshape(z, hh, fy, ww, fx).mean(axis=(2, 4))
+
+
+def _largest_filled(mask2d: np.ndarray) -> np.ndarray:
+    lab, n = ndimage.label(mask2d)
+    if n == 0:
+        return np.zeros_like(mask2d)
+    sizes = np.bincount(lab.ravel())[1:]
+    return ndimage.binary_fill_holes(lab == 1 + int(np.argmax(sizes)))
+
+
+def _touches_edge(lab: np.ndarray, n: int) -> np.ndarray:
+    edge = np.zeros(n + 1, dtype=bool)
+    for s in (lab[:, 0, :], lab[:, -1, :], lab[:, :, 0], lab[:, :, -1]):
+        edge[np.unique(s)] = True
+    return edge[1:]
+
+
+def _field_cuts_body(body: np.ndarray) -> bool:
+    """Does the field of view cut the body (a heart-centred reconstruction)? True when, on
+    most slices, the body reaches at least two of the image's four edges."""
+    if not body.any():
+        return False
+    edges = (body[:, 0, :].any(1).astype(int) + body[:, -1, :].any(1) + body[:, :, 0].any(1) + body[:, :, -1].any(1))
+    return bool(np.median(edges) >= 2)
+
+
+def find_lungs(small: np.ndarray, body: np.ndarray, cell_cm3: float) -> np.ndarray:
+    """bool (z, Y, X) lungs on the working grid (see the module docstring)."""
+    air = small < AIR_HU
+    lab, n = ndimage.label(air)
+    if n == 0:
+        return np.zeros_like(air)
+    idx = np.arange(1, n + 1)
+    size = np.bincount(lab.ravel(), minlength=n + 1)[1:] * cell_cm3
+    mean = ndimage.mean(small, lab, idx)
+    inside = ndimage.sum(body, lab, idx) / np.maximum(size / cell_cm3, 1)
+    edge = _touches_edge(lab, n)
+    keep = (size >= MIN_LUNG_CM3) & ~edge & ((inside > 0.5) | (mean > OUTSIDE_AIR_HU))
+    if _field_cuts_body(body):  # lungs reach the image edge: only the air around the patient is excluded
+        keep |= (size >= MIN_LUNG_CM3) & edge & (mean > OUTSIDE_AIR_HU)
+    lut = np.zeros(n + 1, dtype=bool)
+    lut[1:] = keep
+    return lut[lab]
+
+
+def _fill_small_holes(mask2d: np.ndarray, max_cells: float) -> np.ndarray:
+    """``mask2d`` with its holes of at most ``max_cells`` filled (the lungs' vessels and
+    airways; never the heart, which lungs meeting in front of and behind it enclose)."""
+    holes = ndimage.binary_fill_holes(mask2d) & ~mask2d
+    lab, n = ndimage.label(holes)
+    if n == 0:
+        return mask2d
+    small = np.bincount(lab.ravel(), minlength=n + 1) <= max_cells
+    small[0] = False
+    return mask2d | small[lab]
+
+
+def _hulls(lungs: np.ndarray, reach: int) -> np.ndarray:
+    from skimage.morphology import convex_hull_image
+
+    out = np.zeros_like(lungs)
+    nz = lungs.shape[0]
+    for k in range(nz):
+        m = lungs[max(0, k - reach): k + reach + 1].any(axis=0)
+        if np.count_nonzero(m) >= 3:
+            out[k] = convex_hull_image(m)
+    return out
+
+
+def find_bone(small: np.ndarray, cell_cm3: float) -> np.ndarray:
+    """bool (z, Y, X): 3D regions >= :data:`BONE_HU` (marrow filled per slice) of >= :data:`MIN_BONE_CM3`."""
+    dense = small >= BONE_HU
+    for k in range(dense.shape[0]):
+        if dense[k].any():
+            dense[k] = ndimage.binary_fill_holes(dense[k])
+    lab, n = ndimage.label(dense, structure=np.ones((3, 3, 3), bool))
+    if n == 0:
+        return dense
+    size = np.bincount(lab.ravel(), minlength=n + 1) * cell_cm3
+    size[0] = 0
+    return (size >= MIN_BONE_CM3)[lab]
+
+
+def heart_levels(small: np.ndarray, mediastinum: np.ndarray, pixel_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """(z,) deepest soft tissue of each slice's mediastinum (mm) and whether it is a heart level."""
+    depth = np.zeros(small.shape[0])
+    for k in range(small.shape[0]):
+        soft = mediastinum[k] & (small[k] >= SOFT_TISSUE_HU[0]) & (small[k] <= SOFT_TISSUE_HU[1])
+        if soft.any():
+            depth[k] = float(ndimage.distance_transform_edt(soft).max()) * pixel_mm
+    return depth, depth >= HEART_DEPTH_MM
+
+
+def _chest_wall_limits(bone: np.ndarray, hull: np.ndarray, dz: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(z,) working-grid row of the back of the sternum, of the front of the spine (-1:
+    none) and the spine's column (-1: none).
+
+    On each slice with a hull: the spine is the bone reaching the back quarter of the hull's
+    rows; the sternum is the bone whose front lies in the front quarter of the hull's rows
+    and within the middle fifth of its columns either side of its centre. A slice without a
+    sternum (between its segments, below the xiphoid) takes the nearest slice's within
+    :data:`STERNUM_Z_MM`.
+    """
+    nz = bone.shape[0]
+    front = np.full(nz, -1)
+    back = np.full(nz, -1)
+    spine_x = np.full(nz, -1.0)
+    for k in range(nz):
+        if not hull[k].any() or not bone[k].any():
+            continue
+        ys = np.flatnonzero(hull[k].any(axis=1))
+        xs = np.flatnonzero(hull[k].any(axis=0))
+        y0, y1, h = ys[0], ys[-1], ys[-1] - ys[0] + 1
+        xc, w = 0.5 * (xs[0] + xs[-1]), xs[-1] - xs[0] + 1
+        lab, n = ndimage.label(bone[k])
+        for j, sl in enumerate(ndimage.find_objects(lab), start=1):
+            yy, xx = np.nonzero(lab[sl] == j)
+            yy, xx = yy + sl[0].start, xx + sl[1].start
+            if yy.max() > y1 - 0.25 * h and yy.min() > y0 + 0.25 * h:
+                if back[k] < 0 or yy.min() < back[k]:
+                    back[k], spine_x[k] = yy.min(), float(np.median(xx))
+            elif yy.min() < y0 + 0.25 * h and abs(np.median(xx) - xc) < 0.2 * w:
+                front[k] = max(front[k], yy.max())
+    reach = int(round(STERNUM_Z_MM / dz))
+    have = np.flatnonzero(front >= 0)
+    if have.size:
+        for k in np.flatnonzero(front < 0):
+            j = have[np.argmin(np.abs(have - k))]
+            if abs(j - k) <= reach:
+                front[k] = front[j]
+    return front, back, spine_x
+
+
+def descending_aorta(small: np.ndarray, soft_ok: np.ndarray, spine_front: np.ndarray, spine_x: np.ndarray,
+                     pixel_mm: tuple[float, float]) -> np.ndarray:
+    """bool (z, Y, X): the descending aorta, grown by :data:`AORTA_MARGIN_MM`, on the slices
+    where the spine was found.
+
+    The thickest soft-tissue (blood, -30..150 HU) disc of ``soft_ok`` (the body without
+    bone) centred beside the front of the spine: from 25 mm in front of it to 15 mm
+    behind, from the spine's middle to 50 mm left of it (its thickness less 0.3 x its
+    distance from where the aorta usually lies, 5 mm in front and 25 mm left). Its centre is smoothed along z
+    (median of five slices); its radius is the distance from the centre to the disc's
+    edge, 8-18 mm (outside that range nothing is taken for the aorta).
+    """
+    py, px = pixel_mm
+    nz, ny, nx = small.shape
+    out = np.zeros(small.shape, dtype=bool)
+    found = np.full((nz, 3), np.nan)
+    for k in np.flatnonzero(spine_front >= 0):
+        y0 = max(0, int(spine_front[k] - 25.0 / py))
+        y1 = min(ny, int(spine_front[k] + 15.0 / py))
+        x0 = max(0, int(spine_x[k]))
+        x1 = min(nx, int(spine_x[k] + 50.0 / px))
+        if y1 <= y0 or x1 <= x0:
+            continue
+        soft = soft_ok[k] & (small[k] >= SOFT_TISSUE_HU[0]) & (small[k] <= SOFT_TISSUE_HU[1])
+        d = ndimage.distance_transform_edt(soft, sampling=(py, px))
+        win = d[y0:y1, x0:x1]
+        # the thickest disc, favouring one where the aorta lies (5 mm in front of the
+        # spine, 25 mm to its left) over the edge of the heart reaching into the window
+        gy, gx = np.mgrid[y0:y1, x0:x1]
+        away = np.hypot((gy - (spine_front[k] - 5.0 / py)) * py, (gx - (spine_x[k] + 25.0 / px)) * px)
+        iy, ix = np.unravel_index(int(np.argmax(win - 0.3 * away)), win.shape)
+        r = float(win[iy, ix])
+        if 8.0 <= r <= 18.0:
+            found[k] = (y0 + iy, x0 + ix, r)
+    ok = np.flatnonzero(np.isfinite(found[:, 0]))
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    for k in ok:
+        near = ok[np.abs(ok - k) <= 2]
+        cy, cx, r = np.median(found[near], axis=0)
+        out[k] = ((yy - cy) * py) ** 2 + ((xx - cx) * px) ** 2 <= (r + AORTA_MARGIN_MM) ** 2
+    return out
+
+
+def _main_part(region: np.ndarray, n: int) -> np.ndarray:
+    """The region without slivers (parts thinner than about 2 ``n`` cells, e.g. the gaps
+    between the lungs and the chest wall) and without pieces apart from its largest 3D part."""
+    st = np.ones((1, 3, 3), bool)
+    core = ndimage.binary_opening(region, structure=st, iterations=n)
+    region = region & ndimage.binary_dilation(core, structure=st, iterations=n)
+    lab, m = ndimage.label(region)
+    if m > 1:
+        region = lab == 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
+    return region
+
+
+def find_anatomy(hu: np.ndarray, spacing: Sequence[float]) -> Anatomy:
+    """The :class:`Anatomy` of a CT (z, y, x) in HU, canonical layout, ``spacing`` (dz, dy, dx) mm."""
+    hu = np.asarray(hu)
+    dz, dy, dx = (float(s) for s in spacing)
+    fy, fx = max(1, int(round(WORK_MM / dy))), max(1, int(round(WORK_MM / dx)))
+    small = _block_means(hu, fy, fx)
+    py, px = dy * fy, dx * fx
+    cell_cm3 = py * px * dz / 1000.0
+    nz = small.shape[0]
+    body = np.stack([_largest_filled(s > AIR_HU) for s in small])
+    lungs = find_lungs(small, body, cell_cm3)
+    empty = np.zeros_like(lungs)
+    if not lungs.any():
+        return Anatomy(tuple(hu.shape), (fy, fx), False, lungs, empty, np.ones_like(lungs),
+                       notes=["no lungs found: the whole image is searched for calcium"])
+    hull = _hulls(lungs, int(round(HULL_Z_MM / dz)))
+    # the lungs' own vessels and airways are not mediastinum
+    filled = np.stack([_fill_small_holes(m, MAX_LUNG_HOLE_CM2 * 100.0 / (py * px)) for m in lungs])
+    rim = max(1, int(round(LUNG_RIM_MM / min(py, px))))
+    mediastinum = hull & ~ndimage.binary_erosion(filled, structure=np.ones((1, 3, 3), bool), iterations=rim)
+    depth, heart = heart_levels(small, mediastinum, min(py, px))
+    bone = find_bone(small, cell_cm3)
+    region = mediastinum.copy()
+    levels = None
+    if heart.any() and nz * dz > CARDIAC_SCAN_MM:
+        top = int(np.flatnonzero(heart)[-1])
+        last = min(nz - 1, top + int(np.floor(ABOVE_HEART_MM / dz + 1e-6)))
+        region[last + 1:] = False
+        levels = (int(np.flatnonzero(heart)[0]), top)
+    front, back, spine_x = _chest_wall_limits(bone, hull, dz)
+    rows = np.arange(small.shape[1])[:, None]
+    for k in range(nz):
+        if front[k] >= 0:
+            region[k] &= rows > front[k] + STERNUM_MARGIN_MM / py
+        if back[k] >= 0:
+            region[k] &= rows < back[k] - SPINE_MARGIN_MM / py
+    aorta = descending_aorta(small, body & ~bone, back, spine_x, (py, px))
+    region &= ~aorta
+    region = _main_part(region, max(1, int(round(SLIVER_MM / min(py, px)))))
+    grown = ndimage.binary_dilation(bone, structure=np.ones((1, 3, 3), bool),
+                                    iterations=max(1, int(round(BONE_MARGIN_MM / min(py, px)))))
+    region &= ~grown
+    return Anatomy(tuple(hu.shape), (fy, fx), True, lungs, grown, region, heart_levels=levels)

@@ -1,0 +1,120 @@
+"""The anatomy step: lungs, bone and the heart region, from HU alone (pipeline/anatomy.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from CoronaryCalciumDINOLib.pipeline import candidates as cd
+from CoronaryCalciumDINOLib.pipeline.anatomy import find_anatomy
+
+SPACING = (5.0, 1.0, 1.0)
+
+
+def _ellipse(shape, cy, cx, ry, rx):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+
+
+def _bone(img, cy, cx, ry, rx, cortex=800.0, marrow=250.0):
+    img[_ellipse(img.shape, cy, cx, ry, rx)] = cortex
+    img[_ellipse(img.shape, cy, cx, ry - 2, rx - 2)] = marrow
+
+
+def _thorax(nz=30):
+    """A chest CT (1 mm pixels, 5 mm slices, 150 mm: a cardiac scan's length) drawn by hand:
+    a fatty body, two lungs, the heart between them, the sternum in front, a vertebra behind,
+    a rib beside the spine and the descending aorta beside the spine. Returns
+    (hu, {name: (y, x)} of a 3 x 3 mm speck of 400 HU on every slice)."""
+    s = np.full((200, 260), -1000.0, np.float32)
+    s[_ellipse(s.shape, 100, 130, 92, 125)] = -100.0  # body: fat
+    s[_ellipse(s.shape, 100, 60, 62, 45)] = -850.0  # right lung (patient right: low columns)
+    s[_ellipse(s.shape, 100, 200, 62, 45)] = -850.0  # left lung
+    s[_ellipse(s.shape, 95, 130, 45, 42)] = 40.0  # heart
+    s[_ellipse(s.shape, 145, 160, 11, 11)] = 40.0  # descending aorta
+    _bone(s, 20, 130, 7, 16)  # sternum
+    _bone(s, 172, 130, 18, 20)  # vertebral body
+    _bone(s, 170, 92, 6, 8)  # a rib beside the spine
+    specks = {"heart": (95, 92), "aorta": (134, 160), "sternum_edge": (29, 145), "rib": (170, 92)}
+    hu = np.repeat(s[None], nz, axis=0)
+    for y, x in specks.values():
+        hu[:, y - 1: y + 2, x - 1: x + 2] = 400.0
+    return hu, specks
+
+
+def _candidate_at(c, y, x):
+    """Index of the candidate whose voxels hold CT pixel (y, x) on slice 10."""
+    uid = c.ids[10, y - c.field.y0, x - c.field.x0]
+    assert uid > 0
+    return int(np.flatnonzero(c.uid == uid)[0])
+
+
+def test_hand_drawn_thorax_keeps_the_heart_and_drops_bone_aorta_and_chest_wall():
+    hu, specks = _thorax()
+    an = find_anatomy(hu, SPACING)
+    assert an.found
+    c = cd.find_candidates(hu, SPACING, centre_yx=(95.0, 130.0))
+    keep = cd.in_heart_region(c, an)
+    assert keep[_candidate_at(c, *specks["heart"])]
+    for name in ("aorta", "sternum_edge", "rib"):
+        assert not keep[_candidate_at(c, *specks[name])], name
+    # the bone itself (sternum, vertebra) never reaches the detector
+    assert not keep[_candidate_at(c, 20, 130)]
+    assert not keep[_candidate_at(c, 172, 130)]
+    # a lung is not heart region; the middle of the heart is
+    assert not an.in_region(np.array([10]), np.array([100]), np.array([60]))[0]
+    assert an.in_region(np.array([10]), np.array([95]), np.array([130]))[0]
+
+
+def test_no_lungs_means_no_anatomy_and_every_candidate_is_kept():
+    hu = np.full((6, 120, 120), -1000.0, np.float32)
+    hu[:, _ellipse((120, 120), 60, 60, 50, 50)] = 40.0  # a water phantom: no lungs
+    hu[:, 40:43, 40:43] = 400.0
+    hu[:, 80:90, 80:90] = 800.0
+    an = find_anatomy(hu, (3.0, 0.8, 0.8))
+    assert not an.found
+    c = cd.find_candidates(hu, (3.0, 0.8, 0.8))
+    assert len(c) == 12 and cd.in_heart_region(c, an).all()
+
+
+def test_a_chest_ct_is_cut_above_the_heart():
+    """A scan longer than a cardiac scan (here 300 mm): slices far above the heart's levels
+    (the aortic arch and the neck in a real chest CT) are no heart region."""
+    hu, _ = _thorax(nz=60)
+    hu[30:] = _thorax(nz=1)[0][0]
+    # above slice 30 the heart gives way to two thin vessels in fat
+    s = hu[30:].copy()
+    heart = _ellipse(s.shape[1:], 95, 130, 45, 42)
+    s[:, heart] = -100.0
+    s[:, _ellipse(s.shape[1:], 80, 120, 10, 10)] = 40.0
+    hu[30:] = s
+    an = find_anatomy(hu, SPACING)
+    assert an.heart_levels is not None and an.heart_levels[1] == 29
+    assert an.region[:30].any(axis=(1, 2))[5:].all()
+    assert not an.region[29 + 10:].any()  # 45 mm above the last heart level: 9 slices
+
+
+@pytest.mark.parametrize("seed", [900017, 900022])
+def test_synthetic_studies_keep_every_labelled_candidate_and_drop_bone(seed):
+    """On held-out synthetic studies (known heart and bone): every candidate labelled as
+    coronary calcium is in the region; candidates of cortical bone (peak >= 450 HU, away from
+    the heart) are not."""
+    from scipy import ndimage
+
+    from CoronaryCalciumDINOLib.synth.generator import generate_study
+
+    st = generate_study(seed, matrix=256)
+    an = find_anatomy(st.ct.hu, st.ct.spacing)
+    assert an.found
+    c = cd.find_candidates(st.ct.hu, st.ct.spacing)
+    target = c.targets(st.labels)
+    keep = cd.in_heart_region(c, an)
+    assert (target > 0).sum() >= 20
+    assert keep[target > 0].all()
+    peak = c.context[:, cd.CONTEXT_INDEX["peak_hu_k"]] * 1000.0
+    near_heart = ndimage.binary_dilation(st.heart > 0, iterations=6)
+    y = np.clip(np.round(c.cy + c.field.y0).astype(int), 0, st.ct.hu.shape[1] - 1)
+    x = np.clip(np.round(c.cx + c.field.x0).astype(int), 0, st.ct.hu.shape[2] - 1)
+    bone = (peak >= 450.0) & ~near_heart[c.z, y, x] & (target == 0)
+    assert bone.sum() >= 30
+    assert (~keep[bone]).mean() >= 0.95
