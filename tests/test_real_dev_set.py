@@ -1,0 +1,228 @@
+"""``scripts/real_dev_set.py`` (the local non-gated COCA development set) and the pure parts
+of ``training/evaluate_real.py``, on tiny invented inputs only: no COCA file, volume or
+value is used here.
+
+Test names and folders avoid the word that the script refuses in paths (pytest's
+``tmp_path`` carries the test's name).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pydicom = pytest.importorskip("pydicom")
+
+from shared_data import hand_scored_ct, write_small_series  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RESTRICTED = "Gated_release_final"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("real_dev_set", REPO / "scripts" / "real_dev_set.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+rds = _load_script()
+
+# Paths opened or listed while a test watches (audit hooks cannot be removed: one hook,
+# switched on and off by the tests).
+_WATCH: dict = {"on": False, "paths": []}
+
+
+def _audit(event, args):
+    if _WATCH["on"] and event in ("open", "os.listdir", "os.scandir", "shutil.copyfile", "shutil.copytree"):
+        for a in args:
+            if isinstance(a, (str, bytes, Path)):
+                _WATCH["paths"].append(str(a))
+
+
+sys.addaudithook(_audit)
+
+
+def _touched_restricted() -> list[str]:
+    return [p for p in _WATCH["paths"] if RESTRICTED.lower() in p.lower()]
+
+
+def _write_scores(path: Path, rows) -> None:
+    openpyxl = pytest.importorskip("openpyxl")
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.append(["ID", "LCA", "LAD", "LCX", "RCA", "Total"])  # COCA's column names; numbers invented
+    for r in rows:
+        ws.append(list(r))
+    wb.save(path)
+
+
+def _fake_checkout(root: Path) -> Path:
+    """A fake checkout: non-gated scans 1 and 2 (2 has no score row), a score row for 7
+    (no folder), and a restricted folder that must never be read."""
+    base = root / "mini_dataset" / "deidentified_nongated"
+    hu = np.full((3, 8, 8), -1000, np.int16)
+    hu[1, 2:5, 2:5] = 300
+    write_small_series(base / "1" / "1", hu, series_uid=None)
+    write_small_series(base / "2" / "2", hu[:2], series_uid=None)
+    _write_scores(base / "scores.xlsx", [("1A", 1.5, 20.0, 0, 3.25, 24.75), ("7A", 0, 0, 0, 0, 0)])
+    secret = root / "mini_dataset" / RESTRICTED / "patient" / "0"
+    secret.mkdir(parents=True)
+    (secret / "x.dcm").write_bytes(b"not to be read")
+    return root
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_copies_the_public_scans_of_a_checkout(tmp_path, capsys):
+    src = _fake_checkout(tmp_path / "checkout")
+    out = tmp_path / "dev"
+    _WATCH.update(on=True, paths=[])
+    try:
+        rc = rds.main([str(src), "--out", str(out)])
+    finally:
+        _WATCH["on"] = False
+    assert rc == 0, capsys.readouterr().err
+    assert _touched_restricted() == []
+    assert sorted(p.name for p in out.iterdir()) == ["1", "reference.json"]
+    # byte for byte, same layout
+    assert _files(out / "1") == _files(src / "mini_dataset" / "deidentified_nongated" / "1")
+    doc = json.loads((out / "reference.json").read_text())
+    assert doc == {
+        "source": "COCA deidentified_nongated (research use)",
+        "scans": {"1": {"id": "1A", "LM": 1.5, "LAD": 20.0, "LCX": 0.0, "RCA": 3.25, "total": 24.75}},
+    }
+    assert not any(RESTRICTED.lower() in str(p).lower() for p in out.rglob("*"))
+    assert "folder 2 has no score row" in capsys.readouterr().err
+
+
+def test_takes_a_public_folder_directly_and_refuses_to_replace(tmp_path, capsys):
+    src = _fake_checkout(tmp_path / "checkout") / "mini_dataset" / "deidentified_nongated"
+    out = tmp_path / "dev"
+    assert rds.main([str(src), "--out", str(out)]) == 0
+    assert rds.main([str(src), "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    (out / "stale.txt").write_text("x")
+    assert rds.main([str(src), "--out", str(out), "--overwrite"]) == 0
+    assert not (out / "stale.txt").exists() and (out / "1").is_dir()
+    # a non-empty folder this script did not make is never replaced
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("x")
+    assert rds.main([str(src), "--out", str(other), "--overwrite"]) == 2
+    assert (other / "keep.txt").read_text() == "x"
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_reads_only_the_public_path_of_a_bare_repository(tmp_path, capsys):
+    work = _fake_checkout(tmp_path / "work")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "-c", "init.defaultBranch=main"]
+    subprocess.run([*git, "init", "-q", str(work)], check=True)
+    subprocess.run([*git, "-C", str(work), "add", "-A"], check=True)
+    subprocess.run([*git, "-C", str(work), "commit", "-q", "-m", "fake"], check=True)
+    bare = tmp_path / "repo.git"
+    subprocess.run([*git, "clone", "-q", "--bare", str(work), str(bare)], check=True)
+    shutil.rmtree(work)
+    out = tmp_path / "dev"
+    assert rds.main([str(bare), "--out", str(out)]) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["1", "reference.json"]
+    assert json.loads((out / "reference.json").read_text())["scans"]["1"]["total"] == 24.75
+    assert len(list((out / "1" / "1").glob("*.dcm"))) == 3
+    assert not any(RESTRICTED.lower() in str(p).lower() for p in tmp_path.rglob("*"))  # nothing extracted
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == []  # temporary folders gone
+
+
+def test_refuses_the_restricted_release_as_source(tmp_path, capsys):
+    root = _fake_checkout(tmp_path / "checkout") / "mini_dataset"
+    out = tmp_path / "dev"
+    for source in (root / RESTRICTED, root / RESTRICTED / "patient", root / RESTRICTED / ".." / "deidentified_nongated"):
+        _WATCH.update(on=True, paths=[])
+        try:
+            rc = rds.main([str(source), "--out", str(out)])
+        finally:
+            _WATCH["on"] = False
+        err = capsys.readouterr().err
+        assert rc == 2 and "gated COCA release" in err and "Traceback" not in err
+        assert err.count("\n") == 1
+        assert _touched_restricted() == []
+    assert not out.exists()
+
+
+def test_refuses_an_output_tracked_by_the_repository(tmp_path, capsys):
+    src = _fake_checkout(tmp_path / "checkout")
+    assert rds.main([str(src), "--out", str(REPO / "docs" / "coca-dev")]) == 2
+    assert "real-dev/" in capsys.readouterr().err
+    assert not (REPO / "docs" / "coca-dev").exists()
+    assert rds.main([str(tmp_path / "missing"), "--out", str(tmp_path / "dev")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_path_rule():
+    assert rds.gated_part(["data", "deidentified_nongated", "1"]) is None
+    assert rds.gated_part(["real-dev", "coca-nongated"]) is None
+    assert rds.gated_part(["x", "Gated_release_final"]) == "Gated_release_final"
+    assert rds.gated_part(["cohort-gated"]) == "cohort-gated"
+    assert rds.safe_member_path("mini_dataset/deidentified_nongated/1/a.dcm").parts == ("1", "a.dcm")
+    assert rds.safe_member_path("mini_dataset/Gated_release_final/p/0/x.dcm") is None
+    assert rds.safe_member_path("mini_dataset/deidentified_nongated/../Gated_release_final/x") is None
+
+
+# ----------------------------------------------------------------------------- evaluate_real (no model)
+
+
+def _row(scan, ref, ai, seconds=1.0):
+    from training.evaluate_real import KEYS
+    from CoronaryCalciumDINOLib.scoring import risk_category
+
+    ref = dict(zip(KEYS, ref))
+    ai = dict(zip(KEYS, ai))
+    rr, ra = risk_category(ref["total"]), risk_category(ai["total"])
+    return {"scan": scan, "id": f"{scan}A", "reference": ref, "ai": ai, "seconds": seconds, "kvp": 120.0,
+            "threshold_hu": 130.0, "lesions": 1, "risk": {"reference": rr, "ai": ra, "match": rr == ra}}
+
+
+def test_evaluate_real_summary_and_table():
+    from training import evaluate_real as ev
+
+    rows = [
+        _row("1", (0, 0, 0, 0, 0), (0, 0, 0, 12.0, 12.0)),  # calcium-free, one false positive
+        _row("2", (0, 100.0, 60.0, 0, 160.0), (0, 150.0, 10.0, 0, 160.0)),
+        {"scan": "3", "id": "3A", "error": "boom"},
+    ]
+    s = ev.summarise(rows)
+    assert s["risk_category_right"] == {"k": 1, "n": 2}
+    assert s["arteries_ref_ge_50_within_0.5x_2x"] == {"k": 1, "n": 2}
+    assert s["arteries_ref_0_ai_below_10"] == {"k": 5, "n": 6}
+    assert s["calcium_free_scans"] == 1 and s["false_positive_agatston_on_calcium_free_scans"] == 12.0
+    doc = {"model": {"name": "m", "version": "1", "sha256": "0" * 64}, "kvp_option": "auto", "cpu": "cpu",
+           "torch_threads": 1, "date": "d", "command": "python training/evaluate_real.py", "scans": rows, "summary": s}
+    md = ev.markdown(doc)
+    assert "| 2 (2A) | 120 | 0.0 / 0.0 | 100.0 / 150.0 | 60.0 / 10.0 |" in md
+    assert "failed: boom" in md and "risk category right: 1 of 2" in md
+    assert ev.sheet_dir_problem(ev.REPO / "docs" / "sheet") is not None
+    assert ev.sheet_dir_problem(ev.REPO / "real-dev" / "sheet") is None
+
+
+def test_evaluate_real_sheet(tmp_path):
+    pytest.importorskip("matplotlib")
+    from types import SimpleNamespace
+
+    from CoronaryCalciumDINOLib.scoring import score
+    from training import evaluate_real as ev
+
+    ct, lab = hand_scored_ct()
+    res = SimpleNamespace(score=score(ct.hu, lab, ct.spacing, keep_lesion_voxels=True))
+    row = _row("9", (0, 30.0, 0, 0, 30.0), (0, 20.0, 0, 9.0, 29.0))
+    path = ev.write_sheet(ct, res, row, tmp_path / "9.png")
+    assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    empty = SimpleNamespace(score=score(ct.hu, np.zeros_like(lab), ct.spacing, keep_lesion_voxels=True))
+    assert ev.write_sheet(ct, empty, row, tmp_path / "empty.png").is_file()

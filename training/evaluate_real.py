@@ -1,0 +1,439 @@
+"""The AI pipeline on a small real development set: the public non-gated COCA scans.
+
+    python training/evaluate_real.py [--dev real-dev/coca-nongated] [--bundle PATH]
+        [--out training/results/real-dev-coca] [--sheet real-dev/sheet] [--kvp auto|N]
+
+``--dev`` is a folder made by ``scripts/real_dev_set.py``: one DICOM folder per scan
+(``<N>/...``) and ``reference.json`` (the per-artery Agatston scores of the COCA table).
+Each scan is read with :func:`CoronaryCalciumDINOLib.io.load_ct`, its score definition is
+chosen as ``ccdino score --kvp auto`` chooses it (:class:`~CoronaryCalciumDINOLib.scoring.ScoringOptions`,
+``resolve(ct.kvp)``), and :func:`CoronaryCalciumDINOLib.pipeline.run_pipeline` runs on the
+CPU (timed, wall seconds, the bundle loaded once beforehand).
+
+Written:
+
+``OUT.json``
+    per scan: reference and AI Agatston per artery and in total, risk categories (the
+    library's :func:`~CoronaryCalciumDINOLib.scoring.risk_category`), seconds, kVp,
+    threshold, lesions, the model, the pipeline's counts and warnings; a summary; the
+    command line. Numbers only, no pixels.
+``OUT.md``
+    the same as a table, with the summary, command, CPU, date and model.
+``SHEET/<N>.png``
+    a contact sheet per scan: the whole slice of the largest lesion with the crop boxes,
+    then one 60 mm crop per labelled lesion (HU -200..600, the lesion outlined in its
+    artery's colour). These hold image crops of COCA (research-use data): ``--sheet`` must
+    stay in an ignored folder (default ``real-dev/sheet``) and is never committed.
+
+Summary: risk categories right; arteries with reference >= 50 scored within 0.5x..2x of
+it; arteries with reference 0 scored < 10; the AI total on the calcium-free scans
+(reference 0 in every artery and in total): its false-positive Agatston.
+
+This measures a handful of scans of one public set; it is a development check, not a
+validation. The reference is COCA's table (non-gated chest CT, scored by its readers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):  # run as ``python training/evaluate_real.py``
+    sys.path.insert(0, str(REPO))
+    try:
+        import CoronaryCalciumDINOLib  # noqa: F401
+    except ImportError:  # the library not installed: use the checkout's
+        sys.path.insert(0, str(REPO / "CoronaryCalciumDINO"))
+
+import numpy as np  # noqa: E402
+
+from CoronaryCalciumDINOLib.constants import ARTERIES, ARTERY_COLORS  # noqa: E402
+from CoronaryCalciumDINOLib.errors import CCDinoError  # noqa: E402
+from CoronaryCalciumDINOLib.scoring import ScoringOptions, risk_category  # noqa: E402
+
+DEFAULT_DEV = REPO / "real-dev" / "coca-nongated"
+DEFAULT_OUT = REPO / "training" / "results" / "real-dev-coca"
+DEFAULT_SHEET = REPO / "real-dev" / "sheet"
+KEYS = (*ARTERIES, "total")
+#: Display window of the contact sheets (HU).
+WINDOW_HU = (-200.0, 600.0)
+#: Side of a lesion crop (mm).
+CROP_MM = 60.0
+#: Tolerance of the per-artery check: AI within [ref / FACTOR, ref * FACTOR].
+FACTOR = 2.0
+#: References at least this large are checked for the factor.
+MIN_REF_FOR_FACTOR = 50.0
+#: On arteries with reference 0, AI below this counts as right.
+ZERO_TOLERANCE = 10.0
+
+
+def rel(path: Path) -> str:
+    """``path`` relative to the repository when inside it (for the committed files)."""
+    p = Path(os.path.abspath(path))
+    try:
+        return str(p.relative_to(REPO))
+    except ValueError:
+        return str(p)
+
+
+def scan_folders(dev: Path) -> list[tuple[str, Path]]:
+    """The numbered scan folders of ``dev``, sorted numerically."""
+    found = [(p.name, p) for p in dev.iterdir() if p.is_dir() and p.name.isdigit()]
+    return sorted(found, key=lambda t: int(t[0]))
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def within_factor(ai: float, ref: float, factor: float = FACTOR) -> bool:
+    return ref / factor <= ai <= ref * factor
+
+
+# ----------------------------------------------------------------------------- one scan
+
+
+def evaluate_scan(name: str, folder: Path, ref: dict, bundle, options: ScoringOptions) -> tuple[dict, object, object]:
+    """Run the pipeline on one scan folder; returns (row, ct, pipeline result)."""
+    from CoronaryCalciumDINOLib.io import load_ct
+    from CoronaryCalciumDINOLib.pipeline import run_pipeline
+
+    ct = load_ct(folder)
+    params = options.resolve(ct.kvp)  # what ``ccdino score --kvp ...`` does
+    t = time.perf_counter()
+    res = run_pipeline(ct, bundle, device="cpu", params=params)
+    seconds = time.perf_counter() - t
+    score = res.score
+    ai = {a: float(score.arteries[a].agatston) for a in ARTERIES}
+    ai["total"] = float(score.total.agatston)
+    reference = {k: (None if ref.get(k) is None else float(ref[k])) for k in KEYS}
+    risk_ref = risk_category(reference["total"]) if reference["total"] is not None else None
+    risk_ai = risk_category(ai["total"])
+    row = {
+        "scan": name,
+        "id": ref.get("id", name),
+        "reference": reference,
+        "ai": ai,
+        "risk": {"reference": risk_ref, "ai": risk_ai, "match": risk_ref == risk_ai if risk_ref is not None else None},
+        "seconds": round(seconds, 3),
+        "kvp": ct.kvp,
+        "threshold_hu": float(params.threshold_hu),
+        "slice_mm": float(ct.spacing[0]),
+        "slices": int(ct.shape[0]),
+        "lesions": len(score.lesions),
+        "model": {k: res.model_info.get(k) for k in ("name", "version", "sha256")},
+        "counts": {k: (int(v) if isinstance(v, (int, np.integer)) else v) for k, v in res.counts.items()},
+        "warnings": [*ct.warnings, *res.warnings],
+    }
+    return row, ct, res
+
+
+def summarise(rows: list[dict]) -> dict:
+    done = [r for r in rows if "ai" in r]
+    risk = [r for r in done if r["risk"]["match"] is not None]
+    big = [(r, a) for r in done for a in ARTERIES
+           if r["reference"][a] is not None and r["reference"][a] >= MIN_REF_FOR_FACTOR]
+    zero = [(r, a) for r in done for a in ARTERIES if r["reference"][a] == 0.0]
+    free = [r for r in done if all(r["reference"][k] == 0.0 for k in KEYS)]
+    return {
+        "scans": len(rows),
+        "scans_scored": len(done),
+        "risk_category_right": {"k": sum(r["risk"]["match"] for r in risk), "n": len(risk)},
+        "arteries_ref_ge_50_within_0.5x_2x": {
+            "k": sum(within_factor(r["ai"][a], r["reference"][a]) for r, a in big), "n": len(big)},
+        "arteries_ref_0_ai_below_10": {"k": sum(r["ai"][a] < ZERO_TOLERANCE for r, a in zero), "n": len(zero)},
+        "calcium_free_scans": len(free),
+        "false_positive_agatston_on_calcium_free_scans": round(sum(r["ai"]["total"] for r in free), 3),
+        "seconds_total": round(sum(r["seconds"] for r in done), 3),
+    }
+
+
+def summary_lines(s: dict) -> list[str]:
+    k = s["risk_category_right"]
+    f = s["arteries_ref_ge_50_within_0.5x_2x"]
+    z = s["arteries_ref_0_ai_below_10"]
+    return [
+        f"risk category right: {k['k']} of {k['n']} scans",
+        f"arteries with reference >= {MIN_REF_FOR_FACTOR:g}: {f['k']} of {f['n']} within 0.5x..2x",
+        f"arteries with reference 0: {z['k']} of {z['n']} below {ZERO_TOLERANCE:g}",
+        f"false-positive Agatston on the {s['calcium_free_scans']} calcium-free scans: "
+        f"{s['false_positive_agatston_on_calcium_free_scans']:.1f} in total",
+    ]
+
+
+def fmt(v) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def progress_line(r: dict) -> str:
+    if "ai" not in r:
+        return f"scan {r['scan']}: failed: {r['error']}"
+    parts = "  ".join(f"{k} {fmt(r['reference'][k])}/{fmt(r['ai'][k])}" for k in KEYS)
+    return (f"scan {r['scan']} ({r['id']}, {r['kvp'] if r['kvp'] is not None else '?'} kVp): {parts}  "
+            f"risk {r['risk']['reference']}/{r['risk']['ai']}  {r['lesions']} lesions  {r['seconds']:.1f} s")
+
+
+def markdown(doc: dict) -> str:
+    m = doc["model"]
+    lines = [
+        "# AI pipeline on the public non-gated COCA scans (development check)",
+        "",
+        "Agatston per artery, reference (COCA's table) / AI. A handful of non-gated chest CTs: a",
+        "development check of the pipeline on real scans, not a validation. COCA is research-use",
+        "data; the images and the contact sheets stay out of the repository.",
+        "",
+        f"- model: {m.get('name')} {m.get('version')} (sha256 {str(m.get('sha256'))[:12]}...)",
+        f"- kVp: `--kvp {doc['kvp_option']}`; device: CPU ({doc['cpu']}, {doc['torch_threads']} torch threads)",
+        f"- date: {doc['date']}",
+        f"- command: `{doc['command']}`",
+        "",
+        "| scan | kVp | LM ref/AI | LAD ref/AI | LCX ref/AI | RCA ref/AI | total ref/AI | risk ref/AI | s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in doc["scans"]:
+        if "ai" not in r:
+            lines.append(f"| {r['scan']} | - | failed: {r['error']} | | | | | | |")
+            continue
+        cells = [f"{fmt(r['reference'][k])} / {fmt(r['ai'][k])}" for k in KEYS]
+        kvp = "-" if r["kvp"] is None else f"{r['kvp']:g}"
+        lines.append(f"| {r['scan']} ({r['id']}) | {kvp} | " + " | ".join(cells)
+                     + f" | {r['risk']['reference']} / {r['risk']['ai']} | {r['seconds']:.1f} |")
+    lines += ["", "## Summary", ""] + [f"- {s}" for s in summary_lines(doc["summary"])]
+    lines += ["", f"Pipeline time {doc['summary']['seconds_total']:.1f} s for {doc['summary']['scans_scored']} scans "
+              "(`run_pipeline` only: reading the DICOM and loading the bundle excluded).", ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- contact sheet
+
+
+def _display_flips(ct) -> tuple[bool, bool]:
+    """(flip rows, flip columns) for display: anterior up, patient left on the right."""
+    from CoronaryCalciumDINOLib.pipeline.preprocess import canonical_flips
+
+    flips = canonical_flips(ct.direction)
+    return (bool(flips[1]), bool(flips[2])) if flips is not None else (False, False)
+
+
+def _oriented(a2d: np.ndarray, flips: tuple[bool, bool]) -> np.ndarray:
+    if flips[0]:
+        a2d = a2d[::-1]
+    if flips[1]:
+        a2d = a2d[:, ::-1]
+    return a2d
+
+
+def write_sheet(ct, res, row: dict, path: Path, max_tiles: int = 48) -> Path:
+    """One contact sheet PNG of a scan's labelled lesions (see the module docstring)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    hu = np.asarray(ct.hu)
+    nz, ny, nx = hu.shape
+    dy, dx = float(ct.spacing[1]), float(ct.spacing[2])
+    score = res.score
+    lesions = list(score.lesions)
+    voxels = score.lesion_voxels or [np.zeros(0, np.int64)] * len(lesions)
+    flips = _display_flips(ct)
+    vmin, vmax = WINDOW_HU
+    half_y, half_x = int(round(CROP_MM / 2 / dy)), int(round(CROP_MM / 2 / dx))
+
+    items = []  # (lesion, mask on its slice, centre (y, x))
+    for les, flat in zip(lesions, voxels):
+        z, yy, xx = np.unravel_index(np.asarray(flat, dtype=np.int64), hu.shape)
+        mask = np.zeros((ny, nx), dtype=bool)
+        mask[yy, xx] = True
+        cy, cx = (float(yy.mean()), float(xx.mean())) if yy.size else (ny / 2, nx / 2)
+        items.append((les, mask, (int(round(cy)), int(round(cx)))))
+    shown = items[:max_tiles] if len(items) <= max_tiles else sorted(
+        items, key=lambda t: -t[0].agatston)[:max_tiles]
+    shown.sort(key=lambda t: (t[0].slice, ARTERIES.index(t[0].artery)))
+
+    n_tiles = 1 + max(len(shown), 0) + (1 if len(items) > len(shown) else 0)
+    cols = min(6, n_tiles) if n_tiles > 1 else 1
+    rows = int(np.ceil(n_tiles / cols))
+    fig = Figure(figsize=(max(3.0 * cols, 6.0), 3.2 * rows + 0.8), dpi=100)
+    FigureCanvasAgg(fig)
+    ref, ai = row["reference"], row["ai"]
+    kvp = "?" if row["kvp"] is None else f"{row['kvp']:g}"
+    fig.suptitle(f"scan {row['scan']} ({row['id']}): AI total {ai['total']:.1f}, reference {fmt(ref['total'])}\n"
+                 f"risk {row['risk']['reference']} / {row['risk']['ai']}; {len(items)} lesions; "
+                 f"{kvp} kVp, threshold {row['threshold_hu']:g} HU", fontsize=10)
+
+    def tile(k):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return ax
+
+    if not items:
+        ax = tile(0)
+        ax.imshow(_oriented(hu[nz // 2], flips), cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
+        ax.set_title(f"slice {nz // 2} (middle)", fontsize=9)
+        ax.text(0.5, 0.5, "no lesion labelled", transform=ax.transAxes, ha="center", va="center",
+                color="yellow", fontsize=12, bbox={"facecolor": "black", "alpha": 0.6})
+    else:
+        # overview: the slice of the largest lesion, every crop box on that slice
+        best = max(items, key=lambda t: t[0].agatston)
+        z0 = best[0].slice
+        ax = tile(0)
+        ax.imshow(_oriented(hu[z0], flips), cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
+        for les, mask, (cy, cx) in items:
+            if les.slice != z0:
+                continue
+            y = (ny - 1 - cy) if flips[0] else cy
+            x = (nx - 1 - cx) if flips[1] else cx
+            ax.add_patch(Rectangle((x - half_x - 0.5, y - half_y - 0.5), 2 * half_x + 1, 2 * half_y + 1,
+                                   fill=False, edgecolor=ARTERY_COLORS[les.artery], linewidth=1.2))
+        ax.set_title(f"slice {z0} (whole)", fontsize=9)
+        for k, (les, mask, (cy, cx)) in enumerate(shown, start=1):
+            ax = tile(k)
+            pad = max(half_y, half_x) + 1
+            img = np.pad(hu[les.slice], pad, mode="constant", constant_values=-1024.0)
+            msk = np.pad(mask, pad)
+            sl = (slice(cy + pad - half_y, cy + pad + half_y + 1), slice(cx + pad - half_x, cx + pad + half_x + 1))
+            ax.imshow(_oriented(img[sl], flips), cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
+            m = _oriented(msk[sl], flips).astype(float)
+            if m.any():
+                ax.contour(m, levels=[0.5], colors=[ARTERY_COLORS[les.artery]], linewidths=1.0)
+            ax.set_title(f"slice {les.slice} {les.artery} {les.agatston:.1f} pts", fontsize=9,
+                         color=ARTERY_COLORS[les.artery])
+            ax.set_xlabel(f"{les.area_mm2:.1f} mm2, peak {les.peak_hu:.0f} HU", fontsize=7)
+        if len(items) > len(shown):
+            ax = tile(len(shown) + 1)
+            ax.axis("off")
+            ax.text(0.5, 0.5, f"+{len(items) - len(shown)} smaller lesions\nnot shown", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def sheet_dir_problem(sheet: Path) -> str | None:
+    """The sheets hold COCA image crops: inside the repository only under real-dev/."""
+    p = Path(os.path.abspath(sheet))
+    if p == REPO or REPO in p.parents:
+        real_dev = REPO / "real-dev"
+        if not (p == real_dev or real_dev in p.parents):
+            return (f"--sheet {sheet} is inside the repository but not under real-dev/ (which git ignores); "
+                    "the sheets hold COCA image crops and must not be tracked")
+    return None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dev", default=str(DEFAULT_DEV), metavar="DIR",
+                    help="folder made by scripts/real_dev_set.py (default real-dev/coca-nongated)")
+    ap.add_argument("--bundle", default=None, metavar="PATH", help="model bundle (default: the default bundle)")
+    ap.add_argument("--out", default=str(DEFAULT_OUT), metavar="OUT",
+                    help="write OUT.json and OUT.md (default training/results/real-dev-coca)")
+    ap.add_argument("--sheet", default=str(DEFAULT_SHEET), metavar="DIR",
+                    help="contact sheets, one PNG per scan (default real-dev/sheet; git-ignored, never commit)")
+    ap.add_argument("--kvp", default="auto", metavar="auto|N", help="score definition as ccdino score --kvp (default auto)")
+    ap.add_argument("--max-tiles", type=int, default=48, help="lesion tiles per sheet at most (default 48)")
+    args = ap.parse_args(argv)
+    command = "python " + shlex.join([rel(Path(sys.argv[0])) if argv is None else "training/evaluate_real.py",
+                                      *(sys.argv[1:] if argv is None else argv)])
+
+    dev, sheet = Path(args.dev), Path(args.sheet)
+    problem = sheet_dir_problem(sheet)
+    if problem:
+        print(f"evaluate_real: error: {problem}", file=sys.stderr)
+        return 2
+    ref_path = dev / "reference.json"
+    if not ref_path.is_file():
+        print(f"evaluate_real: error: {ref_path} not found; make the set with scripts/real_dev_set.py", file=sys.stderr)
+        return 2
+    try:
+        reference = json.loads(ref_path.read_text(encoding="utf-8"))["scans"]
+        options = ScoringOptions(kvp=args.kvp)
+    except (ValueError, KeyError) as exc:
+        print(f"evaluate_real: error: {ref_path}: {exc}", file=sys.stderr)
+        return 2
+    except CCDinoError as exc:
+        print(f"evaluate_real: error: {exc}", file=sys.stderr)
+        return 2
+    folders = [(n, p) for n, p in scan_folders(dev) if n in reference]
+    if not folders:
+        print(f"evaluate_real: error: no scan folder of {dev} is in its reference.json", file=sys.stderr)
+        return 2
+
+    import torch
+
+    from CoronaryCalciumDINOLib.pipeline import load_bundle
+
+    t = time.perf_counter()
+    try:
+        bundle = load_bundle(args.bundle)
+    except CCDinoError as exc:
+        print(f"evaluate_real: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    load_s = time.perf_counter() - t
+    print(f"model {bundle.name} {bundle.version} loaded in {load_s:.1f} s; {len(folders)} scans, "
+          f"{torch.get_num_threads()} torch threads")
+
+    rows, sheets = [], []
+    for name, folder in folders:
+        try:
+            row, ct, res = evaluate_scan(name, folder, reference[name], bundle, options)
+        except CCDinoError as exc:
+            row = {"scan": name, "id": reference[name].get("id", name), "error": str(exc).splitlines()[0]}
+            rows.append(row)
+            print(progress_line(row), flush=True)
+            continue
+        rows.append(row)
+        print(progress_line(row), flush=True)
+        sheets.append(write_sheet(ct, res, row, sheet / f"{name}.png", max_tiles=args.max_tiles))
+        del ct, res
+
+    summary = summarise(rows)
+    doc = {
+        "what": "AI pipeline vs the COCA reference table on the public non-gated COCA scans (development check)",
+        "dev_set": rel(dev),
+        "reference_source": json.loads(ref_path.read_text(encoding="utf-8")).get("source"),
+        "command": command,
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu_name(),
+        "torch_threads": torch.get_num_threads(),
+        "kvp_option": str(args.kvp),
+        "model": bundle.model_info(),
+        "bundle_load_s": round(load_s, 3),
+        "scans": rows,
+        "summary": summary,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out_json, out_md = out.with_name(out.name + ".json"), out.with_name(out.name + ".md")
+    out_json.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    out_md.write_text(markdown(doc), encoding="utf-8")
+
+    print()
+    for line in summary_lines(summary):
+        print(line)
+    print(f"wrote {rel(out_json)}, {rel(out_md)}")
+    for p in sheets:
+        print(f"sheet {rel(p)}")
+    return 0 if summary["scans_scored"] == summary["scans"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
