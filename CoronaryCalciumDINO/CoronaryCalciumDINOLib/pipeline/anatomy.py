@@ -86,6 +86,9 @@ ABOVE_HEART_MM = 45.0
 #: A scan longer than this (mm) reaches above the heart (a chest CT): the region is cut
 #: above the heart levels. A cardiac scan (gated calcium scoring: 120-200 mm) is the heart.
 CARDIAC_SCAN_MM = 200.0
+#: Length (mm) of the cardiac range of a chest CT (:meth:`Anatomy.cardiac_range`): a gated
+#: calcium-scoring scan covers 120-170 mm.
+CARDIAC_RANGE_MM = 160.0
 
 
 @dataclass
@@ -101,6 +104,26 @@ class Anatomy:
     #: heart levels (first, last slice index) or None
     heart_levels: tuple[int, int] | None = None
     notes: list[str] = field(default_factory=list)
+
+    def cardiac_range(self, dz: float) -> tuple[int, int]:
+        """Slices [first, last + 1) a cardiac scan of this patient would hold: the whole scan,
+        unless it is a chest CT (longer than :data:`CARDIAC_SCAN_MM`, with heart levels found):
+        then :data:`CARDIAC_RANGE_MM` ending :data:`ABOVE_HEART_MM` above the top heart level
+        (the aortic root and the left main lie above the heart's thick part)."""
+        nz = self.shape[0]
+        if self.heart_levels is None or nz * dz <= CARDIAC_SCAN_MM:
+            return 0, nz
+        top = min(nz, self.heart_levels[1] + int(np.floor(ABOVE_HEART_MM / dz + 1e-6)) + 1)
+        return max(0, top - int(round(CARDIAC_RANGE_MM / dz))), top
+
+    def crop(self, z0: int, z1: int) -> "Anatomy":
+        """The anatomy of slices [z0, z1) (e.g. :meth:`cardiac_range`)."""
+        levels = None
+        if self.heart_levels is not None:
+            a, b = max(self.heart_levels[0], z0) - z0, min(self.heart_levels[1], z1 - 1) - z0
+            levels = (a, b) if a <= b else None
+        return Anatomy((z1 - z0, *self.shape[1:]), self.factor, self.found, self.lungs[z0:z1], self.bone[z0:z1],
+                       self.region[z0:z1], levels, list(self.notes))
 
     def _cells(self, y, x) -> tuple[np.ndarray, np.ndarray]:
         fy, fx = self.factor

@@ -50,7 +50,7 @@ from ..io.volume import CTVolume
 from ..scoring import ScoreResult, ScoringParams, score
 from . import candidates as cd
 from . import preprocess as pp
-from .anatomy import find_anatomy
+from .anatomy import Anatomy, find_anatomy
 from .contrast import check_contrast
 from .device import autocast_for, chunks, resolve_device
 
@@ -221,6 +221,178 @@ def lesion_confidences(result: ScoreResult, p_calc: np.ndarray, p_art: np.ndarra
     return [{"calcium": float(pc[v].mean()), "artery": float(pa[v].mean())} for v in result.lesion_voxels]
 
 
+@dataclass
+class Oriented:
+    """Stage *orient*: the CT's HU in the canonical axial LPS layout the networks and the
+    anatomy expect, and the flips that bring outputs back to the CT's own storage order."""
+
+    hu: np.ndarray  # float32 (z, y, x), canonical layout
+    flips: tuple[bool, bool, bool]
+
+    def back(self, a: np.ndarray, offset: int = 0) -> np.ndarray:
+        """``a`` (canonical layout, after ``offset`` leading axes) in the CT's storage order."""
+        axes = pp.flip_axes(self.flips, offset)
+        return np.ascontiguousarray(np.flip(a, axes)) if axes else a
+
+    def back_slices(self, a: np.ndarray) -> np.ndarray:
+        """A per-slice array (z,) in the CT's storage order."""
+        return a[::-1].copy() if self.flips[0] else a
+
+
+def orient(ct: CTVolume, hu: np.ndarray) -> tuple[Oriented, list[str]]:
+    """Stage *orient* (:func:`.preprocess.canonical_flips`); a CT whose axes are permuted or
+    strongly oblique is used as stored, with a warning (also a ``UserWarning``)."""
+    notes: list[str] = []
+    flips = pp.canonical_flips(ct.direction)
+    if flips is None:
+        message = (
+            "the CT axes are not close to axial LPS (permuted or oblique: direction "
+            f"{np.round(np.asarray(ct.direction, dtype=float), 3).tolist()}); the models assume axial slices "
+            "with anterior up and patient left on the right, so results may be wrong; resample to axial first"
+        )
+        warnings.warn(message, UserWarning, stacklevel=3)
+        notes.append(message)
+        flips = (False, False, False)
+    axes = pp.flip_axes(flips)
+    return Oriented(np.ascontiguousarray(np.flip(hu, axes) if axes else hu, dtype=np.float32), flips), notes
+
+
+def locate(hu: np.ndarray, spacing) -> tuple[Anatomy, tuple[int, int]]:
+    """Stage *anatomy* (:mod:`.anatomy`): the anatomy of the slices a cardiac scan of this
+    patient would hold, and that range [z0, z1) of the canonical slices (the whole scan,
+    except for a chest CT)."""
+    anatomy = find_anatomy(hu, spacing)
+    z0, z1 = anatomy.cardiac_range(float(spacing[0]))
+    return anatomy.crop(z0, z1), (z0, z1)
+
+
+def candidate_config(bundle, params: ScoringParams) -> cd.CandidateConfig:
+    """The bundle's candidate settings, at the scoring threshold and minimum area when these
+    are below the bundle's (kVp-adapted thresholds), so nothing the score could count is left out."""
+    cfg = bundle.candidate_config
+    if params.threshold_hu < cfg.threshold_hu or params.min_area_mm2 < cfg.min_area_mm2:
+        cfg = replace(cfg, threshold_hu=min(cfg.threshold_hu, params.threshold_hu),
+                      min_area_mm2=min(cfg.min_area_mm2, params.min_area_mm2))
+    return cfg
+
+
+@dataclass
+class Route:
+    """Stage *route*: which detector head a scan goes to (a calcium-scoring phantom's, or the patients')."""
+
+    phantom: bool
+    head: object
+    threshold: float
+    #: with the phantom head: the candidates small enough to be a phantom's calcification
+    sized: np.ndarray | None
+    warnings: list[str]
+
+
+def route(cands: cd.Candidates, bundle) -> Route:
+    """A scan with almost no fat (:func:`.candidates.looks_like_phantom`) goes to the bundle's
+    phantom detector when it has one; every other scan to the patients' detector."""
+    looks = cd.looks_like_phantom(cands)
+    if looks and bundle.phantom_detector is not None:
+        note = ("this scan looks like a calcium-scoring phantom, not a patient (almost no fat in the heart field): "
+                "the model's phantom detector picked its calcium (regions up to "
+                f"{cd.PHANTOM_MAX_AREA_MM2:g} mm^2; larger ones are its rods and bone); a phantom has no arteries, so the "
+                "artery names are a convention (patient right RCA, left anterior LAD, left posterior LCX); read the total")
+        return Route(True, bundle.phantom_detector, bundle.phantom_threshold, cd.phantom_sized(cands.context), [note])
+    notes = []
+    if looks:
+        notes.append("this scan looks like a calcium-scoring phantom, not a patient (almost no fat in the heart field), "
+                     f"and bundle {bundle.name} {bundle.version} has no phantom detector: its calcium may be missed")
+    return Route(False, bundle.detector, bundle.threshold, None, notes)
+
+
+def keep_heart_region(cands: cd.Candidates, anatomy: Anatomy) -> tuple[cd.Candidates, int]:
+    """Stage *candidates*, last step: only the candidates in the heart region and off bone
+    (:func:`.candidates.in_heart_region`) go on; returns them and how many were left out."""
+    inside = cd.in_heart_region(cands, anatomy)
+    return cd.subset(cands, inside), int(np.count_nonzero(~inside))
+
+
+def detect(hu: np.ndarray, cands: cd.Candidates, bundle, rt: Route, dev, batch: int, report=None):
+    """Stage *detect*: P(coronary calcium) of each candidate (0 for a phantom's candidates too
+    large to be its calcification) and of each slice (the maximum over its candidates)."""
+    probs = detector_probabilities(hu, cands, bundle, dev, batch, report, head=rt.head)
+    if rt.sized is not None:
+        probs = np.where(rt.sized, probs, 0.0).astype(np.float32)
+    return probs, cands.per_slice_max(probs)
+
+
+@dataclass
+class Gate:
+    """Stage *gate*: the selected slices and the candidates the segmenter sees."""
+
+    selected: np.ndarray  # bool (z,)
+    passed: np.ndarray  # bool (n,): flagged on a selected slice and out of the noise
+    below_noise: np.ndarray  # bool (n,): flagged but taken for image noise
+    segment: np.ndarray  # int: the candidates given to the segmenter (``passed``, or all out of the noise)
+    warnings: list[str]
+
+
+def gate(cands: cd.Candidates, cand_probs: np.ndarray, slice_probs: np.ndarray, rt: Route, rule: cd.NoiseRule,
+         all_slices: bool = False) -> Gate:
+    """Slices with probability >= the head's threshold are selected; on them, the candidates
+    at or above it that stand out of the image noise (``rule``; for a phantom, also small
+    enough) pass. ``all_slices``: every candidate out of the noise is segmented (the "UNET
+    alone" baseline)."""
+    selected = slice_probs >= rt.threshold
+    significant = rule.significant(cands.context)
+    if rt.sized is not None:
+        significant &= rt.sized
+    flagged = selected[cands.z] & (cand_probs >= rt.threshold)
+    passed = flagged & significant
+    below = flagged & ~significant
+    notes = []
+    if below.any():
+        noise = cands.context[below, cd.CONTEXT_INDEX["noise_sd_hu_100"]] * 100.0
+        n = int(below.sum())
+        notes.append(
+            f"{n} small faint region{'s' if n != 1 else ''} taken for image noise, not labelled "
+            f"(< {rule.min_area_mm2:g} mm^2, peak < {rule.min_contrast_sd:g} noise SD above soft tissue"
+            + (f", < {rule.min_neighbour_sd:g} SD on the neighbouring slices" if rule.min_neighbour_sd > 0 else "")
+            + f"; noise {np.median(noise):.0f} HU)"
+        )
+    index = np.flatnonzero(significant) if all_slices else np.flatnonzero(passed)
+    return Gate(selected, passed, below, index, notes)
+
+
+def segment(hu: np.ndarray, cands: cd.Candidates, g: Gate, rt: Route, cand_probs: np.ndarray, bundle, dev,
+            batch: int, report=None, all_slices: bool = False):
+    """Stage *segment*: labels, calcium and artery probability volumes (canonical layout, the
+    candidates' slices) and, with ``all_slices``, the labels the gated pipeline gives.
+
+    A patient's candidates go to the segmenter (:func:`paint_labels`); a phantom's picked
+    candidates are labelled with their own voxels, named by side (:func:`phantom_labels`)."""
+    gated = None
+    if rt.phantom:
+        labels, p_calc, p_art = phantom_labels(cands, g.segment, cand_probs)
+        if all_slices:
+            gated = phantom_labels(cands, np.flatnonzero(g.passed), cand_probs)[0]
+        return labels, p_calc, p_art, gated
+    pix, masks, mean = segment_candidates(hu, cands, g.segment, bundle, dev, batch, report)
+    labels, p_calc, p_art = paint_labels(cands, g.segment, pix, masks, mean)
+    if all_slices:
+        keep = g.passed[g.segment]
+        gated = paint_labels(cands, g.segment[keep], pix[keep], masks[keep], mean[keep])[0]
+    return labels, p_calc, p_art, gated
+
+
+def _embed(a: np.ndarray, z0: int, nz: int, axis: int = 0) -> np.ndarray:
+    """``a`` (slices [z0, z0 + len) along ``axis``) on all ``nz`` slices, zeros elsewhere."""
+    if a.shape[axis] == nz:
+        return a
+    shape = list(a.shape)
+    shape[axis] = nz
+    out = np.zeros(shape, dtype=a.dtype)
+    index = [slice(None)] * a.ndim
+    index[axis] = slice(z0, z0 + a.shape[axis])
+    out[tuple(index)] = a
+    return out
+
+
 def run_pipeline(
     ct: CTVolume,
     bundle,
@@ -233,7 +405,8 @@ def run_pipeline(
     all_slices: bool = False,
     batch_size: int | None = None,
 ) -> PipelineResult:
-    """Run the pipeline of ``bundle`` (a :class:`ModelBundle` or a path / None) on ``ct``.
+    """Run the pipeline of ``bundle`` (a :class:`ModelBundle` or a path / None) on ``ct``:
+    orient, anatomy, candidates, route, detect, gate, segment, score.
 
     ``all_slices=True`` skips the detector's selection and segments the candidates of
     every slice (the "UNET alone" baseline); probabilities are still computed and returned.
@@ -251,107 +424,40 @@ def run_pipeline(
     hu = np.asarray(ct.hu)
     if hu.ndim != 3 or min(hu.shape) < 1:
         raise InputError(f"CT must be a 3D volume (z, y, x), got shape {hu.shape}")
-    run_warnings: list[str] = []
     check_contrast(ct)  # a contrast-enhanced CT: its warning joins ct.warnings (once)
-    flips = pp.canonical_flips(ct.direction)
-    if flips is None:
-        message = (
-            "the CT axes are not close to axial LPS (permuted or oblique: direction "
-            f"{np.round(np.asarray(ct.direction, dtype=float), 3).tolist()}); the models assume axial slices "
-            "with anterior up and patient left on the right, so results may be wrong; resample to axial first"
-        )
-        warnings.warn(message, UserWarning, stacklevel=2)
-        run_warnings.append(message)
-        flips = (False, False, False)
-    axes = pp.flip_axes(flips)
-    hu_net = np.ascontiguousarray(np.flip(hu, axes) if axes else hu, dtype=np.float32)
+    view, run_warnings = orient(ct, hu)
     hu = np.ascontiguousarray(hu, dtype=np.float32)
     dev = resolve_device(device)
     batch = batch_size or (2048 if dev.type == "cuda" else 512)
     report = _Progress(progress, cancel)
-    report(0.0, "finding candidates")
-
-    cfg = bundle.candidate_config
-    # Candidates at the scoring threshold when it is below the bundle's (kVp-adapted
-    # thresholds), so nothing the score could count is left out.
-    if params.threshold_hu < cfg.threshold_hu or params.min_area_mm2 < cfg.min_area_mm2:
-        cfg = replace(cfg, threshold_hu=min(cfg.threshold_hu, params.threshold_hu),
-                      min_area_mm2=min(cfg.min_area_mm2, params.min_area_mm2))
+    report(0.0, "finding the heart")
+    t = time.perf_counter()
+    anatomy, (z0, z1) = locate(view.hu, ct.spacing)
+    timings["anatomy_s"] = time.perf_counter() - t
+    net = view.hu[z0:z1]
     for m in bundle.modules():
         m.to(dev)
     with torch.inference_mode():
         t = time.perf_counter()
-        cands = cd.find_candidates(hu_net, ct.spacing, cfg)
+        cands = cd.find_candidates(net, ct.spacing, candidate_config(bundle, params))
+        rt = route(cands, bundle)
+        found, outside = len(cands), 0
+        if not rt.phantom:  # only where coronary calcium can be: the heart region, off bone
+            cands, outside = keep_heart_region(cands, anatomy)
         timings["candidates_s"] = time.perf_counter() - t
-        looks_like_phantom = cd.looks_like_phantom(cands)
-        phantom = looks_like_phantom and bundle.phantom_detector is not None
-        # a phantom's rods and bone are larger than its calcifications: only these are asked about
-        phantom_sized = cd.phantom_sized(cands.context) if phantom else None
-        if phantom:
-            run_warnings.append(
-                "this scan looks like a calcium-scoring phantom, not a patient (almost no fat in the heart field): "
-                "the model's phantom detector picked its calcium (regions up to "
-                f"{cd.PHANTOM_MAX_AREA_MM2:g} mm^2; larger ones are its rods and bone); a phantom has no arteries, so the artery names "
-                "are a convention (patient right RCA, left anterior LAD, left posterior LCX); read the total"
-            )
-        elif looks_like_phantom:
-            run_warnings.append(
-                "this scan looks like a calcium-scoring phantom, not a patient (almost no fat in the heart field), "
-                f"and bundle {bundle.name} {bundle.version} has no phantom detector: its calcium may be missed"
-            )
-        outside, anatomy_found = 0, False
-        if not phantom:  # only where coronary calcium can be: not on bone, not outside the heart region
-            t = time.perf_counter()
-            anatomy = find_anatomy(hu_net, ct.spacing)
-            inside = cd.in_heart_region(cands, anatomy)
-            outside, anatomy_found = int(np.count_nonzero(~inside)), anatomy.found
-            cands = cd.subset(cands, inside)
-            timings["anatomy_s"] = time.perf_counter() - t
+        run_warnings += rt.warnings
         report(0.1, f"{len(cands)} candidates")
 
         t = time.perf_counter()
-        head = bundle.phantom_detector if phantom else bundle.detector
-        threshold = bundle.phantom_threshold if phantom else bundle.threshold
-        cand_probs = detector_probabilities(hu_net, cands, bundle, dev, batch, lambda f, m: report(0.1 + 0.5 * f, m),
-                                            head=head)
-        if phantom:
-            cand_probs = np.where(phantom_sized, cand_probs, 0.0).astype(np.float32)
-        probs = cands.per_slice_max(cand_probs)
+        cand_probs, probs = detect(net, cands, bundle, rt, dev, batch, lambda f, m: report(0.1 + 0.5 * f, m))
         timings["detector_s"] = time.perf_counter() - t
-        selected = probs >= threshold
-        rule = bundle.noise_rule
-        significant = rule.significant(cands.context)
-        if phantom:
-            significant &= phantom_sized
-        flagged = selected[cands.z] & (cand_probs >= threshold)
-        gate = flagged & significant
-        seg_index = np.flatnonzero(significant) if all_slices else np.flatnonzero(gate)
-        below_noise = flagged & ~significant
-        if below_noise.any():
-            noise = cands.context[below_noise, cd.CONTEXT_INDEX["noise_sd_hu_100"]] * 100.0
-            n = int(below_noise.sum())
-            run_warnings.append(
-                f"{n} small faint region{'s' if n != 1 else ''} taken for image noise, not labelled "
-                f"(< {rule.min_area_mm2:g} mm^2, peak < {rule.min_contrast_sd:g} noise SD above soft tissue"
-                + (f", < {rule.min_neighbour_sd:g} SD on the neighbouring slices" if rule.min_neighbour_sd > 0 else "")
-                + f"; noise {np.median(noise):.0f} HU)"
-            )
+        g = gate(cands, cand_probs, probs, rt, bundle.noise_rule, all_slices)
+        run_warnings += g.warnings
 
         t = time.perf_counter()
         span = 0.25 if attention else 0.35
-        gated = None
-        if phantom:  # no arteries: each picked candidate's own voxels, named by side (no segmenter)
-            labels, p_calc, p_art = phantom_labels(cands, seg_index, cand_probs)
-            if all_slices:
-                gated = phantom_labels(cands, np.flatnonzero(gate), cand_probs)[0]
-        else:
-            pix, masks, mean = segment_candidates(hu_net, cands, seg_index, bundle, dev, batch,
-                                                  lambda f, m: report(0.6 + span * f, m))
-            labels, p_calc, p_art = paint_labels(cands, seg_index, pix, masks, mean)
-            if all_slices:
-                keep = gate[seg_index]
-                gated = paint_labels(cands, seg_index[keep], pix[keep], masks[keep], mean[keep])[0]
-            del pix
+        labels, p_calc, p_art, gated = segment(net, cands, g, rt, cand_probs, bundle, dev, batch,
+                                               lambda f, m: report(0.6 + span * f, m), all_slices)
         timings["segmenter_s"] = time.perf_counter() - t
 
         att = None
@@ -359,21 +465,18 @@ def run_pipeline(
             from .attention import attention_maps
 
             t = time.perf_counter()
-            att = attention_maps(hu_net, cands, seg_index, bundle, dev, batch, lambda f, m: report(0.85 + 0.1 * f, m))
+            att = attention_maps(net, cands, g.segment, bundle, dev, batch, lambda f, m: report(0.85 + 0.1 * f, m))
             timings["attention_s"] = time.perf_counter() - t
 
-    n_slice = np.bincount(cands.z, minlength=hu.shape[0])
-    del hu_net
-    if axes:  # back to the CT's own storage order
-        labels = np.ascontiguousarray(np.flip(labels, axes))
-        if gated is not None:
-            gated = np.ascontiguousarray(np.flip(gated, axes))
-        p_calc = np.ascontiguousarray(np.flip(p_calc, axes))
-        p_art = np.ascontiguousarray(np.flip(p_art, axes))
-        if att is not None:
-            att = np.ascontiguousarray(np.flip(att, pp.flip_axes(flips, offset=1)))
-        if flips[0]:
-            probs, selected, n_slice = probs[::-1].copy(), selected[::-1].copy(), n_slice[::-1].copy()
+    nz = hu.shape[0]
+    n_slice = np.bincount(cands.z, minlength=z1 - z0)
+    # back on every slice, then in the CT's own storage order
+    labels, p_calc, p_art = (view.back(_embed(a, z0, nz)) for a in (labels, p_calc, p_art))
+    if gated is not None:
+        gated = view.back(_embed(gated, z0, nz))
+    if att is not None:
+        att = view.back(_embed(att, z0, nz, axis=1), offset=1)
+    probs, selected, n_slice = (view.back_slices(_embed(a, z0, nz)) for a in (probs, g.selected, n_slice))
     t = time.perf_counter()
     labels[hu < params.threshold_hu] = 0
     if gated is not None:
@@ -394,8 +497,8 @@ def run_pipeline(
         warnings=run_warnings,
         slice_candidates=n_slice,
         lesion_confidence=conf,
-        counts={"candidates": len(cands), "segmented": int(seg_index.size), "below_noise": int(below_noise.sum()),
-                "phantom": int(phantom), "outside_heart": outside,
-                "anatomy_found": int(anatomy_found)},
+        counts={"candidates": found, "outside_heart": outside, "segmented": int(g.segment.size),
+                "below_noise": int(g.below_noise.sum()), "phantom": int(rt.phantom),
+                "anatomy_found": int(anatomy.found), "slices_looked_at": [int(z0), int(z1)]},
         gated_labels=gated,
     )
