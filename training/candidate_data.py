@@ -6,6 +6,11 @@ a little larger than the network input (``margin`` pixels each side, so training
 and zoom the crop) and per-pixel labels. The network input is the central
 ``crop_px`` of a stored crop, identical to what inference computes.
 
+Candidates are those the pipeline gives its networks: of the slices a cardiac scan would hold
+(:func:`~CoronaryCalciumDINOLib.pipeline.inference.locate`), and for a patient (not a
+calcium-scoring phantom) only those in the heart region and off bone
+(:func:`~CoronaryCalciumDINOLib.pipeline.inference.keep_heart_region`).
+
 Negatives (candidates that are not coronary calcium, mostly noise) of *training* studies
 can be capped per study (``max_neg``): each kept negative then carries the weight
 ``negatives / kept`` so that statistics stay those of all candidates. Validation sets keep
@@ -28,10 +33,13 @@ from CoronaryCalciumDINOLib.pipeline.candidates import (
     subset,
     crop_labels,
     find_candidates,
+    looks_like_phantom,
     random_points,
 )
+from CoronaryCalciumDINOLib.pipeline.inference import keep_heart_region, locate
 
-CACHE_VERSION = 1
+#: 2: candidates of the cardiac range, in the heart region and off bone (the anatomy step)
+CACHE_VERSION = 2
 
 
 def study_samples(path, cfg: CandidateConfig, margin: int, max_neg: int | None, n_random: int, rng) -> dict:
@@ -41,7 +49,11 @@ def study_samples(path, cfg: CandidateConfig, margin: int, max_neg: int | None, 
     axes = pp.flip_axes(flips)
     hu = np.ascontiguousarray(np.flip(np.asarray(s.ct.hu), axes) if axes else s.ct.hu, dtype=np.float32)
     labels = np.ascontiguousarray(np.flip(s.labels, axes) if axes else s.labels)
+    anatomy, (z0, z1) = locate(hu, s.ct.spacing)
+    hu, labels = hu[z0:z1], labels[z0:z1]
     c = find_candidates(hu, s.ct.spacing, cfg)
+    if not looks_like_phantom(c):
+        c, _ = keep_heart_region(c, anatomy)
     y = c.targets(labels)
     idx = np.arange(len(c))
     weight = np.ones(len(c), dtype=np.float32)
@@ -51,10 +63,11 @@ def study_samples(path, cfg: CandidateConfig, margin: int, max_neg: int | None, 
         idx = np.sort(np.concatenate([np.flatnonzero(y > 0), keep_neg]))
         weight[keep_neg] = neg.size / max_neg
     size = cfg.crop_px + 2 * margin
-    slice_has = np.zeros(hu.shape[0], dtype=bool)
+    slice_has = np.zeros(np.asarray(s.ct.hu).shape[0], dtype=bool)
     slice_has[np.asarray(s.meta.get("slices_with_calcium", []), dtype=int)] = True
     if flips[0]:
         slice_has = slice_has[::-1].copy()
+    slice_has = slice_has[z0:z1]
     rnd = random_points(c, n_random, rng)
     return {
         "crops": crop_hu(hu, c, idx, size=size).astype(np.float16),

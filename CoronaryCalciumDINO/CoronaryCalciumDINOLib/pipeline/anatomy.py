@@ -40,8 +40,10 @@ heart region
     The mediastinum on the slices from the lowest slice with lungs to
     :data:`ABOVE_HEART_MM` above the top heart level, minus the bone regions outside it
     (grown by :data:`BONE_MARGIN_MM`), minus everything behind the front of the spine less
-    :data:`SPINE_MARGIN_MM` (the descending aorta, the oesophagus, the azygos, the ribs'
-    heads), minus anything in front of the back of the sternum.
+    :data:`SPINE_MARGIN_MM` (the oesophagus, the azygos, the ribs' heads), minus the
+    descending aorta, minus anything in front of the back of the sternum, and minus what
+    lies in front of a lung in its own column (the chest wall and costal cartilage beside
+    the sternum).
 
 A scan without lungs (a calcium-scoring phantom, a scan cut to the heart alone) has no
 anatomy to go by: :attr:`Anatomy.found` is False and the region is the whole image.
@@ -253,6 +255,23 @@ def heart_levels(small: np.ndarray, mediastinum: np.ndarray, pixel_mm: float) ->
     return depth, depth >= HEART_DEPTH_MM
 
 
+def _in_front_of_lungs(lungs2d: np.ndarray, hull2d: np.ndarray) -> np.ndarray:
+    """bool (Y, X): what lies in front of the lungs' front in its own column, where a lung
+    lies in the front half of the hull: the chest wall and costal cartilage lateral to the
+    sternum (in a heart-centred field of view they are inside the hull of the cut lungs).
+    Behind the heart the lower lobes are in the back half and do not count."""
+    out = np.zeros_like(lungs2d)
+    if not hull2d.any():
+        return out
+    ys = np.flatnonzero(hull2d.any(axis=1))
+    front = lungs2d.copy()
+    front[int(0.5 * (ys[0] + ys[-1])):] = False
+    has = front.any(axis=0)
+    first = np.argmax(front, axis=0)
+    rows = np.arange(lungs2d.shape[0])[:, None]
+    return has[None, :] & (rows < first[None, :])
+
+
 def _chest_wall_limits(bone: np.ndarray, hull: np.ndarray, dz: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(z,) working-grid row of the back of the sternum, of the front of the spine (-1:
     none) and the spine's column (-1: none).
@@ -384,6 +403,7 @@ def find_anatomy(hu: np.ndarray, spacing: Sequence[float]) -> Anatomy:
             region[k] &= rows > front[k] + STERNUM_MARGIN_MM / py
         if back[k] >= 0:
             region[k] &= rows < back[k] - SPINE_MARGIN_MM / py
+        region[k] &= ~_in_front_of_lungs(filled[k], hull[k])
     aorta = descending_aorta(small, body & ~bone, back, spine_x, (py, px))
     region &= ~aorta
     region = _main_part(region, max(1, int(round(SLIVER_MM / min(py, px)))))

@@ -17,6 +17,9 @@ from .render import Grid, blend, ellipsoid_bounds, paint_ellipse, paint_ellipsoi
 LUNG_MASK_BELOW = -500.0  # HU below which a voxel counts as lung/air when painting over it
 SOFT_BELOW = 150.0  # heart structures never paint over denser voxels (bone)
 LA_SEMI = (31.0, 16.0, 22.0)  # left atrium semi-axes (x, y, z) mm
+#: Angle round the chest wall (degrees from the front) where the costal cartilages start:
+#: they reach close to the sternum's edge.
+CARTILAGE_FROM_DEG = 12.0
 
 
 def unit(v) -> np.ndarray:
@@ -214,8 +217,13 @@ def disc_weight(z: np.ndarray, a: dict, thickness: float) -> np.ndarray:
     return (pos < d).mean(axis=1)
 
 
-def paint_ribs(vol: np.ndarray, grid: Grid, a: dict, rng: np.random.Generator, edge: float) -> None:
-    """Rib cross-sections along the cavity wall (bone posteriorly/laterally, cartilage anteriorly)."""
+def paint_ribs(vol: np.ndarray, grid: Grid, a: dict, rng: np.random.Generator, edge: float,
+               cartilage: list | None = None) -> None:
+    """Rib cross-sections along the cavity wall (bone posteriorly/laterally, cartilage anteriorly).
+
+    ``cartilage`` (a list) receives each costal cartilage cross-section painted, as
+    ``(slice, cx, cy, half_length, half_thickness, angle_deg)`` (for
+    :func:`paint_cartilage_calcification`)."""
     ca, cb = a["cavity_semi"]
     cy = a["cavity_cy"]
     period = rng.uniform(30, 36)
@@ -226,10 +234,10 @@ def paint_ribs(vol: np.ndarray, grid: Grid, a: dict, rng: np.random.Generator, e
         for s in (-1, 1):
             # Rib m crosses the slice at angle theta with z = phase + m * period + slope * (theta - pi).
             m_lo = int(np.floor((z - phase[s] - slope * (np.deg2rad(170) - np.pi)) / period)) - 1
-            m_hi = int(np.ceil((z - phase[s] - slope * (np.deg2rad(25) - np.pi)) / period)) + 1
+            m_hi = int(np.ceil((z - phase[s] - slope * (np.deg2rad(CARTILAGE_FROM_DEG) - np.pi)) / period)) + 1
             for m in range(m_lo, m_hi + 1):
                 theta = np.pi + (z - phase[s] - m * period) / slope
-                if not np.deg2rad(25) <= theta <= np.deg2rad(170):
+                if not np.deg2rad(CARTILAGE_FROM_DEG) <= theta <= np.deg2rad(170):
                     continue
                 px, py = s * ca * np.sin(theta), cy - cb * np.cos(theta)
                 tx, ty = s * ca * np.cos(theta), cb * np.sin(theta)
@@ -242,11 +250,42 @@ def paint_ribs(vol: np.ndarray, grid: Grid, a: dict, rng: np.random.Generator, e
                 half_thk = 3.6
                 cx, cyy = px + nx * (half_thk - 0.5), py + ny * (half_thk - 0.5)
                 ang = np.rad2deg(np.arctan2(ty, tx))
-                cartilage = theta < np.deg2rad(50)
+                is_cartilage = theta < np.deg2rad(50)
                 img = vol[k]
-                paint_ellipse(img, grid, cx, cyy, half_len, half_thk, 110.0 if cartilage else cort, edge, angle_deg=ang)
-                if not cartilage:
+                paint_ellipse(img, grid, cx, cyy, half_len, half_thk, 110.0 if is_cartilage else cort, edge,
+                              angle_deg=ang)
+                if is_cartilage and cartilage is not None:
+                    cartilage.append((k, cx, cyy, half_len, half_thk, ang))
+                if not is_cartilage:
                     paint_ellipse(img, grid, cx, cyy, half_len - 1.4, half_thk - 1.4, marrow, edge, angle_deg=ang)
+
+
+def paint_cartilage_calcification(vol: np.ndarray, grid: Grid, a: dict, cartilage: list,
+                                  rng: np.random.Generator, edge: float) -> int:
+    """Calcified costal cartilage, as in older patients: in a share ``a["cartilage_calcified"]``
+    of the cartilage cross-sections, 1-3 specks of 1-4 mm at 200-900 HU, mostly at the
+    cartilage's rim (peripheral calcification) and some in its core. Returns how many.
+
+    On real CT they sit in the chest wall beside the sternum, just in front of the heart,
+    and look like coronary calcium on one slice: the networks must learn them as negatives.
+    """
+    share = float(a.get("cartilage_calcified", 0.0))
+    n = 0
+    for k, cx, cy, half_len, half_thk, ang in cartilage:
+        if rng.random() >= share:
+            continue
+        t = np.deg2rad(ang)
+        for _ in range(int(rng.integers(1, 4))):
+            u = rng.uniform(-0.9, 0.9) * half_len
+            v = rng.choice([-1.0, 1.0]) * rng.uniform(0.5, 1.0) * half_thk if rng.random() < 0.7 \
+                else rng.uniform(-0.4, 0.4) * half_thk
+            px = cx + u * np.cos(t) - v * np.sin(t)
+            py = cy + u * np.sin(t) + v * np.cos(t)
+            r = rng.uniform(0.5, 2.0)
+            paint_ellipse(vol[k], grid, px, py, r, r * rng.uniform(0.6, 1.0), float(rng.uniform(200, 900)), edge,
+                          angle_deg=float(rng.uniform(0, 180)))
+            n += 1
+    return n
 
 
 def paint_diaphragm(vol: np.ndarray, grid: Grid, a: dict, edge: float) -> None:

@@ -162,7 +162,13 @@ def render_study(seed: int, progress: Callable[[float, str], None] | None = None
     for k in np.flatnonzero(w > 0):
         vol[k, sy, sx] += np.float32(w[k]) * (disc[sy, sx] - body[sy, sx])
     lap("thorax")
-    anatomy.paint_ribs(vol, grid, a, r_rib, edge)
+    cartilage: list = []
+    anatomy.paint_ribs(vol, grid, a, r_rib, edge, cartilage)
+    # its own stream: the other draws (and so every earlier study's anatomy) stay as they were
+    r_cart = _streams(seed, 10)[9]
+    share = float(r_cart.uniform(0.1, 0.6)) if r_cart.random() < 0.6 else 0.0
+    a["cartilage_calcified"] = 0.0 if overrides.get("confounders") is False else share
+    n_cart = anatomy.paint_cartilage_calcification(vol, grid, a, cartilage, r_cart, edge)
     lap("ribs")
     anatomy.paint_diaphragm(vol, grid, a, edge)
     anatomy.paint_lung_vessels(vol, grid, a, r_lung, edge)
@@ -203,7 +209,8 @@ def render_study(seed: int, progress: Callable[[float, str], None] | None = None
         "n_slices": n_slices, "noise_sd_hu": noise_sd, "psf_sigma_mm": [s_xy, s_z],
         "scanner": sp, "anatomy": a, "plaque_burden": burden,
         "n_plaque_blobs": len(blobs),
-        "confounders": {k: sum(1 for b in conf if b.kind == k) for k in ("aortic_wall", "aortic_valve", "mitral_annulus")},
+        "confounders": {**{k: sum(1 for b in conf if b.kind == k) for k in ("aortic_wall", "aortic_valve", "mitral_annulus")},
+                        "costal_cartilage": n_cart},
         "streak_slices": streak_slices,
         "overrides": {k: v for k, v in overrides.items() if k != "keep_clean"},
     }
