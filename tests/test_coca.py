@@ -351,6 +351,22 @@ def test_cli_nongated_scores_from_xlsx(tmp_path):
     assert ng["scores"]["2A"]["LM"] == 12.0 and ng["scores"]["2A"]["total"] == 49.75
 
 
+def test_cli_nongated_scores_without_a_gated_folder(tmp_path, capsys):
+    """A COCA copy holding only the non-gated folder (e.g. the public sample): its scores
+    are read with --nongated-scores; without it the command says what to use."""
+    from CoronaryCalciumDINOLib.cli import main
+
+    root = tmp_path / "coca"
+    (root / "deidentified_nongated").mkdir(parents=True)
+    _write_xlsx(root / "deidentified_nongated" / "scores.xlsx", XLSX_ROWS)
+    out = tmp_path / "out"
+    assert main(["coca", str(root), "--out", str(out), "--nongated-scores"]) == 0
+    assert json.loads((out / "coca_nongated_scores.json").read_text())["scores"]["3A"]["LAD"] == 101.0
+    assert "gated" not in capsys.readouterr().out.split("non-gated")[0].lower()
+    assert main(["coca", str(root), "--out", str(tmp_path / "out2")]) == 2
+    assert "use --nongated-scores" in capsys.readouterr().err
+
+
 def test_convert_patient_without_series_uid(tmp_path):
     """De-identified COCA-like scans may lack SeriesInstanceUID: the series is found by
     folder and geometry, and the conversion says so."""

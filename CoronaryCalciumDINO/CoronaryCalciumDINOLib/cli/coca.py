@@ -37,12 +37,14 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.coca import GATED_DIR, convert_gated, read_nongated_scores
+    from ..data.coca import GATED_DIR, NONGATED_DIR, convert_gated, read_nongated_scores
     from ..report import write_json
 
     root = Path(args.root)
-    if not (root / GATED_DIR).is_dir():
-        raise InputError(f"{root} is not a COCA folder (no {GATED_DIR} inside)")
+    gated = (root / GATED_DIR).is_dir()
+    if not gated and not (args.nongated_scores and (root / NONGATED_DIR).is_dir()):
+        raise InputError(f"{root} is not a COCA folder (no {GATED_DIR} inside"
+                         + (")" if args.nongated_scores else f"; with only {NONGATED_DIR}, use --nongated-scores)"))
     if args.limit is not None and args.limit < 0:
         raise InputError(f"--limit must be >= 0, got {args.limit}")
     out = Path(args.out)
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     progress = progress_printer()
 
-    results = convert_gated(
+    results = [] if not gated else convert_gated(
         root,
         out,
         include_known_bad=args.include_known_bad,
@@ -67,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     for r in results:
         counts[r.status] = counts.get(r.status, 0) + 1
     summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no patients"
-    print(f"COCA gated: {summary}; log: {log_path}")
+    if gated:
+        print(f"COCA gated: {summary}; log: {log_path}")
     if args.nongated_scores:
         scores = read_nongated_scores(root)
         path = write_json({"source": "coca-nongated", "scores": scores}, out / "coca_nongated_scores.json")
