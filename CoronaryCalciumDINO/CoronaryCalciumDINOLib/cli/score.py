@@ -90,9 +90,12 @@ def run(args: argparse.Namespace) -> int:
     ct = load_ct(study.path, series_uid=args.series)
     check_ct(ct)  # adds e.g. the contrast-enhanced-CT warning to ct.warnings (both paths report them)
     for w in ct.warnings:
-        log.warning(w)
+        log.info(w)
         print(f"ccdino: warning: {w}", file=sys.stderr)
     params = options.resolve(ct.kvp)
+    if ct.kvp is not None and abs(ct.kvp - 120.0) > 0.5 and params.kvp is None:
+        print(f"ccdino: note: scored with the classic 120 kVp thresholds; --kvp auto uses the thresholds "
+              f"adapted to this scan's {ct.kvp:g} kVp", file=sys.stderr)
 
     if args.labels:
         labels = read_labels(args.labels, ct)

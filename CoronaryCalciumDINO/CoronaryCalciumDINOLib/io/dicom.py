@@ -852,7 +852,7 @@ def read_dicom_series(path: str | os.PathLike, series_uid: str | None = None, pr
         kvp = None
     elif abs(kvp - 120.0) > 0.5:
         warnings.append(
-            f"acquired at {kvp:g} kVp; the classic Agatston thresholds assume 120 kVp (consider --kvp auto)"
+            f"acquired at {kvp:g} kVp; the classic Agatston thresholds assume 120 kVp"
         )
     thickness = _float_or_none(_single(first.get("SliceThickness")))
     if thickness is not None and not (np.isfinite(thickness) and 0 < thickness <= limits.SLICE_SPACING_MM[1]):
