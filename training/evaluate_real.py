@@ -20,9 +20,9 @@ Written:
 ``OUT.md``
     the same as a table, with the summary, command, CPU, date and model.
 ``SHEET/<N>.png``
-    a contact sheet per scan: the whole slice of the largest lesion with the crop boxes,
-    then one 60 mm crop per labelled lesion (HU -200..600, the lesion outlined in its
-    artery's colour). These hold image crops of COCA (research-use data): ``--sheet`` must
+    a contact sheet per scan: the whole slice of the largest lesion with the crop boxes and
+    the heart region the pipeline searched (orange), then one 60 mm crop per labelled
+    lesion (HU -200..600, the lesion outlined in its artery's colour). These hold image crops of COCA (research-use data): ``--sheet`` must
     stay in an ignored folder (default ``real-dev/sheet``) and is never committed.
 
 Summary: risk categories right; arteries with reference >= 50 scored within 0.5x..2x of
@@ -281,10 +281,18 @@ def write_sheet(ct, res, row: dict, path: Path, max_tiles: int = 48) -> Path:
         ax.set_yticks([])
         return ax
 
+    region = res.heart_region() if hasattr(res, "heart_region") else None
+
+    def outline_region(ax, z):
+        """The heart region the pipeline searched on slice ``z`` (orange)."""
+        if region is not None and region[z].any() and not region[z].all():
+            ax.contour(_oriented(region[z], flips).astype(float), levels=[0.5], colors=["orange"], linewidths=0.8)
+
     if not items:
         ax = tile(0)
         ax.imshow(_oriented(hu[nz // 2], flips), cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
-        ax.set_title(f"slice {nz // 2} (middle)", fontsize=9)
+        outline_region(ax, nz // 2)
+        ax.set_title(f"slice {nz // 2} (middle), heart region", fontsize=9)
         ax.text(0.5, 0.5, "no lesion labelled", transform=ax.transAxes, ha="center", va="center",
                 color="yellow", fontsize=12, bbox={"facecolor": "black", "alpha": 0.6})
     else:
@@ -293,6 +301,7 @@ def write_sheet(ct, res, row: dict, path: Path, max_tiles: int = 48) -> Path:
         z0 = best[0].slice
         ax = tile(0)
         ax.imshow(_oriented(hu[z0], flips), cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
+        outline_region(ax, z0)
         for les, mask, (cy, cx) in items:
             if les.slice != z0:
                 continue
@@ -300,7 +309,7 @@ def write_sheet(ct, res, row: dict, path: Path, max_tiles: int = 48) -> Path:
             x = (nx - 1 - cx) if flips[1] else cx
             ax.add_patch(Rectangle((x - half_x - 0.5, y - half_y - 0.5), 2 * half_x + 1, 2 * half_y + 1,
                                    fill=False, edgecolor=ARTERY_COLORS[les.artery], linewidth=1.2))
-        ax.set_title(f"slice {z0} (whole)", fontsize=9)
+        ax.set_title(f"slice {z0} (whole), heart region", fontsize=9)
         for k, (les, mask, (cy, cx)) in enumerate(shown, start=1):
             ax = tile(k)
             pad = max(half_y, half_x) + 1

@@ -39,8 +39,7 @@ heart levels
 heart region
     The mediastinum on the slices from the lowest slice with lungs to
     :data:`ABOVE_HEART_MM` above the top heart level, minus the bone regions outside it
-    (grown by :data:`BONE_MARGIN_MM`), minus everything behind the front of the spine less
-    :data:`SPINE_MARGIN_MM` (the oesophagus, the azygos, the ribs' heads), minus the
+    (grown by :data:`BONE_MARGIN_MM`), minus everything behind the front of the spine (the oesophagus, the azygos, the ribs' heads), minus the
     descending aorta, minus anything in front of the back of the sternum, and minus what
     lies in front of a lung in its own column (the chest wall and costal cartilage beside
     the sternum).
@@ -72,8 +71,6 @@ HULL_Z_MM = 10.0
 BONE_HU = 180.0
 MIN_BONE_CM3 = 2.0
 BONE_MARGIN_MM = 3.0
-SPINE_MARGIN_MM = 0.0
-STERNUM_MARGIN_MM = 0.0
 STERNUM_Z_MM = 20.0
 AORTA_MARGIN_MM = 4.0
 SLIVER_MM = 4.0
@@ -400,9 +397,9 @@ def find_anatomy(hu: np.ndarray, spacing: Sequence[float]) -> Anatomy:
     rows = np.arange(small.shape[1])[:, None]
     for k in range(nz):
         if front[k] >= 0:
-            region[k] &= rows > front[k] + STERNUM_MARGIN_MM / py
+            region[k] &= rows > front[k]
         if back[k] >= 0:
-            region[k] &= rows < back[k] - SPINE_MARGIN_MM / py
+            region[k] &= rows < back[k]
         region[k] &= ~_in_front_of_lungs(filled[k], hull[k])
     aorta = descending_aorta(small, body & ~bone, back, spine_x, (py, px))
     region &= ~aorta

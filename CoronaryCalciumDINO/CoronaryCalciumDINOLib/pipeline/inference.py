@@ -80,6 +80,19 @@ class PipelineResult:
     counts: dict = field(default_factory=dict)
     #: with ``all_slices=True``: the labels the gated pipeline gives (same run), else None
     gated_labels: np.ndarray | None = None
+    #: the anatomy step's findings on the slices looked at (canonical layout), those slices
+    #: [z0, z1) and the orientation (see :meth:`heart_region`)
+    anatomy: Anatomy | None = None
+    view: tuple | None = None
+
+    def heart_region(self) -> np.ndarray | None:
+        """bool (z, y, x) on the CT grid, in its storage order: where the pipeline looked for
+        coronary calcium (the heart region of the slices looked at); None without anatomy."""
+        if self.anatomy is None or self.view is None:
+            return None
+        (z0, _z1), flips = self.view
+        region = _embed(self.anatomy.region_full(), z0, len(self.selected))
+        return _to_storage(region, flips)
 
     def report_extra(self) -> dict:
         """Extra report keys: per-slice detector output, per-lesion confidence, the model."""
@@ -231,12 +244,16 @@ class Oriented:
 
     def back(self, a: np.ndarray, offset: int = 0) -> np.ndarray:
         """``a`` (canonical layout, after ``offset`` leading axes) in the CT's storage order."""
-        axes = pp.flip_axes(self.flips, offset)
-        return np.ascontiguousarray(np.flip(a, axes)) if axes else a
+        return _to_storage(a, self.flips, offset)
 
     def back_slices(self, a: np.ndarray) -> np.ndarray:
         """A per-slice array (z,) in the CT's storage order."""
         return a[::-1].copy() if self.flips[0] else a
+
+
+def _to_storage(a: np.ndarray, flips, offset: int = 0) -> np.ndarray:
+    axes = pp.flip_axes(flips, offset)
+    return np.ascontiguousarray(np.flip(a, axes)) if axes else a
 
 
 def orient(ct: CTVolume, hu: np.ndarray) -> tuple[Oriented, list[str]]:
@@ -501,4 +518,6 @@ def run_pipeline(
                 "below_noise": int(g.below_noise.sum()), "phantom": int(rt.phantom),
                 "anatomy_found": int(anatomy.found), "slices_looked_at": [int(z0), int(z1)]},
         gated_labels=gated,
+        anatomy=anatomy,
+        view=((z0, z1), view.flips),
     )
