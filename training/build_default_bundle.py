@@ -56,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--results", type=Path, default=REPO / "training" / "results")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--name", default="ccdino-default")
-    p.add_argument("--version", default="0.5.0")
+    p.add_argument("--version", default="0.6.0")
     p.add_argument("--n-train", type=int, default=200, help="synthetic training + validation studies")
     p.add_argument("--n-val", type=int, default=30, help="of which validation studies (threshold choice)")
     p.add_argument("--n-test", type=int, default=100, help="held-out synthetic studies for the reported metrics")
@@ -451,8 +451,11 @@ def model_card(args, metrics, bb_cfg, sup, timings, environment, cfg) -> str:
 patient data. Research use only; not a medical device.**
 
 ## What it is
+- Anatomy (`pipeline/anatomy.py`, from HU alone, in training as in inference): lungs, bone,
+  sternum, spine and descending aorta in 3D; candidates off bone in the heart region
+  between them only (a chest CT is looked at over the range a cardiac scan would hold).
 - Candidates: every connected region >= {cfg.threshold_hu:.0f} HU of >= {cfg.min_area_mm2:g} mm^2 in a
-  {cfg.field_mm:.0f} mm heart field of each axial slice; crops of {cfg.crop_px} x {cfg.crop_px} px of
+  {cfg.field_mm:.0f} mm heart field of each axial slice, in the heart region; crops of {cfg.crop_px} x {cfg.crop_px} px of
   {cfg.pixel_mm} mm (native CT pixel size), HU windows {[list(w) for w in cfg.windows]}, and a context
   vector of {sup['segmenter_config']['context_dim']} features (position, HU statistics, coarse views).
 - Backbone: ViT (`{bb_cfg['name']}` with patch {bb_cfg['patch_size']}, {bb_cfg['depth']} blocks, {bb_cfg['num_heads']}
@@ -517,6 +520,11 @@ slices 21-23): selected slices {ph.get('selected_slices')}; labelled lesions: {l
 ({', '.join(f"{x['artery']} slice {x['slice']} {x['area_mm2']:.1f} mm^2 peak {x['peak_hu']:.0f} HU" for x in ph.get('lesions', [])) or 'none'});
 total Agatston {_fmt(ph.get('total_agatston'), 1)}. Bone labelled there counts as a failure
 (`tests/test_pipeline.py`).
+
+## Real scans
+Trained on synthetic studies only. Measured on five real non-gated chest CTs (the public
+sample of COCA; never trained or tuned on): `training/results/real-dev-coca.md`, with the
+command that gives it. The artery names are its weakest part there.
 
 ## Limits
 - Synthetic studies only: real anatomy, noise, motion, stents, valves and bone near the

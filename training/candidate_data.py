@@ -38,8 +38,8 @@ from CoronaryCalciumDINOLib.pipeline.candidates import (
 )
 from CoronaryCalciumDINOLib.pipeline.inference import keep_heart_region, locate
 
-#: 2: candidates of the cardiac range, in the heart region and off bone (the anatomy step)
-CACHE_VERSION = 2
+#: 3: candidates of the cardiac range, in the heart region and off bone (the anatomy step)
+CACHE_VERSION = 3
 
 
 def study_samples(path, cfg: CandidateConfig, margin: int, max_neg: int | None, n_random: int, rng) -> dict:

@@ -10,10 +10,11 @@ body
     Per slice, the largest connected region > -400 HU with its holes filled.
 lungs
     3D connected air (< -400 HU) of at least :data:`MIN_LUNG_CM3` that is not the air
-    around the patient: inside the body or apart from the image edge with a mean above
-    :data:`OUTSIDE_AIR_HU`, or (when the field of view cuts the body, as a
-    heart-centred reconstruction does) touching the image edge with a mean above
-    :data:`OUTSIDE_AIR_HU` (air around a patient is about -1000 HU, lung -950 to -700).
+    around the patient: apart from the image edge, inside the body or with a mean above
+    :data:`OUTSIDE_AIR_HU` (air around a patient is about -1000 HU, lung -950 to -700); or,
+    cut by the field of view (a heart-centred reconstruction), reaching the image edge with
+    such a mean, at least :data:`MIN_EDGE_LUNG_CM3` and centred in the middle 70 % of the
+    rows (the air between the back and the table lies against the image's back).
 mediastinum
     Per slice, the convex hull of the lungs (over the slices within
     :data:`HULL_Z_MM` above and below, so that a slice where a lung tapers off keeps its
@@ -66,6 +67,8 @@ AIR_HU = -400.0
 #: Mean HU below which air touching the image edge is the air around the patient.
 OUTSIDE_AIR_HU = -960.0
 MIN_LUNG_CM3 = 30.0
+#: Air reaching the image edge counts as lung from this volume (cm^3) on.
+MIN_EDGE_LUNG_CM3 = 100.0
 HULL_Z_MM = 10.0
 #: Working-grid HU of bone (cortex 400-1000 HU and marrow 100-300 HU average above this).
 BONE_HU = 180.0
@@ -176,15 +179,6 @@ def _touches_edge(lab: np.ndarray, n: int) -> np.ndarray:
     return edge[1:]
 
 
-def _field_cuts_body(body: np.ndarray) -> bool:
-    """Does the field of view cut the body (a heart-centred reconstruction)? True when, on
-    most slices, the body reaches at least two of the image's four edges."""
-    if not body.any():
-        return False
-    edges = (body[:, 0, :].any(1).astype(int) + body[:, -1, :].any(1) + body[:, :, 0].any(1) + body[:, :, -1].any(1))
-    return bool(np.median(edges) >= 2)
-
-
 def find_lungs(small: np.ndarray, body: np.ndarray, cell_cm3: float) -> np.ndarray:
     """bool (z, Y, X) lungs on the working grid (see the module docstring)."""
     air = small < AIR_HU
@@ -197,8 +191,12 @@ def find_lungs(small: np.ndarray, body: np.ndarray, cell_cm3: float) -> np.ndarr
     inside = ndimage.sum(body, lab, idx) / np.maximum(size / cell_cm3, 1)
     edge = _touches_edge(lab, n)
     keep = (size >= MIN_LUNG_CM3) & ~edge & ((inside > 0.5) | (mean > OUTSIDE_AIR_HU))
-    if _field_cuts_body(body):  # lungs reach the image edge: only the air around the patient is excluded
-        keep |= (size >= MIN_LUNG_CM3) & edge & (mean > OUTSIDE_AIR_HU)
+    # Lungs cut by the field of view reach its edge; so does the air around the patient, and
+    # pockets of it between the back and the table (partial volume lifts their mean): a lung
+    # is large and lies in the middle rows, not against the front or back of the image.
+    rows = ndimage.mean(np.broadcast_to(np.arange(small.shape[1])[None, :, None], small.shape), lab, idx)
+    middle = (rows > 0.15 * small.shape[1]) & (rows < 0.85 * small.shape[1])
+    keep |= (size >= MIN_EDGE_LUNG_CM3) & edge & (mean > OUTSIDE_AIR_HU) & middle
     lut = np.zeros(n + 1, dtype=bool)
     lut[1:] = keep
     return lut[lab]
