@@ -14,6 +14,7 @@ pytest.importorskip("sklearn")
 
 from CoronaryCalciumDINOLib.data.studies import load_study  # noqa: E402
 from CoronaryCalciumDINOLib.pipeline.candidates import CandidateConfig, crop_hu, find_candidates  # noqa: E402
+from CoronaryCalciumDINOLib.pipeline.inference import keep_heart_region, locate  # noqa: E402
 from CoronaryCalciumDINOLib.synth import write_studies  # noqa: E402
 from training import pretrain_candidates  # noqa: E402
 from training.candidate_data import build_cache, load_cache  # noqa: E402
@@ -36,8 +37,11 @@ def test_cache_holds_the_inference_input(tiny_cache):
     i = int(d["study"][np.flatnonzero(d["target"] > 0)[0]])
     st = load_study(dirs[i], with_heart=False)
     hu = np.asarray(st.ct.hu, np.float32)
-    c = find_candidates(hu, st.ct.spacing, CandidateConfig())
-    y = c.targets(st.labels)
+    anatomy, (z0, z1) = locate(hu, st.ct.spacing)  # the pipeline's anatomy step, as training uses it
+    hu, labels = hu[z0:z1], st.labels[z0:z1]
+    c, outside = keep_heart_region(find_candidates(hu, st.ct.spacing, CandidateConfig()), anatomy)
+    assert outside > 0  # bone and what lies outside the heart region never reach the networks
+    y = c.targets(labels)
     mine = d["study"] == i
     pos = np.flatnonzero(y > 0)
     np.testing.assert_array_equal(d["target"][mine][d["target"][mine] > 0], y[pos])

@@ -36,7 +36,7 @@ from CoronaryCalciumDINOLib.pipeline.candidates import (
     looks_like_phantom,
     random_points,
 )
-from CoronaryCalciumDINOLib.pipeline.inference import keep_heart_region, locate
+from CoronaryCalciumDINOLib.pipeline.inference import keep_heart_region, locate, orient
 
 #: 3: candidates of the cardiac range, in the heart region and off bone (the anatomy step)
 CACHE_VERSION = 3
@@ -45,9 +45,9 @@ CACHE_VERSION = 3
 def study_samples(path, cfg: CandidateConfig, margin: int, max_neg: int | None, n_random: int, rng) -> dict:
     """Arrays of one study: see :func:`build_cache`."""
     s = load_study(path, with_heart=False)
-    flips = pp.canonical_flips(s.ct.direction) or (False, False, False)
+    view, _ = orient(s.ct, np.asarray(s.ct.hu))
+    flips, hu = view.flips, view.hu
     axes = pp.flip_axes(flips)
-    hu = np.ascontiguousarray(np.flip(np.asarray(s.ct.hu), axes) if axes else s.ct.hu, dtype=np.float32)
     labels = np.ascontiguousarray(np.flip(s.labels, axes) if axes else s.labels)
     anatomy, (z0, z1) = locate(hu, s.ct.spacing)
     hu, labels = hu[z0:z1], labels[z0:z1]

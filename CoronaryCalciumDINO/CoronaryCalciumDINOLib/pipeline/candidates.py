@@ -606,11 +606,9 @@ def in_heart_region(c: Candidates, anatomy) -> np.ndarray:
     to the heart)."""
     if not len(c) or not anatomy.found:
         return np.ones(len(c), dtype=bool)
-    zz, fy_, fx_ = np.nonzero(c.ids)
-    yy, xx = fy_ + c.field.y0, fx_ + c.field.x0
-    ok = (yy >= 0) & (yy < c.shape[1]) & (xx >= 0) & (xx < c.shape[2])
-    zz, yy, xx = zz[ok], yy[ok], xx[ok]
-    uid = c.ids[zz, yy - c.field.y0, xx - c.field.x0]
+    zz, fy, fx = np.nonzero(c.ids)  # candidates' voxels, in the field (always inside the image)
+    uid = c.ids[zz, fy, fx]
+    yy, xx = fy + c.field.y0, fx + c.field.x0
     inside = anatomy.in_region(zz, yy, xx) & ~anatomy.on_bone(zz, yy, xx)
     m = int(c.ids.max(initial=0)) + 1
     share = np.bincount(uid, weights=inside, minlength=m) / np.maximum(np.bincount(uid, minlength=m), 1)

@@ -1,8 +1,15 @@
-"""The AI pipeline: candidates -> DINO-LG detector -> per-artery segmenter -> scores.
+"""The AI pipeline: anatomy -> candidates -> DINO-LG detector -> per-artery segmenter -> scores.
 
+:func:`run_pipeline` reads as its stages, one call each: :func:`orient`, :func:`locate`
+(anatomy), candidates (:func:`.candidates.find_candidates`, :func:`keep_heart_region`),
+:func:`route`, :func:`detect`, :func:`gate`, :func:`segment`, then the score.
+
+0. Anatomy (:mod:`.anatomy`): lungs, bone, sternum, spine, descending aorta and the heart
+   region, from HU alone; a chest CT is looked at over the slices a cardiac scan would hold.
 1. Candidates (:mod:`.candidates`): every connected >= 130 HU region of >= 1 mm^2 in the
    heart field of each axial slice (what the Agatston definition could count), with its
-   context (where it sits in the heart field, HU statistics, coarse views of the slice).
+   context (where it sits in the heart field, HU statistics, coarse views of the slice);
+   for a patient, only those in the heart region and off bone go on.
 2. Detector: the frozen DINO-LG teacher ViT sees each candidate's crop at native pixel
    size (32 x 32 px of 0.5 mm, HU windows as channels); a head on its features and the
    context gives P(coronary calcium) per candidate. A slice's probability is the maximum
