@@ -328,7 +328,7 @@ def write_sheet(ct, res, row: dict, path: Path, max_tiles: int = 48) -> Path:
             ax.axis("off")
             ax.text(0.5, 0.5, f"+{len(items) - len(shown)} smaller lesions\nnot shown", ha="center", va="center",
                     transform=ax.transAxes, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()), h_pad=1.8)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path

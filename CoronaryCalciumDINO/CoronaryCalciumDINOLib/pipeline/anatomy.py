@@ -36,14 +36,19 @@ heart levels
     only the heart, or the liver below it, is; the aortic arch and great vessels are 30-40
     mm). Coronary calcium lies from the aortic root, just above the heart's top level, down
     to the diaphragm: the region reaches :data:`ABOVE_HEART_MM` above the most superior
-    heart level and ends where the lungs end below.
+    heart level and ends above the upper abdomen.
+upper abdomen
+    Going down from the heart, the slices whose lungs' hull is more than
+    :data:`ABDOMEN_SHARE` mediastinum (:func:`abdomen_top`): only the lung bases remain,
+    round the liver, stomach and spleen.
 heart region
-    The mediastinum on the slices from the lowest slice with lungs to
-    :data:`ABOVE_HEART_MM` above the top heart level, minus the bone regions outside it
-    (grown by :data:`BONE_MARGIN_MM`), minus everything behind the front of the spine (the oesophagus, the azygos, the ribs' heads), minus the
-    descending aorta, minus anything in front of the back of the sternum, and minus what
-    lies in front of a lung in its own column (the chest wall and costal cartilage beside
-    the sternum).
+    The mediastinum on the slices above the upper abdomen, up to :data:`ABOVE_HEART_MM`
+    above the top heart level (on a scan longer than :data:`CARDIAC_SCAN_MM`: a chest CT; a
+    cardiac scan is the heart), minus the bone regions outside it (grown by
+    :data:`BONE_MARGIN_MM`), minus everything behind the front of the spine (the
+    oesophagus, the azygos, the ribs' heads), minus the descending aorta, minus anything in
+    front of the back of the sternum, and minus what lies in front of a lung in its own
+    column (the chest wall and costal cartilage beside the sternum).
 
 A scan without lungs (a calcium-scoring phantom, a scan cut to the heart alone) has no
 anatomy to go by: :attr:`Anatomy.found` is False and the region is the whole image.
@@ -91,6 +96,8 @@ CARDIAC_SCAN_MM = 200.0
 #: Length (mm) of the cardiac range of a chest CT (:meth:`Anatomy.cardiac_range`): a gated
 #: calcium-scoring scan covers 120-170 mm.
 CARDIAC_RANGE_MM = 160.0
+#: Share of the lungs' hull that is mediastinum above which a slice is the upper abdomen.
+ABDOMEN_SHARE = 0.8
 
 
 @dataclass
@@ -350,6 +357,24 @@ def descending_aorta(small: np.ndarray, soft_ok: np.ndarray, spine_front: np.nda
     return out
 
 
+def abdomen_top(mediastinum: np.ndarray, hull: np.ndarray, heart: np.ndarray) -> int | None:
+    """The highest slice of the upper abdomen, or None: going down from the top heart level
+    (else the top slice with lungs), the first slice whose lungs' hull is more than
+    :data:`ABDOMEN_SHARE` mediastinum. At the heart's levels the lungs fill half the hull or
+    more; below the diaphragm only their bases remain, round the liver, stomach and spleen
+    (whose arteries calcify too)."""
+    area = hull.sum(axis=(1, 2))
+    share = mediastinum.sum(axis=(1, 2)) / np.maximum(area, 1)
+    with_hull = np.flatnonzero(area > 0)
+    if not with_hull.size:
+        return None
+    start = int(np.flatnonzero(heart)[-1]) if heart.any() else int(with_hull[-1])
+    for k in range(start, -1, -1):
+        if area[k] > 0 and share[k] > ABDOMEN_SHARE:
+            return k
+    return None
+
+
 def _main_part(region: np.ndarray, n: int) -> np.ndarray:
     """The region without slivers (parts thinner than about 2 ``n`` cells, e.g. the gaps
     between the lungs and the chest wall) and without pieces apart from its largest 3D part."""
@@ -391,6 +416,9 @@ def find_anatomy(hu: np.ndarray, spacing: Sequence[float]) -> Anatomy:
         last = min(nz - 1, top + int(np.floor(ABOVE_HEART_MM / dz + 1e-6)))
         region[last + 1:] = False
         levels = (int(np.flatnonzero(heart)[0]), top)
+    below = abdomen_top(mediastinum, hull, heart)
+    if below is not None:
+        region[: below + 1] = False
     front, back, spine_x = _chest_wall_limits(bone, hull, dz)
     rows = np.arange(small.shape[1])[:, None]
     for k in range(nz):
