@@ -94,6 +94,27 @@ def test_a_chest_ct_is_cut_above_the_heart():
     assert not an.region[29 + 10:].any()  # 45 mm above the last heart level: 9 slices
 
 
+def test_the_upper_abdomen_below_the_heart_is_no_heart_region():
+    """Below the diaphragm only the lung bases remain, round the liver and stomach: a
+    calcification there (e.g. the splenic artery) is not looked at."""
+    hu, specks = _thorax(nz=30)
+    s = np.full(hu.shape[1:], -1000.0, np.float32)
+    s[_ellipse(s.shape, 100, 130, 92, 125)] = -100.0
+    s[_ellipse(s.shape, 105, 130, 80, 110)] = 55.0  # liver, stomach, spleen
+    s[_ellipse(s.shape, 150, 40, 18, 14)] = -850.0  # the lung bases, behind
+    s[_ellipse(s.shape, 150, 220, 18, 14)] = -850.0
+    _bone(s, 172, 130, 18, 20)
+    s[99:102, 179:182] = 400.0  # a calcified abdominal artery
+    hu[:6] = s
+    an = find_anatomy(hu, SPACING)
+    c = cd.find_candidates(hu, SPACING, centre_yx=(95.0, 130.0))
+    keep = cd.in_heart_region(c, an)
+    uid = c.ids[3, 100 - c.field.y0, 180 - c.field.x0]
+    assert uid > 0 and not keep[np.flatnonzero(c.uid == uid)[0]]
+    assert not an.region[:6].any()
+    assert keep[_candidate_at(c, *specks["heart"])]  # the heart above is kept
+
+
 @pytest.mark.parametrize("seed", [900017, 900022])
 def test_synthetic_studies_keep_every_labelled_candidate_and_drop_bone(seed):
     """On held-out synthetic studies (known heart and bone): every candidate labelled as
