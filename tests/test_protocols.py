@@ -477,7 +477,7 @@ def test_evaluate_protocols_on_built_cache(tmp_path):
     out = tmp_path / "res.json"
     rc = main(["--train", str(train), "--eval", str(ev), "--backbone", "random:0",
                "--protocols", "knn,linear,fewshot,lora", "--few-shot-ks", "1", "--few-shot-seeds", "1",
-               "--epochs", "2", "--lora-r", "4", "--finetune-epochs", "1", "--finetune-max-train", "32",
+               "--epochs", "2", "--lora-r", "4", "--finetune-epochs", "1", "--finetune-max-train", "8",
                "--out", str(out)])
     assert rc == 0
     res = json.loads(out.read_text())
@@ -488,7 +488,7 @@ def test_evaluate_protocols_on_built_cache(tmp_path):
     assert d["n_positive"]["train"] + d["n_positive"]["val"] == int((ct["target"] > 0).sum())
     assert d["n_positive"]["test"] == int((ce["target"] > 0).sum())
     r = res["backbones"]["random:0"]
-    assert r["lora"]["train"]["n_train"] == 32
+    assert d["n_candidates"]["train"] > 8 and r["lora"]["train"]["n_train"] == 8  # the cap applies
     assert r["lora"]["eval"]["n"] == len(ce["target"])
     # one evaluation study: no study-bootstrap interval
     assert r["knn"]["eval"]["auroc_ci95"] is None
