@@ -112,18 +112,13 @@ class Anatomy:
     region: np.ndarray = field(repr=False)  # bool (z, Y, X): where coronary calcium can be
     #: heart levels (first, last slice index) or None
     heart_levels: tuple[int, int] | None = None
-    notes: list[str] = field(default_factory=list)
 
     def cardiac_range(self, dz: float) -> tuple[int, int]:
         """Slices [first, last + 1) a cardiac scan of this patient would hold: the whole scan,
         unless it is a chest CT (longer than :data:`CARDIAC_SCAN_MM`, with heart levels found):
         then :data:`CARDIAC_RANGE_MM` ending :data:`ABOVE_HEART_MM` above the top heart level
         (the aortic root and the left main lie above the heart's thick part)."""
-        nz = self.shape[0]
-        if self.heart_levels is None or nz * dz <= CARDIAC_SCAN_MM:
-            return 0, nz
-        top = min(nz, self.heart_levels[1] + int(np.floor(ABOVE_HEART_MM / dz + 1e-6)) + 1)
-        return max(0, top - int(round(CARDIAC_RANGE_MM / dz))), top
+        return _cardiac_range(self.heart_levels, self.shape[0], dz)
 
     def crop(self, z0: int, z1: int) -> "Anatomy":
         """The anatomy of slices [z0, z1) (e.g. :meth:`cardiac_range`)."""
@@ -132,7 +127,7 @@ class Anatomy:
             a, b = max(self.heart_levels[0], z0) - z0, min(self.heart_levels[1], z1 - 1) - z0
             levels = (a, b) if a <= b else None
         return Anatomy((z1 - z0, *self.shape[1:]), self.factor, self.found, self.lungs[z0:z1], self.bone[z0:z1],
-                       self.region[z0:z1], levels, list(self.notes))
+                       self.region[z0:z1], levels)
 
     def _cells(self, y, x) -> tuple[np.ndarray, np.ndarray]:
         fy, fx = self.factor
@@ -154,14 +149,14 @@ class Anatomy:
         """bool (z, y, x) region on the CT grid (for pictures and the Slicer scene)."""
         fy, fx = self.factor
         r = np.repeat(np.repeat(self.region, fy, axis=1), fx, axis=2)
-        out = np.zeros(self.shape, dtype=bool)
-        h, w = min(r.shape[1], self.shape[1]), min(r.shape[2], self.shape[2])
-        out[:, :h, :w] = r[:, :h, :w]
-        if h < self.shape[1]:
-            out[:, h:, :w] = out[:, h - 1: h, :w]
-        if w < self.shape[2]:
-            out[:, :, w:] = out[:, :, w - 1: w]
-        return out
+        return r[:, : self.shape[1], : self.shape[2]]  # the working grid covers the image (edge-padded)
+
+
+def _cardiac_range(levels: tuple[int, int] | None, nz: int, dz: float) -> tuple[int, int]:
+    if levels is None or nz * dz <= CARDIAC_SCAN_MM:
+        return 0, nz
+    top = min(nz, levels[1] + int(np.floor(ABOVE_HEART_MM / dz + 1e-6)) + 1)
+    return max(0, top - int(round(CARDIAC_RANGE_MM / dz))), top
 
 
 def _block_means(hu: np.ndarray, fy: int, fx: int) -> np.ndarray:
@@ -247,14 +242,14 @@ def find_bone(small: np.ndarray, cell_cm3: float) -> np.ndarray:
     return (size >= MIN_BONE_CM3)[lab]
 
 
-def heart_levels(small: np.ndarray, mediastinum: np.ndarray, pixel_mm: float) -> tuple[np.ndarray, np.ndarray]:
-    """(z,) deepest soft tissue of each slice's mediastinum (mm) and whether it is a heart level."""
+def heart_levels(small: np.ndarray, mediastinum: np.ndarray, pixel_mm: float) -> np.ndarray:
+    """(z,) bool: slices whose mediastinum holds soft tissue at least :data:`HEART_DEPTH_MM` deep."""
     depth = np.zeros(small.shape[0])
     for k in range(small.shape[0]):
         soft = mediastinum[k] & (small[k] >= SOFT_TISSUE_HU[0]) & (small[k] <= SOFT_TISSUE_HU[1])
         if soft.any():
             depth[k] = float(ndimage.distance_transform_edt(soft).max()) * pixel_mm
-    return depth, depth >= HEART_DEPTH_MM
+    return depth >= HEART_DEPTH_MM
 
 
 def _in_front_of_lungs(lungs2d: np.ndarray, hull2d: np.ndarray) -> np.ndarray:
@@ -400,22 +395,17 @@ def find_anatomy(hu: np.ndarray, spacing: Sequence[float]) -> Anatomy:
     lungs = find_lungs(small, body, cell_cm3)
     empty = np.zeros_like(lungs)
     if not lungs.any():
-        return Anatomy(tuple(hu.shape), (fy, fx), False, lungs, empty, np.ones_like(lungs),
-                       notes=["no lungs found: the whole image is searched for calcium"])
+        return Anatomy(tuple(hu.shape), (fy, fx), False, lungs, empty, np.ones_like(lungs))
     hull = _hulls(lungs, int(round(HULL_Z_MM / dz)))
     # the lungs' own vessels and airways are not mediastinum
     filled = np.stack([_fill_small_holes(m, MAX_LUNG_HOLE_CM2 * 100.0 / (py * px)) for m in lungs])
     rim = max(1, int(round(LUNG_RIM_MM / min(py, px))))
     mediastinum = hull & ~ndimage.binary_erosion(filled, structure=np.ones((1, 3, 3), bool), iterations=rim)
-    depth, heart = heart_levels(small, mediastinum, min(py, px))
+    heart = heart_levels(small, mediastinum, min(py, px))
     bone = find_bone(small, cell_cm3)
     region = mediastinum.copy()
-    levels = None
-    if heart.any() and nz * dz > CARDIAC_SCAN_MM:
-        top = int(np.flatnonzero(heart)[-1])
-        last = min(nz - 1, top + int(np.floor(ABOVE_HEART_MM / dz + 1e-6)))
-        region[last + 1:] = False
-        levels = (int(np.flatnonzero(heart)[0]), top)
+    levels = (int(np.flatnonzero(heart)[0]), int(np.flatnonzero(heart)[-1])) if heart.any() else None
+    region[_cardiac_range(levels, nz, dz)[1]:] = False  # a chest CT: nothing above the aortic root's range
     below = abdomen_top(mediastinum, hull, heart)
     if below is not None:
         region[: below + 1] = False
