@@ -408,3 +408,29 @@ def test_a_phantom_with_a_bundle_without_phantom_head_is_said(bundle_dir):
     res = run_pipeline(st.ct, load_bundle(bundle_dir), device="cpu")
     assert res.counts["phantom"] == 0
     assert any("has no phantom detector" in w for w in res.warnings)
+
+
+def test_one_side_per_lesion():
+    """A lesion split between the left tree and the RCA goes to the side holding more of it;
+    a lesion at the left main's bifurcation keeps its left arteries; separate lesions and
+    other slices are left alone."""
+    from CoronaryCalciumDINOLib.pipeline.inference import one_side_per_lesion
+
+    lab = np.zeros((3, 12, 12), np.uint8)
+    lab[0, 2, 2:8] = [1, 1, 3, 3, 3, 4]  # mostly LCX, one RCA pixel: all left, LCX
+    lab[0, 8, 2:6] = [2, 4, 4, 4]  # mostly RCA: all RCA
+    lab[0, 10, 9:11] = 4  # a lesion of its own: RCA stays
+    lab[1, 5, 3:7] = [1, 1, 2, 3]  # the bifurcation: left arteries kept
+    lab[2, 4, 4] = 2
+    lab[2, 5, 5] = 4  # diagonal neighbours: one lesion (8-connected), tie goes left
+    out = one_side_per_lesion(lab)
+    assert out[0, 2, 2:8].tolist() == [1, 1, 3, 3, 3, 3]
+    assert out[0, 8, 2:6].tolist() == [4, 4, 4, 4]
+    assert out[0, 10, 9:11].tolist() == [4, 4]
+    assert np.array_equal(out[1], lab[1])
+    assert out[2, 4, 4] == 2 and out[2, 5, 5] == 2
+    assert np.array_equal(one_side_per_lesion(lab[1:2]), lab[1:2]) and lab[0, 2, 7] == 4  # input untouched
+    # voxels on neighbouring slices are not one lesion
+    lab = np.zeros((2, 4, 4), np.uint8)
+    lab[0, 1, 1], lab[1, 1, 1] = 2, 4
+    assert np.array_equal(one_side_per_lesion(lab), lab)

@@ -123,12 +123,22 @@ def evaluate_scan(name: str, folder: Path, ref: dict, bundle, options: ScoringOp
     reference = {k: (None if ref.get(k) is None else float(ref[k])) for k in KEYS}
     risk_ref = risk_category(reference["total"]) if reference["total"] is not None else None
     risk_ai = risk_category(ai["total"])
+    region = res.heart_region()
+    if region is not None:  # every voxel at or above the threshold in the region, scored as one artery
+        from CoronaryCalciumDINOLib.scoring import score as agatston_score
+
+        hu = np.asarray(ct.hu)
+        all_in = agatston_score(hu, ((hu >= params.threshold_hu) & region).astype(np.uint8), ct.spacing, params)
+        in_region = float(all_in.total.agatston)
+    else:
+        in_region = None
     row = {
         "scan": name,
         "id": ref.get("id", name),
         "reference": reference,
         "ai": ai,
         "risk": {"reference": risk_ref, "ai": risk_ai, "match": risk_ref == risk_ai if risk_ref is not None else None},
+        "all_in_region": in_region,
         "seconds": round(seconds, 3),
         "kvp": ct.kvp,
         "threshold_hu": float(params.threshold_hu),
@@ -201,18 +211,22 @@ def markdown(doc: dict) -> str:
         f"- date: {doc['date']}",
         f"- command: `{doc['command']}`",
         "",
-        "| scan | kVp | LM ref/AI | LAD ref/AI | LCX ref/AI | RCA ref/AI | total ref/AI | risk ref/AI | s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| scan | kVp | LM ref/AI | LAD ref/AI | LCX ref/AI | RCA ref/AI | total ref/AI | risk ref/AI | all in region | s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["scans"]:
         if "ai" not in r:
-            lines.append(f"| {r['scan']} | - | failed: {r['error']} | | | | | | |")
+            lines.append(f"| {r['scan']} | - | failed: {r['error']} | | | | | | | |")
             continue
         cells = [f"{fmt(r['reference'][k])} / {fmt(r['ai'][k])}" for k in KEYS]
         kvp = "-" if r["kvp"] is None else f"{r['kvp']:g}"
         lines.append(f"| {r['scan']} ({r['id']}) | {kvp} | " + " | ".join(cells)
-                     + f" | {r['risk']['reference']} / {r['risk']['ai']} | {r['seconds']:.1f} |")
+                     + f" | {r['risk']['reference']} / {r['risk']['ai']} | {fmt(r.get('all_in_region'))} | {r['seconds']:.1f} |")
     lines += ["", "## Summary", ""] + [f"- {s}" for s in summary_lines(doc["summary"])]
+    lines += ["", "*All in region*: the Agatston score of every voxel at or above the threshold in the heart",
+              "region the pipeline searched (off bone), all taken for one artery: at most what a",
+              "labelling of this scan inside the region can score. A reference above it is calcium this",
+              "reconstruction does not show above the threshold, or shows outside the region."]
     lines += ["", f"Pipeline time {doc['summary']['seconds_total']:.1f} s for {doc['summary']['scans_scored']} scans "
               "(`run_pipeline` only: reading the DICOM and loading the bundle excluded).", ""]
     return "\n".join(lines)

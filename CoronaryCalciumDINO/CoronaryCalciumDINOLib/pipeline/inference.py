@@ -24,7 +24,8 @@
    is >= 0.5; its pixels then take their most probable artery (pixels outside the crop
    take the candidate's most probable artery). ``all_slices=True`` is the "UNET alone"
    baseline: the segmenter on every candidate of every slice that stands out of the noise,
-   no detector.
+   no detector. A lesion that the per-pixel arteries split between the left tree and the
+   RCA goes to one side (:func:`one_side_per_lesion`).
 4. :func:`..scoring.score` on the labels (only voxels >= the scoring threshold count).
 
 Per-slice and per-lesion confidences go to the report: each slice's probability and the
@@ -55,6 +56,7 @@ import numpy as np
 from ..errors import Cancelled, InputError
 from ..io.volume import CTVolume
 from ..scoring import ScoreResult, ScoringParams, score
+from ..scoring.agatston import _INPLANE_8
 from . import candidates as cd
 from . import preprocess as pp
 from .anatomy import Anatomy, find_anatomy
@@ -232,6 +234,36 @@ def phantom_labels(cands: cd.Candidates, index: np.ndarray, cand_probs: np.ndarr
     pa = np.zeros(len(cands), np.float32)
     pa[index] = 1.0
     return cands.paint(values), cands.paint(pc), cands.paint(pa)
+
+
+def one_side_per_lesion(labels: np.ndarray) -> np.ndarray:
+    """``labels`` (z, y, x) with every lesion (calcium 8-connected within one slice, as the
+    Agatston score counts it) on one side of the coronary tree.
+
+    The left tree (LM, LAD, LCX) and the RCA run in different grooves and never meet, so one
+    calcification cannot belong to both; a per-pixel segmenter can still split one that way.
+    Where a lesion holds both, the side with more of its voxels takes it all: RCA voxels take
+    the lesion's most frequent left artery, left-tree voxels become RCA. Within the left
+    tree a lesion may hold several arteries (the left main's bifurcation)."""
+    from scipy import ndimage
+
+    comp, n = ndimage.label(labels > 0, structure=_INPLANE_8)
+    if n == 0:
+        return labels
+    counts = np.bincount(comp.ravel() * 5 + labels.ravel().astype(np.int64), minlength=(n + 1) * 5).reshape(n + 1, 5)
+    left, right = counts[:, 1:4].sum(axis=1), counts[:, 4]
+    mixed = (left > 0) & (right > 0)
+    mixed[0] = False
+    if not mixed.any():
+        return labels
+    out = labels.copy()
+    to_left = mixed & (left >= right)
+    best_left = (1 + np.argmax(counts[:, 1:4], axis=1)).astype(labels.dtype)
+    sel = to_left[comp] & (labels == 4)
+    out[sel] = best_left[comp[sel]]
+    sel = (mixed & ~to_left)[comp] & (labels >= 1) & (labels <= 3)
+    out[sel] = 4
+    return out
 
 
 def lesion_confidences(result: ScoreResult, p_calc: np.ndarray, p_art: np.ndarray) -> list[dict]:
@@ -505,6 +537,9 @@ def run_pipeline(
     labels[hu < params.threshold_hu] = 0
     if gated is not None:
         gated[hu < params.threshold_hu] = 0
+    if not rt.phantom:  # name: one side of the coronary tree per lesion
+        labels = one_side_per_lesion(labels)
+        gated = None if gated is None else one_side_per_lesion(gated)
     result = score(hu, labels, ct.spacing, params, keep_lesion_voxels=True)
     conf = lesion_confidences(result, p_calc, p_art)
     timings["scoring_s"] = time.perf_counter() - t
