@@ -226,3 +226,27 @@ def test_evaluate_real_sheet(tmp_path):
     assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     empty = SimpleNamespace(score=score(ct.hu, np.zeros_like(lab), ct.spacing, keep_lesion_voxels=True))
     assert ev.write_sheet(ct, empty, row, tmp_path / "empty.png").is_file()
+
+
+def test_heart_centred_geometry():
+    """--heart-centred: a 200 mm field of 0.4 mm pixels, 3 mm slices, centred on the heart
+    region, over the slices a cardiac scan would hold; HU carried over, not invented."""
+    from CoronaryCalciumDINOLib.pipeline.inference import locate, orient
+    from CoronaryCalciumDINOLib.synth import generate_study
+    from training import evaluate_real as ev
+
+    ct = generate_study(5, matrix=256, n_slices=24, plaques=False).ct  # 2.5-3 mm slices, ~1 mm pixels
+    view, _ = orient(ct, np.asarray(ct.hu, np.float32))
+    anatomy, (z0, z1) = locate(view.hu, ct.spacing)
+    _, yy, xx = np.nonzero(anatomy.region_full())
+    cy, cx = int(round(yy.mean())), int(round(xx.mean()))
+    hu = np.asarray(ct.hu, np.float32).copy()
+    hu[z0, cy - 1:cy + 2, cx - 1:cx + 2] = 3000.0  # a marker at the region's centre, lowest slice
+    ct.hu = hu
+    out = ev.heart_centred(ct)
+    assert out.spacing == (3.0, 0.4, 0.4) and out.shape[1:] == (500, 500) and out.kvp == ct.kvp
+    assert out.shape[0] == int(np.floor((z1 - z0 - 1) * ct.spacing[0] / 3.0 + 1e-6)) + 1
+    k, y, x = np.unravel_index(int(np.argmax(out.hu)), out.shape)
+    assert k == 0 and abs(y - 249.5) * 0.4 <= 1.5 * ct.spacing[1] and abs(x - 249.5) * 0.4 <= 1.5 * ct.spacing[2]
+    assert out.hu.max() > 2000.0 and -1100.0 <= out.hu.min()
+    assert np.allclose(out.direction, np.eye(3))
