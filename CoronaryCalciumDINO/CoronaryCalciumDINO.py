@@ -20,7 +20,9 @@ which lets the pipeline run at nearly full speed while the GUI stays responsive.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -50,6 +52,17 @@ def _requirements():
     import CoronaryCalciumDINOLib.requirements
 
     return CoronaryCalciumDINOLib.requirements
+
+
+@contextlib.contextmanager
+def _waitCursor():
+    """A wait cursor for the duration of the block (never around a question to the user)."""
+    slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
+    try:
+        yield
+    finally:
+        slicer.app.restoreOverrideCursor()
+
 
 #: Progress polling: every _POLL_INTERVAL_MS the main thread waits up to _POLL_WAIT_S on the
 #: worker (releasing the GIL), leaving the rest of the interval to the Qt event loop.
@@ -181,8 +194,8 @@ class CoronaryCalciumDINOWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.ui.correctButton.connect("clicked(bool)", self.onCorrect)
         self.ui.showPlotButton.connect("clicked(bool)", self.onShowPlot)
         self.ui.attentionHeadComboBox.connect("currentIndexChanged(int)", self.onAttentionHead)
-        self.ui.showAttentionCheckBox.connect("toggled(bool)", self.updateAttentionOverlay)
-        self.ui.attentionOpacitySlider.connect("valueChanged(double)", self.updateAttentionOverlay)
+        self.ui.showAttentionCheckBox.connect("toggled(bool)", self.onShowAttention)
+        self.ui.attentionOpacitySlider.connect("valueChanged(double)", self.onAttentionOpacity)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self._updateDeviceWarning)
         self.ui.bundlePathLineEdit.connect("currentPathChanged(QString)", self.onBundlePath)
 
@@ -196,6 +209,7 @@ class CoronaryCalciumDINOWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             self._job.cancel()
         if self.logic is not None:
             self.logic.closeSessions()
+            self.logic.restoreSegmentEditorMask()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -217,6 +231,7 @@ class CoronaryCalciumDINOWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             self.ui.statusLabel.text = ""
         self._showWarnings(None)
         self.logic.closeSessions()
+        self.logic.restoreSegmentEditorMask()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -297,6 +312,7 @@ class CoronaryCalciumDINOWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self._timer.stop()
         self._job = None
         self._updateButtons()
+        self._updateDeviceWarning()  # the run did the CUDA check
         if job.error is not None:
             self.ui.progressBar.setValue(0)
             expected = isinstance(job.error, _lib().errors.CCDinoError)
@@ -307,8 +323,9 @@ class CoronaryCalciumDINOWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             if not isinstance(job.error, _lib().errors.Cancelled):
                 slicer.util.errorDisplay(_("Compute failed: ") + message)
             return
-        with slicer.util.tryWithErrorDisplay(_("Writing the result failed."), waitCursor=True):
-            outcome = self.logic.finishCompute(job, on_conflict=self._askConflict)
+        # The edited-segments question comes first; the wait cursor only covers the writing.
+        with slicer.util.tryWithErrorDisplay(_("Writing the result failed."), waitCursor=False):
+            outcome = self.logic.finishCompute(job, on_conflict=self._askConflict, busy=_waitCursor)
             self._parameterNode.resultSegmentation = outcome.segmentation_node
             self._showOutcome(outcome)
             kept = f" (kept your edits of {', '.join(outcome.kept)})" if outcome.kept else ""
@@ -334,14 +351,15 @@ class CoronaryCalciumDINOWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
     def _showOutcome(self, outcome) -> None:
         self._showWarnings(outcome.report)
         self.ui.resultsTableView.setMRMLTableNode(outcome.score_table_node)
-        self.logic.showTableInLayout(outcome.score_table_node)
+        self.logic.showResult(outcome)
         self.ui.attentionHeadComboBox.clear()
         maps = getattr(outcome.pipeline_result, "attention", None)
         if maps is not None:
             self.ui.attentionHeadComboBox.addItem(_("mean of heads"))
             for h in range(1, maps.shape[0]):
                 self.ui.attentionHeadComboBox.addItem(_("head {n}").format(n=h))
-        self.updateAttentionOverlay()
+        if self.ui.showAttentionCheckBox.checked:
+            self.onShowAttention(True)
 
     def _onRescored(self, report) -> None:
         p = self._parameterNode
@@ -358,7 +376,7 @@ class CoronaryCalciumDINOWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         with slicer.util.tryWithErrorDisplay(_("Rescoring failed."), waitCursor=True):
             table = self.logic.rescore(p.resultSegmentation, p.inputVolume, self.logic.scoringParams(p))
             self.ui.resultsTableView.setMRMLTableNode(table)
-            self.logic.showTableInLayout(table)
+            self.logic.showTableInLayout(table)  # the current layout: rescoring never switches it
             self._showWarnings(_lib().scene.table.report_from_table(table) if table is not None else None)
             self.ui.statusLabel.text = _("Rescored")
 
@@ -377,16 +395,19 @@ class CoronaryCalciumDINOWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             return
         self._parameterNode.attentionHead = index
         with slicer.util.tryWithErrorDisplay(_("Cannot show attention."), waitCursor=False):
-            self.logic.selectAttentionHead(self._parameterNode.inputVolume, index)
-            self.updateAttentionOverlay()
+            self.logic.selectAttentionHead(self._parameterNode.inputVolume, index)  # same node, new content
 
-    def updateAttentionOverlay(self, *args) -> None:
+    def onShowAttention(self, show: bool) -> None:
+        """Show or hide the overlay (the slice views' foreground only)."""
         p = self._parameterNode
-        if not p or not p.inputVolume:
-            return
-        self.logic.setAttentionOverlay(
-            p.inputVolume, self.ui.showAttentionCheckBox.checked, self.ui.attentionOpacitySlider.value
-        )
+        if p and p.inputVolume:
+            self.logic.setAttentionOverlay(p.inputVolume, bool(show), self.ui.attentionOpacitySlider.value)
+
+    def onAttentionOpacity(self, opacity: float) -> None:
+        """Opacity of the views that show the overlay; nothing while it is hidden."""
+        p = self._parameterNode
+        if p and p.inputVolume:
+            self.logic.setAttentionOpacity(p.inputVolume, opacity)
 
 
 #
@@ -440,6 +461,7 @@ class CoronaryCalciumDINOLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self._sessions = {}  # segmentation node ID -> ResultSession
         self._attention = {}  # volume node ID -> attention maps (heads + 1, z, y, x)
+        self._intensityMask = None  # the Segment Editor mask set by openSegmentEditor
         self.onRescored = None
         # Segment edits are checked once the editing pauses (one check per paint stroke).
         self._pendingChecks = []
@@ -455,19 +477,50 @@ class CoronaryCalciumDINOLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def missingPackages():
+        """Import names of every package the first Compute needs that is not installed
+        (the library's one list, :mod:`CoronaryCalciumDINOLib.requirements`)."""
         return _requirements().missing(ai=True)
 
+    @staticmethod
+    def packageNames(missing):
+        """pip package names of import names (``skimage`` -> ``scikit-image``), torch included."""
+        table = {**_requirements().CORE, **_requirements().AI}
+        names = []
+        for name in missing:
+            requirement = table.get(name, name)
+            for i, char in enumerate(requirement):
+                if char in "<>=!~;[ ":
+                    requirement = requirement[:i]
+                    break
+            names.append(requirement)
+        return names
+
+    @staticmethod
+    def torchConstraints():
+        """pip constraint lines pinning the installed PyTorch build (torch and the
+        torchvision installed with it), so that no later pip step replaces it."""
+        lines = []
+        for name in ("torch", "torchvision"):
+            try:
+                lines.append(f"{name}=={importlib.metadata.version(name)}")
+            except importlib.metadata.PackageNotFoundError:
+                pass
+        return lines
+
     def ensureDependencies(self, interactive: bool = True) -> bool:
-        """Install torch (through PyTorchUtils) then the other missing packages, after asking once."""
+        """Install torch (through PyTorchUtils) then the other missing packages with the
+        installed torch pinned as a pip constraint, after asking once; returns False when
+        the user declines."""
         missing = self.missingPackages()
         if not missing:
             return True
         requirements = _requirements().pip_requirements(missing)
+        names = ", ".join(self.packageNames(missing))
         if interactive and not slicer.util.confirmOkCancelDisplay(
             _("CoronaryCalciumDINO needs Python packages that are not installed yet: {names}. "
-              "Install them now? This downloads several hundred MB and may take minutes.").format(names=", ".join(missing)),
+              "Install them now? This downloads several hundred MB and may take minutes.").format(names=names),
             detailedText=_("PyTorch is installed by the PyTorch extension (it picks the build for your GPU); "
-                           "then: {reqs}.").format(reqs=", ".join(requirements)),
+                           "then, with that PyTorch kept: {reqs}.").format(reqs=", ".join(requirements)),
         ):
             return False
         if "torch" in missing:
@@ -479,34 +532,39 @@ class CoronaryCalciumDINOLogic(ScriptedLoadableModuleLogic):
             if not torchLogic.torchInstalled():
                 if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=_requirements().TORCH_VERSION) is None:
                     raise RuntimeError(_("PyTorch could not be installed."))
-        try:
-            from slicer import packaging  # Slicer >= 5.12
-        except ImportError:
-            packaging = None
-        if not requirements:
-            pass
-        elif packaging is not None:  # installs what is missing, offers a restart if needed
-            packaging.pip_ensure(requirements, prompt_install=False, requester="CoronaryCalciumDINO")
-        else:
-            slicer.util.pip_install(requirements)
+        if requirements:
+            self._pipInstall(requirements, self.torchConstraints())
         importlib.invalidate_caches()  # let find_spec see the packages just installed
         still = self.missingPackages()
         if still:
-            raise RuntimeError(_("Missing Python packages after installation: {names}").format(names=", ".join(still)))
+            raise RuntimeError(_("Missing Python packages after installation: {names}").format(names=", ".join(self.packageNames(still))))
         return True
 
     @staticmethod
-    def deviceWarning(device: str) -> str:
-        """Warning text for the device choice ('' when none)."""
-        if importlib.util.find_spec("torch") is None:
-            return _("PyTorch is not installed yet; it will be installed on first Compute.")
-        import torch
+    def _pipInstall(requirements, constraints):
+        """pip-install ``requirements`` with the ``constraints`` lines as a constraints file."""
+        import tempfile
 
-        if not torch.cuda.is_available():
-            if device == "cuda":
-                return _("No CUDA GPU found: Compute will fail with device 'cuda'. Use 'auto' or 'cpu'.")
-            return _("No GPU found: running on CPU (slower).")
-        return ""
+        with tempfile.TemporaryDirectory() as folder:
+            constraintsFile = os.path.join(folder, "constraints.txt")
+            with open(constraintsFile, "w") as f:
+                f.write("".join(line + "\n" for line in constraints))
+            try:
+                from slicer import packaging  # Slicer >= 5.12
+            except ImportError:
+                packaging = None
+            if packaging is not None and hasattr(packaging, "pip_ensure"):
+                # installs what is missing, offers a restart if needed
+                packaging.pip_ensure(requirements, constraints=constraintsFile, prompt_install=False, requester="CoronaryCalciumDINO")
+            else:
+                slicer.util.pip_install([*requirements, "-c", constraintsFile])
+
+    @staticmethod
+    def deviceWarning(device: str) -> str:
+        """Warning text for the device choice ('' when none). Never imports torch: the CUDA
+        check is done (once) by the first Compute, until then only a missing PyTorch is told."""
+        text = _lib().scene.logic.device_warning(device, torch_installed=importlib.util.find_spec("torch") is not None)
+        return _(text) if text else ""
 
     def scoringParams(self, parameterNode):
         """ScoringParams from the panel (kVp-adapted threshold, calibration, minimum area);
@@ -537,17 +595,26 @@ class CoronaryCalciumDINOLogic(ScriptedLoadableModuleLogic):
         job.params = params
         return job
 
-    def finishCompute(self, job, on_conflict="keep"):
-        """Write a finished job's result into the scene (main thread); returns the outcome."""
+    def finishCompute(self, job, on_conflict="keep", busy=None):
+        """Write a finished job's result into the scene (main thread); returns the outcome.
+
+        ``on_conflict``: "keep", "replace" or a callable asked with the edited segments; it
+        is asked before the writing starts, and only the writing runs inside the ``busy()``
+        context (e.g. a wait cursor), so a question never appears under a wait cursor.
+        """
         if job.error is not None:
             raise job.error
         scene_logic = _lib().scene.logic
         volumeNode = job.volumeNode
         if not slicer.mrmlScene.IsNodePresent(volumeNode):
             raise _lib().errors.InputError(_("The input volume was removed from the scene during the computation."))
+        if callable(on_conflict):
+            edited = scene_logic.edited_result_segments(slicer.mrmlScene, volumeNode)
+            on_conflict = on_conflict(list(edited)) if edited else "keep"
         existing = _lib().scene.segmentation.find_result_segmentation(slicer.mrmlScene, volumeNode)
         session = self._sessions.get(existing.GetID()) if existing is not None else None
-        outcome = scene_logic.write_result(slicer.mrmlScene, volumeNode, job.ct, job.result, job.params, on_conflict, session)
+        with busy() if busy is not None else contextlib.nullcontext():
+            outcome = scene_logic.write_result(slicer.mrmlScene, volumeNode, job.ct, job.result, job.params, on_conflict, session)
         if getattr(job.result, "attention", None) is not None:
             self._attention[volumeNode.GetID()] = job.result.attention
         self.openSession(outcome.segmentation_node, volumeNode, job.params)
@@ -606,11 +673,19 @@ class CoronaryCalciumDINOLogic(ScriptedLoadableModuleLogic):
 
     # -- display
 
-    def showTableInLayout(self, tableNode):
+    def showResult(self, outcome):
+        """Show a compute's score table: the layout switches to one with a table view only
+        when the compute created the result (the first one for this CT); later computes
+        keep the user's layout."""
+        self.showTableInLayout(outcome.score_table_node, switchLayout=outcome.created)
+
+    def showTableInLayout(self, tableNode, switchLayout: bool = False):
+        """Make ``tableNode`` the active table (shown by the table views of the layout);
+        ``switchLayout`` also switches to the Four-Up Table layout."""
         if tableNode is None or slicer.app.layoutManager() is None:
             return
-        layoutManager = slicer.app.layoutManager()
-        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
+        if switchLayout:
+            slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
         selection = slicer.app.applicationLogic().GetSelectionNode()
         selection.SetActiveTableID(tableNode.GetID())
         slicer.app.applicationLogic().PropagateTableSelection()
@@ -634,21 +709,43 @@ class CoronaryCalciumDINOLogic(ScriptedLoadableModuleLogic):
         node = scene.logic.linked_attention_node(slicer.mrmlScene, seg) if seg is not None else None
         return scene.attention.show_attention_head(slicer.mrmlScene, volumeNode, maps, head, node)
 
-    def setAttentionOverlay(self, volumeNode, show: bool, opacity: float):
+    def _attentionNode(self, volumeNode):
         scene = _lib().scene
         seg = scene.segmentation.find_result_segmentation(slicer.mrmlScene, volumeNode)
-        node = scene.logic.linked_attention_node(slicer.mrmlScene, seg) if seg is not None else None
-        scene.attention.set_overlay(slicer.mrmlScene, volumeNode, node if show else None, opacity)
+        return scene.logic.linked_attention_node(slicer.mrmlScene, seg) if seg is not None else None
+
+    def setAttentionOverlay(self, volumeNode, show: bool, opacity: float):
+        """Show or hide the attention of ``volumeNode``'s result as the slice views'
+        foreground (their background is never changed); returns the number of views changed."""
+        return _lib().scene.attention.set_overlay(slicer.mrmlScene, self._attentionNode(volumeNode), show, opacity)
+
+    def setAttentionOpacity(self, volumeNode, opacity: float):
+        """Opacity of the views showing the attention; returns their number."""
+        return _lib().scene.attention.set_overlay_opacity(slicer.mrmlScene, self._attentionNode(volumeNode), opacity)
 
     def openSegmentEditor(self, segmentationNode, volumeNode, thresholdHu: float = 130.0):
-        """Open Segment Editor on the result, painting limited to voxels >= the threshold."""
+        """Open Segment Editor on the result, painting limited to voxels >= the threshold.
+
+        The intensity mask is set on the editor node shared by all segmentations; it is put
+        back as it was once the editor works on another segmentation (or on
+        :meth:`restoreSegmentEditorMask`)."""
         slicer.util.selectModule("SegmentEditor")
         editorWidget = slicer.modules.segmenteditor.widgetRepresentation().self().editor
         editorWidget.setSegmentationNode(segmentationNode)
         editorWidget.setSourceVolumeNode(volumeNode)
-        editorNode = editorWidget.mrmlSegmentEditorNode()
-        editorNode.SetSourceVolumeIntensityMask(True)
-        editorNode.SetSourceVolumeIntensityMaskRange(float(thresholdHu), 1.0e5)
+        self.setSegmentEditorMask(editorWidget.mrmlSegmentEditorNode(), segmentationNode, thresholdHu)
+
+    def setSegmentEditorMask(self, editorNode, segmentationNode, thresholdHu: float):
+        """Limit the editor to voxels >= ``thresholdHu`` while it edits ``segmentationNode``."""
+        self.restoreSegmentEditorMask()
+        self._intensityMask = _lib().scene.edits.IntensityMask(editorNode, segmentationNode, float(thresholdHu))
+        return self._intensityMask
+
+    def restoreSegmentEditorMask(self):
+        """Put the Segment Editor's intensity mask back as it was before openSegmentEditor."""
+        if self._intensityMask is not None:
+            self._intensityMask.restore()
+            self._intensityMask = None
 
 
 #
@@ -662,9 +759,17 @@ class CoronaryCalciumDINOTest(ScriptedLoadableModuleTest):
     def setUp(self):
         slicer.mrmlScene.Clear()
 
-    def runTest(self):
+    def runTest(self, **kwargs):
+        """Run the self-test. Without the phantom data it is skipped: logged and shown as
+        skipped, not raised (Reload and Test would report any exception as a failure)."""
+        import unittest
+
         self.setUp()
-        self.test_compute_edit_rescore()
+        try:
+            self.test_compute_edit_rescore()
+        except unittest.SkipTest as exc:
+            logging.warning(f"CoronaryCalciumDINO self-test skipped: {exc}")
+            self.delayDisplay(f"Self-test skipped: {exc}")
 
     def _phantomPath(self):
         """The phantom series of the source tree (searched upwards from this file and the

@@ -24,7 +24,7 @@ from CoronaryCalciumDINOLib.io.volume import CTVolume  # noqa: E402
 from CoronaryCalciumDINOLib.scene import logic as scene_logic  # noqa: E402
 from CoronaryCalciumDINOLib.scene.edits import EDITED_TAG, edited_segments  # noqa: E402
 from CoronaryCalciumDINOLib.scene.table import DISCLAIMER_ATTRIBUTE, report_from_table, table_cell  # noqa: E402
-from CoronaryCalciumDINOLib.scene.volume import ct_to_volume_node, volume_node_to_ct  # noqa: E402
+from CoronaryCalciumDINOLib.scene.volume import ct_to_volume_node, nodes_by_class, volume_node_to_ct  # noqa: E402
 from CoronaryCalciumDINOLib.scoring import ScoringParams, score  # noqa: E402
 from CoronaryCalciumDINOLib.constants import DISCLAIMER  # noqa: E402
 
@@ -123,8 +123,7 @@ def assert_table_matches(table_node, expected) -> None:
 
 
 def result_segment_count(scene) -> int:
-    nodes = scene.GetNodesByClass("vtkMRMLSegmentationNode")
-    return nodes.GetNumberOfItems()
+    return len(nodes_by_class(scene, "vtkMRMLSegmentationNode"))
 
 
 # ----------------------------------------------------------------------------- volumes

@@ -10,9 +10,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
-from .volume import _image_from_array, node_ijk_to_ras, numpy_to_matrix
+from .volume import _image_from_array, node_ijk_to_ras, nodes_by_class, numpy_to_matrix
 
 HEAD_ATTRIBUTE = "CoronaryCalciumDINO.AttentionHead"
+#: Slice composite node attributes: the view's own foreground (node ID, "" for none) and
+#: its opacity while the attention overlay replaces them.
+PREVIOUS_FOREGROUND = "CoronaryCalciumDINO.PreviousForeground"
+PREVIOUS_OPACITY = "CoronaryCalciumDINO.PreviousForegroundOpacity"
 
 
 def attention_name(volume_node) -> str:
@@ -50,17 +54,63 @@ def show_attention_head(scene, volume_node, attention: np.ndarray, head: int = 0
     return node
 
 
-def set_overlay(scene, background_node, foreground_node, opacity: float) -> int:
-    """Show ``foreground_node`` over ``background_node`` in every slice view; returns views set.
+def _composites(scene) -> list:
+    return nodes_by_class(scene, "vtkMRMLSliceCompositeNode")
 
-    ``foreground_node=None`` removes the overlay. A scene without slice views (headless)
-    is left unchanged.
+
+def set_overlay(scene, attention_node, show: bool, opacity: float) -> int:
+    """Show or hide ``attention_node`` as the foreground layer of every slice view; returns
+    the number of views changed.
+
+    Only the foreground layer is touched, and only in views where it changes: showing puts
+    the attention into each view that does not show it yet (remembering that view's own
+    foreground and opacity); hiding gives each view that shows it back what it had before.
+    The background volume is never changed, so calling this with ``show=False`` while the
+    overlay is hidden changes nothing. A scene without slice views (headless), or no
+    attention node, is left unchanged.
     """
-    nodes = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
-    for i in range(nodes.GetNumberOfItems()):
-        composite = nodes.GetItemAsObject(i)
-        if background_node is not None:
-            composite.SetBackgroundVolumeID(background_node.GetID())
-        composite.SetForegroundVolumeID(foreground_node.GetID() if foreground_node is not None else None)
-        composite.SetForegroundOpacity(float(np.clip(opacity, 0.0, 1.0)))
-    return nodes.GetNumberOfItems()
+    if attention_node is None:
+        return 0
+    node_id = attention_node.GetID()
+    changed = 0
+    for composite in _composites(scene):
+        shown = composite.GetForegroundVolumeID() == node_id
+        if show and not shown:
+            wasModifying = composite.StartModify()
+            composite.SetAttribute(PREVIOUS_FOREGROUND, composite.GetForegroundVolumeID() or "")
+            composite.SetAttribute(PREVIOUS_OPACITY, repr(float(composite.GetForegroundOpacity())))
+            composite.SetForegroundVolumeID(node_id)
+            composite.SetForegroundOpacity(_clip(opacity))
+            composite.EndModify(wasModifying)
+            changed += 1
+        elif not show and shown:
+            previous = composite.GetAttribute(PREVIOUS_FOREGROUND) or None
+            if previous is not None and scene.GetNodeByID(previous) is None:
+                previous = None  # the user's foreground was removed meanwhile
+            opacity_text = composite.GetAttribute(PREVIOUS_OPACITY)
+            wasModifying = composite.StartModify()
+            composite.SetForegroundVolumeID(previous)
+            if opacity_text is not None:
+                composite.SetForegroundOpacity(float(opacity_text))
+            composite.RemoveAttribute(PREVIOUS_FOREGROUND)
+            composite.RemoveAttribute(PREVIOUS_OPACITY)
+            composite.EndModify(wasModifying)
+            changed += 1
+    return changed
+
+
+def set_overlay_opacity(scene, attention_node, opacity: float) -> int:
+    """Set the foreground opacity of the views that show ``attention_node``; returns their
+    number (0 while the overlay is hidden: no view is touched)."""
+    if attention_node is None:
+        return 0
+    changed = 0
+    for composite in _composites(scene):
+        if composite.GetForegroundVolumeID() == attention_node.GetID():
+            composite.SetForegroundOpacity(_clip(opacity))
+            changed += 1
+    return changed
+
+
+def _clip(opacity: float) -> float:
+    return float(np.clip(opacity, 0.0, 1.0))

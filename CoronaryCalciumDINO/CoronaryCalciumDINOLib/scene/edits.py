@@ -218,3 +218,52 @@ class EditTracker:
         self._observe_layers()
         if changed and self.on_edit is not None:
             self.on_edit(changed)
+
+
+class IntensityMask:
+    """The Segment Editor's intensity mask set for correcting one result segmentation, and
+    restored afterwards.
+
+    The Segment Editor node is shared by every segmentation the user edits, so a mask left
+    on would limit their later segmentations too. The mask (on, ``low``..``high``) is set
+    now; the settings it replaced come back as soon as the editor node's segmentation is
+    another one, or on :meth:`restore` (module cleanup, scene close). Settings the user
+    changed in the meantime are theirs and stay.
+    """
+
+    def __init__(self, editor_node, segmentation_node, low: float, high: float = 1.0e5):
+        import vtk
+
+        self.editor_node = editor_node
+        self.segmentation_node = segmentation_node
+        self.previous = (bool(editor_node.GetSourceVolumeIntensityMask()), tuple(editor_node.GetSourceVolumeIntensityMaskRange()))
+        self.applied = (True, (float(low), float(high)))
+        editor_node.SetSourceVolumeIntensityMaskRange(*self.applied[1])
+        editor_node.SetSourceVolumeIntensityMask(True)
+        self._tag = editor_node.AddObserver(vtk.vtkCommand.ModifiedEvent, self._on_modified)
+
+    @property
+    def active(self) -> bool:
+        return self._tag is not None
+
+    def _current(self):
+        node = self.editor_node
+        return bool(node.GetSourceVolumeIntensityMask()), tuple(node.GetSourceVolumeIntensityMaskRange())
+
+    def _on_modified(self, caller=None, event=None) -> None:
+        if self.editor_node.GetSegmentationNode() is not self.segmentation_node:
+            self.restore()
+
+    def restore(self) -> bool:
+        """Stop watching and put the replaced settings back unless the user changed the mask;
+        returns whether they were put back."""
+        if self._tag is None:
+            return False
+        self.editor_node.RemoveObserver(self._tag)
+        self._tag = None
+        if self._current() != self.applied:
+            return False
+        enabled, (low, high) = self.previous
+        self.editor_node.SetSourceVolumeIntensityMaskRange(low, high)
+        self.editor_node.SetSourceVolumeIntensityMask(enabled)
+        return True

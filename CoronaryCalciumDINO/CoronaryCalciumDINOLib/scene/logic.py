@@ -101,6 +101,8 @@ class ComputeOutcome:
     #: segments the AI wrote in this run
     written: list[str] = field(default_factory=list)
     pipeline_result: object | None = None
+    #: True when this run created the result segmentation (the first compute for the CT)
+    created: bool = False
 
 
 #: Contrast check results by (volume node ID, image data MTime): rescoring after every edit
@@ -228,14 +230,52 @@ def compute(
     return write_result(scene, volume_node, ct, result, params, on_conflict, session)
 
 
+#: Whether PyTorch sees a CUDA GPU; found once where the pipeline runs (None: not known yet).
+_CUDA_AVAILABLE: bool | None = None
+
+
+def cuda_available() -> bool | None:
+    """Whether a CUDA GPU is available, as found by the last pipeline run; None before the
+    first run. Never imports torch (the module panel calls it)."""
+    return _CUDA_AVAILABLE
+
+
+def probe_cuda() -> bool | None:
+    """Find (once) whether PyTorch sees a CUDA GPU; None when torch is not installed.
+    Imports torch: call it only where the pipeline runs (the compute thread)."""
+    global _CUDA_AVAILABLE
+    if _CUDA_AVAILABLE is None:
+        try:
+            import torch
+        except ImportError:
+            return None
+        _CUDA_AVAILABLE = bool(torch.cuda.is_available())
+    return _CUDA_AVAILABLE
+
+
+def device_warning(device: str, torch_installed: bool) -> str:
+    """Warning text for the device choice ('' when none). Uses only what is known without
+    importing torch: whether it is installed, and the CUDA check of the last pipeline run."""
+    if not torch_installed:
+        return "PyTorch is not installed yet; it will be installed on first Compute."
+    cuda = cuda_available()
+    if cuda is None or cuda:
+        return ""  # not known before the first Compute
+    if device == "cuda":
+        return "No CUDA GPU found: Compute will fail with device 'cuda'. Use 'auto' or 'cpu'."
+    return "No GPU found: running on CPU (slower)."
+
+
 def run_segmentation(ct, bundle=None, device="auto", params=None, attention=True, progress=None, cancel=None, segment_fn=None):
     """The pipeline (or ``segment_fn``) on a CTVolume; touches no MRML node (thread-safe).
 
     The pipeline's checks of the CT (contrast) add their warnings to ``ct.warnings``;
     :func:`write_result` reports them (and runs them, cached, when ``segment_fn`` did not).
+    Running the pipeline also does the CUDA check of :func:`cuda_available` (once).
     """
     if segment_fn is not None:
         return segment_fn(ct)
+    probe_cuda()
     return run_pipeline(ct, bundle, device=device, params=params, attention=attention, progress=progress, cancel=cancel)
 
 
@@ -251,6 +291,7 @@ def write_result(scene, volume_node, ct, result, params: ScoringParams | None = 
         raise InputError(f"pipeline labels {labels.shape} do not match the CT grid {ct.shape}")
 
     seg = find_result_segmentation(scene, volume_node)
+    created = seg is None
     if seg is None:
         seg = create_result_segmentation(scene, volume_node)
         kept: list[str] = []
@@ -307,7 +348,44 @@ def write_result(scene, volume_node, ct, result, params: ScoringParams | None = 
         seg.SetAttribute(ATTENTION_REF, attention_node.GetID())
         place_in_hierarchy(scene, attention_node, volume_node)
 
-    return ComputeOutcome(seg, score_table, slice_table, attention_node, report, kept, to_write, result)
+    return ComputeOutcome(seg, score_table, slice_table, attention_node, report, kept, to_write, result, created)
+
+
+def edited_result_segments(scene, volume_node) -> list[str]:
+    """The artery segments of ``volume_node``'s result segmentation that the user edited
+    (flagging edits no tracker saw, e.g. made before the scene was reloaded); [] when there
+    is no result yet. What writing a new result would ask about, so that the question can be
+    asked before the writing starts (and its wait cursor with it)."""
+    seg = find_result_segmentation(scene, volume_node)
+    if seg is None:
+        return []
+    return flag_unrecorded_edits(seg, volume_node)
+
+
+def remove_result(scene, segmentation_node) -> None:
+    """Remove a result segmentation and the nodes written with it: score and slice tables,
+    the probability plot (chart and series) and the attention volume, each with its display
+    and storage nodes (removing a node from a scene does not remove those)."""
+    score_table, slice_table = result_tables(scene, segmentation_node)
+    linked = [linked_attention_node(scene, segmentation_node), score_table]
+    if slice_table is not None:
+        chart = _linked(scene, slice_table, table_glue.PLOT_CHART_REF)
+        if chart is not None:
+            linked += [chart.GetNthPlotSeriesNode(i) for i in range(chart.GetNumberOfPlotSeriesNodes())]
+            linked.append(chart)
+        linked.append(slice_table)
+    for node in [*linked, segmentation_node]:
+        if node is None or not scene.IsNodePresent(node):
+            continue
+        owned = []
+        for kind in ("Display", "Storage"):
+            if hasattr(node, f"GetNumberOf{kind}Nodes"):
+                count = getattr(node, f"GetNumberOf{kind}Nodes")()
+                owned += [getattr(node, f"GetNth{kind}Node")(i) for i in range(count)]
+        scene.RemoveNode(node)
+        for other in owned:
+            if other is not None and scene.IsNodePresent(other):
+                scene.RemoveNode(other)
 
 
 def rescore(segmentation_node, volume_node, params: ScoringParams | None = None, table_node=None) -> dict:

@@ -13,7 +13,13 @@ import numpy as np
 from ..constants import ARTERIES, ARTERY_COLORS, ARTERY_TO_LABEL
 from ..errors import InputError
 from ..io.segfile import terminology_entry
-from .volume import array_from_oriented_image, node_ijk_to_ras, oriented_image_from_array, reference_oriented_image
+from .volume import (
+    array_from_oriented_image,
+    node_ijk_to_ras,
+    nodes_by_class,
+    oriented_image_from_array,
+    reference_oriented_image,
+)
 
 #: Node attribute marking a segmentation written by this module (value: the CT node ID).
 RESULT_ATTRIBUTE = "CoronaryCalciumDINO.ResultOf"
@@ -26,10 +32,8 @@ def result_name(volume_node) -> str:
 
 def find_result_segmentation(scene, volume_node):
     """The result segmentation this module wrote for ``volume_node``, or None."""
-    nodes = scene.GetNodesByClass("vtkMRMLSegmentationNode")
     found = None
-    for i in range(nodes.GetNumberOfItems()):
-        node = nodes.GetItemAsObject(i)
+    for node in nodes_by_class(scene, "vtkMRMLSegmentationNode"):
         if node.GetAttribute(RESULT_ATTRIBUTE) == volume_node.GetID():
             found = node
     return found

@@ -128,11 +128,15 @@ def update_slice_table(table_node, probabilities: np.ndarray, selected: np.ndarr
     table_node.SetLocked(True)
 
 
+#: Slice table attribute linking to its plot chart.
+PLOT_CHART_REF = "CoronaryCalciumDINO.PlotChart"
+
+
 def ensure_probability_plot(scene, table_node, name: str):
     """Plot chart (probability vs slice) of a slice table; returns the chart node."""
     import slicer
 
-    chart_id = table_node.GetAttribute("CoronaryCalciumDINO.PlotChart")
+    chart_id = table_node.GetAttribute(PLOT_CHART_REF)
     chart = scene.GetNodeByID(chart_id) if chart_id else None
     if chart is None:
         series = slicer.vtkMRMLPlotSeriesNode()
@@ -148,5 +152,5 @@ def ensure_probability_plot(scene, table_node, name: str):
         chart.AddAndObservePlotSeriesNodeID(series.GetID())
         chart.SetXAxisTitle("slice")
         chart.SetYAxisTitle("calcium probability")
-        table_node.SetAttribute("CoronaryCalciumDINO.PlotChart", chart.GetID())
+        table_node.SetAttribute(PLOT_CHART_REF, chart.GetID())
     return chart

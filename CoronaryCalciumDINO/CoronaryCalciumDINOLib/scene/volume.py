@@ -30,6 +30,19 @@ def _vtk():
     return vtk, numpy_support
 
 
+def nodes_by_class(scene, class_name: str) -> list:
+    """The nodes of ``scene`` of class ``class_name`` (subclasses included), as a list.
+
+    ``vtkMRMLScene.GetNodesByClass`` returns a new collection that the caller owns; the
+    Python wrapper adds its own reference, so the collection (and with it a reference to
+    every node it holds) would outlive the call unless released here, as ``slicer.util``
+    does.
+    """
+    collection = scene.GetNodesByClass(class_name)
+    collection.UnRegister(None)
+    return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
+
+
 def matrix_to_numpy(matrix) -> np.ndarray:
     """4x4 numpy copy of a vtkMatrix4x4."""
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)], dtype=float)

@@ -9,7 +9,12 @@ Scores every study of STUDIES_DIR with the library's batch runner
 (``CoronaryCalciumDINOLib.batch.run_batch``): per study OUT/<study>.seg.nrrd, .png and
 .json, and OUT/summary.csv. Nothing asks questions: missing Python packages are an error
 unless ``--install-dependencies`` is given. Exit status: 0 all studies scored, 1 some
-studies failed (see the summary), 2 bad arguments or missing dependencies.
+studies failed (see the summary), 2 bad arguments or missing dependencies, 3 an unexpected
+error (its traceback on stderr).
+
+The script always ends with ``sys.exit(status)``, whatever happens: Slicer started with
+``--no-main-window --python-script`` exits only then (an uncaught exception would leave a
+windowless Slicer running).
 
 The script also runs with any Python that has the library's dependencies (e.g.
 ``PythonSlicer``), since it needs no Slicer scene.
@@ -21,8 +26,12 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 
 MODULE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+#: Exit status of an unexpected error.
+EXIT_UNEXPECTED = 3
 
 
 def parse_args(argv):
@@ -47,8 +56,25 @@ def missing_packages(need_ai: bool):
     return requirements.missing(ai=need_ai)
 
 
+def torch_constraints() -> list[str]:
+    """pip constraint lines pinning the installed torch (and torchvision) build."""
+    import importlib.metadata
+
+    lines = []
+    for name in ("torch", "torchvision"):
+        try:
+            lines.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return lines
+
+
 def install_dependencies(missing):
-    """Install missing packages non-interactively (inside Slicer only)."""
+    """Install missing packages non-interactively (inside Slicer only), as the module's first
+    Compute does: torch through PyTorchUtils, then the others with that torch pinned as a
+    pip constraint (so that no dependency replaces the build PyTorchUtils chose)."""
+    import tempfile
+
     import slicer  # noqa: F401 - only inside Slicer
 
     from CoronaryCalciumDINOLib import requirements
@@ -60,7 +86,11 @@ def install_dependencies(missing):
             raise RuntimeError("PyTorch could not be installed")
     wanted = requirements.pip_requirements(missing)
     if wanted:
-        slicer.util.pip_install(wanted)
+        with tempfile.TemporaryDirectory() as folder:
+            constraints = os.path.join(folder, "constraints.txt")
+            with open(constraints, "w") as f:
+                f.write("".join(line + "\n" for line in torch_constraints()))
+            slicer.util.pip_install([*wanted, "-c", constraints])
 
 
 def main(argv) -> int:
@@ -91,5 +121,36 @@ def main(argv) -> int:
     return ccdino(command)
 
 
+def exit_status(code) -> int:
+    """The process exit status of a ``SystemExit`` code (None: 0; a message: printed, 2)."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 2
+
+
+def run(argv) -> int:
+    """:func:`main`, with any exception turned into an exit status (traceback on stderr)."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exit_status(exc.code)
+    except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt included: never left running
+        traceback.print_exc()
+        print(f"ccdino: unexpected error: {exc!r}", file=sys.stderr)
+        return EXIT_UNEXPECTED
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    status = EXIT_UNEXPECTED
+    try:
+        status = run(sys.argv[1:])
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001 - a closed stream must not prevent the exit
+                pass
+        sys.exit(status)
