@@ -25,6 +25,15 @@ def phantom_files_by_z() -> list[Path]:
     return list(_phantom_files())
 
 
+def save_dicom(ds: pydicom.Dataset, path: Path, *, enforce_file_format: bool) -> None:
+    """``ds.save_as`` on pydicom 3 and on pydicom 2.4 (the version Slicer 5.8 bundles, which
+    names the option ``write_like_original``, its negation)."""
+    if int(pydicom.__version__.split(".")[0]) >= 3:
+        ds.save_as(path, enforce_file_format=enforce_file_format)
+    else:
+        ds.save_as(path, write_like_original=not enforce_file_format)
+
+
 def edit_dicom(path: Path, **changes) -> None:
     """Set (or, with None, delete) header elements of one DICOM file in place."""
     ds = pydicom.dcmread(path)
@@ -33,7 +42,7 @@ def edit_dicom(path: Path, **changes) -> None:
             delattr(ds, key)
         else:
             setattr(ds, key, value)
-    ds.save_as(path, enforce_file_format=False)
+    save_dicom(ds, path, enforce_file_format=False)
 
 
 def hand_scored_ct() -> tuple[CTVolume, np.ndarray]:
@@ -114,6 +123,6 @@ def write_small_series(
         ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
         ds.PixelData = (hu[k].astype(np.int32) + 1024).astype(np.uint16).tobytes()
         path = folder / name.format(n=k + 1)
-        ds.save_as(path, enforce_file_format=True)
+        save_dicom(ds, path, enforce_file_format=True)
         files.append(path)
     return files

@@ -50,7 +50,7 @@ from CoronaryCalciumDINOLib.cli import main as cli_main
 from CoronaryCalciumDINOLib.errors import InputError
 from CoronaryCalciumDINOLib.io.dicom import read_dicom_series
 from CoronaryCalciumDINOLib.io.volume import write_volume
-from shared_data import phantom_files_by_z
+from shared_data import phantom_files_by_z, save_dicom
 
 #: Seeds every run checks (they cover every kind of damage at least once).
 FIXED_SEEDS = tuple(range(120))
@@ -108,7 +108,7 @@ def _set(ds, name: str, value) -> None:
 
 
 def _save(ds, path: Path) -> None:
-    ds.save_as(path, enforce_file_format=False)
+    save_dicom(ds, path, enforce_file_format=False)
 
 
 def mutate(case_dir: Path, rng: random.Random) -> str:

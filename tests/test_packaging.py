@@ -141,3 +141,28 @@ def test_command_line_help_loads_neither_numpy_nor_the_ai():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+#: The oldest Slicer the module supports, and the Python it ships.
+MIN_SLICER, MIN_PYTHON = "5.8", "3.9"
+
+
+def test_minimum_slicer_and_python_agree_everywhere():
+    """pyproject, the CMake extension, the README, docs/slicer.md, ruff's target and the
+    Python 3.9 test step name the same minimum Slicer and Python."""
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert re.search(r'^requires-python = "(.*)"$', pyproject, re.M).group(1) == f">={MIN_PYTHON}"
+    assert re.search(r'^target-version = "(.*)"$', pyproject, re.M).group(1) == "py" + MIN_PYTHON.replace(".", "")
+    cmake = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert re.findall(r"find_package\(Slicer\b([^)]*)\)", cmake) == [f" {MIN_SLICER} REQUIRED"]
+    # docs/slicer.md also says that slicer-core needs Python >= 3.10
+    for doc, minimum_pythons in (("README.md", {MIN_PYTHON}), ("docs/slicer.md", {MIN_PYTHON, "3.10"})):
+        text = (ROOT / doc).read_text(encoding="utf-8")
+        slicers = set(re.findall(r"Slicer (?:≥|>=) ?(\d+\.\d+)", text))
+        pythons = set(re.findall(r"Python (?:≥|>=) ?(\d+\.\d+)", text))
+        assert slicers == {MIN_SLICER}, f"{doc}: minimum Slicer {sorted(slicers)}"
+        assert pythons == minimum_pythons, f"{doc}: minimum Python {sorted(pythons)}"
+        assert f"Slicer {MIN_SLICER} ships Python {MIN_PYTHON}" in " ".join(text.split()), doc
+    script = (ROOT / "scripts" / "test_py39.sh").read_text(encoding="utf-8")
+    assert f"sys.version_info[:2] != ({MIN_PYTHON.replace('.', ', ')})" in script
+    assert "bash scripts/test_py39.sh" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")

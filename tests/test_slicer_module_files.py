@@ -98,7 +98,7 @@ def test_cmake_lists_every_resource():
 
 def test_extension_cmake():
     text = (REPO / "CMakeLists.txt").read_text()
-    for needed in ("project(CoronaryCalciumDINO)", "find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})",
+    for needed in ("project(CoronaryCalciumDINO)", "find_package(Slicer 5.8 REQUIRED)", "include(${Slicer_USE_FILE})",
                    "add_subdirectory(CoronaryCalciumDINO)", "## NEXT_MODULE", "Slicer_EXTENSION_GENERATE_CONFIG",
                    "Slicer_EXTENSION_CPACK", 'set(EXTENSION_DEPENDS "PyTorch")'):
         assert needed in text, needed

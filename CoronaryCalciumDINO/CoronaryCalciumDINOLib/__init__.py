@@ -17,4 +17,6 @@ scene     Slicer scene glue (MRML segmentation / table nodes)
 cli       the ``ccdino`` command line
 """
 
+from __future__ import annotations
+
 __version__ = "0.1.0"

@@ -4,6 +4,8 @@
 prints it without a traceback and exits non-zero.
 """
 
+from __future__ import annotations
+
 
 class CCDinoError(Exception):
     """Base class of the project's user-facing errors (one-line message)."""

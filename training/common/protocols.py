@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -42,8 +42,9 @@ FEW_SHOT_KS: tuple[int, ...] = (1, 2, 4, 8, 16)
 FEW_SHOT_SEEDS = 5
 SPLITS = ("train", "val", "test")
 
-Progress = Callable[[float, str], None] | None
-Cancel = Callable[[], bool] | None
+# Optional[...], not `... | None`: a type alias is evaluated at import time (Python 3.9)
+Progress = Optional[Callable[[float, str], None]]
+Cancel = Optional[Callable[[], bool]]
 
 
 # ----------------------------------------------------------------------------- input checks

@@ -1,5 +1,7 @@
 """CT and label input/output."""
 
+from __future__ import annotations
+
 from pathlib import Path
 
 from ..errors import InputError

@@ -257,7 +257,7 @@ def _read_error(failure: Exception, fname: str) -> InputError:
     import re
 
     exc = getattr(failure, "exc", failure)
-    m = re.search(r"Unknown Value Representation '([^']*)' in tag \((\w{4}),(\w{4})\)", str(exc))
+    m = re.search(r"Unknown Value Representation '([^']*)' in tag \((\w{4}),\s*(\w{4})\)", str(exc))
     if m:
         where = "file meta element " if m.group(2) == "0002" else ""
         name = _tag_name(int(m.group(2) + m.group(3), 16))

@@ -175,6 +175,64 @@ def check_volume_values(ct: CTVolume, where: str) -> None:
     limits.check_hu(ct.hu, where)
 
 
+#: Bytes per voxel of the MetaImage element types.
+_MET_ITEMSIZE = {
+    "MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+    "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8,
+}
+
+
+def _check_metaimage_complete(path: Path) -> None:
+    """A single-file MetaImage (``.mha``, ``ElementDataFile = LOCAL``) must hold all its
+    voxel data: the SimpleITK that Slicer 5.8 bundles (2.3) reads a truncated compressed
+    ``.mha`` without an error (it logs "Uncompress failed" and returns whatever it had)."""
+    import zlib
+
+    if not path.name.lower().endswith(".mha"):
+        return
+    fields: dict[str, str] = {}
+    try:
+        with open(path, "rb") as fh:
+            while True:
+                line = fh.readline(4096)
+                if not line or not line.endswith(b"\n"):
+                    return  # not a MetaImage header as written here: SimpleITK decides
+                key, sep, value = line.decode("latin-1").partition("=")
+                if not sep:
+                    return
+                fields[key.strip()] = value.strip()
+                if key.strip() == "ElementDataFile":
+                    break
+            if fields["ElementDataFile"].upper() != "LOCAL":
+                return
+            try:
+                n = int(np.prod([int(d) for d in fields["DimSize"].split()], dtype=np.int64))
+                n *= int(fields.get("ElementNumberOfChannels", "1")) * _MET_ITEMSIZE[fields["ElementType"]]
+            except (KeyError, ValueError):
+                return
+            size = 0
+            if fields.get("CompressedData", "False").lower() == "true":
+                unzip = zlib.decompressobj()
+                while not unzip.eof and (block := fh.read(1 << 22)):
+                    while not unzip.eof:  # at most 64 MB of voxels in memory at once
+                        out = len(unzip.decompress(block, 1 << 26))
+                        size += out
+                        block = unzip.unconsumed_tail
+                        if not block and out < 1 << 26:
+                            break
+                complete = unzip.eof
+            else:
+                while block := fh.read(1 << 22):
+                    size += len(block)
+                complete = True
+    except (OSError, zlib.error) as exc:
+        raise InputError(f"cannot read {path.name}: the data is incomplete or damaged ({exc})") from None
+    if not complete:
+        raise InputError(f"{path.name} is truncated: its compressed voxel data ends early")
+    if size < n:
+        raise InputError(f"{path.name} is truncated: its header needs {n} bytes of voxel data, the file holds {size}")
+
+
 def read_volume_file(path: str | os.PathLike) -> CTVolume:
     """Read a NIfTI / NRRD / MHA CT volume (values taken as HU), completely or not at all;
     implausible geometry or values are refused (:func:`check_volume_values`)."""
@@ -184,6 +242,7 @@ def read_volume_file(path: str | os.PathLike) -> CTVolume:
     if not path.is_file():
         raise InputError(f"CT file not found: {path}")
     _check_nifti_complete(path)
+    _check_metaimage_complete(path)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -212,6 +271,7 @@ def read_label_file(path: str | os.PathLike, ct: CTVolume | None = None) -> np.n
     if path.is_dir():
         raise InputError(f"label map must be a volume file, got a folder: {path}")
     _check_nifti_complete(path)
+    _check_metaimage_complete(path)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:

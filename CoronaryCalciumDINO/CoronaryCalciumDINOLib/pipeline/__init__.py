@@ -10,5 +10,7 @@ Public API::
 Torch is imported only when the pipeline runs.
 """
 
+from __future__ import annotations
+
 from ..models.bundle import ModelBundle, load_bundle  # noqa: F401
 from .inference import PipelineResult, run_pipeline  # noqa: F401

@@ -1,5 +1,7 @@
 """Coronary calcium scores: the definitions live in :mod:`.agatston` (one module)."""
 
+from __future__ import annotations
+
 from .agatston import (  # noqa: F401
     CLASSIC_BANDS_HU,
     KVP_THRESHOLDS_HU,
