@@ -187,6 +187,9 @@ class CoronaryCalciumDINOWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        # Results of a loaded scene are tracked again (now, and whenever a scene is loaded).
+        self.logic.observeScene()
+        self.logic._onSceneLoaded()
 
         self.ui.computeButton.connect("clicked(bool)", self.onCompute)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
@@ -208,6 +211,7 @@ class CoronaryCalciumDINOWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         if self._job is not None:
             self._job.cancel()
         if self.logic is not None:
+            self.logic.stopObservingScene()
             self.logic.closeSessions()
             self.logic.restoreSegmentEditorMask()
         self.removeObservers()
@@ -460,7 +464,8 @@ class CoronaryCalciumDINOLogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self._sessions = {}  # segmentation node ID -> ResultSession
-        self._attention = {}  # volume node ID -> attention maps (heads + 1, z, y, x)
+        self._attention = {}  # volume node ID -> scene.attention.AttentionMaps (quantised)
+        self._sceneObservations = []  # (scene, tag) of observeScene
         self._intensityMask = None  # the Segment Editor mask set by openSegmentEditor
         self.onRescored = None
         # Segment edits are checked once the editing pauses (one check per paint stroke).
@@ -616,7 +621,7 @@ class CoronaryCalciumDINOLogic(ScriptedLoadableModuleLogic):
         with busy() if busy is not None else contextlib.nullcontext():
             outcome = scene_logic.write_result(slicer.mrmlScene, volumeNode, job.ct, job.result, job.params, on_conflict, session)
         if getattr(job.result, "attention", None) is not None:
-            self._attention[volumeNode.GetID()] = job.result.attention
+            self._attention[volumeNode.GetID()] = _lib().scene.attention.AttentionMaps(job.result.attention)
         self.openSession(outcome.segmentation_node, volumeNode, job.params)
         return outcome
 
@@ -631,6 +636,8 @@ class CoronaryCalciumDINOLogic(ScriptedLoadableModuleLogic):
     def openSession(self, segmentationNode, volumeNode, params=None):
         """Track user edits of a result segmentation and rescore automatically."""
         key = segmentationNode.GetID()
+        if key in self._sessions and self._sessions[key].segmentation_node is not segmentationNode:
+            self._sessions.pop(key).close()  # another node under a reused ID (scene cleared)
         if key not in self._sessions:
             self._sessions[key] = _lib().scene.logic.ResultSession(
                 slicer.mrmlScene, volumeNode, segmentationNode, params, on_rescored=self._rescored, defer=self._deferEditCheck
@@ -652,6 +659,33 @@ class CoronaryCalciumDINOLogic(ScriptedLoadableModuleLogic):
     def _rescored(self, report):
         if self.onRescored is not None:
             self.onRescored(report)
+
+    def restoreSessions(self):
+        """Open edit tracking on every result segmentation of the scene that has none (after
+        a saved scene was loaded); results edited while untracked are rescored. Returns the
+        number of sessions opened."""
+        before = len(self._sessions)
+        _lib().scene.logic.reopen_sessions(slicer.mrmlScene, self.openSession)
+        return len(self._sessions) - before
+
+    def observeScene(self):
+        """Reopen edit tracking whenever a scene is loaded (imported) or restored."""
+        if self._sceneObservations:
+            return
+        scene = slicer.mrmlScene
+        for event in (scene.EndImportEvent, scene.EndRestoreEvent):
+            self._sceneObservations.append((scene, scene.AddObserver(event, self._onSceneLoaded)))
+
+    def stopObservingScene(self):
+        for scene, tag in self._sceneObservations:
+            scene.RemoveObserver(tag)
+        self._sceneObservations = []
+
+    def _onSceneLoaded(self, caller=None, event=None):
+        try:
+            self.restoreSessions()
+        except Exception:  # a damaged result must not break loading the scene
+            logging.exception("Coronary Calcium DINO: cannot track edits of the loaded results")
 
     def closeSessions(self):
         self._editTimer.stop()

@@ -1,7 +1,8 @@
 """Tracking of user edits on the result segmentation.
 
 When the AI writes a segment, the tracker stores a fingerprint of its voxels (segment tag
-``CoronaryCalciumDINO.AIHash``). The tracker observes the segmentation
+``CoronaryCalciumDINO.AIHash``; :meth:`.segmentation.SegmentBox.fingerprint`, or the
+whole-grid fingerprint of earlier versions, still understood). The tracker observes the segmentation
 (``vtkSegmentation.SegmentModified`` and ``SourceRepresentationModified``) and its labelmap
 layers (``ModifiedEvent``: an editor replacing a segment by an empty labelmap sends nothing
 else). On each event the artery segments' voxels are compared with what was last seen; a
@@ -12,29 +13,47 @@ so they do not count as edits. The tags are saved with the scene.
 
 While the AI writes, call inside ``with tracker.suppressed():`` so its own changes are
 ignored.
+
+Segments are read as bounding boxes on the CT grid (:func:`.segmentation.read_segment_boxes`):
+a check reads the labelmap layers in place and copies only their non-zero boxes, so its
+cost follows the calcium, not the CT's size.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from typing import Callable, Iterable
 
 import numpy as np
 
 from ..constants import ARTERIES
-from .segmentation import read_segment_mask
-from .volume import array_from_oriented_image, reference_oriented_image
+from .segmentation import SegmentBox, box_from_mask, full_mask_fingerprint, read_segment_boxes
 
 EDITED_TAG = "CoronaryCalciumDINO.UserEdited"
 HASH_TAG = "CoronaryCalciumDINO.AIHash"
 
 
 def mask_fingerprint(mask: np.ndarray) -> str:
-    """Fingerprint of a boolean mask (shape and packed voxels)."""
-    digest = hashlib.sha1(repr(tuple(mask.shape)).encode())
-    digest.update(np.packbits(np.asarray(mask, dtype=bool), axis=None).tobytes())
-    return digest.hexdigest()
+    """Fingerprint of a boolean (z, y, x) mask on the CT grid, as stored in the AI tag
+    (equal to the :class:`SegmentBox` fingerprint of the same voxels)."""
+    mask = np.asarray(mask, dtype=bool)
+    return box_from_mask(mask, (0, 0, 0), mask.shape).fingerprint()
+
+
+def matches_fingerprint(stored: str | None, box: SegmentBox) -> bool:
+    """Whether ``box`` holds the voxels a stored fingerprint was made of (either format)."""
+    if stored is None:
+        return False
+    if stored.startswith("2:"):
+        return stored == box.fingerprint()
+    return stored == full_mask_fingerprint(box.full())  # a scene saved by an earlier version
+
+
+def _artery_boxes(segmentation_node, volume_node, arteries=ARTERIES) -> dict[str, SegmentBox]:
+    """The artery segments (those present among ``arteries``) as boxes on the CT grid."""
+    segmentation = segmentation_node.GetSegmentation()
+    present = [a for a in arteries if segmentation.GetSegment(a) is not None]
+    return read_segment_boxes(segmentation_node, volume_node, present) if present else {}
 
 
 def is_edited(segmentation_node, artery: str) -> bool:
@@ -51,12 +70,12 @@ def flag_unrecorded_edits(segmentation_node, volume_node) -> list[str]:
     """Flag segments whose content differs from the AI's fingerprint though no tracker saw
     the change (e.g. edited after the scene was reloaded); returns all edited segments."""
     segmentation = segmentation_node.GetSegmentation()
-    for artery in ARTERIES:
+    unflagged = [a for a in ARTERIES if segmentation.GetSegment(a) is not None and not is_edited(segmentation_node, a)]
+    boxes = _artery_boxes(segmentation_node, volume_node, unflagged) if unflagged else {}
+    for artery, box in boxes.items():
         segment = segmentation.GetSegment(artery)
-        if segment is None or is_edited(segmentation_node, artery):
-            continue
         stored = _get_tag(segment, HASH_TAG)
-        if stored is not None and stored != mask_fingerprint(read_segment_mask(segmentation_node, artery, volume_node)):
+        if stored is not None and not matches_fingerprint(stored, box):
             segment.SetTag(EDITED_TAG, "1")
     return edited_segments(segmentation_node)
 
@@ -96,6 +115,8 @@ class EditTracker:
         self._suppress = 0
         #: artery -> fingerprint of the content last seen
         self._last: dict[str, str] = {}
+        #: (old-format AI fingerprint, box fingerprint) -> whether they are the same content
+        self._legacy: dict[tuple[str, str], bool] = {}
         self._observed = None
         self._tags: list[int] = []
         self._layer_tags: list = []
@@ -113,11 +134,8 @@ class EditTracker:
             self._tags.append(self._observed.AddObserver(event, self._on_segment_modified))
         self._observe_layers()
         with self.suppressed():
-            for artery in ARTERIES:
-                if self.segmentation_node.GetSegmentation().GetSegment(artery) is not None:
-                    self._last[artery] = mask_fingerprint(
-                        read_segment_mask(self.segmentation_node, artery, self.volume_node)
-                    )
+            for artery, box in _artery_boxes(self.segmentation_node, self.volume_node).items():
+                self._last[artery] = box.fingerprint()
 
     def stop(self) -> None:
         if self._observed is not None:
@@ -162,8 +180,10 @@ class EditTracker:
         """Store the fingerprint of the segments the AI just wrote and clear their edit flag."""
         with self.suppressed():
             segmentation = self.segmentation_node.GetSegmentation()
+            arteries = list(arteries)
+            boxes = read_segment_boxes(self.segmentation_node, self.volume_node, arteries) if arteries else {}
             for artery in arteries:
-                fingerprint = mask_fingerprint(read_segment_mask(self.segmentation_node, artery, self.volume_node))
+                fingerprint = boxes[artery].fingerprint()
                 segment = segmentation.GetSegment(artery)
                 segment.SetTag(HASH_TAG, fingerprint)
                 segment.SetTag(EDITED_TAG, "0")
@@ -181,24 +201,29 @@ class EditTracker:
         changed = []
         segmentation = self.segmentation_node.GetSegmentation()
         name = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
-        reference = reference_oriented_image(self.volume_node)
-        layers: dict[str, np.ndarray] = {}  # each shared layer is resampled once
+        present = [a for a in ARTERIES
+                   if segmentation.GetSegment(a) is not None and segmentation.GetSegment(a).GetRepresentation(name) is not None]
         with self.suppressed():
-            for artery in ARTERIES:
+            boxes = read_segment_boxes(self.segmentation_node, self.volume_node, present) if present else {}
+            for artery, box in boxes.items():
                 segment = segmentation.GetSegment(artery)
-                if segment is None or segment.GetRepresentation(name) is None:
-                    continue
-                layer = segment.GetRepresentation(name)
-                key = layer.GetAddressAsString("vtkObject")
-                if key not in layers:
-                    layers[key] = array_from_oriented_image(layer, reference)
-                fingerprint = mask_fingerprint(layers[key] == segment.GetLabelValue())
+                fingerprint = box.fingerprint()
                 if self._last.get(artery) == fingerprint:
                     continue
                 self._last[artery] = fingerprint
                 changed.append(artery)
-                segment.SetTag(EDITED_TAG, "0" if _get_tag(segment, HASH_TAG) == fingerprint else "1")
+                segment.SetTag(EDITED_TAG, "0" if self._is_ai_content(artery, _get_tag(segment, HASH_TAG), box) else "1")
         return changed
+
+    def _is_ai_content(self, artery: str, stored: str | None, box: SegmentBox) -> bool:
+        """Whether ``box`` is what the AI wrote; an old-format fingerprint (whole grid) is
+        compared once per content and remembered, so later checks stay box-sized."""
+        if stored is None or stored.startswith("2:"):
+            return stored is not None and stored == box.fingerprint()
+        key = (stored, box.fingerprint())
+        if key not in self._legacy:
+            self._legacy[key] = matches_fingerprint(stored, box)
+        return self._legacy[key]
 
     def _on_segment_modified(self, caller=None, event=None) -> None:
         if self._suppress:

@@ -35,14 +35,15 @@ from . import attention as attention_glue
 from . import table as table_glue
 from .edits import EditTracker, edited_segments, flag_unrecorded_edits
 from .segmentation import (
+    RESULT_ATTRIBUTE,
     create_result_segmentation,
     ensure_artery_segments,
     find_result_segmentation,
     place_in_hierarchy,
-    read_labels,
+    read_labels_box,
     write_labels,
 )
-from .volume import volume_kvp, volume_node_to_ct
+from .volume import nodes_by_class, volume_kvp, volume_node_to_ct
 
 #: Node attribute linking a result segmentation to its score / slice tables.
 SCORE_TABLE_REF = "CoronaryCalciumDINO.ScoreTable"
@@ -185,6 +186,10 @@ class ResultSession:
         self.last_error: Exception | None = None
         self.tracker = EditTracker(segmentation_node, volume_node, on_edit=self._on_edit, defer=defer)
 
+    def rescore_edits(self, arteries: list[str]) -> None:
+        """Rescore after ``arteries`` were edited (what the tracker does on an edit)."""
+        self._on_edit(list(arteries))
+
     def _on_edit(self, arteries: list[str]) -> None:
         if not self.auto_rescore:
             return
@@ -321,8 +326,8 @@ def write_result(scene, volume_node, ct, result, params: ScoringParams | None = 
     check_volume(volume_node, ct)  # usually done already by the pipeline (cached on ct.meta)
     run_warnings = list(getattr(result, "warnings", None) or [])
     if kept:
-        current, warnings = read_labels(seg, volume_node)
-        score_result = score(ct.hu, current, ct.spacing, params)
+        current, offset, warnings = read_labels_box(seg, volume_node)
+        score_result = score_box(ct.hu, current, offset, ct.spacing, params)
         extra["kept_user_edits"] = list(kept)
     else:
         score_result, warnings = result.score, []
@@ -397,10 +402,10 @@ def rescore(segmentation_node, volume_node, params: ScoringParams | None = None,
     """
     scene = volume_node.GetScene()
     params = scoring_params_for(volume_node, params)
-    ct = volume_node_to_ct(volume_node)
+    ct = volume_node_to_ct(volume_node, copy=False)  # a view of the stored voxels
     check_volume(volume_node, ct)
-    labels, warnings = read_labels(segmentation_node, volume_node)
-    result = score(ct.hu, labels, ct.spacing, params)
+    labels, offset, warnings = read_labels_box(segmentation_node, volume_node)
+    result = score_box(ct.hu, labels, offset, ct.spacing, params)
     if table_node is None:
         table_node = _linked(scene, segmentation_node, SCORE_TABLE_REF)
     if table_node is None:
@@ -415,6 +420,24 @@ def rescore(segmentation_node, volume_node, params: ScoringParams | None = None,
     )
 
 
+def score_box(hu: np.ndarray, labels: np.ndarray, offset, spacing, params: ScoringParams | None = None):
+    """:func:`~..scoring.score` of a label map given on a box of the CT grid (``labels``,
+    its first voxel at CT voxel ``offset`` (z, y, x)); only that box of ``hu`` is read.
+
+    The result equals scoring the whole grid with those labels (zero elsewhere): lesions
+    are 2D components inside one slice, and every labelled voxel lies in the box; lesion
+    slices are CT slice numbers.
+    """
+    labels = np.asarray(labels)
+    if labels.size == 0:
+        labels, offset = np.zeros((1, 1, 1), dtype=np.uint8), (0, 0, 0)
+    where = tuple(slice(int(o), int(o) + n) for o, n in zip(offset, labels.shape))
+    result = score(np.ascontiguousarray(hu[where]), labels, spacing, params)
+    for lesion in result.lesions:
+        lesion.slice += int(offset[0])
+    return result
+
+
 def result_tables(scene, segmentation_node) -> tuple[object | None, object | None]:
     """(score table, slice table) linked to a result segmentation."""
     return _linked(scene, segmentation_node, SCORE_TABLE_REF), _linked(scene, segmentation_node, SLICE_TABLE_REF)
@@ -423,3 +446,90 @@ def result_tables(scene, segmentation_node) -> tuple[object | None, object | Non
 def linked_attention_node(scene, segmentation_node):
     return _linked(scene, segmentation_node, ATTENTION_REF)
 
+
+
+def params_from_report(report: dict) -> ScoringParams | None:
+    """The :class:`ScoringParams` a stored report was scored with; None when the report does
+    not hold them (or holds impossible values)."""
+    try:
+        spacing = report["spacing_mm"]
+        factor = float(report["slice_factor"])
+        slice_correction = not (factor == 1.0 and abs(float(spacing[0]) - 3.0) > 1e-9)
+        return ScoringParams(
+            threshold_hu=float(report["threshold_hu"]),
+            band_edges_hu=tuple(float(e) for e in report["band_edges_hu"]),  # type: ignore[arg-type]
+            min_area_mm2=float(report["min_area_mm2"]),
+            slice_correction=slice_correction,
+            calibration_factor=None if report.get("calibration_factor") is None else float(report["calibration_factor"]),
+            kvp=None if report.get("kvp") is None else float(report["kvp"]),
+        )
+    except (KeyError, TypeError, ValueError, IndexError, InputError):
+        return None
+
+
+@dataclass
+class TaggedResult:
+    """A result segmentation found in a scene, with what its session needs."""
+
+    segmentation_node: object
+    volume_node: object
+    #: the scoring parameters of its stored score table (None: the volume's default)
+    params: ScoringParams | None
+    #: segments found edited by :func:`flag_unrecorded_edits` that were not flagged before
+    newly_flagged: list[str] = field(default_factory=list)
+
+
+def _result_volume(scene, segmentation_node):
+    """The CT of a tagged result: the segmentation's reference-geometry volume (a node
+    reference, which MRML renames with the nodes when a scene is imported), else the node
+    whose ID the tag holds."""
+    candidates = []
+    role = segmentation_node.GetReferenceImageGeometryReferenceRole()
+    if role:
+        candidates.append(segmentation_node.GetNodeReference(role))
+    candidates.append(scene.GetNodeByID(segmentation_node.GetAttribute(RESULT_ATTRIBUTE) or ""))
+    for node in candidates:
+        if node is not None and node.IsA("vtkMRMLScalarVolumeNode") and node.GetImageData() is not None:
+            return node
+    return None
+
+
+def tagged_results(scene) -> list[TaggedResult]:
+    """The result segmentations of ``scene`` (node attribute ``CoronaryCalciumDINO.ResultOf``)
+    whose CT is in the scene, e.g. after a saved scene was loaded again.
+
+    For each: the tag is set to the CT's current ID (node IDs can change when a scene is
+    imported), edits made while no session tracked them are flagged
+    (:func:`~.edits.flag_unrecorded_edits`), and the scoring parameters are read back from
+    the stored score table.
+    """
+    found = []
+    for seg in nodes_by_class(scene, "vtkMRMLSegmentationNode"):
+        if not seg.GetAttribute(RESULT_ATTRIBUTE):
+            continue
+        volume = _result_volume(scene, seg)
+        if volume is None:
+            continue
+        if seg.GetAttribute(RESULT_ATTRIBUTE) != volume.GetID():
+            seg.SetAttribute(RESULT_ATTRIBUTE, volume.GetID())
+        before = set(edited_segments(seg))
+        newly = [a for a in flag_unrecorded_edits(seg, volume) if a not in before]
+        table = _linked(scene, seg, SCORE_TABLE_REF)
+        params = params_from_report(table_glue.report_from_table(table)) if table is not None else None
+        found.append(TaggedResult(seg, volume, params, newly))
+    return found
+
+
+def reopen_sessions(scene, open_session: Callable[[object, object, ScoringParams | None], ResultSession]) -> list[ResultSession]:
+    """Open edit tracking again on every result segmentation of ``scene`` (call after a
+    saved scene is loaded or restored): ``open_session(segmentation_node, volume_node,
+    params)`` opens (or returns the already open) session of one result, with the scoring
+    parameters of its stored table. A result whose segments were edited while nobody
+    tracked them is rescored at once. Returns the sessions."""
+    sessions = []
+    for found in tagged_results(scene):
+        session = open_session(found.segmentation_node, found.volume_node, found.params)
+        if found.newly_flagged:
+            session.rescore_edits(found.newly_flagged)
+        sessions.append(session)
+    return sessions

@@ -127,8 +127,12 @@ def node_ijk_to_ras(node) -> np.ndarray:
     return matrix_to_numpy(m)
 
 
-def volume_node_to_ct(node, kvp: float | None = None) -> CTVolume:
+def volume_node_to_ct(node, kvp: float | None = None, copy: bool = True) -> CTVolume:
     """Read a scalar volume node back into a CTVolume (values taken as HU).
+
+    ``copy=True`` gives the HU as a float32 copy (what the pipeline needs). ``copy=False``
+    gives a read-only view of the node's own voxels in their stored type (e.g. int16): no
+    copy of the CT, for rescoring, which only reads the voxels under the segments.
 
     Raises InputError for an empty, 2D, multi-component or transformed-by-parent volume.
     """
@@ -145,7 +149,12 @@ def volume_node_to_ct(node, kvp: float | None = None) -> CTVolume:
     nx, ny, nz = image.GetDimensions()
     if nz < 2:
         raise InputError(f"volume '{node.GetName()}' holds a single slice; a calcium score needs a volume")
-    hu = ns.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(nz, ny, nx).astype(np.float32)
+    hu = ns.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(nz, ny, nx)
+    if copy:
+        hu = hu.astype(np.float32)
+    else:
+        hu = hu.view()
+        hu.flags.writeable = False
     lps = LPS_TO_RAS @ node_ijk_to_ras(node)
     axes = lps[:3, :3]
     sizes = np.linalg.norm(axes, axis=0)
@@ -221,3 +230,27 @@ def array_from_oriented_image(image, reference) -> np.ndarray:
     dst = tuple(slice(lo[a] - ext[2 * a], hi[a] - ext[2 * a] + 1) for a in (2, 1, 0))
     result[dst] = data[src]
     return result
+
+
+def image_array_view(image) -> np.ndarray:
+    """The scalars of a single-component vtkImageData as a (z, y, x) view over its extent
+    (no copy); an empty (0, 0, 0) array when it holds no voxel."""
+    _, ns = _vtk()
+    ext = image.GetExtent()
+    shape = (ext[5] - ext[4] + 1, ext[3] - ext[2] + 1, ext[1] - ext[0] + 1)
+    scalars = image.GetPointData().GetScalars()
+    if min(shape) <= 0 or scalars is None or scalars.GetNumberOfTuples() != shape[0] * shape[1] * shape[2]:
+        return np.zeros((0, 0, 0), dtype=np.uint8)
+    return ns.vtk_to_numpy(scalars).reshape(shape)
+
+
+def shares_voxel_grid(image, volume_node, tol: float = 1e-6) -> bool:
+    """Whether an oriented image's voxel (i, j, k) is the volume's voxel (i, j, k): same
+    IJK->RAS matrix (the extents may differ). A segment stored this way (the usual case: the
+    result segmentation takes the CT's geometry) can be read without resampling."""
+    vtk, _ = _vtk()
+    m = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(m)
+    ours = matrix_to_numpy(m)
+    theirs = node_ijk_to_ras(volume_node)
+    return bool(np.allclose(ours, theirs, rtol=0.0, atol=tol * max(1.0, float(np.abs(theirs).max()))))
