@@ -5,17 +5,18 @@ library's pipeline (``CoronaryCalciumDINOLib.pipeline``) and writes its output w
 scene glue (``CoronaryCalciumDINOLib.scene``), which is plain MRML code tested outside
 Slicer on the ``slicer-core`` package.
 
-Long work runs in a Python worker thread that touches no MRML node (it only sees a NumPy
-copy of the CT); a QTimer on the main thread polls its progress, drives the progress bar
-and writes the result into the scene when the thread ends. Cancel sets a flag the
-pipeline checks between stages and batches. (A thread rather than a subprocess: the CT
-does not have to be written to disk, and the result comes back without serialisation.)
-
-Slicer's main thread holds Python's GIL while it idles in the Qt event loop (neither
-Slicer nor CTK enables PythonQt's thread support), so a Python thread only runs while the
-main thread executes Python or waits with the GIL released. Each poll therefore waits on
-the worker for most of the timer interval (``_POLL_WAIT_S`` of every ``_POLL_INTERVAL_MS``),
-which lets the pipeline run at nearly full speed while the GUI stays responsive.
+Compute runs the library's own command, ``ccdino score``, in a separate process (as
+SlicerTotalSegmentator runs its command): the CT is written to a temporary folder (NRRD),
+the command is started with ``slicer.util.launchConsoleProcess`` (``PythonSlicer -m
+CoronaryCalciumDINOLib.cli score ... --progress-lines``), and a QTimer on the main thread
+reads what it printed so far without waiting (its ``PROGRESS <fraction> <message>`` lines
+drive the progress bar). When it ends, the main thread reads its result files (labels,
+JSON report with the slice probabilities, attention maps) and writes them into the scene
+with the scene glue; the temporary folder is then removed. Cancel terminates the process
+(and kills it after ``_CANCEL_GRACE_S``). A crash or an out-of-memory kill of the AI ends
+only that process: the module reports it in one line and the scene is untouched. Slicer's
+own process never imports torch. (Slicer's main thread holds Python's GIL while it idles in
+the Qt event loop, so a Python worker thread would only run while the GUI waits on it.)
 """
 
 from __future__ import annotations
@@ -26,9 +27,12 @@ import importlib.metadata
 import importlib.util
 import logging
 import os
-import threading
+import shutil
+import sys
+import time
 from typing import Annotated, Optional
 
+import numpy as np
 import qt
 import slicer
 import vtk
@@ -64,19 +68,22 @@ def _waitCursor():
         slicer.app.restoreOverrideCursor()
 
 
-#: Progress polling: every _POLL_INTERVAL_MS the main thread waits up to _POLL_WAIT_S on the
-#: worker (releasing the GIL), leaving the rest of the interval to the Qt event loop.
-_POLL_INTERVAL_MS = 50
-_POLL_WAIT_S = 0.035
+#: The compute process is polled (its output read, its end checked; never waited on) every
+#: _POLL_INTERVAL_MS by a QTimer on the main thread.
+_POLL_INTERVAL_MS = 100
+#: Cancel asks the compute process to end (terminate) and kills it after this many seconds.
+_CANCEL_GRACE_S = 5.0
 
 
 def _lib():
     """The library with the subpackages the module uses, imported on first use (keeps
     module discovery fast; torch is imported only when the pipeline runs)."""
     import CoronaryCalciumDINOLib
+    import CoronaryCalciumDINOLib.cli.progress
     import CoronaryCalciumDINOLib.constants
     import CoronaryCalciumDINOLib.errors
     import CoronaryCalciumDINOLib.io
+    import CoronaryCalciumDINOLib.io.volume
     import CoronaryCalciumDINOLib.scene.attention
     import CoronaryCalciumDINOLib.scene.edits
     import CoronaryCalciumDINOLib.scene.logic
@@ -209,7 +216,8 @@ class CoronaryCalciumDINOWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         """Stop background work and remove every observer."""
         self._timer.stop()
         if self._job is not None:
-            self._job.cancel()
+            self._job.close()  # ends the process and removes its temporary folder
+            self._job = None
         if self.logic is not None:
             self.logic.stopObservingScene()
             self.logic.closeSessions()
@@ -226,10 +234,10 @@ class CoronaryCalciumDINOWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
 
     def onSceneStartClose(self, caller, event) -> None:
-        # A running job belongs to the closing scene: cancel it and drop its result.
+        # A running job belongs to the closing scene: end its process and drop its result.
         self._timer.stop()
         if self._job is not None:
-            self._job.cancel()
+            self._job.close()
             self._job = None
             self.ui.progressBar.setValue(0)
             self.ui.statusLabel.text = ""
@@ -308,10 +316,10 @@ class CoronaryCalciumDINOWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         if job is None:
             self._timer.stop()
             return
-        job.wait(_POLL_WAIT_S)  # releases the GIL so that the worker thread runs
+        running = job.poll()  # reads what the process printed so far; never waits
         self.ui.progressBar.setValue(int(round(100 * job.fraction)))
         self.ui.statusLabel.text = job.message
-        if job.is_alive():
+        if running:
             return
         self._timer.stop()
         self._job = None
@@ -419,39 +427,330 @@ class CoronaryCalciumDINOWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
 #
 
 
-class _ComputeJob:
-    """The pipeline on a NumPy copy of the CT in a worker thread (no MRML access)."""
+class _OutputLines:
+    """The lines a process prints on its stdout pipe, read without ever waiting.
 
-    def __init__(self, volumeNode, ct, run):
-        self.volumeNode = volumeNode
-        self.ct = ct
-        self.fraction = 0.0
-        self.message = _("Starting...")
-        self.result = None
-        self.error = None
-        self._cancel = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(run,), daemon=True)
-        self._thread.start()
+    The pipe is set non-blocking (POSIX; Windows from Python 3.12); elsewhere a reader
+    thread waits on it and hands over what it read, so the main thread never waits."""
 
-    def _progress(self, fraction, message):
-        self.fraction = float(fraction)
-        self.message = str(message)
+    def __init__(self, stream):
+        import codecs
 
-    def _run(self, run):
+        self._stream = stream
+        self._fd = stream.fileno()
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._partial = ""
+        self._queue = None
+        self._thread = None
+        self.ended = False  # the pipe reached its end (the process closed it)
         try:
-            self.result = run(self.ct, self._progress, self._cancel.is_set)
-        except Exception as exc:  # reported on the main thread
+            os.set_blocking(self._fd, False)
+        except (AttributeError, OSError):
+            import queue
+            import threading
+
+            self._queue = queue.Queue()
+            self._thread = threading.Thread(target=self._readAll, daemon=True)
+            self._thread.start()
+
+    def _readAll(self):
+        while True:
+            try:
+                chunk = os.read(self._fd, 65536)
+            except OSError:
+                chunk = b""
+            self._queue.put(chunk)
+            if not chunk:
+                return
+
+    def _chunks(self):
+        import queue
+
+        while not self.ended:
+            if self._queue is not None:
+                try:
+                    chunk = self._queue.get_nowait()
+                except queue.Empty:
+                    return
+            else:
+                try:
+                    chunk = os.read(self._fd, 65536)
+                except BlockingIOError:
+                    return
+                except OSError:
+                    chunk = b""
+            if not chunk:
+                self.ended = True
+                return
+            yield chunk
+
+    def read(self, final: bool = False) -> list:
+        """The complete lines printed since the last call (``final``: the rest as well)."""
+        if final and self._thread is not None:
+            self._thread.join(1.0)  # the process ended: the thread sees the pipe's end
+        text = self._partial + "".join(self._decoder.decode(chunk) for chunk in self._chunks())
+        lines = text.split("\n")
+        self._partial = lines.pop()
+        if final and self._partial:
+            lines.append(self._partial)
+            self._partial = ""
+        return [line.rstrip("\r") for line in lines]
+
+
+class _ProcessResult:
+    """The result files of the compute process, as the scene glue's ``write_result`` takes a
+    pipeline result: labels, score, slice probabilities, attention, warnings, report keys."""
+
+    def __init__(self, ct, params, report, labels, attention, runWarnings):
+        lib = _lib()
+        self.report = report
+        self.labels = labels
+        self.attention = attention
+        self.warnings = list(runWarnings)
+        slices = report.get("slices") or []
+        self.slice_probabilities = np.array([s["probability"] for s in slices], dtype=np.float32)
+        self.selected = np.array([bool(s["selected"]) for s in slices], dtype=bool)
+        # The score of the labels on the scene's CT (what rescoring gives); it must be the
+        # command's own score, else the files do not belong to this CT and parameters.
+        self.score = lib.scoring.score(ct.hu, labels, ct.spacing, params)
+        ours, theirs = self.score.total.agatston, float(report["total"]["agatston"])
+        if abs(ours - theirs) > 1e-6 * max(1.0, abs(theirs)) or self.score.total.lesions != report["total"]["lesions"]:
+            raise lib.errors.CCDinoError(
+                f"the result of the compute process does not match the CT (Agatston {theirs:g} there, {ours:g} here)"
+            )
+
+    def report_extra(self) -> dict:
+        extra = {key: self.report[key] for key in ("slices", "model") if key in self.report}
+        lesions = self.report.get("lesions") or []
+        if lesions and all("confidence" in lesion for lesion in lesions):
+            extra["lesion_confidence"] = [dict(lesion["confidence"]) for lesion in lesions]
+        return extra
+
+
+class _FinishedJob:
+    """A job done at once on the main thread: ``segmentFn`` instead of the AI (tests,
+    other models); the same interface as :class:`_ComputeProcess`."""
+
+    def __init__(self, volumeNode, ct, params, run):
+        self.volumeNode, self.ct, self.params = volumeNode, ct, params
+        self.fraction, self.message = 1.0, _("Done")
+        self.result, self.error = None, None
+        try:
+            self.result = run(ct)
+        except Exception as exc:  # reported like a failed process
             self.error = exc
 
-    def cancel(self):
-        self._cancel.set()
+    def poll(self):
+        return False
 
     def is_alive(self):
-        return self._thread.is_alive()
+        return False
 
     def wait(self, timeout=None):
-        """Wait for the thread to end (at most ``timeout`` seconds); releases the GIL."""
-        self._thread.join(timeout)
+        pass
+
+    def cancel(self):
+        pass
+
+    def loadResult(self, checkVolume=None):
+        return self.result
+
+    def cleanup(self):
+        pass
+
+    def close(self):
+        pass
+
+
+class _ComputeProcess:
+    """One Compute in its own process: the library's command ``ccdino score`` on the CT
+    written to ``folder``; results come back as files in ``folder/out``.
+
+    :meth:`poll` (main thread, from a QTimer) reads the process's output without waiting:
+    ``PROGRESS`` lines set ``fraction`` and ``message``, ``CUDA 0|1`` tells whether it found
+    a GPU, other lines are kept for the log and the error message. When the process has
+    ended, ``error`` is None (success: :meth:`loadResult` reads the files) or a one-line
+    :class:`~CoronaryCalciumDINOLib.errors.CCDinoError` (:class:`Cancelled` after
+    :meth:`cancel`)."""
+
+    #: the CT file's name: the command names its outputs after it (volume.json, ...)
+    STEM = "volume"
+    #: output lines kept for the log and the error message
+    KEEP_LINES = 200
+
+    def __init__(self, volumeNode, ct, params, attention, folder, launch, args, graceSeconds=_CANCEL_GRACE_S):
+        import collections
+
+        self.volumeNode, self.ct, self.params = volumeNode, ct, params
+        self.attention = bool(attention)
+        self.folder = folder
+        self.args = list(args)
+        self.graceSeconds = float(graceSeconds)
+        self.fraction, self.message = 0.0, _("Starting...")
+        self.result, self.error, self.cuda, self.returncode = None, None, None, None
+        self.output = collections.deque(maxlen=self.KEEP_LINES)
+        self._cancelled, self._killAt, self._ended, self._cleaned = False, None, False, False
+        self.process = launch(self.args)
+        self._lines = _OutputLines(self.process.stdout)
+
+    @property
+    def outDir(self):
+        return os.path.join(self.folder, "out")
+
+    def _take(self, lines):
+        progress = _lib().cli.progress
+        for line in lines:
+            parsed = progress.parse_progress_line(line)
+            if parsed is not None:
+                self.fraction, self.message = parsed
+                continue
+            cuda = progress.parse_cuda_line(line)
+            if cuda is not None:
+                self.cuda = cuda
+                continue
+            if line.strip():
+                self.output.append(line)
+                logging.info(f"CoronaryCalciumDINO compute: {line}")
+
+    def poll(self) -> bool:
+        """Read what the process printed since the last call and see whether it ended
+        (never waits); True while it runs. Kills a cancelled process after the grace period."""
+        if self._ended:
+            return False
+        self._take(self._lines.read())
+        code = self.process.poll()
+        if code is None:
+            if self._killAt is not None and time.monotonic() >= self._killAt:
+                self.process.kill()
+                self._killAt = None
+            return True
+        self._take(self._lines.read(final=True))
+        self._ended, self.returncode = True, code
+        if self._cancelled:
+            self.error = _lib().errors.Cancelled("cancelled by the user")
+        elif code != 0:
+            self.error = self._failure(code)
+        if self.error is not None:
+            self.cleanup()
+        return False
+
+    def _failure(self, code):
+        """The one-line error of a process that ended with ``code`` (its output is logged)."""
+        lines = list(self.output)
+        if lines:
+            logging.error("CoronaryCalciumDINO compute process output (last lines):\n" + "\n".join(lines[-40:]))
+        for line in reversed(lines):
+            if line.startswith("ccdino: error: "):  # the command's own one-line error
+                return _lib().errors.CCDinoError(line[len("ccdino: error: "):].strip())
+        if code < 0:  # ended by a signal (POSIX)
+            import signal
+
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            why = " (out of memory?)" if name == "SIGKILL" else ""
+            return _lib().errors.CCDinoError(
+                f"the AI process was ended by {name}{why}; the scene is unchanged"
+            )
+        last = next((line.strip() for line in reversed(lines) if line.strip()), "")
+        if len(last) > 300:
+            last = last[:297] + "..."
+        detail = f": {last}" if last else ""
+        return _lib().errors.CCDinoError(f"the AI process failed (exit code {code}){detail}; the scene is unchanged")
+
+    def is_alive(self) -> bool:
+        return not self._ended and self.process.poll() is None
+
+    def wait(self, timeout=None):
+        """Poll until the process ends (at most ``timeout`` seconds): blocking use (tests,
+        scripts); the panel polls from its timer instead."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while self.poll():
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
+                time.sleep(0.02)
+        except BaseException:
+            self.close()
+            raise
+
+    def cancel(self):
+        """Ask the process to end (terminate); :meth:`poll` kills it after the grace period."""
+        if self._ended or self._cancelled:
+            return
+        self._cancelled = True
+        self.message = _("Cancelling...")
+        try:
+            self.process.terminate()
+        except OSError:  # ended meanwhile
+            pass
+        self._killAt = time.monotonic() + self.graceSeconds
+
+    def close(self):
+        """End the process (terminate, kill after the grace period), wait for it and remove
+        the temporary folder (module cleanup, scene close)."""
+        self.cancel()
+        self.wait(self.graceSeconds + 2.0)
+        if not self._ended:
+            self.process.kill()
+            self.wait(5.0)
+        self.cleanup()
+
+    def cleanup(self):
+        """Remove the temporary folder (CT and result files)."""
+        if self._cleaned:
+            return
+        self._cleaned = True
+        if self.process.stdout is not None:
+            try:
+                self.process.stdout.close()
+            except OSError:
+                pass
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def loadResult(self, checkVolume=None):
+        """Read the result files of a process that ended well (main thread); sets and
+        returns ``result``. ``checkVolume(ct)`` runs the CT checks on the scene's CT first,
+        so that their warnings are not counted twice."""
+        if self.result is not None:
+            return self.result
+        if self.error is not None:
+            raise self.error
+        if not self._ended:
+            raise RuntimeError("the compute process has not ended")
+        import json
+
+        lib = _lib()
+        out = self.outDir
+        try:
+            with open(os.path.join(out, f"{self.STEM}.json"), encoding="utf-8") as f:
+                report = json.load(f)
+            labels = lib.io.volume.read_label_file(os.path.join(out, f"{self.STEM}.labels.nrrd"), self.ct)
+            attention = self._readAttention() if self.attention else None
+        except (OSError, ValueError) as exc:
+            raise lib.errors.CCDinoError(f"the compute process left no readable result: {exc}") from None
+        if checkVolume is not None:
+            checkVolume(self.ct)
+        runWarnings = [w for w in report.get("warnings") or [] if w not in self.ct.warnings]
+        self.result = _ProcessResult(self.ct, self.params, report, labels.astype(np.uint8), attention, runWarnings)
+        return self.result
+
+    def _readAttention(self):
+        """The attention maps the command wrote (mean, then each head) as one
+        (heads + 1, z, y, x) float32 array."""
+        read = _lib().io.volume.read_volume_file
+        out = self.outDir
+        heads = sorted(
+            (int(name[len("attention.head"):-len(".nrrd")]), name)
+            for name in os.listdir(out)
+            if name.startswith("attention.head") and name.endswith(".nrrd") and name[len("attention.head"):-len(".nrrd")].isdigit()
+        )
+        paths = [os.path.join(out, "attention.nrrd")] + [os.path.join(out, name) for _h, name in heads]
+        maps = np.empty((len(paths), *self.ct.shape), dtype=np.float32)
+        for i, path in enumerate(paths):
+            maps[i] = read(path).hu
+        return maps
 
 
 class CoronaryCalciumDINOLogic(ScriptedLoadableModuleLogic):
@@ -585,20 +884,104 @@ class CoronaryCalciumDINOLogic(ScriptedLoadableModuleLogic):
 
     # -- compute
 
+    #: seconds between terminating a cancelled compute process and killing it
+    cancelGraceSeconds = _CANCEL_GRACE_S
+
     def startCompute(self, volumeNode, bundlePath=None, device="auto", attention=True, params=None, segmentFn=None):
-        """Start the pipeline in a worker thread; returns the job (poll ``fraction``/``message``)."""
-        scene_logic = _lib().scene.logic
+        """Start the AI on ``volumeNode`` in its own process (the library's command
+        ``ccdino score``); returns the job: call its ``poll()`` from a timer (it never
+        waits; ``fraction``/``message`` follow the run), then :meth:`finishCompute`.
+
+        ``segmentFn(ct)`` replaces the AI (tests, other models): it runs at once, here."""
+        lib = _lib()
+        scene_logic = lib.scene.logic
         if volumeNode is None:
             raise ValueError(_("Select an input CT volume."))
-        ct = _lib().scene.volume.volume_node_to_ct(volumeNode)
+        ct = lib.scene.volume.volume_node_to_ct(volumeNode)
         params = scene_logic.scoring_params_for(volumeNode, params)
+        if segmentFn is not None:
+            return _FinishedJob(volumeNode, ct, params, segmentFn)
+        scoringArgs = self.scoringArguments(params)  # before anything is written
+        if bundlePath:
+            bundlePath = os.path.abspath(bundlePath)
+            if not os.path.exists(bundlePath):
+                raise lib.errors.InputError(_("Model bundle not found: {path}").format(path=bundlePath))
+        import tempfile
 
-        def run(ct, progress, cancel):
-            return scene_logic.run_segmentation(ct, bundlePath or None, device, params, attention, progress, cancel, segmentFn)
+        folder = tempfile.mkdtemp(prefix="ccdino-")
+        try:
+            inputPath = os.path.join(folder, f"{_ComputeProcess.STEM}.nrrd")
+            self.writeInput(ct, inputPath)
+            outDir = os.path.join(folder, "out")
+            args = [
+                *self.pythonCommand(), "score", inputPath, "--out", outDir, "--quiet", "--progress-lines",
+                "--device", str(device or "auto"), *scoringArgs,
+            ]
+            if bundlePath:
+                args += ["--bundle", bundlePath]
+            if attention:
+                args += ["--attention", os.path.join(outDir, "attention.nrrd")]
+            return _ComputeProcess(volumeNode, ct, params, attention, folder, self.launchProcess, args, self.cancelGraceSeconds)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
 
-        job = _ComputeJob(volumeNode, ct, run)
-        job.params = params
-        return job
+    @staticmethod
+    def pythonCommand():
+        """The command line before the subcommand: Slicer's Python (``PythonSlicer``, which
+        sets up Slicer's environment, found on the PATH as SlicerTotalSegmentator finds it;
+        this Python outside Slicer) running the library's command module."""
+        python = shutil.which("PythonSlicer") or sys.executable
+        return [python, "-m", "CoronaryCalciumDINOLib.cli"]
+
+    @staticmethod
+    def launchProcess(args):
+        """Start ``args`` with ``slicer.util.launchConsoleProcess`` (stdout and stderr in one
+        pipe, no console window) in the folder that holds the library, so that ``-m`` finds
+        the same library the module uses. ``PythonSlicer`` gets Slicer's startup environment
+        (as an extension's command does); another Python this process's environment."""
+        libraryParent = os.path.dirname(os.path.dirname(os.path.abspath(_lib().__file__)))
+        startup = os.path.basename(args[0]).lower().startswith("pythonslicer")
+        return slicer.util.launchConsoleProcess(
+            args,
+            useStartupEnvironment=startup,
+            updateEnvironment={"PYTHONIOENCODING": "utf-8", "PYTHONUNBUFFERED": "1"},
+            cwd=libraryParent,
+        )
+
+    @staticmethod
+    def writeInput(ct, path):
+        """The CT as the command's input file (NRRD, uncompressed; int16 when every value is
+        an integer in range, as for a DICOM CT, else float32: the values are kept exactly)."""
+        hu = np.asarray(ct.hu)
+        stored = hu.astype(np.int16)
+        if not np.array_equal(stored, hu):
+            stored = hu.astype(np.float32)
+        _lib().io.volume.write_volume(stored, ct, path, compress=False)
+
+    @staticmethod
+    def scoringArguments(params):
+        """``ccdino score`` options giving exactly ``params`` (kVp-adapted thresholds, minimum
+        area, slice correction, calibration); InputError for parameters they cannot express."""
+        lib = _lib()
+        args = []
+        if params.kvp is not None:
+            args += ["--kvp", repr(float(params.kvp))]
+        args += ["--min-area", repr(float(params.min_area_mm2))]
+        if not params.slice_correction:
+            args.append("--no-slice-correction")
+        if params.calibration_factor is not None:
+            args += ["--calibration-factor", repr(float(params.calibration_factor))]
+        options = lib.scoring.ScoringOptions(
+            kvp=params.kvp, min_area_mm2=params.min_area_mm2, slice_correction=params.slice_correction,
+            calibration_factor=params.calibration_factor,
+        )
+        if options.resolve(None) != params:
+            raise lib.errors.InputError(
+                f"these scoring parameters cannot be given to the scoring command (threshold {params.threshold_hu:g} HU, "
+                f"bands {tuple(params.band_edges_hu)}): use the kVp, minimum area and calibration settings"
+            )
+        return args
 
     def finishCompute(self, job, on_conflict="keep", busy=None):
         """Write a finished job's result into the scene (main thread); returns the outcome.
@@ -606,20 +989,28 @@ class CoronaryCalciumDINOLogic(ScriptedLoadableModuleLogic):
         ``on_conflict``: "keep", "replace" or a callable asked with the edited segments; it
         is asked before the writing starts, and only the writing runs inside the ``busy()``
         context (e.g. a wait cursor), so a question never appears under a wait cursor.
+        The result files of a compute process are read here, under ``busy()``; its
+        temporary folder is removed whatever happens.
         """
-        if job.error is not None:
-            raise job.error
-        scene_logic = _lib().scene.logic
-        volumeNode = job.volumeNode
-        if not slicer.mrmlScene.IsNodePresent(volumeNode):
-            raise _lib().errors.InputError(_("The input volume was removed from the scene during the computation."))
-        if callable(on_conflict):
-            edited = scene_logic.edited_result_segments(slicer.mrmlScene, volumeNode)
-            on_conflict = on_conflict(list(edited)) if edited else "keep"
-        existing = _lib().scene.segmentation.find_result_segmentation(slicer.mrmlScene, volumeNode)
-        session = self._sessions.get(existing.GetID()) if existing is not None else None
-        with busy() if busy is not None else contextlib.nullcontext():
-            outcome = scene_logic.write_result(slicer.mrmlScene, volumeNode, job.ct, job.result, job.params, on_conflict, session)
+        try:
+            if job.error is not None:
+                raise job.error
+            scene_logic = _lib().scene.logic
+            volumeNode = job.volumeNode
+            if not slicer.mrmlScene.IsNodePresent(volumeNode):
+                raise _lib().errors.InputError(_("The input volume was removed from the scene during the computation."))
+            if getattr(job, "cuda", None) is not None:
+                self.noteCudaAvailable(job.cuda)
+            if callable(on_conflict):
+                edited = scene_logic.edited_result_segments(slicer.mrmlScene, volumeNode)
+                on_conflict = on_conflict(list(edited)) if edited else "keep"
+            existing = _lib().scene.segmentation.find_result_segmentation(slicer.mrmlScene, volumeNode)
+            session = self._sessions.get(existing.GetID()) if existing is not None else None
+            with busy() if busy is not None else contextlib.nullcontext():
+                result = job.loadResult(lambda ct: scene_logic.check_volume(volumeNode, ct))
+                outcome = scene_logic.write_result(slicer.mrmlScene, volumeNode, job.ct, result, job.params, on_conflict, session)
+        finally:
+            job.cleanup()
         if getattr(job.result, "attention", None) is not None:
             self._attention[volumeNode.GetID()] = _lib().scene.attention.AttentionMaps(job.result.attention)
         self.openSession(outcome.segmentation_node, volumeNode, job.params)
@@ -630,6 +1021,12 @@ class CoronaryCalciumDINOLogic(ScriptedLoadableModuleLogic):
         job = self.startCompute(volumeNode, bundlePath, device, attention, params, segmentFn)
         job.wait()
         return self.finishCompute(job, on_conflict)
+
+    @staticmethod
+    def noteCudaAvailable(available: bool):
+        """Keep what the compute process found (``CUDA 0|1``) for :meth:`deviceWarning`: the
+        scene glue's CUDA check, which this process never does (it never imports torch)."""
+        _lib().scene.logic._CUDA_AVAILABLE = bool(available)
 
     # -- edits and rescoring
 

@@ -3,7 +3,8 @@
 ``python -m CoronaryCalciumDINOLib.cli._synopsis`` prints it; ``--write README.md``
 replaces the block between the README's synopsis markers; ``--check README.md`` exits 1
 when the README's block differs (the tests check the same). The format is the project's
-own (not argparse's usage text), so it does not change between Python versions.
+own (not argparse's usage text), so it does not change between Python versions. Options
+hidden from ``--help`` (``help=argparse.SUPPRESS``, e.g. ``score --progress-lines``) are left out.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def _token(action: argparse.Action) -> str:
 
 def command_synopsis(name: str, parser: argparse.ArgumentParser, width: int = WIDTH) -> str:
     """``ccdino NAME POSITIONALS [options]``, wrapped at ``width`` with aligned continuations."""
-    actions = [a for a in parser._actions if not isinstance(a, argparse._HelpAction)]
+    actions = [a for a in parser._actions if not isinstance(a, argparse._HelpAction) and a.help != argparse.SUPPRESS]
     tokens = [_token(a) for a in actions if not a.option_strings] + [_token(a) for a in actions if a.option_strings]
     head = f"ccdino {name} "
     lines, line = [], head

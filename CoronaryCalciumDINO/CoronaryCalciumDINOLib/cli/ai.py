@@ -25,7 +25,7 @@ from ..io.segfile import write_seg_nrrd
 from ..io.volume import CTVolume, write_volume
 from ..report import build_report
 from .common import attention_paths
-from .progress import progress_printer
+from .progress import CUDA_WORD, progress_line_printer, progress_printer
 
 
 def write_attention(attention, ct: CTVolume, path: str | Path) -> list[Path]:
@@ -40,13 +40,20 @@ def score_with_ai(ct: CTVolume, args, params, stem: str, out_dir: Path | None) -
     """Run the pipeline for the ``score`` subcommand and return its report dict."""
     bundle = pipeline.load_bundle(getattr(args, "bundle", None))
     quiet = getattr(args, "quiet", False)
+    if getattr(args, "progress_lines", False):  # for a program reading stdout (the Slicer module)
+        import torch  # imported by the bundle already
+
+        print(f"{CUDA_WORD} {int(bool(torch.cuda.is_available()))}", flush=True)
+        progress = progress_line_printer()
+    else:
+        progress = progress_printer(in_place=True, quiet=quiet)
     res = pipeline.run_pipeline(
         ct,
         bundle,
         device=getattr(args, "device", "auto") or "auto",
         params=params,
         attention=bool(getattr(args, "attention", None)),
-        progress=progress_printer(in_place=True, quiet=quiet),
+        progress=progress,
     )
     # the report first (it checks every value): a run that fails here has written nothing
     report = build_report(
