@@ -324,7 +324,9 @@ class CoronaryCalciumDINOWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self._timer.stop()
         self._job = None
         self._updateButtons()
-        self._updateDeviceWarning()  # the run did the CUDA check
+        if getattr(job, "cuda", None) is not None:
+            self.logic.noteCudaAvailable(job.cuda)  # what the process's PyTorch found
+        self._updateDeviceWarning()
         if job.error is not None:
             self.ui.progressBar.setValue(0)
             expected = isinstance(job.error, _lib().errors.CCDinoError)
@@ -489,6 +491,8 @@ class _OutputLines:
         if final and self._thread is not None:
             self._thread.join(1.0)  # the process ended: the thread sees the pipe's end
         text = self._partial + "".join(self._decoder.decode(chunk) for chunk in self._chunks())
+        if final:
+            text += self._decoder.decode(b"", final=True)
         lines = text.split("\n")
         self._partial = lines.pop()
         if final and self._partial:
@@ -929,10 +933,18 @@ class CoronaryCalciumDINOLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def pythonCommand():
         """The command line before the subcommand: Slicer's Python (``PythonSlicer``, which
-        sets up Slicer's environment, found on the PATH as SlicerTotalSegmentator finds it;
-        this Python outside Slicer) running the library's command module."""
-        python = shutil.which("PythonSlicer") or sys.executable
-        return [python, "-m", "CoronaryCalciumDINOLib.cli"]
+        sets up Slicer's environment: found on the PATH as SlicerTotalSegmentator finds it,
+        else in Slicer's ``bin`` folder; this Python outside Slicer, e.g. on slicer-core)
+        running the library's command module."""
+        python = shutil.which("PythonSlicer")
+        home = getattr(slicer.app, "slicerHome", None)
+        if python is None and home:
+            name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
+            inHome = os.path.join(home, "bin", name)
+            python = inHome if os.path.isfile(inHome) else None
+            if python is None:  # never sys.executable inside Slicer: that may be the application
+                raise RuntimeError(_("Slicer's Python (PythonSlicer) was not found in {folder}").format(folder=os.path.join(home, "bin")))
+        return [python or sys.executable, "-m", "CoronaryCalciumDINOLib.cli"]
 
     @staticmethod
     def launchProcess(args):

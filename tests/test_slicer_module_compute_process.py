@@ -7,8 +7,9 @@ on real MRML (slicer-core) with stand-ins only for Qt and the application
   in this process (labels, scores, slice probabilities, attention), and its temporary
   folder is removed;
 * Cancel ends the process (terminate; kill after the grace period when it ignores that);
-* a process that crashes or is killed (out of memory) gives a one-line error and leaves the
-  scene as it was.
+* a process that crashes or is killed (out of memory) gives a one-line error (in the panel:
+  its status line and one dialog) and leaves the scene as it was;
+* the command runs on Slicer's Python (PythonSlicer), never on the application itself.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def env(monkeypatch):
     core = scene_logic.create_core_scene()
     module, app = load_module(monkeypatch, core)
     logic = module.CoronaryCalciumDINOLogic()
+    monkeypatch.setattr(scene_logic, "_CUDA_AVAILABLE", scene_logic._CUDA_AVAILABLE)  # a run's CUDA note ends with the test
     yield types.SimpleNamespace(core=core, module=module, app=app, logic=logic)
     logic.closeSessions()
 
@@ -280,3 +282,67 @@ def test_compute_in_a_process_on_a_small_ct(env):
     assert np.array_equal(outcome.pipeline_result.labels, res.labels)
     assert np.array_equal(outcome.pipeline_result.selected, res.selected)
     assert report_from_table(outcome.score_table_node)["total"]["agatston"] == pytest.approx(res.score.total.agatston, rel=1e-9)
+
+
+def test_the_command_runs_on_slicer_s_python(env, tmp_path, monkeypatch):
+    """PythonSlicer from the PATH, else from Slicer's bin folder; never the application
+    itself; this Python outside Slicer."""
+    logic = env.logic
+    monkeypatch.setattr(env.module.shutil, "which", lambda name: "/opt/Slicer/bin/PythonSlicer" if name == "PythonSlicer" else None)
+    assert logic.pythonCommand() == ["/opt/Slicer/bin/PythonSlicer", "-m", "CoronaryCalciumDINOLib.cli"]
+    monkeypatch.setattr(env.module.shutil, "which", lambda name: None)
+    assert logic.pythonCommand()[0] == sys.executable  # no Slicer application (slicer-core)
+    monkeypatch.setattr(env.app, "slicerHome", str(tmp_path), raising=False)
+    with pytest.raises(RuntimeError, match="PythonSlicer"):
+        logic.pythonCommand()
+    (tmp_path / "bin").mkdir()
+    python = tmp_path / "bin" / ("PythonSlicer.exe" if os.name == "nt" else "PythonSlicer")
+    python.write_text("")
+    assert logic.pythonCommand()[0] == str(python)
+
+
+def test_the_panel_shows_a_crash_in_one_line(env, tmp_path, monkeypatch):
+    """The panel's timer polls the process (never waits on it); a crash ends in one status
+    line and one error dialog, the buttons back, the scene unchanged."""
+    logic, scene, module = env.logic, env.core.scene, env.module
+    volume = ct_to_volume_node(scene, small_ct(), "small")
+    _fake_command(tmp_path, monkeypatch, logic, """
+        import os, signal, time
+        print("CUDA 0", flush=True)
+        print("PROGRESS 0.6000 detector 183/183 candidates", flush=True)
+        time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    dialogs = []
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, *a, **k: dialogs.append(text), raising=False)
+
+    class Value:
+        def __init__(self):
+            self.value, self.text, self.visible = 0, "", True
+
+        def setValue(self, value):
+            self.value = value
+
+    panel = types.SimpleNamespace(
+        ui=types.SimpleNamespace(progressBar=Value(), statusLabel=Value()),
+        logic=logic, _timer=module.qt.QTimer(), buttons=[], warnings=[],
+    )
+    panel._updateButtons = lambda: panel.buttons.append(panel._job is None)
+    panel._updateDeviceWarning = lambda: panel.warnings.append(logic.deviceWarning("cuda"))
+    before = _scene_state(scene)
+    panel._job = logic.startCompute(volume)
+    panel._timer.start()
+    seen = set()
+    deadline = time.monotonic() + 60
+    while panel._job is not None:
+        assert time.monotonic() < deadline
+        module.CoronaryCalciumDINOWidget._pollJob(panel)
+        seen.add((panel.ui.progressBar.value, panel.ui.statusLabel.text))
+        time.sleep(0.02)
+    assert (60, "detector 183/183 candidates") in seen  # polls returned while it ran; the bar followed it
+    expected = "the AI process was ended by SIGKILL (out of memory?); the scene is unchanged"
+    assert panel.ui.statusLabel.text == expected and panel.ui.progressBar.value == 0
+    assert dialogs == ["Compute failed: " + expected]
+    assert not panel._timer.active and panel.buttons == [True]
+    assert "No CUDA GPU" in panel.warnings[-1]  # the process's CUDA check reached the panel
+    assert _scene_state(scene) == before
