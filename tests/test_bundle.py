@@ -84,6 +84,32 @@ def test_corrupted_byte_names_the_file(tiny_bundle, tmp_path):
         load_bundle(bad)
 
 
+
+def test_manifest_alone_gives_the_facts_of_the_loaded_bundle(tmp_path):
+    """load_manifest verifies the bundle as load_bundle does and gives the same
+    manifest-level facts without networks; load_bundle builds the networks from it."""
+    from CoronaryCalciumDINOLib.models.bundle import BundleManifest, ModelBundle, load_manifest
+
+    out = save_random_bundle(tmp_path / "ph", threshold=0.3, seed=1, phantom=True)
+    light, full = load_manifest(out), load_bundle(out)
+    assert type(light) is BundleManifest and isinstance(full, BundleManifest)
+    for name in ("name", "version", "threshold", "phantom_threshold", "has_phantom_detector", "candidate_config",
+                 "noise_rule", "sha256"):
+        assert getattr(light, name) == getattr(full, name), name
+    assert light.has_phantom_detector and light.model_info() == full.model_info()
+    built = load_bundle(light)
+    assert isinstance(built, ModelBundle) and built.sha256 == light.sha256 and len(built.modules()) == 4
+    for a, b in zip(built.modules(), full.modules()):
+        for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+            assert ka == kb and torch.equal(va, vb)
+    plain = load_manifest(save_random_bundle(tmp_path / "plain"))
+    assert not plain.has_phantom_detector and plain.phantom_threshold is None
+    data = bytearray((out / "detector-00.safetensors").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (out / "detector-00.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ModelBundleError, match="checksum mismatch for detector-00.safetensors"):
+        load_manifest(out)
+
 def test_missing_file_names_the_file(tiny_bundle, tmp_path):
     bad = _copy(tiny_bundle, tmp_path / "missing")
     (bad / "MODEL_CARD.md").unlink()

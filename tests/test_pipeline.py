@@ -4,6 +4,7 @@ cancel, attention; the ``score`` command's AI outputs; the default bundle on the
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -409,6 +410,134 @@ def test_a_phantom_with_a_bundle_without_phantom_head_is_said(bundle_dir):
     assert res.counts["phantom"] == 0
     assert any("has no phantom detector" in w for w in res.warnings)
 
+
+
+def _results_equal(a: PipelineResult, b: PipelineResult) -> None:
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.slice_probabilities, b.slice_probabilities)
+    np.testing.assert_array_equal(a.selected, b.selected)
+    np.testing.assert_array_equal(a.slice_candidates, b.slice_candidates)
+    assert a.score.total.agatston == b.score.total.agatston and a.score.total.volume_mm3 == b.score.total.volume_mm3
+    assert [(x.artery, x.agatston) for x in a.score.lesions] == [(x.artery, x.agatston) for x in b.score.lesions]
+    assert a.lesion_confidence == b.lesion_confidence
+    assert a.warnings == b.warnings and a.counts == b.counts and a.model_info == b.model_info
+
+
+@pytest.mark.parametrize("case", ["patient", "phantom"])
+def test_a_bundle_path_gives_the_results_of_a_loaded_bundle(tmp_path, case):
+    """Given the bundle's path, the pipeline reads its manifest first and builds the networks
+    after the candidates: the labels, scores, probabilities, warnings and counts are those of
+    the same bundle loaded beforehand, on the patients' route and on the phantoms'."""
+    from CoronaryCalciumDINOLib.synth import generate_study
+
+    path = save_random_bundle(tmp_path / "b", threshold=0.01, phantom=case == "phantom")
+    ct = _ct() if case == "patient" else generate_study(700003, phantom=True, matrix=128, n_slices=12).ct
+    steps = []
+    loaded = run_pipeline(ct, load_bundle(path), device="cpu")
+    lazy = run_pipeline(ct, path, device="cpu", progress=lambda f, m: steps.append(m))
+    _results_equal(lazy, loaded)
+    assert loaded.counts["phantom"] == int(case == "phantom")
+    assert loaded.slice_probabilities.max() > 0.01 and loaded.selected.any()  # the detector ran and selected
+    assert "load_bundle_s" in lazy.timings and "load_manifest_s" in lazy.timings
+    assert "load_bundle_s" not in loaded.timings
+    first = next(i for i, m in enumerate(steps) if m.endswith(" candidates"))
+    assert steps[first] == f"{lazy.counts['candidates'] - lazy.counts['outside_heart']} candidates"
+    assert steps[first + 1] == "loading the model"
+
+
+def test_the_stages_up_to_the_candidates_import_no_torch(bundle_dir, tmp_path):
+    """In a fresh interpreter, importing the pipeline and running it with a bundle path
+    reaches its candidates report with none of torch, timm or MONAI imported; they are
+    imported after it (the run ends with torch loaded)."""
+    import os
+    import subprocess
+    import sys
+
+    import CoronaryCalciumDINOLib
+    from CoronaryCalciumDINOLib.io.volume import write_volume
+
+    ct = _ct()
+    ct_path = write_volume(ct.hu, ct, tmp_path / "toy.nrrd")
+    code = (
+        "import json, re, sys\n"
+        "from CoronaryCalciumDINOLib.io.volume import read_volume_file\n"
+        "from CoronaryCalciumDINOLib.pipeline import run_pipeline\n"
+        "heavy = lambda: sorted(p for p in ('torch', 'timm', 'monai') if p in sys.modules)\n"
+        "seen = {'import': heavy()}\n"
+        "def progress(fraction, message):\n"
+        "    if re.fullmatch(r'\\d+ candidates', message):\n"
+        "        seen.setdefault('candidates', heavy())\n"
+        "res = run_pipeline(read_volume_file(sys.argv[1]), sys.argv[2], device='cpu', progress=progress)\n"
+        "seen['end'] = heavy()\n"
+        "print(json.dumps(seen))\n"
+    )
+    env = dict(os.environ)
+    lib_parent = str(Path(CoronaryCalciumDINOLib.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (lib_parent, env.get("PYTHONPATH", "")) if p)
+    out = subprocess.run([sys.executable, "-c", code, str(ct_path), str(bundle_dir)], capture_output=True, text=True,
+                         timeout=600, env=env)
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["import"] == [] and seen["candidates"] == []
+    assert "torch" in seen["end"]  # imported after the candidates, for the networks
+
+
+def test_progress_lines_give_the_candidates_before_cuda_and_the_model(bundle_dir, tmp_path, capsys):
+    """``score --progress-lines``: the candidates are reported before the AI is loaded, then
+    the ``CUDA 0|1`` line (torch imported, no network run yet), then the detector's steps."""
+    from CoronaryCalciumDINOLib.cli import main
+    from CoronaryCalciumDINOLib.cli.progress import parse_cuda_line, parse_progress_line
+    from CoronaryCalciumDINOLib.io.volume import write_volume
+
+    ct = _ct()
+    ct_path = write_volume(ct.hu, ct, tmp_path / "toy.nrrd")
+    rc = main(["score", str(ct_path), "--bundle", str(bundle_dir), "--device", "cpu", "--out", str(tmp_path / "out"),
+               "--quiet", "--progress-lines"])
+    assert rc == 0
+    lines = capsys.readouterr().out.splitlines()
+    cuda = [i for i, line in enumerate(lines) if parse_cuda_line(line) is not None]
+    assert len(cuda) == 1 and parse_cuda_line(lines[cuda[0]]) is bool(torch.cuda.is_available())
+    messages = [(i, parse_progress_line(line)[1]) for i, line in enumerate(lines) if parse_progress_line(line)]
+    candidates = next(i for i, m in messages if re.fullmatch(r"\d+ candidates", m))
+    model = next(i for i, m in messages if m == "loading the model")
+    detector = next(i for i, m in messages if m.startswith("detector "))
+    assert candidates < cuda[0] < model < detector
+
+
+@pytest.mark.parametrize("case", ["missing", "checksum", "weights"])
+def test_score_command_with_a_bad_bundle_is_one_line_and_exit_2(bundle_dir, tmp_path, capsys, case):
+    """A bad bundle stops ``score`` with one line and exit 2, whether it is found bad when its
+    manifest is verified (before any stage) or when its networks are built (after the
+    candidates); no result file is written."""
+    import shutil
+
+    from CoronaryCalciumDINOLib.cli import main
+    from CoronaryCalciumDINOLib.io.volume import write_volume
+    from CoronaryCalciumDINOLib.models.bundle import MANIFEST
+
+    bad = tmp_path / "bad"
+    if case != "missing":
+        shutil.copytree(bundle_dir, bad)
+        man = json.loads((bad / MANIFEST).read_text())
+    if case == "checksum":
+        target = bad / man["weights"]["segmenter"][0]
+        data = bytearray(target.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        target.write_bytes(bytes(data))
+        expected = "checksum mismatch for"
+    elif case == "weights":  # checksums intact, the detector's config does not fit its weights
+        man["detector"]["hidden"] = 16
+        (bad / MANIFEST).write_text(json.dumps(man))
+        expected = "detector weights do not fit its config"
+    else:
+        expected = "model bundle not found"
+    ct = _ct()
+    ct_path = write_volume(ct.hu, ct, tmp_path / "toy.nrrd")
+    out = tmp_path / "out"
+    rc = main(["score", str(ct_path), "--bundle", str(bad), "--device", "cpu", "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("ccdino: error: model bundle") and expected in err and "\n" not in err
+    assert not out.exists() or not list(out.iterdir())
 
 def test_one_side_per_lesion():
     """A lesion split between the left tree and the RCA goes to the side holding more of it;

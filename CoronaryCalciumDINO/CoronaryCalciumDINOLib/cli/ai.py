@@ -36,24 +36,35 @@ def write_attention(attention, ct: CTVolume, path: str | Path) -> list[Path]:
     return paths
 
 
-def score_with_ai(ct: CTVolume, args, params, stem: str, out_dir: Path | None) -> dict:
-    """Run the pipeline for the ``score`` subcommand and return its report dict."""
-    bundle = pipeline.load_bundle(getattr(args, "bundle", None))
-    quiet = getattr(args, "quiet", False)
-    if getattr(args, "progress_lines", False):  # for a program reading stdout (the Slicer module)
-        import torch  # imported by the bundle already
+def print_cuda_line(device) -> None:
+    """``CUDA 1`` or ``CUDA 0``: whether PyTorch found a CUDA GPU (called by the pipeline
+    once it has imported torch and resolved ``device``, before any network runs)."""
+    import torch  # imported by the pipeline already
 
-        print(f"{CUDA_WORD} {int(bool(torch.cuda.is_available()))}", flush=True)
+    print(f"{CUDA_WORD} {int(bool(torch.cuda.is_available()))}", flush=True)
+
+
+def score_with_ai(ct: CTVolume, args, params, stem: str, out_dir: Path | None) -> dict:
+    """Run the pipeline for the ``score`` subcommand and return its report dict.
+
+    The pipeline gets the bundle's path: it verifies the manifest first (a bad bundle stops
+    it before any work), runs the stages up to the candidates without torch, and builds the
+    networks after them; so the first progress comes before the AI's imports."""
+    quiet = getattr(args, "quiet", False)
+    on_device = None
+    if getattr(args, "progress_lines", False):  # for a program reading stdout (the Slicer module)
+        on_device = print_cuda_line
         progress = progress_line_printer()
     else:
         progress = progress_printer(in_place=True, quiet=quiet)
     res = pipeline.run_pipeline(
         ct,
-        bundle,
+        getattr(args, "bundle", None),
         device=getattr(args, "device", "auto") or "auto",
         params=params,
         attention=bool(getattr(args, "attention", None)),
         progress=progress,
+        on_device=on_device,
     )
     # the report first (it checks every value): a run that fails here has written nothing
     report = build_report(

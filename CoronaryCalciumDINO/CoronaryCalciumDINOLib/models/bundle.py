@@ -27,6 +27,12 @@ candidate counts), ``phantom_detector`` (optional, with its weights: the config 
 Loading verifies every listed file's size and sha256 before anything is deserialised and
 raises :class:`..errors.ModelBundleError` naming the first bad file. Weights load on the
 CPU (``map_location="cpu"`` semantics); nothing is ever downloaded.
+
+Two steps: :func:`load_manifest` verifies the bundle and returns its manifest-level facts
+(:class:`BundleManifest`) without importing torch, timm or MONAI; :func:`load_bundle` does
+that and builds the networks (:class:`ModelBundle`, which extends :class:`BundleManifest`).
+The pipeline, given a bundle path, runs its stages up to the candidates on the first and
+builds the networks after them.
 """
 
 from __future__ import annotations
@@ -67,17 +73,15 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 @dataclass
-class ModelBundle:
-    """A loaded, verified bundle: three modules in eval mode on the CPU plus the manifest."""
+class BundleManifest:
+    """A verified bundle without its networks: the manifest-level facts the pipeline's early
+    stages need (candidate settings, thresholds, whether it has a phantom head, noise rule,
+    name and version). Made by :func:`load_manifest`, which imports no torch, timm or MONAI;
+    :func:`load_bundle` builds the networks from it."""
 
     path: Path
     manifest: dict
-    backbone: object  # torch.nn.Module
-    detector: object  # CandidateDetector
-    segmenter: object  # candidate segmenter (MONAI UNet + context)
     sha256: str  # of manifest.json, which pins every other file's checksum
-    #: optional detector head for calcium-scoring phantoms (None in bundles without one)
-    phantom_detector: object = None
 
     @property
     def name(self) -> str:
@@ -97,6 +101,11 @@ class ModelBundle:
         """Threshold of the phantom detector head (None without one)."""
         d = self.manifest.get("phantom_detector")
         return None if d is None else float(d["threshold"])
+
+    @property
+    def has_phantom_detector(self) -> bool:
+        """Whether the bundle has a detector head for calcium-scoring phantoms."""
+        return "phantom_detector" in self.manifest
 
     @property
     def candidate_config(self):
@@ -125,6 +134,22 @@ class ModelBundle:
             "sha256": self.sha256,
             "trained_on": self.manifest.get("trained_on", ""),
         }
+
+
+@dataclass
+class ModelBundle(BundleManifest):
+    """A loaded, verified bundle: the manifest (:class:`BundleManifest`) plus its modules in
+    eval mode on the CPU."""
+
+    backbone: object  # torch.nn.Module
+    detector: object  # CandidateDetector
+    segmenter: object  # candidate segmenter (MONAI UNet + context)
+    #: optional detector head for calcium-scoring phantoms (None in bundles without one)
+    phantom_detector: object = None
+
+    @property
+    def has_phantom_detector(self) -> bool:
+        return self.phantom_detector is not None
 
     def modules(self):
         return tuple(m for m in (self.backbone, self.detector, self.segmenter, self.phantom_detector) if m is not None)
@@ -508,24 +533,45 @@ def _load_into(module, state: dict, folder: Path, part: str) -> None:
         raise ModelBundleError(f"model bundle {folder.name}: {part} weights do not fit its config ({first})") from None
 
 
-def load_bundle(path: str | os.PathLike | None = None) -> ModelBundle:
-    """Load and verify a bundle (folder or its manifest.json; None = the default bundle)."""
-    require_ai()  # before anything imports torch, timm or MONAI
+def load_manifest(path: str | os.PathLike | None = None) -> BundleManifest:
+    """Verify a bundle (folder or its manifest.json; None = the default bundle) and return its
+    manifest-level facts, without its networks: every file's size and sha256 and the
+    manifest's schema are checked, and the candidate and segmenter settings parsed. Imports
+    no torch, timm or MONAI (the pipeline runs its early stages on it, then
+    :func:`load_bundle` builds the networks)."""
     from ..errors import InputError
     from ..pipeline.candidates import CandidateConfig
-    from .backbone import build_backbone_from_config
-    from .detector import CandidateDetector
-    from .unet import SegmenterConfig, build_candidate_segmenter
+    from .unet import SegmenterConfig
 
     folder = resolve_bundle_path(path)
     manifest = verify_bundle(folder)
     try:
         CandidateConfig.from_dict(manifest["candidates"])
+        SegmenterConfig.from_dict(manifest["segmenter"])
+    except (KeyError, TypeError, ValueError, InputError) as exc:
+        raise ModelBundleError(f"model bundle {folder.name}: invalid config in manifest ({exc})") from None
+    return BundleManifest(path=folder, manifest=manifest, sha256=sha256_file(folder / MANIFEST))
+
+
+def load_bundle(path: str | os.PathLike | BundleManifest | None = None) -> ModelBundle:
+    """Load and verify a bundle (folder or its manifest.json; None = the default bundle).
+
+    ``path`` may also be a :class:`BundleManifest` from :func:`load_manifest`: its files were
+    verified then, and only its networks are built and their weights read."""
+    require_ai()  # before anything imports torch, timm or MONAI
+    light = path if isinstance(path, BundleManifest) else load_manifest(path)
+    from ..errors import InputError
+    from .backbone import build_backbone_from_config
+    from .detector import CandidateDetector
+    from .unet import build_candidate_segmenter
+
+    folder, manifest = light.path, light.manifest
+    try:
         backbone = build_backbone_from_config(manifest["backbone"])
         d = manifest["detector"]
         detector = CandidateDetector(int(d["feature_dim"]), int(d["context_dim"]), int(d.get("hidden", 0)),
                                      bool(d.get("use_context", True)))
-        segmenter = build_candidate_segmenter(SegmenterConfig.from_dict(manifest["segmenter"]))
+        segmenter = build_candidate_segmenter(light.segmenter_config)
         phantom = None
         if "phantom_detector" in manifest:
             d = manifest["phantom_detector"]
@@ -544,10 +590,10 @@ def load_bundle(path: str | os.PathLike | None = None) -> ModelBundle:
     return ModelBundle(
         path=folder,
         manifest=manifest,
+        sha256=light.sha256,
         backbone=backbone,
         detector=detector,
         segmenter=segmenter,
-        sha256=sha256_file(folder / MANIFEST),
         phantom_detector=phantom,
     )
 

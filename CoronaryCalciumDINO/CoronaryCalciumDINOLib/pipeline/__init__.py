@@ -6,11 +6,15 @@ Public API::
     bundle = load_bundle(None)            # the default bundle; or a folder / manifest.json
     res = run_pipeline(ct, bundle, device="auto", params=None, attention=False,
                        progress=None, cancel=None)
+    res = run_pipeline(ct, None, ...)     # the same, the bundle loaded by the pipeline
 
-Torch is imported only when the pipeline runs.
+Importing this package imports no torch. The pipeline imports it after its candidate
+stage; given a bundle path (or None) instead of a loaded bundle, it reads only the
+bundle's verified manifest (:func:`load_manifest`) before that stage and builds the
+networks after it.
 """
 
 from __future__ import annotations
 
-from ..models.bundle import ModelBundle, load_bundle  # noqa: F401
+from ..models.bundle import BundleManifest, ModelBundle, load_bundle, load_manifest  # noqa: F401
 from .inference import PipelineResult, run_pipeline  # noqa: F401

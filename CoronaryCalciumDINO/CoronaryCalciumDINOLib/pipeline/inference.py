@@ -4,6 +4,13 @@
 (anatomy), candidates (:func:`.candidates.find_candidates`, :func:`keep_heart_region`),
 :func:`route`, :func:`detect`, :func:`gate`, :func:`segment`, then the score.
 
+The stages up to :func:`route` need only the bundle's manifest
+(:class:`..models.bundle.BundleManifest`) and import no torch, timm or MONAI (nor does
+importing this module): given a bundle path, :func:`run_pipeline` reads and verifies the
+manifest first, reports the candidates, and only then imports torch and builds the
+networks (what a fresh process pays before its first candidate is the CT and the early
+stages, not the AI's imports).
+
 0. Anatomy (:mod:`.anatomy`): lungs, bone, sternum, spine, descending aorta and the heart
    region, from HU alone; a chest CT is looked at over the slices a cardiac scan would hold.
 1. Candidates (:mod:`.candidates`): every connected >= 130 HU region of >= 1 mm^2 in the
@@ -334,10 +341,10 @@ def candidate_config(bundle, params: ScoringParams) -> cd.CandidateConfig:
 
 @dataclass
 class Route:
-    """Stage *route*: which detector head a scan goes to (a calcium-scoring phantom's, or the patients')."""
+    """Stage *route*: which detector head a scan goes to (a calcium-scoring phantom's, or the
+    patients'), decided from the manifest: the head module itself is taken at :func:`detect`."""
 
     phantom: bool
-    head: object
     threshold: float
     #: with the phantom head: the candidates small enough to be a phantom's calcification
     sized: np.ndarray | None
@@ -346,19 +353,20 @@ class Route:
 
 def route(cands: cd.Candidates, bundle) -> Route:
     """A scan with almost no fat (:func:`.candidates.looks_like_phantom`) goes to the bundle's
-    phantom detector when it has one; every other scan to the patients' detector."""
+    phantom detector when it has one; every other scan to the patients' detector. ``bundle``:
+    a :class:`..models.bundle.BundleManifest` (its networks need not be loaded)."""
     looks = cd.looks_like_phantom(cands)
-    if looks and bundle.phantom_detector is not None:
+    if looks and bundle.has_phantom_detector:
         note = ("this scan looks like a calcium-scoring phantom, not a patient (almost no fat in the heart field): "
                 "the model's phantom detector picked its calcium (regions up to "
                 f"{cd.PHANTOM_MAX_AREA_MM2:g} mm^2; larger ones are its rods and bone); a phantom has no arteries, so the "
                 "artery names are a convention (patient right RCA, left anterior LAD, left posterior LCX); read the total")
-        return Route(True, bundle.phantom_detector, bundle.phantom_threshold, cd.phantom_sized(cands.context), [note])
+        return Route(True, bundle.phantom_threshold, cd.phantom_sized(cands.context), [note])
     notes = []
     if looks:
         notes.append("this scan looks like a calcium-scoring phantom, not a patient (almost no fat in the heart field), "
                      f"and bundle {bundle.name} {bundle.version} has no phantom detector: its calcium may be missed")
-    return Route(False, bundle.detector, bundle.threshold, None, notes)
+    return Route(False, bundle.threshold, None, notes)
 
 
 def keep_heart_region(cands: cd.Candidates, anatomy: Anatomy) -> tuple[cd.Candidates, int]:
@@ -370,8 +378,10 @@ def keep_heart_region(cands: cd.Candidates, anatomy: Anatomy) -> tuple[cd.Candid
 
 def detect(hu: np.ndarray, cands: cd.Candidates, bundle, rt: Route, dev, batch: int, report=None):
     """Stage *detect*: P(coronary calcium) of each candidate (0 for a phantom's candidates too
-    large to be its calcification) and of each slice (the maximum over its candidates)."""
-    probs = detector_probabilities(hu, cands, bundle, dev, batch, report, head=rt.head)
+    large to be its calcification) and of each slice (the maximum over its candidates), from
+    the head ``rt`` chose (the bundle's phantom detector or its patients' detector)."""
+    head = bundle.phantom_detector if rt.phantom else bundle.detector
+    probs = detector_probabilities(hu, cands, bundle, dev, batch, report, head=head)
     if rt.sized is not None:
         probs = np.where(rt.sized, probs, 0.0).astype(np.float32)
     return probs, cands.per_slice_max(probs)
@@ -460,22 +470,32 @@ def run_pipeline(
     *,
     all_slices: bool = False,
     batch_size: int | None = None,
+    on_device: Callable[[object], None] | None = None,
 ) -> PipelineResult:
-    """Run the pipeline of ``bundle`` (a :class:`ModelBundle` or a path / None) on ``ct``:
-    orient, anatomy, candidates, route, detect, gate, segment, score.
+    """Run the pipeline of ``bundle`` on ``ct``: orient, anatomy, candidates, route, detect,
+    gate, segment, score.
+
+    ``bundle`` is a loaded :class:`..models.bundle.ModelBundle`, or a path / None (the default
+    bundle) or a :class:`..models.bundle.BundleManifest`: then only the verified manifest
+    is read before the stages up to route, which import no torch, timm or MONAI, and the
+    networks are built after the candidates are reported (``"N candidates"``). Either way
+    the device is resolved (importing torch) after that report; ``on_device(device)`` is
+    then called with it, before any network runs.
 
     ``all_slices=True`` skips the detector's selection and segments the candidates of
     every slice (the "UNET alone" baseline); probabilities are still computed and returned.
     """
-    import torch
-
-    from ..models.bundle import ModelBundle, load_bundle
+    from ..models.bundle import BundleManifest, ModelBundle, load_bundle, load_manifest
+    from ..requirements import require_ai
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    if not isinstance(bundle, ModelBundle):
-        bundle = load_bundle(bundle)
-        timings["load_bundle_s"] = time.perf_counter() - t_start
+    if isinstance(bundle, BundleManifest):
+        facts = bundle
+    else:
+        require_ai()  # a missing AI is told before any work, as loading the bundle would
+        facts = load_manifest(bundle)
+        timings["load_manifest_s"] = time.perf_counter() - t_start
     params = params or ScoringParams()
     hu = np.asarray(ct.hu)
     if hu.ndim != 3 or min(hu.shape) < 1:
@@ -483,36 +503,49 @@ def run_pipeline(
     check_contrast(ct)  # a contrast-enhanced CT: its warning joins ct.warnings (once)
     view, run_warnings = orient(ct, hu)
     hu = np.ascontiguousarray(hu, dtype=np.float32)
-    dev = resolve_device(device)
-    batch = batch_size or (2048 if dev.type == "cuda" else 512)
     report = _Progress(progress, cancel)
     report(0.0, "finding the heart")
     t = time.perf_counter()
     anatomy, (z0, z1) = locate(view.hu, ct.spacing)
     timings["anatomy_s"] = time.perf_counter() - t
     net = view.hu[z0:z1]
-    for m in bundle.modules():
+
+    t = time.perf_counter()
+    cands = cd.find_candidates(net, ct.spacing, candidate_config(facts, params))
+    rt = route(cands, facts)
+    found, outside = len(cands), 0
+    if not rt.phantom:  # only where coronary calcium can be: the heart region, off bone
+        cands, outside = keep_heart_region(cands, anatomy)
+    timings["candidates_s"] = time.perf_counter() - t
+    run_warnings += rt.warnings
+    report(0.1, f"{len(cands)} candidates")
+
+    # the networks: torch from here on (the bundle's networks built now when it came as a path)
+    import torch
+
+    dev = resolve_device(device)
+    if on_device is not None:
+        on_device(dev)
+    batch = batch_size or (2048 if dev.type == "cuda" else 512)
+    if isinstance(bundle, ModelBundle):
+        nets = bundle
+    else:
+        report(0.1, "loading the model")
+        t = time.perf_counter()
+        nets = load_bundle(facts)
+        timings["load_bundle_s"] = time.perf_counter() - t
+    for m in nets.modules():
         m.to(dev)
     with torch.inference_mode():
         t = time.perf_counter()
-        cands = cd.find_candidates(net, ct.spacing, candidate_config(bundle, params))
-        rt = route(cands, bundle)
-        found, outside = len(cands), 0
-        if not rt.phantom:  # only where coronary calcium can be: the heart region, off bone
-            cands, outside = keep_heart_region(cands, anatomy)
-        timings["candidates_s"] = time.perf_counter() - t
-        run_warnings += rt.warnings
-        report(0.1, f"{len(cands)} candidates")
-
-        t = time.perf_counter()
-        cand_probs, probs = detect(net, cands, bundle, rt, dev, batch, lambda f, m: report(0.1 + 0.5 * f, m))
+        cand_probs, probs = detect(net, cands, nets, rt, dev, batch, lambda f, m: report(0.1 + 0.5 * f, m))
         timings["detector_s"] = time.perf_counter() - t
-        g = gate(cands, cand_probs, probs, rt, bundle.noise_rule, all_slices)
+        g = gate(cands, cand_probs, probs, rt, facts.noise_rule, all_slices)
         run_warnings += g.warnings
 
         t = time.perf_counter()
         span = 0.25 if attention else 0.35
-        labels, p_calc, p_art, gated = segment(net, cands, g, rt, cand_probs, bundle, dev, batch,
+        labels, p_calc, p_art, gated = segment(net, cands, g, rt, cand_probs, nets, dev, batch,
                                                lambda f, m: report(0.6 + span * f, m), all_slices)
         timings["segmenter_s"] = time.perf_counter() - t
 
@@ -521,7 +554,7 @@ def run_pipeline(
             from .attention import attention_maps
 
             t = time.perf_counter()
-            att = attention_maps(net, cands, g.segment, bundle, dev, batch, lambda f, m: report(0.85 + 0.1 * f, m))
+            att = attention_maps(net, cands, g.segment, nets, dev, batch, lambda f, m: report(0.85 + 0.1 * f, m))
             timings["attention_s"] = time.perf_counter() - t
 
     nz = hu.shape[0]
@@ -551,7 +584,7 @@ def run_pipeline(
         slice_probabilities=probs.astype(np.float32),
         selected=selected,
         attention=att,
-        model_info=bundle.model_info(),
+        model_info=facts.model_info(),
         timings=timings,
         warnings=run_warnings,
         slice_candidates=n_slice,
