@@ -22,10 +22,6 @@ LA_SEMI = (31.0, 16.0, 22.0)  # left atrium semi-axes (x, y, z) mm
 CARTILAGE_FROM_DEG = 12.0
 
 
-#: Height (mm) of the aortic root (coronary ostia) above the centre of the heart's base ring.
-AORTIC_ROOT_ABOVE_BASE_MM = 30.0
-
-
 def unit(v) -> np.ndarray:
     v = np.asarray(v, float)
     return v / np.linalg.norm(v)
@@ -134,10 +130,7 @@ def landmarks(a: dict) -> dict:
     """Named points derived from the heart: AV-plane centre, aortic root, atria, great vessels."""
     c, L, e_ant, e_left = heart_frame(a)
     base = c + a["av_u"] * L
-    # The aortic root (the coronary ostia's level) lies level with the top of the left AV
-    # groove, which on this wide, tilted base ring is ~30 mm above the ring's centre: the LM is
-    # then the highest coronary segment and the LCX runs below it, as on real scans.
-    ao = base + np.array([-6.0, -6.0, AORTIC_ROOT_ABOVE_BASE_MM])
+    ao = base + np.array([-6.0, -6.0, 16.0])
     # The left atrium lies in front of the oesophagus, never inside it or the spine.
     la_y = min(base[1] + 24.0, a["esophagus"][1] - 7.0 - LA_SEMI[1])
     return {

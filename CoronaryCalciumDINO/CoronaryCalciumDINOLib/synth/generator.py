@@ -37,9 +37,9 @@ from ..io.volume import CTVolume
 from . import anatomy, coronaries, phantom, plaques, scanner
 from .render import Grid, ellipsoid_bounds
 
-#: Bumped when the same seed gives other images (2: the coronary tree as on real axial CT,
-#: the aortic root level with the top of the left AV groove; calcified costal cartilage).
-GENERATOR_VERSION = 2
+#: Bumped when the same seed gives other images; a study folder made by another version is
+#: never taken for this version's study of its seed.
+GENERATOR_VERSION = 1
 DEFAULT_SLICES_RANGE = (40, 80)
 MATRIX = 512
 _OVERRIDES = {"matrix", "pixel", "spacing", "thickness", "n_slices", "slices_range", "noise_sd", "p_zero",
@@ -145,8 +145,7 @@ def render_study(seed: int, progress: Callable[[float, str], None] | None = None
     lm = anatomy.landmarks(a)
     c, L, _, _ = anatomy.heart_frame(a)
     lo_h, hi_h = ellipsoid_bounds(c, anatomy.heart_axes(a), np.asarray(a["heart_semi"]) + a["epicardial_fat_mm"], 0.0)
-    top_artery = max(float(art.points[:, 2].max()) for art in arteries.values()) + 8.0  # + lumen and fat sleeve
-    z_top = max(hi_h[2], lm["la"][2] + anatomy.LA_SEMI[2], lm["aortic_root"][2], top_artery) + sp["top_margin_mm"]
+    z_top = max(hi_h[2], lm["la"][2] + anatomy.LA_SEMI[2], lm["aortic_root"][2]) + sp["top_margin_mm"]
     z_bot = lo_h[2] - sp["bottom_margin_mm"]
     n_slices = int(overrides.get("n_slices", np.clip(int(np.ceil((z_top - z_bot) / spacing)) + 1, lo_n, hi_n)))
     centre = 0.5 * (lm["base"][:2] + c[:2]) + np.asarray(sp["fov_shift"])
