@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 TARGET_FIRST_CANDIDATE_S = 2.0
 TARGET_TOTAL_S = 5.0
-#: A seed whose 60-slice study holds coronary calcium (Agatston 80 with generator version 2).
+#: A seed whose 60-slice study holds coronary calcium.
 DEFAULT_SEED = 3
 
 
@@ -94,7 +94,7 @@ def run_ai(ct_path: Path, out: Path, device: str) -> dict:
         now = time.perf_counter() - t0
         lines.append(line.rstrip())
         if line.startswith("CUDA "):
-            times.setdefault("first line (AI loaded)", now)
+            times.setdefault("torch imported (CUDA line)", now)
         parsed = parse_progress_line(line)
         if parsed is None:
             continue
@@ -168,17 +168,17 @@ def main(argv=None) -> int:
             labels = [run_labels(ct_path, study / "labels.nrrd", work / "labels-out") for _ in range(args.repeat)]
             print(f"\n{name} input, {args.repeat} runs each, device {args.device} ({runs[0].get('candidates', '?')}):")
             print("  ccdino score CT --out DIR (the AI), seconds from the process launch:")
-            for key in ("first line (AI loaded)", "finding the heart", "first candidate", "pipeline done", "total"):
+            for key in ("finding the heart", "first candidate", "torch imported (CUDA line)", "pipeline done", "total"):
                 values = [r[key] for r in runs if key in r]
                 if values:
                     print(f"    {key:<24} {_stats(values)}")
             print("  ccdino score CT --labels LABELS (no AI):")
             print(f"    {'total':<24} {_stats(labels)}")
             stages = min(r["first candidate"] - r["finding the heart"] for r in runs)
-            print(f"  the anatomy and candidate stages take {stages:.2f} s of the cold start; the rest is the start, "
-                  "the CT's reading and the AI's imports (torch, timm, MONAI) with the bundle, all before the pipeline "
-                  f"starts; started without the AI (as --labels: {min(labels):.2f} s in all), the first candidate would "
-                  f"come at about {min(labels) + stages:.2f} s (an estimate)")
+            print(f"  the anatomy and candidate stages take {stages:.2f} s of the cold start; before them come the "
+                  "interpreter's start, the core imports and the CT's reading (--labels pays those too: "
+                  f"{min(labels):.2f} s in all); torch, timm and MONAI are imported and the networks built after the "
+                  "candidates are found")
             first = min(r["first candidate"] for r in runs)
             total = min(r["total"] for r in runs)
             print(f"  target cold start to the first candidate <= {TARGET_FIRST_CANDIDATE_S:g} s: "
