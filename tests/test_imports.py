@@ -25,7 +25,7 @@ AI_PACKAGES = ("torch", "timm", "monai", "safetensors")
 #: The modules that import PyTorch at module level: network definitions, which only the AI
 #: pipeline, the model bundles and training load.
 AI_MODULES = frozenset(
-    f"CoronaryCalciumDINOLib.models.{name}" for name in ("backbone", "conditioning", "detector")
+    f"CoronaryCalciumDINOLib.models.{name}" for name in ("backbone", "conditioning", "detector", "plain")
 )
 
 

@@ -6,7 +6,7 @@ Layout::
                                      and the sha256 / size of every other file
     <bundle>/backbone-NN.safetensors frozen teacher ViT of candidate crops (fp16 unless noted; shards <= 16 MiB)
     <bundle>/detector-NN.safetensors candidate detector head (+ input standardisation)
-    <bundle>/segmenter-NN.safetensors MONAI 2D UNet on candidate crops + context, 5 classes
+    <bundle>/segmenter-NN.safetensors 2D UNet (MONAI layout) on candidate crops + context, 5 classes
     <bundle>/phantom_detector-NN.safetensors  (optional) detector head for calcium-scoring phantoms
     <bundle>/MODEL_CARD.md           what the model is, how it was trained, its measured metrics
 
@@ -553,25 +553,37 @@ def load_manifest(path: str | os.PathLike | None = None) -> BundleManifest:
     return BundleManifest(path=folder, manifest=manifest, sha256=sha256_file(folder / MANIFEST))
 
 
-def load_bundle(path: str | os.PathLike | BundleManifest | None = None) -> ModelBundle:
+def load_bundle(path: str | os.PathLike | BundleManifest | None = None, *, timm_monai: bool = False) -> ModelBundle:
     """Load and verify a bundle (folder or its manifest.json; None = the default bundle).
 
     ``path`` may also be a :class:`BundleManifest` from :func:`load_manifest`: its files were
-    verified then, and only its networks are built and their weights read."""
+    verified then, and only its networks are built and their weights read.
+
+    The backbone and the segmenter's UNet are the plain-PyTorch modules of :mod:`.plain`
+    where they support the bundle's configs (the default bundle's are), so that inference
+    imports neither timm nor MONAI; otherwise, or with ``timm_monai=True``, the timm ViT and
+    the MONAI UNet that training uses. Both hold the same weights under the same keys and
+    compute the same outputs."""
     require_ai()  # before anything imports torch, timm or MONAI
     light = path if isinstance(path, BundleManifest) else load_manifest(path)
     from ..errors import InputError
     from .backbone import build_backbone_from_config
     from .detector import CandidateDetector
+    from .plain import build_plain_backbone, build_plain_unet, plain_backbone_supported, plain_unet_supported
     from .unet import build_candidate_segmenter
 
     folder, manifest = light.path, light.manifest
     try:
-        backbone = build_backbone_from_config(manifest["backbone"])
+        if not timm_monai and plain_backbone_supported(manifest["backbone"]):
+            backbone = build_plain_backbone(manifest["backbone"])
+        else:
+            backbone = build_backbone_from_config(manifest["backbone"])
         d = manifest["detector"]
         detector = CandidateDetector(int(d["feature_dim"]), int(d["context_dim"]), int(d.get("hidden", 0)),
                                      bool(d.get("use_context", True)))
-        segmenter = build_candidate_segmenter(light.segmenter_config)
+        seg_cfg = light.segmenter_config
+        plain_unet = None if timm_monai or not plain_unet_supported(seg_cfg) else build_plain_unet(seg_cfg)
+        segmenter = build_candidate_segmenter(seg_cfg, unet=plain_unet)
         phantom = None
         if "phantom_detector" in manifest:
             d = manifest["phantom_detector"]

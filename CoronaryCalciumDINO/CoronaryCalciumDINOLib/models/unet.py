@@ -76,7 +76,7 @@ def build_unet(config: SegmenterConfig | dict):
     )
 
 
-def build_candidate_segmenter(config: SegmenterConfig | dict):
+def build_candidate_segmenter(config: SegmenterConfig | dict, unet=None):
     """UNet on a candidate crop with its context as constant extra channels.
 
     ``forward(windows, context)``: windows (N, W, P, P) from
@@ -84,6 +84,8 @@ def build_candidate_segmenter(config: SegmenterConfig | dict):
     :func:`..pipeline.candidates.find_candidates`; the context is standardised with the
     training set's mean / std (buffers ``context_mean`` / ``context_std``, saved with the
     weights), broadcast to P x P and appended to the windows. Returns (N, 5, P, P) logits.
+    ``unet``: the UNet to wrap (default: :func:`build_unet` of ``config``; inference passes
+    the plain-PyTorch one of :mod:`.plain`, which has the same state-dict keys).
     """
     import torch
     from torch import nn
@@ -94,7 +96,7 @@ def build_candidate_segmenter(config: SegmenterConfig | dict):
         def __init__(self):
             super().__init__()
             self.config = cfg
-            self.unet = build_unet(cfg)
+            self.unet = build_unet(cfg) if unet is None else unet
             self.register_buffer("context_mean", torch.zeros(int(cfg.context_dim)))
             self.register_buffer("context_std", torch.ones(int(cfg.context_dim)))
 
