@@ -12,8 +12,10 @@ its own process, so that every Compute pays the command's start-up):
   total to the end of the process (target <= 5 s);
 * ``ccdino score CT --labels LABELS`` (scoring given labels, no AI) of the same study: the
   total, side by side;
-* what the AI's imports cost on their own, each in a fresh process: ``import torch``, then
-  with ``timm``, then with ``monai.networks.nets`` (what loading a bundle imports).
+* what the AI's imports cost on their own, each in a fresh process: ``import torch`` (all
+  that loading a bundle of the supported networks imports: :mod:`CoronaryCalciumDINOLib.models.plain`),
+  then with ``timm`` and ``monai.networks.nets`` (what training, and a bundle of other
+  networks, import).
 
 The study is synthetic (``CoronaryCalciumDINOLib.synth.generate_study``, ``--seed``,
 ``--slices`` slices of 512 x 512; the default seed holds coronary calcium) unless ``--study``
@@ -177,8 +179,8 @@ def main(argv=None) -> int:
             stages = min(r["first candidate"] - r["finding the heart"] for r in runs)
             print(f"  the anatomy and candidate stages take {stages:.2f} s of the cold start; before them come the "
                   "interpreter's start, the core imports and the CT's reading (--labels pays those too: "
-                  f"{min(labels):.2f} s in all); torch, timm and MONAI are imported and the networks built after the "
-                  "candidates are found")
+                  f"{min(labels):.2f} s in all); torch is imported and the networks built after the candidates "
+                  "are found")
             first = min(r["first candidate"] for r in runs)
             total = min(r["total"] for r in runs)
             print(f"  target cold start to the first candidate <= {TARGET_FIRST_CANDIDATE_S:g} s: "
