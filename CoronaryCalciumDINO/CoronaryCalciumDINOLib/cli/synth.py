@@ -25,6 +25,9 @@ def register(sub) -> None:
                    help="allowed number of slices per study (default 40 80)")
     p.add_argument("--matrix", type=int, default=None,
                    help="pixels per side (default 512; smaller keeps the field of view, for quick tests)")
+    p.add_argument("--non-gated", action="store_true",
+                   help="non-gated chest-CT reconstructions: 5 mm slices and cardiac motion blur "
+                        "(ids synth-nongated-<seed>)")
     p.add_argument("--phantoms", action="store_true",
                    help="calcium-scoring phantoms (a thorax phantom with a calcification insert; folders "
                         "synth-phantom-<seed>) instead of patients")
@@ -52,6 +55,10 @@ def run(args: argparse.Namespace) -> int:
         overrides["matrix"] = args.matrix
     if args.phantoms:
         overrides["phantom"] = True
+    if args.non_gated:
+        if args.phantoms:
+            raise InputError("--non-gated makes patients' chest-CT reconstructions; it does not apply to --phantoms")
+        overrides["non_gated"] = True
     t0 = time.perf_counter()
     n = args.n
 

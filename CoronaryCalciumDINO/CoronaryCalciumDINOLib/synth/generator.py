@@ -14,7 +14,12 @@ study without coronary plaques, default 0.3), ``plaques`` (False: none; True: at
 one plaque drawn), ``phantom`` (True: a calcium-scoring phantom instead of a patient, see
 :mod:`.phantom`; its id is ``synth-phantom-<seed>``), ``confounders`` (False: no aortic/valve/annulus calcium), ``streaks``
 (True/False: force or forbid streak artifacts), ``keep_clean`` (also return the
-noise-free HU in :attr:`SynthResult.clean` and :attr:`SynthResult.anatomy_hu`).
+noise-free HU in :attr:`SynthResult.clean` and :attr:`SynthResult.anatomy_hu`),
+``non_gated`` (True: a non-gated chest-CT reconstruction of the same patient: 5 mm slices
+every 5 mm unless ``spacing`` / ``thickness`` say otherwise, and cardiac motion blur: the
+heart's structures and its calcium blurred in-plane by a Gaussian of
+:data:`MOTION_SIGMA_MM` drawn from the seed's own stream; the labels follow the blurred
+calcium).
 
 Small/fast mode for tests: ``generate_study(seed, matrix=128, n_slices=24)`` takes about
 0.15 s of CPU instead of about 1.1 s, with the same anatomy at a coarser pixel (the top
@@ -43,15 +48,21 @@ GENERATOR_VERSION = 1
 DEFAULT_SLICES_RANGE = (40, 80)
 MATRIX = 512
 _OVERRIDES = {"matrix", "pixel", "spacing", "thickness", "n_slices", "slices_range", "noise_sd", "p_zero",
-              "plaques", "confounders", "streaks", "keep_clean", "phantom"}
+              "plaques", "confounders", "streaks", "keep_clean", "phantom", "non_gated"}
+#: ``non_gated``: slice spacing and thickness (mm) and the range of the in-plane Gaussian
+#: sigma (mm) of cardiac motion during a non-gated acquisition.
+NON_GATED_SLICE_MM = 5.0
+MOTION_SIGMA_MM = (0.8, 2.0)
 #: Overrides that apply to phantoms (the others describe a patient's anatomy).
 _PHANTOM_OVERRIDES = {"matrix", "pixel", "spacing", "thickness", "n_slices", "slices_range", "noise_sd", "streaks",
                       "phantom"}
 
 
-def study_id(seed: int, phantom: bool = False) -> str:
-    """Study id of a seed, e.g. ``synth-000123`` (a phantom: ``synth-phantom-000123``)."""
-    return f"synth-{'phantom-' if phantom else ''}{int(seed):06d}"
+def study_id(seed: int, phantom: bool = False, non_gated: bool = False) -> str:
+    """Study id of a seed, e.g. ``synth-000123`` (a phantom: ``synth-phantom-000123``; the
+    non-gated reconstruction of a patient: ``synth-nongated-000123``)."""
+    kind = "phantom-" if phantom else "nongated-" if non_gated else ""
+    return f"synth-{kind}{int(seed):06d}"
 
 
 @dataclass
@@ -70,6 +81,16 @@ class SynthResult:
 
 def _streams(seed: int, n: int) -> list[np.random.Generator]:
     return [np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(n)]
+
+
+def _motion_blur(vol: np.ndarray, heart: np.ndarray, sigma_mm: float, pixel: float) -> None:
+    """Blur ``vol`` in-plane by a Gaussian of ``sigma_mm`` where ``heart`` is, fading out over
+    about 3 mm around it (cardiac motion during a non-gated acquisition), in place."""
+    from scipy import ndimage
+
+    weight = ndimage.gaussian_filter(heart.astype(np.float32), (0, 3.0 / pixel, 3.0 / pixel))
+    blurred = ndimage.gaussian_filter(vol, (0, sigma_mm / pixel, sigma_mm / pixel))
+    vol += weight * (blurred - vol)
 
 
 def _scanner_params(rng: np.random.Generator) -> dict:
@@ -136,6 +157,12 @@ def render_study(seed: int, progress: Callable[[float, str], None] | None = None
     # Geometry.
     matrix = int(overrides.get("matrix", MATRIX))
     pixel = float(overrides.get("pixel", sp["fov_mm"] / matrix))
+    non_gated = bool(overrides.get("non_gated", False))
+    # its own stream: a gated study of the same seed draws exactly what it drew before
+    motion_mm = float(_streams(seed, 11)[10].uniform(*MOTION_SIGMA_MM)) if non_gated else 0.0
+    if non_gated and "spacing" not in overrides:
+        overrides = {**overrides, "spacing": NON_GATED_SLICE_MM,
+                     "thickness": overrides.get("thickness", NON_GATED_SLICE_MM)}
     spacing = float(overrides.get("spacing", sp["spacing"]))
     # A spacing override alone gives contiguous slices (thickness = spacing).
     thickness = float(overrides.get("thickness", sp["thickness"] if "spacing" not in overrides else spacing))
@@ -179,9 +206,12 @@ def render_study(seed: int, progress: Callable[[float, str], None] | None = None
     anatomy.paint_heart(vol, heart, grid, a, edge)
     lap("heart")
     coronaries.paint_coronaries(vol, heart, grid, a, arteries, edge)
+    if motion_mm > 0:  # the beating heart blurs its own structures, not the chest wall
+        _motion_blur(vol, heart, motion_mm, pixel)
     lap("coronaries")
     anatomy_hu = vol.copy() if overrides.get("keep_clean") else None
-    support = plaques.render_blobs(vol, grid, blobs + conf, (s_xy, s_z))
+    s_calcium = float(np.hypot(s_xy, motion_mm))  # calcium blobs are all on the heart
+    support = plaques.render_blobs(vol, grid, blobs + conf, (s_calcium, s_z))
     lap("calcium")
     clean = vol.copy() if overrides.get("keep_clean") else None
 
@@ -209,6 +239,7 @@ def render_study(seed: int, progress: Callable[[float, str], None] | None = None
         "generator_version": GENERATOR_VERSION,
         "matrix": matrix, "pixel_mm": pixel, "slice_spacing_mm": spacing, "slice_thickness_mm": thickness,
         "n_slices": n_slices, "noise_sd_hu": noise_sd, "psf_sigma_mm": [s_xy, s_z],
+        "non_gated": non_gated, "motion_sigma_mm": motion_mm,
         "scanner": sp, "anatomy": a, "plaque_burden": burden,
         "n_plaque_blobs": len(blobs),
         "confounders": {**{k: sum(1 for b in conf if b.kind == k) for k in ("aortic_wall", "aortic_valve", "mitral_annulus")},
@@ -221,7 +252,7 @@ def render_study(seed: int, progress: Callable[[float, str], None] | None = None
         "centrelines": {name: np.round(arteries[name].points[::4], 2).tolist() for name in ARTERIES},
         "centreline_radius_mm": {name: np.round(arteries[name].radius[::4], 3).tolist() for name in ARTERIES},
     }
-    study = Study(id=study_id(seed), ct=ct, labels=labels, heart=heart.astype(np.uint8), meta=meta)
+    study = Study(id=study_id(seed, non_gated=non_gated), ct=ct, labels=labels, heart=heart.astype(np.uint8), meta=meta)
     timings["total"] = sum(timings.values())
     return SynthResult(study, grid, a, arteries, blobs + conf, timings, clean, anatomy_hu)
 
@@ -249,7 +280,7 @@ def generate_study(seed: int, **overrides) -> Study:
 def _write_one(job: tuple[int, str, dict]) -> tuple[int, str, float, float, bool]:
     """Generate and write one study unless its folder is complete (worker function)."""
     seed, out, overrides = job
-    folder = Path(out) / study_id(seed, bool(overrides.get("phantom")))
+    folder = Path(out) / study_id(seed, bool(overrides.get("phantom")), bool(overrides.get("non_gated")))
     if is_study_dir(folder):
         meta = read_study_meta(folder)
         made_by = meta.get("params", {}).get("generator_version")
