@@ -307,3 +307,15 @@ def test_cli_synth_non_gated(tmp_path):
     assert st.ct.spacing[0] == 5.0
     bad = subprocess.run(cmd + ["--phantoms"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "--non-gated" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_evaluate_non_gated_table():
+    from training.evaluate_non_gated import summary, table
+
+    rows = [(1, False, 100.0, 95.0), (1, True, 20.0, 5.0), (2, False, 0.0, 0.0), (2, True, 0.0, 3.0)]
+    assert summary(rows, False) == {"studies": 2, "with_calcium": 1, "reference_total": 100.0, "model_total": 95.0,
+                                    "risk_right": 2, "calcium_free": 1, "calcium_free_scored_0": 1}
+    s = summary(rows, True)
+    assert s["risk_right"] == 0 and s["calcium_free_scored_0"] == 0
+    md = table(rows)
+    assert "| gated | 1 | 100 | 95 | 2 of 2 | 1 of 1 |" in md and "0 of 2 | 0 of 1 |" in md

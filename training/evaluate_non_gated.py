@@ -1,0 +1,88 @@
+"""A bundle on gated and non-gated reconstructions of the same synthetic patients.
+
+    python training/evaluate_non_gated.py [--seeds 900000:900020] [--bundle PATH]
+
+For each seed, :func:`CoronaryCalciumDINOLib.synth.generate_study` renders the gated study
+and its non-gated reconstruction (``non_gated=True``: 5 mm slices, cardiac motion blur);
+:func:`CoronaryCalciumDINOLib.pipeline.run_pipeline` scores both on the CPU. The reference
+of each reconstruction is the Agatston score of its own labels. Prints one line per study
+and a table (studies with calcium, reference and model totals, risk categories right,
+calcium-free studies scored 0), per reconstruction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):
+    sys.path.insert(0, str(REPO))
+    try:
+        import CoronaryCalciumDINOLib  # noqa: F401
+    except ImportError:
+        sys.path.insert(0, str(REPO / "CoronaryCalciumDINO"))
+
+
+def summary(rows: list[tuple[int, bool, float, float]], non_gated: bool) -> dict:
+    """Figures of one reconstruction from (seed, non_gated, reference, model) rows."""
+    from CoronaryCalciumDINOLib.scoring import risk_category
+
+    r = [x for x in rows if x[1] == non_gated]
+    return {
+        "studies": len(r),
+        "with_calcium": sum(x[2] > 0 for x in r),
+        "reference_total": sum(x[2] for x in r),
+        "model_total": sum(x[3] for x in r),
+        "risk_right": sum(risk_category(x[2]) == risk_category(x[3]) for x in r),
+        "calcium_free": sum(x[2] == 0 for x in r),
+        "calcium_free_scored_0": sum(x[2] == 0 and x[3] == 0 for x in r),
+    }
+
+
+def table(rows) -> str:
+    lines = ["| | studies with calcium | reference total | model total | risk category right | calcium-free scored 0 |",
+             "|---|---|---|---|---|---|"]
+    for ng, name in ((False, "gated"), (True, "non-gated 5 mm, motion blur")):
+        s = summary(rows, ng)
+        lines.append(f"| {name} | {s['with_calcium']} | {s['reference_total']:.0f} | {s['model_total']:.0f} | "
+                     f"{s['risk_right']} of {s['studies']} | {s['calcium_free_scored_0']} of {s['calcium_free']} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", default="900000:900020", metavar="START:END", help="seeds START..END-1")
+    ap.add_argument("--bundle", default=None, metavar="PATH", help="model bundle (default: the default bundle)")
+    args = ap.parse_args(argv)
+    try:
+        start, end = (int(v) for v in args.seeds.split(":"))
+        if not 0 <= start < end:
+            raise ValueError
+    except ValueError:
+        print(f"evaluate_non_gated: error: --seeds must be START:END with 0 <= START < END, got {args.seeds}",
+              file=sys.stderr)
+        return 2
+
+    from CoronaryCalciumDINOLib.pipeline import load_bundle, run_pipeline
+    from CoronaryCalciumDINOLib.scoring import score
+    from CoronaryCalciumDINOLib.synth import generate_study
+
+    bundle = load_bundle(args.bundle)
+    rows = []
+    for seed in range(start, end):
+        for non_gated in (False, True):
+            st = generate_study(seed, non_gated=non_gated)
+            ref = float(score(st.ct.hu, st.labels, st.ct.spacing).total.agatston)
+            ai = float(run_pipeline(st.ct, bundle, device="cpu").score.total.agatston)
+            rows.append((seed, non_gated, ref, ai))
+            print(f"{st.id}: reference {ref:.1f}, model {ai:.1f}", flush=True)
+    print()
+    print(f"model {bundle.name} {bundle.version}, seeds {start}-{end - 1}")
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
