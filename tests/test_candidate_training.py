@@ -102,8 +102,12 @@ def test_build_default_bundle_tiny(tmp_path, capsys):
             "--n-val", "2", "--n-test", "2", "--matrix", "160", "--n-slices", "10", "--train-plaques",
             "--ssl-steps", "3", "--ssl-batch", "8", "--seg-steps", "3", "--threads", "1", "--device", "cpu",
             "--target-sensitivity", "0.9", "--n-calibration", "3", "--n-phantoms", "2", "--n-val-phantoms", "1",
-            "--phantom-seed", "700002", "--n-test-phantoms", "1"]
+            "--phantom-seed", "700002", "--n-test-phantoms", "1", "--non-gated-every", "2"]
     assert build_default_bundle.main(argv) == 0
+    # every 2nd training study is its non-gated reconstruction; the held-out ones stay gated
+    assert sorted(p.name for p in (tmp_path / "work" / "studies").iterdir()) == [
+        "synth-001000", "synth-001002", "synth-nongated-001001", "synth-nongated-001003"]
+    assert all(p.name.startswith("synth-9") for p in (tmp_path / "work" / "heldout").iterdir())
     metrics = json.loads((res / "ccdino-default-metrics.json").read_text())["metrics"]
     h = metrics["heldout_synthetic"]
     assert h["n_studies"] == 2 and "zero_scored_zero" in h["pipeline"]
@@ -111,6 +115,7 @@ def test_build_default_bundle_tiny(tmp_path, capsys):
     assert metrics["heldout_synthetic_phantoms"]["n_studies"] == 1
     assert sorted(p.name for p in (tmp_path / "work" / "phantoms").iterdir()) == ["synth-phantom-700002", "synth-phantom-700003"]
     b = load_bundle(out)
+    assert "one in 2 of them (2) as its non-gated" in b.manifest["trained_on"]
     assert b.phantom_detector is not None and 0 < b.phantom_threshold < 1
     assert b.manifest["candidates"] == CandidateConfig().to_dict()
     assert b.noise_rule.to_dict() == metrics["noise_rule"]["rule"] and metrics["noise_rule"]["studies"] == 3

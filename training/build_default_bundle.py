@@ -79,6 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="processes generating synthetic studies")
     p.add_argument("--matrix", type=int, default=None, help="synthetic image matrix (default: the generator's 512)")
     p.add_argument("--n-slices", type=int, default=None, help="synthetic slices per study (default: the generator's)")
+    p.add_argument("--non-gated-every", type=int, default=0, metavar="K",
+                   help="render every K-th training / validation study as its non-gated reconstruction "
+                        "(5 mm slices, cardiac motion blur; default 0: none). Calibration and held-out studies stay gated")
     p.add_argument("--train-plaques", action="store_true",
                    help="every training study gets coronary plaques (for tiny runs; default: the generator's mix)")
     return p.parse_args(argv)
@@ -173,8 +176,18 @@ def main(argv=None) -> int:
     seeds = range(args.first_seed, args.first_seed + args.n_train)
     check_disjoint(seeds)
     over = {k: v for k, v in (("matrix", args.matrix), ("n_slices", args.n_slices)) if v is not None}
-    studies = synthetic_study_dirs(seeds, work / "studies", lambda f, m: _log(f"synth {m}"), workers=args.workers,
-                                   **over, **({"plaques": True} if args.train_plaques else {}))
+    if args.non_gated_every < 0:
+        raise SystemExit("--non-gated-every must be >= 0")
+    train_over = {**over, **({"plaques": True} if args.train_plaques else {})}
+    k = args.non_gated_every
+    ng_seeds = [s for s in seeds if k and (s - seeds.start) % k == k - 1]
+    by_seed = dict(zip([s for s in seeds if s not in ng_seeds],
+                       synthetic_study_dirs([s for s in seeds if s not in ng_seeds], work / "studies",
+                                            lambda f, m: _log(f"synth {m}"), workers=args.workers, **train_over)))
+    if ng_seeds:
+        by_seed.update(zip(ng_seeds, synthetic_study_dirs(ng_seeds, work / "studies", lambda f, m: _log(f"synth {m}"),
+                                                          workers=args.workers, non_gated=True, **train_over)))
+    studies = [by_seed[s] for s in seeds]  # in seed order: the last --n-val are the validation studies
     cal_seeds = range(args.calibration_seed, args.calibration_seed + args.n_calibration)
     check_disjoint(cal_seeds)
     if set(cal_seeds) & set(seeds):
@@ -258,7 +271,9 @@ def main(argv=None) -> int:
     det_info = {**sup["detector_config"], **sup["threshold"]}
     common = dict(
         name=args.name, version=args.version,
-        trained_on=f"{args.n_train} synthetic non-contrast cardiac CT studies (seeds {seeds.start}-{seeds.stop - 1}) "
+        trained_on=f"{args.n_train} synthetic non-contrast cardiac CT studies (seeds {seeds.start}-{seeds.stop - 1}"
+                   + (f"; one in {k} of them ({len(ng_seeds)}) as its non-gated 5 mm reconstruction with "
+                      "cardiac motion blur" if ng_seeds else "") + ") "
                    f"and {args.n_phantoms} synthetic calcium-scoring phantoms (seeds {ph_seeds.start}-{ph_seeds.stop - 1}), "
                    f"trained on {hardware}",
         not_validated_on="patient data (no real CT was used for training or validation)",
