@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -803,18 +802,6 @@ class CoronaryCalciumDINOLogic(ScriptedLoadableModuleLogic):
             names.append(requirement)
         return names
 
-    @staticmethod
-    def torchConstraints():
-        """pip constraint lines pinning the installed PyTorch build (torch and the
-        torchvision installed with it), so that no later pip step replaces it."""
-        lines = []
-        for name in ("torch", "torchvision"):
-            try:
-                lines.append(f"{name}=={importlib.metadata.version(name)}")
-            except importlib.metadata.PackageNotFoundError:
-                pass
-        return lines
-
     def ensureDependencies(self, interactive: bool = True) -> bool:
         """Install torch (through PyTorchUtils) then the other missing packages with the
         installed torch pinned as a pip constraint, after asking once; returns False when
@@ -841,7 +828,7 @@ class CoronaryCalciumDINOLogic(ScriptedLoadableModuleLogic):
                 if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=_requirements().TORCH_VERSION) is None:
                     raise RuntimeError(_("PyTorch could not be installed."))
         if requirements:
-            self._pipInstall(requirements, self.torchConstraints())
+            self._pipInstall(requirements, _requirements().torch_constraints())
         importlib.invalidate_caches()  # let find_spec see the packages just installed
         still = self.missingPackages()
         if still:

@@ -60,6 +60,20 @@ def pip_requirements(names) -> list[str]:
     return [table[name] for name in names if name != "torch"]
 
 
+def torch_constraints() -> list[str]:
+    """pip constraint lines (``torch==X``, ``torchvision==Y``) pinning the installed PyTorch
+    build, so that a later pip step does not replace the build PyTorchUtils chose."""
+    import importlib.metadata
+
+    lines = []
+    for name in ("torch", "torchvision"):
+        try:
+            lines.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return lines
+
+
 def require_ai() -> None:
     """Raise :class:`..errors.MissingDependencyError` (one line, naming the missing packages
     and the ``ai`` extra) unless PyTorch, timm, MONAI and safetensors can be imported. The AI

@@ -56,19 +56,6 @@ def missing_packages(need_ai: bool):
     return requirements.missing(ai=need_ai)
 
 
-def torch_constraints() -> list[str]:
-    """pip constraint lines pinning the installed torch (and torchvision) build."""
-    import importlib.metadata
-
-    lines = []
-    for name in ("torch", "torchvision"):
-        try:
-            lines.append(f"{name}=={importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return lines
-
-
 def install_dependencies(missing):
     """Install missing packages non-interactively (inside Slicer only), as the module's first
     Compute does: torch through PyTorchUtils, then the others with that torch pinned as a
@@ -89,7 +76,7 @@ def install_dependencies(missing):
         with tempfile.TemporaryDirectory() as folder:
             constraints = os.path.join(folder, "constraints.txt")
             with open(constraints, "w") as f:
-                f.write("".join(line + "\n" for line in torch_constraints()))
+                f.write("".join(line + "\n" for line in requirements.torch_constraints()))
             slicer.util.pip_install([*wanted, "-c", constraints])
 
 
