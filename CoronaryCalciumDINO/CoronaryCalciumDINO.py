@@ -594,7 +594,12 @@ class _ComputeProcess:
         self.output = collections.deque(maxlen=self.KEEP_LINES)
         self._cancelled, self._killAt, self._ended, self._cleaned = False, None, False, False
         self.process = launch(self.args)
-        self._lines = _OutputLines(self.process.stdout)
+        try:
+            self._lines = _OutputLines(self.process.stdout)
+        except BaseException:  # the process must not outlive a job that failed to start
+            self.process.kill()
+            self.process.wait()
+            raise
 
     @property
     def outDir(self):
@@ -617,9 +622,27 @@ class _ComputeProcess:
 
     def poll(self) -> bool:
         """Read what the process printed since the last call and see whether it ended
-        (never waits); True while it runs. Kills a cancelled process after the grace period."""
+        (never waits); True while it runs. Kills a cancelled process after the grace period.
+        If following the process fails (its output cannot be read), the process is killed
+        and the run ends with a one-line error; the scene is not touched."""
         if self._ended:
             return False
+        try:
+            return self._poll()
+        except Exception as exc:
+            try:
+                self.process.kill()
+                self.process.wait()
+            except OSError:
+                pass
+            self._ended = True
+            self.error = _lib().errors.CCDinoError(
+                f"the AI process could not be followed ({type(exc).__name__}: {exc}); the scene is unchanged")
+            logging.error("CoronaryCalciumDINO compute: following the process failed", exc_info=exc)
+            self.cleanup()
+            return False
+
+    def _poll(self) -> bool:
         self._take(self._lines.read())
         code = self.process.poll()
         if code is None:

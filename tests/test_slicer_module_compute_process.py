@@ -346,3 +346,28 @@ def test_the_panel_shows_a_crash_in_one_line(env, tmp_path, monkeypatch):
     assert not panel._timer.active and panel.buttons == [True]
     assert "No CUDA GPU" in panel.warnings[-1]  # the process's CUDA check reached the panel
     assert _scene_state(scene) == before
+
+
+def test_a_process_that_cannot_be_followed_is_ended_with_one_line(env, tmp_path, monkeypatch):
+    """When reading the process's output fails, poll ends the run: the process is killed,
+    the temporary folder removed, one line said, and later polls change nothing."""
+    logic, scene = env.logic, env.core.scene
+    volume = ct_to_volume_node(scene, small_ct(), "small")
+    before = _scene_state(scene)
+    _fake_command(tmp_path, monkeypatch, logic, """
+        import time
+        print("PROGRESS 0.1000 183 candidates", flush=True)
+        time.sleep(120)
+    """)
+    job = logic.startCompute(volume)
+
+    def unreadable(self, final=False):
+        raise UnicodeDecodeError("utf-8", b"\\xff", 0, 1, "invalid start byte")
+
+    monkeypatch.setattr(env.module._OutputLines, "read", unreadable)
+    assert job.poll() is False
+    assert job.process.poll() is not None  # killed, not left running
+    assert isinstance(job.error, CCDinoError) and not isinstance(job.error, Cancelled)
+    assert "could not be followed" in str(job.error) and "\n" not in str(job.error)
+    assert not os.path.exists(job.folder)
+    assert job.poll() is False and _scene_state(scene) == before

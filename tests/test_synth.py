@@ -273,8 +273,8 @@ def test_sheet_is_written(tmp_path):
 
 def test_non_gated_reconstruction_of_the_same_patient():
     """non_gated: the same anatomy and plaques as the gated study of the seed, on 5 mm
-    slices with cardiac motion blur; the blur lowers the calcium's peaks, and the labels
-    are still exactly the calcium voxels at or above 130 HU."""
+    slices with cardiac motion blur; the blur lowers the calcium's peaks, and every
+    labelled voxel is at or above 130 HU."""
     from CoronaryCalciumDINOLib.synth.generator import MOTION_SIGMA_MM, NON_GATED_SLICE_MM
 
     kw = dict(plaques=True, matrix=256, noise_sd=0.0, streaks=False)

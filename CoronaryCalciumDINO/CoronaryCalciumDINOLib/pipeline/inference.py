@@ -251,25 +251,34 @@ def one_side_per_lesion(labels: np.ndarray) -> np.ndarray:
     calcification cannot belong to both; a per-pixel segmenter can still split one that way.
     Where a lesion holds both, the side with more of its voxels takes it all: RCA voxels take
     the lesion's most frequent left artery, left-tree voxels become RCA. Within the left
-    tree a lesion may hold several arteries (the left main's bifurcation)."""
+    tree a lesion may hold several arteries (the left main's bifurcation).
+
+    The per-voxel artery confidence of the pipeline (``p_art``) stays the segmenter's
+    probability of the artery it chose, also for voxels moved to the other side."""
     from scipy import ndimage
 
-    comp, n = ndimage.label(labels > 0, structure=_INPLANE_8)
-    if n == 0:
+    zs = np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1))
+    if zs.size == 0:
         return labels
-    counts = np.bincount(comp.ravel() * 5 + labels.ravel().astype(np.int64), minlength=(n + 1) * 5).reshape(n + 1, 5)
+    z0, z1 = int(zs[0]), int(zs[-1]) + 1  # only the slices with labels: no CT-sized temporaries
+    sub = labels[z0:z1]
+    comp, n = ndimage.label(sub > 0, structure=_INPLANE_8)
+    m = comp > 0
+    c, lab = comp[m].astype(np.int64), sub[m].astype(np.int64)
+    counts = np.bincount(c * 5 + lab, minlength=(n + 1) * 5).reshape(n + 1, 5)
     left, right = counts[:, 1:4].sum(axis=1), counts[:, 4]
     mixed = (left > 0) & (right > 0)
     mixed[0] = False
     if not mixed.any():
         return labels
-    out = labels.copy()
     to_left = mixed & (left >= right)
-    best_left = (1 + np.argmax(counts[:, 1:4], axis=1)).astype(labels.dtype)
-    sel = to_left[comp] & (labels == 4)
-    out[sel] = best_left[comp[sel]]
-    sel = (mixed & ~to_left)[comp] & (labels >= 1) & (labels <= 3)
-    out[sel] = 4
+    best_left = 1 + np.argmax(counts[:, 1:4], axis=1)
+    new = lab.copy()
+    sel = to_left[c] & (lab == 4)
+    new[sel] = best_left[c[sel]]
+    new[(mixed & ~to_left)[c] & (lab >= 1) & (lab <= 3)] = 4
+    out = labels.copy()
+    out[z0:z1][m] = new.astype(labels.dtype)
     return out
 
 

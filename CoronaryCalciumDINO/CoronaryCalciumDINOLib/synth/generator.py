@@ -17,7 +17,7 @@ one plaque drawn), ``phantom`` (True: a calcium-scoring phantom instead of a pat
 noise-free HU in :attr:`SynthResult.clean` and :attr:`SynthResult.anatomy_hu`),
 ``non_gated`` (True: a non-gated chest-CT reconstruction of the same patient: 5 mm slices
 every 5 mm unless ``spacing`` / ``thickness`` say otherwise, and cardiac motion blur: the
-heart's structures and its calcium blurred in-plane by a Gaussian of
+heart's structures and all calcium blobs blurred in-plane by a Gaussian of
 :data:`MOTION_SIGMA_MM` drawn from the seed's own stream; the labels follow the blurred
 calcium).
 
@@ -210,7 +210,9 @@ def render_study(seed: int, progress: Callable[[float, str], None] | None = None
         _motion_blur(vol, heart, motion_mm, pixel)
     lap("coronaries")
     anatomy_hu = vol.copy() if overrides.get("keep_clean") else None
-    s_calcium = float(np.hypot(s_xy, motion_mm))  # calcium blobs are all on the heart
+    # every calcium blob takes the motion blur: the plaques, valve and annulus calcium on the
+    # heart, and (a simplification) the aortic-wall calcium, also on the descending aorta
+    s_calcium = float(np.hypot(s_xy, motion_mm))
     support = plaques.render_blobs(vol, grid, blobs + conf, (s_calcium, s_z))
     lap("calcium")
     clean = vol.copy() if overrides.get("keep_clean") else None
