@@ -19,35 +19,22 @@ import pytest
 slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 
-from CoronaryCalciumDINOLib.constants import ARTERY_TO_LABEL  # noqa: E402
 from CoronaryCalciumDINOLib.io.volume import CTVolume  # noqa: E402
 from CoronaryCalciumDINOLib.scene import attention as attention_glue  # noqa: E402
 from CoronaryCalciumDINOLib.scene import logic as scene_logic  # noqa: E402
 from CoronaryCalciumDINOLib.scene.segmentation import find_result_segmentation  # noqa: E402
 from CoronaryCalciumDINOLib.scene.volume import ct_to_volume_node, nodes_by_class  # noqa: E402
-from CoronaryCalciumDINOLib.scoring import ScoringParams, score  # noqa: E402
+
+from test_slicer_module_logic import Result as ModuleResult, small_ct  # noqa: E402
 
 VIEWS = ("Red", "Green", "Yellow")
 
 
-def small_ct() -> CTVolume:
-    hu = np.full((6, 24, 24), -50.0, np.float32)
-    hu[2, 4:8, 4:8] = 300.0
-    hu[3, 14:18, 14:18] = 450.0
-    return CTVolume(hu=hu, spacing=(3.0, 0.7, 0.7))
-
-
-class Result:
+class Result(ModuleResult):
     """PipelineResult-like: known labels, their score, slice probabilities and attention."""
 
     def __init__(self, ct: CTVolume):
-        labels = np.zeros(ct.shape, np.uint8)
-        labels[2, 4:8, 4:8] = ARTERY_TO_LABEL["LAD"]
-        labels[3, 14:18, 14:18] = ARTERY_TO_LABEL["RCA"]
-        self.labels = labels
-        self.score = score(ct.hu, labels, ct.spacing, ScoringParams())
-        self.slice_probabilities = np.linspace(0.0, 1.0, ct.shape[0]).astype(np.float32)
-        self.selected = self.slice_probabilities > 0.5
+        super().__init__(ct)
         self.attention = np.stack([np.full(ct.shape, float(h), np.float32) for h in range(3)])
 
 
