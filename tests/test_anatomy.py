@@ -139,3 +139,41 @@ def test_synthetic_studies_keep_every_labelled_candidate_and_drop_bone(seed):
     bone = (peak >= 450.0) & ~near_heart[c.z, y, x] & (target == 0)
     assert bone.sum() >= 30
     assert (~keep[bone]).mean() >= 0.95
+
+
+def _thorax_with_great_vessels():
+    """The hand-drawn thorax, 200 mm long: the heart on slices 0-19, above it (slices 20-39)
+    fat holding the ascending aorta (radius 15 mm, 5 mm right of the midline), the pulmonary
+    trunk (12 mm, to its left and in front) and the superior vena cava (9 mm, 45 mm right of
+    the midline)."""
+    hu, _ = _thorax(nz=40)
+    s = hu[20].copy()
+    s[_ellipse(s.shape, 95, 130, 45, 42)] = -100.0
+    s[_ellipse(s.shape, 82, 125, 15, 15)] = 40.0  # ascending aorta
+    s[_ellipse(s.shape, 62, 158, 12, 12)] = 40.0  # pulmonary trunk
+    s[_ellipse(s.shape, 88, 85, 9, 9)] = 40.0  # superior vena cava
+    hu[20:] = s
+    return hu
+
+
+def test_the_ascending_aorta_is_found_above_the_heart_and_not_the_vena_cava():
+    hu = _thorax_with_great_vessels()
+    an = find_anatomy(hu, SPACING)
+    assert an.heart_levels is not None and an.heart_levels[1] == 19
+    assert an.aorta_axis is not None and an.aorta_axis.shape == (40, 2)
+    for k in (19, 25, 35):  # at the root (top heart level) and above
+        assert np.hypot(*(an.aorta_axis[k] - (82, 125))) <= 3.0, (k, an.aorta_axis[k])
+    assert np.array_equal(an.aorta_axis[0], an.aorta_axis[19])  # below the root: the root's centre
+    assert 12.0 <= an.aorta_radius_mm <= 17.0
+    cropped = an.crop(10, 30)
+    assert np.array_equal(cropped.aorta_axis, an.aorta_axis[10:30]) and cropped.aorta_radius_mm == an.aorta_radius_mm
+
+
+def test_no_aorta_without_the_slices_above_the_heart():
+    """A scan that ends 10 mm above the heart's top level: the aorta cannot be told from the
+    heart (nor on a phantom without lungs)."""
+    hu = _thorax_with_great_vessels()[:22]
+    an = find_anatomy(hu, SPACING)
+    assert an.found and an.aorta_axis is None and an.aorta_radius_mm is None
+    no_lungs = np.full((6, 120, 120), 40.0, np.float32)
+    assert find_anatomy(no_lungs, (3.0, 0.8, 0.8)).aorta_axis is None

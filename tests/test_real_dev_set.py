@@ -203,11 +203,14 @@ def test_evaluate_real_summary_and_table():
     assert s["arteries_ref_ge_50_within_0.5x_2x"] == {"k": 1, "n": 2}
     assert s["arteries_ref_0_ai_below_10"] == {"k": 5, "n": 6}
     assert s["calcium_free_scans"] == 1 and s["false_positive_agatston_on_calcium_free_scans"] == 12.0
+    # right artery at most: min(ref, AI) per artery (100 LAD + 10 LCX) over the AI total (12 + 160)
+    assert s["ai_agatston_on_the_right_artery_at_most"] == round(110.0 / 172.0, 4)
     doc = {"model": {"name": "m", "version": "1", "sha256": "0" * 64}, "kvp_option": "auto", "cpu": "cpu",
            "torch_threads": 1, "date": "d", "command": "python training/evaluate_real.py", "scans": rows, "summary": s}
     md = ev.markdown(doc)
     assert "| 2 (2A) | 120 | 0.0 / 0.0 | 100.0 / 150.0 | 60.0 / 10.0 |" in md
     assert "failed: boom" in md and "risk category right: 1 of 2" in md
+    assert "AI Agatston on the right artery: at most 64 %" in md
     assert ev.sheet_dir_problem(ev.REPO / "docs" / "sheet") is not None
     assert ev.sheet_dir_problem(ev.REPO / "real-dev" / "sheet") is None
 

@@ -27,7 +27,9 @@ Written:
 
 Summary: risk categories right; arteries with reference >= 50 scored within 0.5x..2x of
 it; arteries with reference 0 scored < 10; the AI total on the calcium-free scans
-(reference 0 in every artery and in total): its false-positive Agatston.
+(reference 0 in every artery and in total): its false-positive Agatston; and, over the
+scans with calcium, the most of the AI's Agatston that can be on the right artery
+(:func:`right_artery_at_most`: the reference is per artery, not per lesion).
 
 This measures a handful of scans of one public set; it is a development check, not a
 validation. The reference is COCA's table (non-gated chest CT, scored by its readers).
@@ -195,6 +197,17 @@ def evaluate_scan(name: str, folder: Path, ref: dict, bundle, options: ScoringOp
     return row, ct, res
 
 
+def right_artery_at_most(rows: list[dict]) -> float | None:
+    """Share of the AI's Agatston (scans with a reference) that can be on the right artery at
+    most: sum over scans and arteries of min(reference, AI), over the AI's total. Without
+    lesion-level reference this bounds the share named right from above."""
+    done = [r for r in rows if "ai" in r and all(r["reference"][a] is not None for a in ARTERIES)]
+    total = sum(r["ai"]["total"] for r in done)
+    if total <= 0:
+        return None
+    return sum(min(r["reference"][a], r["ai"][a]) for r in done for a in ARTERIES) / total
+
+
 def summarise(rows: list[dict]) -> dict:
     done = [r for r in rows if "ai" in r]
     risk = [r for r in done if r["risk"]["match"] is not None]
@@ -211,6 +224,7 @@ def summarise(rows: list[dict]) -> dict:
         "arteries_ref_0_ai_below_10": {"k": sum(r["ai"][a] < ZERO_TOLERANCE for r, a in zero), "n": len(zero)},
         "calcium_free_scans": len(free),
         "false_positive_agatston_on_calcium_free_scans": round(sum(r["ai"]["total"] for r in free), 3),
+        "ai_agatston_on_the_right_artery_at_most": None if (ra := right_artery_at_most(rows)) is None else round(ra, 4),
         "seconds_total": round(sum(r["seconds"] for r in done), 3),
     }
 
@@ -225,7 +239,8 @@ def summary_lines(s: dict) -> list[str]:
         f"arteries with reference 0: {z['k']} of {z['n']} below {ZERO_TOLERANCE:g}",
         f"false-positive Agatston on the {s['calcium_free_scans']} calcium-free scans: "
         f"{s['false_positive_agatston_on_calcium_free_scans']:.1f} in total",
-    ]
+    ] + ([] if s.get("ai_agatston_on_the_right_artery_at_most") is None else [
+        f"AI Agatston on the right artery: at most {100 * s['ai_agatston_on_the_right_artery_at_most']:.0f} %"])
 
 
 def fmt(v) -> str:

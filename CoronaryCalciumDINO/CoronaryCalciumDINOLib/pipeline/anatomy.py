@@ -41,6 +41,19 @@ upper abdomen
     Going down from the heart, the slices whose lungs' hull is more than
     :data:`ABDOMEN_SHARE` mediastinum (:func:`abdomen_top`): only the lung bases remain,
     round the liver, stomach and spleen.
+ascending aorta
+    The thickest vertical tube of soft tissue in the mediastinum (in front of the spine,
+    apart from the descending aorta and bone) over the :data:`AORTA_SEARCH_MM` above the top
+    heart level: per cell, the sum over those slices of the distance to the soft tissue's
+    edge (up to :data:`AORTA_RADIUS_MM`'s upper end; a cell deeper than that is in the
+    heart, not in a great vessel). Its centre is then followed down slice by slice (the
+    deepest point within :data:`AORTA_TRACK_MM` of the slice above) to the top heart level,
+    or until it enters the heart (deeper than a great vessel), where the aortic root sits in the heart's base and the coronary arteries leave it
+    (:mod:`.naming`). The pulmonary trunk (radius 11-15 mm) runs obliquely up and back and
+    the superior vena cava (8-12 mm) is thinner: over 50 mm the aorta's tube holds most.
+    Not found (None) on a scan that does not reach :data:`AORTA_MIN_MM` above the heart
+    (the aorta cannot be told from the heart there) or whose tube is thinner than
+    :data:`AORTA_RADIUS_MM`'s lower end.
 heart region
     The mediastinum on the slices above the upper abdomen, up to :data:`ABOVE_HEART_MM`
     above the top heart level (on a scan longer than :data:`CARDIAC_SCAN_MM`: a chest CT; a
@@ -98,6 +111,17 @@ CARDIAC_SCAN_MM = 200.0
 CARDIAC_RANGE_MM = 160.0
 #: Share of the lungs' hull that is mediastinum above which a slice is the upper abdomen.
 ABDOMEN_SHARE = 0.8
+#: The ascending aorta is looked for from the top heart level to this far (mm) above it.
+AORTA_SEARCH_MM = 50.0
+#: ... on at least this length (mm) of scan above the top heart level.
+AORTA_MIN_MM = 15.0
+#: Radius range (mm) of the ascending aorta (about 14-18 mm; dilated up to 22 mm).
+AORTA_RADIUS_MM = (9.0, 24.0)
+#: The aorta's centre moves at most this far (mm) from one slice to the next when followed.
+AORTA_TRACK_MM = 6.0
+#: The ascending aorta lies within this distance (mm) of the midline;
+#: the superior vena cava lies 30-50 mm right of it.
+AORTA_MIDLINE_MM = 25.0
 
 
 @dataclass
@@ -112,6 +136,12 @@ class Anatomy:
     region: np.ndarray = field(repr=False)  # bool (z, Y, X): where coronary calcium can be
     #: heart levels (first, last slice index) or None
     heart_levels: tuple[int, int] | None = None
+    #: (z, 2) float: the ascending aorta's centre (row, column in CT pixels) on each slice
+    #: (:func:`ascending_aorta`; slices below the top heart level take the root's, above
+    #: the search range the highest found), or None when not found
+    aorta_axis: np.ndarray | None = field(default=None, repr=False)
+    #: the ascending aorta's radius (mm), or None
+    aorta_radius_mm: float | None = None
 
     def cardiac_range(self, dz: float) -> tuple[int, int]:
         """Slices [first, last + 1) a cardiac scan of this patient would hold: the whole scan,
@@ -126,8 +156,9 @@ class Anatomy:
         if self.heart_levels is not None:
             a, b = max(self.heart_levels[0], z0) - z0, min(self.heart_levels[1], z1 - 1) - z0
             levels = (a, b) if a <= b else None
+        axis = None if self.aorta_axis is None else self.aorta_axis[z0:z1]
         return Anatomy((z1 - z0, *self.shape[1:]), self.factor, self.found, self.lungs[z0:z1], self.bone[z0:z1],
-                       self.region[z0:z1], levels)
+                       self.region[z0:z1], levels, axis, self.aorta_radius_mm)
 
     def _cells(self, y, x) -> tuple[np.ndarray, np.ndarray]:
         fy, fx = self.factor
@@ -352,6 +383,57 @@ def descending_aorta(small: np.ndarray, soft_ok: np.ndarray, spine_front: np.nda
     return out
 
 
+def _midline(hull: np.ndarray) -> float | None:
+    """The midline's column (working cells): the median over slices of the middle of the
+    lungs' hull, or None without a hull."""
+    mids = [0.5 * (xs[0] + xs[-1]) for xs in (np.flatnonzero(h.any(axis=0)) for h in hull) if xs.size]
+    return float(np.median(mids)) if mids else None
+
+
+def ascending_aorta(soft: np.ndarray, top: int, dz: float, pixel_mm: tuple[float, float],
+                    midline: float | None = None) -> tuple[np.ndarray, float] | None:
+    """The ascending aorta (see the module docstring) from ``soft`` (bool (z, Y, X): soft
+    tissue of the mediastinum in front of the spine, without the descending aorta and bone),
+    the top heart level ``top`` and the midline's column ``midline`` (working cells,
+    :func:`_midline`; None: unknown): ((z, 2) centre per slice in working cells, radius mm), or None."""
+    nz = soft.shape[0]
+    py, px = pixel_mm
+    k1 = min(nz, top + int(np.floor(AORTA_SEARCH_MM / dz + 1e-6)) + 1)
+    if (k1 - 1 - top) * dz < AORTA_MIN_MM - 1e-6:
+        return None
+    lo, hi = AORTA_RADIUS_MM
+    depth = np.stack([ndimage.distance_transform_edt(soft[k], sampling=(py, px)) for k in range(top, k1)])
+    acc = np.where(depth <= hi, depth, 0.0).sum(axis=0)
+    if midline is not None:  # not the superior vena cava
+        cols = np.arange(acc.shape[1])
+        acc[:, np.abs(cols - midline) * px > AORTA_MIDLINE_MM] = 0.0
+    cy, cx = np.unravel_index(int(np.argmax(acc)), acc.shape)
+    if acc[cy, cx] < lo * (k1 - top) * 0.75:  # no tube of an aorta's thickness over most slices
+        return None
+    ry, rx = max(1, int(round(AORTA_TRACK_MM / py))), max(1, int(round(AORTA_TRACK_MM / px)))
+    centre = np.zeros((nz, 2))
+    radii = []
+    inside = False
+    for k in range(k1 - 1, top - 1, -1):  # followed down from the top of the search range
+        d = depth[k - top]
+        inside = inside or d[cy, cx] > hi  # into the heart: the root's centre stays
+        if inside:
+            centre[k] = (cy, cx)
+            continue
+        y0, x0 = max(0, cy - ry), max(0, cx - rx)
+        win = np.where(d[y0: cy + ry + 1, x0: cx + rx + 1] <= hi, d[y0: cy + ry + 1, x0: cx + rx + 1], 0.0)
+        iy, ix = np.unravel_index(int(np.argmax(win)), win.shape)
+        if win[iy, ix] >= lo:
+            cy, cx = y0 + iy, x0 + ix
+            radii.append(float(win[iy, ix]))
+        centre[k] = (cy, cx)
+    if len(radii) < 2:
+        return None
+    centre[:top] = centre[top]
+    centre[k1:] = centre[k1 - 1]
+    return centre, float(np.median(radii))
+
+
 def abdomen_top(mediastinum: np.ndarray, hull: np.ndarray, heart: np.ndarray) -> int | None:
     """The highest slice of the upper abdomen, or None: going down from the top heart level
     (else the top slice with lungs), the first slice whose lungs' hull is more than
@@ -423,4 +505,14 @@ def find_anatomy(hu: np.ndarray, spacing: Sequence[float]) -> Anatomy:
     grown = ndimage.binary_dilation(bone, structure=np.ones((1, 3, 3), bool),
                                     iterations=max(1, int(round(BONE_MARGIN_MM / min(py, px)))))
     region &= ~grown
-    return Anatomy(tuple(hu.shape), (fy, fx), True, lungs, grown, region, heart_levels=levels)
+    axis, radius = None, None
+    if levels is not None:
+        soft = mediastinum & ~bone & ~aorta & (small >= SOFT_TISSUE_HU[0]) & (small <= SOFT_TISSUE_HU[1])
+        for k in np.flatnonzero(back >= 0):
+            soft[k, back[k]:] = False
+        found = ascending_aorta(soft, levels[1], dz, (py, px), _midline(hull[levels[1]:]))
+        if found is not None:
+            cells, radius = found
+            axis = (cells + 0.5) * np.array([fy, fx], float) - 0.5  # working cell centre -> CT pixel
+    return Anatomy(tuple(hu.shape), (fy, fx), True, lungs, grown, region, heart_levels=levels, aorta_axis=axis,
+                   aorta_radius_mm=radius)

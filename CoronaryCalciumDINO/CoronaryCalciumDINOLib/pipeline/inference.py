@@ -2,7 +2,7 @@
 
 :func:`run_pipeline` reads as its stages, one call each: :func:`orient`, :func:`locate`
 (anatomy), candidates (:func:`.candidates.find_candidates`, :func:`keep_heart_region`),
-:func:`route`, :func:`detect`, :func:`gate`, :func:`segment`, then the score.
+:func:`route`, :func:`detect`, :func:`gate`, :func:`segment`, :func:`name`, then the score.
 
 The stages up to :func:`route` need only the bundle's manifest
 (:class:`..models.bundle.BundleManifest`) and import no torch, timm or MONAI (nor does
@@ -31,9 +31,13 @@ stages, not the AI's imports).
    is >= 0.5; its pixels then take their most probable artery (pixels outside the crop
    take the candidate's most probable artery). ``all_slices=True`` is the "UNET alone"
    baseline: the segmenter on every candidate of every slice that stands out of the noise,
-   no detector. A lesion that the per-pixel arteries split between the left tree and the
-   RCA goes to one side (:func:`one_side_per_lesion`).
-4. :func:`..scoring.score` on the labels (only voxels >= the scoring threshold count).
+   no detector.
+4. Name (:mod:`.naming`): the artery of each lesion from where it lies round the ascending
+   aorta that the anatomy step found (the left main within 10 mm of the root, the RCA to
+   its right, the LAD and LCX by direction), when the aorta and the segmenter agree on the
+   sides of the tree; else the segmenter's arteries, a lesion that they split between the
+   left tree and the RCA going to one side (:func:`one_side_per_lesion`). Not for phantoms.
+5. :func:`..scoring.score` on the labels (only voxels >= the scoring threshold count).
 
 Per-slice and per-lesion confidences go to the report: each slice's probability and the
 candidate that gave it; each lesion's calcium and artery probabilities.
@@ -63,10 +67,10 @@ import numpy as np
 from ..errors import Cancelled, InputError
 from ..io.volume import CTVolume
 from ..scoring import ScoreResult, ScoringParams, score
-from ..scoring.agatston import _INPLANE_8
 from . import candidates as cd
 from . import preprocess as pp
 from .anatomy import Anatomy, find_anatomy
+from .naming import name_with_source, one_side_per_lesion  # noqa: F401 (one_side_per_lesion: public here too)
 from .contrast import check_contrast
 from .device import autocast_for, chunks, resolve_device
 
@@ -243,45 +247,6 @@ def phantom_labels(cands: cd.Candidates, index: np.ndarray, cand_probs: np.ndarr
     return cands.paint(values), cands.paint(pc), cands.paint(pa)
 
 
-def one_side_per_lesion(labels: np.ndarray) -> np.ndarray:
-    """``labels`` (z, y, x) with every lesion (calcium 8-connected within one slice, as the
-    Agatston score counts it) on one side of the coronary tree.
-
-    The left tree (LM, LAD, LCX) and the RCA run in different grooves and never meet, so one
-    calcification cannot belong to both; a per-pixel segmenter can still split one that way.
-    Where a lesion holds both, the side with more of its voxels takes it all: RCA voxels take
-    the lesion's most frequent left artery, left-tree voxels become RCA. Within the left
-    tree a lesion may hold several arteries (the left main's bifurcation).
-
-    The per-voxel artery confidence of the pipeline (``p_art``) stays the segmenter's
-    probability of the artery it chose, also for voxels moved to the other side."""
-    from scipy import ndimage
-
-    zs = np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1))
-    if zs.size == 0:
-        return labels
-    z0, z1 = int(zs[0]), int(zs[-1]) + 1  # only the slices with labels: no CT-sized temporaries
-    sub = labels[z0:z1]
-    comp, n = ndimage.label(sub > 0, structure=_INPLANE_8)
-    m = comp > 0
-    c, lab = comp[m].astype(np.int64), sub[m].astype(np.int64)
-    counts = np.bincount(c * 5 + lab, minlength=(n + 1) * 5).reshape(n + 1, 5)
-    left, right = counts[:, 1:4].sum(axis=1), counts[:, 4]
-    mixed = (left > 0) & (right > 0)
-    mixed[0] = False
-    if not mixed.any():
-        return labels
-    to_left = mixed & (left >= right)
-    best_left = 1 + np.argmax(counts[:, 1:4], axis=1)
-    new = lab.copy()
-    sel = to_left[c] & (lab == 4)
-    new[sel] = best_left[c[sel]]
-    new[(mixed & ~to_left)[c] & (lab >= 1) & (lab <= 3)] = 4
-    out = labels.copy()
-    out[z0:z1][m] = new.astype(labels.dtype)
-    return out
-
-
 def lesion_confidences(result: ScoreResult, p_calc: np.ndarray, p_art: np.ndarray) -> list[dict]:
     """Mean calcium / artery probability over each kept lesion's voxels, in ``result.lesions``
     order (``result`` scored with ``keep_lesion_voxels=True``)."""
@@ -455,6 +420,14 @@ def segment(hu: np.ndarray, cands: cd.Candidates, g: Gate, rt: Route, cand_probs
     return labels, p_calc, p_art, gated
 
 
+def name(labels: np.ndarray, hu: np.ndarray, anatomy: Anatomy, spacing, threshold_hu: float) -> tuple[np.ndarray, str]:
+    """Stage *name* (:mod:`.naming`): the labels of the slices looked at (canonical layout)
+    at or above the scoring threshold, each lesion named from the ascending aorta when the
+    anatomy step found it (and it agrees with the segmenter on the sides), else by the
+    segmenter with one side of the tree per lesion; and where the names came from."""
+    return name_with_source(np.where(hu >= threshold_hu, labels, 0).astype(labels.dtype), anatomy, spacing)
+
+
 def _embed(a: np.ndarray, z0: int, nz: int, axis: int = 0) -> np.ndarray:
     """``a`` (slices [z0, z0 + len) along ``axis``) on all ``nz`` slices, zeros elsewhere."""
     if a.shape[axis] == nz:
@@ -566,6 +539,13 @@ def run_pipeline(
             att = attention_maps(net, cands, g.segment, nets, dev, batch, lambda f, m: report(0.85 + 0.1 * f, m))
             timings["attention_s"] = time.perf_counter() - t
 
+    t = time.perf_counter()
+    named_by = "segmenter"
+    if not rt.phantom:  # stage name: the artery of each lesion, from the aorta (or the segmenter)
+        labels, named_by = name(labels, net, anatomy, ct.spacing, params.threshold_hu)
+        gated = None if gated is None else name(gated, net, anatomy, ct.spacing, params.threshold_hu)[0]
+    timings["naming_s"] = time.perf_counter() - t
+
     nz = hu.shape[0]
     n_slice = np.bincount(cands.z, minlength=z1 - z0)
     # back on every slice, then in the CT's own storage order
@@ -579,9 +559,6 @@ def run_pipeline(
     labels[hu < params.threshold_hu] = 0
     if gated is not None:
         gated[hu < params.threshold_hu] = 0
-    if not rt.phantom:  # name: one side of the coronary tree per lesion
-        labels = one_side_per_lesion(labels)
-        gated = None if gated is None else one_side_per_lesion(gated)
     result = score(hu, labels, ct.spacing, params, keep_lesion_voxels=True)
     conf = lesion_confidences(result, p_calc, p_art)
     timings["scoring_s"] = time.perf_counter() - t
@@ -600,7 +577,8 @@ def run_pipeline(
         lesion_confidence=conf,
         counts={"candidates": found, "outside_heart": outside, "segmented": int(g.segment.size),
                 "below_noise": int(g.below_noise.sum()), "phantom": int(rt.phantom),
-                "anatomy_found": int(anatomy.found), "slices_looked_at": [int(z0), int(z1)]},
+                "anatomy_found": int(anatomy.found), "slices_looked_at": [int(z0), int(z1)],
+                "arteries_named_from_aorta": int(named_by == "aorta")},
         gated_labels=gated,
         anatomy=anatomy,
         view=((z0, z1), view.flips),

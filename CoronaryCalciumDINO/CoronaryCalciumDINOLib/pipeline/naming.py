@@ -1,0 +1,154 @@
+"""Stage *name*: which coronary artery a calcification lies on, from the heart's anatomy.
+
+The segmenter says where calcium is; the artery it lies on follows from where the arteries
+run, measured from a landmark found on the scan itself: the ascending aorta, followed down
+to its root (:func:`.anatomy.ascending_aorta`). The coronary arteries leave the aortic root
+and run in fixed grooves round the heart, so their course is fixed relative to it.
+
+Definitions (canonical layout; on each slice, ``c`` is the aorta's centre and ``r`` its
+radius, with ``x`` measured towards the patient's left and ``y`` forwards from ``c``, in mm;
+below the top heart level, ``c`` is the root's centre; lesions 8-connected within one slice,
+as the Agatston score counts them)
+-------------------------------------------------------------------------------------------
+RCA
+    The right coronary artery leaves the right (anterior) sinus and runs down the right
+    atrioventricular groove: a lesion whose centroid lies right of ``c`` (``x < 0``).
+LM
+    The left main leaves the left sinus and runs left for about 10 mm (:data:`LM_MM`)
+    before it divides: calcium of a left lesion within ``r + LM_MM`` of ``c``, on the slices
+    from the top heart level (the root) up.
+LAD
+    The left main leaves the root towards the left and back (the left sinus is the
+    posterior-left one); from its division the anterior descending artery goes on to the
+    left, round the pulmonary trunk, into the anterior interventricular groove and down to
+    the apex: the rest of a left lesion, when the direction from ``c`` to its centroid is
+    less than :data:`LCX_DEG` behind the patient's left.
+LCX
+    The circumflex turns backwards into the left atrioventricular groove and runs round
+    the heart's left side: the rest of a left lesion whose centroid's direction from ``c``
+    points further back than that.
+
+Where the aorta is not found (a phantom, a scan that does not reach above the heart) the
+segmenter's names stay, one side of the tree per lesion (:func:`one_side_per_lesion`). They
+stay too where the aorta and the segmenter disagree on the side (left tree or RCA) of more
+than :data:`MAX_SIDE_DISAGREEMENT` of the calcium: the two are independent (the segmenter
+learnt the sides on synthetic hearts, where it tells them apart almost perfectly), and such
+a disagreement means the tube taken for the aorta is most likely another one.
+
+Known limits: the posterior descending branch of the RCA at the heart's underside (the
+crux) can lie left of the root's centre and is then named LCX or LAD; where the left main
+ends varies from patient to patient (:data:`LM_MM` is an average).
+
+Array order (z, y, x) in the canonical axial LPS layout (anterior at row 0, patient left at
+the last column). Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from ..scoring.agatston import _INPLANE_8
+from .anatomy import Anatomy
+
+#: Length (mm) of the left main beyond the aorta's wall (adults: 5-20 mm, about 10 on average).
+LM_MM = 10.0
+#: Share of the calcium voxels whose side (left tree or RCA) the aorta and the segmenter
+#: disagree on above which the aorta found is not trusted (it is then most likely another
+#: tube, e.g. the superior vena cava or the pulmonary trunk): the segmenter's names stay.
+MAX_SIDE_DISAGREEMENT = 0.2
+#: Direction (degrees behind the patient's left, seen from the aorta's centre) beyond which a
+#: left lesion is on the circumflex: half-way between left and straight back.
+LCX_DEG = 45.0
+
+
+def one_side_per_lesion(labels: np.ndarray) -> np.ndarray:
+    """``labels`` (z, y, x) with every lesion (calcium 8-connected within one slice, as the
+    Agatston score counts it) on one side of the coronary tree.
+
+    The left tree (LM, LAD, LCX) and the RCA run in different grooves and never meet, so one
+    calcification cannot belong to both; a per-pixel segmenter can still split one that way.
+    Where a lesion holds both, the side with more of its voxels takes it all: RCA voxels take
+    the lesion's most frequent left artery, left-tree voxels become RCA. Within the left
+    tree a lesion may hold several arteries (the left main's bifurcation).
+
+    The per-voxel artery confidence of the pipeline (``p_art``) stays the segmenter's
+    probability of the artery it chose, also for voxels moved to the other side."""
+    zs = np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1))
+    if zs.size == 0:
+        return labels
+    z0, z1 = int(zs[0]), int(zs[-1]) + 1  # only the slices with labels: no CT-sized temporaries
+    sub = labels[z0:z1]
+    comp, n = ndimage.label(sub > 0, structure=_INPLANE_8)
+    m = comp > 0
+    c, lab = comp[m].astype(np.int64), sub[m].astype(np.int64)
+    counts = np.bincount(c * 5 + lab, minlength=(n + 1) * 5).reshape(n + 1, 5)
+    left, right = counts[:, 1:4].sum(axis=1), counts[:, 4]
+    mixed = (left > 0) & (right > 0)
+    mixed[0] = False
+    if not mixed.any():
+        return labels
+    to_left = mixed & (left >= right)
+    best_left = 1 + np.argmax(counts[:, 1:4], axis=1)
+    new = lab.copy()
+    sel = to_left[c] & (lab == 4)
+    new[sel] = best_left[c[sel]]
+    new[(mixed & ~to_left)[c] & (lab >= 1) & (lab <= 3)] = 4
+    out = labels.copy()
+    out[z0:z1][m] = new.astype(labels.dtype)
+    return out
+
+
+def name_by_aorta(labels: np.ndarray, axis: np.ndarray, radius_mm: float, root: int | None,
+                  spacing: Sequence[float]) -> np.ndarray:
+    """``labels`` (z, y, x; 0 background, any artery code for calcium) renamed by the
+    definitions of the module docstring. ``axis`` (z, 2): the aorta's centre (row, column
+    in pixels) per slice; ``root``: the top heart level (slice index; None: every slice can
+    hold the left main); ``spacing`` (dz, dy, dx) mm."""
+    labels = np.asarray(labels)
+    zs = np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1))
+    if zs.size == 0:
+        return labels
+    _, dy, dx = (float(s) for s in spacing)
+    z0, z1 = int(zs[0]), int(zs[-1]) + 1  # only the slices with calcium
+    comp, n = ndimage.label(labels[z0:z1] > 0, structure=_INPLANE_8)
+    z, y, x = np.nonzero(comp)
+    c = comp[z, y, x].astype(np.int64)
+    z = z + z0
+    xr = (x - axis[z, 1]) * dx  # towards the patient's left
+    yr = (axis[z, 0] - y) * dy  # forwards
+    right = np.bincount(c, weights=xr, minlength=n + 1) < 0  # centroid right of the aorta's centre
+    lm = (xr >= 0) & (np.hypot(xr, yr) <= radius_mm + LM_MM) & ~right[c]
+    if root is not None:
+        lm &= z >= root
+    rest = ~lm
+    mx = np.bincount(c[rest], weights=xr[rest], minlength=n + 1)
+    my = np.bincount(c[rest], weights=yr[rest], minlength=n + 1)
+    front = np.degrees(np.arctan2(my, mx)) > -LCX_DEG  # centroid direction (sums: same angle)
+    code = np.where(right[c], 4, np.where(lm, 1, np.where(front[c], 2, 3)))
+    out = labels.copy()
+    out[z, y, x] = code.astype(labels.dtype)
+    return out
+
+
+def name_arteries(labels: np.ndarray, anatomy: Anatomy | None, spacing: Sequence[float]) -> np.ndarray:
+    """Stage *name*: ``labels`` (canonical layout, the slices of ``anatomy``) named from the
+    aorta when the anatomy step found it, else the segmenter's names with one side of the
+    tree per lesion."""
+    return name_with_source(labels, anatomy, spacing)[0]
+
+
+def name_with_source(labels: np.ndarray, anatomy: Anatomy | None, spacing: Sequence[float]) -> tuple[np.ndarray, str]:
+    """:func:`name_arteries` and where the names came from: ``"aorta"``, ``"segmenter"``
+    (no aorta found, or no calcium) or ``"segmenter: the aorta disagrees"``."""
+    model = one_side_per_lesion(labels)
+    if anatomy is None or anatomy.aorta_axis is None or anatomy.aorta_radius_mm is None or not model.any():
+        return model, "segmenter"
+    root = None if anatomy.heart_levels is None else anatomy.heart_levels[1]
+    named = name_by_aorta(labels, anatomy.aorta_axis, anatomy.aorta_radius_mm, root, spacing)
+    calc = model > 0
+    if np.mean((model[calc] == 4) != (named[calc] == 4)) > MAX_SIDE_DISAGREEMENT:
+        return model, "segmenter: the aorta disagrees"
+    return named, "aorta"
