@@ -64,3 +64,16 @@ def test_without_an_aorta_the_segmenter_names_stay_one_side_per_lesion():
     out = name_arteries(lab, an, (3.0, 0.8, 0.8))
     assert (out[2, 50:53, 50:58] == 2).all()
     assert np.array_equal(name_arteries(lab, None, (3.0, 0.8, 0.8)), out)
+
+
+def test_run_pipeline_refuses_an_unknown_naming():
+    import pytest
+
+    from CoronaryCalciumDINOLib.errors import InputError
+    from CoronaryCalciumDINOLib.pipeline import run_pipeline
+
+    class _CT:
+        hu = np.zeros((2, 8, 8), np.float32)
+
+    with pytest.raises(InputError, match="naming must be"):
+        run_pipeline(_CT(), None, naming="box")

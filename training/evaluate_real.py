@@ -147,7 +147,7 @@ def heart_centred(ct, fov_mm: float = HEART_CENTRED[0], pixel_mm: float = HEART_
 
 
 def evaluate_scan(name: str, folder: Path, ref: dict, bundle, options: ScoringOptions,
-                  geometry=None) -> tuple[dict, object, object]:
+                  geometry=None, naming: str = "aorta") -> tuple[dict, object, object]:
     """Run the pipeline on one scan folder (``geometry``: a function of the CT giving the CT
     to score, e.g. :func:`heart_centred`); returns (row, ct, pipeline result)."""
     from CoronaryCalciumDINOLib.io import load_ct
@@ -158,7 +158,7 @@ def evaluate_scan(name: str, folder: Path, ref: dict, bundle, options: ScoringOp
         ct = geometry(ct)
     params = options.resolve(ct.kvp)  # what ``ccdino score --kvp ...`` does
     t = time.perf_counter()
-    res = run_pipeline(ct, bundle, device="cpu", params=params)
+    res = run_pipeline(ct, bundle, device="cpu", params=params, naming=naming)
     seconds = time.perf_counter() - t
     score = res.score
     ai = {a: float(score.arteries[a].agatston) for a in ARTERIES}
@@ -436,6 +436,8 @@ def main(argv=None) -> int:
                     help=f"score each scan cropped and resampled to a heart-centred {HEART_CENTRED[0]:g} mm field of "
                          f"view, {HEART_CENTRED[1]:g} mm pixels, {HEART_CENTRED[2]:g} mm slices (the geometry of gated "
                          "calcium scans); default OUT and SHEET get the suffix -heart-centred")
+    ap.add_argument("--naming", choices=("aorta", "segmenter"), default="aorta",
+                    help="artery names as ccdino score --naming (default aorta)")
     args = ap.parse_args(argv)
     if args.heart_centred and args.out == str(DEFAULT_OUT):
         args.out = str(DEFAULT_OUT) + "-heart-centred"
@@ -485,7 +487,7 @@ def main(argv=None) -> int:
     for name, folder in folders:
         try:
             row, ct, res = evaluate_scan(name, folder, reference[name], bundle, options,
-                                         heart_centred if args.heart_centred else None)
+                                         heart_centred if args.heart_centred else None, args.naming)
         except CCDinoError as exc:
             row = {"scan": name, "id": reference[name].get("id", name), "error": str(exc).splitlines()[0]}
             rows.append(row)
@@ -506,6 +508,7 @@ def main(argv=None) -> int:
         "cpu": cpu_name(),
         "torch_threads": torch.get_num_threads(),
         "kvp_option": str(args.kvp),
+        "naming": args.naming,
         "geometry": ("heart-centred: {:g} mm field of view, {:g} mm pixels, {:g} mm slices (resampled)".format(
             *HEART_CENTRED) if args.heart_centred else "as acquired"),
         "model": bundle.model_info(),

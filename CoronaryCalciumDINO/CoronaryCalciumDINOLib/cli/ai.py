@@ -65,6 +65,7 @@ def score_with_ai(ct: CTVolume, args, params, stem: str, out_dir: Path | None) -
         attention=bool(getattr(args, "attention", None)),
         progress=progress,
         on_device=on_device,
+        naming=getattr(args, "naming", None) or "aorta",
     )
     # the report first (it checks every value): a run that fails here has written nothing
     report = build_report(

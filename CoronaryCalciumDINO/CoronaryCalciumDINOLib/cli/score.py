@@ -40,6 +40,9 @@ def register(sub) -> None:
     g.add_argument("--bundle", metavar="PATH", help="model bundle folder or manifest (default: the bundled default model)")
     g.add_argument("--device", default="auto", metavar="auto|cpu|cuda", help="auto, cpu, cuda or cuda:N (default auto)")
     g.add_argument("--attention", metavar="FILE", help="write the attention maps (mean and per head) to this NRRD/NIfTI file")
+    g.add_argument("--naming", choices=("aorta", "segmenter"), default="aorta", metavar="aorta|segmenter",
+                   help="how lesions get their artery: from the ascending aorta found on the scan, where it agrees "
+                        "with the segmenter on the sides of the tree (default), or the segmenter's own names")
     # For programs that run the command (the Slicer module): machine-readable progress lines
     # on stdout (see .progress); not listed in --help or the README synopsis.
     g.add_argument("--progress-lines", action="store_true", help=argparse.SUPPRESS)

@@ -123,7 +123,8 @@ class PipelineResult:
                 for i, (p, s, c) in enumerate(zip(self.slice_probabilities, self.selected, n))
             ],
             "lesion_confidence": [dict(c) for c in self.lesion_confidence],
-            "model": {**self.model_info, "taken_for_phantom": bool(self.counts.get("phantom", 0))},
+            "model": {**self.model_info, "taken_for_phantom": bool(self.counts.get("phantom", 0)),
+                      "arteries_named_from_aorta": bool(self.counts.get("arteries_named_from_aorta", 0))},
         }
 
 
@@ -420,7 +421,7 @@ def segment(hu: np.ndarray, cands: cd.Candidates, g: Gate, rt: Route, cand_probs
     return labels, p_calc, p_art, gated
 
 
-def name(labels: np.ndarray, hu: np.ndarray, anatomy: Anatomy, spacing, threshold_hu: float) -> tuple[np.ndarray, str]:
+def name(labels: np.ndarray, hu: np.ndarray, anatomy: Anatomy | None, spacing, threshold_hu: float) -> tuple[np.ndarray, str]:
     """Stage *name* (:mod:`.naming`): the labels of the slices looked at (canonical layout)
     at or above the scoring threshold, each lesion named from the ascending aorta when the
     anatomy step found it (and it agrees with the segmenter on the sides), else by the
@@ -453,6 +454,7 @@ def run_pipeline(
     all_slices: bool = False,
     batch_size: int | None = None,
     on_device: Callable[[object], None] | None = None,
+    naming: str = "aorta",
 ) -> PipelineResult:
     """Run the pipeline of ``bundle`` on ``ct``: orient, anatomy, candidates, route, detect,
     gate, segment, score.
@@ -463,6 +465,9 @@ def run_pipeline(
     networks are built after the candidates are reported (``"N candidates"``). Either way
     the device is resolved (importing torch) after that report; ``on_device(device)`` is
     then called with it, before any network runs.
+
+    ``naming="segmenter"`` keeps the segmenter's artery names (one side of the tree per
+    lesion) instead of naming from the ascending aorta (stage *name*, :mod:`.naming`).
 
     ``all_slices=True`` skips the detector's selection and segments the candidates of
     every slice (the "UNET alone" baseline); probabilities are still computed and returned.
@@ -478,6 +483,8 @@ def run_pipeline(
         require_ai()  # a missing AI is told before any work, as loading the bundle would
         facts = load_manifest(bundle)
         timings["load_manifest_s"] = time.perf_counter() - t_start
+    if naming not in ("aorta", "segmenter"):
+        raise InputError(f"naming must be 'aorta' or 'segmenter', got {naming!r}")
     params = params or ScoringParams()
     hu = np.asarray(ct.hu)
     if hu.ndim != 3 or min(hu.shape) < 1:
@@ -542,8 +549,9 @@ def run_pipeline(
     t = time.perf_counter()
     named_by = "segmenter"
     if not rt.phantom:  # stage name: the artery of each lesion, from the aorta (or the segmenter)
-        labels, named_by = name(labels, net, anatomy, ct.spacing, params.threshold_hu)
-        gated = None if gated is None else name(gated, net, anatomy, ct.spacing, params.threshold_hu)[0]
+        use = anatomy if naming == "aorta" else None
+        labels, named_by = name(labels, net, use, ct.spacing, params.threshold_hu)
+        gated = None if gated is None else name(gated, net, use, ct.spacing, params.threshold_hu)[0]
     timings["naming_s"] = time.perf_counter() - t
 
     nz = hu.shape[0]
