@@ -403,7 +403,8 @@ def ascending_aorta(soft: np.ndarray, top: int, dz: float, pixel_mm: tuple[float
         return None
     lo, hi = AORTA_RADIUS_MM
     depth = np.stack([ndimage.distance_transform_edt(soft[k], sampling=(py, px)) for k in range(top, k1)])
-    acc = np.where(depth <= hi, depth, 0.0).sum(axis=0)
+    vessel = np.where(depth <= hi, depth, 0.0)  # deeper than a great vessel: the heart
+    acc = vessel.sum(axis=0)
     if midline is not None:  # not the superior vena cava
         cols = np.arange(acc.shape[1])
         acc[:, np.abs(cols - midline) * px > AORTA_MIDLINE_MM] = 0.0
@@ -415,17 +416,14 @@ def ascending_aorta(soft: np.ndarray, top: int, dz: float, pixel_mm: tuple[float
     radii = []
     inside = False
     for k in range(k1 - 1, top - 1, -1):  # followed down from the top of the search range
-        d = depth[k - top]
-        inside = inside or d[cy, cx] > hi  # into the heart: the root's centre stays
-        if inside:
-            centre[k] = (cy, cx)
-            continue
-        y0, x0 = max(0, cy - ry), max(0, cx - rx)
-        win = np.where(d[y0: cy + ry + 1, x0: cx + rx + 1] <= hi, d[y0: cy + ry + 1, x0: cx + rx + 1], 0.0)
-        iy, ix = np.unravel_index(int(np.argmax(win)), win.shape)
-        if win[iy, ix] >= lo:
-            cy, cx = y0 + iy, x0 + ix
-            radii.append(float(win[iy, ix]))
+        inside = inside or depth[k - top, cy, cx] > hi  # into the heart: the root's centre stays
+        if not inside:
+            y0, x0 = max(0, cy - ry), max(0, cx - rx)
+            win = vessel[k - top, y0: cy + ry + 1, x0: cx + rx + 1]
+            iy, ix = np.unravel_index(int(np.argmax(win)), win.shape)
+            if win[iy, ix] >= lo:
+                cy, cx = y0 + iy, x0 + ix
+                radii.append(float(win[iy, ix]))
         centre[k] = (cy, cx)
     if len(radii) < 2:
         return None

@@ -64,6 +64,18 @@ MAX_SIDE_DISAGREEMENT = 0.2
 LCX_DEG = 45.0
 
 
+def _lesions(labels: np.ndarray) -> tuple[int, np.ndarray, int] | None:
+    """The lesions (calcium 8-connected within one slice) of the slices from the first to
+    the last one with labels (no CT-sized temporaries): (first slice, component ids of those
+    slices, count), or None without labels."""
+    zs = np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1))
+    if zs.size == 0:
+        return None
+    z0, z1 = int(zs[0]), int(zs[-1]) + 1
+    comp, n = ndimage.label(labels[z0:z1] > 0, structure=_INPLANE_8)
+    return z0, comp, n
+
+
 def one_side_per_lesion(labels: np.ndarray) -> np.ndarray:
     """``labels`` (z, y, x) with every lesion (calcium 8-connected within one slice, as the
     Agatston score counts it) on one side of the coronary tree.
@@ -76,12 +88,11 @@ def one_side_per_lesion(labels: np.ndarray) -> np.ndarray:
 
     The per-voxel artery confidence of the pipeline (``p_art``) stays the segmenter's
     probability of the artery it chose, also for voxels moved to the other side."""
-    zs = np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1))
-    if zs.size == 0:
+    found = _lesions(labels)
+    if found is None:
         return labels
-    z0, z1 = int(zs[0]), int(zs[-1]) + 1  # only the slices with labels: no CT-sized temporaries
-    sub = labels[z0:z1]
-    comp, n = ndimage.label(sub > 0, structure=_INPLANE_8)
+    z0, comp, n = found
+    sub = labels[z0: z0 + comp.shape[0]]
     m = comp > 0
     c, lab = comp[m].astype(np.int64), sub[m].astype(np.int64)
     counts = np.bincount(c * 5 + lab, minlength=(n + 1) * 5).reshape(n + 1, 5)
@@ -97,7 +108,7 @@ def one_side_per_lesion(labels: np.ndarray) -> np.ndarray:
     new[sel] = best_left[c[sel]]
     new[(mixed & ~to_left)[c] & (lab >= 1) & (lab <= 3)] = 4
     out = labels.copy()
-    out[z0:z1][m] = new.astype(labels.dtype)
+    out[z0: z0 + comp.shape[0]][m] = new.astype(labels.dtype)
     return out
 
 
@@ -108,12 +119,11 @@ def name_by_aorta(labels: np.ndarray, axis: np.ndarray, radius_mm: float, root: 
     in pixels) per slice; ``root``: the top heart level (slice index; None: every slice can
     hold the left main); ``spacing`` (dz, dy, dx) mm."""
     labels = np.asarray(labels)
-    zs = np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1))
-    if zs.size == 0:
+    found = _lesions(labels)
+    if found is None:
         return labels
+    z0, comp, n = found
     _, dy, dx = (float(s) for s in spacing)
-    z0, z1 = int(zs[0]), int(zs[-1]) + 1  # only the slices with calcium
-    comp, n = ndimage.label(labels[z0:z1] > 0, structure=_INPLANE_8)
     z, y, x = np.nonzero(comp)
     c = comp[z, y, x].astype(np.int64)
     z = z + z0
