@@ -233,6 +233,12 @@ class EditTracker:
         else:
             self._check()
 
+    def check_now(self) -> None:
+        """Check the segments at once (not deferred), e.g. after changes made inside
+        :meth:`suppressed` that are the user's (click-to-assign): changed segments are
+        flagged and ``on_edit`` is called."""
+        self._check()
+
     def _check(self) -> None:
         if self._tags == [] or self._suppress:
             return  # stopped meanwhile, or the AI is writing

@@ -49,6 +49,8 @@ from .volume import nodes_by_class, volume_kvp, volume_node_to_ct
 SCORE_TABLE_REF = "CoronaryCalciumDINO.ScoreTable"
 SLICE_TABLE_REF = "CoronaryCalciumDINO.SliceTable"
 ATTENTION_REF = "CoronaryCalciumDINO.Attention"
+#: Node attribute linking a result segmentation to its candidates segmentation (:mod:`.assign`).
+CANDIDATES_REF = "CoronaryCalciumDINO.Candidates"
 
 #: What to do with user-edited segments when computing again: "keep", "replace", or a
 #: callable(list of edited artery names) -> "keep" | "replace" | iterable of names to replace.
@@ -369,10 +371,11 @@ def edited_result_segments(scene, volume_node) -> list[str]:
 
 def remove_result(scene, segmentation_node) -> None:
     """Remove a result segmentation and the nodes written with it: score and slice tables,
-    the probability plot (chart and series) and the attention volume, each with its display
+    the probability plot (chart and series), the attention volume and the candidates
+    segmentation (:func:`.assign.show_candidates`), each with its display
     and storage nodes (removing a node from a scene does not remove those)."""
     score_table, slice_table = result_tables(scene, segmentation_node)
-    linked = [linked_attention_node(scene, segmentation_node), score_table]
+    linked = [linked_attention_node(scene, segmentation_node), _linked(scene, segmentation_node, CANDIDATES_REF), score_table]
     if slice_table is not None:
         chart = _linked(scene, slice_table, table_glue.PLOT_CHART_REF)
         if chart is not None:
