@@ -225,8 +225,9 @@ def test_stale_temporaries_are_removed_by_the_next_run(tmp_path, batch_input):
 
 def test_temporaries_of_a_batch_on_another_machine_are_left_alone(tmp_path, batch_input):
     """Shards on several machines share one output folder: a process id in a temporary name
-    says nothing about another machine, so while another machine's batch marks the folder
-    as in use, only temporaries older than STALE_AFTER_S are removed."""
+    says nothing about another machine, so while another machine's batch (here shard 1/2,
+    this run being shard 0/2) marks the folder as in use, only temporaries older than
+    STALE_AFTER_S are removed."""
     import os
     import socket
     import time
@@ -238,7 +239,7 @@ def test_temporaries_of_a_batch_on_another_machine_are_left_alone(tmp_path, batc
     out.mkdir()
     dead = _dead_pid()
     other = out / f".ccdino-batch-not-{socket.gethostname()}-{dead}.running"  # another machine's live run
-    other.touch()
+    other.write_text('{"shard": [1, 2]}\n')
     theirs = out / f".b.png.tmp-{dead}"  # in flight there (its pid is dead here)
     theirs.write_bytes(b"in flight")
     old = out / f".c.png.tmp-{dead}"
@@ -247,13 +248,42 @@ def test_temporaries_of_a_batch_on_another_machine_are_left_alone(tmp_path, batc
     os.utime(old, (long_ago, long_ago))
     mine_dead = out / f".ccdino-batch-{socket.gethostname()}-{dead}.running"  # a killed run of this machine
     mine_dead.touch()
-    run_batch(inp, out, labels_dir=labels)
+    run_batch(inp, out, labels_dir=labels, shard=(0, 2))
     assert theirs.exists() and other.exists()
     assert not old.exists() and not mine_dead.exists()
     os.utime(other, (long_ago, long_ago))  # that machine's run stopped long ago
-    run_batch(inp, out, labels_dir=labels)
+    run_batch(inp, out, labels_dir=labels, shard=(0, 2))
     assert not theirs.exists()
     assert [p.name for p in out.glob(".*")] == [other.name]  # this run's own marker is gone
+
+
+def test_a_second_batch_over_the_same_studies_is_refused(tmp_path, batch_input, capsys):
+    """While a live batch marks the output folder, another one over the same studies is one
+    line (exit 2) that writes nothing; another shard of the same N may run next to it."""
+    import os
+
+    from CoronaryCalciumDINOLib.batch import _host
+
+    inp, labels = batch_input
+    out = tmp_path / "out"
+    out.mkdir()
+    live = out / f".ccdino-batch-{_host()}-{os.getppid()}.running"  # a live process of this machine
+    live.write_text('{"shard": null}\n')
+    args = ["batch", str(inp), "--out", str(out), "--labels-dir", str(labels), "--quiet"]
+    for extra in ([], ["--shard", "0/2"]):
+        assert cli_main([*args, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and f"in use by another ccdino batch (process {os.getppid()} on {_host()})" in err
+        assert sorted(p.name for p in out.iterdir()) == [live.name]  # nothing written, nothing removed
+    live.write_text('{"shard": [1, 2]}\n')
+    assert cli_main([*args, "--shard", "1/3"]) == 2  # may share a study with shard 1/2
+    assert "shard 1/2" in capsys.readouterr().err
+    assert cli_main([*args, "--shard", "0/2"]) == 1  # a ok, c fails
+    assert [r["study"] for r in _summary(out / "summary-shard-0-of-2.csv")] == ["a", "c"]
+    assert live.exists()
+    live.unlink()  # that run ended
+    assert cli_main(args) == 1
+    assert [r["study"] for r in _summary(out / "summary.csv")] == ["a", "b", "c", "d"]
 
 
 def test_non_object_report_json_is_an_error_row(tmp_path, batch_input):

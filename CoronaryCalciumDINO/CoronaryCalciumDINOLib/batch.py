@@ -10,6 +10,18 @@ processed in sorted name order. Per study ``<out>/<study>.seg.nrrd`` (Slicer seg
 last) are written, each atomically; the run's table is ``<out>/summary.csv``
 (``summary-shard-I-of-N.csv`` for a shard), rewritten after every study.
 
+Where: one study after the other in this process (``workers=1``, the default: no Dask
+needed, e.g. inside Slicer or as one task of a Slurm job array with ``shard``), or on Dask
+(:mod:`.batch_dask`, the ``cluster`` extra): a local cluster of ``workers`` processes, or an
+existing cluster (``scheduler``). Both run through the same steps here (study list, shard,
+resume, run marker, summary); only the scoring of the studies still to do differs.
+
+One run at a time per study: a running batch marks the output folder
+(``.ccdino-batch-<host>-<pid>.running``, holding its shard; touched every
+:data:`RUN_HEARTBEAT_S` seconds). A second batch over the same studies (same folder, and not
+another shard of the same N) is refused with one :class:`InputError` before it touches
+anything; shards I/N of different I may share a folder, also from several machines.
+
 Faults: every argument is checked before the output folder is created; a folder the run
 created is removed again when it stops before writing into it. An output folder that
 cannot be created or written to is one :class:`InputError` before any study is processed. Every file is written to a temporary name and renamed; a
@@ -155,10 +167,6 @@ def _remove_outputs(study: StudyInput, out_dir: Path) -> None:
             pass
 
 
-# The model bundle of this process (loaded once per worker process).
-_BUNDLE = None
-
-
 #: Temporary files of the atomic writers: ``.<name>.tmp-<pid>[suffix]``.
 _TMP_PATTERN = re.compile(r"^\..+\.tmp-(\d+)(\.[A-Za-z0-9.]+)?$")
 
@@ -176,11 +184,16 @@ def _pid_alive(pid: int) -> bool:
 
 
 #: A running batch marks the output folder with ``.ccdino-batch-<host>-<pid>.running``
-#: (touched after every study, removed at the end), so that shards on other machines
-#: writing into the same folder (a shared file system) can tell that it is in use.
+#: (holding ``{"shard": [I, N] or null}``; touched every RUN_HEARTBEAT_S seconds, removed at
+#: the end), so that another batch, on this machine or another one writing into the same
+#: folder (a shared file system), can tell that it is in use.
 _MARKER_PATTERN = re.compile(r"^\.ccdino-batch-(.+)-(\d+)\.running$")
-#: Temporary files and run markers untouched for this long belong to no running batch.
+#: Temporary files untouched for this long belong to no running batch.
 STALE_AFTER_S = 6 * 3600.0
+#: A running batch touches its marker this often (seconds) ...
+RUN_HEARTBEAT_S = 30.0
+#: ... so that a marker of another machine untouched for this long is a run that died.
+RUN_STALE_AFTER_S = 600.0
 
 
 def _host() -> str:
@@ -193,10 +206,11 @@ def _run_marker(out_dir: Path) -> Path:
     return out_dir / f".ccdino-batch-{_host()}-{os.getpid()}.running"
 
 
-def _other_runs(out_dir: Path) -> bool:
-    """Is a batch of another machine (its marker touched within :data:`STALE_AFTER_S`)
-    writing into ``out_dir``? Markers of this machine's dead runs are removed."""
-    host, now, others = _host(), time.time(), False
+def _live_runs(out_dir: Path) -> list[tuple[Path, str, int, tuple[int, int] | None]]:
+    """The batches marking ``out_dir`` as theirs: ``(marker, host, pid, shard)``. A run of this
+    machine is live while its process is; a run of another machine while its marker was
+    touched within :data:`RUN_STALE_AFTER_S`. Markers of this machine's dead runs are removed."""
+    host, now, runs = _host(), time.time(), []
     for entry in out_dir.iterdir():
         m = _MARKER_PATTERN.match(entry.name)
         if not m:
@@ -205,11 +219,98 @@ def _other_runs(out_dir: Path) -> bool:
             if m.group(1) == host:
                 if not _pid_alive(int(m.group(2))):
                     entry.unlink()
-            elif now - entry.stat().st_mtime < STALE_AFTER_S:
-                others = True
+                    continue
+            elif now - entry.stat().st_mtime >= RUN_STALE_AFTER_S:
+                continue
         except OSError:
-            pass
-    return others
+            continue
+        runs.append((entry, m.group(1), int(m.group(2)), _marker_shard(entry)))
+    return runs
+
+
+def _marker_shard(marker: Path) -> tuple[int, int] | None:
+    """The shard a run marker records (None: the whole folder, also for a marker that cannot
+    be read, e.g. one written by an older version or being written now)."""
+    try:
+        shard = json.loads(marker.read_text(encoding="utf-8")).get("shard")
+        return (int(shard[0]), int(shard[1])) if shard else None
+    except (OSError, ValueError, TypeError, AttributeError, IndexError):
+        return None
+
+
+def _other_runs(out_dir: Path) -> bool:
+    """Is a batch of another machine writing into ``out_dir``?"""
+    host = _host()
+    return any(h != host for _, h, _, _ in _live_runs(out_dir))
+
+
+def _overlap(a: tuple[int, int] | None, b: tuple[int, int] | None) -> bool:
+    """Can runs of shards ``a`` and ``b`` (None: all studies) share a study? Only shards of the
+    same N with different I are known not to."""
+    return not (a is not None and b is not None and a[1] == b[1] and a[0] != b[0])
+
+
+def _claim(out: Path, shard: tuple[int, int] | None) -> Path:
+    """Mark ``out`` as used by this run (for ``shard``); one :class:`InputError`, with nothing
+    left behind, when a live batch over the same studies marks it already."""
+    marker = _run_marker(out)
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        raise InputError(f"output folder {out} is in use by another batch run of this process; "
+                         "wait for it to end or use another output folder") from None
+    except OSError as exc:
+        raise InputError(f"output folder {out} is not writable: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps({"shard": list(shard) if shard else None}) + "\n")
+        busy = [r for r in _live_runs(out) if r[0] != marker and _overlap(shard, r[3])]
+    except OSError as exc:
+        _unlink_quietly(marker)
+        raise InputError(f"output folder {out} is not writable: {exc.strerror or exc}") from None
+    if busy:
+        _unlink_quietly(marker)
+        path, host, pid, theirs = busy[0]
+        what = f"process {pid} on {host}" + (f", shard {theirs[0]}/{theirs[1]}" if theirs else "")
+        mine = f"shard {shard[0]}/{shard[1]}" if shard else "all studies"
+        dead = "" if host == _host() else f" (if it is no longer running, remove {path.name} there)"
+        raise InputError(f"output folder {out} is in use by another ccdino batch ({what}) over the same studies "
+                         f"as this one ({mine}): wait for it to end or use another output folder{dead}")
+    return marker
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
+class _Heartbeat:
+    """Touches the run marker every :data:`RUN_HEARTBEAT_S` seconds while the run lives (also
+    while one long study, or a cluster that is still starting, holds it)."""
+
+    def __init__(self, marker: Path) -> None:
+        import threading
+
+        self.marker = marker
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ccdino-batch-heartbeat", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(RUN_HEARTBEAT_S):
+            try:
+                os.utime(self.marker)
+            except OSError:
+                pass
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 def clean_stale_temporaries(out_dir: str | os.PathLike) -> list[Path]:
@@ -234,19 +335,6 @@ def clean_stale_temporaries(out_dir: str | os.PathLike) -> list[Path]:
             except OSError as exc:
                 log.warning("cannot remove the stale temporary file %s: %s", entry, exc)
     return removed
-
-
-def _init_worker(bundle_path, threads: int | None) -> None:
-    """Process-pool initialiser: cap threads, load the bundle once (AI path only)."""
-    global _BUNDLE
-    if threads:
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-    if bundle_path is not False:
-        _BUNDLE = load_bundle(bundle_path)  # checks first that the AI is installed
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -320,11 +408,6 @@ def _score_and_write(study, out_dir, bundle, device, labels_dir, scoring, t0, wr
     return report
 
 
-def _worker_task(study, out_dir, device, labels_dir, scoring, settings, replace) -> dict:
-    return process_study(study, out_dir, bundle=_BUNDLE, device=device, labels_dir=labels_dir, scoring=scoring,
-                         settings=settings, replace=replace)
-
-
 def _row(name: str, report: dict | None, error: str, seconds) -> dict:
     row: dict = {c: "" for c in SUMMARY_COLUMNS}
     row.update(study=name, status="error" if error else "ok", error=error)
@@ -382,20 +465,35 @@ def run_batch(
     overwrite: bool = False,
     scoring: ScoringOptions | dict | None = None,
     cancel: Callable[[], bool] | None = None,
+    scheduler=None,
+    max_in_flight: int | None = None,
 ) -> list[dict]:
     """Score every study of ``input_dir`` (or shard ``(i, n)``: studies i, i+n, ...).
 
-    ``bundle``: model bundle path (``None`` = the default bundle) or a loaded bundle (only
-    with ``workers=1``); unused with ``labels_dir``. ``scoring``: options of the score
-    definition, :class:`..scoring.ScoringOptions` (or a dict of its fields). Returns the
-    summary rows (see :data:`SUMMARY_COLUMNS`), in study order; the same rows are written to
-    the summary CSV in ``out_dir``.
+    ``workers``: 1 scores in this process; N > 1 on a local Dask cluster of N worker
+    processes. ``scheduler``: score on an existing Dask cluster instead: its scheduler's
+    address (``tcp://host:8786``), the path of its scheduler file, or a ``distributed.Client``
+    (see :mod:`.batch_dask`; ``max_in_flight``: studies submitted at a time, default twice the
+    cluster's threads). ``bundle``: model bundle path (``None`` = the default bundle) or a
+    loaded bundle (only in this process); unused with ``labels_dir``. ``scoring``: options of
+    the score definition, :class:`..scoring.ScoringOptions` (or a dict of its fields).
+    Returns the summary rows (see :data:`SUMMARY_COLUMNS`), in study order; the same rows are
+    written to the summary CSV in ``out_dir``.
     """
     # Every check comes before the output folder is created; a folder this call created is
     # removed again if the run stops before writing anything into it.
     shard = check_shard(shard)
     if int(workers) < 1:
         raise InputError(f"workers must be >= 1, got {workers}")
+    if scheduler is not None and int(workers) > 1:
+        raise InputError("--workers is the size of a local cluster; with --scheduler the cluster's workers are used")
+    on_dask = scheduler is not None or int(workers) > 1
+    if on_dask:
+        from .batch_dask import require_dask
+
+        require_dask()
+        if labels_dir is None and bundle is not None and not isinstance(bundle, (str, os.PathLike)):
+            raise InputError("on several workers give the model bundle as a path, not a loaded bundle")
     if labels_dir is not None and not Path(labels_dir).is_dir():
         raise InputError(f"labels folder not found: {labels_dir}")
     studies = list_study_inputs(input_dir, exclude=(out_dir, labels_dir))
@@ -403,9 +501,10 @@ def run_batch(
         studies = studies[shard[0] :: shard[1]]
     scoring = ScoringOptions.of(scoring)  # invalid options fail before any study is processed
     settings = run_settings(labels_dir, bundle, scoring)  # a missing model bundle fails here
+    engine = {"workers": int(workers), "scheduler": scheduler, "on_dask": on_dask, "max_in_flight": max_in_flight}
     created = _missing_folders(out_dir)
     try:
-        return _run_batch(studies, out_dir, workers, shard, device, bundle, labels_dir, progress, overwrite, scoring,
+        return _run_batch(studies, out_dir, engine, shard, device, bundle, labels_dir, progress, overwrite, scoring,
                           cancel, settings)
     except BaseException:
         for folder in reversed(created):  # innermost first; a folder holding anything stays
@@ -428,26 +527,20 @@ def _missing_folders(path) -> list[Path]:
     return missing[::-1]
 
 
-def _run_batch(studies, out_dir, workers, shard, device, bundle, labels_dir, progress, overwrite, scoring, cancel,
+def _run_batch(studies, out_dir, engine, shard, device, bundle, labels_dir, progress, overwrite, scoring, cancel,
                settings) -> list[dict]:
     out = check_output_dir(out_dir, "output folder")  # one error before any study is processed
-    marker = _run_marker(out)
+    marker = _claim(out, shard)  # refuses a second run over the same studies
     try:
-        marker.touch()
-    except OSError as exc:
-        raise InputError(f"output folder {out} is not writable: {exc.strerror or exc}") from None
-    try:
-        return _run_marked(out, studies, workers, shard, device, bundle, labels_dir, progress, overwrite, scoring,
-                           cancel, settings, marker)
+        with _Heartbeat(marker):
+            return _run_marked(out, studies, engine, shard, device, bundle, labels_dir, progress, overwrite,
+                               scoring, cancel, settings)
     finally:
-        try:
-            marker.unlink()
-        except OSError:
-            pass
+        _unlink_quietly(marker)
 
 
-def _run_marked(out, studies, workers, shard, device, bundle, labels_dir, progress, overwrite, scoring, cancel,
-                settings, marker) -> list[dict]:
+def _run_marked(out, studies, engine, shard, device, bundle, labels_dir, progress, overwrite, scoring, cancel,
+                settings) -> list[dict]:
     removed = clean_stale_temporaries(out)
     if removed:
         log.info("removed %d temporary files left by an interrupted run", len(removed))
@@ -476,10 +569,6 @@ def _run_marked(out, studies, workers, shard, device, bundle, labels_dir, progre
     def finished(row: dict) -> None:
         rows[row["study"]] = row
         try:
-            os.utime(marker)  # this run is alive
-        except OSError:
-            pass
-        try:
             write_summary(ordered(), summary_path)
         except OSError as exc:  # e.g. disk full: keep scoring, the summary is written again at the end
             log.warning("cannot write %s now: %s", summary_path, exc)
@@ -487,12 +576,28 @@ def _run_marked(out, studies, workers, shard, device, bundle, labels_dir, progre
             detail = f" ({row['error']})" if row["error"] else ""
             progress(len(rows) / len(studies), f"{row['study']}: {row['status']}{detail}")
 
+    def note(message: str) -> None:
+        log.info("%s", message)
+        if progress is not None:
+            progress(len(rows) / len(studies), message)
+
     if not todo:
         _final_summary(ordered(), summary_path)
         return ordered()
 
     use_ai = labels_dir is None
-    if int(workers) == 1 or len(todo) == 1:
+    if engine["scheduler"] is not None or (engine["on_dask"] and len(todo) > 1):
+        from .batch_dask import run_studies
+
+        bundle_arg = False
+        if use_ai:
+            verify_bundle(bundle)  # fail early, in this process, on a missing or damaged bundle
+            bundle_arg = None if bundle is None else str(Path(bundle).absolute())
+        run_studies(todo, out, workers=engine["workers"], scheduler=engine["scheduler"], device=device,
+                    bundle_arg=bundle_arg, labels_dir=labels_dir, scoring=scoring, settings=settings,
+                    replace_outputs=overwrite, finished=finished, note=note, cancel=cancel,
+                    max_in_flight=engine["max_in_flight"])
+    else:
         loaded = None
         if use_ai:
             given = bundle is not None and not isinstance(bundle, (str, os.PathLike))
@@ -502,9 +607,6 @@ def _run_marked(out, studies, workers, shard, device, bundle, labels_dir, progre
                 raise Cancelled("batch cancelled")
             finished(process_study(s, out, bundle=loaded, device=device, labels_dir=labels_dir, scoring=scoring,
                                    settings=settings, replace=overwrite))
-    else:
-        _run_pool(todo, out, int(workers), device, bundle, labels_dir, scoring, use_ai, finished, cancel, settings,
-                  overwrite)
     _final_summary(ordered(), summary_path)
     return ordered()
 
@@ -514,35 +616,3 @@ def _final_summary(rows: list[dict], path: Path) -> None:
         write_summary(rows, path)
     except OSError as exc:
         raise InputError(f"cannot write the summary {path}: {exc.strerror or exc}") from None
-
-
-def _run_pool(todo, out, workers, device, bundle, labels_dir, scoring, use_ai, finished, cancel, settings,
-              replace) -> None:
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    bundle_arg = False
-    if use_ai:
-        if bundle is not None and not isinstance(bundle, (str, os.PathLike)):
-            raise InputError("with several workers give the model bundle as a path, not a loaded bundle")
-        verify_bundle(bundle)  # fail early, in this process, on a missing or damaged bundle
-        bundle_arg = None if bundle is None else str(bundle)
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx, initializer=_init_worker,
-                             initargs=(bundle_arg, threads)) as pool:
-        futures = {pool.submit(_worker_task, s, out, device, labels_dir, scoring, settings, replace): s for s in todo}
-        try:
-            for fut in as_completed(futures):
-                s = futures[fut]
-                try:
-                    row = fut.result()
-                except Exception as exc:  # noqa: BLE001 - a worker died (e.g. out of memory)
-                    row = _row(s.name, None, f"worker failed: {_one_line(exc)}", None)
-                finished(row)
-                if cancel is not None and cancel():
-                    raise Cancelled("batch cancelled")
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise

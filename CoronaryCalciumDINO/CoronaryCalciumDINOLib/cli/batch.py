@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..errors import InputError
 from ..filenames import LABEL_SUFFIXES
 from .common import add_scoring_options, scoring_options_from_args
 from .progress import progress_printer
@@ -20,12 +21,18 @@ def register(sub) -> None:
         "gives OUT/summary.csv (OUT/summary-shard-I-of-N.csv with --shard); INPUT_DIR may also be one study folder. "
         "A study whose JSON exists and was scored with the same labels folder or model and scoring options is "
         "skipped (resume); one scored otherwise is an error row until --overwrite. "
-        "Exit status: 0 all studies scored, 1 some studies failed (see the summary), 2 bad arguments.",
+        "Studies are scored in this process, on a local Dask cluster (--workers N) or on an existing one (--scheduler); "
+        "a second batch over the same studies of OUT is refused while one runs. "
+        "Exit status: 0 all studies scored, 1 some studies failed (see the summary), 2 bad arguments or OUT in use.",
     )
     p.add_argument("input_dir", metavar="INPUT_DIR", help="folder of studies")
     p.add_argument("--out", required=True, metavar="OUT_DIR", help="output folder (created if needed)")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="parallel worker processes, each loading the model once (default 1)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes on this machine: N > 1 runs a local Dask cluster of N processes, each "
+                   "loading the model once (needs the 'cluster' extra); default 1: in this process")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="score on an existing Dask cluster: its scheduler's address (tcp://host:8786) or scheduler "
+                   "file; its workers need this package and the folders at the same paths (needs the 'cluster' extra)")
     p.add_argument("--shard", metavar="I/N",
                    help="process only studies I, I+N, I+2N, ... of the sorted list (0-based I), e.g. for job arrays")
     p.add_argument("--labels-dir", metavar="DIR",
@@ -44,12 +51,15 @@ def run(args: argparse.Namespace) -> int:
     from ..batch import parse_shard, run_batch, summary_name
 
     shard = parse_shard(args.shard)  # run_batch checks the rest before it creates --out
+    if args.scheduler is not None and args.workers is not None:
+        raise InputError("--workers sets the size of a local cluster; with --scheduler the cluster's workers are used")
 
     progress = progress_printer(quiet=args.quiet)
     rows = run_batch(
         args.input_dir,
         args.out,
-        workers=args.workers,
+        workers=1 if args.workers is None else args.workers,
+        scheduler=args.scheduler,
         shard=shard,
         device=args.device,
         bundle=args.bundle,
