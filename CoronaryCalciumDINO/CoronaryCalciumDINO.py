@@ -83,6 +83,7 @@ def _lib():
     import CoronaryCalciumDINOLib.errors
     import CoronaryCalciumDINOLib.io
     import CoronaryCalciumDINOLib.io.volume
+    import CoronaryCalciumDINOLib.scene.assign
     import CoronaryCalciumDINOLib.scene.attention
     import CoronaryCalciumDINOLib.scene.edits
     import CoronaryCalciumDINOLib.scene.logic
@@ -207,6 +208,7 @@ class CoronaryCalciumDINOWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.ui.attentionOpacitySlider.connect("valueChanged(double)", self.onAttentionOpacity)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self._updateDeviceWarning)
         self.ui.bundlePathLineEdit.connect("currentPathChanged(QString)", self.onBundlePath)
+        self._setupAssign()
 
         self.initializeParameterNode()
         self._updateDeviceWarning()
@@ -217,6 +219,7 @@ class CoronaryCalciumDINOWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         if self._job is not None:
             self._job.close()  # ends the process and removes its temporary folder
             self._job = None
+        self._stopClickObservers()
         if self.logic is not None:
             self.logic.stopObservingScene()
             self.logic.closeSessions()
@@ -234,6 +237,7 @@ class CoronaryCalciumDINOWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
 
     def onSceneStartClose(self, caller, event) -> None:
         # A running job belongs to the closing scene: end its process and drop its result.
+        self.ui.assignButton.checked = False  # ends the assign mode
         self._timer.stop()
         if self._job is not None:
             self._job.close()
@@ -274,6 +278,12 @@ class CoronaryCalciumDINOWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.ui.cancelButton.enabled = busy
         self.ui.rescoreButton.enabled = bool(p and p.inputVolume and p.resultSegmentation) and not busy
         self.ui.correctButton.enabled = bool(p and p.resultSegmentation) and not busy
+        canAssign = bool(p and p.inputVolume and p.resultSegmentation) and not busy
+        for widget in (self.ui.assignButton, self.ui.showCandidatesCheckBox, self.ui.assignTargetComboBox):
+            widget.enabled = canAssign
+        if not canAssign and self.ui.assignButton.checked:
+            self.ui.assignButton.checked = False
+        self.ui.undoAssignButton.enabled = canAssign and self.logic.canUndoAssign(p.resultSegmentation)
         self.ui.bundlePathLineEdit.enabled = bool(p) and not p.useDefaultBundle
 
     def _updateDeviceWarning(self, *args) -> None:
@@ -360,6 +370,9 @@ class CoronaryCalciumDINOWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         text = _lib().scene.logic.warnings_text(report)
         self.ui.warningLabel.text = text
         self.ui.warningLabel.visible = bool(text)
+        review = _lib().scene.logic.review_text(report)  # the report's review flags
+        self.ui.reviewFlagsLabel.text = review
+        self.ui.reviewFlagsLabel.visible = bool(review)
 
     def _showOutcome(self, outcome) -> None:
         self._showWarnings(outcome.report)
@@ -421,6 +434,76 @@ class CoronaryCalciumDINOWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         p = self._parameterNode
         if p and p.inputVolume:
             self.logic.setAttentionOpacity(p.inputVolume, opacity)
+
+    # -- click-to-assign: the widget binds the click; CoronaryCalciumDINOLib.scene.assign does the work
+
+    def _setupAssign(self) -> None:
+        self._clickObservations = []  # (interactor, observer tag) while the assign mode is on
+        self._pressed = None  # (slice view, event position) of the last left-button press
+        for target in _lib().scene.assign.TARGETS:
+            self.ui.assignTargetComboBox.addItem(target)
+        self.ui.assignButton.connect("toggled(bool)", self.onAssignMode)
+        self.ui.undoAssignButton.connect("clicked(bool)", self.onUndoAssign)
+        self.ui.showCandidatesCheckBox.connect("toggled(bool)", self.onShowCandidates)
+
+    def onAssignMode(self, on: bool) -> None:
+        """While on, a left click (press and release without a drag) in a slice view assigns
+        the lesion under it; drags keep their usual meaning (window/level, panning)."""
+        self._stopClickObservers()
+        layoutManager = slicer.app.layoutManager()
+        if not on or layoutManager is None:
+            return
+        for name in layoutManager.sliceViewNames():
+            view = layoutManager.sliceWidget(name).sliceView()
+            interactor = view.interactor()
+            for event in ("LeftButtonPressEvent", "LeftButtonReleaseEvent"):
+                tag = interactor.AddObserver(event, lambda caller, ev, view=view: self._onSliceClick(view, caller, ev), 1.0)
+                self._clickObservations.append((interactor, tag))
+        self.ui.statusLabel.text = _("Click a lesion in a slice view to assign it to {target}.").format(
+            target=self.ui.assignTargetComboBox.currentText)
+
+    def _stopClickObservers(self) -> None:
+        for interactor, tag in getattr(self, "_clickObservations", []):
+            interactor.RemoveObserver(tag)
+        self._clickObservations = []
+        self._pressed = None
+
+    def _onSliceClick(self, view, interactor, event) -> None:
+        position = tuple(interactor.GetEventPosition())
+        if event == "LeftButtonPressEvent":
+            self._pressed = (view, position)
+            return
+        pressed, self._pressed = self._pressed, None
+        if pressed is None or pressed[0] is not view or max(abs(a - b) for a, b in zip(pressed[1], position)) > 3:
+            return  # a drag, not a click
+        ras = view.convertXYZToRAS(view.convertDeviceToXYZ(list(position)))
+        self.assignAt([float(v) for v in ras])
+
+    def assignAt(self, ras) -> None:
+        """Assign the lesion under the RAS point to the chosen target (what a click does)."""
+        p = self._parameterNode
+        if not (p and p.inputVolume and p.resultSegmentation):
+            self.ui.statusLabel.text = _("Select the CT and its result segmentation first.")
+            return
+        with slicer.util.tryWithErrorDisplay(_("Assigning the lesion failed."), waitCursor=True):
+            outcome = self.logic.assignLesion(p.resultSegmentation, p.inputVolume, ras, self.ui.assignTargetComboBox.currentText)
+            self.ui.statusLabel.text = outcome.message
+        self._updateButtons()
+
+    def onUndoAssign(self) -> None:
+        p = self._parameterNode
+        if not (p and p.inputVolume and p.resultSegmentation):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Undo failed."), waitCursor=True):
+            self.ui.statusLabel.text = self.logic.undoAssign(p.resultSegmentation, p.inputVolume).message
+        self._updateButtons()
+
+    def onShowCandidates(self, show: bool) -> None:
+        p = self._parameterNode
+        if not (p and p.inputVolume and p.resultSegmentation):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Cannot show the candidates."), waitCursor=True):
+            self.logic.showCandidates(p.resultSegmentation, p.inputVolume, bool(show))
 
 
 #
@@ -523,7 +606,7 @@ class _ProcessResult:
             )
 
     def report_extra(self) -> dict:
-        extra = {key: self.report[key] for key in ("slices", "model") if key in self.report}
+        extra = {key: self.report[key] for key in ("slices", "model", "review_flags") if key in self.report}
         lesions = self.report.get("lesions") or []
         if lesions and all("confidence" in lesion for lesion in lesions):
             extra["lesion_confidence"] = [dict(lesion["confidence"]) for lesion in lesions]
@@ -790,6 +873,7 @@ class CoronaryCalciumDINOLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self._sessions = {}  # segmentation node ID -> ResultSession
         self._attention = {}  # volume node ID -> scene.attention.AttentionMaps (quantised)
+        self._assigners = {}  # segmentation node ID -> scene.assign.LesionAssigner (click-to-assign, undo)
         self._sceneObservations = []  # (scene, tag) of observeScene
         self._intensityMask = None  # the Segment Editor mask set by openSegmentEditor
         self.onRescored = None
@@ -1113,6 +1197,50 @@ class CoronaryCalciumDINOLogic(ScriptedLoadableModuleLogic):
             session.close()
         self._sessions = {}
         self._attention = {}
+        self._assigners = {}
+
+    # -- click-to-assign (scene.assign)
+
+    def lesionAssigner(self, segmentationNode, volumeNode):
+        """The click-to-assign helper of a result (``scene.assign.LesionAssigner``: one per
+        segmentation, with its undo history), tied to the result's edit-tracking session."""
+        key = segmentationNode.GetID()
+        assigner = self._assigners.get(key)
+        if assigner is None or assigner.segmentation_node is not segmentationNode or assigner.volume_node is not volumeNode:
+            assigner = _lib().scene.assign.LesionAssigner(segmentationNode, volumeNode)
+            self._assigners[key] = assigner
+        session = self._sessions.get(key)
+        assigner.session = session if session is not None and session.segmentation_node is segmentationNode else None
+        return assigner
+
+    def assignLesion(self, segmentationNode, volumeNode, ras, target):
+        """Give the calcium candidate under the RAS point to ``target`` (LM, LAD, LCX, RCA or
+        Remove) and rescore; returns the outcome (its ``message`` says what happened)."""
+        self.flushEditChecks()  # an edit not checked yet is rescored first
+        assigner = self.lesionAssigner(segmentationNode, volumeNode)
+        outcome = assigner.assign(ras, target)
+        if outcome.changed and assigner.session is None:
+            self._rescored(outcome.report)  # a tracked result was rescored by its session
+        return outcome
+
+    def undoAssign(self, segmentationNode, volumeNode):
+        """Take back the last assignment on this result; returns the outcome."""
+        self.flushEditChecks()
+        assigner = self.lesionAssigner(segmentationNode, volumeNode)
+        outcome = assigner.undo()
+        if outcome.changed and assigner.session is None:
+            self._rescored(outcome.report)
+        return outcome
+
+    def canUndoAssign(self, segmentationNode):
+        assigner = self._assigners.get(segmentationNode.GetID()) if segmentationNode is not None else None
+        return bool(assigner is not None and assigner.can_undo)
+
+    def showCandidates(self, segmentationNode, volumeNode, show=True):
+        """Show (or hide) the CT's calcium candidates as their own, never scored segmentation;
+        returns that node (None when hidden before it was ever shown)."""
+        mask = self.lesionAssigner(segmentationNode, volumeNode).candidates() if show else None
+        return _lib().scene.assign.show_candidates(slicer.mrmlScene, segmentationNode, volumeNode, mask, bool(show))
 
     def rescore(self, segmentationNode, volumeNode, params=None):
         """Score the current segments LM/LAD/LCX/RCA of any segmentation; returns the table node."""

@@ -24,6 +24,7 @@ from .. import pipeline
 from ..io.segfile import write_seg_nrrd
 from ..io.volume import CTVolume, write_volume
 from ..report import build_report
+from ..report.flags import review_flags
 from .common import attention_paths
 from .progress import CUDA_WORD, progress_line_printer, progress_printer
 
@@ -71,6 +72,7 @@ def score_with_ai(ct: CTVolume, args, params, stem: str, out_dir: Path | None) -
     report = build_report(
         res.score, getattr(args, "input", ct.source), kvp=ct.kvp, warnings=[*ct.warnings, *res.warnings], **res.report_extra()
     )
+    report["review_flags"] = review_flags(ct, report, res.heart_region())  # when the study needs a human look
     if out_dir is not None:
         out_dir = Path(out_dir)
         write_volume(res.labels, ct, out_dir / f"{stem}.labels.nrrd")

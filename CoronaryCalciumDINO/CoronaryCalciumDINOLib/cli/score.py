@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io.labelcheck import check_label_map
     from ..outputs import check_output_dir, check_output_files
     from ..report import build_report, write_json, write_score_csv
+    from ..report.flags import review_flags
     from ..report.tables import format_summary
     from ..scoring import score
 
@@ -111,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         result = score(ct.hu, labels, ct.spacing, params)
         report = build_report(result, args.input, kvp=ct.kvp, warnings=[*ct.warnings, *label_warnings],
                               study=stem, labels=str(args.labels))
+        report["review_flags"] = review_flags(ct, report)  # when the study needs a human look
     else:
         from .ai import score_with_ai  # the AI's modules, imported only when it runs
 

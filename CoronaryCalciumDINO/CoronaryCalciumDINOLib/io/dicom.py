@@ -623,7 +623,8 @@ def _vec(ds, name: str, n: int, fname: str) -> np.ndarray:
 
 
 def _geometry(items: list[tuple[Path, object]], uid: str):
-    """Sorted items, origin, direction, spacing and warnings of a single-frame CT series."""
+    """Sorted items, origin, direction, spacing, warnings and (smallest, largest) gap between
+    consecutive slices (mm) of a single-frame CT series."""
     warnings: list[str] = []
     first = items[0][1]
     fname0 = items[0][0].name
@@ -696,7 +697,8 @@ def _geometry(items: list[tuple[Path, object]], uid: str):
         )
     origin = tuple(float(v) for v in ipp[0])
     direction = np.column_stack([row_dir, col_dir, normal])
-    return items, origin, direction, (dz, dy, dx), warnings
+    gap_range = (float(gaps.min()), float(gaps.max()))  # smallest and largest gap (review flags)
+    return items, origin, direction, (dz, dy, dx), warnings, gap_range
 
 
 def _check_modality(items: list[tuple[Path, object]], uid: str) -> None:
@@ -818,7 +820,7 @@ def read_dicom_series(path: str | os.PathLike, series_uid: str | None = None, pr
     _check_modality(items, uid)
     if len(items) < 2:
         raise InputError(f"series {uid} holds a single slice; a calcium score needs a volume")
-    items, origin, direction, spacing, warnings = _geometry(items, uid)
+    items, origin, direction, spacing, warnings, gaps = _geometry(items, uid)
     warnings = notes + warnings
 
     first = items[0][1]
@@ -873,6 +875,7 @@ def read_dicom_series(path: str | os.PathLike, series_uid: str | None = None, pr
         "slice_thickness": thickness,
         "manufacturer": str(first.get("Manufacturer", "") or "").strip(),
         "study_uid": str(first.get("StudyInstanceUID", "") or ""),
+        "slice_gaps_mm": gaps,  # (smallest, largest) distance between consecutive slices
         "n_files": len(items),
     }
     patient_id = str(first.get("PatientID", "") or "").strip()

@@ -86,4 +86,6 @@ def format_summary(report: dict) -> str:
         if conf:
             line += f"; lesion confidence {min(conf):.2f}-{max(conf):.2f}"
         lines.append(line)
+    for flag in report.get("review_flags") or []:  # report/flags.py: when the study needs a human look
+        lines.append(f"Review: {flag['message']}")
     return "\n".join(lines)

@@ -30,6 +30,7 @@ from ..constants import ARTERIES
 from ..errors import InputError
 from ..pipeline import run_pipeline
 from ..pipeline.contrast import check_contrast
+from ..report.flags import flags_text, rescored_flags
 from ..scoring import ScoringOptions, ScoringParams, score
 from . import attention as attention_glue
 from . import table as table_glue
@@ -134,6 +135,12 @@ def warnings_text(report: dict | None) -> str:
     warning, '' when there is none."""
     items = (report or {}).get("warnings") or []
     return "\n".join(f"Warning: {w}" for w in items)
+
+
+def review_text(report: dict | None) -> str:
+    """Text of the panel's review-flags label for a report: one "Review: ..." line per flag
+    (:mod:`..report.flags`), '' when there is none."""
+    return flags_text(report)
 
 
 def scoring_params_for(volume_node, params: ScoringParams | ScoringOptions | None) -> ScoringParams:
@@ -417,9 +424,12 @@ def rescore(segmentation_node, volume_node, params: ScoringParams | None = None,
         place_in_hierarchy(scene, table_node, volume_node)
     previous = table_glue.report_from_table(table_node)
     extra = {k: previous[k] for k in ("slices", "model") if k in previous}
+    edited = edited_segments(segmentation_node)
+    if "review_flags" in previous:  # the image's flags stay; coverage is found again (report.flags)
+        extra["review_flags"] = rescored_flags(previous, result.to_dict(), ct.shape[0], edited=bool(edited))
     return table_glue.update_score_table(
         table_node, result, volume_node.GetName(), warnings=list(ct.warnings) + warnings,
-        rescored=True, user_edited=edited_segments(segmentation_node), **extra,
+        rescored=True, user_edited=edited, **extra,
     )
 
 

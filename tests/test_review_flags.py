@@ -1,0 +1,188 @@
+"""Review flags (report/flags.py): each flag on a constructed input that raises it and on one
+that does not; the flags reach the JSON report and the console of ``ccdino score``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from CoronaryCalciumDINOLib.cli import main
+from CoronaryCalciumDINOLib.io import CTVolume, load_ct, write_volume
+from CoronaryCalciumDINOLib.report import flags as fl
+from CoronaryCalciumDINOLib.report.tables import format_summary
+from CoronaryCalciumDINOLib.scoring import ScoringParams, score
+from CoronaryCalciumDINOLib.synth.generator import generate_study
+from shared_data import edit_dicom, write_small_series
+from test_contrast import raise_blood_pool
+
+IMAGE_IDS = ("contrast", "slice_spacing", "noise", "metal")
+
+
+def ids(flags):
+    return [f["flag"] for f in flags]
+
+
+@pytest.fixture(scope="module")
+def quiet_study():
+    """A small synthetic non-contrast study with 15 HU noise and coronary plaques."""
+    return generate_study(3, matrix=128, plaques=True, noise_sd=15.0)
+
+
+def report_of(ct, labels) -> dict:
+    from CoronaryCalciumDINOLib.report import build_report
+
+    return build_report(score(ct.hu, labels, ct.spacing, ScoringParams()), "x")
+
+
+def copy_ct(ct, hu=None, **meta) -> CTVolume:
+    return CTVolume(hu=np.array(ct.hu if hu is None else hu, dtype=np.float32), spacing=ct.spacing, origin=ct.origin,
+                    direction=ct.direction, meta={**ct.meta, **meta})
+
+
+# ----------------------------------------------------------------------------- the image
+
+
+def test_a_quiet_non_contrast_study_raises_no_image_flag(quiet_study):
+    ct = copy_ct(quiet_study.ct)
+    flags = fl.review_flags(ct, report_of(ct, quiet_study.labels))
+    assert not set(ids(flags)) & set(IMAGE_IDS), flags
+    assert 8.0 < fl.image_noise_hu(ct) < 25.0
+
+
+def test_heavy_noise_is_flagged(quiet_study):
+    noisy = generate_study(3, matrix=128, plaques=True, noise_sd=60.0).ct
+    noise = fl.image_noise_hu(noisy)
+    assert noise > 45.0  # the generator's 60 HU, as the soft-tissue windows see it
+    found = fl.noise_flag(noisy)
+    assert found is not None and found["flag"] == "noise" and f"about {noise:.0f} HU" in found["message"]
+    assert fl.noise_flag(copy_ct(quiet_study.ct)) is None
+
+
+def test_metal_in_the_heart_is_flagged_and_bone_or_metal_far_away_is_not(quiet_study):
+    st = quiet_study
+    z, y, x = (int(np.median(v)) for v in np.nonzero(st.heart))
+    dense_bone = np.array(st.ct.hu, dtype=np.float32)
+    dense_bone[z: z + 2, y: y + 3, x: x + 3] = 1900.0  # cortical bone is below the metal level
+    assert fl.metal_flag(copy_ct(st.ct, dense_bone)) is None
+
+    metal = np.array(st.ct.hu, dtype=np.float32)
+    metal[z: z + 2, y: y + 3, x: x + 3] = 3071.0  # a lead tip at the top of the 12-bit scale
+    found = fl.metal_flag(copy_ct(st.ct, metal))
+    assert found is not None and found["flag"] == "metal" and f"slice {z}, {z + 1}" in found["message"]
+    # the same with the pipeline's heart region given; and none where the region is not
+    region = np.zeros(st.ct.shape, bool)
+    region[:, y - 5: y + 8, x - 5: x + 8] = True
+    assert fl.metal_flag(copy_ct(st.ct, metal), region) is not None
+    away = np.zeros(st.ct.shape, bool)
+    away[:, :5, :5] = True
+    assert fl.metal_flag(copy_ct(st.ct, metal), away) is None
+
+    far = np.array(st.ct.hu, dtype=np.float32)
+    far[z: z + 2, 0:3, 0:3] = 3071.0  # the image corner: outside the 160 mm heart field
+    assert not fl.heart_field(st.ct)[0, 0]
+    assert fl.metal_flag(copy_ct(st.ct, far)) is None
+
+
+def test_a_contrast_enhanced_scan_is_flagged(quiet_study):
+    enhanced = copy_ct(quiet_study.ct, raise_blood_pool(quiet_study.ct.hu, quiet_study.heart))
+    flags = fl.review_flags(enhanced, report_of(enhanced, quiet_study.labels))
+    assert "contrast" in ids(flags)
+    message = flags[ids(flags).index("contrast")]["message"]
+    assert message.startswith("contrast-enhanced scan?") and "\n" not in message
+    assert fl.contrast_flag(copy_ct(quiet_study.ct)) is None
+
+
+def test_uneven_or_gapped_dicom_slices_are_flagged(tmp_path):
+    hu = np.full((6, 16, 16), 40, np.int16)
+    files = write_small_series(tmp_path / "even", hu, dz=3.0)
+    assert fl.slice_spacing_flag(load_ct(tmp_path / "even")) is None
+
+    files = write_small_series(tmp_path / "uneven", hu, dz=3.0)
+    edit_dicom(files[3], ImagePositionPatient=[-5.0, -6.0, 40.0 + 3.0 * 3 + 0.25])  # gaps 3.25 and 2.75 mm
+    ct = load_ct(tmp_path / "uneven")
+    assert ct.meta["slice_gaps_mm"] == pytest.approx((2.75, 3.25))
+    found = fl.slice_spacing_flag(ct)
+    assert found is not None and "unevenly spaced (gaps of 2.75-3.25 mm" in found["message"]
+
+    files = write_small_series(tmp_path / "gapped", hu, dz=5.0)
+    for f in files:
+        edit_dicom(f, SliceThickness=3.0)
+    found = fl.slice_spacing_flag(load_ct(tmp_path / "gapped"))
+    assert found is not None and "3 mm thick but 5 mm apart" in found["message"]
+
+
+def test_calcium_on_the_first_or_last_slice_is_flagged():
+    hu = np.full((5, 20, 20), 40.0, np.float32)
+    labels = np.zeros(hu.shape, np.uint8)
+    hu[2, 4:8, 4:8] = 300.0
+    labels[2, 4:8, 4:8] = 2
+    ct = CTVolume(hu=hu, spacing=(3.0, 0.5, 0.5))
+    assert fl.coverage_flag(report_of(ct, labels), 5) is None
+    hu[4, 10:14, 10:14] = 300.0
+    labels[4, 10:14, 10:14] = 4
+    found = fl.coverage_flag(report_of(ct, labels), 5)
+    assert found is not None and "on the last slice of the scan (RCA" in found["message"]
+
+
+# ----------------------------------------------------------------------------- model confidence
+
+
+def _report(total, lesions):
+    return {"total": {"agatston": total}, "lesions": lesions}
+
+
+def _lesion(agatston, calcium, slice_=3):
+    return {"artery": "LAD", "slice": slice_, "agatston": agatston, "confidence": {"calcium": calcium, "artery": 0.9}}
+
+
+def test_unsure_lesions_that_decide_the_risk_category_are_flagged():
+    # 105 Agatston (101-400); the unsure 10-Agatston lesion alone decides the category
+    report = _report(105.0, [_lesion(95.0, 0.97), _lesion(10.0, 0.62, 7)])
+    found = fl.confidence_flag(report)
+    assert found is not None and found["flag"] == "model_confidence"
+    assert "category would be 11-100, not 101-400" in found["message"] and "slice 7" in found["message"]
+    # the same uncertainty far from a boundary, or sure lesions: nothing
+    assert fl.confidence_flag(_report(250.0, [_lesion(240.0, 0.97), _lesion(10.0, 0.62)])) is None
+    assert fl.confidence_flag(_report(105.0, [_lesion(95.0, 0.97), _lesion(10.0, 0.9)])) is None
+    # a score made without the model (no confidences): nothing
+    assert fl.confidence_flag(_report(105.0, [{"artery": "LAD", "slice": 1, "agatston": 105.0}])) is None
+    # zero: an unsure single lesion is all the calcium
+    assert "would be 0, not 1-10" in fl.confidence_flag(_report(4.0, [_lesion(4.0, 0.55)]))["message"]
+
+
+def test_rescored_flags_keep_the_image_flags_and_drop_confidence_after_edits():
+    previous = {"review_flags": [
+        {"flag": "model_confidence", "message": "m"}, {"flag": "noise", "message": "n"},
+        {"flag": "coverage", "message": "old"},
+    ]}
+    middle = {"lesions": [{"artery": "LAD", "slice": 2, "agatston": 3.0}]}
+    assert ids(fl.rescored_flags(previous, middle, 5, edited=False)) == ["model_confidence", "noise"]
+    assert ids(fl.rescored_flags(previous, middle, 5, edited=True)) == ["noise"]
+    edge = {"lesions": [{"artery": "LAD", "slice": 0, "agatston": 3.0}]}
+    assert ids(fl.rescored_flags(previous, edge, 5, edited=True)) == ["coverage", "noise"]
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def test_score_reports_the_flags_in_json_and_console(tmp_path, capsys, quiet_study):
+    st = quiet_study
+    z, y, x = (int(np.median(v)) for v in np.nonzero(st.heart))
+    metal = np.rint(np.array(st.ct.hu, dtype=np.float32))
+    metal[z: z + 2, y: y + 3, x: x + 3] = 3071.0
+    ct_path = write_volume(metal.astype(np.int16), st.ct, tmp_path / "metal.nrrd")
+    lab_path = write_volume(st.labels.astype(np.uint8), st.ct, tmp_path / "labels.nrrd")
+    assert main(["score", str(ct_path), "--labels", str(lab_path), "--json", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert "metal" in ids(report["review_flags"])
+    out = capsys.readouterr().out
+    metal_line = [f["message"] for f in report["review_flags"] if f["flag"] == "metal"][0]
+    assert f"Review: {metal_line}" in out.splitlines()
+
+    clean = write_volume(np.rint(st.ct.hu).astype(np.int16), st.ct, tmp_path / "clean.nrrd")
+    assert main(["score", str(clean), "--labels", str(lab_path), "--json", str(tmp_path / "c.json")]) == 0
+    report = json.loads((tmp_path / "c.json").read_text())
+    assert not set(ids(report["review_flags"])) & set(IMAGE_IDS)
+    assert "Review: " not in format_summary({**report, "review_flags": []})
