@@ -85,6 +85,7 @@ def _lib():
     import CoronaryCalciumDINOLib.io.volume
     import CoronaryCalciumDINOLib.scene.assign
     import CoronaryCalciumDINOLib.scene.attention
+    import CoronaryCalciumDINOLib.scene.dicom_export
     import CoronaryCalciumDINOLib.scene.edits
     import CoronaryCalciumDINOLib.scene.logic
     import CoronaryCalciumDINOLib.scene.segmentation
@@ -203,6 +204,7 @@ class CoronaryCalciumDINOWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.ui.rescoreButton.connect("clicked(bool)", self.onRescore)
         self.ui.correctButton.connect("clicked(bool)", self.onCorrect)
         self.ui.showPlotButton.connect("clicked(bool)", self.onShowPlot)
+        self.ui.exportDicomButton.connect("clicked(bool)", self.onExportDicom)
         self.ui.attentionHeadComboBox.connect("currentIndexChanged(int)", self.onAttentionHead)
         self.ui.showAttentionCheckBox.connect("toggled(bool)", self.onShowAttention)
         self.ui.attentionOpacitySlider.connect("valueChanged(double)", self.onAttentionOpacity)
@@ -284,6 +286,7 @@ class CoronaryCalciumDINOWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         if not canAssign and self.ui.assignButton.checked:
             self.ui.assignButton.checked = False
         self.ui.undoAssignButton.enabled = canAssign and self.logic.canUndoAssign(p.resultSegmentation)
+        self.ui.exportDicomButton.enabled = bool(p and p.inputVolume and p.resultSegmentation) and not busy
         self.ui.bundlePathLineEdit.enabled = bool(p) and not p.useDefaultBundle
 
     def _updateDeviceWarning(self, *args) -> None:
@@ -410,6 +413,23 @@ class CoronaryCalciumDINOWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Cannot open Segment Editor."), waitCursor=False):
             self.logic.openSegmentEditor(p.resultSegmentation, p.inputVolume, self.logic.scoringParams(p).threshold_hu)
+
+    def onExportDicom(self) -> None:
+        """Ask for a folder (and whether to replace files there); the logic writes SEG + SR."""
+        p = self._parameterNode
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Folder for the DICOM SEG and SR"))
+        if not folder:
+            return
+        overwrite = False
+        existing = [str(f) for f in self.logic.dicomExportPaths(folder, p.inputVolume) if os.path.exists(f)]
+        if existing:
+            if not slicer.util.confirmOkCancelDisplay(_("Replace {files}?").format(files=", ".join(existing))):
+                return
+            overwrite = True
+        with slicer.util.tryWithErrorDisplay(_("DICOM export failed."), waitCursor=True):
+            written = self.logic.exportDicom(p.resultSegmentation, p.inputVolume, folder, overwrite=overwrite)
+            names = [os.path.basename(str(f)) for f in (written.seg, written.sr) if f is not None]
+            self.ui.statusLabel.text = _("Exported {files}").format(files=", ".join(names + written.notes))
 
     def onShowPlot(self) -> None:
         p = self._parameterNode
@@ -1248,6 +1268,18 @@ class CoronaryCalciumDINOLogic(ScriptedLoadableModuleLogic):
         scene_logic.rescore(segmentationNode, volumeNode, params)
         table, _slices = scene_logic.result_tables(slicer.mrmlScene, segmentationNode)
         return table
+
+    @staticmethod
+    def dicomExportPaths(folder, volumeNode):
+        return _lib().scene.dicom_export.export_paths(folder, volumeNode)
+
+    def exportDicom(self, segmentationNode, volumeNode, folder, overwrite=False):
+        """Write the result as DICOM SEG + SR into ``folder`` (scene.dicom_export); the CT must
+        come from Slicer's DICOM database. Returns what was written."""
+        self.flushEditChecks()  # an edit not checked yet is rescored before the export reads the table
+        database = getattr(slicer, "dicomDatabase", None)
+        fileForInstance = database.fileForInstance if database is not None else None
+        return _lib().scene.dicom_export.export_dicom(segmentationNode, volumeNode, folder, fileForInstance, overwrite)
 
     def resultTables(self, segmentationNode):
         return _lib().scene.logic.result_tables(slicer.mrmlScene, segmentationNode)

@@ -42,6 +42,9 @@ def test_pyproject_declares_the_requirements_module():
     for extra in ("test", "train"):  # they run the AI
         assert f"coronary-calcium-dino[{requirements.AI_EXTRA}]" in extras[extra]
     assert "torch" + requirements.TORCH_VERSION == requirements.AI["torch"]
+    assert sorted(extras[requirements.DICOM_OUT_EXTRA]) == sorted(requirements.DICOM_OUT.values())
+    for requirement in requirements.DICOM_OUT.values():  # the DICOM results are tested
+        assert any(r.split(";")[0].strip() == requirement for r in extras["test"]), requirement
 
 
 def _imported_top_level(paths) -> set[str]:
@@ -61,7 +64,8 @@ def test_every_third_party_import_of_the_library_is_declared():
     third_party = {n for n in imported if n not in sys.stdlib_module_names and n != "CoronaryCalciumDINOLib"}
     # openpyxl is optional (COCA score tables as XLSX; the error says how to install it), and
     # so is Dask (batches on a cluster: the 'cluster' extra, see tests/test_batch_dask.py)
-    undeclared = third_party - set(requirements.CORE) - set(requirements.AI) - {"openpyxl", "dask", "distributed"}
+    undeclared = (third_party - set(requirements.CORE) - set(requirements.AI) - set(requirements.DICOM_OUT)
+                  - {"openpyxl", "dask", "distributed"})
     assert not undeclared, f"imported but not in requirements.py / pyproject: {sorted(undeclared)}"
     unused = (set(requirements.CORE) | set(requirements.AI)) - imported - {"pylibjpeg", "openjpeg"}  # pydicom plugins
     assert not unused, f"declared but never imported: {sorted(unused)}"

@@ -8,6 +8,8 @@ module and the Slicer batch script read them from here to find and install what 
 * :data:`AI`: the AI pipeline and training (the ``ai`` extra:
   ``pip install coronary-calcium-dino[ai]``). timm and MONAI are bounded above because the
   models use their internals (timm's ViT blocks and checkpoint filter, MONAI's UNet layout).
+* :data:`DICOM_OUT`: DICOM SEG + SR results (the ``dicom-out`` extra: highdicom), imported
+  only where they are written or a DICOM SEG is read.
 
 Keys are import names, values pip requirements. This module imports only the standard
 library and :mod:`.errors`, so the Slicer module can read it before anything is installed.
@@ -44,6 +46,15 @@ AI: dict[str, str] = {
     "timm": "timm>=1.0,<1.1",
     "monai": "monai>=1.3,<1.7",
     "safetensors": "safetensors>=0.4",
+}
+
+#: Name of the optional dependency group for DICOM SEG / SR results (``ccdino score --dicom-out``,
+#: ``--labels SEG.dcm``, the Slicer module's Export DICOM): highdicom, which needs Python >= 3.10.
+DICOM_OUT_EXTRA = "dicom-out"
+#: How a user installs it.
+DICOM_OUT_INSTALL_HINT = "pip install 'coronary-calcium-dino[dicom-out]'"
+DICOM_OUT: dict[str, str] = {
+    "highdicom": "highdicom>=0.26",
 }
 
 
@@ -84,4 +95,14 @@ def require_ai() -> None:
         raise MissingDependencyError(
             f"the AI needs {', '.join(absent)}, which {'is' if len(absent) == 1 else 'are'} not installed: "
             f"{AI_INSTALL_HINT} (or score a label map with --labels)"
+        )
+
+
+def require_dicom_out(what: str = "DICOM SEG / SR") -> None:
+    """Raise :class:`..errors.MissingDependencyError` (one line, naming highdicom and the
+    ``dicom-out`` extra) unless highdicom can be imported."""
+    absent = [name for name in DICOM_OUT if importlib.util.find_spec(name) is None]
+    if absent:
+        raise MissingDependencyError(
+            f"{what} needs {', '.join(absent)}, which is not installed: {DICOM_OUT_INSTALL_HINT}"
         )

@@ -25,7 +25,7 @@ from ..io.segfile import write_seg_nrrd
 from ..io.volume import CTVolume, write_volume
 from ..report import build_report
 from ..report.flags import review_flags
-from .common import attention_paths
+from .common import attention_paths, write_dicom
 from .progress import CUDA_WORD, progress_line_printer, progress_printer
 
 
@@ -45,7 +45,7 @@ def print_cuda_line(device) -> None:
     print(f"{CUDA_WORD} {int(bool(torch.cuda.is_available()))}", flush=True)
 
 
-def score_with_ai(ct: CTVolume, args, params, stem: str, out_dir: Path | None) -> dict:
+def score_with_ai(ct: CTVolume, args, params, stem: str, out_dir: Path | None, dicom=None) -> dict:
     """Run the pipeline for the ``score`` subcommand and return its report dict.
 
     The pipeline gets the bundle's path: it verifies the manifest first (a bad bundle stops
@@ -79,6 +79,8 @@ def score_with_ai(ct: CTVolume, args, params, stem: str, out_dir: Path | None) -
         write_seg_nrrd(res.labels, ct, out_dir / f"{stem}.seg.nrrd")
     if getattr(args, "attention", None):
         write_attention(res.attention, ct, args.attention)
+    if dicom is not None:  # (SEG, SR) paths: ``--dicom-out`` / ``--dicom-seg`` + ``--dicom-sr``
+        write_dicom(res.labels, ct, report, dicom, quiet=quiet)
     # the CT's own warnings (ct.warnings, e.g. a contrast-enhanced CT) were printed by the caller
     for message in res.warnings:
         print(f"ccdino: warning: {message}", file=sys.stderr)

@@ -39,6 +39,9 @@ def register(sub) -> None:
                    help=f"score the label maps DIR/<study>{'|'.join(LABEL_SUFFIXES)} instead of running the AI")
     p.add_argument("--overwrite", action="store_true",
                    help="process studies again even when their JSON exists (their old outputs are removed first)")
+    p.add_argument("--dicom-out", metavar="DIR",
+                   help="also write each DICOM study's SEG and SR as DIR/<study>.seg.dcm and DIR/<study>.sr.dcm "
+                   "(e.g. DIR = OUT_DIR; every study must be DICOM; needs the dicom-out extra)")
     add_scoring_options(p)
     g = p.add_argument_group("AI pipeline (without --labels-dir)")
     g.add_argument("--bundle", metavar="PATH", help="model bundle folder or manifest (default: the bundled default model)")
@@ -53,6 +56,11 @@ def run(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard)  # run_batch checks the rest before it creates --out
     if args.scheduler is not None and args.workers is not None:
         raise InputError("--workers sets the size of a local cluster; with --scheduler the cluster's workers are used")
+
+    if args.dicom_out:  # before any study is scored: every study DICOM, highdicom installed
+        from ..report.dicom import check_batch_dicom
+
+        check_batch_dicom(args.input_dir, args.out, args.dicom_out, args.labels_dir)
 
     progress = progress_printer(quiet=args.quiet)
     rows = run_batch(
@@ -77,4 +85,29 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(rows) - len(failed)} of {len(rows)} studies scored; summary: {summary}")
         for r in failed:
             print(f"ccdino: study {r['study']} failed: {r['error']}", file=sys.stderr)
-    return 1 if failed else 0
+    dicom_failed = _write_dicom(args, rows) if args.dicom_out else 0
+    return 1 if failed or dicom_failed else 0
+
+
+def _write_dicom(args: argparse.Namespace, rows: list[dict]) -> int:
+    """The DICOM SEG and SR of every study scored (:func:`..report.dicom.write_study_dicom`,
+    from its outputs in OUT); returns how many failed (each said in one line)."""
+    from ..data.studies import list_study_inputs
+    from ..errors import CCDinoError
+    from ..report.dicom import write_study_dicom
+
+    studies = {s.name: s for s in list_study_inputs(args.input_dir, exclude=(args.out, args.labels_dir))}
+    written, failed = 0, 0
+    for row in rows:
+        if row["status"] != "ok" or row["study"] not in studies:
+            continue
+        try:
+            if write_study_dicom(studies[row["study"]], args.out, args.dicom_out, overwrite=args.overwrite):
+                written += 1
+        except (CCDinoError, OSError) as exc:
+            failed += 1
+            print(f"ccdino: study {row['study']}: DICOM results failed: {' '.join(str(exc).split())}", file=sys.stderr)
+    if not args.quiet:
+        print(f"DICOM SEG / SR of {written} studies written to {args.dicom_out}"
+              + (f", {failed} failed" if failed else ""))
+    return failed

@@ -56,3 +56,18 @@ def attention_paths(path: str | Path, heads: int) -> list[Path]:
     if not path.name.lower().endswith(suffix):
         path = path.with_name(stem + suffix)
     return [path] + [path.with_name(f"{stem}.head{h}{suffix}") for h in range(1, heads + 1)]
+
+
+def write_dicom(labels, ct, report: dict, paths, quiet: bool = False) -> None:
+    """Write the DICOM SEG and SR of a result to ``paths`` (SEG, SR) and say what was written
+    (or why there is no SEG) on stderr."""
+    import sys
+
+    from ..report.dicom import write_dicom_results
+
+    written = write_dicom_results(labels, ct, report, *paths)
+    for note in written.notes:
+        print(f"ccdino: note: {note}", file=sys.stderr)
+    if not quiet:
+        names = [str(p) for p in (written.seg, written.sr) if p is not None]
+        print(f"ccdino: DICOM results: {', '.join(names)}", file=sys.stderr)

@@ -13,6 +13,7 @@ from .common import (
     attention_paths,
     check_ct,
     scoring_options_from_args,
+    write_dicom,
 )
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,10 @@ def register(sub) -> None:
     p.add_argument("--csv", metavar="FILE", help="write the per-artery score table here")
     p.add_argument("--out", metavar="DIR", help="write <study>.json, <study>.csv (and AI outputs) into this folder; <study> is "
                    "the folder name for a DICOM or study folder and for a file named ct.*, else the file name")
+    p.add_argument("--dicom-out", metavar="DIR", help="write the DICOM SEG (per-artery calcium) and SR (TID 1500 scores) "
+                   "of a DICOM CT as DIR/<study>.seg.dcm and DIR/<study>.sr.dcm (needs the dicom-out extra)")
+    p.add_argument("--dicom-seg", metavar="FILE", help="write the DICOM SEG here (with --dicom-sr, instead of --dicom-out)")
+    p.add_argument("--dicom-sr", metavar="FILE", help="write the DICOM SR here (with --dicom-seg)")
     p.add_argument("--overwrite", action="store_true", help="replace output files that exist (default: refuse)")
     p.add_argument("--quiet", action="store_true", help="do not print the score table")
     add_scoring_options(p)
@@ -57,6 +62,10 @@ def output_files(args: argparse.Namespace, stem: str) -> list[tuple[Path, str]]:
         files += [(out / f"{stem}.json", "--out"), (out / f"{stem}.csv", "--out")]
         if not args.labels:
             files += [(out / f"{stem}.labels.nrrd", "--out"), (out / f"{stem}.seg.nrrd", "--out")]
+    dicom = dicom_paths(args, stem)
+    if dicom is not None:
+        option = "--dicom-out" if args.dicom_out else "--dicom-seg"
+        files += [(dicom[0], option), (dicom[1], "--dicom-out" if args.dicom_out else "--dicom-sr")]
     if args.json:
         files.append((Path(args.json), "--json"))
     if args.csv:
@@ -76,6 +85,19 @@ def output_files(args: argparse.Namespace, stem: str) -> list[tuple[Path, str]]:
     return files
 
 
+def dicom_paths(args: argparse.Namespace, stem: str) -> tuple[Path, Path] | None:
+    """(SEG, SR) files of ``--dicom-out`` or ``--dicom-seg`` / ``--dicom-sr``; None if not asked.
+    (The file names are fixed here; :mod:`..report.dicom` is imported only when they are written.)"""
+    out, seg, sr = (getattr(args, k, None) for k in ("dicom_out", "dicom_seg", "dicom_sr"))
+    if out and (seg or sr):
+        raise InputError("give either --dicom-out DIR or --dicom-seg FILE with --dicom-sr FILE, not both")
+    if bool(seg) != bool(sr):
+        raise InputError("--dicom-seg and --dicom-sr go together (the SR references the SEG); or give --dicom-out DIR")
+    if out:
+        return Path(out) / f"{stem}.seg.dcm", Path(out) / f"{stem}.sr.dcm"
+    return (Path(seg), Path(sr)) if seg else None
+
+
 def run(args: argparse.Namespace) -> int:
     from ..data.studies import study_input
     from ..io import load_ct
@@ -91,6 +113,13 @@ def run(args: argparse.Namespace) -> int:
     study = study_input(args.input)
     stem = study.name
     files = output_files(args, stem)  # two outputs of one name are refused before anything is created
+    dicom = dicom_paths(args, stem)
+    if dicom is not None:
+        from ..report.dicom import require_dicom_input
+        from ..requirements import require_dicom_out
+
+        require_dicom_input(study.path, "--dicom-out" if args.dicom_out else "--dicom-seg/--dicom-sr")
+        require_dicom_out()
     out_dir = check_output_dir(args.out, "--out") if args.out else None
     check_output_files(files, overwrite=args.overwrite)  # before any work
 
@@ -113,10 +142,12 @@ def run(args: argparse.Namespace) -> int:
         report = build_report(result, args.input, kvp=ct.kvp, warnings=[*ct.warnings, *label_warnings],
                               study=stem, labels=str(args.labels))
         report["review_flags"] = review_flags(ct, report)  # when the study needs a human look
+        if dicom is not None:
+            write_dicom(labels, ct, report, dicom, quiet=args.quiet)
     else:
         from .ai import score_with_ai  # the AI's modules, imported only when it runs
 
-        report = score_with_ai(ct, args, params, stem=stem, out_dir=out_dir)
+        report = score_with_ai(ct, args, params, stem=stem, out_dir=out_dir, dicom=dicom)
         report["study"] = stem
 
     if args.json:

@@ -876,7 +876,11 @@ def read_dicom_series(path: str | os.PathLike, series_uid: str | None = None, pr
         "manufacturer": str(first.get("Manufacturer", "") or "").strip(),
         "study_uid": str(first.get("StudyInstanceUID", "") or ""),
         "slice_gaps_mm": gaps,  # (smallest, largest) distance between consecutive slices
+        "frame_of_reference_uid": str(first.get("FrameOfReferenceUID", "") or ""),
         "n_files": len(items),
+        # the file of each slice, in array order (slice k = files[k]): what a DICOM SEG / SR
+        # of the result references (see ..report.dicom)
+        "files": [str(f) for f, _ in items],
     }
     patient_id = str(first.get("PatientID", "") or "").strip()
     if patient_id:

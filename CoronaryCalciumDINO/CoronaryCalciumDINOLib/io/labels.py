@@ -2,7 +2,9 @@
 
 A Slicer segmentation (``.seg.nrrd``) is read by :func:`.segfile.read_seg_labels`: its
 segments are matched to arteries by name (LM, LAD, LCX, RCA) and a file cropped to its
-extent is placed back on the CT grid. Any other volume file is read by
+extent is placed back on the CT grid. A DICOM Segmentation (a DICOM file, e.g. ``*.seg.dcm``)
+is read by :func:`.dicom_seg.read_dicom_seg_labels` (highdicom; segments matched to arteries
+by their codes or labels). Any other volume file is read by
 :func:`.volume.read_label_file`: its voxel values are the artery codes (0 background, 1 LM,
 2 LAD, 3 LCX, 4 RCA) on the CT's grid.
 """
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..filenames import SEG_SUFFIX
-from .volume import CTVolume, read_label_file
+from .volume import CTVolume, is_volume_file, read_label_file
 
 
 def read_labels(path: str | os.PathLike, ct: CTVolume) -> np.ndarray:
@@ -25,4 +27,9 @@ def read_labels(path: str | os.PathLike, ct: CTVolume) -> np.ndarray:
         from .segfile import read_seg_labels
 
         return read_seg_labels(path, ct)
+    if path.is_file() and not is_volume_file(path):
+        from .dicom_seg import is_dicom_file, read_dicom_seg_labels
+
+        if is_dicom_file(path):
+            return read_dicom_seg_labels(path, ct)
     return read_label_file(path, ct)
