@@ -535,3 +535,31 @@ def test_slicer_export_writes_the_current_segments(phantom, tmp_path):
     if DCIODVFY:
         for path in (written.seg, written.sr):
             assert not dciodvfy(path)[0]
+
+
+# --------------------------------------------------------------------------- the AI's result
+
+
+@pytest.mark.slow  # ~20 s on 2 shared cores: the whole pipeline on the CPU
+def test_ai_result_goes_out_as_seg_and_sr(synthetic, tmp_path):
+    """``ccdino score`` without --labels: the SEG holds the model's labels (as its label map
+    file), the SR names the model bundle and its checksum."""
+    pytest.importorskip("torch")
+    from CoronaryCalciumDINOLib.models.bundle import save_random_bundle
+
+    folder, ct, _ = synthetic
+    bundle = save_random_bundle(tmp_path / "bundle", threshold=0.01)
+    code = cli_main(["score", str(folder), "--bundle", str(bundle), "--device", "cpu", "--out", str(tmp_path / "out"),
+                     "--dicom-out", str(tmp_path / "dicom"), "--quiet"])
+    assert code == 0
+    report = json.loads((tmp_path / "out" / f"{folder.name}.json").read_text())
+    labels = load_ct(tmp_path / "out" / f"{folder.name}.labels.nrrd").hu.astype(np.uint8)
+    assert report["total"]["lesions"] > 0  # the random model with a low threshold marks calcium
+    seg = tmp_path / "dicom" / f"{folder.name}.seg.dcm"
+    np.testing.assert_array_equal(read_dicom_seg_labels(seg, ct), labels)
+    assert {str(s.SegmentAlgorithmType) for s in pydicom.dcmread(seg).SegmentSequence} == {"AUTOMATIC"}
+    sr = pydicom.dcmread(tmp_path / "dicom" / f"{folder.name}.sr.dcm")
+    texts = {(concept(i), str(i.TextValue)) for i in content_items(sr) if i.ValueType == "TEXT"}
+    assert (("DCM", "111001"), report["model"]["name"]) in texts
+    assert (("DCM", "111002"), f"model sha256 {report['model']['sha256']}") in texts
+    assert (("DCM", "121106"), report["disclaimer"]) in texts
