@@ -351,3 +351,19 @@ def test_dask_is_the_cluster_extra_and_in_the_test_extra():
     extras = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
     assert [r.split(">")[0] for r in extras[EXTRA]] == ["dask[distributed]"]
     assert extras[EXTRA][0] in extras["test"]
+
+
+def test_the_number_of_studies_in_flight_is_bounded(tmp_path, cluster):
+    inp, labels = _studies(tmp_path)
+    with Client(cluster) as client:
+        def in_flight() -> int:  # studies waiting or running on the cluster (not those finished)
+            return client.run_on_scheduler(lambda dask_scheduler: sum(
+                1 for k, ts in dask_scheduler.tasks.items()
+                if str(k).startswith("ccdino-study-") and ts.state in ("waiting", "queued", "no-worker", "processing")))
+
+        counts: list[int] = []
+        rows = run_batch(inp, tmp_path / "out", labels_dir=labels, scheduler=cluster.scheduler_address,
+                         max_in_flight=2, progress=lambda f, m: counts.append(in_flight()))
+    assert [r["status"] for r in rows] == ["ok"] * len(NAMES)
+    assert len(counts) == 1 + len(NAMES) and counts[0] == 0 and max(counts) <= 2  # never more than 2 sent
+    _assert_one_complete_report_each(tmp_path / "out", NAMES)

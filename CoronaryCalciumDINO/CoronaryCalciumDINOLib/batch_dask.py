@@ -8,8 +8,9 @@ module only sends the studies still to do to the cluster and hands each result b
 
 * one task per study (:func:`score_study_task`, which runs :func:`.batch.process_study` on
   the worker: the worker writes the study's files, each atomically, its JSON last); at most
-  ``max_in_flight`` tasks are submitted at a time (default twice the cluster's worker threads),
-  so that a cohort of 100 000 studies is not one 100 000-task graph;
+  ``max_in_flight`` tasks are submitted at a time (default twice the cluster's worker threads,
+  at least :data:`MIN_IN_FLIGHT`), so that a cohort of 100 000 studies is not one
+  100 000-task graph;
 * the model bundle is loaded once per worker process, by its first study (kept in
   :data:`_WORKER`), with PyTorch's threads set to the machine's CPUs shared among the
   worker processes of that machine;
@@ -58,6 +59,11 @@ LOCAL_CLUSTER_CONFIG = {
     "distributed.scheduler.worker-saturation": 1.0,
 }
 
+#: Studies submitted at a time at least (by default twice the cluster's worker threads): an
+#: adaptive cluster that starts with no worker sees that many studies waiting and scales up.
+#: Waiting studies stay on the scheduler (worker-saturation), not on a worker.
+MIN_IN_FLIGHT = 32
+
 #: The model bundle of this worker process: ``key`` (the bundle argument), ``bundle``,
 #: ``load_s`` (seconds its loading took), ``threads`` (PyTorch's), ``error`` (a load that
 #: failed: every study of this worker gets it as its error).
@@ -78,12 +84,14 @@ def require_dask() -> None:
 def local_cluster(n_workers: int, **kwargs):
     """A Dask ``LocalCluster`` of ``n_workers`` worker processes of one thread each (one study
     at a time each), with :data:`LOCAL_CLUSTER_CONFIG`; no dashboard. Each worker process has
-    a nanny that starts it again when it dies."""
+    a nanny that starts it again when it dies. Dask's own log lines below ERROR (a worker
+    restarted, one slow to stop) are not printed."""
     import dask
     from distributed import LocalCluster
 
     with dask.config.set(LOCAL_CLUSTER_CONFIG):
-        options = dict(n_workers=int(n_workers), threads_per_worker=1, processes=True, dashboard_address=None)
+        options = dict(n_workers=int(n_workers), threads_per_worker=1, processes=True, dashboard_address=None,
+                       silence_logs=logging.ERROR)
         options.update(kwargs)
         return LocalCluster(**options)
 
@@ -162,6 +170,13 @@ def _worker_bundle(bundle_arg, workers_per_host: dict[str, int]):
     _WORKER.update(bundle=bundle, load_s=time.perf_counter() - t0)
     log.info("worker %s loaded the model in %.1f s (%d threads)", os.getpid(), _WORKER["load_s"], threads)
     return bundle, None
+
+
+def worker_model_info() -> dict:
+    """What this worker process holds (run on every worker with ``client.run``): ``pid``,
+    ``load_s`` (seconds its model took to load, the import of PyTorch included; None before
+    its first AI study) and ``threads`` (PyTorch's)."""
+    return {"pid": os.getpid(), "load_s": _WORKER.get("load_s"), "threads": _WORKER.get("threads")}
 
 
 def score_study_task(study, out, device, bundle_arg, labels_dir, scoring, settings, replace_outputs,
@@ -256,13 +271,15 @@ def run_studies(
         def limit() -> int:
             if max_in_flight:
                 return max(1, int(max_in_flight))
-            return max(2, 2 * sum(client.nthreads().values()))
+            return max(MIN_IN_FLIGHT, 2 * sum(client.nthreads().values()))
 
         def submit_more() -> None:
-            per_host = None
-            while waiting and len(running) < limit():
-                if per_host is None:
-                    per_host = _workers_per_host(client)
+            if not waiting:
+                return
+            room, per_host = limit() - len(running), _workers_per_host(client)
+            for _ in range(max(0, room)):
+                if not waiting:
+                    break
                 s = waiting.pop()
                 fut = client.submit(score_study_task, s, out, device, bundle_arg, labels_dir, scoring, settings,
                                     replace_outputs, per_host, key=f"ccdino-study-{s.name}-{uuid.uuid4().hex[:12]}",
