@@ -471,8 +471,11 @@ class CoronaryCalciumDINOWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         the lesion under it; drags keep their usual meaning (window/level, panning)."""
         self._stopClickObservers()
         layoutManager = slicer.app.layoutManager()
-        if not on or layoutManager is None:
+        p = self._parameterNode
+        if not on or layoutManager is None or not (p and p.inputVolume and p.resultSegmentation):
             return
+        with slicer.util.tryWithErrorDisplay(_("Cannot find the calcium candidates."), waitCursor=True):
+            self.logic.lesionAssigner(p.resultSegmentation, p.inputVolume).candidates()  # once per CT: clicks are quick
         for name in layoutManager.sliceViewNames():
             view = layoutManager.sliceWidget(name).sliceView()
             interactor = view.interactor()

@@ -33,6 +33,7 @@ scored, exported or tracked as an edit.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,7 +46,7 @@ from . import table as table_glue
 from .edits import flag_unrecorded_edits
 from .logic import CANDIDATES_REF, SCORE_TABLE_REF, params_from_report, rescore, scoring_params_for
 from .segmentation import place_in_hierarchy, read_segment_boxes, segment_id_by_name
-from .volume import node_ijk_to_ras, numpy_to_matrix, volume_node_to_ct
+from .volume import image_array_view, node_ijk_to_ras, numpy_to_matrix, volume_node_to_ct
 
 #: The target that removes a lesion from every artery.
 REMOVE = "Remove"
@@ -241,13 +242,12 @@ class LesionAssigner:
             return "The point is outside the CT; nothing changed."
         k, j, i = voxel
         params = self.params
-        ct = volume_node_to_ct(self.volume_node, copy=False)
-        hu = np.asarray(ct.hu[k], dtype=np.float32)
+        hu = np.asarray(image_array_view(self.volume_node.GetImageData())[k], dtype=np.float32)  # one slice, read in place
         ids = self._artery_ids()
         allowed = self.candidates().slice(k) | (self._labelled_slice(ids, k) & (hu >= params.threshold_hu))
         point = (j, i)
         if not allowed[j, i]:
-            point = self._snap(allowed, j, i, ct.spacing)
+            point = self._snap(allowed, j, i, self._spacing())
         if point is None:
             value = float(hu[j, i])
             if value < params.threshold_hu:
@@ -257,6 +257,11 @@ class LesionAssigner:
             return f"No calcium candidate at this point (slice {k}: {why}); nothing changed."
         region = component_at(hu, params.threshold_hu, *point)
         return k, region
+
+    def _spacing(self) -> tuple[float, float, float]:
+        """(dz, dy, dx) mm of the CT's voxels."""
+        x, y, z = self.volume_node.GetSpacing()
+        return float(z), float(y), float(x)
 
     def _snap(self, allowed: np.ndarray, j: int, i: int, spacing) -> tuple[int, int] | None:
         if self.snap_mm <= 0:
@@ -292,7 +297,7 @@ class LesionAssigner:
             after[artery] = before[artery] & ~lesion
             if artery == target:
                 after[artery] |= lesion
-        spacing = volume_node_to_ct(self.volume_node, copy=False).spacing
+        spacing = self._spacing()
         voxels = int(lesion.sum())
         area = voxels * float(spacing[1]) * float(spacing[2])
         held = {a: int(np.count_nonzero(before[a] & lesion)) for a in ARTERIES if np.any(before[a] & lesion)}
@@ -332,8 +337,7 @@ class LesionAssigner:
 
     def _write(self, ids: dict[str, str], offset, old: dict[str, np.ndarray], new: dict[str, np.ndarray]) -> None:
         tracker = self.session.tracker if self.session is not None else None
-        suppress = tracker.suppressed() if tracker is not None else _nothing()
-        with suppress:
+        with tracker.suppressed() if tracker is not None else contextlib.nullcontext():
             for artery in ARTERIES:
                 if not np.array_equal(old[artery], new[artery]):
                     replace_in_box(self.segmentation_node, ids[artery], new[artery], offset, self.volume_node)
@@ -351,14 +355,6 @@ class LesionAssigner:
         if not report or "total" not in report:
             return ""
         return f"; total Agatston now {report['total']['agatston']:.1f} ({report.get('risk_category', '?')})"
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def candidates_node(scene, segmentation_node):
