@@ -359,6 +359,32 @@ def test_missing_highdicom_is_one_line_naming_the_extra(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_de_identified_series_gets_empty_patient_attributes_or_one_line(tmp_path, capsys):
+    """A series without patient / study attributes (Type 2 in SEG and SR) gets them empty; one
+    without a frame of reference (Type 1: the SEG must share it) is refused in one line."""
+    from shared_data import edit_dicom, write_small_series
+
+    files = write_small_series(tmp_path / "deid")
+    ct = load_ct(tmp_path / "deid")
+    write_volume((ct.hu >= 130).astype(np.uint8) * ARTERY_TO_LABEL["LCX"], ct, tmp_path / "labels.nrrd")
+    argv = ["score", str(tmp_path / "deid"), "--labels", str(tmp_path / "labels.nrrd"), "--dicom-out",
+            str(tmp_path / "out"), "--quiet"]
+    assert "PatientID" not in pydicom.dcmread(files[0]) and "FrameOfReferenceUID" not in pydicom.dcmread(files[0])
+    assert cli_main(argv) == 2
+    assert "IM-0001.dcm has no FrameOfReferenceUID" in _one_error_line(capsys)
+    assert not (tmp_path / "out" / "deid.seg.dcm").exists()
+    for f in files:
+        edit_dicom(f, FrameOfReferenceUID="1.2.826.0.1.3680043.8.498.77")
+    assert cli_main(argv) == 0
+    seg = pydicom.dcmread(tmp_path / "out" / "deid.seg.dcm")
+    assert seg.PatientID == "" and seg.FrameOfReferenceUID == "1.2.826.0.1.3680043.8.498.77"
+    np.testing.assert_array_equal(read_dicom_seg_labels(tmp_path / "out" / "deid.seg.dcm", ct),
+                                  (ct.hu >= 130).astype(np.uint8) * ARTERY_TO_LABEL["LCX"])
+    if DCIODVFY:
+        for name in ("deid.seg.dcm", "deid.sr.dcm"):
+            assert not dciodvfy(tmp_path / "out" / name)[0]
+
+
 # --------------------------------------------------------------------------- SEGs from elsewhere
 
 

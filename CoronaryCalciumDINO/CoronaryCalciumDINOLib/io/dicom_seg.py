@@ -28,6 +28,7 @@ without it the error names what to install (:func:`..requirements.require_dicom_
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import warnings
@@ -71,6 +72,15 @@ def code(c: tuple[str, str, str]):
 
     scheme, value, meaning = c
     return hd.sr.CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
+
+
+@contextlib.contextmanager
+def one_line(what: str):
+    """highdicom's refusal of a source series (a value it cannot take) as one InputError line."""
+    try:
+        yield
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
+        raise InputError(f"cannot build {what} of this series: {' '.join(str(exc).split())}") from None
 
 
 def _highdicom():
@@ -141,6 +151,32 @@ def read_source_headers(files) -> list:
     return headers
 
 
+#: Attributes of the source series that a SEG / SR must copy (Type 1: never empty).
+SOURCE_REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
+#: Patient and study attributes a SEG / SR copies from the source; left empty (Type 2) where
+#: the source (e.g. a de-identified series) has none.
+SOURCE_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                "ReferringPhysicianName", "AccessionNumber", "StudyID")
+
+
+def complete_headers(headers: list, files) -> list:
+    """The source headers, checked for what a SEG / SR must reference (one-line InputError
+    naming the first file without it) and with empty Type 2 patient / study attributes added
+    where the source has none (the files are not changed)."""
+    for ds, f in zip(headers, files):
+        for keyword in SOURCE_REQUIRED:
+            if not str(ds.get(keyword, "") or ""):
+                raise InputError(f"DICOM file {Path(f).name} has no {keyword}, which a DICOM SEG and SR must reference "
+                                 "(de-identified without it?)")
+        if not str(ds.get("SOPClassUID", "") or ""):
+            meta = getattr(ds, "file_meta", None)
+            ds.SOPClassUID = str(getattr(meta, "MediaStorageSOPClassUID", "") or "1.2.840.10008.5.1.4.1.1.2")
+        for keyword in SOURCE_TYPE2:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+    return headers
+
+
 def labels_on_source(labels: np.ndarray, ct: CTVolume, files) -> tuple[list, np.ndarray]:
     """The source headers sorted along the slice normal, and ``labels`` (on ``ct``'s grid)
     on their grid: (headers, array (slice, row, column) with slice k on headers[k]).
@@ -152,6 +188,7 @@ def labels_on_source(labels: np.ndarray, ct: CTVolume, files) -> tuple[list, np.
     headers = read_source_headers(files)
     if not headers:
         raise InputError("no source DICOM files for the DICOM results")
+    complete_headers(headers, files)
     uid = str(headers[0].get("SeriesInstanceUID", "") or "source series")
     items, origin, direction, spacing = _geometry([(Path(f), ds) for f, ds in zip(files, headers)], uid)[:4]
     rows, cols = int(headers[0].Rows), int(headers[0].Columns)
@@ -208,7 +245,7 @@ def build_segmentation(labels_src: np.ndarray, headers: list, *, algorithm: tupl
             display_color=hd.color.CIELabColor.from_rgb(*(int(round(255 * c)) for c in rgb)),
         ))
     pixels = lut[np.clip(labels_src, 0, len(ARTERIES)).astype(np.intp)]
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), one_line("the DICOM SEG"):
         warnings.simplefilter("ignore")  # e.g. highdicom's doubts about the source's PatientName form
         return hd.seg.Segmentation(
             source_images=headers,

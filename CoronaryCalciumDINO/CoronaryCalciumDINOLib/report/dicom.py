@@ -44,7 +44,15 @@ from ..constants import ARTERIES
 from ..errors import InputError
 from ..filenames import VOLUME_SUFFIXES
 from ..io.atomic import atomic_path
-from ..io.dicom_seg import ARTERY_CODES, SEG_SERIES_NUMBER, TYPE_CODE, build_segmentation, code, labels_on_source
+from ..io.dicom_seg import (
+    ARTERY_CODES,
+    SEG_SERIES_NUMBER,
+    TYPE_CODE,
+    build_segmentation,
+    code,
+    labels_on_source,
+    one_line,
+)
 from ..io.volume import CTVolume
 from ..requirements import require_dicom_out
 
@@ -224,7 +232,7 @@ def build_sr(report: dict, headers: list, seg=None):
     content = hd.sr.MeasurementReport(observation_context=context, procedure_reported=code(PROCEDURE_CODE),
                                       imaging_measurements=groups)
     evidence = [*headers, *([seg] if seg is not None else [])]
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), one_line("the DICOM SR"):
         warnings.simplefilter("ignore")  # e.g. highdicom's doubts about the source's PatientName form
         sr = hd.sr.Comprehensive3DSR(
             evidence=evidence,
