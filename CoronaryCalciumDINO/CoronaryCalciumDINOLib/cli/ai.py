@@ -72,7 +72,8 @@ def score_with_ai(ct: CTVolume, args, params, stem: str, out_dir: Path | None, d
     report = build_report(
         res.score, getattr(args, "input", ct.source), kvp=ct.kvp, warnings=[*ct.warnings, *res.warnings], **res.report_extra()
     )
-    report["review_flags"] = review_flags(ct, report, res.heart_region())  # when the study needs a human look
+    region = res.heart_region() if hasattr(res, "heart_region") else None  # where the pipeline looked
+    report["review_flags"] = review_flags(ct, report, region)  # when the study needs a human look
     if out_dir is not None:
         out_dir = Path(out_dir)
         write_volume(res.labels, ct, out_dir / f"{stem}.labels.nrrd")
