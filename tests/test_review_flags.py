@@ -205,3 +205,21 @@ def test_noise_on_real_scans_matches_a_hand_measurement():
     phantom = load_ct(PHANTOM)
     assert 15.0 < fl.image_noise_hu(phantom) < 28.0
     assert fl.noise_flag(phantom) is None
+
+
+def test_batch_reports_carry_the_flags(tmp_path, quiet_study):
+    st = quiet_study
+    z, y, x = (int(np.median(v)) for v in np.nonzero(st.heart))
+    metal = np.rint(np.array(st.ct.hu, dtype=np.float32))
+    metal[z: z + 2, y: y + 3, x: x + 3] = 3071.0
+    (tmp_path / "in").mkdir()
+    (tmp_path / "labels").mkdir()
+    write_volume(metal.astype(np.int16), st.ct, tmp_path / "in" / "metal.nrrd")
+    write_volume(np.rint(st.ct.hu).astype(np.int16), st.ct, tmp_path / "in" / "clean.nrrd")
+    for name in ("metal", "clean"):
+        write_volume(st.labels.astype(np.uint8), st.ct, tmp_path / "labels" / f"{name}.nrrd")
+    assert main(["batch", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--labels-dir",
+                 str(tmp_path / "labels"), "--quiet"]) == 0
+    flagged = json.loads((tmp_path / "out" / "metal.json").read_text())["review_flags"]
+    clean = json.loads((tmp_path / "out" / "clean.json").read_text())["review_flags"]
+    assert "metal" in ids(flagged) and "metal" not in ids(clean)

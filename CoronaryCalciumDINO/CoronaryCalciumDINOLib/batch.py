@@ -75,6 +75,7 @@ from .outputs import check_output_dir
 from .pipeline import load_bundle, run_pipeline
 from .pipeline.contrast import check_contrast
 from .report import build_report, write_json
+from .report.flags import review_flags
 from .report.picture import write_report_png
 from .scoring import ScoringOptions, score
 
@@ -384,6 +385,7 @@ def _score_and_write(study, out_dir, bundle, device, labels_dir, scoring, t0, wr
         log.warning("study %s: %s", study.name, contrast)
     params = ScoringOptions.of(scoring).resolve(ct.kvp)
     extra: dict = {"study": study.name}
+    region = None  # the pipeline's heart region (review flags), when it ran
     if labels_dir is not None:
         label_path = find_study_labels(labels_dir, study)
         labels = read_labels(label_path, ct)
@@ -395,8 +397,10 @@ def _score_and_write(study, out_dir, bundle, device, labels_dir, scoring, t0, wr
         labels, result = res.labels, res.score
         run_warnings = res.warnings
         extra.update(res.report_extra())
+        region = res.heart_region() if hasattr(res, "heart_region") else None
     paths = study.outputs(out_dir)
     report = build_report(result, str(study.input), kvp=ct.kvp, warnings=[*ct.warnings, *run_warnings], **extra)
+    report["review_flags"] = review_flags(ct, report, region)  # when the study needs a human look
     write_seg_nrrd(labels, ct, paths["seg"])
     written.append(paths["seg"])
     write_report_png(ct, labels, report, paths["png"], result=result)
