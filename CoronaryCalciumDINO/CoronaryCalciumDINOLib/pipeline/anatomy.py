@@ -31,7 +31,8 @@ spine
     The bone regions reaching behind the lungs' posterior hull midpoint: the vertebrae and
     what joins them.
 heart levels
-    Slices where the mediastinum holds soft tissue (-30..150 HU) at least
+    Slices where the mediastinum holds soft tissue (-30..150 HU; holes up to
+    :data:`SOFT_HOLE_MM2` filled: the noise of thin low-dose slices, calcium) at least
     :data:`HEART_DEPTH_MM` deep (the distance to its edge: a blob >= 60 mm across, which
     only the heart, or the liver below it, is; the aortic arch and great vessels are 30-40
     mm). Coronary calcium lies from the aortic root, just above the heart's top level, down
@@ -42,18 +43,21 @@ upper abdomen
     :data:`ABDOMEN_SHARE` mediastinum (:func:`abdomen_top`): only the lung bases remain,
     round the liver, stomach and spleen.
 ascending aorta
-    The thickest vertical tube of soft tissue in the mediastinum (in front of the spine,
-    apart from the descending aorta and bone) over the :data:`AORTA_SEARCH_MM` above the top
-    heart level: per cell, the sum over those slices of the distance to the soft tissue's
-    edge (up to :data:`AORTA_RADIUS_MM`'s upper end; a cell deeper than that is in the
-    heart, not in a great vessel). Its centre is then followed down slice by slice (the
-    deepest point within :data:`AORTA_TRACK_MM` of the slice above) to the top heart level,
-    or until it enters the heart (deeper than a great vessel), where the aortic root sits in the heart's base and the coronary arteries leave it
-    (:mod:`.naming`). The pulmonary trunk (radius 11-15 mm) runs obliquely up and back and
-    the superior vena cava (8-12 mm) is thinner: over 50 mm the aorta's tube holds most.
-    Not found (None) on a scan that does not reach :data:`AORTA_MIN_MM` above the heart
-    (the aorta cannot be told from the heart there) or whose tube is thinner than
-    :data:`AORTA_RADIUS_MM`'s lower end.
+    The thickest long vertical tube of soft tissue in the mediastinum (in front of the spine,
+    apart from the descending aorta and bone; noise specks up to :data:`NOISE_HOLE_MM2`
+    filled) over the :data:`AORTA_SEARCH_MM` above the top heart level. On each slice, the
+    tube centres are the local maxima of the distance to the soft tissue's edge between the
+    ends of :data:`AORTA_RADIUS_MM` (deeper is the heart; a big blob such as the heart's top
+    has no centre of a vessel's radius). Centres are chained from the top of the range down
+    (each within :data:`AORTA_TRACK_MM` of the one above, one slice may be skipped); the
+    aorta is the chain, its centres on average within :data:`AORTA_MIDLINE_MM` of the
+    midline, with the largest sum of radii over the upper half of the range (the superior
+    vena cava, 8-12 mm, is thinner; the pulmonary trunk turns back and the atria end lower).
+    It is then followed down to the aortic root: the nearest centre of a like radius within
+    :data:`AORTA_STEP_MM` on each slice, until there is none (it enters the heart, where the
+    root sits in the heart's base and the coronary arteries leave it: :mod:`.naming`). Not
+    found (None) on a scan that does not reach :data:`AORTA_MIN_MM` above the heart, or
+    without such a tube over :data:`AORTA_TUBE_MM`.
 heart region
     The mediastinum on the slices above the upper abdomen, up to :data:`ABOVE_HEART_MM`
     above the top heart level (on a scan longer than :data:`CARDIAC_SCAN_MM`: a chest CT; a
@@ -101,6 +105,11 @@ LUNG_RIM_MM = 4.0
 #: Holes in a slice's lungs up to this area (cm^2) are its vessels and airways.
 MAX_LUNG_HOLE_CM2 = 6.0
 SOFT_TISSUE_HU = (-30.0, 150.0)
+#: Holes in a slice's soft tissue up to this area (mm^2) are noise (thin, low-dose slices)
+#: or calcium, not fat between organs: filled before the heart's depth is measured.
+SOFT_HOLE_MM2 = 50.0
+#: ... and up to this area (mm^2) are noise specks, filled before vessels are looked for.
+NOISE_HOLE_MM2 = 10.0
 HEART_DEPTH_MM = 30.0
 ABOVE_HEART_MM = 45.0
 #: A scan longer than this (mm) reaches above the heart (a chest CT): the region is cut
@@ -112,16 +121,24 @@ CARDIAC_RANGE_MM = 160.0
 #: Share of the lungs' hull that is mediastinum above which a slice is the upper abdomen.
 ABDOMEN_SHARE = 0.8
 #: The ascending aorta is looked for from the top heart level to this far (mm) above it.
-AORTA_SEARCH_MM = 50.0
+AORTA_SEARCH_MM = 80.0
 #: ... on at least this length (mm) of scan above the top heart level.
 AORTA_MIN_MM = 15.0
+#: The aorta's tube is followed over at least this length (mm).
+AORTA_TUBE_MM = 10.0
 #: Radius range (mm) of the ascending aorta (about 14-18 mm; dilated up to 22 mm).
 AORTA_RADIUS_MM = (9.0, 24.0)
-#: The aorta's centre moves at most this far (mm) from one slice to the next when followed.
-AORTA_TRACK_MM = 6.0
-#: The ascending aorta lies within this distance (mm) of the midline;
-#: the superior vena cava lies 30-50 mm right of it.
-AORTA_MIDLINE_MM = 25.0
+#: The centre of a tube moves at most this far (mm) from one slice to the next (its local
+#: maximum of depth jumps where it touches another vessel; two touching vessels' centres are
+#: 20-35 mm apart).
+AORTA_TRACK_MM = 14.0
+#: Going down to the aortic root, the centre moves at most this far (mm) per slice, and the
+#: radius by at most this share of the tube's above the heart.
+AORTA_STEP_MM = 6.0
+AORTA_RADIUS_CHANGE = 0.35
+#: The ascending aorta's centre lies on average within this distance (mm) of the midline
+#: (the lungs' hull's middle); the superior vena cava lies 30-70 mm right of it.
+AORTA_MIDLINE_MM = 45.0
 
 
 @dataclass
@@ -273,13 +290,22 @@ def find_bone(small: np.ndarray, cell_cm3: float) -> np.ndarray:
     return (size >= MIN_BONE_CM3)[lab]
 
 
-def heart_levels(small: np.ndarray, mediastinum: np.ndarray, pixel_mm: float) -> np.ndarray:
-    """(z,) bool: slices whose mediastinum holds soft tissue at least :data:`HEART_DEPTH_MM` deep."""
-    depth = np.zeros(small.shape[0])
-    for k in range(small.shape[0]):
-        soft = mediastinum[k] & (small[k] >= SOFT_TISSUE_HU[0]) & (small[k] <= SOFT_TISSUE_HU[1])
-        if soft.any():
-            depth[k] = float(ndimage.distance_transform_edt(soft).max()) * pixel_mm
+def soft_tissue(small: np.ndarray, where: np.ndarray, pixel_mm: tuple[float, float],
+                hole_mm2: float = SOFT_HOLE_MM2) -> np.ndarray:
+    """bool (z, Y, X): ``where`` at soft-tissue HU (:data:`SOFT_TISSUE_HU`), each slice's
+    holes up to ``hole_mm2`` filled."""
+    soft = where & (small >= SOFT_TISSUE_HU[0]) & (small <= SOFT_TISSUE_HU[1])
+    max_cells = hole_mm2 / (pixel_mm[0] * pixel_mm[1])
+    return np.stack([_fill_small_holes(m, max_cells) & where[k] for k, m in enumerate(soft)])
+
+
+def heart_levels(soft: np.ndarray, pixel_mm: float) -> np.ndarray:
+    """(z,) bool: slices whose mediastinum's ``soft`` tissue (:func:`soft_tissue`) is at least
+    :data:`HEART_DEPTH_MM` deep."""
+    depth = np.zeros(soft.shape[0])
+    for k in range(soft.shape[0]):
+        if soft[k].any():
+            depth[k] = float(ndimage.distance_transform_edt(soft[k]).max()) * pixel_mm
     return depth >= HEART_DEPTH_MM
 
 
@@ -390,6 +416,19 @@ def _midline(hull: np.ndarray) -> float | None:
     return float(np.median(mids)) if mids else None
 
 
+def _tube_centres(depth: np.ndarray, lo: float, hi: float, reach: tuple[int, int]) -> list[tuple[int, int, float]]:
+    """The centres of round soft tissue of a great vessel's radius on one slice: the local
+    maxima of ``depth`` (distance to the soft tissue's edge, mm) over ``reach`` (cells, y and
+    x) between ``lo`` and ``hi`` mm, one (row, column, radius mm) per plateau."""
+    peak = (depth >= lo) & (depth <= hi)
+    peak &= depth >= ndimage.maximum_filter(depth, size=(2 * reach[0] + 1, 2 * reach[1] + 1))
+    labels, n = ndimage.label(peak)
+    if n == 0:
+        return []
+    spots = ndimage.maximum_position(depth, labels, range(1, n + 1))
+    return [(int(y), int(x), float(depth[y, x])) for y, x in spots]
+
+
 def ascending_aorta(soft: np.ndarray, top: int, dz: float, pixel_mm: tuple[float, float],
                     midline: float | None = None) -> tuple[np.ndarray, float] | None:
     """The ascending aorta (see the module docstring) from ``soft`` (bool (z, Y, X): soft
@@ -402,34 +441,55 @@ def ascending_aorta(soft: np.ndarray, top: int, dz: float, pixel_mm: tuple[float
     if (k1 - 1 - top) * dz < AORTA_MIN_MM - 1e-6:
         return None
     lo, hi = AORTA_RADIUS_MM
-    depth = np.stack([ndimage.distance_transform_edt(soft[k], sampling=(py, px)) for k in range(top, k1)])
-    vessel = np.where(depth <= hi, depth, 0.0)  # deeper than a great vessel: the heart
-    acc = vessel.sum(axis=0)
+    reach = (max(1, int(lo / py)), max(1, int(lo / px)))
+    # 1. The tube above the heart: chains of tube centres from the top of the search range
+    # down to its middle, each centre within AORTA_TRACK_MM of the one above (a slice may be
+    # skipped); the aorta's is the one with the largest sum of radii (the thickest long tube:
+    # the vena cava is thinner, the pulmonary trunk turns back within the range).
+    upper = (top + k1) // 2
+    centres = {k: _tube_centres(ndimage.distance_transform_edt(soft[k], sampling=(py, px)), lo, hi, reach)
+               for k in range(top, k1)}
+    Chain = tuple  # (sum of radii, [(k, y, x, r) top down])
+    chains: list[Chain] = []
+    ends: dict[int, list[Chain]] = {}  # slice -> chains whose lowest centre is on it
+    for k in range(k1 - 1, upper - 1, -1):
+        ends[k] = []
+        for y, x, r in centres[k]:
+            best: Chain = (0.0, [])
+            for gap in (1, 2):
+                for chain in ends.get(k + gap, []):
+                    _, cy, cx, _ = chain[1][-1]
+                    if np.hypot((y - cy) * py, (x - cx) * px) <= AORTA_TRACK_MM and chain[0] > best[0]:
+                        best = chain
+            item = (best[0] + r, best[1] + [(k, y, x, r)])
+            ends[k].append(item)
+            chains.append(item)
     if midline is not None:  # not the superior vena cava
-        cols = np.arange(acc.shape[1])
-        acc[:, np.abs(cols - midline) * px > AORTA_MIDLINE_MM] = 0.0
-    cy, cx = np.unravel_index(int(np.argmax(acc)), acc.shape)
-    if acc[cy, cx] < lo * (k1 - top) * 0.75:  # no tube of an aorta's thickness over most slices
+        chains = [c for c in chains if abs(np.mean([p[2] for p in c[1]]) - midline) * px <= AORTA_MIDLINE_MM]
+    if not chains:
         return None
-    ry, rx = max(1, int(round(AORTA_TRACK_MM / py))), max(1, int(round(AORTA_TRACK_MM / px)))
+    chain = list(max(chains, key=lambda c: c[0])[1])
+    # 2. Down to the aortic root: the nearest tube centre of a like radius within
+    # AORTA_STEP_MM of the last one, until there is none (the aorta enters the heart).
+    radius = float(np.median([p[3] for p in chain]))
+    k = chain[-1][0] - 1
+    while k >= top and chain[-1][0] - k <= 2:
+        _, cy, cx, _ = chain[-1]
+        near = [(np.hypot((y - cy) * py, (x - cx) * px), y, x, r) for y, x, r in centres[k]
+                if abs(r - radius) <= AORTA_RADIUS_CHANGE * radius]
+        near = [c for c in near if c[0] <= AORTA_STEP_MM]
+        if near:
+            _, y, x, r = min(near)
+            chain.append((k, y, x, r))
+        k -= 1
+    if (chain[0][0] - chain[-1][0]) * dz < AORTA_TUBE_MM - 1e-6:  # no tube over an aorta's length
+        return None
+    ks = np.array([p[0] for p in chain][::-1])
+    yx = np.array([(p[1], p[2]) for p in chain][::-1], float)
     centre = np.zeros((nz, 2))
-    radii = []
-    inside = False
-    for k in range(k1 - 1, top - 1, -1):  # followed down from the top of the search range
-        inside = inside or depth[k - top, cy, cx] > hi  # into the heart: the root's centre stays
-        if not inside:
-            y0, x0 = max(0, cy - ry), max(0, cx - rx)
-            win = vessel[k - top, y0: cy + ry + 1, x0: cx + rx + 1]
-            iy, ix = np.unravel_index(int(np.argmax(win)), win.shape)
-            if win[iy, ix] >= lo:
-                cy, cx = y0 + iy, x0 + ix
-                radii.append(float(win[iy, ix]))
-        centre[k] = (cy, cx)
-    if len(radii) < 2:
-        return None
-    centre[:top] = centre[top]
-    centre[k1:] = centre[k1 - 1]
-    return centre, float(np.median(radii))
+    for j in range(2):  # the slices between and beyond the chain's centres hold the nearest one's
+        centre[:, j] = np.interp(np.arange(nz), ks, yx[:, j])
+    return centre, float(np.median([p[3] for p in chain]))
 
 
 def abdomen_top(mediastinum: np.ndarray, hull: np.ndarray, heart: np.ndarray) -> int | None:
@@ -481,7 +541,7 @@ def find_anatomy(hu: np.ndarray, spacing: Sequence[float]) -> Anatomy:
     filled = np.stack([_fill_small_holes(m, MAX_LUNG_HOLE_CM2 * 100.0 / (py * px)) for m in lungs])
     rim = max(1, int(round(LUNG_RIM_MM / min(py, px))))
     mediastinum = hull & ~ndimage.binary_erosion(filled, structure=np.ones((1, 3, 3), bool), iterations=rim)
-    heart = heart_levels(small, mediastinum, min(py, px))
+    heart = heart_levels(soft_tissue(small, mediastinum, (py, px)), min(py, px))
     bone = find_bone(small, cell_cm3)
     region = mediastinum.copy()
     levels = (int(np.flatnonzero(heart)[0]), int(np.flatnonzero(heart)[-1])) if heart.any() else None
@@ -505,7 +565,8 @@ def find_anatomy(hu: np.ndarray, spacing: Sequence[float]) -> Anatomy:
     region &= ~grown
     axis, radius = None, None
     if levels is not None:
-        soft = mediastinum & ~bone & ~aorta & (small >= SOFT_TISSUE_HU[0]) & (small <= SOFT_TISSUE_HU[1])
+        # only noise specks filled: a larger hole can be the fat between two vessels
+        soft = soft_tissue(small, mediastinum & ~bone & ~aorta, (py, px), NOISE_HOLE_MM2)
         for k in np.flatnonzero(back >= 0):
             soft[k, back[k]:] = False
         found = ascending_aorta(soft, levels[1], dz, (py, px), _midline(hull[levels[1]:]))
