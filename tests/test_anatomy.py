@@ -66,6 +66,30 @@ def test_hand_drawn_thorax_keeps_the_heart_and_drops_bone_aorta_and_chest_wall()
     assert an.in_region(np.array([10]), np.array([95]), np.array([130]))[0]
 
 
+def test_the_calcified_rim_of_a_costal_cartilage_beside_the_sternum_is_not_heart_region():
+    """A heart-centred view where the sternum lies deeper (rows 33-47) and a costal
+    cartilage beside it reaches 2 mm behind its back edge, 18 mm right of the midline, with a
+    calcified rim; the heart's front is 8 mm further back. The rim is dropped, the heart's
+    calcium kept."""
+    s = np.full((200, 260), -1000.0, np.float32)
+    s[_ellipse(s.shape, 100, 130, 92, 125)] = -100.0
+    s[_ellipse(s.shape, 100, 60, 62, 45)] = -850.0
+    s[_ellipse(s.shape, 100, 200, 62, 45)] = -850.0
+    s[_ellipse(s.shape, 100, 130, 45, 42)] = 40.0  # heart: front at row 55
+    _bone(s, 40, 130, 7, 16)  # sternum: back at row 47
+    s[_ellipse(s.shape, 43, 106, 5, 9)] = 120.0  # costal cartilage, back at row 48
+    _bone(s, 172, 130, 18, 20)
+    hu = np.repeat(s[None], 30, axis=0)
+    for y, x in ((48, 108), (100, 92)):  # the cartilage's rim, calcium in the heart (3 slices)
+        hu[9:12, y - 1: y + 2, x - 1: x + 2] = 400.0
+    an = find_anatomy(hu, SPACING)
+    assert an.found
+    c = cd.find_candidates(hu, SPACING, centre_yx=(100.0, 130.0))
+    keep = cd.in_heart_region(c, an)
+    assert keep[_candidate_at(c, 100, 92)]
+    assert not keep[_candidate_at(c, 48, 108)]
+
+
 def test_no_lungs_means_no_anatomy_and_every_candidate_is_kept():
     hu = np.full((6, 120, 120), -1000.0, np.float32)
     hu[:, _ellipse((120, 120), 60, 60, 50, 50)] = 40.0  # a water phantom: no lungs

@@ -64,8 +64,9 @@ heart region
     cardiac scan is the heart), minus the bone regions outside it (grown by
     :data:`BONE_MARGIN_MM`), minus everything behind the front of the spine (the
     oesophagus, the azygos, the ribs' heads), minus the descending aorta, minus anything in
-    front of the back of the sternum, and minus what lies in front of a lung in its own
-    column (the chest wall and costal cartilage beside the sternum).
+    front of :data:`STERNUM_GAP_MM` behind the back of the sternum, and minus what lies in
+    front of a lung in its own column (the chest wall and costal cartilage beside the
+    sternum).
 
 A scan without lungs (a calcium-scoring phantom, a scan cut to the heart alone) has no
 anatomy to go by: :attr:`Anatomy.found` is False and the region is the whole image.
@@ -97,6 +98,10 @@ BONE_HU = 180.0
 MIN_BONE_CM3 = 2.0
 BONE_MARGIN_MM = 3.0
 STERNUM_Z_MM = 20.0
+#: The region starts this far (mm) behind the back of the sternum: the costal cartilages
+#: beside it reach a little further back, with calcified rims; the heart's front lies behind
+#: the pericardium and its fat, and no coronary artery runs within it.
+STERNUM_GAP_MM = 5.0
 AORTA_MARGIN_MM = 4.0
 SLIVER_MM = 4.0
 #: The lungs' edge given to the mediastinum (mm): calcium on the heart's surface next to the
@@ -551,9 +556,10 @@ def find_anatomy(hu: np.ndarray, spacing: Sequence[float]) -> Anatomy:
         region[: below + 1] = False
     front, back, spine_x = _chest_wall_limits(bone, hull, dz)
     rows = np.arange(small.shape[1])[:, None]
+    sternum_gap = int(round(STERNUM_GAP_MM / py))
     for k in range(nz):
         if front[k] >= 0:
-            region[k] &= rows > front[k]
+            region[k] &= rows > front[k] + sternum_gap
         if back[k] >= 0:
             region[k] &= rows < back[k]
         region[k] &= ~_in_front_of_lungs(filled[k], hull[k])
