@@ -6,10 +6,12 @@ Two groups of functions live here:
   the same input at training and at scoring time (importing this module does not import
   torch):
 
-  - :func:`hu_to_windows` turns HU into window channels in [0, 1];
+  - :func:`hu_to_windows` turns HU into window channels in [0, 1] (defined in
+    :mod:`..pipeline.preprocess`, re-exported here);
   - :func:`heart_centre` finds the heart, from a heart mask when one exists and otherwise
     from a cheap HU-based localiser; calcium labels are never used, because they do not
-    exist at inference time; :func:`heart_box` gives the square field (in mm) around it;
+    exist at inference time; :func:`heart_box` gives the square field (in mm) around it
+    (both defined in the anatomy step, :mod:`..pipeline.anatomy`, re-exported here);
   - :func:`slice_location` places a slice within the heart's z-extent, in [-1, 1];
   - :func:`crop_and_resize` crops a slice to a box and resizes it, keeping every labelled
     lesion (at least one pixel each).
@@ -33,6 +35,8 @@ from scipy import ndimage
 
 from ..errors import InputError
 from ..io.volume import read_label_file
+from ..pipeline.anatomy import DEFAULT_BOX_MM, HEART_MASK_MARGIN_MM, heart_box, heart_centre  # noqa: F401
+from ..pipeline.preprocess import DEFAULT_WINDOWS, hu_to_windows  # noqa: F401
 from .studies import (
     CT_FILE,
     HEART_FILE,
@@ -41,220 +45,6 @@ from .studies import (
     load_study,
     read_study_meta,
 )
-
-#: Default HU windows (low, high), one channel each: mediastinum, wide, calcium.
-DEFAULT_WINDOWS: tuple[tuple[float, float], ...] = ((-160.0, 240.0), (-200.0, 800.0), (130.0, 1130.0))
-
-#: Default side of the heart field (mm). A heart is about 12-14 cm across; the margin
-#: absorbs the error of the HU-based localiser.
-DEFAULT_BOX_MM = 160.0
-#: Margin (mm) added around a heart mask's extent when it is larger than the default field.
-HEART_MASK_MARGIN_MM = 10.0
-
-#: HU band of blood / myocardium used by the localiser (after smoothing to about 2 mm).
-_SOFT_TISSUE_HU = (-20.0, 200.0)
-#: HU above which a voxel belongs to the body (air and lung are below).
-_BODY_HU = -400.0
-#: Pixel size (mm) at which the localiser works.
-_LOCALISER_MM = 2.0
-
-
-# --------------------------------------------------------------------------- windows
-
-
-def hu_to_windows(hu, windows: Sequence[tuple[float, float]] = DEFAULT_WINDOWS):
-    """Map HU to window channels, each ``(hu - low) / (high - low)`` clipped to [0, 1].
-
-    The channel axis is inserted just before the last two (row, column) axes:
-    ``(H, W) -> (C, H, W)`` and ``(N, H, W) -> (N, C, H, W)``; in general
-    ``(..., H, W) -> (..., C, H, W)``. NumPy input gives a float32 NumPy array; a torch
-    tensor gives a float32 tensor on the same device (torch is not imported here).
-    """
-    if len(windows) == 0:
-        raise InputError("at least one HU window is needed")
-    for low, high in windows:
-        if not high > low:
-            raise InputError(f"HU window must have high > low, got ({low}, {high})")
-    if getattr(hu, "ndim", 0) < 2:
-        raise InputError("hu_to_windows needs an array of at least 2 dimensions (H, W)")
-    if type(hu).__module__.split(".")[0] == "torch":
-        import torch  # already loaded: the input is a torch tensor
-
-        x = hu.float().unsqueeze(-3)
-        return torch.cat([((x - lo) / (hi - lo)).clamp_(0.0, 1.0) for lo, hi in windows], dim=-3)
-    x = np.asarray(hu, dtype=np.float32)
-    out = np.empty(x.shape[:-2] + (len(windows),) + x.shape[-2:], dtype=np.float32)
-    for c, (lo, hi) in enumerate(windows):
-        np.clip((x - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0, out=out[..., c, :, :])
-    return out
-
-
-# --------------------------------------------------------------------------- heart field
-
-
-def _inplane_spacing(spacing: Sequence[float]) -> tuple[float, float]:
-    sp = [float(s) for s in spacing]
-    if len(sp) not in (2, 3) or not all(s > 0 for s in sp):
-        raise InputError(f"spacing must be (dy, dx) or (dz, dy, dx) with positive values, got {spacing}")
-    return sp[-2], sp[-1]
-
-
-def _localise_slice(hu2d: np.ndarray, dy: float, dx: float) -> tuple[float, float] | None:
-    """Heart centre (row, column) in pixels of one slice from HU alone, or None.
-
-    The slice is averaged to about 2 mm pixels; blood/myocardium-like voxels (-20..200 HU)
-    inside the body form a mask whose holes are filled; the heart is taken as the thickest
-    part of that mask (maximum of the distance to its border), weighted by a broad prior
-    centred anteriorly-left of the body centroid, where the heart lies in a supine patient.
-    """
-    fy = max(1, int(round(_LOCALISER_MM / dy)))
-    fx = max(1, int(round(_LOCALISER_MM / dx)))
-    h, w = hu2d.shape
-    hh, ww = h // fy, w // fx
-    if hh < 8 or ww < 8:
-        return None
-    small = hu2d[: hh * fy, : ww * fx].astype(np.float32).reshape(hh, fy, ww, fx).mean(axis=(1, 3))
-    body = small > _BODY_HU
-    lab, n = ndimage.label(body)
-    if n == 0:
-        return None
-    sizes = ndimage.sum_labels(body, lab, index=np.arange(1, n + 1))
-    body = ndimage.binary_fill_holes(lab == (int(np.argmax(sizes)) + 1))
-    if body.sum() * fy * fx * dy * dx < 2500.0:  # less than 50 x 50 mm of body
-        return None
-    soft = (small >= _SOFT_TISSUE_HU[0]) & (small <= _SOFT_TISSUE_HU[1]) & body
-    soft = ndimage.binary_fill_holes(ndimage.binary_opening(soft, iterations=1))
-    if not soft.any():
-        return None
-    # Thickness in mm (pixels are close to square after the block averaging).
-    depth = ndimage.distance_transform_edt(soft, sampling=(fy * dy, fx * dx))
-    ys, xs = np.nonzero(body)
-    cy, cx = ys.mean(), xs.mean()
-    height = (ys.max() - ys.min() + 1) * fy * dy
-    width = (xs.max() - xs.min() + 1) * fx * dx
-    # Anterior is towards row 0, patient left towards the last column (LPS, axial).
-    py = cy - 0.15 * height / (fy * dy)
-    px = cx + 0.08 * width / (fx * dx)
-    sigma = 0.35 * max(height, width)
-    gy, gx = np.mgrid[0:hh, 0:ww]
-    d2 = ((gy - py) * fy * dy) ** 2 + ((gx - px) * fx * dx) ** 2
-    score = depth * np.exp(-d2 / (2.0 * sigma**2))
-    if depth.max() < 15.0:  # no blob at least 30 mm thick: not a heart-level slice
-        return None
-    iy, ix = np.unravel_index(int(np.argmax(score)), score.shape)
-    # Centre of the thick blob around the best point: centroid of the voxels whose depth
-    # is at least half the best depth, within the connected component holding it.
-    core = depth >= 0.5 * depth[iy, ix]
-    clab, _ = ndimage.label(core)
-    comp = clab == clab[iy, ix]
-    ys, xs = np.nonzero(comp)
-    return ((ys.mean() + 0.5) * fy - 0.5, (xs.mean() + 0.5) * fx - 0.5)
-
-
-def _body_centre(hu2d: np.ndarray) -> tuple[float, float] | None:
-    ys, xs = np.nonzero(hu2d > _BODY_HU)
-    if ys.size == 0:
-        return None
-    return float(ys.mean()), float(xs.mean())
-
-
-def _square_box(cy: float, cx: float, side_y: int, side_x: int, h: int, w: int) -> tuple[int, int, int, int]:
-    side_y = min(max(1, side_y), h)
-    side_x = min(max(1, side_x), w)
-    y0 = int(round(cy - side_y / 2.0))
-    x0 = int(round(cx - side_x / 2.0))
-    y0 = min(max(y0, 0), h - side_y)
-    x0 = min(max(x0, 0), w - side_x)
-    return y0, y0 + side_y, x0, x0 + side_x
-
-
-def _mask_projection(hu: np.ndarray, heart_mask) -> np.ndarray | None:
-    """In-plane projection of a heart mask (over all slices), None if absent or empty."""
-    if heart_mask is None:
-        return None
-    mask = np.asarray(heart_mask)
-    if mask.shape != hu.shape:
-        raise InputError(f"heart mask shape {mask.shape} does not match the CT shape {hu.shape}")
-    proj = mask.reshape((-1,) + hu.shape[-2:]).any(axis=0)
-    return proj if proj.any() else None
-
-
-def _check_input(hu) -> np.ndarray:
-    hu = np.asarray(hu)
-    if hu.ndim not in (2, 3):
-        raise InputError(f"heart localisation needs a slice (H, W) or a volume (Z, H, W), got shape {hu.shape}")
-    return hu
-
-
-def heart_centre(hu: np.ndarray, spacing: Sequence[float], heart_mask: np.ndarray | None = None) -> tuple[float, float]:
-    """Centre (row, column), in pixel indices, of the heart on a slice (H, W) or volume (Z, H, W).
-
-    With a non-empty ``heart_mask`` (same shape as ``hu``): the centre of the mask's bounding
-    box over all slices. Otherwise the HU-only localiser (the thickest blood/myocardium-like
-    blob between the lungs, see :func:`_localise_slice`) on the slice, or on up to nine
-    slices of the central 60 % of a volume (median of the centres found); if nothing
-    heart-like is found, the centroid of the body (HU > -400); the image centre if there is
-    no body at all. Calcium labels are never used.
-    """
-    hu = _check_input(hu)
-    dy, dx = _inplane_spacing(spacing)
-    h, w = hu.shape[-2:]
-    proj = _mask_projection(hu, heart_mask)
-    if proj is not None:
-        rows = np.flatnonzero(proj.any(axis=1))
-        cols = np.flatnonzero(proj.any(axis=0))
-        return (rows[0] + rows[-1]) / 2.0, (cols[0] + cols[-1]) / 2.0
-    slices = [hu] if hu.ndim == 2 else [hu[k] for k in _central_slices(hu.shape[0])]
-    centres = [c for c in (_localise_slice(s, dy, dx) for s in slices) if c is not None]
-    if not centres:
-        centres = [c for c in (_body_centre(s) for s in slices) if c is not None]
-    if not centres:
-        return (h - 1) / 2.0, (w - 1) / 2.0
-    cy, cx = np.median(np.asarray(centres, dtype=float), axis=0)
-    return float(cy), float(cx)
-
-
-def heart_box(
-    hu: np.ndarray,
-    spacing: Sequence[float],
-    heart_mask: np.ndarray | None = None,
-    size_mm: float = DEFAULT_BOX_MM,
-) -> tuple[int, int, int, int]:
-    """A square field (``size_mm`` on each side) centred on the heart: ``(y0, y1, x0, x1)``.
-
-    ``hu`` is one slice (H, W) or a volume (Z, H, W) in HU; ``spacing`` is (dy, dx) or
-    (dz, dy, dx) in mm. The centre is :func:`heart_centre` (from ``heart_mask`` when given
-    and non-empty, otherwise from HU alone; never from calcium labels). The box is
-    half-open (``hu[..., y0:y1, x0:x1]``) and square in mm (``size_mm / dy`` rows by
-    ``size_mm / dx`` columns). It is always inside the image: near a border it is shifted
-    inwards (so its centre is then not the heart centre), and along an axis where the image
-    is smaller than the field it spans the whole image. With a heart mask larger than
-    ``size_mm``, the field grows to the mask's extent plus 10 mm on each side.
-    """
-    hu = _check_input(hu)
-    if not size_mm > 0:
-        raise InputError(f"heart field size must be > 0 mm, got {size_mm}")
-    dy, dx = _inplane_spacing(spacing)
-    h, w = hu.shape[-2:]
-    side_y = max(1, int(round(size_mm / dy)))
-    side_x = max(1, int(round(size_mm / dx)))
-    cy, cx = heart_centre(hu, spacing, heart_mask)
-    proj = _mask_projection(hu, heart_mask)
-    if proj is not None:
-        rows = np.flatnonzero(proj.any(axis=1))
-        cols = np.flatnonzero(proj.any(axis=0))
-        need_y = int(np.ceil((rows[-1] - rows[0] + 1) + 2 * HEART_MASK_MARGIN_MM / dy))
-        need_x = int(np.ceil((cols[-1] - cols[0] + 1) + 2 * HEART_MASK_MARGIN_MM / dx))
-        grow = max(need_y / side_y, need_x / side_x, 1.0)
-        side_y, side_x = int(np.ceil(side_y * grow)), int(np.ceil(side_x * grow))
-    return _square_box(cy, cx, side_y, side_x, h, w)
-
-
-def _central_slices(nz: int, count: int = 9) -> list[int]:
-    lo = int(np.floor(0.2 * (nz - 1)))
-    hi = int(np.ceil(0.8 * (nz - 1)))
-    return sorted(set(int(round(v)) for v in np.linspace(lo, hi, min(count, hi - lo + 1))))
-
 
 # --------------------------------------------------------------------------- location
 

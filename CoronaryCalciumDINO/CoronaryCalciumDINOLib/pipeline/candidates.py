@@ -8,7 +8,7 @@ Definitions
 -----------
 heart field
     A square of ``field_mm`` (default 160 mm) around the heart centre found from HU alone
-    (:func:`..data.slices.heart_centre`; calcium labels are never used), at the CT's own
+    (:func:`.anatomy.heart_centre`; calcium labels are never used), at the CT's own
     pixel size. Outside the image is air (-1024 HU).
 candidate
     A 2D connected region (in-plane 8-connectivity, never across slices) of voxels with
@@ -20,7 +20,7 @@ crop
     ``crop_px`` x ``crop_px`` pixels of ``pixel_mm`` (default 32 px of 0.5 mm = 16 mm,
     close to the CT's native 0.4-0.8 mm pixels: a 1 mm^2 lesion keeps about 4 pixels and
     its peak) centred on the pixel corner nearest the candidate's centroid, bilinear, turned into the HU windows
-    (:func:`..data.slices.hu_to_windows`, fixed windows, never min-max) as channels.
+    (:func:`.preprocess.hu_to_windows`, fixed windows, never min-max) as channels.
 context
     Where the candidate sits and what surrounds it (:data:`CONTEXT_NAMES`): position in the
     heart field and along the scan, area, peak and mean HU, mean HU of the 6 mm and 20 mm
@@ -46,10 +46,10 @@ import numpy as np
 from scipy import ndimage
 
 from ..constants import ARTERY_TO_LABEL
-from ..data.slices import DEFAULT_WINDOWS, heart_centre, hu_to_windows
 from ..errors import InputError
 from ..scoring.agatston import _INPLANE_8, AREA_TOLERANCE_MM2
-from .preprocess import AIR_HU, Field, extract_field, field_for
+from .anatomy import heart_centre
+from .preprocess import AIR_HU, DEFAULT_WINDOWS, Field, extract_field, field_for, hu_to_windows
 
 #: Half-widths (mm) of the surroundings squares and the coarse-view cell sizes (mm).
 _NEAR_MM, _FAR_MM = 3.0, 10.0

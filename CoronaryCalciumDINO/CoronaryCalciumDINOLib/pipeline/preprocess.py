@@ -12,10 +12,43 @@ What the networks see (candidates, crops, windows, context) is built from these 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
+from ..errors import InputError
+
 AIR_HU = -1024.0
+
+#: Default HU windows (low, high), one channel each: mediastinum, wide, calcium.
+DEFAULT_WINDOWS: tuple[tuple[float, float], ...] = ((-160.0, 240.0), (-200.0, 800.0), (130.0, 1130.0))
+
+
+def hu_to_windows(hu, windows: Sequence[tuple[float, float]] = DEFAULT_WINDOWS):
+    """Map HU to window channels, each ``(hu - low) / (high - low)`` clipped to [0, 1].
+
+    The channel axis is inserted just before the last two (row, column) axes:
+    ``(H, W) -> (C, H, W)`` and ``(N, H, W) -> (N, C, H, W)``; in general
+    ``(..., H, W) -> (..., C, H, W)``. NumPy input gives a float32 NumPy array; a torch
+    tensor gives a float32 tensor on the same device (torch is not imported here).
+    """
+    if len(windows) == 0:
+        raise InputError("at least one HU window is needed")
+    for low, high in windows:
+        if not high > low:
+            raise InputError(f"HU window must have high > low, got ({low}, {high})")
+    if getattr(hu, "ndim", 0) < 2:
+        raise InputError("hu_to_windows needs an array of at least 2 dimensions (H, W)")
+    if type(hu).__module__.split(".")[0] == "torch":
+        import torch  # already loaded: the input is a torch tensor
+
+        x = hu.float().unsqueeze(-3)
+        return torch.cat([((x - lo) / (hi - lo)).clamp_(0.0, 1.0) for lo, hi in windows], dim=-3)
+    x = np.asarray(hu, dtype=np.float32)
+    out = np.empty(x.shape[:-2] + (len(windows),) + x.shape[-2:], dtype=np.float32)
+    for c, (lo, hi) in enumerate(windows):
+        np.clip((x - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0, out=out[..., c, :, :])
+    return out
 
 
 @dataclass(frozen=True)

@@ -161,7 +161,7 @@ def coverage_flag(report: dict, n_slices: int) -> dict | None:
 def heart_field(ct) -> np.ndarray:
     """bool (y, x): the heart field of the candidate search (a :data:`HEART_FIELD_MM` square
     around the heart centre found from HU alone)."""
-    from ..data.slices import heart_centre
+    from ..pipeline.anatomy import heart_centre
     from ..pipeline.preprocess import field_for
 
     hu = np.asarray(ct.hu)

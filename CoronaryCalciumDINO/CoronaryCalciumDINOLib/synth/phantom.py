@@ -27,7 +27,7 @@ Scanner: the patient generator's geometry, point spread, textured noise and stre
 
 Labels: calcification voxels >= 130 HU. A phantom has no coronary arteries, so the artery
 is a convention by side (:func:`..pipeline.candidates.phantom_artery`), seen from the heart
-centre the pipeline finds on the rendered scan (:func:`..data.slices.heart_centre`, the
+centre the pipeline finds on the rendered scan (:func:`..pipeline.anatomy.heart_centre`, the
 insert's centre give or take a few mm): the patient's right is RCA, left anterior LAD, left
 posterior LCX (never LM). The total is what a phantom measures; the per-artery split of a
 phantom means nothing.
@@ -40,7 +40,7 @@ from scipy import ndimage
 from scipy.special import ndtr
 
 from ..data.studies import Study
-from ..data.slices import heart_centre
+from ..pipeline.anatomy import heart_centre
 from ..io.volume import CTVolume
 from ..pipeline.candidates import phantom_artery
 from . import scanner
