@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -167,12 +168,22 @@ def _alive(pid: int) -> bool:
 # --------------------------------------------------------------------------- tests
 
 
-def test_local_cluster_scores_every_study_once_and_a_second_run_redoes_nothing(tmp_path, capsys):
+def test_local_cluster_scores_every_study_once_and_a_second_run_redoes_nothing(tmp_path, capsys, caplog):
     inp, labels = _studies(tmp_path)
     (inp / "broken").mkdir()  # a study without images: its error row, the batch goes on
     out = tmp_path / "out"
     seen: list[str] = []
-    rows = run_batch(inp, out, workers=2, labels_dir=labels, progress=lambda f, m: seen.append(m))
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)  # as the CLI runs without --verbose (caplog's handler takes every level)
+    try:
+        rows = run_batch(inp, out, workers=2, labels_dir=labels, progress=lambda f, m: seen.append(m))
+    finally:
+        root.setLevel(level)
+    # the local cluster's own chatter (scheduler, nannies: INFO lines) is not printed
+    chatter = [f"{r.levelname} {r.name}: {r.getMessage()}" for r in caplog.records
+               if r.name.split(".")[0] == "distributed" and r.levelno < logging.ERROR]
+    assert chatter == []
     assert seen[0] == f"scoring {len(NAMES) + 1} studies on a local Dask cluster of 2 worker processes"
     done = sorted(m.split(":")[0] for m in seen[1:])
     assert done == sorted([*NAMES, "broken"])  # each study ended once

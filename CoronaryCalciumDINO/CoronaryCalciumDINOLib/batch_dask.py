@@ -32,6 +32,7 @@ shared file system).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -94,6 +95,23 @@ def local_cluster(n_workers: int, **kwargs):
                        silence_logs=logging.ERROR)
         options.update(kwargs)
         return LocalCluster(**options)
+
+
+@contextlib.contextmanager
+def quiet_dask_logs():
+    """While a batch runs: Dask's log records below ERROR (a local cluster's scheduler and
+    nannies starting, connections closed, workers restarted) are not made, unless this
+    process logs INFO (``ccdino --verbose``). ``LocalCluster(silence_logs=...)`` alone does
+    not do it: it lowers only Dask's own handlers, and only while the cluster starts; the
+    records still reach the root logger's handlers (the CLI's)."""
+    logger = logging.getLogger("distributed")
+    old = logger.level
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
 
 
 def _connect(scheduler, workers: int):
@@ -255,11 +273,23 @@ def run_studies(
     """Score ``todo`` (StudyInput list) on Dask; ``finished(row)`` is called in this (the
     client's) process for each study as it ends, in the order they end. ``bundle_arg``: False
     for label maps, else the bundle path (None: the default). See the module docstring."""
-    from distributed import KilledWorker, as_completed
-
     out = Path(out).absolute()
     labels_dir = None if labels_dir is None else str(Path(labels_dir).absolute())
     studies = [_absolute(s) for s in todo]
+    with quiet_dask_logs():
+        _run_on_cluster(studies, out, workers=workers, scheduler=scheduler, device=device, bundle_arg=bundle_arg,
+                        labels_dir=labels_dir, scoring=scoring, settings=settings, replace_outputs=replace_outputs,
+                        finished=finished, note=note, cancel=cancel, max_in_flight=max_in_flight)
+    removed = _remove_temporaries_of(studies, out)
+    if removed:
+        log.info("removed %d temporary files left by workers that died", removed)
+
+
+def _run_on_cluster(studies, out: Path, *, workers, scheduler, device, bundle_arg, labels_dir, scoring, settings,
+                    replace_outputs, finished, note, cancel, max_in_flight) -> None:
+    """:func:`run_studies` on the cluster: submit the studies, hand back their rows, close."""
+    from distributed import KilledWorker, as_completed
+
     client, cluster, where = _connect(scheduler, workers)
     waiting = studies[::-1]  # popped from the end: in study order
     running: dict = {}  # future key -> (study, future)
@@ -319,9 +349,6 @@ def run_studies(
             client.close()
         if cluster is not None:
             cluster.close()
-    removed = _remove_temporaries_of(studies, out)
-    if removed:
-        log.info("removed %d temporary files left by workers that died", removed)
 
 
 def _is_client(obj) -> bool:
