@@ -15,7 +15,7 @@ The mask is kept packed (one bit per voxel, slice by slice): a 512 x 512 x 400 C
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -78,21 +78,11 @@ class CandidateMask:
         return (z0, int(y0), int(x0)), out
 
 
-def candidate_config(params: ScoringParams, config: cd.CandidateConfig | None = None) -> cd.CandidateConfig:
-    """The candidate settings at the scoring threshold and minimum area (as the pipeline uses
-    them when those are below the bundle's, :func:`.inference.candidate_config`)."""
-    cfg = config or cd.CandidateConfig()
-    if params.threshold_hu < cfg.threshold_hu or params.min_area_mm2 < cfg.min_area_mm2:
-        cfg = replace(cfg, threshold_hu=min(cfg.threshold_hu, params.threshold_hu),
-                      min_area_mm2=min(cfg.min_area_mm2, params.min_area_mm2))
-    return cfg
-
-
 def candidate_mask(ct: CTVolume, params: ScoringParams | None = None, config: cd.CandidateConfig | None = None) -> CandidateMask:
     """The pipeline's candidates of ``ct`` as a :class:`CandidateMask` (see the module
     docstring). ``params``: the scoring parameters of the result (threshold, minimum area);
     ``config``: the bundle's candidate settings (default: those of the shipped bundle)."""
-    from .inference import _embed, keep_heart_region, locate, orient
+    from .inference import _embed, candidate_config, keep_heart_region, locate, orient
 
     params = params or ScoringParams()
     hu = np.asarray(ct.hu)
@@ -104,7 +94,7 @@ def candidate_mask(ct: CTVolume, params: ScoringParams | None = None, config: cd
         warnings.simplefilter("ignore", UserWarning)
         view, _notes = orient(ct, hu)
     anatomy, (z0, z1) = locate(view.hu, ct.spacing)
-    cfg = candidate_config(params, config)
+    cfg = candidate_config(config or cd.CandidateConfig(), params)  # the pipeline's rule
     cands = cd.find_candidates(view.hu[z0:z1], ct.spacing, cfg)
     region_used = False
     if not cd.looks_like_phantom(cands):
@@ -138,5 +128,7 @@ def component_at(hu_slice: np.ndarray, threshold_hu: float, y: int, x: int) -> n
     hu_slice = np.asarray(hu_slice)
     if not hu_slice[y, x] >= threshold_hu:
         return None
-    ids, _n = ndimage.label(hu_slice >= threshold_hu, structure=np.ones((3, 3), dtype=bool))
+    from ..scoring.agatston import _INPLANE_8
+
+    ids, _n = ndimage.label(hu_slice >= threshold_hu, structure=_INPLANE_8[1])  # the score's lesions
     return ids == ids[y, x]

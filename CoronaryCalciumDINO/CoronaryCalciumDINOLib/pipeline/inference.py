@@ -306,8 +306,9 @@ def locate(hu: np.ndarray, spacing) -> tuple[Anatomy, tuple[int, int]]:
 
 def candidate_config(bundle, params: ScoringParams) -> cd.CandidateConfig:
     """The bundle's candidate settings, at the scoring threshold and minimum area when these
-    are below the bundle's (kVp-adapted thresholds), so nothing the score could count is left out."""
-    cfg = bundle.candidate_config
+    are below the bundle's (kVp-adapted thresholds), so nothing the score could count is left out.
+    ``bundle``: a bundle or manifest, or its :class:`.candidates.CandidateConfig` itself."""
+    cfg = bundle if isinstance(bundle, cd.CandidateConfig) else bundle.candidate_config
     if params.threshold_hu < cfg.threshold_hu or params.min_area_mm2 < cfg.min_area_mm2:
         cfg = replace(cfg, threshold_hu=min(cfg.threshold_hu, params.threshold_hu),
                       min_area_mm2=min(cfg.min_area_mm2, params.min_area_mm2))
