@@ -1,7 +1,7 @@
 """Cold start and total of the scoring command on a 512 x 512 x 60 study, AI and ``--labels``.
 
     python benchmarks/bench_cold_start.py [--study DIR] [--seed S] [--slices N] [--repeat N]
-        [--format nrrd|dicom|both] [--device cpu|auto] [--keep DIR]
+        [--format nrrd|dicom|both] [--device cpu|auto] [--keep DIR] [--baseline REV]
 
 What it measures (the targets of the Slicer module's Compute, which runs this command in
 its own process, so that every Compute pays the command's start-up):
@@ -25,7 +25,10 @@ is written as ``benchmarks/bench_pipeline.py`` writes one). Best and median of `
 runs are printed; targets are printed as PASS/FAIL lines, never asserted.
 
 Timings share the CPU with whatever else runs on the machine: the load average is printed
-before and after; compare runs only at a similar load.
+before and after; compare runs only at a similar load. ``--baseline REV`` compares two
+versions in one run: the command of git revision REV (its ``CoronaryCalciumDINO`` folder,
+exported with ``git archive`` into the work folder) runs alternately with this tree's, and
+both are printed side by side with the ratio of their medians.
 """
 
 from __future__ import annotations
@@ -51,9 +54,9 @@ TARGET_TOTAL_S = 5.0
 DEFAULT_SEED = 3
 
 
-def _env() -> dict:
+def _env(lib_parent: Path = LIB_PARENT) -> dict:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(LIB_PARENT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join([str(lib_parent), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -81,7 +84,17 @@ def as_dicom(study: Path, folder: Path) -> Path:
     return folder
 
 
-def run_ai(ct_path: Path, out: Path, device: str) -> dict:
+def export_revision(rev: str, folder: Path) -> Path:
+    """The ``CoronaryCalciumDINO`` folder of git revision ``rev``, exported into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "CoronaryCalciumDINO"], capture_output=True)
+    if archive.returncode != 0:
+        raise SystemExit(f"--baseline {rev}: {archive.stderr.decode(errors='replace').strip()}")
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    return folder / "CoronaryCalciumDINO"
+
+
+def run_ai(ct_path: Path, out: Path, device: str, lib_parent: Path = LIB_PARENT) -> dict:
     """One run of the AI command in a new process: seconds from the launch to each line."""
     from CoronaryCalciumDINOLib.cli.progress import parse_progress_line
 
@@ -89,7 +102,8 @@ def run_ai(ct_path: Path, out: Path, device: str) -> dict:
     cmd = [sys.executable, "-m", "CoronaryCalciumDINOLib.cli", "score", str(ct_path), "--out", str(out), "--quiet",
            "--progress-lines", "--device", device]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(), cwd=str(LIB_PARENT))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(lib_parent),
+                            cwd=str(lib_parent))
     times: dict = {}
     lines = []
     for line in proc.stdout:
@@ -115,12 +129,12 @@ def run_ai(ct_path: Path, out: Path, device: str) -> dict:
     return times
 
 
-def run_labels(ct_path: Path, labels: Path, out: Path) -> float:
+def run_labels(ct_path: Path, labels: Path, out: Path, lib_parent: Path = LIB_PARENT) -> float:
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "CoronaryCalciumDINOLib.cli", "score", str(ct_path), "--labels", str(labels), "--quiet",
            "--json", str(out / "labels.json"), "--overwrite"]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=str(LIB_PARENT))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(lib_parent), cwd=str(lib_parent))
     total = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"the --labels command failed:\n{proc.stderr[-2000:]}")
@@ -137,6 +151,30 @@ def _stats(values) -> str:
     return f"best {min(values):6.2f} s  median {statistics.median(values):6.2f} s"
 
 
+def report(title: str, runs: list, labels: list, args) -> None:
+    """The figures of one version on one input (best and median of its runs), with the targets."""
+    print(f"\n{title}, {args.repeat} runs each, device {args.device} ({runs[0].get('candidates', '?')}):")
+    print("  ccdino score CT --out DIR (the AI), seconds from the process launch:")
+    for key in ("finding the heart", "first candidate", "torch imported (CUDA line)", "pipeline done", "total"):
+        values = [r[key] for r in runs if key in r]
+        if values:
+            print(f"    {key:<24} {_stats(values)}")
+    print("  ccdino score CT --labels LABELS (no AI):")
+    print(f"    {'total':<24} {_stats(labels)}")
+    stages = min(r["first candidate"] - r["finding the heart"] for r in runs)
+    print(f"  the anatomy and candidate stages take {stages:.2f} s of the cold start; before them come the "
+          "interpreter's start, the core imports and the CT's reading (--labels pays those too: "
+          f"{min(labels):.2f} s in all); torch is imported and the networks built after the candidates "
+          "are found")
+    first = [r["first candidate"] for r in runs]
+    total = [r["total"] for r in runs]
+    for label, values, target in (("cold start to the first candidate", first, TARGET_FIRST_CANDIDATE_S),
+                                  ("whole study", total, TARGET_TOTAL_S)):
+        print(f"  target {label} <= {target:g} s: best {'PASS' if min(values) <= target else 'FAIL'} "
+              f"({min(values):.2f} s), median {'PASS' if statistics.median(values) <= target else 'FAIL'} "
+              f"({statistics.median(values):.2f} s)")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--study", type=Path, help="a study folder with ct.nrrd and labels.nrrd (default: a synthetic one)")
@@ -146,6 +184,8 @@ def main(argv=None) -> int:
     ap.add_argument("--format", choices=("nrrd", "dicom", "both"), default="both")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--keep", type=Path, help="keep the study and outputs in this folder")
+    ap.add_argument("--baseline", metavar="REV", help="also run git revision REV's command, alternating with this "
+                    "tree's, and print both side by side")
     args = ap.parse_args(argv)
 
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} CPUs"
@@ -165,27 +205,30 @@ def main(argv=None) -> int:
                                  ("torch + timm + monai", "import torch, timm, monai.networks.nets")):
             print(f"  {label:<24} {import_time(statement):6.2f} s")
 
+        versions = [("this tree", LIB_PARENT)]
+        if args.baseline:
+            versions.insert(0, (f"baseline {args.baseline}", export_revision(args.baseline, work / "baseline")))
         for name, ct_path in inputs:
-            runs = [run_ai(ct_path, work / "out", args.device) for _ in range(args.repeat)]
-            labels = [run_labels(ct_path, study / "labels.nrrd", work / "labels-out") for _ in range(args.repeat)]
-            print(f"\n{name} input, {args.repeat} runs each, device {args.device} ({runs[0].get('candidates', '?')}):")
-            print("  ccdino score CT --out DIR (the AI), seconds from the process launch:")
-            for key in ("finding the heart", "first candidate", "torch imported (CUDA line)", "pipeline done", "total"):
-                values = [r[key] for r in runs if key in r]
-                if values:
-                    print(f"    {key:<24} {_stats(values)}")
-            print("  ccdino score CT --labels LABELS (no AI):")
-            print(f"    {'total':<24} {_stats(labels)}")
-            stages = min(r["first candidate"] - r["finding the heart"] for r in runs)
-            print(f"  the anatomy and candidate stages take {stages:.2f} s of the cold start; before them come the "
-                  "interpreter's start, the core imports and the CT's reading (--labels pays those too: "
-                  f"{min(labels):.2f} s in all); torch is imported and the networks built after the candidates "
-                  "are found")
-            first = min(r["first candidate"] for r in runs)
-            total = min(r["total"] for r in runs)
-            print(f"  target cold start to the first candidate <= {TARGET_FIRST_CANDIDATE_S:g} s: "
-                  f"{'PASS' if first <= TARGET_FIRST_CANDIDATE_S else 'FAIL'} ({first:.2f} s)")
-            print(f"  target whole study <= {TARGET_TOTAL_S:g} s: {'PASS' if total <= TARGET_TOTAL_S else 'FAIL'} ({total:.2f} s)")
+            runs: dict = {v: [] for v, _ in versions}
+            labels: dict = {v: [] for v, _ in versions}
+            for _ in range(args.repeat):  # the versions alternate, so both see the same load
+                for v, lib in versions:
+                    runs[v].append(run_ai(ct_path, work / "out", args.device, lib))
+                    labels[v].append(run_labels(ct_path, study / "labels.nrrd", work / "labels-out", lib))
+            for v, _ in versions:
+                report(f"{name} input, {v}", runs[v], labels[v], args)
+            if args.baseline:
+                base, this = (v for v, _ in versions)
+                print(f"\n{name} input, side by side (median of {args.repeat} alternating runs; ratio this / baseline):")
+                print(f"    {'':<24} {'baseline':>9} {'this tree':>10} {'ratio':>6}")
+                for key in ("finding the heart", "first candidate", "torch imported (CUDA line)", "pipeline done", "total"):
+                    a = [r[key] for r in runs[base] if key in r]
+                    b = [r[key] for r in runs[this] if key in r]
+                    if a and b:
+                        ma, mb = statistics.median(a), statistics.median(b)
+                        print(f"    {key:<24} {ma:8.2f}s {mb:9.2f}s {mb / ma:6.2f}")
+                ma, mb = statistics.median(labels[base]), statistics.median(labels[this])
+                print(f"    {'--labels total':<24} {ma:8.2f}s {mb:9.2f}s {mb / ma:6.2f}")
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

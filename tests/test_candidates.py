@@ -230,3 +230,84 @@ def test_masks_stay_inside_the_heart_field():
     m = c.masks()[0] > 0
     assert m.sum() == c.voxels[0]
     assert (x[0][m] < 360).all()
+
+
+def _reference_context(hu, spacing, cfg, c):
+    """The surroundings and noise features as the candidate search first computed them: three
+    integral images over the whole field (the in-image mask one on every slice), via two
+    ``np.cumsum`` temporaries each, and the noise of every slice."""
+    from scipy import ndimage
+
+    from CoronaryCalciumDINOLib.pipeline import candidates as cd
+
+    def integral(a):
+        ii = np.zeros((a.shape[0], a.shape[1] + 1, a.shape[2] + 1), dtype=np.float64)
+        np.cumsum(np.cumsum(a, axis=1, dtype=np.float64), axis=2, out=ii[:, 1:, 1:])
+        return ii
+
+    def box_means(ii_hu, ii_n, z, cy, cx, half_y, half_x):
+        y0, y1, x0, x1 = cd._box(cy, cx, half_y, half_x)
+        full = (y1 - y0) * (x1 - x0)
+        s = cd._rect_sums(ii_hu, z, y0, y1, x0, x1)
+        inside = cd._rect_sums(ii_n, z, y0, y1, x0, x1)
+        return (s + (full - inside) * cd.AIR_HU) / full
+
+    _, dy, dx = spacing
+    f = cd.extract_field(np.asarray(hu), c.field)
+    inside = np.zeros(f.shape[1:], dtype=np.float32)
+    _, _, fy, fx = c.field.clipped(hu.shape[1:])
+    inside[fy, fx] = 1.0
+    dense = f >= cfg.threshold_hu
+    ii_hu = integral(np.where(inside[None] > 0, f, 0.0))
+    ii_in = integral(np.broadcast_to(inside, f.shape))
+    ii_dense = integral(dense)
+    out = {
+        "near_mean_hu_k": box_means(ii_hu, ii_in, c.z, c.cy, c.cx, cd._NEAR_MM / dy, cd._NEAR_MM / dx) / 1000.0,
+        "far_mean_hu_k": box_means(ii_hu, ii_in, c.z, c.cy, c.cx, cd._FAR_MM / dy, cd._FAR_MM / dx) / 1000.0,
+    }
+    y0, y1, x0, x1 = cd._box(c.cy, c.cx, cd._FAR_MM / dy, cd._FAR_MM / dx)
+    out["far_dense_share"] = cd._rect_sums(ii_dense, c.z, y0, y1, x0, x1) / ((y1 - y0) * (x1 - x0))
+    wy = max(3, int(round(cd.NOISE_WINDOW_MM / dy)) | 1)
+    wx = max(3, int(round(cd.NOISE_WINDOW_MM / dx)) | 1)
+    ok_in = ndimage.minimum_filter(inside > 0, size=(wy, wx), mode="constant", cval=False)
+    noise = np.full(f.shape[0], cd._DEFAULT_NOISE_HU)
+    for k in range(f.shape[0]):
+        a = f[k].astype(np.float64)
+        m = ndimage.uniform_filter(a, (wy, wx), mode="nearest")
+        var = ndimage.uniform_filter(a * a, (wy, wx), mode="nearest") - m * m
+        ok = (m > cd._SOFT_TISSUE_HU[0]) & (m < cd._SOFT_TISSUE_HU[1]) & ok_in
+        if np.count_nonzero(ok) >= 200:
+            noise[k] = float(np.sqrt(max(np.median(var[ok]), 0.0)))
+    out["noise_sd_hu_100"] = np.maximum(noise, 5.0)[c.z] / 100.0
+    g = np.arange(cd._COARSE_N) - (cd._COARSE_N - 1) / 2.0
+    for cell in cd._COARSE_CELLS_MM:
+        gy, gx = np.meshgrid(g * cell / dy, g * cell / dx, indexing="ij")
+        py, px = c.cy[:, None] + gy.ravel()[None], c.cx[:, None] + gx.ravel()[None]
+        zc = np.broadcast_to(c.z[:, None], py.shape)
+        values = box_means(ii_hu, ii_in, zc, py, px, 0.5 * cell / dy, 0.5 * cell / dx) / 1000.0
+        for i in range(cd._COARSE_N * cd._COARSE_N):
+            out[f"coarse{int(cell)}_{i}"] = values[:, i]
+    return out
+
+
+@pytest.mark.parametrize("where", ["inside", "at the edge"])
+def test_context_equals_the_whole_field_computation(where):
+    """The surroundings, coarse views and noise of each candidate are bit for bit those of the
+    first implementation (whole-field integral images, every slice's noise): on a noisy,
+    non-integer CT with candidates on some slices only, also where the field leaves the image."""
+    from CoronaryCalciumDINOLib.synth import generate_study
+
+    ct = generate_study(5, matrix=160, n_slices=12).ct
+    hu = (ct.hu + np.random.default_rng(1).normal(0, 7.3, ct.hu.shape)).astype(np.float32)
+    hu[:4] = np.minimum(hu[:4], 100.0)  # no candidates on the first slices
+    cfg = CandidateConfig()
+    c = find_candidates(hu, ct.spacing, cfg)
+    if where == "at the edge":  # the heart field reaches out of the image (air there)
+        c = find_candidates(hu, ct.spacing, cfg, centre_yx=(c.centre_yx[0] - 30.0, c.centre_yx[1] + 60.0))
+        assert c.field.y0 < 0 or c.field.x0 + c.ids.shape[2] > hu.shape[2]
+    assert len(c) > 10 and 0 < len(np.unique(c.z)) < hu.shape[0]
+    ref = _reference_context(hu, ct.spacing, cfg, c)
+    for name, values in ref.items():
+        expected = np.clip(np.nan_to_num(np.asarray(values).astype(np.float32), nan=0.0, posinf=10.0, neginf=-10.0),
+                           -10.0, 10.0)
+        np.testing.assert_array_equal(c.context[:, C[name]], expected, err_msg=name)

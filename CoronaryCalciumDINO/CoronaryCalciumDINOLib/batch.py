@@ -401,7 +401,7 @@ def _score_and_write(study, out_dir, bundle, device, labels_dir, scoring, t0, wr
     paths = study.outputs(out_dir)
     report = build_report(result, str(study.input), kvp=ct.kvp, warnings=[*ct.warnings, *run_warnings], **extra)
     report["review_flags"] = review_flags(ct, report, region)  # when the study needs a human look
-    write_seg_nrrd(labels, ct, paths["seg"])
+    write_seg_nrrd(labels, ct, paths["seg"], ai_result="labels" not in extra)  # the AI's: the module tracks edits
     written.append(paths["seg"])
     write_report_png(ct, labels, report, paths["png"], result=result)
     written.append(paths["png"])

@@ -8,7 +8,9 @@ the user named it):
 ``<out>/<stem>.labels.nrrd``
     per-artery label map (uint8 0 bg, 1 LM, 2 LAD, 3 LCX, 4 RCA) on the CT grid.
 ``<out>/<stem>.seg.nrrd``
-    the same labels as a Slicer segmentation file (segments LM, LAD, LCX, RCA).
+    the same labels as a Slicer segmentation file (segments LM, LAD, LCX, RCA), each segment
+    tagged with the fingerprint of the AI's voxels (the Slicer module recognises the file
+    loaded on its own and tracks edits of it).
 ``--attention FILE``
     mean attention over heads as a scalar volume on the CT grid (NRRD or NIfTI by the
     suffix), plus one file per head next to it: ``<name>.head1<suffix>``, ... Values are
@@ -45,6 +47,18 @@ def print_cuda_line(device) -> None:
     print(f"{CUDA_WORD} {int(bool(torch.cuda.is_available()))}", flush=True)
 
 
+def on_device(device, cuda_line: bool = False) -> None:
+    """Called by the pipeline with its device before any network runs: on the CPU, the
+    networks use only the CPUs that are not busy (:func:`..pipeline.device.use_free_cpus`);
+    with ``cuda_line``, :func:`print_cuda_line`."""
+    from ..pipeline.device import use_free_cpus
+
+    if getattr(device, "type", "cpu") == "cpu":
+        use_free_cpus()
+    if cuda_line:
+        print_cuda_line(device)
+
+
 def score_with_ai(ct: CTVolume, args, params, stem: str, out_dir: Path | None, dicom=None) -> dict:
     """Run the pipeline for the ``score`` subcommand and return its report dict.
 
@@ -52,12 +66,8 @@ def score_with_ai(ct: CTVolume, args, params, stem: str, out_dir: Path | None, d
     it before any work), runs the stages up to the candidates without torch, and builds the
     networks after them; so the first progress comes before the AI's imports."""
     quiet = getattr(args, "quiet", False)
-    on_device = None
-    if getattr(args, "progress_lines", False):  # for a program reading stdout (the Slicer module)
-        on_device = print_cuda_line
-        progress = progress_line_printer()
-    else:
-        progress = progress_printer(in_place=True, quiet=quiet)
+    lines = bool(getattr(args, "progress_lines", False))  # for a program reading stdout (the Slicer module)
+    progress = progress_line_printer() if lines else progress_printer(in_place=True, quiet=quiet)
     res = pipeline.run_pipeline(
         ct,
         getattr(args, "bundle", None),
@@ -65,7 +75,7 @@ def score_with_ai(ct: CTVolume, args, params, stem: str, out_dir: Path | None, d
         params=params,
         attention=bool(getattr(args, "attention", None)),
         progress=progress,
-        on_device=on_device,
+        on_device=lambda dev: on_device(dev, cuda_line=lines),
         naming=getattr(args, "naming", None) or "aorta",
     )
     # the report first (it checks every value): a run that fails here has written nothing
@@ -77,7 +87,7 @@ def score_with_ai(ct: CTVolume, args, params, stem: str, out_dir: Path | None, d
     if out_dir is not None:
         out_dir = Path(out_dir)
         write_volume(res.labels, ct, out_dir / f"{stem}.labels.nrrd")
-        write_seg_nrrd(res.labels, ct, out_dir / f"{stem}.seg.nrrd")
+        write_seg_nrrd(res.labels, ct, out_dir / f"{stem}.seg.nrrd", ai_result=True)
     if getattr(args, "attention", None):
         write_attention(res.attention, ct, args.attention)
     if dicom is not None:  # (SEG, SR) paths: ``--dicom-out`` / ``--dicom-seg`` + ``--dicom-sr``

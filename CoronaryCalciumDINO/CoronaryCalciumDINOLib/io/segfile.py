@@ -18,6 +18,7 @@ the same context name and codes.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -42,6 +43,13 @@ ARTERY_REGION_CODES: dict[str, tuple[str, str, str]] = {
     "LCX": ("SCT", "57396003", "Left circumflex coronary artery"),
     "RCA": ("SCT", "13647002", "Right coronary artery"),
 }
+
+#: Segment tag holding the fingerprint of the voxels the AI wrote (:func:`box_fingerprint`):
+#: how the Slicer module recognises its result in a segmentation file loaded on its own, and
+#: tells the user's edits from the AI's content (:mod:`..scene.edits`).
+AI_FINGERPRINT_TAG = "CoronaryCalciumDINO.AIHash"
+#: Segment tag: ``1`` when the user edited the segment, ``0`` when it holds the AI's content.
+USER_EDITED_TAG = "CoronaryCalciumDINO.UserEdited"
 
 _EMPTY_CODE = "^^"
 _LPS = "left-posterior-superior"
@@ -79,6 +87,30 @@ def _space_directions(ct: CTVolume) -> np.ndarray:
     return np.stack([d[:, 0] * dx, d[:, 1] * dy, d[:, 2] * dz])
 
 
+def box_fingerprint(grid, offset, mask: np.ndarray) -> str:
+    """Fingerprint of a segment's voxels: ``mask`` (bool, its bounding box, shape (0, 0, 0)
+    when empty) whose first voxel is voxel ``offset`` (z, y, x) of a CT grid of shape
+    ``grid``; equal for equal content. Prefixed ``2:`` (scenes of earlier versions hold a
+    fingerprint of the whole grid's mask)."""
+    digest = hashlib.sha1(repr(("box", tuple(int(g) for g in grid), tuple(int(o) for o in offset),
+                                tuple(int(n) for n in mask.shape))).encode())
+    digest.update(np.packbits(np.asarray(mask, dtype=bool), axis=None).tobytes())
+    return "2:" + digest.hexdigest()
+
+
+def mask_fingerprint(mask: np.ndarray) -> str:
+    """:func:`box_fingerprint` of a boolean mask on the whole CT grid (its bounding box)."""
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return box_fingerprint(mask.shape, (0, 0, 0), np.zeros((0, 0, 0), dtype=bool))
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        idx = np.flatnonzero(mask.any(axis=other))
+        box.append(slice(int(idx[0]), int(idx[-1]) + 1))
+    return box_fingerprint(mask.shape, tuple(b.start for b in box), np.ascontiguousarray(mask[tuple(box)]))
+
+
 def _extent(mask: np.ndarray) -> str:
     """``imin imax jmin jmax kmin kmax`` of a (z, y, x) mask; ``0 -1 0 -1 0 -1`` when empty."""
     if not mask.any():
@@ -91,9 +123,13 @@ def _extent(mask: np.ndarray) -> str:
     return " ".join(str(v) for v in out)
 
 
-def write_seg_nrrd(labels: np.ndarray, ct: CTVolume, path: str | os.PathLike, segment_names=ARTERIES) -> Path:
+def write_seg_nrrd(labels: np.ndarray, ct: CTVolume, path: str | os.PathLike, segment_names=ARTERIES,
+                   ai_result: bool = False) -> Path:
     """Write ``labels`` (z, y, x; 0 background, n = ``segment_names[n-1]``) as a Slicer ``.seg.nrrd``.
 
+    ``ai_result``: the labels are the AI's; each segment then carries the fingerprint of its
+    voxels (:data:`AI_FINGERPRINT_TAG`) and ``UserEdited`` 0, so that the Slicer module
+    recognises the file loaded on its own as its result and tracks the user's edits of it.
     The file is written under a temporary name in the target folder and renamed.
     """
     import nrrd
@@ -129,7 +165,8 @@ def write_seg_nrrd(labels: np.ndarray, ct: CTVolume, path: str | os.PathLike, se
                 f"Segment{n}_Extent": _extent(data == value),
                 f"Segment{n}_Layer": "0",
                 f"Segment{n}_LabelValue": str(value),
-                f"Segment{n}_Tags": f"TerminologyEntry:{terminology_entry(name)}|",
+                f"Segment{n}_Tags": f"TerminologyEntry:{terminology_entry(name)}|"
+                + (f"{AI_FINGERPRINT_TAG}:{mask_fingerprint(data == value)}|{USER_EDITED_TAG}:0|" if ai_result else ""),
             }
         )
     header.update(

@@ -306,8 +306,15 @@ def _rect_sums(ii: np.ndarray, z, y0, y1, x0, x1) -> np.ndarray:
 
 
 def _integral(a: np.ndarray) -> np.ndarray:
-    ii = np.zeros((a.shape[0], a.shape[1] + 1, a.shape[2] + 1), dtype=np.float64)
-    np.cumsum(np.cumsum(a, axis=1, dtype=np.float64), axis=2, out=ii[:, 1:, 1:])
+    """Integral image (z, ny+1, nx+1) float64 of ``a`` (z, ny, nx), in place in one buffer
+    (cumulative sums along y, then x: the same additions in the same order as two
+    ``np.cumsum`` calls, without their temporaries)."""
+    ii = np.empty((a.shape[0], a.shape[1] + 1, a.shape[2] + 1), dtype=np.float64)
+    ii[:, 0, :] = 0.0
+    ii[:, 1:, 0] = 0.0
+    body = ii[:, 1:, 1:]
+    np.cumsum(a, axis=1, dtype=np.float64, out=body)
+    np.cumsum(body, axis=2, out=body)
     return ii
 
 
@@ -319,11 +326,12 @@ def _box(cy, cx, half_y: float, half_x: float):
 
 
 def _box_means(ii_hu, ii_n, z, cy, cx, half_y, half_x):
-    """Mean HU over the :func:`_box` around (cy, cx); pixels off the image count as air."""
+    """Mean HU over the :func:`_box` around (cy, cx); pixels off the image count as air.
+    ``ii_n``: the integral image of the in-image mask, the same on every slice (1, ny+1, nx+1)."""
     y0, y1, x0, x1 = _box(cy, cx, half_y, half_x)
     full = (y1 - y0) * (x1 - x0)
     s = _rect_sums(ii_hu, z, y0, y1, x0, x1)
-    inside = _rect_sums(ii_n, z, y0, y1, x0, x1)
+    inside = _rect_sums(ii_n, np.zeros_like(z), y0, y1, x0, x1)
     return (s + (full - inside) * AIR_HU) / full
 
 
@@ -343,8 +351,10 @@ _SOFT_TISSUE_HU = (0.0, 100.0)
 _DEFAULT_NOISE_HU = 20.0
 
 
-def slice_noise(f: np.ndarray, pixel_mm: Sequence[float], inside: np.ndarray | None = None) -> np.ndarray:
-    """(z,) image noise SD (HU) of each slice of ``f`` (z, y, x) with pixel size ``pixel_mm`` (dy, dx).
+def slice_noise(f: np.ndarray, pixel_mm: Sequence[float], inside: np.ndarray | None = None,
+                slices=None) -> np.ndarray:
+    """(z,) image noise SD (HU) of each slice of ``f`` (z, y, x) with pixel size ``pixel_mm`` (dy, dx);
+    only on ``slices`` (indices; default all), :data:`_DEFAULT_NOISE_HU` on the others.
 
     The median, over the pixels of the slice, of the HU standard deviation in the
     :data:`NOISE_WINDOW_MM` square around each pixel, counting only windows whose mean is
@@ -361,7 +371,7 @@ def slice_noise(f: np.ndarray, pixel_mm: Sequence[float], inside: np.ndarray | N
     out = np.full(f.shape[0], _DEFAULT_NOISE_HU)
     if inside is not None:
         ok_in = ndimage.minimum_filter(np.asarray(inside) > 0, size=(wy, wx), mode="constant", cval=False)
-    for k in range(f.shape[0]):
+    for k in range(f.shape[0]) if slices is None else np.unique(slices):
         a = f[k].astype(np.float64)
         m = ndimage.uniform_filter(a, (wy, wx), mode="nearest")
         var = ndimage.uniform_filter(a * a, (wy, wx), mode="nearest") - m * m
@@ -498,7 +508,7 @@ def find_candidates(
     np.maximum.at(peak, lid, vals)
 
     ii_hu = _integral(np.where(inside[None] > 0, f, 0.0))
-    ii_in = _integral(np.broadcast_to(inside, f.shape))
+    ii_in = _integral(inside[None])  # the in-image mask is the same on every slice
     ii_dense = _integral(dense)
     near = _box_means(ii_hu, ii_in, cz, cy, cx, _NEAR_MM / dy, _NEAR_MM / dx)
     far = _box_means(ii_hu, ii_in, cz, cy, cx, _FAR_MM / dy, _FAR_MM / dx)
@@ -508,7 +518,7 @@ def find_candidates(
     up = +1 if superior_increasing else -1
     above = _footprint_max(f, zz + up, yy, xx, lid, m)
     below = _footprint_max(f, zz - up, yy, xx, lid, m)
-    noise = slice_noise(f, (dy, dx), inside)[cz]
+    noise = slice_noise(f, (dy, dx), inside, cz)[cz]
     fat = slice_fat_share(f, (dy, dx), cz)
 
     coarse = []
