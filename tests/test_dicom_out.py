@@ -261,6 +261,26 @@ def test_sr_holds_the_report(scored):
     assert "threshold 130 HU" in params and "kVp 120" in params
 
 
+def test_sr_holds_the_review_flags_and_passes_the_validator(phantom, tmp_path):
+    """The report's review flags (when the study needs a human look) go to PACS too: one
+    text item each, in the report's order."""
+    from CoronaryCalciumDINOLib.io.dicom_seg import complete_headers, read_source_headers
+    from CoronaryCalciumDINOLib.report.dicom import build_sr
+
+    folder, ct, labels = phantom
+    report = build_report(score(ct.hu, labels, ct.spacing, ScoringParams()), str(folder))
+    report["review_flags"] = [{"flag": "noise", "message": "heavy image noise (about 41 HU SD)"},
+                              {"flag": "metal", "message": "metal in the heart region (3.1 mm^3 above 2500 HU)"}]
+    files = ct.meta["files"]
+    sr = build_sr(report, complete_headers(read_source_headers(files), files))
+    texts = [str(i.TextValue) for i in content_items(sr) if concept(i) == ("99CCDINO", "REVIEW")]
+    assert texts == [f["message"] for f in report["review_flags"]]
+    if DCIODVFY:
+        sr.save_as(str(tmp_path / "flags.sr.dcm"), enforce_file_format=True)
+        errors, _ = dciodvfy(tmp_path / "flags.sr.dcm")
+        assert errors == []
+
+
 def test_rescoring_our_seg_gives_the_original_scores(scored, tmp_path):
     code = cli_main(["score", str(scored["folder"]), "--labels", str(scored["seg"]), "--json", str(tmp_path / "b.json"),
                      "--quiet"])

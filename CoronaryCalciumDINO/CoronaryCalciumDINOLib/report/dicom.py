@@ -65,6 +65,8 @@ PRIVATE_SCHEME = "99CCDINO"
 RISK_CATEGORY_CODE = (PRIVATE_SCHEME, "RISKCAT", "Agatston score risk category")
 CAC_DRS_CODE = (PRIVATE_SCHEME, "CACDRS", "CAC-DRS category")
 WARNING_CODE = (PRIVATE_SCHEME, "WARNING", "Warning")
+#: A review flag of the report (:mod:`.flags`): why the study needs a human look.
+REVIEW_CODE = (PRIVATE_SCHEME, "REVIEW", "Needs a human look")
 COMMENT_CODE = ("DCM", "121106", "Comment")
 PROCEDURE_CODE = ("SCT", "426005005", "Cardiac CT for calcium scoring")
 CORONARY_ARTERY_CODE = ("SCT", "41801008", "Coronary artery")
@@ -223,6 +225,8 @@ def build_sr(report: dict, headers: list, seg=None):
     texts = [_text_item(hd, RISK_CATEGORY_CODE, report["risk_category"]),
              _text_item(hd, CAC_DRS_CODE, report["cac_drs"])]
     texts += [_text_item(hd, WARNING_CODE, w) for w in report.get("warnings") or []]
+    texts += [_text_item(hd, REVIEW_CODE, f["message"]) for f in report.get("review_flags") or []
+              if isinstance(f, dict) and f.get("message")]
     if seg is None:
         texts.append(_text_item(hd, COMMENT_CODE, "No calcium was found; no segmentation was written."))
     texts.append(_text_item(hd, COMMENT_CODE, report["disclaimer"]))
