@@ -906,6 +906,12 @@ class CoronaryCalciumDINOLogic(ScriptedLoadableModuleLogic):
         self._editTimer.setSingleShot(True)
         self._editTimer.setInterval(300)
         self._editTimer.connect("timeout()", self.flushEditChecks)
+        # A segmentation or CT loaded on its own (not with a scene): its results are looked
+        # for once the loading is over (the node is added before its file is read).
+        self._loadTimer = qt.QTimer()
+        self._loadTimer.setSingleShot(True)
+        self._loadTimer.setInterval(0)
+        self._loadTimer.connect("timeout()", self._onNodesLoaded)
 
     def getParameterNode(self):
         return CoronaryCalciumDINOParameterNode(super().getParameterNode())
@@ -1195,12 +1201,31 @@ class CoronaryCalciumDINOLogic(ScriptedLoadableModuleLogic):
         return len(self._sessions) - before
 
     def observeScene(self):
-        """Reopen edit tracking whenever a scene is loaded (imported) or restored."""
+        """Reopen edit tracking whenever a scene is loaded (imported) or restored, and when a
+        segmentation or a CT is loaded on its own (a result's ``.seg.nrrd`` is recognised by
+        its segments' tags: ``scene.logic.recognise_loaded_results``)."""
         if self._sceneObservations:
             return
         scene = slicer.mrmlScene
         for event in (scene.EndImportEvent, scene.EndRestoreEvent):
             self._sceneObservations.append((scene, scene.AddObserver(event, self._onSceneLoaded)))
+        self._sceneObservations.append((scene, scene.AddObserver(scene.NodeAddedEvent, self._onNodeAdded)))
+
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def _onNodeAdded(self, caller, event, node):
+        if caller.IsImporting() or caller.IsRestoring() or node is None:
+            return  # a scene being loaded: its end event follows
+        if node.IsA("vtkMRMLSegmentationNode") or (node.IsA("vtkMRMLScalarVolumeNode")
+                                                   and not node.IsA("vtkMRMLLabelMapVolumeNode")):
+            self._loadTimer.start()
+
+    def _onNodesLoaded(self):
+        scene = slicer.mrmlScene
+        tracked = {s.segmentation_node.GetID() for s in self._sessions.values()}
+        segmentations = _lib().scene.volume.nodes_by_class(scene, "vtkMRMLSegmentationNode")
+        if all(node.GetID() in tracked for node in segmentations):
+            return
+        self._onSceneLoaded()
 
     def stopObservingScene(self):
         for scene, tag in self._sceneObservations:
@@ -1215,6 +1240,7 @@ class CoronaryCalciumDINOLogic(ScriptedLoadableModuleLogic):
 
     def closeSessions(self):
         self._editTimer.stop()
+        self._loadTimer.stop()
         self._pendingChecks = []
         for session in self._sessions.values():
             session.close()

@@ -318,3 +318,145 @@ def test_module_logic_keeps_attention_quantised(monkeypatch):
     finally:
         logic.closeSessions()
 
+
+
+# ----------------------------------------------------------------------------- a segmentation file loaded alone
+
+
+def load_segmentation_file(core, path) -> object:
+    """A ``.seg.nrrd`` loaded on its own, as File > Add Data does (node added, then read)."""
+    node = core.segmentations_logic.LoadSegmentationFromFile(str(path), True)
+    assert node is not None
+    return node
+
+
+def saved_segmentation_file(tmp_path) -> tuple[CTVolume, np.ndarray, str]:
+    """The result segmentation of a scene written to a ``.seg.nrrd`` by Slicer's storage node
+    (what saving the scene writes), without the scene."""
+    ct, labels = study()
+    core = scene_logic.create_core_scene()
+    volume = ct_to_volume_node(core.scene, ct, "CT")
+    out = scene_logic.compute(core.scene, volume, segment_fn=lambda c: Result(c, labels))
+    path = str(tmp_path / "CT calcium.seg.nrrd")
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    core.scene.AddNode(storage)
+    storage.SetFileName(path)
+    assert storage.WriteData(out.segmentation_node)
+    return ct, labels, path
+
+
+@pytest.mark.parametrize("source", ["ccdino", "slicer"])
+def test_segmentation_file_loaded_alone_is_tracked_and_scored(tmp_path, source):
+    """The ``.seg.nrrd`` of ``ccdino score --out`` or of a saved scene, loaded on its own beside
+    its CT: recognised by its segments' tags, tied to the CT on whose grid it lies, scored at
+    once, and rescored on an edit."""
+    from CoronaryCalciumDINOLib.io.segfile import write_seg_nrrd
+
+    if source == "ccdino":
+        ct, labels = study()
+        path = write_seg_nrrd(labels, ct, tmp_path / "study.seg.nrrd", ai_result=True)
+    else:
+        ct, labels, path = saved_segmentation_file(tmp_path)
+    core = scene_logic.create_core_scene()
+    volume = ct_to_volume_node(core.scene, ct, "CT")
+    ct_to_volume_node(core.scene, CTVolume(hu=ct.hu[:, :20], spacing=ct.spacing), "other grid")
+    seg = load_segmentation_file(core, path)
+    assert not seg.GetAttribute(RESULT_ATTRIBUTE)  # the file keeps no node attributes
+
+    rescored = []
+    sessions = scene_logic.reopen_sessions(
+        core.scene, lambda s, v, p: scene_logic.ResultSession(core.scene, v, s, p, on_rescored=rescored.append))
+    assert len(sessions) == 1 and sessions[0].segmentation_node is seg and sessions[0].volume_node is volume
+    assert seg.GetAttribute(RESULT_ATTRIBUTE) == volume.GetID()
+    assert edited_segments(seg) == [] and len(rescored) == 1  # no edit; scored at once (there was no table)
+    table, _ = scene_logic.result_tables(core.scene, seg)
+    assert scores_of(table) == pytest.approx(expected_scores(ct, labels), rel=1e-12)
+
+    lcx = labels == ARTERY_TO_LABEL["LCX"]
+    lcx[5] = False  # the user erases the LCX lesion
+    write_segment_mask(seg, "LCX", lcx, volume)
+    edited = np.where(labels == ARTERY_TO_LABEL["LCX"], 0, labels)
+    assert edited_segments(seg) == ["LCX"] and len(rescored) == 2
+    assert scores_of(table) == pytest.approx(expected_scores(ct, edited), rel=1e-12)
+    assert scene_logic.reopen_sessions(core.scene, lambda s, v, p: sessions[0]) == [sessions[0]]  # no second result
+    sessions[0].close()
+
+
+def test_segmentation_file_edited_before_loading_is_flagged(tmp_path):
+    ct, labels = study()
+    from CoronaryCalciumDINOLib.io.segfile import write_seg_nrrd
+
+    path = write_seg_nrrd(labels, ct, tmp_path / "study.seg.nrrd", ai_result=True)
+    core = scene_logic.create_core_scene()
+    volume = ct_to_volume_node(core.scene, ct, "CT")
+    seg = load_segmentation_file(core, path)
+    write_segment_mask(seg, "RCA", np.zeros(ct.shape, bool), volume)  # edited while nothing tracked it
+    sessions = scene_logic.reopen_sessions(core.scene, lambda s, v, p: scene_logic.ResultSession(core.scene, v, s, p))
+    assert edited_segments(seg) == ["RCA"]
+    table, _ = scene_logic.result_tables(core.scene, seg)
+    assert scores_of(table) == pytest.approx(expected_scores(ct, np.where(labels == ARTERY_TO_LABEL["RCA"], 0, labels)),
+                                             rel=1e-12)
+    sessions[0].close()
+
+
+def test_segmentations_that_are_not_recognised_as_results(tmp_path):
+    """Not taken for a result: a file without the AI's tags (a reader's labels), and a result
+    whose grid two CTs share when neither is named like it."""
+    from CoronaryCalciumDINOLib.io.segfile import write_seg_nrrd
+
+    ct, labels = study()
+    plain = write_seg_nrrd(labels, ct, tmp_path / "reader.seg.nrrd")
+    tagged = write_seg_nrrd(labels, ct, tmp_path / "study.seg.nrrd", ai_result=True)
+    core = scene_logic.create_core_scene()
+    ct_to_volume_node(core.scene, ct, "scan A")
+    ct_to_volume_node(core.scene, ct, "scan B")
+    load_segmentation_file(core, plain)
+    load_segmentation_file(core, tagged)
+    assert scene_logic.recognise_loaded_results(core.scene) == []
+    assert scene_logic.tagged_results(core.scene) == []
+
+    named = scene_logic.create_core_scene()  # two CTs on the grid: the one the result is named after
+    ct_to_volume_node(named.scene, ct, "scan")
+    b = ct_to_volume_node(named.scene, ct, "scan B")
+    seg = load_segmentation_file(named, tagged)
+    seg.SetName("scan B calcium")
+    assert scene_logic.recognise_loaded_results(named.scene) == [seg]
+    assert seg.GetAttribute(RESULT_ATTRIBUTE) == b.GetID()
+
+
+def test_module_logic_tracks_a_segmentation_file_loaded_alone(tmp_path, monkeypatch):
+    from CoronaryCalciumDINOLib.io.segfile import write_seg_nrrd
+
+    ct, labels = study()
+    path = write_seg_nrrd(labels, ct, tmp_path / "study.seg.nrrd", ai_result=True)
+    core = scene_logic.create_core_scene()
+    module, _app = load_module(monkeypatch, core)
+    logic = module.CoronaryCalciumDINOLogic()
+    reports = []
+    logic.onRescored = reports.append
+    logic.observeScene()
+    try:
+        seg = load_segmentation_file(core, path)  # before its CT: nothing to tie it to yet
+        assert logic._loadTimer.active
+        logic._loadTimer.active = False
+        for callback in logic._loadTimer.callbacks:  # the timer fires once the loading is over
+            callback()
+        assert logic._sessions == {} and reports == []
+        volume = ct_to_volume_node(core.scene, ct, "CT")  # the CT is loaded: the result is found
+        assert logic._loadTimer.active
+        for callback in logic._loadTimer.callbacks:
+            callback()
+        assert list(logic._sessions) == [seg.GetID()] and logic._sessions[seg.GetID()].volume_node is volume
+        assert len(reports) == 1 and reports[0]["total"]["agatston"] == pytest.approx(
+            expected_scores(ct, labels)["total"], rel=1e-12)
+        lad = labels == ARTERY_TO_LABEL["LAD"]
+        lad[3] = False
+        write_segment_mask(seg, "LAD", lad, volume)
+        logic.flushEditChecks()
+        assert len(reports) == 2 and edited_segments(seg) == ["LAD"]
+        table, _ = logic.resultTables(seg)
+        edited = np.where((labels == ARTERY_TO_LABEL["LAD"]) & ~lad, 0, labels)
+        assert scores_of(table) == pytest.approx(expected_scores(ct, edited), rel=1e-12)
+    finally:
+        logic.stopObservingScene()
+        logic.closeSessions()

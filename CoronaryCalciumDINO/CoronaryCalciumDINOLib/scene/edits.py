@@ -27,10 +27,11 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ..constants import ARTERIES
+from ..io.segfile import AI_FINGERPRINT_TAG, USER_EDITED_TAG
 from .segmentation import SegmentBox, box_from_mask, full_mask_fingerprint, read_segment_boxes
 
-EDITED_TAG = "CoronaryCalciumDINO.UserEdited"
-HASH_TAG = "CoronaryCalciumDINO.AIHash"
+EDITED_TAG = USER_EDITED_TAG
+HASH_TAG = AI_FINGERPRINT_TAG
 
 
 def mask_fingerprint(mask: np.ndarray) -> str:

@@ -34,7 +34,7 @@ from ..report.flags import flags_text, rescored_flags
 from ..scoring import ScoringOptions, ScoringParams, score
 from . import attention as attention_glue
 from . import table as table_glue
-from .edits import EditTracker, edited_segments, flag_unrecorded_edits
+from .edits import HASH_TAG, EditTracker, _get_tag, edited_segments, flag_unrecorded_edits
 from .segmentation import (
     RESULT_ATTRIBUTE,
     create_result_segmentation,
@@ -44,7 +44,7 @@ from .segmentation import (
     read_labels_box,
     write_labels,
 )
-from .volume import nodes_by_class, volume_kvp, volume_node_to_ct
+from .volume import nodes_by_class, shares_voxel_grid, volume_kvp, volume_node_to_ct
 
 #: Node attribute linking a result segmentation to its score / slice tables.
 SCORE_TABLE_REF = "CoronaryCalciumDINO.ScoreTable"
@@ -507,6 +507,69 @@ def _result_volume(scene, segmentation_node):
     return None
 
 
+def _ai_layer(segmentation_node):
+    """The labelmap of the first artery segment that carries the AI's fingerprint
+    (:data:`~.edits.HASH_TAG`), when every artery segment is present; else None."""
+    import slicer
+
+    segmentation = segmentation_node.GetSegmentation()
+    segments = [segmentation.GetSegment(a) for a in ARTERIES]
+    if any(segment is None for segment in segments):
+        return None
+    name = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+    for segment in segments:
+        layer = segment.GetRepresentation(name)
+        if layer is not None and _get_tag(segment, HASH_TAG) is not None:
+            return layer
+    return None
+
+
+def _grid_volumes(scene, layer) -> list:
+    """The CT-like volumes of ``scene`` whose voxel grid holds ``layer``: scalar volumes (no
+    label maps, no attention overlays) with the layer's IJK->RAS matrix, the layer's extent
+    inside their voxels."""
+    extent = layer.GetExtent()
+    found = []
+    for volume in nodes_by_class(scene, "vtkMRMLScalarVolumeNode"):
+        image = volume.GetImageData()
+        if volume.IsA("vtkMRMLLabelMapVolumeNode") or image is None or volume.GetAttribute(attention_glue.HEAD_ATTRIBUTE):
+            continue
+        dims = image.GetDimensions()
+        inside = layer.IsEmpty() or all(0 <= extent[2 * a] and extent[2 * a + 1] < dims[a] for a in range(3))
+        if inside and shares_voxel_grid(layer, volume):
+            found.append(volume)
+    return found
+
+
+def recognise_loaded_results(scene) -> list:
+    """Result segmentations loaded without the scene they were saved with (a ``.seg.nrrd``
+    of ``ccdino score --out`` or of a saved scene, loaded on its own): the file keeps no node
+    attributes, but its segments keep their tags. A segmentation with the four artery
+    segments, the AI's fingerprint on at least one (:data:`~.edits.HASH_TAG`) and no
+    ``ResultOf`` attribute is taken for a result of the CT of the scene on whose voxel grid
+    it lies (a volume named like the segmentation when several share the grid; none when
+    that does not decide): it gets the attribute and the CT as its reference geometry.
+    Returns the segmentations recognised now."""
+    recognised = []
+    for seg in nodes_by_class(scene, "vtkMRMLSegmentationNode"):
+        if seg.GetAttribute(RESULT_ATTRIBUTE):
+            continue
+        layer = _ai_layer(seg)
+        if layer is None:
+            continue
+        volumes = _grid_volumes(scene, layer)
+        if len(volumes) > 1:
+            name = seg.GetName() or ""
+            volumes = [v for v in volumes if v.GetName() and name.startswith(v.GetName())]
+            volumes = [v for v in volumes if len(v.GetName()) == max(len(w.GetName()) for w in volumes)]
+        if len(volumes) != 1:
+            continue
+        seg.SetReferenceImageGeometryParameterFromVolumeNode(volumes[0])
+        seg.SetAttribute(RESULT_ATTRIBUTE, volumes[0].GetID())
+        recognised.append(seg)
+    return recognised
+
+
 def tagged_results(scene) -> list[TaggedResult]:
     """The result segmentations of ``scene`` (node attribute ``CoronaryCalciumDINO.ResultOf``)
     whose CT is in the scene, e.g. after a saved scene was loaded again.
@@ -514,8 +577,10 @@ def tagged_results(scene) -> list[TaggedResult]:
     For each: the tag is set to the CT's current ID (node IDs can change when a scene is
     imported), edits made while no session tracked them are flagged
     (:func:`~.edits.flag_unrecorded_edits`), and the scoring parameters are read back from
-    the stored score table.
+    the stored score table. Results loaded without their scene are recognised first
+    (:func:`recognise_loaded_results`).
     """
+    recognise_loaded_results(scene)
     found = []
     for seg in nodes_by_class(scene, "vtkMRMLSegmentationNode"):
         if not seg.GetAttribute(RESULT_ATTRIBUTE):
@@ -538,11 +603,12 @@ def reopen_sessions(scene, open_session: Callable[[object, object, ScoringParams
     saved scene is loaded or restored): ``open_session(segmentation_node, volume_node,
     params)`` opens (or returns the already open) session of one result, with the scoring
     parameters of its stored table. A result whose segments were edited while nobody
-    tracked them is rescored at once. Returns the sessions."""
+    tracked them, or that has no score table (a segmentation file loaded on its own), is
+    rescored at once. Returns the sessions."""
     sessions = []
     for found in tagged_results(scene):
         session = open_session(found.segmentation_node, found.volume_node, found.params)
-        if found.newly_flagged:
+        if found.newly_flagged or _linked(scene, found.segmentation_node, SCORE_TABLE_REF) is None:
             session.rescore_edits(found.newly_flagged)
         sessions.append(session)
     return sessions

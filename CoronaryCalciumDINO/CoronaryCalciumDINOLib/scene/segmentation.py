@@ -15,7 +15,7 @@ import numpy as np
 
 from ..constants import ARTERIES, ARTERY_COLORS, ARTERY_TO_LABEL
 from ..errors import InputError
-from ..io.segfile import terminology_entry
+from ..io.segfile import box_fingerprint, terminology_entry
 from .volume import (
     array_from_oriented_image,
     image_array_view,
@@ -143,9 +143,7 @@ class SegmentBox:
     def fingerprint(self) -> str:
         """Fingerprint of the voxels (grid, box and packed mask): equal for equal content.
         Prefixed ``2:`` (older scenes hold :func:`full_mask_fingerprint` values)."""
-        digest = hashlib.sha1(repr(("box", tuple(self.grid), tuple(self.offset), tuple(self.mask.shape))).encode())
-        digest.update(np.packbits(self.mask, axis=None).tobytes())
-        return "2:" + digest.hexdigest()
+        return box_fingerprint(self.grid, self.offset, self.mask)
 
 
 def full_mask_fingerprint(mask: np.ndarray) -> str:
