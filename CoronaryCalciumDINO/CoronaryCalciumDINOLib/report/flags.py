@@ -63,8 +63,6 @@ NOISE_HU = 35.0
 METAL_HU = 2500.0
 #: ... when they make at least this volume (mm^3) in the heart region.
 METAL_MIN_MM3 = 2.0
-#: Side of the heart field (mm), as the candidate search uses it.
-HEART_FIELD_MM = 160.0
 
 #: Flags that describe the image (kept when the segments are edited and rescored).
 IMAGE_FLAGS = ("contrast", "slice_spacing", "noise", "metal")
@@ -159,14 +157,16 @@ def coverage_flag(report: dict, n_slices: int) -> dict | None:
 
 
 def heart_field(ct) -> np.ndarray:
-    """bool (y, x): the heart field of the candidate search (a :data:`HEART_FIELD_MM` square
-    around the heart centre found from HU alone)."""
+    """bool (y, x): the heart field of the candidate search (a square of the candidate
+    settings' ``field_mm``, those of the shipped bundle, around the heart centre found from
+    HU alone)."""
     from ..pipeline.anatomy import heart_centre
+    from ..pipeline.candidates import CandidateConfig
     from ..pipeline.preprocess import field_for
 
     hu = np.asarray(ct.hu)
     centre = heart_centre(hu, ct.spacing)
-    fld = field_for(centre, ct.spacing, HEART_FIELD_MM)
+    fld = field_for(centre, ct.spacing, CandidateConfig().field_mm)
     iy, ix, _fy, _fx = fld.clipped(hu.shape[1:])
     out = np.zeros(hu.shape[1:], dtype=bool)
     out[iy, ix] = True
