@@ -51,6 +51,9 @@ def register(sub) -> None:
     # For programs that run the command (the Slicer module): machine-readable progress lines
     # on stdout (see .progress); not listed in --help or the README synopsis.
     g.add_argument("--progress-lines", action="store_true", help=argparse.SUPPRESS)
+    # For the Slicer module: the attention maps quantised as it keeps them (..io.attention),
+    # so that its main thread neither reads nor quantises the float maps; not in --help.
+    g.add_argument("--attention-codes", metavar="FILE", help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
 
@@ -70,6 +73,8 @@ def output_files(args: argparse.Namespace, stem: str) -> list[tuple[Path, str]]:
         files.append((Path(args.json), "--json"))
     if args.csv:
         files.append((Path(args.csv), "--csv"))
+    if getattr(args, "attention_codes", None) and not args.labels:
+        files.append((Path(args.attention_codes), "--attention-codes"))
     if args.attention and not args.labels:
         mean = attention_paths(args.attention, 0)[0]
         files.append((mean, "--attention"))
@@ -86,15 +91,17 @@ def output_files(args: argparse.Namespace, stem: str) -> list[tuple[Path, str]]:
 
 
 def dicom_paths(args: argparse.Namespace, stem: str) -> tuple[Path, Path] | None:
-    """(SEG, SR) files of ``--dicom-out`` or ``--dicom-seg`` / ``--dicom-sr``; None if not asked.
-    (The file names are fixed here; :mod:`..report.dicom` is imported only when they are written.)"""
+    """(SEG, SR) files of ``--dicom-out`` (named by :func:`..report.dicom.dicom_output_paths`,
+    as ``ccdino batch`` names them) or ``--dicom-seg`` / ``--dicom-sr``; None if not asked."""
     out, seg, sr = (getattr(args, k, None) for k in ("dicom_out", "dicom_seg", "dicom_sr"))
     if out and (seg or sr):
         raise InputError("give either --dicom-out DIR or --dicom-seg FILE with --dicom-sr FILE, not both")
     if bool(seg) != bool(sr):
         raise InputError("--dicom-seg and --dicom-sr go together (the SR references the SEG); or give --dicom-out DIR")
     if out:
-        return Path(out) / f"{stem}.seg.dcm", Path(out) / f"{stem}.sr.dcm"
+        from ..report.dicom import dicom_output_paths  # no highdicom: that is imported when they are written
+
+        return dicom_output_paths(out, stem)
     return (Path(seg), Path(sr)) if seg else None
 
 
