@@ -860,7 +860,7 @@ class _ComputeProcess:
                 report = json.load(f)
             labels = lib.io.volume.read_label_file(os.path.join(out, f"{self.STEM}.labels.nrrd"), self.ct)
             attention = self._readAttention() if self.attention else None
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, lib.errors.InputError) as exc:
             raise lib.errors.CCDinoError(f"the compute process left no readable result: {exc}") from None
         if checkVolume is not None:
             checkVolume(self.ct)
@@ -869,20 +869,9 @@ class _ComputeProcess:
         return self.result
 
     def _readAttention(self):
-        """The attention maps the command wrote (mean, then each head) as one
-        (heads + 1, z, y, x) float32 array."""
-        read = _lib().io.volume.read_volume_file
-        out = self.outDir
-        heads = sorted(
-            (int(name[len("attention.head"):-len(".nrrd")]), name)
-            for name in os.listdir(out)
-            if name.startswith("attention.head") and name.endswith(".nrrd") and name[len("attention.head"):-len(".nrrd")].isdigit()
-        )
-        paths = [os.path.join(out, "attention.nrrd")] + [os.path.join(out, name) for _h, name in heads]
-        maps = np.empty((len(paths), *self.ct.shape), dtype=np.float32)
-        for i, path in enumerate(paths):
-            maps[i] = read(path).hu
-        return maps
+        """The attention maps the command wrote, already quantised as they are kept
+        (``scene.attention.AttentionMaps``: at most a few hundred MB, whatever the CT)."""
+        return _lib().scene.attention.AttentionMaps.load(os.path.join(self.outDir, "attention.npz"), grid=self.ct.shape)
 
 
 class CoronaryCalciumDINOLogic(ScriptedLoadableModuleLogic):
@@ -1046,8 +1035,8 @@ class CoronaryCalciumDINOLogic(ScriptedLoadableModuleLogic):
             ]
             if bundlePath:
                 args += ["--bundle", bundlePath]
-            if attention:
-                args += ["--attention", os.path.join(outDir, "attention.nrrd")]
+            if attention:  # quantised by the command: this thread never holds the float maps
+                args += ["--attention-codes", os.path.join(outDir, "attention.npz")]
             return _ComputeProcess(volumeNode, ct, params, attention, folder, self.launchProcess, args, self.cancelGraceSeconds)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
@@ -1146,8 +1135,10 @@ class CoronaryCalciumDINOLogic(ScriptedLoadableModuleLogic):
                 outcome = scene_logic.write_result(slicer.mrmlScene, volumeNode, job.ct, result, job.params, on_conflict, session)
         finally:
             job.cleanup()
-        if getattr(job.result, "attention", None) is not None:
-            self._attention[volumeNode.GetID()] = _lib().scene.attention.AttentionMaps(job.result.attention)
+        maps = getattr(job.result, "attention", None)
+        if maps is not None:  # a compute process's maps come quantised; others are quantised here
+            kept = _lib().scene.attention.AttentionMaps
+            self._attention[volumeNode.GetID()] = maps if isinstance(maps, kept) else kept(maps)
         self.openSession(outcome.segmentation_node, volumeNode, job.params)
         return outcome
 

@@ -157,7 +157,9 @@ def test_compute_in_a_process_loads_what_the_pipeline_gives(env, phantom_ct):
     assert np.array_equal(got.selected, res.selected)
     assert [s["probability"] for s in report["slices"]] == pytest.approx([float(p) for p in res.slice_probabilities], abs=1e-6)
     assert report["model"]["taken_for_phantom"] == bool(res.counts["phantom"])
-    assert got.attention.shape == res.attention.shape and np.allclose(got.attention, res.attention, atol=1e-6)
+    assert got.attention.shape == res.attention.shape  # quantised by the command (io.attention)
+    for h in range(res.attention.shape[0]):
+        assert np.abs(got.attention.head(h) - res.attention[h]).max() <= got.attention.step[h] / 2 + 1e-6
     assert outcome.attention_node is not None
     assert sorted(report["warnings"]) == sorted([*ct.warnings, *res.warnings])
 
@@ -263,25 +265,43 @@ def test_a_process_without_result_files_is_an_error(env, tmp_path, monkeypatch):
     assert _scene_state(scene) == before
 
 
-def test_compute_in_a_process_on_a_small_ct(env):
+def test_compute_in_a_process_on_a_small_ct(env, monkeypatch):
     """The default run's check of the real command in its process (the phantom's is slow):
-    a small CT, scored as the pipeline scores it in this process."""
+    a small CT, scored as the pipeline scores it in this process; the attention comes
+    quantised by the command, and this (the main) thread quantises nothing."""
     pytest.importorskip("torch")
+    from CoronaryCalciumDINOLib.io.attention import AttentionMaps
     from CoronaryCalciumDINOLib.pipeline import run_pipeline
     from CoronaryCalciumDINOLib.scene.table import report_from_table
 
     logic, scene = env.logic, env.core.scene
     ct = small_ct()
     volume = ct_to_volume_node(scene, ct, "small")
-    job = logic.startCompute(volume, device="cpu", attention=False)
+    job = logic.startCompute(volume, device="cpu", attention=True)
+    assert "--attention-codes" in job.args and "--attention" not in job.args
     job.wait(600)
     assert job.error is None, job.error
-    outcome = logic.finishCompute(job)
+
+    def no_quantising_here(self, *args, **kwargs):
+        raise AssertionError("the main thread quantised attention maps")
+
+    with monkeypatch.context() as m:
+        m.setattr(AttentionMaps, "__init__", no_quantising_here)
+        outcome = logic.finishCompute(job)
     assert not os.path.exists(job.folder)
-    res = run_pipeline(ct, None, device="cpu", params=scene_logic.scoring_params_for(volume, None))
+    res = run_pipeline(ct, None, device="cpu", params=scene_logic.scoring_params_for(volume, None), attention=True)
     assert np.array_equal(outcome.pipeline_result.labels, res.labels)
     assert np.array_equal(outcome.pipeline_result.selected, res.selected)
     assert report_from_table(outcome.score_table_node)["total"]["agatston"] == pytest.approx(res.score.total.agatston, rel=1e-9)
+    kept = logic._attention[volume.GetID()]
+    assert kept is outcome.pipeline_result.attention and isinstance(kept, AttentionMaps)
+    assert kept.shape == res.attention.shape  # (this CT's maps may be empty: the phantom's test has others)
+    for h in range(res.attention.shape[0]):
+        assert np.abs(kept.head(h) - res.attention[h]).max() <= kept.step[h] / 2 + 1e-6
+    from vtk.util import numpy_support as ns
+
+    shown = ns.vtk_to_numpy(outcome.attention_node.GetImageData().GetPointData().GetScalars()).reshape(ct.shape)
+    assert np.array_equal(shown, kept.head(0))
 
 
 def test_the_command_runs_on_slicer_s_python(env, tmp_path, monkeypatch):

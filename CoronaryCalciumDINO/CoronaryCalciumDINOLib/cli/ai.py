@@ -15,6 +15,8 @@ the user named it):
     mean attention over heads as a scalar volume on the CT grid (NRRD or NIfTI by the
     suffix), plus one file per head next to it: ``<name>.head1<suffix>``, ... Values are
     attention weights (0 on slices the detector did not select).
+``--attention-codes FILE`` (for the Slicer module, not in ``--help``)
+    the same maps quantised as the module keeps them (:mod:`..io.attention`), one file.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def score_with_ai(ct: CTVolume, args, params, stem: str, out_dir: Path | None, d
         getattr(args, "bundle", None),
         device=getattr(args, "device", "auto") or "auto",
         params=params,
-        attention=bool(getattr(args, "attention", None)),
+        attention=bool(getattr(args, "attention", None) or getattr(args, "attention_codes", None)),
         progress=progress,
         on_device=lambda dev: on_device(dev, cuda_line=lines),
         naming=getattr(args, "naming", None) or "aorta",
@@ -90,6 +92,10 @@ def score_with_ai(ct: CTVolume, args, params, stem: str, out_dir: Path | None, d
         write_seg_nrrd(res.labels, ct, out_dir / f"{stem}.seg.nrrd", ai_result=True)
     if getattr(args, "attention", None):
         write_attention(res.attention, ct, args.attention)
+    if getattr(args, "attention_codes", None):  # quantised here, not in the program that reads them
+        from ..io.attention import AttentionMaps
+
+        AttentionMaps(res.attention).save(args.attention_codes)
     if dicom is not None:  # (SEG, SR) paths: ``--dicom-out`` / ``--dicom-seg`` + ``--dicom-sr``
         write_dicom(res.labels, ct, report, dicom, quiet=quiet)
     # the CT's own warnings (ct.warnings, e.g. a contrast-enhanced CT) were printed by the caller
