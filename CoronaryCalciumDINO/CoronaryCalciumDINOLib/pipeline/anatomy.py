@@ -269,13 +269,15 @@ def find_lungs(small: np.ndarray, body: np.ndarray, cell_cm3: float) -> np.ndarr
 
 def _fill_small_holes(mask2d: np.ndarray, max_cells: float) -> np.ndarray:
     """``mask2d`` with its holes of at most ``max_cells`` filled (the lungs' vessels and
-    airways; never the heart, which lungs meeting in front of and behind it enclose)."""
-    holes = ndimage.binary_fill_holes(mask2d) & ~mask2d
-    lab, n = ndimage.label(holes)
+    airways; never the heart, which lungs meeting in front of and behind it enclose). A hole
+    is a 4-connected part of the background that does not reach the image's edge (as
+    ``ndimage.binary_fill_holes`` defines it)."""
+    lab, n = ndimage.label(~mask2d)
     if n == 0:
         return mask2d
     small = np.bincount(lab.ravel(), minlength=n + 1) <= max_cells
     small[0] = False
+    small[np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])] = False  # reaching the edge
     return mask2d | small[lab]
 
 
