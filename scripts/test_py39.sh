@@ -4,7 +4,8 @@
 # pynrrd (the Slicer segmentation files; the module installs it with the other missing
 # packages) and pytest. Creates .venv-py39/ if needed, installs from PyPI, then runs the
 # import walk over every library module (tests/test_imports.py) and the core tests:
-# scoring, I/O, reports (JSON/CSV, review flags) and the command line on label maps.
+# scoring, I/O, reports (JSON/CSV, review flags), the command line on label maps, the
+# attention maps kept quantised and the CPU threads of the networks.
 #
 # Not here: the AI (torch, timm, MONAI), the scene glue (slicer-core has wheels for
 # Python >= 3.10 only) and the PNG report picture (matplotlib is not bundled).
@@ -56,6 +57,8 @@ CORE_TESTS=(
     tests/test_cli_score.py
     tests/test_metrics.py
     tests/test_review_flags.py
+    tests/test_attention_codes.py
+    tests/test_cpu_threads.py
 )
 echo "Python $("$VENV/bin/python" -c 'import platform; print(platform.python_version())') with Slicer 5.8's packages: ${SLICER58_PACKAGES[*]}"
 PYTHONPATH=CoronaryCalciumDINO "$VENV/bin/python" -m pytest -p no:cacheprovider "${CORE_TESTS[@]}" "$@"
