@@ -517,7 +517,19 @@ def test_batch_writes_seg_and_sr_per_study_and_resumes(phantom, synthetic, tmp_p
         shutil.copytree(folder, root / folder.name)
         write_volume(labels, ct, labels_dir / f"{folder.name}.nrrd")
     argv = ["batch", str(root), "--out", str(out), "--labels-dir", str(labels_dir), "--dicom-out", str(out), "--quiet"]
-    assert cli_main(argv) == 0
+    import CoronaryCalciumDINOLib.report.dicom as report_dicom
+
+    real, held = report_dicom.write_study_dicom, []
+
+    def write_study_dicom(*args, **kwargs):  # the run still holds the folder: no second batch meanwhile
+        held.append(sorted(p.name for p in out.glob(".ccdino-batch-*.running")))
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(report_dicom, "write_study_dicom", write_study_dicom)
+        assert cli_main(argv) == 0
+    assert len(held) == 2 and all(len(markers) == 1 for markers in held), held
+    assert not list(out.glob(".ccdino-batch-*"))  # released at the end
     for folder, ct, labels in (phantom, synthetic):
         report = json.loads((out / f"{folder.name}.json").read_text())
         back = read_dicom_seg_labels(out / f"{folder.name}.seg.dcm", load_ct(root / folder.name))

@@ -471,8 +471,12 @@ def run_batch(
     cancel: Callable[[], bool] | None = None,
     scheduler=None,
     max_in_flight: int | None = None,
+    after: Callable[[list[dict]], None] | None = None,
 ) -> list[dict]:
     """Score every study of ``input_dir`` (or shard ``(i, n)``: studies i, i+n, ...).
+
+    ``after(rows)``: more work on the results (e.g. their DICOM SEG / SR), done while the
+    output folder is still this run's (its run marker held), before the rows are returned.
 
     ``workers``: 1 scores in this process; N > 1 on a local Dask cluster of N worker
     processes. ``scheduler``: score on an existing Dask cluster instead: its scheduler's
@@ -509,7 +513,7 @@ def run_batch(
     created = _missing_folders(out_dir)
     try:
         return _run_batch(studies, out_dir, engine, shard, device, bundle, labels_dir, progress, overwrite, scoring,
-                          cancel, settings)
+                          cancel, settings, after)
     except BaseException:
         for folder in reversed(created):  # innermost first; a folder holding anything stays
             try:
@@ -532,13 +536,16 @@ def _missing_folders(path) -> list[Path]:
 
 
 def _run_batch(studies, out_dir, engine, shard, device, bundle, labels_dir, progress, overwrite, scoring, cancel,
-               settings) -> list[dict]:
+               settings, after=None) -> list[dict]:
     out = check_output_dir(out_dir, "output folder")  # one error before any study is processed
     marker = _claim(out, shard)  # refuses a second run over the same studies
     try:
         with _Heartbeat(marker):
-            return _run_marked(out, studies, engine, shard, device, bundle, labels_dir, progress, overwrite,
+            rows = _run_marked(out, studies, engine, shard, device, bundle, labels_dir, progress, overwrite,
                                scoring, cancel, settings)
+            if after is not None:
+                after(rows)
+            return rows
     finally:
         _unlink_quietly(marker)
 

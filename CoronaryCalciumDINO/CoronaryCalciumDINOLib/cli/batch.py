@@ -63,6 +63,11 @@ def run(args: argparse.Namespace) -> int:
         check_batch_dicom(args.input_dir, args.out, args.dicom_out, args.labels_dir)
 
     progress = progress_printer(quiet=args.quiet)
+    dicom_failed: list[int] = []
+
+    def dicom(rows: list[dict]) -> None:  # while the output folder is still this run's (no second run meanwhile)
+        dicom_failed.append(_write_dicom(args, rows))
+
     rows = run_batch(
         args.input_dir,
         args.out,
@@ -75,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         progress=progress,
         overwrite=args.overwrite,
         scoring=scoring_options_from_args(args),
+        after=dicom if args.dicom_out else None,
     )
     failed = [r for r in rows if r["status"] != "ok"]
     summary = Path(args.out) / summary_name(shard)
@@ -85,8 +91,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(rows) - len(failed)} of {len(rows)} studies scored; summary: {summary}")
         for r in failed:
             print(f"ccdino: study {r['study']} failed: {r['error']}", file=sys.stderr)
-    dicom_failed = _write_dicom(args, rows) if args.dicom_out else 0
-    return 1 if failed or dicom_failed else 0
+    return 1 if failed or sum(dicom_failed) else 0
 
 
 def _write_dicom(args: argparse.Namespace, rows: list[dict]) -> int:
