@@ -400,8 +400,8 @@ def test_segmentation_file_edited_before_loading_is_flagged(tmp_path):
 
 
 def test_segmentations_that_are_not_recognised_as_results(tmp_path):
-    """Not taken for a result: a file without the AI's tags (a reader's labels), and a result
-    whose grid two CTs share when neither is named like it."""
+    """Not taken for a result: a file without the AI's tags (a reader's labels), a result whose
+    grid two CTs share when neither is named like it, and one whose CT has its result already."""
     from CoronaryCalciumDINOLib.io.segfile import write_seg_nrrd
 
     ct, labels = study()
@@ -414,6 +414,13 @@ def test_segmentations_that_are_not_recognised_as_results(tmp_path):
     load_segmentation_file(core, tagged)
     assert scene_logic.recognise_loaded_results(core.scene) == []
     assert scene_logic.tagged_results(core.scene) == []
+
+    computed = scene_logic.create_core_scene()  # the CT has its result: a copy of its segments is no second one
+    volume = ct_to_volume_node(computed.scene, ct, "CT")
+    out = scene_logic.compute(computed.scene, volume, segment_fn=lambda c: Result(c, labels))
+    copy = load_segmentation_file(computed, tagged)
+    assert scene_logic.recognise_loaded_results(computed.scene) == [] and not copy.GetAttribute(RESULT_ATTRIBUTE)
+    assert [f.segmentation_node for f in scene_logic.tagged_results(computed.scene)] == [out.segmentation_node]
 
     named = scene_logic.create_core_scene()  # two CTs on the grid: the one the result is named after
     ct_to_volume_node(named.scene, ct, "scan")

@@ -548,8 +548,9 @@ def recognise_loaded_results(scene) -> list:
     segments, the AI's fingerprint on at least one (:data:`~.edits.HASH_TAG`) and no
     ``ResultOf`` attribute is taken for a result of the CT of the scene on whose voxel grid
     it lies (a volume named like the segmentation when several share the grid; none when
-    that does not decide): it gets the attribute and the CT as its reference geometry.
-    Returns the segmentations recognised now."""
+    that does not decide), unless that CT has a result already (e.g. the segments were
+    copied from it into another segmentation): it gets the attribute and the CT as its
+    reference geometry. Returns the segmentations recognised now."""
     recognised = []
     for seg in nodes_by_class(scene, "vtkMRMLSegmentationNode"):
         if seg.GetAttribute(RESULT_ATTRIBUTE):
@@ -557,7 +558,7 @@ def recognise_loaded_results(scene) -> list:
         layer = _ai_layer(seg)
         if layer is None:
             continue
-        volumes = _grid_volumes(scene, layer)
+        volumes = [v for v in _grid_volumes(scene, layer) if find_result_segmentation(scene, v) is None]
         if len(volumes) > 1:
             name = seg.GetName() or ""
             volumes = [v for v in volumes if v.GetName() and name.startswith(v.GetName())]
