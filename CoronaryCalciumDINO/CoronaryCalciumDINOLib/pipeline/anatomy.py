@@ -492,9 +492,9 @@ def ascending_aorta(soft: np.ndarray, top: int, dz: float, pixel_mm: tuple[float
     k = chain[-1][0] - 1
     while k >= top and chain[-1][0] - k <= 2:
         _, cy, cx, _ = chain[-1]
-        near = [(np.hypot((y - cy) * py, (x - cx) * px), y, x, r) for y, x, r in centres[k]
-                if abs(r - radius) <= AORTA_RADIUS_CHANGE * radius]
-        near = [c for c in near if c[0] <= AORTA_STEP_MM]
+        near = [(d, y, x, r) for y, x, r in centres[k]
+                for d in [np.hypot((y - cy) * py, (x - cx) * px)]
+                if d <= AORTA_STEP_MM and abs(r - radius) <= AORTA_RADIUS_CHANGE * radius]
         if near:
             _, y, x, r = min(near)
             chain.append((k, y, x, r))
@@ -504,7 +504,7 @@ def ascending_aorta(soft: np.ndarray, top: int, dz: float, pixel_mm: tuple[float
     ks = np.array([p[0] for p in chain][::-1])
     yx = np.array([(p[1], p[2]) for p in chain][::-1], float)
     centre = np.zeros((nz, 2))
-    for j in range(2):  # the slices between and beyond the chain's centres hold the nearest one's
+    for j in range(2):  # between the chain's centres: interpolated; beyond its ends: the end's
         centre[:, j] = np.interp(np.arange(nz), ks, yx[:, j])
     return centre, float(np.median([p[3] for p in chain]))
 
