@@ -25,8 +25,9 @@ from CoronaryCalciumDINOLib.scene import logic as scene_logic  # noqa: E402
 from CoronaryCalciumDINOLib.scene.edits import EDITED_TAG, edited_segments  # noqa: E402
 from CoronaryCalciumDINOLib.scene.table import DISCLAIMER_ATTRIBUTE, report_from_table, table_cell  # noqa: E402
 from CoronaryCalciumDINOLib.scene.volume import ct_to_volume_node, nodes_by_class, volume_node_to_ct  # noqa: E402
-from CoronaryCalciumDINOLib.scoring import ScoringParams, score  # noqa: E402
+from CoronaryCalciumDINOLib.scoring import score  # noqa: E402
 from CoronaryCalciumDINOLib.constants import DISCLAIMER  # noqa: E402
+from result_stand_ins import FakeResult  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PHANTOM = REPO / "Testing" / "Data" / "qrm-phantom-canon"
@@ -56,21 +57,6 @@ def known_labels(phantom) -> np.ndarray:
     for a in ARTERIES:  # the scenario needs calcium in every artery
         assert np.count_nonzero(labels == ARTERY_TO_LABEL[a]) > 0, a
     return labels
-
-
-class FakeResult:
-    """PipelineResult-like object made of known labels, scored with ``scoring.score``."""
-
-    def __init__(self, ct: CTVolume, labels: np.ndarray, attention: np.ndarray | None = None):
-        self.labels = labels
-        self.score = score(ct.hu, labels, ct.spacing, ScoringParams())
-        self.slice_probabilities = np.linspace(0.0, 1.0, ct.shape[0]).astype(np.float32)
-        self.selected = self.slice_probabilities > 0.5
-        self.attention = attention
-        self.model_info = {"name": "known-labels"}
-
-    def report_extra(self) -> dict:
-        return {"model": dict(self.model_info)}
 
 
 @pytest.fixture()

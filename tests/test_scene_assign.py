@@ -27,6 +27,7 @@ from CoronaryCalciumDINOLib.scene.edits import EDITED_TAG, edited_segments  # no
 from CoronaryCalciumDINOLib.scene.table import report_from_table  # noqa: E402
 from CoronaryCalciumDINOLib.scene.volume import ct_to_volume_node, node_ijk_to_ras  # noqa: E402
 from CoronaryCalciumDINOLib.scoring import ScoringParams, params_for_kvp, score  # noqa: E402
+from result_stand_ins import FakeResult  # noqa: E402
 
 SPACING = (3.0, 0.7, 0.7)
 LAD, RCA, LCX, LM = (ARTERY_TO_LABEL[a] for a in ("LAD", "RCA", "LCX", "LM"))
@@ -62,22 +63,13 @@ def result_labels(ct: CTVolume) -> np.ndarray:
     return labels
 
 
-class Result:
-    def __init__(self, ct: CTVolume, labels: np.ndarray):
-        self.labels = labels
-        self.score = score(ct.hu, labels, ct.spacing, ScoringParams())
-        self.slice_probabilities = np.linspace(0.0, 1.0, ct.shape[0]).astype(np.float32)
-        self.selected = self.slice_probabilities > 0.5
-        self.attention = None
-
-
 @pytest.fixture()
 def env():
     core = scene_logic.create_core_scene()
     ct = small_ct()
     volume = ct_to_volume_node(core.scene, ct, "CT")
     labels = result_labels(ct)
-    outcome = scene_logic.compute(core.scene, volume, segment_fn=lambda c: Result(c, labels))
+    outcome = scene_logic.compute(core.scene, volume, segment_fn=lambda c: FakeResult(c, labels))
     seg = outcome.segmentation_node
     session = scene_logic.ResultSession(core.scene, volume, seg, ScoringParams())
     yield core, ct, volume, seg, session, labels, outcome

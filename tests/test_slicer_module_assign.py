@@ -19,32 +19,12 @@ import pytest
 slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 
-from CoronaryCalciumDINOLib.constants import ARTERY_TO_LABEL  # noqa: E402
-from CoronaryCalciumDINOLib.io.volume import CTVolume  # noqa: E402
 from CoronaryCalciumDINOLib.scene import logic as scene_logic  # noqa: E402
 from CoronaryCalciumDINOLib.scene.table import report_from_table  # noqa: E402
 from CoronaryCalciumDINOLib.scene.volume import ct_to_volume_node, node_ijk_to_ras  # noqa: E402
-from CoronaryCalciumDINOLib.scoring import ScoringParams, score  # noqa: E402
+from CoronaryCalciumDINOLib.scoring import ScoringParams  # noqa: E402
 from slicer_module_stand_ins import load_module  # noqa: E402
-
-
-def small_ct() -> CTVolume:
-    hu = np.full((6, 24, 24), -50.0, np.float32)
-    hu[2, 4:8, 4:8] = 300.0
-    hu[3, 14:18, 14:18] = 450.0
-    return CTVolume(hu=hu, spacing=(3.0, 0.7, 0.7))
-
-
-class Result:
-    def __init__(self, ct: CTVolume):
-        labels = np.zeros(ct.shape, np.uint8)
-        labels[2, 4:8, 4:8] = ARTERY_TO_LABEL["LAD"]
-        labels[3, 14:18, 14:18] = ARTERY_TO_LABEL["RCA"]
-        self.labels = labels
-        self.score = score(ct.hu, labels, ct.spacing, ScoringParams())
-        self.slice_probabilities = np.linspace(0.0, 1.0, ct.shape[0]).astype(np.float32)
-        self.selected = self.slice_probabilities > 0.5
-        self.attention = None
+from result_stand_ins import FakeResult, small_ct  # noqa: E402
 
 
 @pytest.fixture()
@@ -65,7 +45,7 @@ def ras_of(volume, z, y, x):
 
 def test_logic_assigns_through_the_session_and_undo_restores(env):
     logic, volume = env.logic, env.volume
-    outcome = logic.compute(volume, segmentFn=Result)
+    outcome = logic.compute(volume, segmentFn=FakeResult)
     seg, table = outcome.segmentation_node, outcome.score_table_node
     before = report_from_table(table)
     assert not logic.canUndoAssign(seg)
@@ -119,7 +99,7 @@ class FakeSliceView:
 
 def test_a_click_in_a_slice_view_assigns_and_a_drag_does_not(env):
     module, logic, volume = env.module, env.logic, env.volume
-    outcome = logic.compute(volume, segmentFn=Result)
+    outcome = logic.compute(volume, segmentFn=FakeResult)
     seg, table = outcome.segmentation_node, outcome.score_table_node
     widget = module.CoronaryCalciumDINOWidget.__new__(module.CoronaryCalciumDINOWidget)
     widget.logic = logic
@@ -149,7 +129,7 @@ def test_a_click_in_a_slice_view_assigns_and_a_drag_does_not(env):
 def test_review_flags_of_the_command_reach_the_table_and_the_panel(env):
     module, logic, volume = env.module, env.logic, env.volume
     ct = small_ct()
-    result = Result(ct)
+    result = FakeResult(ct)
     from CoronaryCalciumDINOLib.report import build_report
 
     flags = [{"flag": "noise", "message": "heavy image noise (about 50 HU SD)"},

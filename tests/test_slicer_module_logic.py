@@ -28,35 +28,14 @@ import pytest
 slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 
-from CoronaryCalciumDINOLib.constants import ARTERY_TO_LABEL  # noqa: E402
-from CoronaryCalciumDINOLib.io.volume import CTVolume  # noqa: E402
 from CoronaryCalciumDINOLib.scene import logic as scene_logic  # noqa: E402
 from CoronaryCalciumDINOLib.scene.edits import edited_segments  # noqa: E402
 from CoronaryCalciumDINOLib.scene.segmentation import write_segment_mask  # noqa: E402
 from CoronaryCalciumDINOLib.scene.volume import ct_to_volume_node  # noqa: E402
-from CoronaryCalciumDINOLib.scoring import ScoringParams, score  # noqa: E402
 from slicer_module_stand_ins import load_module  # noqa: E402
+from result_stand_ins import FakeResult, small_ct  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
-
-
-def small_ct() -> CTVolume:
-    hu = np.full((6, 24, 24), -50.0, np.float32)
-    hu[2, 4:8, 4:8] = 300.0
-    hu[3, 14:18, 14:18] = 450.0
-    return CTVolume(hu=hu, spacing=(3.0, 0.7, 0.7))
-
-
-class Result:
-    def __init__(self, ct: CTVolume):
-        labels = np.zeros(ct.shape, np.uint8)
-        labels[2, 4:8, 4:8] = ARTERY_TO_LABEL["LAD"]
-        labels[3, 14:18, 14:18] = ARTERY_TO_LABEL["RCA"]
-        self.labels = labels
-        self.score = score(ct.hu, labels, ct.spacing, ScoringParams())
-        self.slice_probabilities = np.linspace(0.0, 1.0, ct.shape[0]).astype(np.float32)
-        self.selected = self.slice_probabilities > 0.5
-        self.attention = None
 
 
 @pytest.fixture()
@@ -125,7 +104,7 @@ def test_device_warning_without_torch(env, monkeypatch):
 
 def test_edited_segments_question_comes_before_the_wait_cursor(env):
     logic, volume = env.logic, env.volume
-    first = logic.compute(volume, segmentFn=Result)
+    first = logic.compute(volume, segmentFn=FakeResult)
     seg = first.segmentation_node
     write_segment_mask(seg, "LAD", np.zeros(first.pipeline_result.labels.shape, bool), volume)  # the user clears LAD
     logic.flushEditChecks()
@@ -138,7 +117,7 @@ def test_edited_segments_question_comes_before_the_wait_cursor(env):
         events.append(f"asked {edited} with {len(env.app.cursor_stack)} wait cursor(s)")
         return "keep"
 
-    job = logic.startCompute(volume, segmentFn=Result)
+    job = logic.startCompute(volume, segmentFn=FakeResult)
     job.wait()
     outcome = logic.finishCompute(job, on_conflict=ask, busy=env.module._waitCursor)
     assert events == ["asked ['LAD'] with 0 wait cursor(s)", "wait cursor on", "wait cursor off"]
@@ -147,7 +126,7 @@ def test_edited_segments_question_comes_before_the_wait_cursor(env):
     # no edits: no question, the writing still under the wait cursor
     events.clear()
     other = ct_to_volume_node(env.core.scene, small_ct(), "other")
-    job = logic.startCompute(other, segmentFn=Result)
+    job = logic.startCompute(other, segmentFn=FakeResult)
     job.wait()
     logic.finishCompute(job, on_conflict=ask, busy=env.module._waitCursor)
     assert events == ["wait cursor on", "wait cursor off"]
@@ -156,12 +135,12 @@ def test_edited_segments_question_comes_before_the_wait_cursor(env):
 def test_layout_switches_only_for_a_new_result(env):
     logic, volume, layouts = env.logic, env.volume, env.app.layoutManager().layouts
     selection = env.core.app_logic.GetSelectionNode()
-    first = logic.compute(volume, segmentFn=Result)
+    first = logic.compute(volume, segmentFn=FakeResult)
     logic.showResult(first)
     assert first.created and layouts == [slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView]
     assert selection.GetActiveTableID() == first.score_table_node.GetID()
 
-    again = logic.compute(volume, segmentFn=Result)
+    again = logic.compute(volume, segmentFn=FakeResult)
     logic.showResult(again)
     table = logic.rescore(again.segmentation_node, volume)
     logic.showTableInLayout(table)  # what Rescore does
@@ -179,7 +158,7 @@ def test_segment_editor_mask_is_restored_for_other_segmentations(env):
     scene.AddNode(editor)
     editor.SetSourceVolumeIntensityMask(False)
     editor.SetSourceVolumeIntensityMaskRange(-100.0, 300.0)  # the user's own settings
-    result = env.logic.compute(env.volume, segmentFn=Result).segmentation_node
+    result = env.logic.compute(env.volume, segmentFn=FakeResult).segmentation_node
     mine = slicer.vtkMRMLSegmentationNode()
     scene.AddNode(mine)
 
@@ -221,7 +200,7 @@ def test_open_segment_editor_sets_the_mask_through_the_editor_widget(env, monkey
     modules = types.SimpleNamespace(segmenteditor=types.SimpleNamespace(widgetRepresentation=lambda: representation))
     monkeypatch.setattr(slicer, "modules", modules, raising=False)
     monkeypatch.setattr(slicer.util, "selectModule", lambda name: None)
-    result = env.logic.compute(env.volume, segmentFn=Result).segmentation_node
+    result = env.logic.compute(env.volume, segmentFn=FakeResult).segmentation_node
     env.logic.openSegmentEditor(result, env.volume, 130.0)
     assert editor.GetSegmentationNode() is result and editor.GetSourceVolumeNode() is env.volume
     assert editor.GetSourceVolumeIntensityMask()
