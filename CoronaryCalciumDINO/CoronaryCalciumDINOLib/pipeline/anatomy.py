@@ -583,11 +583,14 @@ def find_anatomy(hu: np.ndarray, spacing: Sequence[float]) -> Anatomy:
     region &= ~grown
     axis, radius = None, None
     if levels is not None:
-        # only noise specks filled: a larger hole can be the fat between two vessels
-        soft = soft_tissue(small, mediastinum & ~bone & ~aorta, (py, px), NOISE_HOLE_MM2)
+        # from the top heart level up (where the aorta is looked for); only noise specks
+        # filled: a larger hole can be the fat between two vessels
+        top = levels[1]
+        soft = np.zeros_like(mediastinum)
+        soft[top:] = soft_tissue(small[top:], (mediastinum & ~bone & ~aorta)[top:], (py, px), NOISE_HOLE_MM2)
         for k in np.flatnonzero(back >= 0):
             soft[k, back[k]:] = False
-        found = ascending_aorta(soft, levels[1], dz, (py, px), _midline(hull[levels[1]:]))
+        found = ascending_aorta(soft, top, dz, (py, px), _midline(hull[top:]))
         if found is not None:
             cells, radius = found
             axis = (cells + 0.5) * np.array([fy, fx], float) - 0.5  # working cell centre -> CT pixel
