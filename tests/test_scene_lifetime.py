@@ -25,12 +25,12 @@ from CoronaryCalciumDINOLib.scene import logic as scene_logic  # noqa: E402
 from CoronaryCalciumDINOLib.scene.segmentation import find_result_segmentation  # noqa: E402
 from CoronaryCalciumDINOLib.scene.volume import ct_to_volume_node, nodes_by_class  # noqa: E402
 
-from test_slicer_module_logic import Result as ModuleResult, small_ct  # noqa: E402
+from result_stand_ins import FakeResult, small_ct  # noqa: E402
 
 VIEWS = ("Red", "Green", "Yellow")
 
 
-class Result(ModuleResult):
+class Result(FakeResult):
     """PipelineResult-like: known labels, their score, slice probabilities and attention."""
 
     def __init__(self, ct: CTVolume):

@@ -38,7 +38,7 @@ from CoronaryCalciumDINOLib.errors import Cancelled, CCDinoError  # noqa: E402
 from CoronaryCalciumDINOLib.scene import logic as scene_logic  # noqa: E402
 from CoronaryCalciumDINOLib.scene.volume import ct_to_volume_node, nodes_by_class  # noqa: E402
 from slicer_module_stand_ins import load_module  # noqa: E402
-from test_slicer_module_logic import Result, small_ct  # noqa: E402
+from result_stand_ins import FakeResult as Result, small_ct  # noqa: E402
 
 PHANTOM = Path(__file__).resolve().parents[1] / "Testing" / "Data" / "qrm-phantom-canon"
 
