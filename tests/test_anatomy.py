@@ -90,6 +90,67 @@ def test_the_calcified_rim_of_a_costal_cartilage_beside_the_sternum_is_not_heart
     assert not keep[_candidate_at(c, 48, 108)]
 
 
+def test_a_sternum_too_small_to_be_bone_still_limits_the_region():
+    """A heart-centred view cut short along the patient: the sternum lies on one slice only
+    (1.5 cm^3 of dense cells, below the bone volume), and a costal cartilage beside it has a
+    calcified rim on that slice and the two next to it. The sternum, found from its width,
+    still starts the region behind it: the rim is dropped, the heart's calcium kept. A
+    calcification as dense but narrow is never taken for a sternum."""
+    from CoronaryCalciumDINOLib.pipeline import anatomy as A
+
+    s = np.full((200, 260), -1000.0, np.float32)
+    s[_ellipse(s.shape, 100, 130, 92, 125)] = -100.0
+    s[_ellipse(s.shape, 100, 60, 62, 45)] = -850.0
+    s[_ellipse(s.shape, 100, 200, 62, 45)] = -850.0
+    s[_ellipse(s.shape, 100, 130, 45, 42)] = 40.0  # heart: front at row 55
+    s[_ellipse(s.shape, 43, 106, 5, 9)] = 120.0  # costal cartilage, back at row 48
+    _bone(s, 172, 130, 18, 20)
+    hu = np.repeat(s[None], 30, axis=0)
+    _bone(hu[10], 41, 130, 6, 16)  # the sternum, on slice 10 only: back at row 47
+    for y, x in ((48, 108), (100, 92)):  # the cartilage's rim, calcium in the heart (3 slices)
+        hu[9:12, y - 1: y + 2, x - 1: x + 2] = 400.0
+    an = find_anatomy(hu, SPACING)
+    assert an.found and not an.bone[10, 20, 65]  # not bone: too small a volume
+    c = cd.find_candidates(hu, SPACING, centre_yx=(100.0, 130.0))
+    keep = cd.in_heart_region(c, an)
+    assert keep[_candidate_at(c, 100, 92)]
+    assert not keep[_candidate_at(c, 48, 108)]
+
+    # the rule itself: wide dense cells at the hull's front are a sternum, narrow ones not
+    hull = np.zeros((1, 100, 130), bool)
+    hull[0, 10:90, 5:125] = True
+    dense = np.zeros_like(hull)
+    bone = np.zeros_like(hull)
+    wide = int(np.ceil(A.STERNUM_MIN_WIDTH_MM / 2.0))
+    dense[0, 15:19, 65 - wide // 2: 65 - wide // 2 + wide] = True
+    assert A._chest_wall_limits(bone, hull, 5.0, dense, wide)[0][0] == 18
+    dense[0, 15:19] = False
+    dense[0, 15:19, 63:66] = True  # 6 mm across: a calcification
+    assert A._chest_wall_limits(bone, hull, 5.0, dense, wide)[0][0] == -1
+
+
+def test_the_heart_in_front_of_a_lower_lobe_stays_in_the_region():
+    """Low in the chest the lower lobes wrap round behind the heart: in a column through the
+    heart's side the lung's front lies behind the heart, still in the front half of the
+    lungs' hull. The heart in front of it (and its calcium) is heart region, not chest
+    wall."""
+    s = np.full((260, 320), -1000.0, np.float32)  # air well round the body
+    s[_ellipse(s.shape, 130, 160, 92, 125)] = -100.0  # body: fat
+    s[_ellipse(s.shape, 150, 105, 45, 40)] = -850.0  # right lower lobe
+    s[_ellipse(s.shape, 150, 215, 45, 40)] = -850.0  # left lower lobe
+    s[_ellipse(s.shape, 110, 160, 40, 50)] = 40.0  # heart, in front of the lobes' inner parts
+    _bone(s, 50, 160, 7, 16)  # sternum
+    _bone(s, 202, 160, 18, 20)  # vertebral body
+    hu = np.repeat(s[None], 30, axis=0)
+    for y, x in ((130, 130), (130, 190)):  # calcium at the heart's sides, in front of the lobes
+        hu[:, y - 1: y + 2, x - 1: x + 2] = 400.0
+    an = find_anatomy(hu, SPACING)
+    assert an.found
+    c = cd.find_candidates(hu, SPACING, centre_yx=(125.0, 160.0))
+    keep = cd.in_heart_region(c, an)
+    assert keep[_candidate_at(c, 130, 130)] and keep[_candidate_at(c, 130, 190)]
+
+
 def test_no_lungs_means_no_anatomy_and_every_candidate_is_kept():
     hu = np.full((6, 120, 120), -1000.0, np.float32)
     hu[:, _ellipse((120, 120), 60, 60, 50, 50)] = 40.0  # a water phantom: no lungs

@@ -233,18 +233,20 @@ def test_evaluate_real_sheet(tmp_path):
 
 def test_heart_centred_geometry():
     """--heart-centred: a 200 mm field of 0.4 mm pixels, 3 mm slices, centred on the heart
-    region, over the slices a cardiac scan would hold; HU carried over, not invented."""
+    (the HU localiser on the slices a cardiac scan would hold), over those slices; HU
+    carried over, not invented."""
+    from CoronaryCalciumDINOLib.pipeline.anatomy import heart_centre
     from CoronaryCalciumDINOLib.pipeline.inference import locate, orient
     from CoronaryCalciumDINOLib.synth import generate_study
     from training import evaluate_real as ev
 
     ct = generate_study(5, matrix=256, n_slices=24, plaques=False).ct  # 2.5-3 mm slices, ~1 mm pixels
     view, _ = orient(ct, np.asarray(ct.hu, np.float32))
-    anatomy, (z0, z1) = locate(view.hu, ct.spacing)
-    _, yy, xx = np.nonzero(anatomy.region_full())
-    cy, cx = int(round(yy.mean())), int(round(xx.mean()))
+    _, (z0, z1) = locate(view.hu, ct.spacing)
+    fy, fx = heart_centre(view.hu[z0:z1], ct.spacing)
+    cy, cx = int(round(fy)), int(round(fx))
     hu = np.asarray(ct.hu, np.float32).copy()
-    hu[z0, cy - 1:cy + 2, cx - 1:cx + 2] = 3000.0  # a marker at the region's centre, lowest slice
+    hu[z0, cy - 1:cy + 2, cx - 1:cx + 2] = 3000.0  # a marker at the heart's centre, lowest slice
     ct.hu = hu
     out = ev.heart_centred(ct)
     assert out.spacing == (3.0, 0.4, 0.4) and out.shape[1:] == (500, 500) and out.kvp == ct.kvp

@@ -116,26 +116,28 @@ HEART_CENTRED = (200.0, 0.4, 3.0)
 def heart_centred(ct, fov_mm: float = HEART_CENTRED[0], pixel_mm: float = HEART_CENTRED[1],
                   slice_mm: float = HEART_CENTRED[2]):
     """``ct`` cropped and resampled (trilinear) to a heart-centred scan: a ``fov_mm`` square
-    field of ``pixel_mm`` pixels centred on the heart region the pipeline's anatomy step
-    finds, over the slices a cardiac scan would hold, every ``slice_mm``. Canonical axial
-    layout (identity direction). Interpolation adds no detail: a 5 mm scan stays a 5 mm scan
-    seen through a gated scan's geometry."""
+    field of ``pixel_mm`` pixels centred on the heart (the HU localiser
+    :func:`.anatomy.heart_centre` on the slices a cardiac scan would hold: not the heart
+    region, so that a change to the region's rules does not move the field), over those
+    slices, every ``slice_mm``. Canonical axial layout (identity direction). Interpolation
+    adds no detail: a 5 mm scan stays a 5 mm scan seen through a gated scan's geometry."""
     from scipy import ndimage
 
     from CoronaryCalciumDINOLib.io.volume import CTVolume
+    from CoronaryCalciumDINOLib.pipeline.anatomy import heart_centre
     from CoronaryCalciumDINOLib.pipeline.inference import locate, orient
 
     view, _ = orient(ct, np.asarray(ct.hu, dtype=np.float32))
     anatomy, (z0, z1) = locate(view.hu, ct.spacing)
-    _, yy, xx = np.nonzero(anatomy.region_full())
-    if not anatomy.found or yy.size == 0:
-        raise CCDinoError("heart-centred geometry: no heart region found")
+    if not anatomy.found:
+        raise CCDinoError("heart-centred geometry: no lungs, no heart found")
+    cy, cx = heart_centre(view.hu[z0:z1], ct.spacing)
     dz, dy, dx = (float(v) for v in ct.spacing)
     nz = int(np.floor((z1 - z0 - 1) * dz / slice_mm + 1e-6)) + 1
     m = int(round(fov_mm / pixel_mm))
     steps = (np.arange(m) - (m - 1) / 2.0) * pixel_mm
     zc = z0 + np.arange(nz) * slice_mm / dz
-    yc, xc = yy.mean() + steps / dy, xx.mean() + steps / dx
+    yc, xc = cy + steps / dy, cx + steps / dx
     out = np.empty((nz, m, m), dtype=np.float32)
     grid_y, grid_x = np.meshgrid(yc, xc, indexing="ij")
     for k, z in enumerate(zc):

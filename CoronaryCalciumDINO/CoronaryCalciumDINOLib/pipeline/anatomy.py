@@ -65,8 +65,10 @@ heart region
     :data:`BONE_MARGIN_MM`), minus everything behind the front of the spine (the
     oesophagus, the azygos, the ribs' heads), minus the descending aorta, minus anything in
     front of :data:`STERNUM_GAP_MM` behind the back of the sternum, and minus what lies in
-    front of a lung in its own column (the chest wall and costal cartilage beside the
-    sternum).
+    front of a lung in its own column where that lung's front lies within
+    :data:`CHEST_WALL_MM` of the hull's front in that column (the chest wall and costal
+    cartilage beside the sternum; where the lung lies deeper, behind the heart, the heart in
+    front of it stays),.
 
 heart centre
     The centre of the square field the networks see (:func:`heart_centre`, :func:`heart_box`;
@@ -108,10 +110,17 @@ BONE_HU = 180.0
 MIN_BONE_CM3 = 2.0
 BONE_MARGIN_MM = 3.0
 STERNUM_Z_MM = 20.0
+#: Dense cells (>= :data:`BONE_HU`) at the front of the hull at least this wide (mm) are the
+#: sternum even when they are too small a volume for bone (:func:`_chest_wall_limits`).
+STERNUM_MIN_WIDTH_MM = 16.0
 #: The region starts this far (mm) behind the back of the sternum: the costal cartilages
 #: beside it reach a little further back, with calcified rims; the heart's front lies behind
 #: the pericardium and its fat, and no coronary artery runs within it.
 STERNUM_GAP_MM = 5.0
+#: Columns where a lung's front lies within this distance (mm) of the front of the lungs'
+#: hull in the same column: what is in front of the lung there is chest wall (cut from the
+#: region). Deeper, a lower lobe lies behind the heart, and what is in front of it is the heart.
+CHEST_WALL_MM = 20.0
 AORTA_MARGIN_MM = 4.0
 SLIVER_MM = 4.0
 #: The lungs' edge given to the mediastinum (mm): calcium on the heart's surface next to the
@@ -293,12 +302,18 @@ def _hulls(lungs: np.ndarray, reach: int) -> np.ndarray:
     return out
 
 
-def find_bone(small: np.ndarray, cell_cm3: float) -> np.ndarray:
-    """bool (z, Y, X): 3D regions >= :data:`BONE_HU` (marrow filled per slice) of >= :data:`MIN_BONE_CM3`."""
+def dense_cells(small: np.ndarray) -> np.ndarray:
+    """bool (z, Y, X): working cells >= :data:`BONE_HU`, each slice's holes (marrow) filled."""
     dense = small >= BONE_HU
     for k in range(dense.shape[0]):
         if dense[k].any():
             dense[k] = ndimage.binary_fill_holes(dense[k])
+    return dense
+
+
+def find_bone(small: np.ndarray, cell_cm3: float, dense: np.ndarray | None = None) -> np.ndarray:
+    """bool (z, Y, X): 3D regions >= :data:`BONE_HU` (marrow filled per slice) of >= :data:`MIN_BONE_CM3`."""
+    dense = dense_cells(small) if dense is None else dense
     lab, n = ndimage.label(dense, structure=np.ones((3, 3, 3), bool))
     if n == 0:
         return dense
@@ -326,30 +341,38 @@ def heart_levels(soft: np.ndarray, pixel_mm: float) -> np.ndarray:
     return depth >= HEART_DEPTH_MM
 
 
-def _in_front_of_lungs(lungs2d: np.ndarray, hull2d: np.ndarray) -> np.ndarray:
-    """bool (Y, X): what lies in front of the lungs' front in its own column, where a lung
-    lies in the front half of the hull: the chest wall and costal cartilage lateral to the
-    sternum (in a heart-centred field of view they are inside the hull of the cut lungs).
-    Behind the heart the lower lobes are in the back half and do not count."""
+def _in_front_of_lungs(lungs2d: np.ndarray, hull2d: np.ndarray, reach: int) -> np.ndarray:
+    """bool (Y, X): the chest wall inside the lungs' hull ``hull2d`` (in a heart-centred
+    field of view the lungs are cut by its edges, and the chest wall and the costal
+    cartilage beside the sternum lie inside their hull): in each column, what lies in front
+    of the lungs' front where that front lies within ``reach`` cells of the hull's front.
+    Where it lies deeper, the heart lies in front of it (the lower lobes wrap round behind
+    the heart) and stays."""
     out = np.zeros_like(lungs2d)
     if not hull2d.any():
         return out
     ys = np.flatnonzero(hull2d.any(axis=1))
     front = lungs2d.copy()
     front[int(0.5 * (ys[0] + ys[-1])):] = False
-    has = front.any(axis=0)
     first = np.argmax(front, axis=0)
+    hull_first = np.argmax(hull2d, axis=0)
+    has = front.any(axis=0) & (first <= hull_first + reach)
     rows = np.arange(lungs2d.shape[0])[:, None]
     return has[None, :] & (rows < first[None, :])
 
 
-def _chest_wall_limits(bone: np.ndarray, hull: np.ndarray, dz: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _chest_wall_limits(bone: np.ndarray, hull: np.ndarray, dz: float, dense: np.ndarray | None = None,
+                       wide: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(z,) working-grid row of the back of the sternum, of the front of the spine (-1:
     none) and the spine's column (-1: none).
 
     On each slice with a hull: the spine is the bone reaching the back quarter of the hull's
     rows; the sternum is the bone whose front lies in the front quarter of the hull's rows
-    and within the middle fifth of its columns either side of its centre. A slice without a
+    and within the middle fifth of its columns either side of its centre. A sternum of thin
+    bone cut short by the field of view (a heart-centred scan: below :data:`MIN_BONE_CM3`)
+    is not bone; there the ``dense`` cells (:func:`dense_cells`) of a slice at least
+    ``wide`` cells across count as well (:data:`STERNUM_MIN_WIDTH_MM`: no calcification of
+    a coronary artery, which runs across the slice, is that wide). A slice without a
     sternum (between its segments, below the xiphoid) takes the nearest slice's within
     :data:`STERNUM_Z_MM`.
     """
@@ -358,16 +381,22 @@ def _chest_wall_limits(bone: np.ndarray, hull: np.ndarray, dz: float) -> tuple[n
     back = np.full(nz, -1)
     spine_x = np.full(nz, -1.0)
     for k in range(nz):
-        if not hull[k].any() or not bone[k].any():
+        solid = bone[k] if dense is None else bone[k] | dense[k]
+        if not hull[k].any() or not solid.any():
             continue
         ys = np.flatnonzero(hull[k].any(axis=1))
         xs = np.flatnonzero(hull[k].any(axis=0))
         y0, y1, h = ys[0], ys[-1], ys[-1] - ys[0] + 1
         xc, w = 0.5 * (xs[0] + xs[-1]), xs[-1] - xs[0] + 1
-        lab, n = ndimage.label(bone[k])
+        lab, n = ndimage.label(solid)
         for j, sl in enumerate(ndimage.find_objects(lab), start=1):
-            yy, xx = np.nonzero(lab[sl] == j)
+            part = lab[sl] == j
+            yy, xx = np.nonzero(part)
             yy, xx = yy + sl[0].start, xx + sl[1].start
+            if not bone[k][sl][part].any():  # dense, not bone: a sternum only if wide
+                if xx.max() - xx.min() + 1 >= wide and yy.min() < y0 + 0.25 * h and abs(np.median(xx) - xc) < 0.2 * w:
+                    front[k] = max(front[k], yy.max())
+                continue
             if yy.max() > y1 - 0.25 * h and yy.min() > y0 + 0.25 * h:
                 if back[k] < 0 or yy.min() < back[k]:
                     back[k], spine_x[k] = yy.min(), float(np.median(xx))
@@ -559,22 +588,24 @@ def find_anatomy(hu: np.ndarray, spacing: Sequence[float]) -> Anatomy:
     rim = max(1, int(round(LUNG_RIM_MM / min(py, px))))
     mediastinum = hull & ~ndimage.binary_erosion(filled, structure=np.ones((1, 3, 3), bool), iterations=rim)
     heart = heart_levels(soft_tissue(small, mediastinum, (py, px)), min(py, px))
-    bone = find_bone(small, cell_cm3)
+    dense = dense_cells(small)
+    bone = find_bone(small, cell_cm3, dense)
     region = mediastinum.copy()
     levels = (int(np.flatnonzero(heart)[0]), int(np.flatnonzero(heart)[-1])) if heart.any() else None
     region[_cardiac_range(levels, nz, dz)[1]:] = False  # a chest CT: nothing above the aortic root's range
     below = abdomen_top(mediastinum, hull, heart)
     if below is not None:
         region[: below + 1] = False
-    front, back, spine_x = _chest_wall_limits(bone, hull, dz)
+    front, back, spine_x = _chest_wall_limits(bone, hull, dz, dense, int(np.ceil(STERNUM_MIN_WIDTH_MM / px)))
     rows = np.arange(small.shape[1])[:, None]
     sternum_gap = int(round(STERNUM_GAP_MM / py))
+    chest_wall = int(round(CHEST_WALL_MM / py))
     for k in range(nz):
         if front[k] >= 0:
             region[k] &= rows > front[k] + sternum_gap
         if back[k] >= 0:
             region[k] &= rows < back[k]
-        region[k] &= ~_in_front_of_lungs(filled[k], hull[k])
+        region[k] &= ~_in_front_of_lungs(filled[k], hull[k], chest_wall)
     aorta = descending_aorta(small, body & ~bone, back, spine_x, (py, px))
     region &= ~aorta
     region = _main_part(region, max(1, int(round(SLIVER_MM / min(py, px)))))
