@@ -563,3 +563,36 @@ def test_one_side_per_lesion():
     lab = np.zeros((2, 4, 4), np.uint8)
     lab[0, 1, 1], lab[1, 1, 1] = 2, 4
     assert np.array_equal(one_side_per_lesion(lab), lab)
+
+
+def test_a_candidate_continuing_a_flagged_one_onto_the_next_slice_passes_the_gate():
+    """Gate: below the detector's threshold, a candidate that continues a passed one (its
+    voxels within CONTINUE_MM in-plane on the next or previous slice, through a chain of
+    such candidates) passes; one as probable but elsewhere, or too improbable, does not."""
+    from CoronaryCalciumDINOLib.pipeline import candidates as cd
+    from CoronaryCalciumDINOLib.pipeline import inference
+
+    hu = np.full((8, 64, 64), 40.0, np.float32)
+    spots = {  # name: (slice, row, column)
+        "passed": (3, 30, 30),
+        "next": (4, 34, 31),  # its edge 2 mm from the edge of "passed": continues it
+        "chain": (5, 38, 32),  # continues "next"
+        "far": (4, 10, 50),  # as probable, 20 mm away
+        "faint": (6, 42, 33),  # continues "chain", below CONTINUE_PROBABILITY
+        "gap": (1, 30, 30),  # two slices away from "passed"
+    }
+    for z, y, x in spots.values():
+        hu[z, y - 1: y + 2, x - 1: x + 2] = 400.0
+    c = cd.find_candidates(hu, (3.0, 1.0, 1.0), centre_yx=(32.0, 32.0))
+    index = {name: int(np.flatnonzero((c.z == z) & (np.abs(c.cy + c.field.y0 - y) < 1.5)
+                                      & (np.abs(c.cx + c.field.x0 - x) < 1.5))[0])
+             for name, (z, y, x) in spots.items()}
+    prob = np.full(len(c), 0.7)
+    prob[index["passed"]] = 0.99
+    prob[index["faint"]] = 0.2
+    passed = np.zeros(len(c), bool)
+    passed[index["passed"]] = True
+    got = inference.continuing(c, passed, prob >= inference.CONTINUE_PROBABILITY)
+    assert {name for name, i in index.items() if got[i]} == {"passed", "next", "chain"}
+    # nothing passed: nothing continues
+    assert not inference.continuing(c, np.zeros(len(c), bool), prob >= 0.5).any()

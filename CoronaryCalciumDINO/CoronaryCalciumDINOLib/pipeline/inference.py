@@ -21,7 +21,9 @@ stages, not the AI's imports).
    size (32 x 32 px of 0.5 mm, HU windows as channels); a head on its features and the
    context gives P(coronary calcium) per candidate. A slice's probability is the maximum
    over its candidates (0 without candidates); slices with probability >= the bundle
-   threshold are *selected*.
+   threshold are *selected*. A patient's candidate below the threshold, down to
+   :data:`CONTINUE_PROBABILITY`, that continues a flagged one onto the next or previous
+   slice (:func:`continuing`) is flagged too, and its slice selected.
 3. Segmenter, selected slices only, on the candidates the detector flagged there
    (probability >= the threshold) that stand out of the image noise (the bundle's
    :class:`.candidates.NoiseRule`; flagged regions below it are counted in a warning):
@@ -76,6 +78,12 @@ from .device import autocast_for, chunks, resolve_device
 
 #: A candidate on a selected slice is labelled calcium when its mean P(not background) >= this.
 CALCIUM_PROBABILITY = 0.5
+#: A patient's candidate below the detector's threshold still passes the gate when it
+#: continues a passed one (:func:`continuing`) with at least this probability ...
+CONTINUE_PROBABILITY = 0.5
+#: ... its voxels within this in-plane distance (mm) of a passed candidate's voxels on the
+#: next or previous slice: a calcified artery runs on through the slices.
+CONTINUE_MM = 3.0
 
 
 @dataclass
@@ -378,13 +386,18 @@ def gate(cands: cd.Candidates, cand_probs: np.ndarray, slice_probs: np.ndarray, 
          all_slices: bool = False) -> Gate:
     """Slices with probability >= the head's threshold are selected; on them, the candidates
     at or above it that stand out of the image noise (``rule``; for a phantom, also small
-    enough) pass. ``all_slices``: every candidate out of the noise is segmented (the "UNET
-    alone" baseline)."""
+    enough) pass, and for a patient those that continue them (:func:`continuing`).
+    ``all_slices``: every candidate out of the noise is segmented (the "UNET alone"
+    baseline)."""
     selected = slice_probs >= rt.threshold
     significant = rule.significant(cands.context)
     if rt.sized is not None:
         significant &= rt.sized
     flagged = selected[cands.z] & (cand_probs >= rt.threshold)
+    if not rt.phantom and not all_slices:
+        flagged = continuing(cands, flagged & significant, significant & (cand_probs >= CONTINUE_PROBABILITY)) | flagged
+        selected = selected.copy()
+        selected[cands.z[flagged]] = True
     passed = flagged & significant
     below = flagged & ~significant
     notes = []
@@ -399,6 +412,35 @@ def gate(cands: cd.Candidates, cand_probs: np.ndarray, slice_probs: np.ndarray, 
         )
     index = np.flatnonzero(significant) if all_slices else np.flatnonzero(passed)
     return Gate(selected, passed, below, index, notes)
+
+
+def continuing(cands: cd.Candidates, passed: np.ndarray, maybe: np.ndarray) -> np.ndarray:
+    """(n,) bool: ``passed`` grown through ``maybe``: a ``maybe`` candidate joins when one of
+    its voxels lies within :data:`CONTINUE_MM` in-plane of a joined candidate's voxel on the
+    next or previous slice, until no more join (a calcification runs on through the slices
+    of one artery)."""
+    from scipy import ndimage
+
+    joined = np.asarray(passed, bool).copy()
+    if not joined.any() or not (maybe & ~joined).any():
+        return joined
+    ry = max(1, int(round(CONTINUE_MM / cands.spacing[1])))
+    rx = max(1, int(round(CONTINUE_MM / cands.spacing[2])))
+    yy, xx = np.ogrid[-ry: ry + 1, -rx: rx + 1]
+    disc = ((yy * cands.spacing[1]) ** 2 + (xx * cands.spacing[2]) ** 2) <= CONTINUE_MM ** 2 + 1e-6
+    reach = np.zeros((3, *disc.shape), bool)
+    reach[0] = reach[2] = disc  # the next and previous slice only
+    lut = np.zeros(int(cands.ids.max(initial=0)) + 1, bool)
+    while True:
+        lut[:] = False
+        lut[cands.uid[joined]] = True
+        near = ndimage.binary_dilation(lut[cands.ids], structure=reach)
+        hit = np.zeros_like(lut)
+        hit[cands.ids[near]] = True
+        new = maybe & ~joined & hit[cands.uid]
+        if not new.any():
+            return joined
+        joined |= new
 
 
 def segment(hu: np.ndarray, cands: cd.Candidates, g: Gate, rt: Route, cand_probs: np.ndarray, bundle, dev,
