@@ -28,6 +28,9 @@ def register(sub) -> None:
     p.add_argument("--non-gated", action="store_true",
                    help="non-gated chest-CT reconstructions: 5 mm slices and cardiac motion blur "
                         "(ids synth-nongated-<seed>)")
+    p.add_argument("--kernel", choices=("smooth", "standard", "sharp"), default=None,
+                   help="reconstruct with this kernel (point spread, noise grain and strength, a sharp kernel's "
+                        "edge enhancement; ids synth-<kernel>-<seed>); default: the body kernel each study draws")
     p.add_argument("--phantoms", action="store_true",
                    help="calcium-scoring phantoms (a thorax phantom with a calcification insert; folders "
                         "synth-phantom-<seed>) instead of patients")
@@ -59,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
         if args.phantoms:
             raise InputError("--non-gated makes patients' chest-CT reconstructions; it does not apply to --phantoms")
         overrides["non_gated"] = True
+    if args.kernel is not None:
+        if args.phantoms:
+            raise InputError("--kernel applies to patients' studies; it does not apply to --phantoms")
+        overrides["kernel"] = args.kernel
     t0 = time.perf_counter()
     n = args.n
 

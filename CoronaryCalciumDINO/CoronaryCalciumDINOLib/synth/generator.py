@@ -19,7 +19,10 @@ noise-free HU in :attr:`SynthResult.clean` and :attr:`SynthResult.anatomy_hu`),
 every 5 mm unless ``spacing`` / ``thickness`` say otherwise, and cardiac motion blur: the
 heart's structures and all calcium blobs blurred in-plane by a Gaussian of
 :data:`MOTION_SIGMA_MM` drawn from the seed's own stream; the labels follow the blurred
-calcium).
+calcium), ``kernel`` (``"smooth"``, ``"standard"`` or ``"sharp"``: the same patient and
+noise reconstructed with that kernel, :data:`.scanner.KERNELS`: its point spread, noise
+grain and strength, and a sharp kernel's edge enhancement; the labels follow the
+reconstructed calcium; ids ``synth-<kernel>-<seed>``).
 
 Small/fast mode for tests: ``generate_study(seed, matrix=128, n_slices=24)`` takes about
 0.15 s of CPU instead of about 1.1 s, with the same anatomy at a coarser pixel (the top
@@ -48,7 +51,7 @@ GENERATOR_VERSION = 1
 DEFAULT_SLICES_RANGE = (40, 80)
 MATRIX = 512
 _OVERRIDES = {"matrix", "pixel", "spacing", "thickness", "n_slices", "slices_range", "noise_sd", "p_zero",
-              "plaques", "confounders", "streaks", "keep_clean", "phantom", "non_gated"}
+              "plaques", "confounders", "streaks", "keep_clean", "phantom", "non_gated", "kernel"}
 #: ``non_gated``: slice spacing and thickness (mm) and the range of the in-plane Gaussian
 #: sigma (mm) of cardiac motion during a non-gated acquisition.
 NON_GATED_SLICE_MM = 5.0
@@ -58,10 +61,13 @@ _PHANTOM_OVERRIDES = {"matrix", "pixel", "spacing", "thickness", "n_slices", "sl
                       "phantom"}
 
 
-def study_id(seed: int, phantom: bool = False, non_gated: bool = False) -> str:
+def study_id(seed: int, phantom: bool = False, non_gated: bool = False, kernel: str | None = None) -> str:
     """Study id of a seed, e.g. ``synth-000123`` (a phantom: ``synth-phantom-000123``; the
-    non-gated reconstruction of a patient: ``synth-nongated-000123``)."""
+    non-gated reconstruction of a patient: ``synth-nongated-000123``; with a ``kernel``:
+    ``synth-sharp-000123``, ``synth-nongated-sharp-000123``)."""
     kind = "phantom-" if phantom else "nongated-" if non_gated else ""
+    if kernel is not None and not phantom:
+        kind += f"{kernel}-"
     return f"synth-{kind}{int(seed):06d}"
 
 
@@ -142,6 +148,11 @@ def render_study(seed: int, progress: Callable[[float, str], None] | None = None
 
     r_scan, r_anat, r_cor, r_plq, r_conf, r_rib, r_lung, r_noise, r_streak = _streams(seed, 9)
     sp = _scanner_params(r_scan)
+    kernel = overrides.get("kernel")
+    if kernel is not None:
+        if kernel not in scanner.KERNELS:
+            raise InputError(f"kernel must be one of {', '.join(scanner.KERNELS)}, got {kernel!r}")
+        sp.update({k: scanner.KERNELS[kernel][k] for k in ("inplane_fwhm_mm", "noise_grain_mm")})
     a = anatomy.sample_anatomy(r_anat)
     arteries = coronaries.build_coronaries(a, r_cor)
     p_zero = float(overrides.get("p_zero", 0.3))
@@ -215,10 +226,14 @@ def render_study(seed: int, progress: Callable[[float, str], None] | None = None
     s_calcium = float(np.hypot(s_xy, motion_mm))
     support = plaques.render_blobs(vol, grid, blobs + conf, (s_calcium, s_z))
     lap("calcium")
+    if kernel is not None:  # a sharp kernel's edge enhancement, on the noise-free image
+        scanner.enhance_edges(vol, pixel, scanner.KERNELS[kernel]["edge_gain"], scanner.KERNELS[kernel]["edge_sigma_mm"])
     clean = vol.copy() if overrides.get("keep_clean") else None
 
-    # Scanner: noise and streaks.
+    # Scanner: noise (the kernel's grain and strength) and streaks.
     noise_sd = float(overrides.get("noise_sd", sp["noise_sd"]))
+    if kernel is not None:
+        noise_sd *= scanner.KERNELS[kernel]["noise_gain"]
     scanner.add_noise(vol, grid, r_noise, noise_sd, max(sp["noise_grain_mm"] / pixel, 0.5))
     lap("noise")
     want_streaks = overrides.get("streaks", r_streak.random() < sp["streak_probability"])
@@ -241,7 +256,7 @@ def render_study(seed: int, progress: Callable[[float, str], None] | None = None
         "generator_version": GENERATOR_VERSION,
         "matrix": matrix, "pixel_mm": pixel, "slice_spacing_mm": spacing, "slice_thickness_mm": thickness,
         "n_slices": n_slices, "noise_sd_hu": noise_sd, "psf_sigma_mm": [s_xy, s_z],
-        "non_gated": non_gated, "motion_sigma_mm": motion_mm,
+        "non_gated": non_gated, "motion_sigma_mm": motion_mm, "kernel": kernel,
         "scanner": sp, "anatomy": a, "plaque_burden": burden,
         "n_plaque_blobs": len(blobs),
         "confounders": {**{k: sum(1 for b in conf if b.kind == k) for k in ("aortic_wall", "aortic_valve", "mitral_annulus")},
@@ -254,7 +269,7 @@ def render_study(seed: int, progress: Callable[[float, str], None] | None = None
         "centrelines": {name: np.round(arteries[name].points[::4], 2).tolist() for name in ARTERIES},
         "centreline_radius_mm": {name: np.round(arteries[name].radius[::4], 3).tolist() for name in ARTERIES},
     }
-    study = Study(id=study_id(seed, non_gated=non_gated), ct=ct, labels=labels, heart=heart.astype(np.uint8), meta=meta)
+    study = Study(id=study_id(seed, non_gated=non_gated, kernel=kernel), ct=ct, labels=labels, heart=heart.astype(np.uint8), meta=meta)
     timings["total"] = sum(timings.values())
     return SynthResult(study, grid, a, arteries, blobs + conf, timings, clean, anatomy_hu)
 
@@ -282,7 +297,8 @@ def generate_study(seed: int, **overrides) -> Study:
 def _write_one(job: tuple[int, str, dict]) -> tuple[int, str, float, float, bool]:
     """Generate and write one study unless its folder is complete (worker function)."""
     seed, out, overrides = job
-    folder = Path(out) / study_id(seed, bool(overrides.get("phantom")), bool(overrides.get("non_gated")))
+    folder = Path(out) / study_id(seed, bool(overrides.get("phantom")), bool(overrides.get("non_gated")),
+                                  overrides.get("kernel"))
     if is_study_dir(folder):
         meta = read_study_meta(folder)
         made_by = meta.get("params", {}).get("generator_version")

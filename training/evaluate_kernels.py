@@ -1,0 +1,129 @@
+"""A bundle on one synthetic patient reconstructed with other kernels.
+
+    python training/evaluate_kernels.py [--seeds 900000:900030] [--kernels smooth,sharp]
+        [--bundle PATH] [--out training/results/synthetic-kernels]
+
+For each seed, :func:`CoronaryCalciumDINOLib.synth.generate_study` renders the study as the
+generator draws it (a body kernel: point spread 0.6-0.9 mm) and again with each of
+``--kernels`` (``kernel=...``, :data:`CoronaryCalciumDINOLib.synth.scanner.KERNELS`: the
+same patient, plaques and noise stream, another point spread, noise grain and strength, and
+a sharp kernel's edge enhancement); :func:`CoronaryCalciumDINOLib.pipeline.run_pipeline`
+scores each on the CPU. The reference of each reconstruction is the Agatston score of its
+own labels (a sharp kernel's calcium is brighter: its reference is higher). Writes a table
+(studies with calcium, reference and model totals, risk categories right, calcium-free
+studies scored 0, per reconstruction) as ``OUT.md`` and the rows as ``OUT.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):
+    sys.path.insert(0, str(REPO))
+    try:
+        import CoronaryCalciumDINOLib  # noqa: F401
+    except ImportError:
+        sys.path.insert(0, str(REPO / "CoronaryCalciumDINO"))
+
+#: The reconstruction as drawn (no ``kernel`` option).
+AS_DRAWN = "as drawn (body kernel)"
+
+
+def summary(rows: list[tuple[int, str, float, float]], recon: str) -> dict:
+    """Figures of one reconstruction from (seed, reconstruction, reference, model) rows."""
+    from CoronaryCalciumDINOLib.scoring import risk_category
+
+    r = [x for x in rows if x[1] == recon]
+    return {
+        "studies": len(r),
+        "with_calcium": sum(x[2] > 0 for x in r),
+        "reference_total": sum(x[2] for x in r),
+        "model_total": sum(x[3] for x in r),
+        "risk_right": sum(risk_category(x[2]) == risk_category(x[3]) for x in r),
+        "calcium_free": sum(x[2] == 0 for x in r),
+        "calcium_free_scored_0": sum(x[2] == 0 and x[3] == 0 for x in r),
+    }
+
+
+def table(rows) -> str:
+    """Markdown table, one line per reconstruction, in the order the rows first name them."""
+    lines = ["| reconstruction | studies with calcium | reference total | model total | risk category right | "
+             "calcium-free scored 0 |", "|---|---|---|---|---|---|"]
+    for recon in dict.fromkeys(x[1] for x in rows):
+        s = summary(rows, recon)
+        lines.append(f"| {recon} | {s['with_calcium']} | {s['reference_total']:.0f} | {s['model_total']:.0f} | "
+                     f"{s['risk_right']} of {s['studies']} | {s['calcium_free_scored_0']} of {s['calcium_free']} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", default="900000:900030", metavar="START:END", help="seeds START..END-1")
+    ap.add_argument("--kernels", default="smooth,sharp", help="kernels besides the drawn one (comma-separated)")
+    ap.add_argument("--bundle", default=None, metavar="PATH", help="model bundle (default: the default bundle)")
+    ap.add_argument("--out", default=None, metavar="OUT", help="write OUT.md and OUT.json")
+    args = ap.parse_args(argv)
+    from CoronaryCalciumDINOLib.synth.scanner import KERNELS
+
+    try:
+        start, end = (int(v) for v in args.seeds.split(":"))
+        if not 0 <= start < end:
+            raise ValueError
+    except ValueError:
+        print(f"evaluate_kernels: error: --seeds must be START:END with 0 <= START < END, got {args.seeds}",
+              file=sys.stderr)
+        return 2
+    kernels = [k for k in args.kernels.split(",") if k]
+    bad = [k for k in kernels if k not in KERNELS]
+    if bad:
+        print(f"evaluate_kernels: error: unknown kernel(s) {', '.join(bad)} (known: {', '.join(KERNELS)})",
+              file=sys.stderr)
+        return 2
+
+    import torch
+
+    from CoronaryCalciumDINOLib.pipeline import load_bundle, run_pipeline
+    from CoronaryCalciumDINOLib.scoring import score
+    from CoronaryCalciumDINOLib.synth import generate_study
+
+    bundle = load_bundle(args.bundle)
+    rows = []
+    t0 = time.perf_counter()
+    for seed in range(start, end):
+        for kernel in [None, *kernels]:
+            st = generate_study(seed, **({} if kernel is None else {"kernel": kernel}))
+            ref = float(score(st.ct.hu, st.labels, st.ct.spacing).total.agatston)
+            ai = float(run_pipeline(st.ct, bundle, device="cpu").score.total.agatston)
+            rows.append((seed, AS_DRAWN if kernel is None else kernel, ref, ai))
+            print(f"{st.id}: reference {ref:.1f}, model {ai:.1f}", flush=True)
+    text = table(rows)
+    head = (f"model {bundle.name} {bundle.version}, seeds {start}-{end - 1}, "
+            f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
+            f"{time.perf_counter() - t0:.0f} s")
+    print()
+    print(head)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cmd = "python training/evaluate_kernels.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        out.with_suffix(".md").write_text(
+            f"# Synthetic held-out studies reconstructed with other kernels\n\n- {head}\n- command: `{cmd.strip()}`\n"
+            f"- kernels: {json.dumps({k: KERNELS[k] for k in kernels})}\n\n{text}\n", encoding="utf-8")
+        out.with_suffix(".json").write_text(json.dumps({
+            "model": bundle.model_info(), "seeds": [start, end], "kernels": {k: KERNELS[k] for k in kernels},
+            "rows": [{"seed": s, "reconstruction": r, "reference": ref, "model": ai} for s, r, ref, ai in rows],
+            "summary": {r: summary(rows, r) for r in dict.fromkeys(x[1] for x in rows)},
+        }, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
