@@ -17,7 +17,7 @@ from CoronaryCalciumDINOLib.synth.generator import generate_study
 from shared_data import edit_dicom, write_small_series
 from test_contrast import raise_blood_pool
 
-IMAGE_IDS = ("contrast", "slice_spacing", "noise", "metal")
+IMAGE_IDS = ("contrast", "slice_spacing", "noise", "kernel", "metal")
 
 
 def ids(flags):
@@ -117,6 +117,33 @@ def test_uneven_or_gapped_dicom_slices_are_flagged(tmp_path):
         edit_dicom(f, SliceThickness=3.0)
     found = fl.slice_spacing_flag(load_ct(tmp_path / "gapped"))
     assert found is not None and "3 mm thick but 5 mm apart" in found["message"]
+
+
+@pytest.mark.parametrize("name, sharp", [
+    ("B35f", False), ("B30f", False), ("Br40d", False), ("Qr36", False), ("Sa36", False), ("I44f", False),
+    ("STANDARD", False), ("SOFT", False), ("FC12", False), ("B", False), ("", False), (None, False),
+    ("B46f", True), ("Br54d", True), ("I70f", True), ("Hr64", True), ("LUNG", True), ("BONEPLUS", True),
+    ("Br40d\\3", False), ("B70f\\3", True),
+])
+def test_sharp_kernels_are_told_from_soft_tissue_ones(name, sharp):
+    assert fl.sharp_kernel(name) is sharp
+
+
+def test_a_sharp_reconstruction_kernel_of_a_dicom_series_is_flagged(tmp_path):
+    hu = np.full((4, 16, 16), 40, np.int16)
+    for kernel, flagged in (("B46f", True), ("B35f", False), (None, False)):
+        folder = tmp_path / str(kernel)
+        files = write_small_series(folder, hu, dz=3.0)
+        if kernel is not None:
+            for f in files:
+                edit_dicom(f, ConvolutionKernel=kernel)
+        ct = load_ct(folder)
+        assert ct.meta["kernel"] == (kernel or "")
+        found = fl.kernel_flag(ct)
+        assert (found is not None) is flagged
+        if flagged:
+            assert found["flag"] == "kernel" and "sharp reconstruction kernel (B46f)" in found["message"]
+            assert "kernel" in ids(fl.review_flags(ct, report_of(ct, np.zeros(hu.shape, np.uint8))))
 
 
 def test_calcium_on_the_first_or_last_slice_is_flagged():

@@ -113,10 +113,19 @@ def _looks_like_dicom(path: Path) -> bool:
     return head[:2] in (b"\x08\x00", b"\x02\x00")
 
 
+def _kernel_name(value) -> str:
+    """ConvolutionKernel as one string: its values joined by a backslash ('' when absent)."""
+    if value is None:
+        return ""
+    values = list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
+    return "\\".join(str(v).strip() for v in values if str(v).strip())
+
+
 #: Attributes the reader uses; each is converted (and checked) as soon as the header is read.
 _USED_KEYWORDS = (
     "SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID", "SeriesNumber",
     "SeriesDescription", "Modality", "ImageType", "Manufacturer", "PatientID", "KVP", "SliceThickness",
+    "ConvolutionKernel",
     "Rows", "Columns", "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "NumberOfFrames",
     "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated", "BitsStored", "HighBit",
     "PixelRepresentation", "RescaleSlope", "RescaleIntercept",
@@ -874,6 +883,8 @@ def read_dicom_series(path: str | os.PathLike, series_uid: str | None = None, pr
         "description": str(first.get("SeriesDescription", "") or "").strip(),
         "slice_thickness": thickness,
         "manufacturer": str(first.get("Manufacturer", "") or "").strip(),
+        # the reconstruction kernel (ConvolutionKernel, values joined by "\\"; "" without)
+        "kernel": _kernel_name(first.get("ConvolutionKernel")),
         "study_uid": str(first.get("StudyInstanceUID", "") or ""),
         "slice_gaps_mm": gaps,  # (smallest, largest) distance between consecutive slices
         "frame_of_reference_uid": str(first.get("FrameOfReferenceUID", "") or ""),
