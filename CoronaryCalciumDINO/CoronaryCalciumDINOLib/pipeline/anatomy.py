@@ -243,7 +243,7 @@ def _largest_filled(mask2d: np.ndarray) -> np.ndarray:
     if n == 0:
         return np.zeros_like(mask2d)
     sizes = np.bincount(lab.ravel())[1:]
-    return ndimage.binary_fill_holes(lab == 1 + int(np.argmax(sizes)))
+    return _fill_small_holes(lab == 1 + int(np.argmax(sizes)), np.inf)
 
 
 def _touches_edge(lab: np.ndarray, n: int) -> np.ndarray:
@@ -307,7 +307,7 @@ def dense_cells(small: np.ndarray) -> np.ndarray:
     dense = small >= BONE_HU
     for k in range(dense.shape[0]):
         if dense[k].any():
-            dense[k] = ndimage.binary_fill_holes(dense[k])
+            dense[k] = _fill_small_holes(dense[k], np.inf)
     return dense
 
 
@@ -556,12 +556,28 @@ def abdomen_top(mediastinum: np.ndarray, hull: np.ndarray, heart: np.ndarray) ->
     return None
 
 
+def _square_erode(mask: np.ndarray, n: int) -> np.ndarray:
+    """``mask`` (z, Y, X) eroded in-plane by an n-cell square on each side (what ``n``
+    iterations of a 3 x 3 square erosion give, outside the image counting as background),
+    as one separable minimum filter."""
+    if n <= 0:
+        return mask.copy()
+    return ndimage.minimum_filter(mask.view(np.uint8), size=(1, 2 * n + 1, 2 * n + 1), mode="constant", cval=0) > 0
+
+
+def _square_dilate(mask: np.ndarray, n: int) -> np.ndarray:
+    """``mask`` (z, Y, X) grown in-plane by an n-cell square (``n`` iterations of a 3 x 3
+    square dilation), as one separable maximum filter."""
+    if n <= 0:
+        return mask.copy()
+    return ndimage.maximum_filter(mask.view(np.uint8), size=(1, 2 * n + 1, 2 * n + 1), mode="constant", cval=0) > 0
+
+
 def _main_part(region: np.ndarray, n: int) -> np.ndarray:
     """The region without slivers (parts thinner than about 2 ``n`` cells, e.g. the gaps
     between the lungs and the chest wall) and without pieces apart from its largest 3D part."""
-    st = np.ones((1, 3, 3), bool)
-    core = ndimage.binary_opening(region, structure=st, iterations=n)
-    region = region & ndimage.binary_dilation(core, structure=st, iterations=n)
+    core = _square_dilate(_square_erode(region, n), n)  # opening
+    region = region & _square_dilate(core, n)
     lab, m = ndimage.label(region)
     if m > 1:
         region = lab == 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
@@ -586,7 +602,7 @@ def find_anatomy(hu: np.ndarray, spacing: Sequence[float]) -> Anatomy:
     # the lungs' own vessels and airways are not mediastinum
     filled = np.stack([_fill_small_holes(m, MAX_LUNG_HOLE_CM2 * 100.0 / (py * px)) for m in lungs])
     rim = max(1, int(round(LUNG_RIM_MM / min(py, px))))
-    mediastinum = hull & ~ndimage.binary_erosion(filled, structure=np.ones((1, 3, 3), bool), iterations=rim)
+    mediastinum = hull & ~_square_erode(filled, rim)
     heart = heart_levels(soft_tissue(small, mediastinum, (py, px)), min(py, px))
     dense = dense_cells(small)
     bone = find_bone(small, cell_cm3, dense)
@@ -609,8 +625,7 @@ def find_anatomy(hu: np.ndarray, spacing: Sequence[float]) -> Anatomy:
     aorta = descending_aorta(small, body & ~bone, back, spine_x, (py, px))
     region &= ~aorta
     region = _main_part(region, max(1, int(round(SLIVER_MM / min(py, px)))))
-    grown = ndimage.binary_dilation(bone, structure=np.ones((1, 3, 3), bool),
-                                    iterations=max(1, int(round(BONE_MARGIN_MM / min(py, px)))))
+    grown = _square_dilate(bone, max(1, int(round(BONE_MARGIN_MM / min(py, px)))))
     region &= ~grown
     axis, radius = None, None
     if levels is not None:
