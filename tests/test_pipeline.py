@@ -596,3 +596,24 @@ def test_a_candidate_continuing_a_flagged_one_onto_the_next_slice_passes_the_gat
     assert {name for name, i in index.items() if got[i]} == {"passed", "next", "chain"}
     # nothing passed: nothing continues
     assert not inference.continuing(c, np.zeros(len(c), bool), prob >= 0.5).any()
+
+
+def test_anatomy_and_candidates_at_once_give_what_they_give_one_after_the_other():
+    """locate_and_find: on a scan no longer than a cardiac scan the candidates are searched in
+    a second thread while the anatomy is found; the result is that of the two stages run in
+    turn (a chest CT: the candidates of its cardiac range)."""
+    from CoronaryCalciumDINOLib.pipeline import candidates as cd
+    from CoronaryCalciumDINOLib.pipeline import inference
+    from CoronaryCalciumDINOLib.synth import generate_study
+
+    for kw in ({"n_slices": 40}, {"n_slices": 90, "spacing": 3.0}):  # 120 mm: at once; 270 mm: a chest CT
+        ct = generate_study(3, matrix=128, **kw).ct
+        hu = np.asarray(ct.hu, np.float32)
+        cfg = cd.CandidateConfig()
+        anatomy, (z0, z1), got = inference.locate_and_find(hu, ct.spacing, cfg)
+        ref_anatomy, (r0, r1) = inference.locate(hu, ct.spacing)
+        ref = cd.find_candidates(hu[r0:r1], ct.spacing, cfg)
+        assert (z0, z1) == (r0, r1)
+        assert np.array_equal(anatomy.region, ref_anatomy.region)
+        assert np.array_equal(got.ids, ref.ids) and np.array_equal(got.context, ref.context)
+        assert np.array_equal(got.z, ref.z) and got.field == ref.field

@@ -1,7 +1,8 @@
 """The AI pipeline: anatomy -> candidates -> DINO-LG detector -> per-artery segmenter -> scores.
 
 :func:`run_pipeline` reads as its stages, one call each: :func:`orient`, :func:`locate`
-(anatomy), candidates (:func:`.candidates.find_candidates`, :func:`keep_heart_region`),
+(anatomy) and the candidates (:func:`.candidates.find_candidates`) in :func:`locate_and_find`
+(at once, in two threads, on a scan no longer than a cardiac scan), :func:`keep_heart_region`,
 :func:`route`, :func:`detect`, :func:`gate`, :func:`segment`, :func:`name`, then the score.
 
 The stages up to :func:`route` need only the bundle's manifest
@@ -312,6 +313,29 @@ def locate(hu: np.ndarray, spacing) -> tuple[Anatomy, tuple[int, int]]:
     return anatomy.crop(z0, z1), (z0, z1)
 
 
+def locate_and_find(hu: np.ndarray, spacing, config: cd.CandidateConfig) -> tuple[Anatomy, tuple[int, int], cd.Candidates]:
+    """Stages *anatomy* (:func:`locate`) and *candidates* (:func:`.candidates.find_candidates`
+    on the slices :func:`locate` keeps). A scan no longer than a cardiac scan
+    (:data:`.anatomy.CARDIAC_SCAN_MM`) keeps all its slices, so the two run at once, the
+    candidates in a second thread (their NumPy / SciPy work overlaps on two cores: about
+    0.65 s instead of 1.1-1.5 s on a 512 x 512 x 60 study); a chest CT finds its cardiac
+    range first. The results are those of the two stages run one after the other."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .anatomy import CARDIAC_SCAN_MM
+
+    if hu.shape[0] * float(spacing[0]) > CARDIAC_SCAN_MM:
+        anatomy, (z0, z1) = locate(hu, spacing)
+        return anatomy, (z0, z1), cd.find_candidates(hu[z0:z1], spacing, config)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        found = pool.submit(cd.find_candidates, hu, spacing, config)
+        anatomy, (z0, z1) = locate(hu, spacing)
+        cands = found.result()
+    if (z0, z1) != (0, hu.shape[0]):  # cannot happen (a short scan is looked at whole); never trust a copy
+        cands = cd.find_candidates(hu[z0:z1], spacing, config)
+    return anatomy, (z0, z1), cands
+
+
 def candidate_config(bundle, params: ScoringParams) -> cd.CandidateConfig:
     """The bundle's candidate settings, at the scoring threshold and minimum area when these
     are below the bundle's (kVp-adapted thresholds), so nothing the score could count is left out.
@@ -537,13 +561,9 @@ def run_pipeline(
     hu = np.ascontiguousarray(hu, dtype=np.float32)
     report = _Progress(progress, cancel)
     report(0.0, "finding the heart")
-    t = time.perf_counter()
-    anatomy, (z0, z1) = locate(view.hu, ct.spacing)
-    timings["anatomy_s"] = time.perf_counter() - t
+    t = time.perf_counter()  # candidates_s: the anatomy and the candidates (at once on a short scan), kept or not
+    anatomy, (z0, z1), cands = locate_and_find(view.hu, ct.spacing, candidate_config(facts, params))
     net = view.hu[z0:z1]
-
-    t = time.perf_counter()
-    cands = cd.find_candidates(net, ct.spacing, candidate_config(facts, params))
     rt = route(cands, facts)
     found, outside = len(cands), 0
     if not rt.phantom:  # only where coronary calcium can be: the heart region, off bone
