@@ -35,8 +35,9 @@ if __package__ in (None, ""):
 AS_DRAWN = "as drawn (body kernel)"
 
 
-def summary(rows: list[tuple[int, str, float, float]], recon: str) -> dict:
-    """Figures of one reconstruction from (seed, reconstruction, reference, model) rows."""
+def summary(rows: list[tuple], recon) -> dict:
+    """Figures of one reconstruction from (seed, reconstruction, reference, model) rows
+    (``recon``: the reconstruction's name or key, e.g. ``"sharp"``)."""
     from CoronaryCalciumDINOLib.scoring import risk_category
 
     r = [x for x in rows if x[1] == recon]

@@ -26,19 +26,11 @@ if __package__ in (None, ""):
 
 
 def summary(rows: list[tuple[int, bool, float, float]], non_gated: bool) -> dict:
-    """Figures of one reconstruction from (seed, non_gated, reference, model) rows."""
-    from CoronaryCalciumDINOLib.scoring import risk_category
+    """Figures of one reconstruction from (seed, non_gated, reference, model) rows
+    (:func:`training.evaluate_kernels.summary`, the reconstruction named by ``non_gated``)."""
+    from training.evaluate_kernels import summary as of_reconstruction
 
-    r = [x for x in rows if x[1] == non_gated]
-    return {
-        "studies": len(r),
-        "with_calcium": sum(x[2] > 0 for x in r),
-        "reference_total": sum(x[2] for x in r),
-        "model_total": sum(x[3] for x in r),
-        "risk_right": sum(risk_category(x[2]) == risk_category(x[3]) for x in r),
-        "calcium_free": sum(x[2] == 0 for x in r),
-        "calcium_free_scored_0": sum(x[2] == 0 and x[3] == 0 for x in r),
-    }
+    return of_reconstruction(rows, non_gated)
 
 
 def table(rows) -> str:
