@@ -116,17 +116,25 @@ def test_a_sternum_too_small_to_be_bone_still_limits_the_region():
     assert keep[_candidate_at(c, 100, 92)]
     assert not keep[_candidate_at(c, 48, 108)]
 
-    # the rule itself: wide dense cells at the hull's front are a sternum, narrow ones not
-    hull = np.zeros((1, 100, 130), bool)
-    hull[0, 10:90, 5:125] = True
+    # the rule itself: wide dense cells at the hull's front and near the body's front are a
+    # sternum; narrow ones, or as wide but deeper (a long left main calcification), are not
+    hull = np.zeros((1, 200, 130), bool)
+    hull[0, 10:190, 5:125] = True  # its front quarter: rows 10-54
+    body = np.zeros_like(hull)
+    body[0, 8:195] = True
     dense = np.zeros_like(hull)
     bone = np.zeros_like(hull)
     wide = int(np.ceil(A.STERNUM_MIN_WIDTH_MM / 2.0))
-    dense[0, 15:19, 65 - wide // 2: 65 - wide // 2 + wide] = True
-    assert A._chest_wall_limits(bone, hull, 5.0, dense, wide)[0][0] == 18
-    dense[0, 15:19] = False
+    deep = int(A.STERNUM_MAX_DEPTH_MM / 2.0)
+    cols = slice(65 - wide // 2, 65 - wide // 2 + wide)
+    dense[0, 15:19, cols] = True
+    assert A._chest_wall_limits(bone, hull, 5.0, dense, wide, body, deep)[0][0] == 18
+    dense[0] = False
     dense[0, 15:19, 63:66] = True  # 6 mm across: a calcification
-    assert A._chest_wall_limits(bone, hull, 5.0, dense, wide)[0][0] == -1
+    assert A._chest_wall_limits(bone, hull, 5.0, dense, wide, body, deep)[0][0] == -1
+    dense[0] = False
+    dense[0, 40:44, cols] = True  # as wide, in the front quarter, but 64 mm behind the body's front
+    assert A._chest_wall_limits(bone, hull, 5.0, dense, wide, body, deep)[0][0] == -1
 
 
 def test_the_heart_in_front_of_a_lower_lobe_stays_in_the_region():

@@ -68,7 +68,7 @@ heart region
     front of a lung in its own column where that lung's front lies within
     :data:`CHEST_WALL_MM` of the hull's front in that column (the chest wall and costal
     cartilage beside the sternum; where the lung lies deeper, behind the heart, the heart in
-    front of it stays),.
+    front of it stays).
 
 heart centre
     The centre of the square field the networks see (:func:`heart_centre`, :func:`heart_box`;
@@ -113,6 +113,9 @@ STERNUM_Z_MM = 20.0
 #: Dense cells (>= :data:`BONE_HU`) at the front of the hull at least this wide (mm) are the
 #: sternum even when they are too small a volume for bone (:func:`_chest_wall_limits`).
 STERNUM_MIN_WIDTH_MM = 16.0
+#: ... and whose front lies at most this far (mm) behind the body's front (or the image's
+#: edge) in their columns (the five dev scans' sternums: 24-44 mm in a heart-centred view).
+STERNUM_MAX_DEPTH_MM = 50.0
 #: The region starts this far (mm) behind the back of the sternum: the costal cartilages
 #: beside it reach a little further back, with calcified rims; the heart's front lies behind
 #: the pericardium and its fat, and no coronary artery runs within it.
@@ -362,7 +365,7 @@ def _in_front_of_lungs(lungs2d: np.ndarray, hull2d: np.ndarray, reach: int) -> n
 
 
 def _chest_wall_limits(bone: np.ndarray, hull: np.ndarray, dz: float, dense: np.ndarray | None = None,
-                       wide: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       wide: int = 0, body: np.ndarray | None = None, deep: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(z,) working-grid row of the back of the sternum, of the front of the spine (-1:
     none) and the spine's column (-1: none).
 
@@ -371,8 +374,10 @@ def _chest_wall_limits(bone: np.ndarray, hull: np.ndarray, dz: float, dense: np.
     and within the middle fifth of its columns either side of its centre. A sternum of thin
     bone cut short by the field of view (a heart-centred scan: below :data:`MIN_BONE_CM3`)
     is not bone; there the ``dense`` cells (:func:`dense_cells`) of a slice at least
-    ``wide`` cells across count as well (:data:`STERNUM_MIN_WIDTH_MM`: no calcification of
-    a coronary artery, which runs across the slice, is that wide). A slice without a
+    ``wide`` cells across whose front lies at most ``deep`` cells behind the front of the
+    ``body`` (or of the image) in its columns count as well (:data:`STERNUM_MIN_WIDTH_MM`,
+    :data:`STERNUM_MAX_DEPTH_MM`: a long calcification of the left main or LAD lies deeper,
+    behind the pulmonary trunk). A slice without a
     sternum (between its segments, below the xiphoid) takes the nearest slice's within
     :data:`STERNUM_Z_MM`.
     """
@@ -393,8 +398,10 @@ def _chest_wall_limits(bone: np.ndarray, hull: np.ndarray, dz: float, dense: np.
             part = lab[sl] == j
             yy, xx = np.nonzero(part)
             yy, xx = yy + sl[0].start, xx + sl[1].start
-            if not bone[k][sl][part].any():  # dense, not bone: a sternum only if wide
-                if xx.max() - xx.min() + 1 >= wide and yy.min() < y0 + 0.25 * h and abs(np.median(xx) - xc) < 0.2 * w:
+            if not bone[k][sl][part].any():  # dense, not bone: a sternum only if wide and near the front
+                near = body is not None and yy.min() - np.argmax(body[k][:, xx.min(): xx.max() + 1], axis=0).min() <= deep
+                if (near and xx.max() - xx.min() + 1 >= wide and yy.min() < y0 + 0.25 * h
+                        and abs(np.median(xx) - xc) < 0.2 * w):
                     front[k] = max(front[k], yy.max())
                 continue
             if yy.max() > y1 - 0.25 * h and yy.min() > y0 + 0.25 * h:
@@ -612,7 +619,8 @@ def find_anatomy(hu: np.ndarray, spacing: Sequence[float]) -> Anatomy:
     below = abdomen_top(mediastinum, hull, heart)
     if below is not None:
         region[: below + 1] = False
-    front, back, spine_x = _chest_wall_limits(bone, hull, dz, dense, int(np.ceil(STERNUM_MIN_WIDTH_MM / px)))
+    front, back, spine_x = _chest_wall_limits(bone, hull, dz, dense, int(np.ceil(STERNUM_MIN_WIDTH_MM / px)),
+                                              body, int(STERNUM_MAX_DEPTH_MM / py))
     rows = np.arange(small.shape[1])[:, None]
     sternum_gap = int(round(STERNUM_GAP_MM / py))
     chest_wall = int(round(CHEST_WALL_MM / py))
