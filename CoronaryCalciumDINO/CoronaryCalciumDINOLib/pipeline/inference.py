@@ -331,7 +331,7 @@ def locate_and_find(hu: np.ndarray, spacing, config: cd.CandidateConfig) -> tupl
         found = pool.submit(cd.find_candidates, hu, spacing, config)
         anatomy, (z0, z1) = locate(hu, spacing)
         cands = found.result()
-    if (z0, z1) != (0, hu.shape[0]):  # cannot happen (a short scan is looked at whole); never trust a copy
+    if (z0, z1) != (0, hu.shape[0]):  # not expected (a scan this short is looked at whole): search its range
         cands = cd.find_candidates(hu[z0:z1], spacing, config)
     return anatomy, (z0, z1), cands
 
