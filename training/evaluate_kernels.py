@@ -52,6 +52,39 @@ def summary(rows: list[tuple], recon) -> dict:
     }
 
 
+def parse_seeds(text: str, prog: str) -> range | None:
+    """``START:END`` -> range(START, END) with 0 <= START < END; else one error line on
+    stderr (``prog: error: ...``) and None."""
+    try:
+        start, end = (int(v) for v in text.split(":"))
+        if not 0 <= start < end:
+            raise ValueError
+    except ValueError:
+        print(f"{prog}: error: --seeds must be START:END with 0 <= START < END, got {text}", file=sys.stderr)
+        return None
+    return range(start, end)
+
+
+def score_reconstructions(seeds: range, reconstructions: dict, bundle) -> list[tuple]:
+    """(seed, reconstruction, reference, model) rows: each seed rendered with each
+    reconstruction's generator options (``{name: overrides}``), its reference the Agatston
+    score of its own labels, the model's of ``run_pipeline`` on the CPU; one line per study
+    printed as it is scored."""
+    from CoronaryCalciumDINOLib.pipeline import run_pipeline
+    from CoronaryCalciumDINOLib.scoring import score
+    from CoronaryCalciumDINOLib.synth import generate_study
+
+    rows = []
+    for seed in seeds:
+        for name, overrides in reconstructions.items():
+            st = generate_study(seed, **overrides)
+            ref = float(score(st.ct.hu, st.labels, st.ct.spacing).total.agatston)
+            ai = float(run_pipeline(st.ct, bundle, device="cpu").score.total.agatston)
+            rows.append((seed, name, ref, ai))
+            print(f"{st.id}: reference {ref:.1f}, model {ai:.1f}", flush=True)
+    return rows
+
+
 def table(rows) -> str:
     """Markdown table, one line per reconstruction, in the order the rows first name them."""
     lines = ["| reconstruction | studies with calcium | reference total | model total | risk category right | "
@@ -72,14 +105,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from CoronaryCalciumDINOLib.synth.scanner import KERNELS
 
-    try:
-        start, end = (int(v) for v in args.seeds.split(":"))
-        if not 0 <= start < end:
-            raise ValueError
-    except ValueError:
-        print(f"evaluate_kernels: error: --seeds must be START:END with 0 <= START < END, got {args.seeds}",
-              file=sys.stderr)
+    seeds = parse_seeds(args.seeds, "evaluate_kernels")
+    if seeds is None:
         return 2
+    start, end = seeds.start, seeds.stop
     kernels = [k for k in args.kernels.split(",") if k]
     bad = [k for k in kernels if k not in KERNELS]
     if bad:
@@ -89,20 +118,11 @@ def main(argv=None) -> int:
 
     import torch
 
-    from CoronaryCalciumDINOLib.pipeline import load_bundle, run_pipeline
-    from CoronaryCalciumDINOLib.scoring import score
-    from CoronaryCalciumDINOLib.synth import generate_study
+    from CoronaryCalciumDINOLib.pipeline import load_bundle
 
     bundle = load_bundle(args.bundle)
-    rows = []
     t0 = time.perf_counter()
-    for seed in range(start, end):
-        for kernel in [None, *kernels]:
-            st = generate_study(seed, **({} if kernel is None else {"kernel": kernel}))
-            ref = float(score(st.ct.hu, st.labels, st.ct.spacing).total.agatston)
-            ai = float(run_pipeline(st.ct, bundle, device="cpu").score.total.agatston)
-            rows.append((seed, AS_DRAWN if kernel is None else kernel, ref, ai))
-            print(f"{st.id}: reference {ref:.1f}, model {ai:.1f}", flush=True)
+    rows = score_reconstructions(seeds, {AS_DRAWN: {}, **{k: {"kernel": k} for k in kernels}}, bundle)
     text = table(rows)
     head = (f"model {bundle.name} {bundle.version}, seeds {start}-{end - 1}, "
             f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "

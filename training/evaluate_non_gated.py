@@ -48,28 +48,17 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="900000:900020", metavar="START:END", help="seeds START..END-1")
     ap.add_argument("--bundle", default=None, metavar="PATH", help="model bundle (default: the default bundle)")
     args = ap.parse_args(argv)
-    try:
-        start, end = (int(v) for v in args.seeds.split(":"))
-        if not 0 <= start < end:
-            raise ValueError
-    except ValueError:
-        print(f"evaluate_non_gated: error: --seeds must be START:END with 0 <= START < END, got {args.seeds}",
-              file=sys.stderr)
-        return 2
+    from training.evaluate_kernels import parse_seeds, score_reconstructions
 
-    from CoronaryCalciumDINOLib.pipeline import load_bundle, run_pipeline
-    from CoronaryCalciumDINOLib.scoring import score
-    from CoronaryCalciumDINOLib.synth import generate_study
+    seeds = parse_seeds(args.seeds, "evaluate_non_gated")
+    if seeds is None:
+        return 2
+    start, end = seeds.start, seeds.stop
+
+    from CoronaryCalciumDINOLib.pipeline import load_bundle
 
     bundle = load_bundle(args.bundle)
-    rows = []
-    for seed in range(start, end):
-        for non_gated in (False, True):
-            st = generate_study(seed, non_gated=non_gated)
-            ref = float(score(st.ct.hu, st.labels, st.ct.spacing).total.agatston)
-            ai = float(run_pipeline(st.ct, bundle, device="cpu").score.total.agatston)
-            rows.append((seed, non_gated, ref, ai))
-            print(f"{st.id}: reference {ref:.1f}, model {ai:.1f}", flush=True)
+    rows = score_reconstructions(seeds, {False: {}, True: {"non_gated": True}}, bundle)
     print()
     print(f"model {bundle.name} {bundle.version}, seeds {start}-{end - 1}")
     print(table(rows))
