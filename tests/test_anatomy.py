@@ -90,6 +90,47 @@ def test_the_calcified_rim_of_a_costal_cartilage_beside_the_sternum_is_not_heart
     assert not keep[_candidate_at(c, 48, 108)]
 
 
+def test_a_calcified_cartilage_running_from_the_chest_wall_into_the_region_is_dropped():
+    """On a heart-centred view the region's front edge can pass through a calcified costal
+    cartilage: on most slices it lies in the chest wall, in front of the region, and on two it
+    bends back into the region. Those two candidates lie wholly inside the region, but the
+    structure they belong to (connected in 3D) lies mostly outside: they are dropped. A small
+    calcification the region's edge cuts, a large one wholly inside and calcium of the heart
+    are kept; without the CT the rule is not applied."""
+    from CoronaryCalciumDINOLib.pipeline.anatomy import Anatomy
+    from CoronaryCalciumDINOLib.pipeline.inference import keep_heart_region
+
+    nz, ny, nx = 30, 200, 260
+    hu = np.full((nz, ny, nx), 40.0, np.float32)
+    region = np.zeros((nz, ny, nx), bool)
+    region[:, 50:190, 20:240] = True  # the region's front edge at row 50
+    an = Anatomy((nz, ny, nx), (1, 1), True, np.zeros_like(region), np.zeros_like(region), region)
+    hu[5:21, 43:48, 100:106] = 400.0  # the cartilage in the chest wall, slices 5-20 (2,400 mm^3)
+    hu[21:23, 46:53, 100:106] = 400.0  # bending back ...
+    hu[23:25, 51:55, 100:106] = 400.0  # ... into the region on slices 23-24
+    hu[10:12, 49:53, 150:153] = 400.0  # a calcification the edge cuts (120 mm^3, 30 outside)
+    hu[8:14, 60:66, 60:66] = 400.0  # a large calcification inside (1,080 mm^3)
+    hu[15:17, 100:103, 130:133] = 400.0  # calcium in the heart
+    c = cd.find_candidates(hu, SPACING, centre_yx=(100.0, 130.0))
+    assert cd.in_heart_region(c, an)[[_candidate_at_z(c, z, 52, 102) for z in (23, 24)]].all()
+    leaving = cd.on_structure_leaving_region(c, hu, an)
+    for z in (23, 24):
+        assert leaving[_candidate_at_z(c, z, 52, 102)]
+    for z, y, x in ((10, 51, 151), (11, 51, 151), (10, 62, 62), (15, 101, 131)):
+        assert not leaving[_candidate_at_z(c, z, y, x)], (z, y, x)
+    kept, dropped = keep_heart_region(c, an, hu)
+    assert dropped == int(np.count_nonzero(~cd.in_heart_region(c, an) | leaving)) and dropped >= 2
+    assert all(kept.ids[z, 52 - c.field.y0, 102 - c.field.x0] not in kept.uid for z in (23, 24))
+    assert len(keep_heart_region(c, an)[0]) == int(cd.in_heart_region(c, an).sum())
+
+
+def _candidate_at_z(c, z, y, x):
+    """Index of the candidate whose voxels hold CT pixel (y, x) on slice ``z``."""
+    uid = c.ids[z, y - c.field.y0, x - c.field.x0]
+    assert uid > 0
+    return int(np.flatnonzero(c.uid == uid)[0])
+
+
 def test_a_sternum_too_small_to_be_bone_still_limits_the_region():
     """A heart-centred view cut short along the patient: the sternum lies on one slice only
     (1.5 cm^3 of dense cells, below the bone volume), and a costal cartilage beside it has a
@@ -211,7 +252,7 @@ def test_the_upper_abdomen_below_the_heart_is_no_heart_region():
 @pytest.mark.parametrize("seed", [900017, 900022])
 def test_synthetic_studies_keep_every_labelled_candidate_and_drop_bone(seed):
     """On held-out synthetic studies (known heart and bone): every candidate labelled as
-    coronary calcium is in the region; candidates of cortical bone (peak >= 450 HU, away from
+    coronary calcium is in the region, none on a calcified structure leaving it; candidates of cortical bone (peak >= 450 HU, away from
     the heart) are not."""
     from scipy import ndimage
 
@@ -225,6 +266,7 @@ def test_synthetic_studies_keep_every_labelled_candidate_and_drop_bone(seed):
     keep = cd.in_heart_region(c, an)
     assert (target > 0).sum() >= 20
     assert keep[target > 0].all()
+    assert not cd.on_structure_leaving_region(c, st.ct.hu, an)[target > 0].any()
     peak = c.context[:, cd.CONTEXT_INDEX["peak_hu_k"]] * 1000.0
     near_heart = ndimage.binary_dilation(st.heart > 0, iterations=6)
     y = np.clip(np.round(c.cy + c.field.y0).astype(int), 0, st.ct.hu.shape[1] - 1)

@@ -39,7 +39,7 @@ def test_cache_holds_the_inference_input(tiny_cache):
     hu = np.asarray(st.ct.hu, np.float32)
     anatomy, (z0, z1) = locate(hu, st.ct.spacing)  # the pipeline's anatomy step, as training uses it
     hu, labels = hu[z0:z1], st.labels[z0:z1]
-    c, outside = keep_heart_region(find_candidates(hu, st.ct.spacing, CandidateConfig()), anatomy)
+    c, outside = keep_heart_region(find_candidates(hu, st.ct.spacing, CandidateConfig()), anatomy, hu)
     assert outside > 0  # bone and what lies outside the heart region never reach the networks
     y = c.targets(labels)
     mine = d["study"] == i

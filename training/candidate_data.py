@@ -53,7 +53,7 @@ def study_samples(path, cfg: CandidateConfig, margin: int, max_neg: int | None, 
     hu, labels = hu[z0:z1], labels[z0:z1]
     c = find_candidates(hu, s.ct.spacing, cfg)
     if not looks_like_phantom(c):
-        c, _ = keep_heart_region(c, anatomy)
+        c, _ = keep_heart_region(c, anatomy, hu)
     y = c.targets(labels)
     idx = np.arange(len(c))
     weight = np.ones(len(c), dtype=np.float32)

@@ -73,7 +73,7 @@ def figures(ct) -> dict:
         v = hu[:, rows][dense[:, rows]]
         out[name] = (float(np.percentile(v, 99)), float(np.median(v))) if v.size > 100 else None
     c = cd.find_candidates(hu, ct.spacing)
-    kept, outside = keep_heart_region(c, anatomy)
+    kept, outside = keep_heart_region(c, anatomy, hu)
     n = max(hu.shape[0], 1)
     out["candidates"] = (len(c) / n, outside / n, len(kept) / n)
     f = cd.extract_field(hu, c.field)

@@ -168,12 +168,12 @@ def evaluate_scan(name: str, folder: Path, ref: dict, bundle, options: ScoringOp
     reference = {k: (None if ref.get(k) is None else float(ref[k])) for k in KEYS}
     risk_ref = risk_category(reference["total"]) if reference["total"] is not None else None
     risk_ai = risk_category(ai["total"])
-    region = res.heart_region()
-    if region is not None:  # every voxel at or above the threshold in the region, scored as one artery
+    if res.heart_region() is not None:  # every candidate the pipeline searched, scored as one artery
+        from CoronaryCalciumDINOLib.pipeline.candidate_area import candidate_mask
         from CoronaryCalciumDINOLib.scoring import score as agatston_score
 
-        hu = np.asarray(ct.hu)
-        all_in = agatston_score(hu, ((hu >= params.threshold_hu) & region).astype(np.uint8), ct.spacing, params)
+        searched = candidate_mask(ct, params, getattr(bundle, "candidate_config", None)).full()
+        all_in = agatston_score(np.asarray(ct.hu), searched.astype(np.uint8), ct.spacing, params)
         in_region = float(all_in.total.agatston)
     else:
         in_region = None
@@ -284,10 +284,11 @@ def markdown(doc: dict) -> str:
         lines.append(f"| {r['scan']} ({r['id']}) | {kvp} | " + " | ".join(cells)
                      + f" | {r['risk']['reference']} / {r['risk']['ai']} | {fmt(r.get('all_in_region'))} | {r['seconds']:.1f} |")
     lines += ["", "## Summary", ""] + [f"- {s}" for s in summary_lines(doc["summary"])]
-    lines += ["", "*All in region*: the Agatston score of every voxel at or above the threshold in the heart",
-              "region the pipeline searched (off bone), all taken for one artery: at most what a",
-              "labelling of this scan inside the region can score. A reference above it is calcium this",
-              "reconstruction does not show above the threshold, or shows outside the region."]
+    lines += ["", "*All in region*: the Agatston score of every candidate the pipeline searched (at or above",
+              "the threshold, in the heart region, off bone and off calcified structures that leave the",
+              "region), all taken for one artery: at most what a labelling of this scan can score. A",
+              "reference above it is calcium this reconstruction does not show above the threshold, or",
+              "shows outside the region."]
     lines += ["", f"Pipeline time {doc['summary']['seconds_total']:.1f} s for {doc['summary']['scans_scored']} scans "
               "(`run_pipeline` only: reading the DICOM and loading the bundle excluded).", ""]
     return "\n".join(lines)

@@ -99,7 +99,7 @@ def candidate_mask(ct: CTVolume, params: ScoringParams | None = None, config: cd
     region_used = False
     if not cd.looks_like_phantom(cands):
         region_used = bool(anatomy.found)
-        cands, _outside = keep_heart_region(cands, anatomy)
+        cands, _outside = keep_heart_region(cands, anatomy, view.hu[z0:z1])
     painted = cands.paint(np.ones(len(cands), dtype=bool))
     # the scoring threshold and minimum area, not the bundle's (when those are higher)
     if cfg.threshold_hu < params.threshold_hu or cfg.min_area_mm2 < params.min_area_mm2:

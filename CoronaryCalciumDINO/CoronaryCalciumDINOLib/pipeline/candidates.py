@@ -625,6 +625,50 @@ def in_heart_region(c: Candidates, anatomy) -> np.ndarray:
     return share[c.uid] >= REGION_SHARE
 
 
+#: A candidate lies on a calcified structure that leaves the heart region when more than this
+#: share of the structure (:func:`on_structure_leaving_region`) lies outside the region or on
+#: bone ...
+LEAVING_SHARE = 0.5
+#: ... and at least this volume (mm^3) of it does: a coronary calcification the region's edge
+#: cuts is small, a calcified costal cartilage or the sternum's cortex is not.
+LEAVING_MM3 = 50.0
+
+
+def on_structure_leaving_region(c: Candidates, hu: np.ndarray, anatomy) -> np.ndarray:
+    """(n,) bool: candidates that are the part inside the heart region of a calcified
+    structure lying mostly outside it or on bone: a costal cartilage, the sternum or a rib that
+    runs on into the chest wall (on a heart-centred field of view the chest wall's cartilage
+    touches the heart's front, and the region's front edge can pass through it).
+
+    The structure of a candidate: the voxels at or above the candidate threshold connected to
+    it in 3D (26-connected) within the heart field. It leaves the region when more than
+    :data:`LEAVING_SHARE` of its voxels, and at least :data:`LEAVING_MM3`, lie outside the region
+    or on bone. Coronary calcium lies in the fat round the heart, apart from bone and the chest
+    wall: a coronary calcification connected to such a structure (e.g. at a calcified aortic
+    root, which is inside the region) still has most of its structure inside. ``hu``: the CT
+    (z, y, x) the candidates were found on. All False when the anatomy was not found."""
+    out = np.zeros(len(c), dtype=bool)
+    if not len(c) or not anatomy.found:
+        return out
+    dense = extract_field(np.asarray(hu), c.field) >= c.config.threshold_hu
+    lab, n = ndimage.label(dense, structure=np.ones((3, 3, 3), dtype=bool))
+    zz, fy, fx = np.nonzero(lab)
+    ids = lab[zz, fy, fx]
+    yy, xx = fy + c.field.y0, fx + c.field.x0
+    inside = (yy >= 0) & (xx >= 0) & (yy < c.shape[1]) & (xx < c.shape[2])  # the field may pass the image's edge
+    away = ~inside.copy()
+    away[inside] = ~(anatomy.in_region(zz[inside], yy[inside], xx[inside]) & ~anatomy.on_bone(zz[inside], yy[inside], xx[inside]))
+    total = np.bincount(ids, minlength=n + 1)
+    outside = np.bincount(ids, weights=away, minlength=n + 1)
+    voxel_mm3 = float(np.prod(c.spacing))
+    leaves = (outside > LEAVING_SHARE * total) & (outside * voxel_mm3 >= LEAVING_MM3)
+    leaves[0] = False
+    cz, cy, cx = np.nonzero(c.ids)  # every candidate voxel lies in one structure (same threshold, 2D in 3D)
+    structure = np.zeros(int(c.ids.max(initial=0)) + 1, dtype=np.int64)
+    structure[c.ids[cz, cy, cx]] = lab[cz, cy, cx]
+    return leaves[structure[c.uid]]
+
+
 def subset(c: Candidates, index) -> Candidates:
     """The candidates ``index`` (int array or bool mask) of ``c`` (ids are left as they are)."""
     idx = np.arange(len(c))[index]

@@ -377,10 +377,15 @@ def route(cands: cd.Candidates, bundle) -> Route:
     return Route(False, bundle.threshold, None, notes)
 
 
-def keep_heart_region(cands: cd.Candidates, anatomy: Anatomy) -> tuple[cd.Candidates, int]:
+def keep_heart_region(cands: cd.Candidates, anatomy: Anatomy, hu: np.ndarray | None = None) -> tuple[cd.Candidates, int]:
     """Stage *candidates*, last step: only the candidates in the heart region and off bone
-    (:func:`.candidates.in_heart_region`) go on; returns them and how many were left out."""
+    (:func:`.candidates.in_heart_region`) go on, and with ``hu`` (the CT the candidates were
+    found on) not those on a calcified structure that leaves the region
+    (:func:`.candidates.on_structure_leaving_region`: a costal cartilage, the sternum); returns
+    them and how many were left out. Inference and training pass ``hu``."""
     inside = cd.in_heart_region(cands, anatomy)
+    if hu is not None:
+        inside &= ~cd.on_structure_leaving_region(cands, hu, anatomy)
     return cd.subset(cands, inside), int(np.count_nonzero(~inside))
 
 
@@ -567,7 +572,7 @@ def run_pipeline(
     rt = route(cands, facts)
     found, outside = len(cands), 0
     if not rt.phantom:  # only where coronary calcium can be: the heart region, off bone
-        cands, outside = keep_heart_region(cands, anatomy)
+        cands, outside = keep_heart_region(cands, anatomy, net)
     timings["candidates_s"] = time.perf_counter() - t
     run_warnings += rt.warnings
     report(0.1, f"{len(cands)} candidates")
