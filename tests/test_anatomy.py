@@ -304,6 +304,25 @@ def test_the_ascending_aorta_is_found_above_the_heart_and_not_the_vena_cava():
     assert np.array_equal(cropped.aorta_axis, an.aorta_axis[10:30]) and cropped.aorta_radius_mm == an.aorta_radius_mm
 
 
+def test_a_pulmonary_trunk_as_thick_as_the_aorta_is_not_taken_for_it():
+    """A scan that ends 25 mm above the heart, before the pulmonary trunk turns back: the
+    trunk (left of the aorta and in front, 2 mm wider: the thickest tube) runs as long as the
+    aorta above the heart. Of two tubes that tie, the aorta is the one on the patient's right;
+    a tube much thicker than the aorta would still be taken (not drawn here)."""
+    hu, _ = _thorax(nz=26)
+    s = hu[20].copy()
+    s[_ellipse(s.shape, 95, 130, 45, 42)] = -100.0
+    s[_ellipse(s.shape, 92, 112, 15, 15)] = 40.0  # ascending aorta, 18 mm right of the midline
+    s[_ellipse(s.shape, 66, 152, 17, 17)] = 40.0  # pulmonary trunk, to its left and in front
+    hu[20:] = s
+    an = find_anatomy(hu, SPACING)
+    assert an.heart_levels is not None and an.heart_levels[1] == 19
+    assert an.aorta_axis is not None
+    for k in (21, 25):
+        assert np.hypot(*(an.aorta_axis[k] - (92, 112))) <= 3.0, (k, an.aorta_axis[k])
+    assert 12.0 <= an.aorta_radius_mm <= 17.0
+
+
 def test_no_aorta_without_the_slices_above_the_heart():
     """A scan that ends 10 mm above the heart's top level: the aorta cannot be told from the
     heart (nor on a phantom without lungs)."""

@@ -255,3 +255,24 @@ def test_heart_centred_geometry():
     assert k == 0 and abs(y - 249.5) * 0.4 <= 1.5 * ct.spacing[1] and abs(x - 249.5) * 0.4 <= 1.5 * ct.spacing[2]
     assert out.hu.max() > 2000.0 and -1100.0 <= out.hu.min()
     assert np.allclose(out.direction, np.eye(3))
+
+
+def test_heart_centred_geometry_ends_above_the_heart_where_asked(capsys):
+    """--above-heart MM: the heart-centred scan ends MM above its top heart level (a gated
+    scan that starts lower down); refused without --heart-centred."""
+    from CoronaryCalciumDINOLib.pipeline.inference import locate, orient
+    from CoronaryCalciumDINOLib.synth import generate_study
+    from training import evaluate_real as ev
+
+    ct = generate_study(5, matrix=256, n_slices=48, plaques=False).ct
+    view, _ = orient(ct, np.asarray(ct.hu, np.float32))
+    anatomy, (z0, z1) = locate(view.hu, ct.spacing)
+    top_mm = anatomy.heart_levels[1] * ct.spacing[0]  # above slice z0
+    whole = ev.heart_centred(ct)
+    for above in (20.0, 5.0):
+        out = ev.heart_centred(ct, above_heart_mm=above)
+        last_mm = (out.shape[0] - 1) * 3.0
+        assert top_mm + above - 3.0 < last_mm <= top_mm + above
+        np.testing.assert_array_equal(out.hu, whole.hu[: out.shape[0]])
+    assert ev.main(["--above-heart", "20"]) == 2
+    assert "--above-heart needs --heart-centred" in capsys.readouterr().err

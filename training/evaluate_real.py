@@ -45,6 +45,7 @@ import platform
 import shlex
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,13 +115,15 @@ HEART_CENTRED = (200.0, 0.4, 3.0)
 
 
 def heart_centred(ct, fov_mm: float = HEART_CENTRED[0], pixel_mm: float = HEART_CENTRED[1],
-                  slice_mm: float = HEART_CENTRED[2]):
+                  slice_mm: float = HEART_CENTRED[2], above_heart_mm: float | None = None):
     """``ct`` cropped and resampled (trilinear) to a heart-centred scan: a ``fov_mm`` square
     field of ``pixel_mm`` pixels centred on the heart (the HU localiser
     :func:`.anatomy.heart_centre` on the slices a cardiac scan would hold: not the heart
     region, so that a change to the region's rules does not move the field), over those
     slices, every ``slice_mm``. Canonical axial layout (identity direction). Interpolation
-    adds no detail: a 5 mm scan stays a 5 mm scan seen through a gated scan's geometry."""
+    adds no detail: a 5 mm scan stays a 5 mm scan seen through a gated scan's geometry.
+    ``above_heart_mm``: end the scan this far above its top heart level (a gated scan that
+    starts lower down; default: where the cardiac range ends, 45 mm above it)."""
     from scipy import ndimage
 
     from CoronaryCalciumDINOLib.io.volume import CTVolume
@@ -134,6 +137,11 @@ def heart_centred(ct, fov_mm: float = HEART_CENTRED[0], pixel_mm: float = HEART_
     cy, cx = heart_centre(view.hu[z0:z1], ct.spacing)
     dz, dy, dx = (float(v) for v in ct.spacing)
     nz = int(np.floor((z1 - z0 - 1) * dz / slice_mm + 1e-6)) + 1
+    if above_heart_mm is not None:
+        if anatomy.heart_levels is None:
+            raise CCDinoError("heart-centred geometry: no heart levels found to cut the scan above")
+        top = anatomy.heart_levels[1] * dz + float(above_heart_mm)  # mm above slice z0
+        nz = min(nz, int(np.floor(top / slice_mm + 1e-6)) + 1)
     m = int(round(fov_mm / pixel_mm))
     steps = (np.arange(m) - (m - 1) / 2.0) * pixel_mm
     zc = z0 + np.arange(nz) * slice_mm / dz
@@ -439,13 +447,20 @@ def main(argv=None) -> int:
                     help=f"score each scan cropped and resampled to a heart-centred {HEART_CENTRED[0]:g} mm field of "
                          f"view, {HEART_CENTRED[1]:g} mm pixels, {HEART_CENTRED[2]:g} mm slices (the geometry of gated "
                          "calcium scans); default OUT and SHEET get the suffix -heart-centred")
+    ap.add_argument("--above-heart", type=float, default=None, metavar="MM",
+                    help="with --heart-centred: end each scan MM above its top heart level (default: the "
+                         "cardiac range, 45 mm above it); default OUT and SHEET get the suffix -above-MM")
     ap.add_argument("--naming", choices=("aorta", "segmenter"), default="aorta",
                     help="artery names as ccdino score --naming (default aorta)")
     args = ap.parse_args(argv)
+    if args.above_heart is not None and not (args.heart_centred and args.above_heart >= 0):
+        print("evaluate_real: error: --above-heart needs --heart-centred and a length >= 0 mm", file=sys.stderr)
+        return 2
+    suffix = "-heart-centred" + ("" if args.above_heart is None else f"-above-{args.above_heart:g}")
     if args.heart_centred and args.out == str(DEFAULT_OUT):
-        args.out = str(DEFAULT_OUT) + "-heart-centred"
+        args.out = str(DEFAULT_OUT) + suffix
     if args.heart_centred and args.sheet == str(DEFAULT_SHEET):
-        args.sheet = str(DEFAULT_SHEET) + "-heart-centred"
+        args.sheet = str(DEFAULT_SHEET) + suffix
     command = "python " + shlex.join([rel(Path(sys.argv[0])) if argv is None else "training/evaluate_real.py",
                                       *(sys.argv[1:] if argv is None else argv)])
 
@@ -489,8 +504,8 @@ def main(argv=None) -> int:
     rows, sheets = [], []
     for name, folder in folders:
         try:
-            row, ct, res = evaluate_scan(name, folder, reference[name], bundle, options,
-                                         heart_centred if args.heart_centred else None, args.naming)
+            geometry = partial(heart_centred, above_heart_mm=args.above_heart) if args.heart_centred else None
+            row, ct, res = evaluate_scan(name, folder, reference[name], bundle, options, geometry, args.naming)
         except CCDinoError as exc:
             row = {"scan": name, "id": reference[name].get("id", name), "error": str(exc).splitlines()[0]}
             rows.append(row)
@@ -512,8 +527,9 @@ def main(argv=None) -> int:
         "torch_threads": torch.get_num_threads(),
         "kvp_option": str(args.kvp),
         "naming": args.naming,
-        "geometry": ("heart-centred: {:g} mm field of view, {:g} mm pixels, {:g} mm slices (resampled)".format(
-            *HEART_CENTRED) if args.heart_centred else "as acquired"),
+        "geometry": ("heart-centred: {:g} mm field of view, {:g} mm pixels, {:g} mm slices (resampled){}".format(
+            *HEART_CENTRED, "" if args.above_heart is None else f", ending {args.above_heart:g} mm above the top "
+            "heart level") if args.heart_centred else "as acquired"),
         "model": bundle.model_info(),
         "bundle_load_s": round(load_s, 3),
         "scans": rows,

@@ -53,7 +53,9 @@ ascending aorta
     aorta is the chain, its centres on average within :data:`AORTA_MIDLINE_MM` of the
     midline, with the largest sum of radii over the upper half of the range (the superior
     vena cava, 8-12 mm, is thinner; the pulmonary trunk turns back and the atria end lower).
-    It is then followed down to the aortic root: the nearest centre of a like radius within
+    Chains within :data:`AORTA_TIE` of that sum tie (a scan that ends before the pulmonary
+    trunk turns back: it then runs as long as the aorta and is as wide); the patient's
+    rightmost of them is the aorta (the trunk leaves the heart left of it). It is then followed down to the aortic root: the nearest centre of a like radius within
     :data:`AORTA_STEP_MM` on each slice, until there is none (it enters the heart, where the
     root sits in the heart's base and the coronary arteries leave it: :mod:`.naming`). Not
     found (None) on a scan that does not reach :data:`AORTA_MIN_MM` above the heart, or
@@ -163,6 +165,9 @@ AORTA_TRACK_MM = 14.0
 #: radius by at most this share of the tube's above the heart.
 AORTA_STEP_MM = 6.0
 AORTA_RADIUS_CHANGE = 0.35
+#: Tubes above the heart whose sums of radii lie within this share of the thickest one's
+#: are a tie, decided by their side (:func:`ascending_aorta`).
+AORTA_TIE = 0.1
 #: The ascending aorta's centre lies on average within this distance (mm) of the midline
 #: (the lungs' hull's middle); the superior vena cava lies 30-70 mm right of it.
 AORTA_MIDLINE_MM = 45.0
@@ -498,7 +503,8 @@ def ascending_aorta(soft: np.ndarray, top: int, dz: float, pixel_mm: tuple[float
     # 1. The tube above the heart: chains of tube centres from the top of the search range
     # down to its middle, each centre within AORTA_TRACK_MM of the one above (a slice may be
     # skipped); the aorta's is the one with the largest sum of radii (the thickest long tube:
-    # the vena cava is thinner, the pulmonary trunk turns back within the range).
+    # the vena cava is thinner, the pulmonary trunk turns back within the range), of those
+    # that tie the patient's rightmost.
     upper = (top + k1) // 2
     centres = {k: _tube_centres(ndimage.distance_transform_edt(soft[k], sampling=(py, px)), lo, hi, reach)
                for k in range(top, k1)}
@@ -521,7 +527,14 @@ def ascending_aorta(soft: np.ndarray, top: int, dz: float, pixel_mm: tuple[float
         chains = [c for c in chains if abs(np.mean([p[2] for p in c[1]]) - midline) * px <= AORTA_MIDLINE_MM]
     if not chains:
         return None
-    chain = list(max(chains, key=lambda c: c[0])[1])
+    # the thickest long tube; where tubes tie (the scan ends before the pulmonary trunk turns
+    # back, so it runs as long as the aorta), the patient's rightmost: the pulmonary trunk
+    # leaves the heart left of the aorta
+    best = max(c[0] for c in chains)
+    near = [c for c in chains if c[0] >= (1.0 - AORTA_TIE) * best]
+    mean_x = [float(np.mean([p[2] for p in c[1]])) for c in near]
+    right = min(mean_x)
+    chain = list(max((c for c, x in zip(near, mean_x) if (x - right) * px <= AORTA_TRACK_MM), key=lambda c: c[0])[1])
     # 2. Down to the aortic root: the nearest tube centre of a like radius within
     # AORTA_STEP_MM of the last one, until there is none (the aorta enters the heart).
     radius = float(np.median([p[3] for p in chain]))
