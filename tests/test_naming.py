@@ -53,6 +53,30 @@ def test_the_circumflex_boundary_is_half_way_between_left_and_back():
     assert out[2, 128, 132] == 2 and out[2, 136, 130] == 3
 
 
+def test_the_side_of_each_lesion_is_the_segmenters_and_the_left_branch_the_aortas():
+    """Under the heart the RCA's posterior descending branch crosses left of the root's
+    centre: by position alone it would be LCX. With the segmenter's sides (agreeing with
+    the aorta on most of the calcium) it stays RCA; left-tree lesions are still named LM,
+    LAD or LCX from the aorta, whatever the segmenter called them."""
+    from CoronaryCalciumDINOLib.pipeline.anatomy import Anatomy
+    from CoronaryCalciumDINOLib.pipeline.naming import name_with_source
+
+    lab = np.zeros((12, 200, 200), np.uint8)
+    _lesion(lab, 3, 85, 75, code=4)  # RCA, right of the aorta, in front
+    lab[2, 84:87, 60:80] = 4  # a long proximal RCA (most of the calcium agrees on the side)
+    _lesion(lab, 1, 140, 110, code=4)  # the RCA's posterior descending branch, left of the centre, behind
+    _lesion(lab, 6, 105, 120, code=3)  # the segmenter's LCX at the root, 20.6 mm left: LM
+    _lesion(lab, 2, 60, 140, code=3)  # the segmenter's LCX, left and in front: LAD
+    assert name_by_aorta(lab, AXIS, R, ROOT, SPACING)[1, 140, 110] == 3  # by position: LCX
+    empty = np.zeros((12, 100, 100), bool)
+    an = Anatomy((12, 200, 200), (2, 2), True, empty, empty, empty, (0, ROOT), AXIS, R)
+    out, source = name_with_source(lab, an, SPACING)
+    assert source == "aorta"
+    assert out[1, 140, 110] == 4 and out[3, 85, 75] == 4 and (out[2, 84:87, 60:80] == 4).all()
+    assert out[6, 105, 120] == 1 and out[2, 60, 140] == 2
+    assert np.array_equal(out > 0, lab > 0)
+
+
 def test_without_an_aorta_the_segmenter_names_stay_one_side_per_lesion():
     from CoronaryCalciumDINOLib.pipeline.anatomy import find_anatomy
 

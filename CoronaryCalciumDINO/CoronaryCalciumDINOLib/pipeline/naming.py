@@ -12,7 +12,10 @@ as the Agatston score counts them)
 -------------------------------------------------------------------------------------------
 RCA
     The right coronary artery leaves the right (anterior) sinus and runs down the right
-    atrioventricular groove: a lesion whose centroid lies right of ``c`` (``x < 0``).
+    atrioventricular groove: a lesion whose centroid lies right of ``c`` (``x < 0``). In the
+    pipeline the side (RCA or left tree) is the segmenter's instead, once the two agree on
+    most of the calcium (below): under the heart the RCA's posterior descending branch
+    crosses left of the root's centre, and the rule would call it LCX.
 LM
     The left main leaves the left sinus and runs left for about 10 mm (:data:`LM_MM`)
     before it divides: calcium of a left lesion within ``r + LM_MM`` of ``c``, on the slices
@@ -33,11 +36,14 @@ segmenter's names stay, one side of the tree per lesion (:func:`one_side_per_les
 stay too where the aorta and the segmenter disagree on the side (left tree or RCA) of more
 than :data:`MAX_SIDE_DISAGREEMENT` of the calcium: the two are independent (the segmenter
 learnt the sides on synthetic hearts, where it tells them apart almost perfectly), and such
-a disagreement means the tube taken for the aorta is most likely another one.
+a disagreement means the tube taken for the aorta is most likely another one. Where they
+agree, each lesion keeps the segmenter's side (one side per lesion), and the aorta names
+the branch of the left tree (LM, LAD, LCX): on the 100 synthetic held-out studies this
+took the RCA's agreement from ICC 0.960 to 0.998 (its distal calcium had been called LCX);
+on the five real dev scans the two sides agree on every lesion.
 
-Known limits: the posterior descending branch of the RCA at the heart's underside (the
-crux) can lie left of the root's centre and is then named LCX or LAD; where the left main
-ends varies from patient to patient (:data:`LM_MM` is an average).
+Known limits: where the left main ends varies from patient to patient (:data:`LM_MM` is
+an average); the side of a lesion the segmenter gets wrong stays wrong.
 
 Array order (z, y, x) in the canonical axial LPS layout (anterior at row 0, patient left at
 the last column). Importing this module does not import torch.
@@ -113,11 +119,13 @@ def one_side_per_lesion(labels: np.ndarray) -> np.ndarray:
 
 
 def name_by_aorta(labels: np.ndarray, axis: np.ndarray, radius_mm: float, root: int | None,
-                  spacing: Sequence[float]) -> np.ndarray:
+                  spacing: Sequence[float], sides: np.ndarray | None = None) -> np.ndarray:
     """``labels`` (z, y, x; 0 background, any artery code for calcium) renamed by the
     definitions of the module docstring. ``axis`` (z, 2): the aorta's centre (row, column
     in pixels) per slice; ``root``: the top heart level (slice index; None: every slice can
-    hold the left main); ``spacing`` (dz, dy, dx) mm."""
+    hold the left main); ``spacing`` (dz, dy, dx) mm; ``sides``: labels giving each lesion's
+    side (4: RCA, else the left tree; one side per lesion), or None: the side from the
+    lesion's centroid (right of the aorta's centre: RCA)."""
     labels = np.asarray(labels)
     found = _lesions(labels)
     if found is None:
@@ -129,7 +137,10 @@ def name_by_aorta(labels: np.ndarray, axis: np.ndarray, radius_mm: float, root: 
     z = z + z0
     xr = (x - axis[z, 1]) * dx  # towards the patient's left
     yr = (axis[z, 0] - y) * dy  # forwards
-    right = np.bincount(c, weights=xr, minlength=n + 1) < 0  # centroid right of the aorta's centre
+    if sides is None:
+        right = np.bincount(c, weights=xr, minlength=n + 1) < 0  # centroid right of the aorta's centre
+    else:  # the side (RCA or left tree) given per voxel, one side per lesion
+        right = np.bincount(c, weights=np.asarray(sides)[z, y, x] == 4, minlength=n + 1) > 0
     lm = (xr >= 0) & (np.hypot(xr, yr) <= radius_mm + LM_MM) & ~right[c]
     if root is not None:
         lm &= z >= root
@@ -161,4 +172,4 @@ def name_with_source(labels: np.ndarray, anatomy: Anatomy | None, spacing: Seque
     calc = model > 0
     if np.mean((model[calc] == 4) != (named[calc] == 4)) > MAX_SIDE_DISAGREEMENT:
         return model, "segmenter: the aorta disagrees"
-    return named, "aorta"
+    return name_by_aorta(labels, anatomy.aorta_axis, anatomy.aorta_radius_mm, root, spacing, sides=model), "aorta"
