@@ -1,5 +1,5 @@
 """Test data used by several test modules: the bundled real phantom series, DICOM header
-edits, and a small CT with hand-scorable calcium."""
+edits, a small CT with hand-scorable calcium, and a training run killed mid-way."""
 
 from __future__ import annotations
 
@@ -126,3 +126,18 @@ def write_small_series(
         save_dicom(ds, path, enforce_file_format=True)
         files.append(path)
     return files
+
+
+def interrupt_on_call(monkeypatch, module, name: str, call: int) -> None:
+    """Make ``module.name`` raise KeyboardInterrupt on its ``call``-th call (a run killed
+    mid-way, e.g. after a checkpoint); ``monkeypatch.undo()`` restores it."""
+    calls = {"n": 0}
+    original = getattr(module, name)
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, interrupted)

@@ -18,6 +18,7 @@ from CoronaryCalciumDINOLib.pipeline.inference import keep_heart_region, locate 
 from CoronaryCalciumDINOLib.synth import write_studies  # noqa: E402
 from training import pretrain_candidates  # noqa: E402
 from training.candidate_data import build_cache, load_cache  # noqa: E402
+from shared_data import interrupt_on_call  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -68,16 +69,7 @@ def test_views_and_a_few_dino_steps_resume(tiny_cache, tmp_path, guided, monkeyp
     args = ["--cache", str(path), "--out", str(out), "--steps", "4", "--batch", "8", "--ckpt-every", "2",
             "--threads", "1", "--device", "cpu"] + (["--label-guided"] if guided else [])
     # interrupted after the first checkpoint (step 2), then resumed to the end
-    calls = {"n": 0}
-    original = pretrain_candidates.update_teacher
-
-    def interrupted(*a):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        original(*a)
-
-    monkeypatch.setattr(pretrain_candidates, "update_teacher", interrupted)
+    interrupt_on_call(monkeypatch, pretrain_candidates, "update_teacher", 3)
     with pytest.raises(KeyboardInterrupt):
         pretrain_candidates.main(args)
     assert (out / "checkpoint.pt").exists() and not (out / "backbone.pt").exists()

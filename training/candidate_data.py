@@ -15,12 +15,18 @@ Negatives (candidates that are not coronary calcium, mostly noise) of *training*
 can be capped per study (``max_neg``): each kept negative then carries the weight
 ``negatives / kept`` so that statistics stay those of all candidates. Validation sets keep
 every candidate (``max_neg=None``).
+
+Multi-view pretraining (VET-DINO on candidates) needs, for each candidate, the crop at the
+same (x, y) on the neighbouring slices: :func:`build_adjacent` writes them beside an existing
+cache (``crops_adjacent`` only, aligned with the cache's candidates, matched to recomputed
+candidates by their crops).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +48,19 @@ from CoronaryCalciumDINOLib.pipeline.inference import keep_heart_region, locate,
 CACHE_VERSION = 3
 
 
-def study_samples(path, cfg: CandidateConfig, margin: int, max_neg: int | None, n_random: int, rng) -> dict:
-    """Arrays of one study: see :func:`build_cache`."""
+def adjacent_step(dz_mm: float) -> int:
+    """Slice offset of the neighbouring-slice view: the nearest offset of the multi-view rule
+    (:func:`training.common.views.adjacent_offsets`; 1 slice at 3 mm, 2 at 1.5 mm)."""
+    from .common.views import adjacent_offsets
+
+    return int(adjacent_offsets(dz_mm)[0])
+
+
+def study_samples(path, cfg: CandidateConfig, margin: int, max_neg: int | None, n_random: int, rng,
+                  adjacent: bool = False) -> dict:
+    """Arrays of one study: see :func:`build_cache`; with ``adjacent`` also ``crops_adjacent``
+    (n, 2, S, S): the crops at the same (x, y) ``adjacent_step`` slices below and above
+    (clamped to the cardiac range) and ``adjacent_dz`` (n, 2) the slice offsets used."""
     s = load_study(path, with_heart=False)
     view, _ = orient(s.ct, np.asarray(s.ct.hu))
     flips, hu = view.flips, view.hu
@@ -69,7 +86,17 @@ def study_samples(path, cfg: CandidateConfig, margin: int, max_neg: int | None, 
         slice_has = slice_has[::-1].copy()
     slice_has = slice_has[z0:z1]
     rnd = random_points(c, n_random, rng)
-    return {
+    extra = {}
+    if adjacent:
+        sub = subset(c, idx)
+        k = adjacent_step(s.ct.spacing[0])
+        pair, dz = [], []
+        for sign in (-1, 1):
+            zn = np.clip(sub.z + sign * k, 0, hu.shape[0] - 1)
+            pair.append(crop_hu(hu, replace(sub, z=zn), size=size).astype(np.float16))
+            dz.append(zn - sub.z)
+        extra = {"crops_adjacent": np.stack(pair, 1), "adjacent_dz": np.stack(dz, 1).astype(np.int16)}
+    return extra | {
         "crops": crop_hu(hu, c, idx, size=size).astype(np.float16),
         "pixel_labels": crop_labels(labels, c, idx, size=cfg.crop_px),
         "masks": subset(c, idx).masks().astype(np.uint8),
@@ -119,6 +146,49 @@ def build_cache(studies, out: Path, cfg: CandidateConfig, margin: int = 4, max_n
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp.npz")
     np.savez(tmp, meta=json.dumps(meta), **arrays)
+    tmp.replace(out)
+    return out
+
+
+def build_adjacent(cache_path, studies_root, out: Path, log=print) -> Path:
+    """Write ``out`` (.npz): ``crops_adjacent`` (N, 2, S, S) float16 and ``adjacent_dz`` (N, 2)
+    for the N candidates of the cache ``cache_path``, from the study folders
+    ``studies_root / <study name>`` it was built from. Each study's candidates are recomputed
+    (all of them, with their neighbouring-slice crops) and matched to the cached ones by their
+    crop (bit-identical); a cached candidate without a match (the candidate finder changed
+    since the cache was built) gets its own crop as partner and ``adjacent_dz`` 0, and is
+    counted in ``unmatched``. Reused when it exists for the same cache."""
+    out = Path(out)
+    with np.load(cache_path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        crops, study = z["crops"], z["study"]
+    key = {"cache": Path(cache_path).name, "meta": meta}
+    if out.exists():
+        with np.load(out, allow_pickle=False) as z:
+            if json.loads(str(z["meta"])) == key:
+                log(f"adjacent crops {out} are up to date")
+                return out
+    cfg = CandidateConfig.from_dict(meta["config"])
+    adj = np.repeat(crops[:, None], 2, axis=1)
+    dz = np.zeros((len(crops), 2), np.int16)
+    unmatched = 0
+    t0 = time.perf_counter()
+    for i, name in enumerate(meta["studies"]):
+        q = study_samples(Path(studies_root) / name, cfg, meta["margin"], None, 0, np.random.default_rng(0),
+                          adjacent=True)
+        lut = {q["crops"][j].tobytes(): j for j in range(len(q["crops"]))}
+        for k in np.flatnonzero(study == i):
+            j = lut.get(crops[k].tobytes())
+            if j is None:
+                unmatched += 1
+                continue
+            adj[k], dz[k] = q["crops_adjacent"][j], q["adjacent_dz"][j]
+        if (i + 1) % 20 == 0 or i + 1 == len(meta["studies"]):
+            log(f"  adjacent crops: {i + 1}/{len(meta['studies'])} studies, {unmatched} unmatched "
+                f"({time.perf_counter() - t0:.0f} s)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp.npz")
+    np.savez(tmp, meta=json.dumps(key), crops_adjacent=adj, adjacent_dz=dz, unmatched=np.array(unmatched))
     tmp.replace(out)
     return out
 

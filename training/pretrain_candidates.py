@@ -19,6 +19,21 @@ and local views stay centred on the candidate (jitter of a few pixels). **Plain 
 random places in the global field: no label is used. The DINO loss, head, teacher EMA and
 schedules are the same (:mod:`training.common.dino`).
 
+Variants of DINO-LG (label-guided samples only):
+
+* ``--multiview adjacent`` (VET-DINO): the second global view of a candidate is cut from a
+  neighbouring slice at the same (x, y) (``--adjacent``: the file of
+  :func:`training.candidate_data.build_adjacent`), so the student learns to predict the
+  teacher's output on the other slice of the same study;
+* ``--arch vit_small_patch14_reg4_dinov2`` (:data:`DINOV2_ARCH`): the DINOv2 ViT design
+  (4 register tokens, LayerScale) at the default width and patch 8 (``--overrides``);
+  randomly initialised unless ``--pretrained`` names a local checkpoint (DINO / DINOv2 /
+  timm; patch kernels and position embeddings are resampled to fit);
+* ``--location-conditioning`` (DrasCLR's idea): the ViT blocks are FiLM-modulated by where
+  the candidate sits in the heart field (:data:`LOCATION_FEATURES` of its context,
+  :class:`~CoronaryCalciumDINOLib.models.conditioning.LocationFiLM`, zero-initialised); the
+  features are then computed with the same location at inference.
+
 Resumable: ``checkpoint.pt`` is written every ``--ckpt-every`` steps; the teacher backbone
 (``backbone.pt`` with its config) and ``log.jsonl`` are written at the end.
 """
@@ -37,6 +52,7 @@ import torch.nn.functional as F
 
 from CoronaryCalciumDINOLib.data.slices import hu_to_windows
 from CoronaryCalciumDINOLib.models.backbone import backbone_config, build_backbone
+from CoronaryCalciumDINOLib.pipeline.candidates import CONTEXT_NAMES
 from CoronaryCalciumDINOLib.pipeline.device import autocast_for, resolve_device
 
 from .candidate_data import load_cache
@@ -55,6 +71,16 @@ from .common.schedules import (
 #: CT pixels sees about the same), 4 blocks of width 128: runs on a 2-core CPU.
 DEFAULT_ARCH = "vit_tiny_patch16_224"
 DEFAULT_OVERRIDES = {"patch_size": 8, "embed_dim": 128, "depth": 4, "num_heads": 4}
+#: DINOv2 design (register tokens, LayerScale); built with :data:`DEFAULT_OVERRIDES` by default
+DINOV2_ARCH = "vit_small_patch14_reg4_dinov2"
+#: The candidate's position in the heart field, the location of location-conditioned ViTs
+LOCATION_FEATURES = ("x_field", "y_field", "z_scan")
+
+
+def candidate_locations(cache: dict) -> np.ndarray:
+    """(N, 3) float32 location of each candidate of a cache (:data:`LOCATION_FEATURES`)."""
+    cols = [CONTEXT_NAMES.index(n) for n in LOCATION_FEATURES]
+    return np.ascontiguousarray(cache["context"][:, cols], dtype=np.float32)
 
 
 def parse_args(argv=None):
@@ -63,6 +89,11 @@ def parse_args(argv=None):
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--label-guided", action="store_true", help="DINO-LG crops (else plain DINO)")
     p.add_argument("--guided-share", type=float, default=0.4, help="share of a DINO-LG batch on coronary calcium")
+    p.add_argument("--multiview", choices=("none", "adjacent"), default="none",
+                   help="adjacent: 2nd global view from a neighbouring slice (VET-DINO; needs --adjacent)")
+    p.add_argument("--adjacent", type=Path, default=None, help="neighbouring-slice crops (candidate_data.build_adjacent)")
+    p.add_argument("--location-conditioning", action="store_true", help="FiLM the ViT by the candidate's position")
+    p.add_argument("--pretrained", type=Path, default=None, help="local checkpoint to start from (else random init)")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--local-crops", type=int, default=4)
@@ -116,17 +147,21 @@ def _jittered_windows(hu: torch.Tensor, windows, gen: torch.Generator) -> torch.
 
 
 def make_views(hu: torch.Tensor, crop_px: int, margin: int, n_local: int, local_px: int, guided: bool,
-               windows, gen: torch.Generator) -> list[torch.Tensor]:
-    """DINO multi-crop views of stored crops ``hu`` (B, S, S) HU, S = crop_px + 2 margin."""
+               windows, gen: torch.Generator, partner: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """DINO multi-crop views of stored crops ``hu`` (B, S, S) HU, S = crop_px + 2 margin.
+
+    ``partner`` (B, S, S): another view of the same samples (a neighbouring slice); the second
+    global view is then cut from it (multi-view), the others from ``hu``."""
     b, s = hu.shape[0], hu.shape[-1]
     x = hu[:, None].float()
     base = crop_px / s
     views = []
-    for _ in range(2):
+    for g in range(2):
+        src = partner[:, None].float() if (partner is not None and g == 1) else x
         frac = base * (0.85 + 0.3 * torch.rand(b, generator=gen))
         shift = (torch.rand(b, 2, generator=gen) * 2 - 1) * (margin / s) * 2 * 0.5
         flip = torch.rand(b, generator=gen) < 0.5
-        views.append(_jittered_windows(_affine_crops(x, crop_px, frac, shift, flip)[:, 0], windows, gen))
+        views.append(_jittered_windows(_affine_crops(src, crop_px, frac, shift, flip)[:, 0], windows, gen))
     for _ in range(n_local):
         frac = base * (0.3 + 0.3 * torch.rand(b, generator=gen))
         if guided:  # stay on the candidate
@@ -149,10 +184,12 @@ def plain_view(hu: torch.Tensor, crop_px: int, windows) -> torch.Tensor:
 # ----------------------------------------------------------------------------- training
 
 
-def _sampler(data: dict, guided: bool, share: float, rng: np.random.Generator):
+def _sampler(data: dict, guided: bool, share: float, rng: np.random.Generator, adjacent: dict | None = None,
+             locations: np.ndarray | None = None):
+    """``draw(n)`` -> (crops, partner crops or None, locations or None) of n samples."""
     if not guided:
         pool = data["random_crops"]
-        return lambda n: pool[rng.integers(0, len(pool), n)]
+        return lambda n: (pool[rng.integers(0, len(pool), n)], None, None)
     pos = np.flatnonzero(data["target"] > 0)
     neg = np.flatnonzero(data["target"] == 0)
     crops = data["crops"]
@@ -160,9 +197,24 @@ def _sampler(data: dict, guided: bool, share: float, rng: np.random.Generator):
     def draw(n):
         k = int(round(share * n)) if pos.size else 0
         idx = np.concatenate([rng.choice(pos, k), rng.choice(neg, n - k)])
-        return crops[idx]
+        partner = None
+        if adjacent is not None:  # the slice below or above; the other one where that is clamped away
+            side = rng.integers(0, 2, n)
+            side = np.where(adjacent["adjacent_dz"][idx, side] == 0, 1 - side, side)
+            partner = adjacent["crops_adjacent"][idx, side]
+        return crops[idx], partner, (None if locations is None else locations[idx])
 
     return draw
+
+
+def load_adjacent(path, cache: dict) -> dict:
+    """Neighbouring-slice crops of ``cache`` (:func:`training.candidate_data.build_adjacent`), checked to fit it."""
+    with np.load(path, allow_pickle=False) as z:
+        adj = {k: z[k] for k in ("crops_adjacent", "adjacent_dz")}
+        key = json.loads(str(z["meta"]))
+    if key["meta"] != cache["meta"] or len(adj["crops_adjacent"]) != len(cache["target"]):
+        raise SystemExit(f"{path} was not built for this cache")
+    return adj
 
 
 def train(args) -> Path:
@@ -177,13 +229,21 @@ def train(args) -> Path:
         return out
     data = load_cache(args.cache)
     meta = data["meta"]
+    if (args.multiview != "none" or args.location_conditioning) and not args.label_guided:
+        raise SystemExit("--multiview and --location-conditioning work on candidates: use --label-guided")
+    if args.multiview == "adjacent" and args.adjacent is None:
+        raise SystemExit("--multiview adjacent needs --adjacent (training.candidate_data.build_adjacent)")
+    adjacent = load_adjacent(args.adjacent, data) if args.multiview == "adjacent" else None
+    locations = candidate_locations(data) if args.location_conditioning else None
     crop_px, margin = int(meta["config"]["crop_px"]), int(meta["margin"])
     windows = [tuple(w) for w in meta["config"]["windows"]]
     overrides = json.loads(args.overrides) if isinstance(args.overrides, str) else dict(args.overrides)
 
     def net():
         torch.manual_seed(args.seed)
-        bb = build_backbone(args.arch, img_size=crop_px, in_chans=len(windows), drop_path=0.0, overrides=overrides)
+        bb = build_backbone(args.arch, img_size=crop_px, in_chans=len(windows), drop_path=0.0, overrides=overrides,
+                            location_conditioning=len(LOCATION_FEATURES) if args.location_conditioning else False,
+                            pretrained_path=args.pretrained)
         head = DINOHead(bb.embed_dim, args.out_dim, args.head_hidden, args.head_bottleneck, norm_last_layer=False)
         return MultiCropWrapper(bb, head)
 
@@ -213,19 +273,23 @@ def train(args) -> Path:
         rng = state["rng"]
         start = int(state["step"])
         print(f"resuming at step {start}")
-    draw = _sampler(data, args.label_guided, args.guided_share, rng)
+    draw = _sampler(data, args.label_guided, args.guided_share, rng, adjacent, locations)
     use_bf16 = {"on": True, "off": False}.get(args.bf16)
     log = open(out / "log.jsonl", "a", encoding="utf-8")
     t0 = time.perf_counter()
     student.train()
     for step in range(start, steps):
         set_optimizer_values(opt, float(lr_s[step]), float(wd_s[step]))
-        hu = torch.from_numpy(draw(args.batch).astype(np.float32))
-        views = make_views(hu, crop_px, margin, args.local_crops, args.local_px, args.label_guided, windows, gen)
+        crops, partner, loc = draw(args.batch)
+        hu = torch.from_numpy(crops.astype(np.float32))
+        partner = None if partner is None else torch.from_numpy(partner.astype(np.float32))
+        views = make_views(hu, crop_px, margin, args.local_crops, args.local_px, args.label_guided, windows, gen,
+                           partner=partner)
         views = [v.to(dev, non_blocking=True) for v in views]
+        locs = None if loc is None else [torch.from_numpy(loc).to(dev)] * len(views)
         with autocast_for(dev, cpu_bf16=use_bf16):
-            t_out = teacher(views[:2])
-            s_out = student(views)
+            t_out = teacher(views[:2], None if locs is None else locs[:2])
+            s_out = student(views, locs)
         loss = loss_fn(s_out.float(), t_out.float(), step)
         if not math.isfinite(loss.item()):
             raise SystemExit(f"DINO loss is {loss.item()} at step {step}: stopping")
@@ -253,7 +317,10 @@ def train(args) -> Path:
     bb = teacher.backbone.cpu()
     save_checkpoint(out / "backbone.pt", {"config": backbone_config(bb), "state": bb.state_dict(),
                                           "ssl": {"label_guided": bool(args.label_guided), "steps": steps,
-                                                  "seed": args.seed}})
+                                                  "seed": args.seed, "multiview": args.multiview,
+                                                  "location_conditioning": bool(args.location_conditioning),
+                                                  "pretrained": None if args.pretrained is None else str(args.pretrained),
+                                                  "seconds": round(time.perf_counter() - t0, 1)}})
     if ckpt.exists():
         ckpt.unlink()
     return out

@@ -73,15 +73,18 @@ def load_backbone(spec: str, crop_px: int = 32, in_chans: int = 3, overrides: di
 
 
 @torch.inference_mode()
-def features_of(backbone, crops_hu: np.ndarray, crop_px: int, windows, batch: int = 1024, device="cpu") -> np.ndarray:
-    """(N, 2D) float32 frozen features of stored HU crops (their central ``crop_px``)."""
+def features_of(backbone, crops_hu: np.ndarray, crop_px: int, windows, batch: int = 1024, device="cpu",
+                location: np.ndarray | None = None) -> np.ndarray:
+    """(N, 2D) float32 frozen features of stored HU crops (their central ``crop_px``);
+    ``location`` (N, K): the candidates' locations for a location-conditioned backbone."""
     dev = resolve_device(device)
     backbone.to(dev)
     out = []
     for s in range(0, len(crops_hu), batch):
         x = plain_view(torch.from_numpy(crops_hu[s:s + batch].astype(np.float32)), crop_px, windows).to(dev)
+        loc = None if location is None else torch.from_numpy(np.asarray(location[s:s + batch], np.float32)).to(dev)
         with autocast_for(dev, cpu_bf16=None):
-            out.append(extract_features(backbone, x).float().cpu().numpy())
+            out.append(extract_features(backbone, x, loc).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 2 * backbone.embed_dim), np.float32)
 
 

@@ -14,7 +14,8 @@ One factory builds every backbone the project uses::
   loads a local checkpoint (DINO / DINOv2 / timm / this project's training output).
 * ``location_conditioning=True`` adds a :class:`~.conditioning.LocationFiLM` (zero-initialised
   per-block scale/shift from the slice location ``c``); pass ``location`` (B,) to the feature
-  functions. Plain backbones ignore ``location``.
+  functions. Plain backbones ignore ``location``. ``location_conditioning=K`` (an int > 1)
+  conditions on K coordinates: pass ``location`` (B, K).
 * :func:`backbone_config` / :func:`build_backbone_from_config` round-trip the architecture
   through a JSON-able dict (saved in model bundles and next to training checkpoints);
   :func:`load_backbone_dir` loads a pretraining output folder.
@@ -67,7 +68,7 @@ def build_backbone(
     img_size: int = 224,
     in_chans: int = 3,
     pretrained_path: str | Path | None = None,
-    location_conditioning: bool = False,
+    location_conditioning: bool | int = False,
     drop_path: float = 0.1,
     overrides: dict | None = None,
 ) -> nn.Module:
@@ -91,13 +92,15 @@ def build_backbone(
         drop_path_rate=float(drop_path),
         **extra,
     )
-    if location_conditioning:
-        model.location_film = LocationFiLM(model.embed_dim, len(model.blocks))
+    n_coords = int(location_conditioning)
+    if n_coords:
+        model.location_film = LocationFiLM(model.embed_dim, len(model.blocks), n_coords=n_coords)
     model.ccdino_build_args = {
         "name": name,
         "img_size": int(img_size),
         "in_chans": int(in_chans),
-        "location_conditioning": bool(location_conditioning),
+        # True / False for one slice coordinate or none (the format of earlier bundles)
+        "location_conditioning": n_coords if n_coords > 1 else bool(n_coords),
         "overrides": dict(overrides or {}),
     }
     if pretrained_path is not None:
@@ -255,11 +258,15 @@ def _film_params(backbone: nn.Module, batch: int, location) -> torch.Tensor | No
         return None
     if location is None:
         raise InputError("this backbone is location-conditioned: pass the slice location c in [-1, 1]")
-    c = torch.as_tensor(location, dtype=torch.float32, device=backbone.cls_token.device).reshape(-1)
-    if c.numel() == 1 and batch > 1:
-        c = c.expand(batch)
-    if c.numel() != batch:
-        raise InputError(f"got {c.numel()} locations for a batch of {batch} images")
+    k = getattr(film, "n_coords", 1)
+    c = torch.as_tensor(location, dtype=torch.float32, device=backbone.cls_token.device)
+    if c.numel() % k:
+        raise InputError(f"locations of {k} coordinates expected, got a tensor of shape {tuple(c.shape)}")
+    c = c.reshape(-1, k)
+    if c.shape[0] == 1 and batch > 1:
+        c = c.expand(batch, k)
+    if c.shape[0] != batch:
+        raise InputError(f"got {c.shape[0]} locations for a batch of {batch} images")
     return film(c)
 
 

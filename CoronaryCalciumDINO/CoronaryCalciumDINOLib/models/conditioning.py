@@ -13,6 +13,10 @@ per-block scale and shift applied to the tokens entering each transformer block:
 
     x_l  <-  x_l * (1 + gamma_l(c)) + beta_l(c)
 
+A location of several coordinates (``n_coords`` > 1, e.g. a calcium candidate's position in
+the heart field: left-right, anterior-posterior, inferior-superior) embeds each coordinate
+alike and concatenates the embeddings; ``n_coords=1`` is the slice-location model above.
+
 The MLP's output layer is zero-initialised, so at initialisation the conditioned backbone is
 exactly the unconditioned one (pretrained weights are untouched), and conditioning is learnt
 from there.
@@ -35,15 +39,17 @@ class LocationFiLM(nn.Module):
     depth : number of transformer blocks conditioned.
     hidden : hidden width of the MLP.
     n_freq : number of Fourier frequencies used to embed ``c`` (``sin/cos(2^k pi c)``).
+    n_coords : number of location coordinates (``c`` of shape (B,) when 1, else (B, n_coords)).
     """
 
-    def __init__(self, embed_dim: int, depth: int, hidden: int = 128, n_freq: int = 4):
+    def __init__(self, embed_dim: int, depth: int, hidden: int = 128, n_freq: int = 4, n_coords: int = 1):
         super().__init__()
         self.embed_dim = int(embed_dim)
         self.depth = int(depth)
         self.n_freq = int(n_freq)
+        self.n_coords = int(n_coords)
         self.mlp = nn.Sequential(
-            nn.Linear(1 + 2 * self.n_freq, hidden),
+            nn.Linear(self.n_coords * (1 + 2 * self.n_freq), hidden),
             nn.GELU(),
             nn.Linear(hidden, hidden),
             nn.GELU(),
@@ -53,11 +59,11 @@ class LocationFiLM(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def embed(self, c: torch.Tensor) -> torch.Tensor:
-        """Fourier features ``[c, sin(2^k pi c), cos(2^k pi c)]`` of shape (B, 1 + 2 n_freq)."""
-        c = c.reshape(-1, 1).float()
+        """Fourier features ``[c, sin(2^k pi c), cos(2^k pi c)]`` per coordinate: (B, n_coords (1 + 2 n_freq))."""
+        c = c.reshape(-1, self.n_coords, 1).float()
         freqs = (2.0 ** torch.arange(self.n_freq, device=c.device, dtype=c.dtype)) * math.pi
         ang = c * freqs
-        return torch.cat([c, torch.sin(ang), torch.cos(ang)], dim=1)
+        return torch.cat([c, torch.sin(ang), torch.cos(ang)], dim=2).flatten(1)
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
         """Return (B, depth, 2, embed_dim): ``[:, l, 0]`` = gamma_l, ``[:, l, 1]`` = beta_l."""
