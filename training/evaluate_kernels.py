@@ -85,15 +85,21 @@ def score_reconstructions(seeds: range, reconstructions: dict, bundle) -> list[t
     return rows
 
 
-def table(rows) -> str:
-    """Markdown table, one line per reconstruction, in the order the rows first name them."""
-    lines = ["| reconstruction | studies with calcium | reference total | model total | risk category right | "
+def summary_table(rows, groups, first: str = "reconstruction") -> str:
+    """Markdown table of :func:`summary` figures, one line per (key, name) of ``groups``
+    (``first``: the header of the name column)."""
+    lines = [f"| {first} | studies with calcium | reference total | model total | risk category right | "
              "calcium-free scored 0 |", "|---|---|---|---|---|---|"]
-    for recon in dict.fromkeys(x[1] for x in rows):
-        s = summary(rows, recon)
-        lines.append(f"| {recon} | {s['with_calcium']} | {s['reference_total']:.0f} | {s['model_total']:.0f} | "
+    for key, name in groups:
+        s = summary(rows, key)
+        lines.append(f"| {name} | {s['with_calcium']} | {s['reference_total']:.0f} | {s['model_total']:.0f} | "
                      f"{s['risk_right']} of {s['studies']} | {s['calcium_free_scored_0']} of {s['calcium_free']} |")
     return "\n".join(lines)
+
+
+def table(rows) -> str:
+    """Markdown table, one line per reconstruction, in the order the rows first name them."""
+    return summary_table(rows, ((recon, recon) for recon in dict.fromkeys(x[1] for x in rows)))
 
 
 def main(argv=None) -> int:

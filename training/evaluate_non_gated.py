@@ -34,13 +34,9 @@ def summary(rows: list[tuple[int, bool, float, float]], non_gated: bool) -> dict
 
 
 def table(rows) -> str:
-    lines = ["| | studies with calcium | reference total | model total | risk category right | calcium-free scored 0 |",
-             "|---|---|---|---|---|---|"]
-    for ng, name in ((False, "gated"), (True, "non-gated 5 mm, motion blur")):
-        s = summary(rows, ng)
-        lines.append(f"| {name} | {s['with_calcium']} | {s['reference_total']:.0f} | {s['model_total']:.0f} | "
-                     f"{s['risk_right']} of {s['studies']} | {s['calcium_free_scored_0']} of {s['calcium_free']} |")
-    return "\n".join(lines)
+    from training.evaluate_kernels import summary_table
+
+    return summary_table(rows, ((False, "gated"), (True, "non-gated 5 mm, motion blur")), first="")
 
 
 def main(argv=None) -> int:
