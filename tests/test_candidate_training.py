@@ -129,6 +129,27 @@ def test_build_default_bundle_tiny(tmp_path, capsys):
     assert build_default_bundle.main(argv + ["--overwrite"]) == 0
     log = capsys.readouterr().err
     assert "stage 3" not in log and "stage 4" not in log and "inputs changed" not in log
+    # another SSL variant in the same --work: the shared studies and caches, its own networks
+    work = tmp_path / "work"
+    lg_sup = (work / "supervised" / "supervised.pt").read_bytes()
+    argv[argv.index("--out") + 1] = str(tmp_path / "bundle-mv")
+    assert build_default_bundle.main(argv + ["--ssl-variant", "dino-lg-mv", "--name", "mv"]) == 0
+    log = capsys.readouterr().err
+    assert "stage 3: DINO-LG + multi-view" in log and "stage 4:" in log and "inputs changed" not in log
+    made = [line for line in log.splitlines() if " synth synth-" in line and "exists, skipped" not in line]
+    assert not made  # no study made again
+    for made in ("train-adjacent.npz", "ssl-dino-lg-mv", "supervised-dino-lg-mv", "phantom-dino-lg-mv",
+                 "noise_rule-dino-lg-mv.json", "candidate-dino-lg-mv"):
+        assert (work / made).exists(), made
+    assert (work / "supervised" / "supervised.pt").read_bytes() == lg_sup
+    ssl = torch.load(work / "ssl-dino-lg-mv" / "backbone.pt", map_location="cpu", weights_only=False)["ssl"]
+    assert ssl["multiview"] == "adjacent" and ssl["label_guided"] is True
+    weights = "backbone-00.safetensors"
+    assert load_bundle(tmp_path / "bundle-mv").manifest["files"][weights] != b.manifest["files"][weights]
+    assert "multi-view" in (tmp_path / "bundle-mv" / "MODEL_CARD.md").read_text()
+    assert "multi-view" not in (out / "MODEL_CARD.md").read_text()
+    timings = json.loads((res / "mv-metrics.json").read_text())["timings_s"]
+    assert "ssl_dino_lg_mv_s" in timings and "ssl_s" not in timings and "adjacent_s" in timings
 
 
 def test_noise_rule_fit_on_a_lesion_table():

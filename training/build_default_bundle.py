@@ -70,7 +70,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-neg", type=int, default=1500, help="non-coronary candidates kept per training study")
     p.add_argument("--ssl-steps", type=int, default=1200)
     p.add_argument("--ssl-batch", type=int, default=64)
-    p.add_argument("--plain-dino", action="store_true", help="plain DINO (no label guidance), for comparisons")
+    p.add_argument("--ssl-variant", choices=BUNDLE_VARIANTS, default="dino-lg",
+                   help="self-supervised pretraining (training.pretrain_candidates.VARIANTS): DINO-LG (the default), "
+                        "plain DINO, or DINO-LG + multi-view (VET-DINO, neighbouring slices); a variant other than "
+                        "the default trains its own networks in the same --work (stage folders named after it)")
     p.add_argument("--seg-steps", type=int, default=2000)
     p.add_argument("--target-sensitivity", type=float, default=0.99,
                    help="slice sensitivity on the validation studies that sets the detector threshold")
@@ -85,6 +88,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-plaques", action="store_true",
                    help="every training study gets coronary plaques (for tiny runs; default: the generator's mix)")
     return p.parse_args(argv)
+
+
+#: SSL variants the pipeline can run a bundle of (location conditioning needs positions the
+#: pipeline does not pass; the DINOv2-style ViT is for the probes)
+BUNDLE_VARIANTS = ("dino-lg", "dino", "dino-lg-mv")
+#: what the model card says of each
+SSL_TEXT = {"dino-lg": "DINO-LG (label-guided candidate crops)", "dino": "plain DINO (no label guidance)",
+            "dino-lg-mv": "DINO-LG (label-guided candidate crops) + multi-view (VET-DINO: the second global view "
+                          "cut from the neighbouring slice)"}
 
 
 def _rel(path: Path) -> Path:
@@ -121,7 +133,7 @@ def main(argv=None) -> int:
     from CoronaryCalciumDINOLib.report import write_json
 
     from . import fit_noise_rule, pretrain_candidates, train_candidates
-    from .candidate_data import build_cache, load_cache
+    from .candidate_data import build_adjacent, build_cache, load_cache
 
     args = parse_args(argv)
     reserved = HELDOUT_PHANTOM_SEEDS.start - HELDOUT_SYNTHETIC_SEEDS.start
@@ -226,18 +238,28 @@ def main(argv=None) -> int:
         ran("phantom_caches_s", t)
 
     # 3. SSL
-    ssl_dir = work / ("ssl-dino" if args.plain_dino else "ssl-dino-lg")
+    variant = args.ssl_variant
+    # the default variant's stages keep their plain names; another variant's get its name, so that
+    # the variants of one --work share its studies and caches and keep their own networks
+    sfx = "" if variant == "dino-lg" else f"-{variant}"
+    ssl_dir = work / f"ssl-{variant}"
+    adjacent = None
+    if variant == "dino-lg-mv":
+        t = time.perf_counter()
+        adjacent = build_adjacent(train_cache, work / "studies", work / "train-adjacent.npz", log=_log)
+        if "adjacent_s" not in timings:
+            ran("adjacent_s", t)
     commands["ssl"] = ["--cache", str(train_cache), "--out", str(ssl_dir), "--steps", str(args.ssl_steps),
                        "--batch", str(args.ssl_batch), "--seed", "0", "--threads", str(args.threads),
-                       "--device", args.device] + ([] if args.plain_dino else ["--label-guided"])
+                       "--device", args.device] + pretrain_candidates.variant_flags(variant, adjacent)
     t = time.perf_counter()
     if not current(ssl_dir.name, ssl_dir / "backbone.pt", [commands["ssl"], _cache_meta(train_cache)], ssl_dir):
-        _log("stage 3: DINO-LG pretraining" if not args.plain_dino else "stage 3: DINO pretraining")
+        _log(f"stage 3: {pretrain_candidates.VARIANTS[variant][0]} pretraining")
         pretrain_candidates.main(commands["ssl"])
-        ran("ssl_s", t)
+        ran(f"ssl{sfx}_s".replace("-", "_"), t)
 
     # 4. supervised
-    sup_dir = work / "supervised"
+    sup_dir = work / f"supervised{sfx}"
     commands["supervised"] = ["--train", str(train_cache), "--val", str(val_cache), "--backbone",
                               str(ssl_dir / "backbone.pt"), "--out", str(sup_dir), "--seg-steps", str(args.seg_steps),
                               "--target-sensitivity", str(args.target_sensitivity), "--threads", str(args.threads),
@@ -247,10 +269,10 @@ def main(argv=None) -> int:
                    [commands["supervised"], stage_inputs[ssl_dir.name], _cache_meta(val_cache)], sup_dir):
         _log("stage 4: detector heads, baseline, segmenter")
         train_candidates.main(commands["supervised"])
-        ran("supervised_s", t)
+        ran(f"supervised{sfx}_s".replace("-", "_"), t)
 
     # 4c. phantom detector head (same frozen features; a phantom needs no segmenter)
-    ph_dir = work / "phantom"
+    ph_dir = work / f"phantom{sfx}"
     commands["phantom"] = ["--phantom-head", "--train", str(ph_train_cache), "--val", str(ph_val_cache), "--backbone",
                            str(ssl_dir / "backbone.pt"), "--out", str(ph_dir), "--target-sensitivity",
                            str(args.target_sensitivity), "--threads", str(args.threads), "--device", args.device]
@@ -261,7 +283,7 @@ def main(argv=None) -> int:
                    ph_dir):
         _log("stage 4c: phantom detector head")
         train_candidates.main(commands["phantom"])
-        ran("phantom_head_s", t)
+        ran(f"phantom_head{sfx}_s".replace("-", "_"), t)
     ph_head = torch.load(ph_dir / "phantom_head.pt", map_location="cpu", weights_only=False)
 
     # assemble (metrics are added once measured)
@@ -284,20 +306,21 @@ def main(argv=None) -> int:
         phantom_state=ph_head["detector"], phantom_info={**ph_head["detector_config"], **ph_head["threshold"]},
     )
     # 4b. noise rule, on the calibration studies, with the bundle assembled without one
-    rule_file = work / "noise_rule.json"
-    commands["noise_rule"] = ["--bundle", str(work / "candidate"), "--studies", str(work / "calibration"),
+    rule_file = work / f"noise_rule{sfx}.json"
+    cand_dir = work / f"candidate{sfx}"
+    commands["noise_rule"] = ["--bundle", str(cand_dir), "--studies", str(work / "calibration"),
                               "--out", str(rule_file), "--device", args.device]
     t = time.perf_counter()
     if not current(rule_file.name, rule_file, [commands["noise_rule"], stage_inputs[sup_dir.name], stage_inputs[ph_dir.name],
                                              [p.name for p in cal_dirs]]):
         _log(f"stage 4b: noise rule on {len(cal_dirs)} calibration studies")
-        no_rule = save_bundle(work / "candidate", overwrite=True, **common)
+        no_rule = save_bundle(cand_dir, overwrite=True, **common)
         table = fit_noise_rule.lesion_table(load_bundle(no_rule), cal_dirs, args.device, _log)
         write_json(fit_noise_rule.fit(table), rule_file)
-        ran("noise_rule_s", t)
+        ran(f"noise_rule{sfx}_s".replace("-", "_"), t)
     noise_fit = json.loads(rule_file.read_text())
     common["noise_rule"] = noise_fit["rule"]
-    candidate = save_bundle(work / "candidate", overwrite=True, **common)
+    candidate = save_bundle(cand_dir, overwrite=True, **common)
 
     # 5. evaluation
     t = time.perf_counter()
@@ -320,7 +343,7 @@ def main(argv=None) -> int:
     ph_outcomes = evaluate_bundle(b, test_phantoms, device=args.device, progress=lambda f, m: _log(m))
     heldout_phantoms = summarise(ph_outcomes, b.phantom_threshold, args.target_sensitivity)
     phantom = phantom_check(b, args.device)
-    ran("evaluation_s", t)
+    ran(f"evaluation{sfx}_s".replace("-", "_"), t)
 
     metrics = {
         "heldout_synthetic": {"seeds": [test_seeds.start, test_seeds.stop], **heldout},
@@ -335,10 +358,11 @@ def main(argv=None) -> int:
     }
     environment = {"device": args.device, "hardware": hardware, "threads": args.threads, "torch": torch.__version__,
                    "python": platform.python_version(), "machine": platform.machine()}
-    card = model_card(args, metrics, ssl["config"], sup, timings, environment, cfg)
+    own = _own_timings(timings, variant)
+    card = model_card(args, metrics, ssl["config"], sup, own, environment, cfg)
     save_bundle(args.out, overwrite=args.overwrite, metrics=_compact(metrics), model_card=card, **common)
     args.results.mkdir(parents=True, exist_ok=True)
-    write_json({"bundle": str(_rel(args.out)), "metrics": metrics, "timings_s": timings, "environment": environment},
+    write_json({"bundle": str(_rel(args.out)), "metrics": metrics, "timings_s": own, "environment": environment},
                args.results / f"{args.name}-metrics.json")
     write_json({"recipe": "python -m training.build_default_bundle " + " ".join(argv if argv is not None else sys.argv[1:]),
                 "stages": {"ssl": "python -m training.pretrain_candidates " + " ".join(commands["ssl"]),
@@ -346,8 +370,22 @@ def main(argv=None) -> int:
                            "phantom": "python -m training.train_candidates " + " ".join(commands["phantom"]),
                            "noise_rule": "python -m training.fit_noise_rule " + " ".join(commands["noise_rule"])}},
                args.results / f"{args.name}-commands.json")
-    _log(f"bundle written to {_rel(args.out)} ({sum(timings.values()) / 60:.1f} min of stages)")
+    _log(f"bundle written to {_rel(args.out)} ({sum(own.values()) / 60:.1f} min of stages)")
     return 0
+
+
+def _own_timings(timings: dict, variant: str) -> dict:
+    """The stage times of ``variant``'s bundle: the shared stages (studies, caches) and its own."""
+    tok = "" if variant == "dino-lg" else "_" + variant.replace("-", "_")
+    own = {}
+    for k, v in timings.items():
+        if k == "adjacent_s" and variant != "dino-lg-mv":
+            continue
+        if any(k.startswith(n + "_") and k != f"{n}{tok}_s" for n in ("ssl", "supervised", "phantom_head",
+                                                                      "noise_rule", "evaluation")):
+            continue
+        own[k] = v
+    return own
 
 
 def _settings(inputs):
@@ -474,7 +512,7 @@ patient data. Research use only; not a medical device.**
   {cfg.pixel_mm} mm (native CT pixel size), HU windows {[list(w) for w in cfg.windows]}, and a context
   vector of {sup['segmenter_config']['context_dim']} features (position, HU statistics, coarse views).
 - Backbone: ViT (`{bb_cfg['name']}` with patch {bb_cfg['patch_size']}, {bb_cfg['depth']} blocks, {bb_cfg['num_heads']}
-  heads, width {bb_cfg['embed_dim']}), {'plain DINO' if args.plain_dino else 'DINO-LG (label-guided candidate crops)'}
+  heads, width {bb_cfg['embed_dim']}), {SSL_TEXT[args.ssl_variant]}
   for {args.ssl_steps} steps of batch {args.ssl_batch} from random initialisation (final DINO loss
   {_fmt(ssl.get('loss'))}, teacher entropy {_fmt(ssl.get('teacher_entropy'))}).
 - Detector: `{head}` head on the frozen teacher features (CLS + mean patch token){' and the context' if dc['use_context'] else ''};

@@ -76,6 +76,28 @@ DINOV2_ARCH = "vit_small_patch14_reg4_dinov2"
 #: The candidate's position in the heart field, the location of location-conditioned ViTs
 LOCATION_FEATURES = ("x_field", "y_field", "z_scan")
 
+#: The SSL variants of this script, by name: (label, its flags). ``{adjacent}`` stands for the
+#: neighbouring-slice crop file (:func:`training.candidate_data.build_adjacent`).
+VARIANTS = {
+    "dino": ("plain DINO", []),
+    "dino-lg": ("DINO-LG", ["--label-guided"]),
+    "dino-lg-mv": ("DINO-LG + multi-view (neighbouring slice)", ["--label-guided", "--multiview", "adjacent",
+                                                                 "--adjacent", "{adjacent}"]),
+    "dino-lg-v2": ("DINO-LG, DINOv2-style ViT (4 registers, LayerScale)", ["--label-guided", "--arch", DINOV2_ARCH]),
+    "dino-lg-loc": ("DINO-LG + location FiLM (x, y, z in the heart field)", ["--label-guided",
+                                                                              "--location-conditioning"]),
+}
+
+
+def variant_flags(name: str, adjacent=None) -> list[str]:
+    """The flags of SSL variant ``name`` (:data:`VARIANTS`), ``adjacent`` filled in."""
+    if name not in VARIANTS:
+        raise SystemExit(f"unknown SSL variant {name!r}: use {', '.join(VARIANTS)}")
+    flags = VARIANTS[name][1]
+    if "{adjacent}" in flags and adjacent is None:
+        raise SystemExit(f"the {name} variant needs the neighbouring-slice crops (--adjacent)")
+    return [str(adjacent) if f == "{adjacent}" else f for f in flags]
+
 
 def candidate_locations(cache: dict) -> np.ndarray:
     """(N, 3) float32 location of each candidate of a cache (:data:`LOCATION_FEATURES`)."""

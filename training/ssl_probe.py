@@ -63,18 +63,7 @@ HARD_COLUMN = CONTEXT_NAMES.index("peak_hu_k")
 HARD_PEAK_K = 0.2
 
 #: name -> (label, flags of :mod:`training.pretrain_candidates`); ``random`` is not trained.
-#: ``{adjacent}`` is replaced by the neighbouring-slice crop file.
-VARIANTS = {
-    "dino": ("plain DINO", []),
-    "dino-lg": ("DINO-LG", ["--label-guided"]),
-    "dino-lg-mv": ("DINO-LG + multi-view (neighbouring slice)", ["--label-guided", "--multiview", "adjacent",
-                                                                 "--adjacent", "{adjacent}"]),
-    "dino-lg-v2": ("DINO-LG, DINOv2-style ViT (4 registers, LayerScale)", ["--label-guided", "--arch",
-                                                                            pretrain_candidates.DINOV2_ARCH]),
-    "dino-lg-loc": ("DINO-LG + location FiLM (x, y, z in the heart field)", ["--label-guided",
-                                                                              "--location-conditioning"]),
-    "random": ("random init (floor)", None),
-}
+VARIANTS = {**pretrain_candidates.VARIANTS, "random": ("random init (floor)", None)}
 
 
 def parse_args(argv=None):
@@ -166,7 +155,7 @@ def _mean_ci(values):
 
 
 def _ssl_flags(kind: str, args) -> list[str]:
-    flags = [str(args.adjacent) if f == "{adjacent}" else f for f in VARIANTS[kind][1]]
+    flags = pretrain_candidates.variant_flags(kind, args.adjacent)
     if kind == "dino-lg-v2" and args.dinov2_checkpoint is not None:
         flags += ["--pretrained", str(args.dinov2_checkpoint), "--overrides", json.dumps({"patch_size": 8})]
     return flags
