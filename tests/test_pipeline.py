@@ -598,6 +598,53 @@ def test_a_candidate_continuing_a_flagged_one_onto_the_next_slice_passes_the_gat
     assert not inference.continuing(c, np.zeros(len(c), bool), prob >= 0.5).any()
 
 
+def _continuing_by_whole_volume(c, passed, maybe):
+    """The definition of :func:`inference.continuing`, done the slow way: the joined
+    candidates' voxels dilated over the whole volume onto the next and previous slice."""
+    from scipy import ndimage
+
+    from CoronaryCalciumDINOLib.pipeline import inference
+
+    r = inference.CONTINUE_MM
+    ry, rx = max(1, round(r / c.spacing[1])), max(1, round(r / c.spacing[2]))
+    yy, xx = np.ogrid[-ry: ry + 1, -rx: rx + 1]
+    reach = np.zeros((3, 2 * ry + 1, 2 * rx + 1), bool)
+    reach[0] = reach[2] = (yy * c.spacing[1]) ** 2 + (xx * c.spacing[2]) ** 2 <= r ** 2 + 1e-6
+    joined = passed.copy()
+    while True:
+        near = ndimage.binary_dilation(np.isin(c.ids, c.uid[joined]), structure=reach)
+        new = maybe & ~joined & np.isin(c.uid, c.ids[near])
+        if not new.any():
+            return joined
+        joined |= new
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_continuing_is_the_whole_volume_dilation(seed):
+    """The per-candidate growth equals the definition on the whole volume, on random
+    calcifications (anisotropic pixels, candidates at the field's edges, chains)."""
+    from CoronaryCalciumDINOLib.pipeline import candidates as cd
+    from CoronaryCalciumDINOLib.pipeline import inference
+
+    rng = np.random.default_rng(seed)
+    hu = np.full((12, 96, 96), 40.0, np.float32)
+    for _ in range(80):
+        z, y, x = rng.integers(0, 12), rng.integers(0, 96), rng.integers(0, 96)
+        h, w = rng.integers(2, 7, size=2)
+        hu[z, y: y + h, x: x + w] = 300.0
+    c = cd.find_candidates(hu, (3.0, 0.45, 0.6), centre_yx=(48.0, 48.0))
+    assert len(c) > 30
+    maybe = rng.random(len(c)) < 0.7
+    for passed in (rng.random(len(c)) < 0.1, np.eye(1, len(c), int(rng.integers(len(c))), dtype=bool)[0]):
+        want = _continuing_by_whole_volume(c, passed, maybe)
+        assert np.array_equal(inference.continuing(c, passed, maybe), want)
+    # candidates taken out (the heart region) stay out, though their voxels remain in ids
+    sub = cd.subset(c, np.flatnonzero(rng.random(len(c)) < 0.6))
+    assert (np.isin(c.ids, sub.uid) < (c.ids > 0)).any()
+    p, m = (rng.random(len(sub)) < 0.2), (rng.random(len(sub)) < 0.8)
+    assert np.array_equal(inference.continuing(sub, p, m), _continuing_by_whole_volume(sub, p, m))
+
+
 def test_anatomy_and_candidates_at_once_give_what_they_give_one_after_the_other():
     """locate_and_find: on a scan no longer than a cardiac scan the candidates are searched in
     a second thread while the anatomy is found; the result is that of the two stages run in

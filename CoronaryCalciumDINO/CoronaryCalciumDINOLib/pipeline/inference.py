@@ -447,29 +447,44 @@ def continuing(cands: cd.Candidates, passed: np.ndarray, maybe: np.ndarray) -> n
     """(n,) bool: ``passed`` grown through ``maybe``: a ``maybe`` candidate joins when one of
     its voxels lies within :data:`CONTINUE_MM` in-plane of a joined candidate's voxel on the
     next or previous slice, until no more join (a calcification runs on through the slices
-    of one artery)."""
+    of one artery).
+
+    Each joined candidate is grown once, in its own box (its voxels' bounding box and the
+    reach around it), so the cost follows the candidates, not the size of the image."""
     from scipy import ndimage
 
     joined = np.asarray(passed, bool).copy()
+    maybe = np.asarray(maybe, bool)
     if not joined.any() or not (maybe & ~joined).any():
         return joined
     ry = max(1, int(round(CONTINUE_MM / cands.spacing[1])))
     rx = max(1, int(round(CONTINUE_MM / cands.spacing[2])))
     yy, xx = np.ogrid[-ry: ry + 1, -rx: rx + 1]
     disc = ((yy * cands.spacing[1]) ** 2 + (xx * cands.spacing[2]) ** 2) <= CONTINUE_MM ** 2 + 1e-6
-    reach = np.zeros((3, *disc.shape), bool)
-    reach[0] = reach[2] = disc  # the next and previous slice only
-    lut = np.zeros(int(cands.ids.max(initial=0)) + 1, bool)
-    while True:
-        lut[:] = False
-        lut[cands.uid[joined]] = True
-        near = ndimage.binary_dilation(lut[cands.ids], structure=reach)
-        hit = np.zeros_like(lut)
-        hit[cands.ids[near]] = True
-        new = maybe & ~joined & hit[cands.uid]
-        if not new.any():
-            return joined
-        joined |= new
+    ids = cands.ids
+    index = np.full(int(ids.max(initial=0)) + 1, -1, np.int64)  # value in ids -> candidate
+    index[cands.uid] = np.arange(len(cands))
+    boxes = ndimage.find_objects(ids)
+    frontier = list(np.flatnonzero(joined))
+    while frontier:
+        grown = []
+        for i in frontier:
+            box = boxes[int(cands.uid[i]) - 1]
+            if box is None:
+                continue
+            z = int(cands.z[i])
+            y0, y1 = max(box[1].start - ry, 0), min(box[1].stop + ry, ids.shape[1])
+            x0, x1 = max(box[2].start - rx, 0), min(box[2].stop + rx, ids.shape[2])
+            near = ndimage.binary_dilation(ids[z, y0:y1, x0:x1] == cands.uid[i], structure=disc)
+            for zn in (z - 1, z + 1):
+                if 0 <= zn < ids.shape[0]:
+                    hit = index[np.unique(ids[zn, y0:y1, x0:x1][near])]
+                    hit = hit[hit >= 0]
+                    hit = hit[maybe[hit] & ~joined[hit]]
+                    joined[hit] = True
+                    grown.extend(hit.tolist())
+        frontier = grown
+    return joined
 
 
 def segment(hu: np.ndarray, cands: cd.Candidates, g: Gate, rt: Route, cand_probs: np.ndarray, bundle, dev,
@@ -597,7 +612,9 @@ def run_pipeline(
         t = time.perf_counter()
         cand_probs, probs = detect(net, cands, nets, rt, dev, batch, lambda f, m: report(0.1 + 0.5 * f, m))
         timings["detector_s"] = time.perf_counter() - t
+        t = time.perf_counter()
         g = gate(cands, cand_probs, probs, rt, facts.noise_rule, all_slices)
+        timings["gate_s"] = time.perf_counter() - t
         run_warnings += g.warnings
 
         t = time.perf_counter()
