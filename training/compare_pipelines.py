@@ -1,0 +1,141 @@
+"""Whole-pipeline figures of several bundles side by side: synthetic held-out and real dev set.
+
+    python -m training.compare_pipelines \\
+        --row "DINO-LG=SYNTH.json,REAL.json,REAL-HC.json" --row "...=..." \\
+        --out training/results/ssl-methods-pipeline [--title T] [--note FILE]
+
+Each ``--row`` is a label and three result files of one bundle, all measured by the same
+pipeline:
+
+* the synthetic held-out evaluation: the ``*-metrics.json`` of
+  :mod:`training.build_default_bundle` (its ``heldout_synthetic``) or the JSON of
+  ``ccdino evaluate --synthetic-seeds`` (its bundle ``A``);
+* ``training/evaluate_real.py`` on the real dev set as acquired, and with
+  ``--heart-centred`` (either may be ``-``: not measured).
+
+Writes ``OUT.json`` (the figures) and ``OUT.md`` (one table, one row per bundle; ``--note``
+adds a markdown file's text above the table). Nothing is measured here: the figures are
+read from the files, so the table says exactly what those runs printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+ARTERIES = ("LM", "LAD", "LCX", "RCA", "total")
+
+
+def synthetic_figures(path: Path) -> dict:
+    """Slice sensitivity / specificity, per-artery ICC(2,1), risk accuracy and calcium-free
+    studies scored 0 from a synthetic held-out result file (either format)."""
+    d = json.loads(Path(path).read_text())
+    if "metrics" in d:
+        h = d["metrics"]["heldout_synthetic"]
+    elif "synthetic" in d:
+        h = d["synthetic"]["A"]
+    else:
+        raise SystemExit(f"{path}: neither a build_default_bundle metrics file nor a ccdino evaluate result")
+    at, p = h["slices"]["at_threshold"], h["pipeline"]
+    return {
+        "studies": h["n_studies"],
+        "slice_sensitivity": at["sensitivity"],
+        "slice_specificity": at["specificity"],
+        "false_positive_slices": at["fp"],
+        "icc": {a: p["agatston_agreement"][a]["icc_2_1"] for a in ARTERIES},
+        "risk_accuracy": p["risk"]["accuracy"],
+        "calcium_free": p["zero_studies"],
+        "calcium_free_scored_0": round(p["zero_scored_zero"] * p["zero_studies"]),
+    }
+
+
+def real_figures(path) -> dict | None:
+    """The summary of an ``evaluate_real`` result file (None for ``-``)."""
+    if str(path) == "-":
+        return None
+    d = json.loads(Path(path).read_text())
+    s = d["summary"]
+    return {
+        "model": f"{d['model']['name']} {d['model']['version']}",
+        "geometry": d["geometry"],
+        "risk_right": [s["risk_category_right"]["k"], s["risk_category_right"]["n"]],
+        "arteries_within_0.5x_2x": [s["arteries_ref_ge_50_within_0.5x_2x"]["k"], s["arteries_ref_ge_50_within_0.5x_2x"]["n"]],
+        "ref_0_below_10": [s["arteries_ref_0_ai_below_10"]["k"], s["arteries_ref_0_ai_below_10"]["n"]],
+        "false_positive_on_calcium_free": s["false_positive_agatston_on_calcium_free_scans"],
+        "right_artery_at_most": s["ai_agatston_on_the_right_artery_at_most"],
+        "per_scan_total": {sc["scan"]: [sc["reference"]["total"], sc["ai"]["total"] if sc.get("ai") else None]
+                           for sc in d["scans"]},
+    }
+
+
+def parse_row(text: str) -> tuple[str, list[str]]:
+    label, sep, files = text.partition("=")
+    parts = [p.strip() for p in files.split(",")]
+    if not sep or not label.strip() or len(parts) != 3 or not parts[0] or parts[0] == "-":
+        raise SystemExit(f"--row {text!r}: give LABEL=SYNTHETIC.json,REAL.json,REAL-HEART-CENTRED.json "
+                         "(a real file may be -)")
+    return label.strip(), parts
+
+
+def _f(v, nd=3) -> str:
+    return "-" if v is None else f"{v:.{nd}f}"
+
+
+def _kn(v) -> str:
+    return "-" if v is None else f"{v[0]}/{v[1]}"
+
+
+def _real_cells(r: dict | None) -> list[str]:
+    if r is None:
+        return ["-"] * 4
+    return [_kn(r["risk_right"]), _kn(r["arteries_within_0.5x_2x"]), f"{r['false_positive_on_calcium_free']:.1f}",
+            f"{100 * r['right_artery_at_most']:.0f} %" if r["right_artery_at_most"] is not None else "-"]
+
+
+def markdown(rows: dict, title: str, note: str = "") -> str:
+    head = ("| bundle | synthetic slice sens / spec | ICC LM / LAD / LCX / RCA / total | synthetic risk accuracy | "
+            "calcium-free scored 0 | real: risk right | real: arteries 0.5-2x | real: FP on calcium-free | "
+            "real: right artery at most | heart-centred: risk right | heart-centred: arteries 0.5-2x | "
+            "heart-centred: FP on calcium-free | heart-centred: right artery at most |")
+    lines = [f"# {title}", ""]
+    if note:
+        lines += [note.rstrip(), ""]
+    lines += [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for label, r in rows.items():
+        s = r["synthetic"]
+        lines.append(
+            f"| {label} | {_f(s['slice_sensitivity'])} / {_f(s['slice_specificity'])} | "
+            + " / ".join(_f(s["icc"][a]) for a in ARTERIES)
+            + f" | {_f(s['risk_accuracy'], 2)} | {s['calcium_free_scored_0']}/{s['calcium_free']} | "
+            + " | ".join(_real_cells(r["real"]) + _real_cells(r["real_heart_centred"])) + " |")
+    lines += ["", "Sources: " + "; ".join(f"{label}: " + ", ".join(f"`{p}`" for p in r["files"])
+                                          for label, r in rows.items()), ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.compare_pipelines", description=__doc__.splitlines()[0])
+    ap.add_argument("--row", action="append", required=True, help="LABEL=SYNTHETIC.json,REAL.json,REAL-HC.json")
+    ap.add_argument("--out", required=True, help="write OUT.json and OUT.md")
+    ap.add_argument("--title", default="Whole-pipeline figures side by side")
+    ap.add_argument("--note", type=Path, default=None, help="markdown put above the table")
+    args = ap.parse_args(argv)
+    rows = {}
+    for text in args.row:
+        label, (syn, real, hc) = parse_row(text)
+        if label in rows:
+            raise SystemExit(f"--row {label!r} given twice")
+        rows[label] = {"files": [syn, real, hc], "synthetic": synthetic_figures(Path(syn)),
+                       "real": real_figures(real), "real_heart_centred": real_figures(hc)}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"title": args.title, "rows": rows}, indent=2) + "\n")
+    note = args.note.read_text() if args.note else ""
+    out.with_suffix(".md").write_text(markdown(rows, args.title, note))
+    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
