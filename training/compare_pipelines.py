@@ -109,7 +109,8 @@ def markdown(rows: dict, title: str, note: str = "") -> str:
             + " / ".join(_f(s["icc"][a]) for a in ARTERIES)
             + f" | {_f(s['risk_accuracy'], 2)} | {s['calcium_free_scored_0']}/{s['calcium_free']} | "
             + " | ".join(_real_cells(r["real"]) + _real_cells(r["real_heart_centred"])) + " |")
-    lines += ["", "Sources: " + "; ".join(f"{label}: " + ", ".join(f"`{p}`" for p in r["files"])
+    lines += ["", "Sources (their figures are copied into the JSON next to this file): "
+              + "; ".join(f"{label}: " + ", ".join(f"`{p}`" for p in r["files"])
                                           for label, r in rows.items()), ""]
     return "\n".join(lines)
 
