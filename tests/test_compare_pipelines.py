@@ -21,7 +21,9 @@ def _real(k: int) -> dict:
     s = {"risk_category_right": {"k": k, "n": 5}, "arteries_ref_ge_50_within_0.5x_2x": {"k": 2, "n": 8},
          "arteries_ref_0_ai_below_10": {"k": 9, "n": 10}, "false_positive_agatston_on_calcium_free_scans": 1.5,
          "ai_agatston_on_the_right_artery_at_most": 0.456}
-    scans = [{"scan": "1", "reference": {"total": 0.0}, "ai": {"total": 1.5}}]
+    ref = {a: 0.0 for a in cp.ARTERIES}
+    scans = [{"scan": "1", "reference": ref, "ai": {**ref, "LAD": 1.5, "total": 1.5}},
+             {"scan": "2", "reference": {**ref, "RCA": 9.0, "total": 9.0}, "ai": None}]
     return {"summary": s, "model": {"name": "m", "version": "1"}, "geometry": "as acquired", "scans": scans}
 
 
@@ -44,6 +46,11 @@ def test_table_from_both_synthetic_formats(tmp_path, capsys):
     doc = json.loads(out.with_suffix(".json").read_text())
     assert doc["rows"]["first"]["synthetic"]["calcium_free_scored_0"] == 3
     assert doc["rows"]["second"]["real"] is None and doc["rows"]["second"]["real_heart_centred"]["risk_right"] == [4, 5]
+    text = "\n".join(md)
+    assert "Real dev set, as acquired" in text and "Real dev set, heart-centred" in text
+    assert "| reference | 0 / 0 / 0 / 0 | 0 / 0 / 0 / 9 |" in md and "| first | 0 / 2 / 0 / 0 | - / - / - / - |" in md
+    per_scan = doc["rows"]["first"]["real"]["per_scan"]
+    assert per_scan["1"]["LAD"] == [0.0, 1.5] and per_scan["2"]["RCA"] == [9.0, None]
 
 
 @pytest.mark.parametrize("row", ["no-equals", "x=a.json,b.json", "x=-,b.json,c.json", "=a.json,b.json,c.json"])

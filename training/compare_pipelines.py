@@ -64,8 +64,9 @@ def real_figures(path) -> dict | None:
         "ref_0_below_10": [s["arteries_ref_0_ai_below_10"]["k"], s["arteries_ref_0_ai_below_10"]["n"]],
         "false_positive_on_calcium_free": s["false_positive_agatston_on_calcium_free_scans"],
         "right_artery_at_most": s["ai_agatston_on_the_right_artery_at_most"],
-        "per_scan_total": {sc["scan"]: [sc["reference"]["total"], sc["ai"]["total"] if sc.get("ai") else None]
-                           for sc in d["scans"]},
+        # per scan and artery: [reference, AI] (AI None where the scan was not scored)
+        "per_scan": {sc["scan"]: {a: [sc["reference"][a], (sc.get("ai") or {}).get(a)] for a in ARTERIES}
+                     for sc in d["scans"]},
     }
 
 
@@ -109,10 +110,31 @@ def markdown(rows: dict, title: str, note: str = "") -> str:
             + " / ".join(_f(s["icc"][a]) for a in ARTERIES)
             + f" | {_f(s['risk_accuracy'], 2)} | {s['calcium_free_scored_0']}/{s['calcium_free']} | "
             + " | ".join(_real_cells(r["real"]) + _real_cells(r["real_heart_centred"])) + " |")
+    for key, name in (("real", "as acquired"), ("real_heart_centred", "heart-centred")):
+        lines += _per_artery_table(rows, key, name)
     lines += ["", "Sources (their figures are copied into the JSON next to this file): "
               + "; ".join(f"{label}: " + ", ".join(f"`{p}`" for p in r["files"])
                                           for label, r in rows.items()), ""]
     return "\n".join(lines)
+
+
+def _per_artery_table(rows: dict, key: str, name: str) -> list[str]:
+    """Per scan, the points of LM / LAD / LCX / RCA: the reference, then each bundle's AI."""
+    measured = {label: r[key] for label, r in rows.items() if r[key] is not None}
+    if not measured:
+        return []
+    scans = list(next(iter(measured.values()))["per_scan"])
+    ref = next(iter(measured.values()))["per_scan"]
+
+    def cells(per_scan, i):
+        return [" / ".join("-" if per_scan.get(sc, {}).get(a, [None, None])[i] is None
+                           else f"{per_scan[sc][a][i]:.0f}" for a in ARTERIES[:4]) for sc in scans]
+
+    out = ["", f"Real dev set, {name}: Agatston points per scan, LM / LAD / LCX / RCA", "",
+           "| | " + " | ".join(f"scan {sc}" for sc in scans) + " |", "|---|" + "---|" * len(scans),
+           "| reference | " + " | ".join(cells(ref, 0)) + " |"]
+    out += [f"| {label} | " + " | ".join(cells(r["per_scan"], 1)) + " |" for label, r in measured.items()]
+    return out
 
 
 def main(argv=None) -> int:
