@@ -62,6 +62,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "CoronaryCalciumDINO"))
 
+from CoronaryCalciumDINOLib.errors import CCDinoError  # noqa: E402
+
 REAL_SLICES = ROOT / "Testing" / "Data" / "real-cardiac-ct-slices"
 TARGET_SECONDS = 10.0
 TARGET_GATING = 3.0
@@ -428,7 +430,7 @@ def heart_centred_series(folders, pixel_mm: float, root: Path) -> list[Path]:
     out = []
     for i, folder in enumerate(folders):
         hc = heart_centred(load_ct(folder), fov_mm=512 * pixel_mm, pixel_mm=pixel_mm)
-        target = root / f"{Path(folder).name}-heart-centred"
+        target = root / f"{i + 1:02d}-{Path(folder).name}-heart-centred"
         write_dicom_series(target, hc, uid_seed=f"bench-hc-{i}", description="heart-centred", thickness=3.0)
         out.append(target)
     return out
@@ -487,6 +489,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.repeat < 1:
         p.error("--repeat must be >= 1")
+    if args.heart_centred is not None and not args.real:
+        p.error("--heart-centred needs --real")
+    if args.heart_centred is not None and not args.heart_centred > 0:
+        p.error("--heart-centred PIXEL_MM must be > 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -497,16 +503,17 @@ def main(argv=None) -> int:
     bundle = _bundle(args.bundle, args.random_threshold)
     untrained = "nothing" in str(bundle.manifest.get("trained_on", ""))
     print(f"bundle {bundle.name} {bundle.version} (threshold {bundle.threshold:.4f})")
-    if args.heart_centred is not None and not args.real:
-        p.error("--heart-centred needs --real")
     if args.real:
         real, tmp = args.real, None
-        if args.heart_centred is not None:
-            tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-hc-"))
-            real = heart_centred_series(args.real, args.heart_centred, tmp)
-            print(f"heart-centred: 512 x 512 pixels of {args.heart_centred:.3f} mm, 3 mm slices, written as DICOM")
         try:
+            if args.heart_centred is not None:
+                tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-hc-"))
+                real = heart_centred_series(args.real, args.heart_centred, tmp)
+                print(f"heart-centred: 512 x 512 pixels of {args.heart_centred:.3f} mm, 3 mm slices, written as DICOM")
             bench_real(real, bundle, "cpu" if args.device == "all" else args.device, args.repeat)
+        except CCDinoError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         finally:
             if tmp is not None and not args.keep:
                 shutil.rmtree(tmp, ignore_errors=True)

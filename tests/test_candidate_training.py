@@ -133,7 +133,7 @@ def test_build_default_bundle_tiny(tmp_path, capsys):
     work = tmp_path / "work"
     lg_sup = (work / "supervised" / "supervised.pt").read_bytes()
     argv[argv.index("--out") + 1] = str(tmp_path / "bundle-mv")
-    assert build_default_bundle.main(argv + ["--ssl-variant", "dino-lg-mv", "--name", "mv"]) == 0
+    assert build_default_bundle.main(argv + ["--ssl-variant", "dino-lg-mv"]) == 0
     log = capsys.readouterr().err
     assert "stage 3: DINO-LG + multi-view" in log and "stage 4:" in log and "inputs changed" not in log
     made = [line for line in log.splitlines() if " synth synth-" in line and "exists, skipped" not in line]
@@ -148,8 +148,18 @@ def test_build_default_bundle_tiny(tmp_path, capsys):
     assert load_bundle(tmp_path / "bundle-mv").manifest["files"][weights] != b.manifest["files"][weights]
     assert "multi-view" in (tmp_path / "bundle-mv" / "MODEL_CARD.md").read_text()
     assert "multi-view" not in (out / "MODEL_CARD.md").read_text()
-    timings = json.loads((res / "mv-metrics.json").read_text())["timings_s"]
+    timings = json.loads((res / "ccdino-dino-lg-mv-metrics.json").read_text())["timings_s"]
     assert "ssl_dino_lg_mv_s" in timings and "ssl_s" not in timings and "adjacent_s" in timings
+
+
+def test_another_ssl_variant_never_replaces_the_shipped_bundle(tmp_path):
+    """A variant other than the default must be given its own --out: the default one is the
+    shipped bundle's folder (refused before any work)."""
+    from training import build_default_bundle
+
+    with pytest.raises(SystemExit, match="needs its own --out"):
+        build_default_bundle.main(["--ssl-variant", "dino-lg-mv", "--work", str(tmp_path / "w"), "--overwrite"])
+    assert not (tmp_path / "w").exists()
 
 
 def test_noise_rule_fit_on_a_lesion_table():

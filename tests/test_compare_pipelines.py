@@ -64,3 +64,25 @@ def test_an_unknown_result_file_is_refused(tmp_path):
     bad.write_text("{}")
     with pytest.raises(SystemExit, match="neither"):
         cp.main(["--row", f"x={bad},-,-", "--out", str(tmp_path / "t")])
+    with pytest.raises(SystemExit, match="cannot read it as JSON"):
+        cp.main(["--row", f"x={tmp_path / 'missing.json'},-,-", "--out", str(tmp_path / "t")])
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"synthetic": {"A": _heldout(0.98, 1.0)}}))
+    with pytest.raises(SystemExit, match="not an evaluate_real result"):
+        cp.main(["--row", f"x={good},{good},-", "--out", str(tmp_path / "t")])
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**_real(4), "model": {"name": "n", "version": "2"}}))
+    real = tmp_path / "real.json"
+    real.write_text(json.dumps(_real(4)))
+    with pytest.raises(SystemExit, match="different bundles"):
+        cp.main(["--row", f"x={good},{real},{other}", "--out", str(tmp_path / "t")])
+
+
+def test_no_calcium_free_study_and_a_dotted_out_name(tmp_path):
+    h = _heldout(0.98, None)
+    h["pipeline"]["zero_studies"] = 0
+    syn = tmp_path / "s.json"
+    syn.write_text(json.dumps({"synthetic": {"A": h}, "bundles": {"A": {"name": "m", "version": "1"}}}))
+    assert cp.main(["--row", f"x={syn},-,-", "--out", str(tmp_path / "cmp-0.6")]) == 0
+    md = (tmp_path / "cmp-0.6.md").read_text()
+    assert "| 0.90 | - |" in md and "x: m 1" in md and (tmp_path / "cmp-0.6.json").is_file()

@@ -55,7 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="bundle folder (default: the packaged default bundle, CoronaryCalciumDINOLib/bundles/ccdino-default)")
     p.add_argument("--results", type=Path, default=REPO / "training" / "results")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
-    p.add_argument("--name", default="ccdino-default")
+    p.add_argument("--name", default=None, help="bundle name (default ccdino-default; with another "
+                   "--ssl-variant, ccdino-<variant>)")
     p.add_argument("--version", default="0.6.0")
     p.add_argument("--n-train", type=int, default=200, help="synthetic training + validation studies")
     p.add_argument("--n-val", type=int, default=30, help="of which validation studies (threshold choice)")
@@ -143,6 +144,10 @@ def main(argv=None) -> int:
     if not 1 <= args.n_val_phantoms < args.n_phantoms:
         raise SystemExit("--n-val-phantoms must be at least 1 and less than --n-phantoms")
     torch.set_num_threads(args.threads)
+    if args.ssl_variant != "dino-lg" and args.out.resolve() == Path(DEFAULT_BUNDLE_DIR).resolve():
+        raise SystemExit(f"--ssl-variant {args.ssl_variant} needs its own --out (the default one is the shipped bundle)")
+    if args.name is None:
+        args.name = "ccdino-default" if args.ssl_variant == "dino-lg" else f"ccdino-{args.ssl_variant}"
     if args.out.exists() and not args.overwrite:
         raise SystemExit(f"{args.out} exists; use --overwrite")
     args.out, args.results = args.out.resolve(), args.results.resolve()

@@ -27,18 +27,38 @@ from pathlib import Path
 ARTERIES = ("LM", "LAD", "LCX", "RCA", "total")
 
 
+def _read(path) -> dict:
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"{path}: cannot read it as JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise SystemExit(f"{path}: not a result file (a JSON object is expected)")
+    return d
+
+
 def synthetic_figures(path: Path) -> dict:
     """Slice sensitivity / specificity, per-artery ICC(2,1), risk accuracy and calcium-free
-    studies scored 0 from a synthetic held-out result file (either format)."""
-    d = json.loads(Path(path).read_text())
-    if "metrics" in d:
-        h = d["metrics"]["heldout_synthetic"]
-    elif "synthetic" in d:
-        h = d["synthetic"]["A"]
-    else:
-        raise SystemExit(f"{path}: neither a build_default_bundle metrics file nor a ccdino evaluate result")
+    studies scored 0 from a synthetic held-out result file (either format), and its bundle."""
+    d = _read(path)
+    try:
+        if "metrics" in d:
+            h, model = d["metrics"]["heldout_synthetic"], Path(d.get("bundle", "?")).name
+        elif "synthetic" in d:
+            h, b = d["synthetic"]["A"], d.get("bundles", {}).get("A", {})
+            model = f"{b.get('name', '?')} {b.get('version', '')}".strip()
+        else:
+            raise SystemExit(f"{path}: neither a build_default_bundle metrics file nor a ccdino evaluate result")
+        return _synthetic(h, model)
+    except (KeyError, TypeError) as e:
+        raise SystemExit(f"{path}: a synthetic result without {e}") from None
+
+
+def _synthetic(h: dict, model: str) -> dict:
     at, p = h["slices"]["at_threshold"], h["pipeline"]
+    zero = p["zero_scored_zero"]
     return {
+        "model": model,
         "studies": h["n_studies"],
         "slice_sensitivity": at["sensitivity"],
         "slice_specificity": at["specificity"],
@@ -46,7 +66,7 @@ def synthetic_figures(path: Path) -> dict:
         "icc": {a: p["agatston_agreement"][a]["icc_2_1"] for a in ARTERIES},
         "risk_accuracy": p["risk"]["accuracy"],
         "calcium_free": p["zero_studies"],
-        "calcium_free_scored_0": round(p["zero_scored_zero"] * p["zero_studies"]),
+        "calcium_free_scored_0": None if zero is None else round(zero * p["zero_studies"]),
     }
 
 
@@ -54,7 +74,14 @@ def real_figures(path) -> dict | None:
     """The summary of an ``evaluate_real`` result file (None for ``-``)."""
     if str(path) == "-":
         return None
-    d = json.loads(Path(path).read_text())
+    d = _read(path)
+    try:
+        return _real(d)
+    except (KeyError, TypeError) as e:
+        raise SystemExit(f"{path}: not an evaluate_real result (no {e})") from None
+
+
+def _real(d: dict) -> dict:
     s = d["summary"]
     return {
         "model": f"{d['model']['name']} {d['model']['version']}",
@@ -108,8 +135,13 @@ def markdown(rows: dict, title: str, note: str = "") -> str:
         lines.append(
             f"| {label} | {_f(s['slice_sensitivity'])} / {_f(s['slice_specificity'])} | "
             + " / ".join(_f(s["icc"][a]) for a in ARTERIES)
-            + f" | {_f(s['risk_accuracy'], 2)} | {s['calcium_free_scored_0']}/{s['calcium_free']} | "
+            + f" | {_f(s['risk_accuracy'], 2)} | "
+            + ("-" if s["calcium_free_scored_0"] is None else f"{s['calcium_free_scored_0']}/{s['calcium_free']}") + " | "
             + " | ".join(_real_cells(r["real"]) + _real_cells(r["real_heart_centred"])) + " |")
+    lines += ["", "Bundles as the files name them: " + "; ".join(
+        f"{label}: " + ", ".join(m for m in [r["synthetic"]["model"]] + [r[k]["model"] for k in ("real", "real_heart_centred")
+                                                                         if r[k] is not None])
+        for label, r in rows.items())]
     for key, name in (("real", "as acquired"), ("real_heart_centred", "heart-centred")):
         lines += _per_artery_table(rows, key, name)
     lines += ["", "Sources (their figures are copied into the JSON next to this file): "
@@ -151,12 +183,16 @@ def main(argv=None) -> int:
             raise SystemExit(f"--row {label!r} given twice")
         rows[label] = {"files": [syn, real, hc], "synthetic": synthetic_figures(Path(syn)),
                        "real": real_figures(real), "real_heart_centred": real_figures(hc)}
+        real_models = {r["model"] for r in (rows[label]["real"], rows[label]["real_heart_centred"]) if r is not None}
+        if len(real_models) > 1:
+            raise SystemExit(f"--row {label!r}: its real results come from different bundles: {sorted(real_models)}")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"title": args.title, "rows": rows}, indent=2) + "\n")
+    js, md = out.parent / (out.name + ".json"), out.parent / (out.name + ".md")
     note = args.note.read_text() if args.note else ""
-    out.with_suffix(".md").write_text(markdown(rows, args.title, note))
-    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    js.write_text(json.dumps({"title": args.title, "rows": rows}, indent=2) + "\n")
+    md.write_text(markdown(rows, args.title, note))
+    print(f"wrote {md} and {js}")
     return 0
 
 
