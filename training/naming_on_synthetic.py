@@ -1,6 +1,6 @@
 """How the naming rule names the generator's own calcium (no network involved).
 
-    python training/naming_on_synthetic.py [--seeds 100:130]
+    python training/naming_on_synthetic.py [--seeds 100:130] [--heights]
 
 For each synthetic study of the seeds (``synth.generator.render_study``) that has calcium:
 the anatomy step on its CT (``pipeline.anatomy.find_anatomy``), then the naming rule round
@@ -8,6 +8,9 @@ the aorta it finds (``pipeline.naming.name_by_aorta``) applied to the study's *t
 calcium labels. Prints the confusion of true against named artery (voxels), the share of
 each artery's voxels that keeps its name, and the studies where no aorta was found. What
 it measures is the rule and the aorta finder alone, against the synthetic coronary tree.
+
+``--heights`` prints instead how high the LAD and LCX centrelines of the generator's tree
+rise above the left coronary ostium (no image is rendered).
 """
 
 from __future__ import annotations
@@ -47,11 +50,32 @@ def confusion(seeds) -> tuple[np.ndarray, list[int]]:
     return conf, missed
 
 
+def heights(seeds) -> dict[str, np.ndarray]:
+    """Per seed, the highest point of the LAD and of the LCX centreline above the left
+    coronary ostium (mm; the generator's z points to the head)."""
+    from CoronaryCalciumDINOLib.synth import anatomy, coronaries, generator
+
+    out: dict[str, list[float]] = {"LAD": [], "LCX": []}
+    for seed in seeds:
+        streams = generator._streams(seed, 9)  # the anatomy's and the tree's own streams, as render_study draws them
+        tree = coronaries.build_coronaries(anatomy.sample_anatomy(streams[1]), streams[2])
+        ostium = tree["LM"].points[0, 2]
+        for a in out:
+            out[a].append(float(tree[a].points[:, 2].max() - ostium))
+    return {a: np.asarray(v) for a, v in out.items()}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="100:130", help="START:END (default 100:130)")
+    ap.add_argument("--heights", action="store_true", help="how high the LAD and LCX rise above the left ostium")
     args = ap.parse_args(argv)
     start, end = (int(v) for v in args.seeds.split(":"))
+    if args.heights:
+        for a, h in heights(range(start, end)).items():
+            print(f"{a} highest point above the left ostium (mm): median {np.median(h):.1f}, "
+                  f"90th percentile {np.percentile(h, 90):.1f}, max {h.max():.1f} ({h.size} trees)")
+        return 0
     conf, missed = confusion(range(start, end))
     print("true \\ named (voxels): " + " ".join(f"{a:>7}" for a in ARTERIES))
     for i, a in enumerate(ARTERIES, start=1):
