@@ -1,13 +1,14 @@
-"""Write the JPEG Lossless test series: Testing/Data/jpeg-lossless-ct/.
+"""Write the lossless-JPEG test series: Testing/Data/jpeg-lossless-ct/ and jpeg-ls-ct/.
 
     python scripts/make_jpeg_lossless_fixture.py   # needs python-gdcm (an encoder; not a project dependency)
 
 Many archives and PACS store CT as JPEG Lossless, Non-Hierarchical, First-Order Prediction
-(Process 14, selection value 1; transfer syntax 1.2.840.10008.1.2.4.70). This writes a small
-drawn CT series in it: 4 axial slices of 64 x 64 pixels, 12-bit unsigned stored values with
-RescaleIntercept -1024 (the most common CT layout), air, soft tissue, a bone ring and a
-calcification. ``hu.npy`` holds the HU the reader must give back (z, y, x; slice 0 the most
-inferior). The files are encoded by GDCM, an encoder independent of the project's reader.
+(Process 14, selection value 1; transfer syntax 1.2.840.10008.1.2.4.70), some as JPEG-LS
+Lossless (1.2.840.10008.1.2.4.80). This writes a small drawn CT series in each: 4 axial
+slices of 64 x 64 pixels, 12-bit unsigned stored values with RescaleIntercept -1024 (the
+most common CT layout), air, soft tissue, a bone ring and a calcification. ``hu.npy`` holds
+the HU the reader must give back (z, y, x; slice 0 the most inferior). The files are encoded
+by GDCM, an encoder independent of the project's reader.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-OUT = Path(__file__).resolve().parents[1] / "Testing" / "Data" / "jpeg-lossless-ct"
+DATA = Path(__file__).resolve().parents[1] / "Testing" / "Data"
+#: folder -> GDCM transfer syntax name
+SERIES = {"jpeg-lossless-ct": "JPEGLosslessProcess14_1", "jpeg-ls-ct": "JPEGLSLossless"}
 SHAPE = (4, 64, 64)
 SPACING = (3.0, 0.5, 0.5)  # dz, dy, dx mm
 
@@ -40,12 +43,20 @@ def main() -> int:
     except ImportError:
         print("make_jpeg_lossless_fixture: python-gdcm is needed (pip install python-gdcm)", file=sys.stderr)
         return 2
+    hu = pattern()
+    for number, (folder, syntax) in enumerate(SERIES.items(), start=1):
+        write_series(hu, DATA / folder, getattr(gdcm.TransferSyntax, syntax), number, gdcm)
+    return 0
+
+
+def write_series(hu: np.ndarray, out: Path, syntax, number: int, gdcm) -> None:
+    """``hu`` as CT series ``number`` in ``out``, each file encoded by GDCM in transfer syntax ``syntax``."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
-    hu = pattern()
-    OUT.mkdir(parents=True, exist_ok=True)
-    study, series, frame = ("1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2", "1.2.826.0.1.3680043.8.498.3")
+    out.mkdir(parents=True, exist_ok=True)
+    study, series, frame = ("1.2.826.0.1.3680043.8.498.1", f"1.2.826.0.1.3680043.8.498.2.{number}",
+                            "1.2.826.0.1.3680043.8.498.3")
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(SHAPE[0]):
             meta = FileMetaDataset()
@@ -57,7 +68,7 @@ def main() -> int:
             ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
             ds.Modality, ds.PatientID, ds.PatientName = "CT", "JPEG-LOSSLESS-TEST", "Test^JpegLossless"
             ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-            ds.SeriesNumber, ds.InstanceNumber = 1, SHAPE[0] - k  # instance 1 the most superior
+            ds.SeriesNumber, ds.InstanceNumber = number, SHAPE[0] - k  # instance 1 the most superior
             ds.KVP = 120
             ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
             ds.ImagePositionPatient = [-16.0, -16.0, -100.0 + k * SPACING[0]]
@@ -75,19 +86,18 @@ def main() -> int:
             if not reader.Read():
                 raise SystemExit(f"GDCM could not read {plain}")
             change = gdcm.ImageChangeTransferSyntax()
-            change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
+            change.SetTransferSyntax(gdcm.TransferSyntax(syntax))
             change.SetInput(reader.GetImage())
             if not change.Change():
-                raise SystemExit("GDCM could not encode JPEG Lossless")
+                raise SystemExit(f"GDCM could not encode {out.name}")
             writer = gdcm.ImageWriter()
-            writer.SetFileName(str(OUT / f"IM-{k + 1:04d}.dcm"))
+            writer.SetFileName(str(out / f"IM-{k + 1:04d}.dcm"))
             writer.SetFile(reader.GetFile())
             writer.SetImage(change.GetOutput())
             if not writer.Write():
                 raise SystemExit("GDCM could not write the series")
-    np.save(OUT / "hu.npy", hu)
-    print(f"wrote {SHAPE[0]} JPEG Lossless slices and hu.npy to {OUT}")
-    return 0
+    np.save(out / "hu.npy", hu)
+    print(f"wrote {SHAPE[0]} slices and hu.npy to {out}")
 
 
 if __name__ == "__main__":

@@ -217,7 +217,7 @@ def test_open_segment_editor_sets_the_mask_through_the_editor_widget(env, monkey
 def test_first_use_install_names_every_package_and_pins_torch(env, monkeypatch, slicer_version):
     logic = env.logic
     requirements = env.module._requirements()
-    missing_now = ["torch", "timm", "monai", "safetensors", "nrrd", "matplotlib", "skimage", "pylibjpeg", "openjpeg", "libjpeg"]
+    missing_now = ["torch", "timm", "monai", "safetensors", "nrrd", "matplotlib", "skimage", "pylibjpeg", "openjpeg", "libjpeg", "jpeg_ls"]
     calls = {"missing": 0, "asked": [], "torch": [], "pip": []}
 
     def missing(ai=True):
@@ -264,7 +264,7 @@ def test_first_use_install_names_every_package_and_pins_torch(env, monkeypatch, 
 
     assert logic.ensureDependencies(interactive=True)
     (question,) = calls["asked"]
-    for name in ("torch", "timm", "monai", "safetensors", "pynrrd", "matplotlib", "scikit-image", "pylibjpeg", "pylibjpeg-openjpeg", "pylibjpeg-libjpeg"):
+    for name in ("torch", "timm", "monai", "safetensors", "pynrrd", "matplotlib", "scikit-image", "pylibjpeg", "pylibjpeg-openjpeg", "pylibjpeg-libjpeg", "pyjpegls"):
         assert name in question.split("\n")[0], name
     assert calls["torch"] == [requirements.TORCH_VERSION]
     ((installed, constraints),) = calls["pip"]
@@ -277,7 +277,7 @@ def test_every_package_the_library_imports_is_offered(env):
     maps to a pip package, and the AI's packages are in it."""
     requirements = env.module._requirements()
     names = env.logic.packageNames(list(requirements.CORE) + list(requirements.AI))
-    for name in ("torch", "timm", "monai", "safetensors", "pynrrd", "matplotlib", "scikit-image", "pylibjpeg", "pylibjpeg-openjpeg", "pylibjpeg-libjpeg"):
+    for name in ("torch", "timm", "monai", "safetensors", "pynrrd", "matplotlib", "scikit-image", "pylibjpeg", "pylibjpeg-openjpeg", "pylibjpeg-libjpeg", "pyjpegls"):
         assert name in names
 
 

@@ -37,6 +37,7 @@ CORE: dict[str, str] = {
     "pylibjpeg": "pylibjpeg>=2.0",
     "openjpeg": "pylibjpeg-openjpeg>=2.0",
     "libjpeg": "pylibjpeg-libjpeg>=2.1",  # JPEG Lossless (1.2.840.10008.1.2.4.70), as many archives store CT
+    "jpeg_ls": "pyjpegls>=1.2",  # JPEG-LS (1.2.840.10008.1.2.4.80/81)
     "nrrd": "pynrrd>=1.0",
     "matplotlib": "matplotlib>=3.6",
     "skimage": "scikit-image>=0.19",
