@@ -36,7 +36,8 @@ SLICER58_PACKAGES=(
     "pillow==10.3.0"
     "SimpleITK==2.3.1"
 )
-EXTRA_PACKAGES=("pynrrd>=1.0" "pytest>=7")
+# what the module's first-use install adds for reading (CoronaryCalciumDINOLib/requirements.py CORE)
+EXTRA_PACKAGES=("pynrrd>=1.0" "pytest>=7" "pylibjpeg>=2.0" "pylibjpeg-openjpeg>=2.0" "pylibjpeg-libjpeg>=2.1" "pyjpegls>=1.2")
 
 VENV=.venv-py39
 if [ ! -x "$VENV/bin/python" ]; then
@@ -50,6 +51,7 @@ CORE_TESTS=(
     tests/test_phantom_scoring.py
     tests/test_io_volume.py
     tests/test_io_dicom.py
+    tests/test_dicom_jpeg_lossless.py
     tests/test_value_checks.py
     tests/test_fuzz_reader.py
     tests/test_segfile.py
