@@ -450,3 +450,26 @@ def test_corrupt_value_representation_is_one_clean_error(tmp_path, capsys, eleme
     assert code == 2
     assert len(err.splitlines()) == 1 and err.startswith("ccdino: error:") and files[1].name in err
     assert "Traceback" not in err and "NotImplementedError" not in err
+
+
+def test_a_copied_file_of_the_same_instance_is_read_once(tmp_path):
+    """A folder holding a copy of one slice's file (the same SOPInstanceUID at the same
+    position, e.g. exported twice) reads as the series, with a warning naming the copy; a
+    different instance at the same position is still refused (several phases)."""
+    from CoronaryCalciumDINOLib.io import load_ct
+
+    src = Path(__file__).resolve().parents[1] / "Testing" / "Data" / "jpeg-lossless-ct"
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for f in src.glob("*.dcm"):
+        shutil.copy(f, folder / f.name)
+    want = np.load(src / "hu.npy")
+    shutil.copy(folder / "IM-0003.dcm", folder / "copy-of-3.dcm")
+    ct = load_ct(str(folder))
+    assert np.array_equal(np.asarray(ct.hu), want)
+    assert any("copy-of-3.dcm = IM-0003.dcm" in w and "read once" in w for w in ct.warnings)
+    ds = pydicom.dcmread(folder / "copy-of-3.dcm")
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(folder / "copy-of-3.dcm")
+    with pytest.raises(InputError, match="two slices at the same position"):
+        load_ct(str(folder))

@@ -631,6 +631,31 @@ def _vec(ds, name: str, n: int, fname: str) -> np.ndarray:
     return out
 
 
+def drop_repeated_instances(items: list[tuple[Path, object]]) -> tuple[list[tuple[Path, object]], list[str]]:
+    """``items`` without the files that repeat an earlier one's instance (the same
+    SOPInstanceUID at the same ImagePositionPatient: a copy of the file, e.g. a folder
+    exported twice), and a warning naming them. Files without a SOPInstanceUID, or that
+    share one at different positions (broken UIDs), are all kept."""
+    seen: dict[tuple[str, tuple], Path] = {}
+    kept, repeats = [], []
+    for f, ds in items:
+        sop = str(ds.get("SOPInstanceUID", "") or "")
+        pos = ds.get("ImagePositionPatient")
+        key = (sop, tuple(str(v) for v in pos) if _is_multi(pos) else (str(pos),))
+        if sop and key in seen:
+            repeats.append((f, seen[key]))
+            continue
+        seen.setdefault(key, f)
+        kept.append((f, ds))
+    if not repeats:
+        return items, []
+    f, first = repeats[0]
+    more = f" and {len(repeats) - 1} more" if len(repeats) > 1 else ""
+    return kept, [f"{len(repeats)} file{'s' if len(repeats) != 1 else ''} repeat{'s' if len(repeats) == 1 else ''} "
+                  f"an instance already read (same SOPInstanceUID and position: {f.name} = {first.name}{more}); "
+                  "read once"]
+
+
 def _geometry(items: list[tuple[Path, object]], uid: str):
     """Sorted items, origin, direction, spacing, warnings and (smallest, largest) gap between
     consecutive slices (mm) of a single-frame CT series."""
@@ -827,6 +852,8 @@ def read_dicom_series(path: str | os.PathLike, series_uid: str | None = None, pr
         raise InputError(f"input not found: {path}")
     uid, items, notes = _select(path, series_uid)
     _check_modality(items, uid)
+    items, repeated = drop_repeated_instances(items)
+    notes = notes + repeated
     if len(items) < 2:
         raise InputError(f"series {uid} holds a single slice; a calcium score needs a volume")
     items, origin, direction, spacing, warnings, gaps = _geometry(items, uid)
