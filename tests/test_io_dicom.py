@@ -473,3 +473,23 @@ def test_a_copied_file_of_the_same_instance_is_read_once(tmp_path):
     ds.save_as(folder / "copy-of-3.dcm")
     with pytest.raises(InputError, match="two slices at the same position"):
         load_ct(str(folder))
+
+
+def test_a_dicomdir_reads_the_series_on_its_media(tmp_path):
+    """Given the DICOMDIR of a CD-like folder (a media index, no image), the series it
+    indexes is read from the folder, with a note; the same HU as the series itself."""
+    from CoronaryCalciumDINOLib.io import load_ct
+
+    src = Path(__file__).resolve().parents[1] / "Testing" / "Data" / "jpeg-lossless-ct"
+    fs = FileSet()
+    for f in sorted(src.glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        ds.StudyDate, ds.StudyTime, ds.StudyID = "20260101", "120000", "1"
+        fs.add(ds)
+    fs.write(tmp_path / "media")
+    ct = load_ct(str(tmp_path / "media" / "DICOMDIR"))
+    assert np.array_equal(np.asarray(ct.hu), np.load(src / "hu.npy"))
+    assert any("is a DICOMDIR" in w for w in ct.warnings)
+    from CoronaryCalciumDINOLib.data.studies import study_name
+
+    assert study_name(tmp_path / "media" / "DICOMDIR") == "media"  # outputs named after the media's folder

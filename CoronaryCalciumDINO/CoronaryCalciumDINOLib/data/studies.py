@@ -122,11 +122,13 @@ def study_input(path: str | Path) -> StudyInput:
 
 def study_name(path: str | Path) -> str:
     """The name of the study at ``path`` (which need not exist any more for a file):
-    the folder's name for a folder, for a file ``ct.*`` the name of the folder holding it,
-    else the file name without its volume suffix (or ``.dcm``)."""
+    the folder's name for a folder, for a file ``ct.*`` or a ``DICOMDIR`` the name of the
+    folder holding it, else the file name without its volume suffix (or ``.dcm``)."""
     p = Path(path)
     if p.is_dir():
         return p.name or p.resolve().name
+    if p.name.upper() == "DICOMDIR":  # a media index: the media's folder names the study
+        return p.resolve().parent.name or p.name
     stem = volume_stem(p.name)
     if stem is None:  # e.g. a single DICOM file
         return p.name[:-4] if p.name.lower().endswith(".dcm") else p.name

@@ -562,6 +562,21 @@ def list_series(path: str | os.PathLike) -> list[SeriesInfo]:
     return sorted(infos, key=lambda s: (s.series_number if s.series_number is not None else 1 << 30, s.uid))
 
 
+#: SOP class of a DICOMDIR (Media Storage Directory Storage)
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+
+
+def _is_dicomdir(path: Path) -> bool:
+    """True for a DICOMDIR file (a media index, no image)."""
+    from pydicom.filereader import read_file_meta_info
+
+    try:
+        meta = read_file_meta_info(path)
+    except Exception:  # not DICOM, or no file meta: not a DICOMDIR
+        return False
+    return str(meta.get("MediaStorageSOPClassUID", "")) == DICOMDIR_SOP_CLASS
+
+
 def _is_localizer(items: list[tuple[Path, object]]) -> bool:
     image_type = items[0][1].get("ImageType") or []
     return any(str(v).upper() == "LOCALIZER" for v in image_type)
@@ -570,12 +585,15 @@ def _is_localizer(items: list[tuple[Path, object]]) -> bool:
 def _select(path: Path, series_uid: str | None) -> tuple[str, list[tuple[Path, object]], list[str]]:
     """The chosen series' UID and headers, and notes on series left aside."""
     given_file = None
-    if path.is_file():
+    skipped: list[str] = []
+    if path.is_file() and _is_dicomdir(path):  # a CD / DVD's index: the series on the media it indexes
+        skipped.append(f"{path.name} is a DICOMDIR: the images in {path.parent} were read")
+        path = path.parent
+    elif path.is_file():
         ds = _read_header(path)
         if ds is None:
             raise InputError(f"{path.name} is neither a DICOM image nor a NIfTI/NRRD/MHA volume")
         given_file, given_key, path = path, series_key(ds, path, path.parent), path.parent
-    skipped: list[str] = []
     groups = _scan(path, skipped)
     if not groups:
         raise InputError(f"no readable DICOM image in {path}")
