@@ -83,7 +83,8 @@ def test_one_rule_for_volume_file_names():
     assert split_volume_suffix("x.mhd") == ("x", ".mhd") and split_volume_suffix("notes.txt") is None
     assert split_volume_suffix(".nrrd") is None
     assert LABEL_SUFFIXES[0] == ".seg.nrrd" and set(LABEL_SUFFIXES[1:]) == set(VOLUME_SUFFIXES)
-    for name, stem in (("p1.nii.gz", "p1"), ("p1.nhdr", "p1"), ("p1.dcm", "p1"), ("dicomdir", "dicomdir")):
+    for name, stem in (("p1.nii.gz", "p1"), ("p1.nhdr", "p1"), ("p1.dcm", "p1"), ("cd1/DICOMDIR", "cd1"),
+                       ("cd1/dicomdir", "cd1")):  # a media index is named after the media's folder
         assert study_name(name) == stem, name
     # a folder of studies: volumes are studies, segmentations are not
     assert volume_stem("p1.mha") == "p1" and volume_stem("p1.seg.nrrd") is None and volume_stem("p1.csv") is None
