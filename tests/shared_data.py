@@ -128,6 +128,71 @@ def write_small_series(
     return files
 
 
+def write_enhanced_series(
+    path: Path,
+    hu: np.ndarray,
+    *,
+    frame_order: list[int] | None = None,
+    intercepts: list[float] | None = None,
+    kvp: float = 100,
+    kernel: str = "Br36",
+    pixel_spacing: tuple[float, float] = (0.7, 0.6),
+    dz: float = 3.0,
+) -> Path:
+    """``hu`` (slices increasing in z) as one Enhanced CT Image (multi-frame, built with
+    pydicom as a scanner writes it): frame f holds slice ``frame_order[f]`` (default: the
+    slices top down, as many scanners store them); its position (Plane Position) and rescale
+    (Pixel Value Transformation, intercept ``intercepts[slice]``, default -1024) are per
+    frame; orientation, pixel spacing and thickness (Pixel Measures), the tube voltage (CT
+    X-Ray Details) and the kernel (CT Reconstruction) are shared."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    enhanced_ct = "1.2.840.10008.5.1.4.1.1.2.1"
+    n = hu.shape[0]
+    order = list(range(n))[::-1] if frame_order is None else list(frame_order)
+    icpt = [-1024.0] * n if intercepts is None else list(intercepts)
+
+    def item(**attrs) -> Sequence:
+        d = Dataset()
+        for key, value in attrs.items():
+            setattr(d, key, value)
+        return Sequence([d])
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = enhanced_ct
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = enhanced_ct, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", 5, 1
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
+    ds.Rows, ds.Columns, ds.NumberOfFrames = int(hu.shape[1]), int(hu.shape[2]), n
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    shared = Dataset()
+    shared.PlaneOrientationSequence = item(ImageOrientationPatient=[1, 0, 0, 0, 1, 0])
+    shared.PixelMeasuresSequence = item(PixelSpacing=list(pixel_spacing), SliceThickness=dz)
+    shared.CTXRayDetailsSequence = item(KVP=kvp)
+    shared.CTReconstructionSequence = item(ConvolutionKernel=kernel)
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    frames = []
+    for k in order:
+        group = Dataset()
+        group.PlanePositionSequence = item(ImagePositionPatient=[-5.0, -6.0, 40.0 + dz * k])
+        group.PixelValueTransformationSequence = item(RescaleIntercept=icpt[k], RescaleSlope=1, RescaleType="HU")
+        frames.append(group)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    stored = np.stack([np.asarray(hu[k], np.float64) - icpt[k] for k in order])
+    ds.PixelData = stored.astype(np.uint16).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_dicom(ds, path, enforce_file_format=True)
+    return path
+
+
 def interrupt_on_call(monkeypatch, module, name: str, call: int) -> None:
     """Make ``module.name`` raise KeyboardInterrupt on its ``call``-th call (a run killed
     mid-way, e.g. after a checkpoint); ``monkeypatch.undo()`` restores it."""

@@ -621,3 +621,67 @@ def test_ai_result_goes_out_as_seg_and_sr(synthetic, tmp_path):
     assert (("DCM", "111001"), report["model"]["name"]) in texts
     assert (("DCM", "111002"), f"model sha256 {report['model']['sha256']}") in texts
     assert (("DCM", "121106"), report["disclaimer"]) in texts
+
+
+# --------------------------------------------------------------------------- an enhanced (multi-frame) CT
+
+
+@pytest.fixture(scope="module")
+def enhanced_phantom(phantom, tmp_path_factory):
+    """The real phantom series converted by highdicom into one Legacy Converted Enhanced CT
+    Image (multi-frame), as an archive may store it."""
+    import warnings
+
+    datasets = [pydicom.dcmread(f) for f in phantom[1].meta["files"]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the converter's notes on attributes the source lacks
+        enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
+            datasets, series_instance_uid=hd.UID(), series_number=77, sop_instance_uid=hd.UID(), instance_number=1)
+    folder = tmp_path_factory.mktemp("enhanced") / "qrm-enhanced"
+    folder.mkdir()
+    enhanced.save_as(folder / "ct.dcm")
+    return folder
+
+
+def test_enhanced_ct_reads_as_its_single_frame_series(phantom, enhanced_phantom):
+    _, ct, _ = phantom
+    enh = load_ct(enhanced_phantom)
+    np.testing.assert_array_equal(enh.hu, ct.hu)
+    assert enh.spacing == pytest.approx(ct.spacing) and enh.origin == pytest.approx(ct.origin)
+    np.testing.assert_allclose(enh.direction, ct.direction)
+    assert enh.kvp == ct.kvp and len(enh.meta["frames"]) == ct.shape[0] and enh.meta["n_files"] == 1
+
+
+def test_enhanced_ct_seg_references_its_frames(phantom, enhanced_phantom, tmp_path, capsys):
+    """SEG + SR of an enhanced CT: the SEG references the one source instance, each of its
+    frames the source frame at the same position; it passes the validator, reads back as
+    the labels and rescores to the same report."""
+    _, ct, labels = phantom
+    enh = load_ct(enhanced_phantom)
+    write_volume(labels, enh, tmp_path / "labels.nrrd")
+    out = tmp_path / "out"
+    assert cli_main(["score", str(enhanced_phantom), "--labels", str(tmp_path / "labels.nrrd"), "--dicom-out", str(out),
+                     "--json", str(tmp_path / "a.json"), "--quiet"]) == 0
+    seg_path, sr_path = out / "qrm-enhanced.seg.dcm", out / "qrm-enhanced.sr.dcm"
+    source = pydicom.dcmread(enhanced_phantom / "ct.dcm", stop_before_pixels=True)
+    frame_z = [float(g.PlanePositionSequence[0].ImagePositionPatient[2]) for g in source.PerFrameFunctionalGroupsSequence]
+    seg = pydicom.dcmread(seg_path)
+    referenced = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    assert [str(i.ReferencedSOPInstanceUID) for i in referenced] == [str(source.SOPInstanceUID)]
+    assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
+    for group in seg.PerFrameFunctionalGroupsSequence:
+        src = group.DerivationImageSequence[0].SourceImageSequence[0]
+        assert str(src.ReferencedSOPInstanceUID) == str(source.SOPInstanceUID)
+        frame = int(src.ReferencedFrameNumber)
+        assert float(group.PlanePositionSequence[0].ImagePositionPatient[2]) == pytest.approx(frame_z[frame - 1])
+    np.testing.assert_array_equal(read_dicom_seg_labels(seg_path, enh), labels)
+    if DCIODVFY:
+        for path in (seg_path, sr_path):
+            errors, _ = dciodvfy(path)
+            assert not errors, f"{path.name}: {errors}"
+    assert cli_main(["score", str(enhanced_phantom), "--labels", str(seg_path), "--json", str(tmp_path / "b.json"),
+                     "--quiet"]) == 0
+    first, again = (json.loads((tmp_path / n).read_text()) for n in ("a.json", "b.json"))
+    for key in ("arteries", "total", "lesions"):
+        assert again[key] == first[key], key
+    assert first["total"]["agatston"] > 0

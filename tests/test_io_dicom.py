@@ -21,7 +21,7 @@ from CoronaryCalciumDINOLib.cli import main as cli_main
 from CoronaryCalciumDINOLib.errors import InputError
 from CoronaryCalciumDINOLib.io import load_ct, write_volume
 from CoronaryCalciumDINOLib.io.dicom import list_series, read_dicom_series
-from shared_data import edit_dicom, phantom_files_by_z, write_small_series
+from shared_data import edit_dicom, phantom_files_by_z, write_enhanced_series, write_small_series
 
 DATA = Path(__file__).resolve().parents[1] / "Testing" / "Data"
 PHANTOM = DATA / "qrm-phantom-canon"
@@ -493,3 +493,95 @@ def test_a_dicomdir_reads_the_series_on_its_media(tmp_path):
     from CoronaryCalciumDINOLib.data.studies import study_name
 
     assert study_name(tmp_path / "media" / "DICOMDIR") == "media"  # outputs named after the media's folder
+
+
+# --------------------------------------------------------------------------- enhanced (multi-frame) CT
+
+
+def _enhanced_hu() -> np.ndarray:
+    hu = np.full((5, 12, 14), -1000, np.int16)
+    hu[1:3, 3:7, 5:9] = 400
+    hu[3, 8:10, 2:5] = 180
+    hu[4, 0, 0] = 60
+    return hu
+
+
+def test_enhanced_ct_reads_like_its_single_frames(tmp_path):
+    """An Enhanced CT Image (one file, frames stored top down, position and rescale per
+    frame, the rest shared) gives the volume its slices give as single-frame files: same HU,
+    geometry, tube voltage and kernel; the frames are placed by their positions."""
+    hu = _enhanced_hu()
+    intercepts = [-1024.0, -1000.0, -1024.0, -1100.0, -1024.0]  # a rescale per frame
+    path = write_enhanced_series(tmp_path / "enh" / "ct.dcm", hu, frame_order=[3, 0, 4, 2, 1], intercepts=intercepts)
+    ct = read_dicom_series(tmp_path / "enh")
+    np.testing.assert_array_equal(ct.hu, hu.astype(np.float32))
+    assert ct.spacing == pytest.approx((3.0, 0.7, 0.6))
+    assert ct.origin == pytest.approx((-5.0, -6.0, 40.0))
+    np.testing.assert_allclose(ct.direction, np.eye(3))
+    assert ct.kvp == 100 and ct.meta["kernel"] == "Br36" and ct.meta["slice_thickness"] == 3.0
+    # slice k is frame frames[k] of the file: what a DICOM SEG of the result references
+    assert ct.meta["frames"] == [2, 5, 4, 1, 3] and ct.meta["files"] == [str(path)] * 5 and ct.meta["n_files"] == 1
+    assert any("RescaleSlope/RescaleIntercept differ between slices" in w for w in ct.warnings)
+    infos = list_series(tmp_path / "enh")
+    assert len(infos) == 1 and infos[0].slices == 5 and infos[0].slice_thickness == 3.0
+    # the same slices as single-frame files read to the same volume
+    write_small_series(tmp_path / "single", hu, kvp=100, pixel_spacing=(0.7, 0.6))
+    classic = read_dicom_series(tmp_path / "single")
+    np.testing.assert_array_equal(classic.hu, ct.hu)
+    assert classic.origin == pytest.approx(ct.origin) and classic.spacing == pytest.approx(ct.spacing)
+
+
+def test_enhanced_ct_scores_from_the_command_line(tmp_path, capsys):
+    """``ccdino score --kvp auto`` on an enhanced CT with a label map scores what the same
+    slices as single-frame files score (its tube voltage read from CT X-Ray Details)."""
+    hu = _enhanced_hu()
+    write_enhanced_series(tmp_path / "enh" / "ct.dcm", hu, kvp=100)
+    write_small_series(tmp_path / "single", hu, kvp=100, pixel_spacing=(0.7, 0.6))
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[1:3, 3:7, 5:9] = 2
+    write_volume(labels, load_ct(tmp_path / "enh"), tmp_path / "labels.nrrd")
+    scores = {}
+    for name in ("enh", "single"):
+        assert cli_main(["score", str(tmp_path / name), "--labels", str(tmp_path / "labels.nrrd"),
+                         "--out", str(tmp_path / f"out-{name}"), "--kvp", "auto"]) == 0
+        report = json.loads(next((tmp_path / f"out-{name}").glob("*.json")).read_text())
+        scores[name] = (report["arteries"], report["total"], report["lesions"], report["threshold_hu"])
+        assert report["kvp"] == 100
+    assert scores["enh"] == scores["single"]
+    arteries, total = scores["enh"][:2]
+    assert arteries["LAD"]["agatston"] > 0 and total["agatston"] == arteries["LAD"]["agatston"]
+
+
+def _frame_edit(path: Path, frame: int, keyword: str | None = None, **changes) -> None:
+    ds = pydicom.dcmread(path)
+    if keyword is None:
+        for key, value in changes.items():
+            setattr(ds, key, value)
+    else:
+        group = ds.PerFrameFunctionalGroupsSequence[frame]
+        for element in list(group):
+            item = element.value[0]
+            if keyword in item:
+                delattr(item, keyword)
+    ds.save_as(path)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (dict(frame=2, keyword="ImagePositionPatient"), "ct.dcm frame 3 lacks ImagePositionPatient"),
+    (dict(frame=0, NumberOfFrames=4), "NumberOfFrames 4 but 5 items in PerFrameFunctionalGroupsSequence"),
+])
+def test_enhanced_ct_with_broken_frames_refused_naming_the_frame(tmp_path, edit, message):
+    path = write_enhanced_series(tmp_path / "enh" / "ct.dcm", _enhanced_hu())
+    _frame_edit(path, **edit)
+    with pytest.raises(InputError) as err:
+        read_dicom_series(tmp_path / "enh")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_frames_without_functional_groups_refused(tmp_path):
+    """NumberOfFrames above 1 in a single-frame CT (no per-frame functional groups) cannot
+    be placed: one line naming the attribute."""
+    files = write_small_series(tmp_path / "s")
+    edit_dicom(files[1], NumberOfFrames=2)
+    with pytest.raises(InputError, match="NumberOfFrames 2 in IM-0002.dcm without per-frame functional groups"):
+        read_dicom_series(tmp_path / "s")

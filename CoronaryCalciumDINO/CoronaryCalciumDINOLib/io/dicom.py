@@ -14,6 +14,13 @@ the synthetic key ``no-uid:<folder>:<hash>`` (folder relative to the folder read
 itself), which :func:`list_series` shows and ``series_uid`` (``--series``) accepts; the
 volume's warnings say that the series was grouped this way.
 
+An enhanced CT (Enhanced or Legacy Converted Enhanced CT Image Storage: one file, many
+frames) is read frame by frame: each frame's position, orientation, pixel spacing, rescale,
+tube voltage and kernel come from its per-frame functional groups, else the shared ones,
+else the top-level data set (:data:`FRAME_KEYWORDS`, :func:`expand_frames`); a frame then
+stands where a single-frame series has a file (:class:`FrameRef`, named "FILE frame N" in
+messages), and every check below applies to it.
+
 Slices are sorted by their position along the slice normal (``ImagePositionPatient`` ·
 ``row x column`` direction of ``ImageOrientationPatient``), and the geometry of the
 :class:`~.volume.CTVolume` is derived from the headers:
@@ -28,7 +35,8 @@ Slices are sorted by their position along the slice normal (``ImagePositionPatie
 HU = stored value x ``RescaleSlope`` + ``RescaleIntercept``, per slice, as float32.
 
 Every value that enters the volume is checked in every file of the series, not only the
-first (:mod:`..limits` holds the limits and their reasoning): modality and frame count,
+first (:mod:`..limits` holds the limits and their reasoning): modality and frame count
+(several frames only with per-frame functional groups),
 single-valued sizes, vector tags with their number of values, finite and plausible pixel
 spacing, positions and slice spacing, rescale slope and intercept, pixel-data length
 against Rows x Columns x BitsAllocated, stored values within BitsStored, and HU within any
@@ -62,8 +70,9 @@ from .volume import CTVolume
 
 log = logging.getLogger(__name__)
 
-#: SOP classes of CT images (CT Image Storage, Enhanced CT Image Storage).
-CT_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1")
+#: SOP classes of CT images (CT Image Storage, Enhanced CT Image Storage, Legacy Converted
+#: Enhanced CT Image Storage).
+CT_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2")
 #: A consecutive-slice gap differing from the median gap by more than this fraction is an error.
 GAP_TOLERANCE = 0.10
 #: Gap variation above this fraction (but within GAP_TOLERANCE) gives a warning.
@@ -72,6 +81,20 @@ GAP_JITTER_WARN = 0.01
 TILT_TOLERANCE_PX = 0.5
 #: Two slices closer than this (mm) along the normal are at the same position.
 DUPLICATE_MM = 1e-3
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """Frame ``index`` (0-based) of the multi-frame file ``path``: one slice of an enhanced CT.
+    It stands where a single-frame series has the slice's file; ``name`` is what messages
+    show (frames numbered from 1, as DICOM numbers them)."""
+
+    path: Path
+    index: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.path.name} frame {self.index + 1}"
 
 
 @dataclass
@@ -543,8 +566,8 @@ def _info(uid: str, items: list[tuple[Path, object]]) -> SeriesInfo:
     return SeriesInfo(
         uid=uid,
         description=str(ds.get("SeriesDescription", "") or "").strip(),
-        slices=len(items),
-        slice_thickness=_float_or_none(_single(ds.get("SliceThickness"))),
+        slices=sum(_frames_or_one(d) for _, d in items),
+        slice_thickness=_float_or_none(_single(_frame_value(ds, "SliceThickness"))),
         modality=str(ds.get("Modality", "") or ""),
         series_number=number,
         files=[f for f, _ in items],
@@ -752,9 +775,91 @@ def _geometry(items: list[tuple[Path, object]], uid: str):
     gap_range = (float(gaps.min()), float(gaps.max()))  # smallest and largest gap (review flags)
     return items, origin, direction, (dz, dy, dx), warnings, gap_range
 
+# --------------------------------------------------------------------------- enhanced (multi-frame) CT
+
+#: Attributes an enhanced CT keeps per frame or shared in its functional groups (Plane
+#: Position, Plane Orientation, Pixel Measures, Pixel Value Transformation, CT X-Ray Details,
+#: CT Reconstruction, or a legacy conversion's unassigned attributes), and the reader uses.
+FRAME_KEYWORDS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
+                  "RescaleSlope", "RescaleIntercept", "KVP", "ConvolutionKernel")
+
+
+def _is_multiframe(ds) -> bool:
+    """A header of an enhanced (multi-frame) image: it has per-frame functional groups."""
+    return "PerFrameFunctionalGroupsSequence" in ds
+
+
+def _frames_or_one(ds) -> int:
+    """NumberOfFrames of a multi-frame header (1 for a single frame or an unreadable count:
+    for listing only; :func:`_check_modality` checks it)."""
+    if not _is_multiframe(ds):
+        return 1
+    try:
+        return max(1, int(ds.get("NumberOfFrames") or 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+def _group_value(group, keyword: str):
+    """``keyword``'s value in a functional-group item (the first item of any of its
+    macros), or None."""
+    if group is None:
+        return None
+    for element in group:
+        if element.VR == "SQ" and len(element.value) and keyword in element.value[0]:
+            return element.value[0].get(keyword)
+    return None
+
+
+def _shared_group(ds):
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    return shared[0] if shared else None
+
+
+def _frame_value(ds, keyword: str, group=None):
+    """``keyword`` of one frame of ``ds``: from the frame's functional groups (``group``),
+    else the shared ones, else the top-level data set (a single-frame header: top level)."""
+    for where in (group, _shared_group(ds) if _is_multiframe(ds) else None):
+        value = _group_value(where, keyword)
+        if value is not None:
+            return value
+    return ds.get(keyword)
+
+
+def expand_frames(items: list[tuple[Path, object]]) -> list[tuple[object, object]]:
+    """``items`` with each multi-frame header replaced by one (:class:`FrameRef`, header) per
+    frame; a frame's header holds the file's elements, with the attributes of
+    :data:`FRAME_KEYWORDS` taken from its functional groups. Single-frame items stay."""
+    from pydicom.dataset import Dataset
+
+    out: list[tuple[object, object]] = []
+    for f, ds in items:
+        if not _is_multiframe(ds):
+            out.append((f, ds))
+            continue
+        n = _int_tag(ds, "NumberOfFrames", f.name)
+        per_frame = ds.PerFrameFunctionalGroupsSequence
+        if len(per_frame) != n:
+            raise InputError(f"DICOM file {f.name} has NumberOfFrames {n} but {len(per_frame)} items in "
+                             "PerFrameFunctionalGroupsSequence; its frames cannot be placed in space")
+        for i, group in enumerate(per_frame):
+            frame = Dataset({element.tag: element for element in ds})  # its own dictionary, the file's elements
+            if hasattr(ds, "file_meta"):
+                frame.file_meta = ds.file_meta
+            for keyword in FRAME_KEYWORDS:
+                value = _frame_value(ds, keyword, group)
+                if value is None:
+                    if keyword in frame:
+                        delattr(frame, keyword)
+                else:
+                    setattr(frame, keyword, value)
+            out.append((FrameRef(f, i), frame))
+    return out
+
 
 def _check_modality(items: list[tuple[Path, object]], uid: str) -> None:
-    """Every file of the series is a single-frame greyscale CT image (not only the first)."""
+    """Every file of the series is a greyscale CT image (not only the first): a single frame,
+    or the frames of an enhanced CT, which its per-frame functional groups place."""
     for f, ds in items:
         modality = str(ds.get("Modality", "") or "")
         sop = str(ds.get("SOPClassUID", "") or "")
@@ -763,10 +868,10 @@ def _check_modality(items: list[tuple[Path, object]], uid: str) -> None:
         if not modality and sop not in CT_SOP_CLASSES:
             raise InputError(f"series {uid} is not a CT image series ({f.name}: no Modality, SOP class {sop or '?'})")
         frames = _int_tag(ds, "NumberOfFrames", f.name, default=1)
-        if frames != 1:
+        if frames < 1 or (frames != 1 and not _is_multiframe(ds)):
             raise InputError(
-                f"series {uid} is a multi-frame (enhanced) DICOM object ({f.name}: NumberOfFrames {frames}); "
-                "export it as single-frame slices or NIfTI/NRRD"
+                f"series {uid} has NumberOfFrames {frames} in {f.name} without per-frame functional groups "
+                "(PerFrameFunctionalGroupsSequence): its frames cannot be placed in space"
             )
         if _int_tag(ds, "SamplesPerPixel", f.name, default=1) != 1:
             raise InputError(f"series {uid} holds colour images ({f.name}); a calcium score needs greyscale CT")
@@ -794,7 +899,8 @@ def _rescale(ds, fname: str) -> tuple[float | None, float | None]:
 
 
 def _check_native_pixels(ds, arr: np.ndarray, fname: str) -> None:
-    """Uncompressed pixel data: its length must match Rows x Columns x BitsAllocated, and
+    """Uncompressed pixel data: its length must match Rows x Columns x BitsAllocated (x
+    NumberOfFrames), and
     the stored values must fit in BitsStored (pydicom masks extra bits away silently)."""
     syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "1.2.840.10008.1.2")
     if syntax not in _NATIVE_SYNTAXES or "PixelData" not in ds:
@@ -804,12 +910,14 @@ def _check_native_pixels(ds, arr: np.ndarray, fname: str) -> None:
     stored = _int_tag(ds, "BitsStored", fname, default=alloc)
     if alloc not in (8, 16, 32) or not 1 <= stored <= alloc:
         raise InputError(f"DICOM file {fname} has BitsAllocated {alloc} and BitsStored {stored}")
-    need = rows * cols * alloc // 8
+    frames = _int_tag(ds, "NumberOfFrames", fname, default=1)
+    need = rows * cols * alloc // 8 * frames
     have = len(ds.PixelData)
     if have not in (need, need + 1):  # + 1: padding to an even length
+        times = f" x {frames} frames" if frames != 1 else ""
         raise InputError(
-            f"DICOM file {fname}: the pixel data holds {have} bytes but Rows x Columns x BitsAllocated "
-            f"({rows} x {cols} x {alloc} bits) needs {need}; the header does not describe the image"
+            f"DICOM file {fname}: the pixel data holds {have} bytes but Rows x Columns x BitsAllocated{times} "
+            f"({rows} x {cols} x {alloc} bits{times}) needs {need}; the header does not describe the image"
         )
     if stored < alloc:
         signed = _int_tag(ds, "PixelRepresentation", fname, default=0) == 1
@@ -823,8 +931,8 @@ def _check_native_pixels(ds, arr: np.ndarray, fname: str) -> None:
             )
 
 
-def _slice_hu(path: Path):
-    """HU of one slice (float32) and its (RescaleSlope, RescaleIntercept), None if absent."""
+def _decode(path: Path):
+    """The data set of one file and its pixel array (2D, or 3D for a multi-frame file)."""
     import warnings as _warnings
 
     try:
@@ -834,7 +942,6 @@ def _slice_hu(path: Path):
     _check_read(ds, cut, path.name)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise InputError(f"DICOM file {path.name} has no pixel data (PixelData)")
-    slope, intercept = _rescale(ds, path.name)
     try:
         with _warnings.catch_warnings():
             # a length mismatch is checked below, as an error, not left to a library warning
@@ -842,19 +949,37 @@ def _slice_hu(path: Path):
             arr = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - truncated data, missing decoder, ...
         raise InputError(f"cannot decode the pixel data of {path.name}: {_short(exc)}") from None
-    if arr.ndim != 2:
-        raise InputError(f"DICOM file {path.name} holds a {arr.ndim}D pixel array, expected one 2D slice")
+    frames = _int_tag(ds, "NumberOfFrames", path.name, default=1)
+    expected = 2 if frames == 1 and not _is_multiframe(ds) else 3
+    if arr.ndim == 2 and expected == 3 and frames == 1:
+        arr = arr[None]  # an enhanced CT of one frame
+    if arr.ndim != expected or (expected == 3 and arr.shape[0] != frames):
+        want = "one 2D slice" if expected == 2 else f"{frames} frames"
+        raise InputError(f"DICOM file {path.name} holds a pixel array of shape {arr.shape}, expected {want}")
     _check_native_pixels(ds, arr, path.name)
+    return ds, arr
+
+
+def _to_hu(arr: np.ndarray, header, name: str):
+    """HU of one slice (float32) with the rescale of its header, and that (RescaleSlope,
+    RescaleIntercept), None where absent."""
+    slope, intercept = _rescale(header, name)
     s = 1.0 if slope is None else slope
     i = 0.0 if intercept is None else intercept
     hu64 = arr.astype(np.float64) * s + i
     if hu64.size and not (limits.HU_RANGE[0] <= float(hu64.min()) and float(hu64.max()) <= limits.HU_RANGE[1]):
         raise InputError(
-            f"DICOM file {path.name}: values {hu64.min():g} to {hu64.max():g} HU are outside any CT scale "
+            f"DICOM file {name}: values {hu64.min():g} to {hu64.max():g} HU are outside any CT scale "
             f"({limits.HU_RANGE[0]:g} to {limits.HU_RANGE[1]:g} HU); check RescaleSlope/RescaleIntercept/"
             "PixelRepresentation"
         )
     return hu64.astype(np.float32), (slope, intercept)
+
+
+def _slice_hu(path: Path):
+    """HU of one single-frame slice (float32) and its (RescaleSlope, RescaleIntercept), None if absent."""
+    ds, arr = _decode(path)
+    return _to_hu(arr, ds, path.name)
 
 
 def read_dicom_series(path: str | os.PathLike, series_uid: str | None = None, progress=None, cancel=None) -> CTVolume:
@@ -870,7 +995,7 @@ def read_dicom_series(path: str | os.PathLike, series_uid: str | None = None, pr
         raise InputError(f"input not found: {path}")
     uid, items, notes = _select(path, series_uid)
     _check_modality(items, uid)
-    items, repeated = drop_repeated_instances(items)
+    items, repeated = drop_repeated_instances(expand_frames(items))
     notes = notes + repeated
     if len(items) < 2:
         raise InputError(f"series {uid} holds a single slice; a calcium score needs a volume")
@@ -881,10 +1006,16 @@ def read_dicom_series(path: str | os.PathLike, series_uid: str | None = None, pr
     hu = np.empty((len(items), _int_tag(first, "Rows", items[0][0].name),
                    _int_tag(first, "Columns", items[0][0].name)), dtype=np.float32)
     rescales: list[tuple[float | None, float | None]] = []
-    for k, (f, _) in enumerate(items):
+    frames_of: tuple[Path | None, np.ndarray | None] = (None, None)  # the multi-frame file last decoded
+    for k, (f, header) in enumerate(items):
         if cancel is not None and cancel():
             raise Cancelled("DICOM reading cancelled")
-        hu[k], rescale = _slice_hu(f)
+        if isinstance(f, FrameRef):
+            if frames_of[0] != f.path:
+                frames_of = (f.path, _decode(f.path)[1])
+            hu[k], rescale = _to_hu(frames_of[1][f.index], header, f.name)
+        else:
+            hu[k], rescale = _slice_hu(f)
         rescales.append(rescale)
         if progress is not None:
             progress((k + 1) / len(items), f"reading slice {k + 1}/{len(items)}")
@@ -933,11 +1064,14 @@ def read_dicom_series(path: str | os.PathLike, series_uid: str | None = None, pr
         "study_uid": str(first.get("StudyInstanceUID", "") or ""),
         "slice_gaps_mm": gaps,  # (smallest, largest) distance between consecutive slices
         "frame_of_reference_uid": str(first.get("FrameOfReferenceUID", "") or ""),
-        "n_files": len(items),
-        # the file of each slice, in array order (slice k = files[k]): what a DICOM SEG / SR
-        # of the result references (see ..report.dicom)
-        "files": [str(f) for f, _ in items],
+        "n_files": len({str(getattr(f, "path", f)) for f, _ in items}),
+        # the file of each slice, in array order (slice k = files[k]; the frames of an enhanced
+        # CT name their file, and "frames" their frame numbers): what a DICOM SEG / SR of the
+        # result references (see ..report.dicom)
+        "files": [str(getattr(f, "path", f)) for f, _ in items],
     }
+    if any(isinstance(f, FrameRef) for f, _ in items):
+        meta["frames"] = [f.index + 1 if isinstance(f, FrameRef) else None for f, _ in items]
     patient_id = str(first.get("PatientID", "") or "").strip()
     if patient_id:
         meta["patient_id"] = patient_id

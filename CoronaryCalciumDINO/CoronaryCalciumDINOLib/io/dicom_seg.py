@@ -179,18 +179,22 @@ def complete_headers(headers: list, files) -> list:
 
 def labels_on_source(labels: np.ndarray, ct: CTVolume, files) -> tuple[list, np.ndarray]:
     """The source headers sorted along the slice normal, and ``labels`` (on ``ct``'s grid)
-    on their grid: (headers, array (slice, row, column) with slice k on headers[k]).
+    on their grid: (headers, array (slice, row, column) with slice k on headers[k]). For an
+    enhanced (multi-frame) CT: ([its one header], array (frame, row, column) in its frames'
+    order).
 
     The source series must be the CT's voxels exactly (same size; axes may be reversed, as a
     viewer may store them); otherwise one-line InputError."""
-    from .dicom import _geometry
+    from .dicom import FrameRef, _geometry, expand_frames
 
+    files = list(dict.fromkeys(str(f) for f in files))  # the frames of an enhanced CT share their file
     headers = read_source_headers(files)
     if not headers:
         raise InputError("no source DICOM files for the DICOM results")
     complete_headers(headers, files)
     uid = str(headers[0].get("SeriesInstanceUID", "") or "source series")
-    items, origin, direction, spacing = _geometry([(Path(f), ds) for f, ds in zip(files, headers)], uid)[:4]
+    items = expand_frames([(Path(f), ds) for f, ds in zip(files, headers)])
+    items, origin, direction, spacing = _geometry(items, uid)[:4]
     rows, cols = int(headers[0].Rows), int(headers[0].Columns)
     shape = (len(items), rows, cols)
     labels = np.asarray(labels)
@@ -202,7 +206,15 @@ def labels_on_source(labels: np.ndarray, ct: CTVolume, files) -> tuple[list, np.
                            "the CT volume (as against its DICOM series)")
     if int(np.count_nonzero(placed)) != int(np.count_nonzero(labels)):
         raise InputError("the CT volume does not cover its DICOM series voxel for voxel")
-    return [ds for _, ds in items], placed
+    if not any(isinstance(f, FrameRef) for f, _ in items):
+        return [ds for _, ds in items], placed
+    if len(headers) != 1:
+        raise InputError(f"the CT is an enhanced (multi-frame) series stored in {len(headers)} files; a DICOM SEG "
+                         "references one multi-frame source image: export the series as one file or as single frames")
+    on_frames = np.zeros_like(placed)  # the SEG's frames follow the source's frame order
+    for k, (f, _) in enumerate(items):
+        on_frames[f.index] = placed[k]
+    return headers, on_frames
 
 
 # --------------------------------------------------------------------------- writing
