@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from CoronaryCalciumDINOLib.pipeline import candidates as cd
-from CoronaryCalciumDINOLib.pipeline.anatomy import find_anatomy
+from CoronaryCalciumDINOLib.pipeline.anatomy import find_anatomy, heart_levels
 
 SPACING = (5.0, 1.0, 1.0)
 
@@ -321,6 +321,41 @@ def test_a_pulmonary_trunk_as_thick_as_the_aorta_is_not_taken_for_it():
     for k in (21, 25):
         assert np.hypot(*(an.aorta_axis[k] - (92, 112))) <= 3.0, (k, an.aorta_axis[k])
     assert 12.0 <= an.aorta_radius_mm <= 17.0
+
+
+def test_a_short_deep_blob_above_the_heart_is_not_a_heart_level():
+    """On a noisy low-dose slice the great vessels and the fat between them can merge into a
+    blob as deep as the heart's: one such slice, 70 mm above the heart, must not become the
+    top heart level (the aorta would then be looked for above the scan's end)."""
+    hu = _thorax_with_great_vessels()
+    hu[33][_ellipse(hu.shape[1:], 82, 130, 38, 40) & (hu[33] > -500)] = 40.0
+    an = find_anatomy(hu, SPACING)
+    assert an.heart_levels == (0, 19)
+    assert an.aorta_axis is not None and np.hypot(*(an.aorta_axis[25] - (82, 125))) <= 3.0
+
+
+def test_heart_levels_keep_the_long_run_and_a_lone_short_one():
+    soft = np.zeros((30, 100, 100), bool)
+    soft[2:20, 10:90, 10:90] = True  # the heart: 18 slices of 3 mm
+    soft[25, 10:90, 10:90] = True  # one deep slice 15 mm above it
+    soft[21, 10:90, 10:90] = True  # a deep slice 3 mm above a gap of 1 slice: the same run
+    levels = heart_levels(soft, 1.0, 3.0)
+    assert np.flatnonzero(levels).tolist() == list(range(2, 20)) + [21]
+    only_short = np.zeros_like(soft)
+    only_short[5:7, 10:90, 10:90] = True  # a scan whose only deep levels are short keeps them
+    assert np.flatnonzero(heart_levels(only_short, 1.0, 3.0)).tolist() == [5, 6]
+
+
+def test_the_descending_aorta_is_found_through_noise():
+    """Noise specks in the descending aorta's lumen (a noisy low-dose scan) are filled
+    before its disc is measured: a speck of its wall calcium stays out of the region on
+    every slice."""
+    hu, specks = _thorax()
+    rng = np.random.default_rng(3)
+    noisy = hu + rng.normal(0.0, 70.0, hu.shape).astype(np.float32)
+    an = find_anatomy(noisy, SPACING)
+    y, x = specks["aorta"]
+    assert not an.in_region(np.arange(hu.shape[0]), np.full(hu.shape[0], y), np.full(hu.shape[0], x)).any()
 
 
 def test_no_aorta_without_the_slices_above_the_heart():

@@ -276,3 +276,56 @@ def test_heart_centred_geometry_ends_above_the_heart_where_asked(capsys):
         np.testing.assert_array_equal(out.hu, whole.hu[: out.shape[0]])
     assert ev.main(["--above-heart", "20"]) == 2
     assert "--above-heart needs --heart-centred" in capsys.readouterr().err
+
+
+def test_noise_is_added_to_the_level_the_pipeline_measures():
+    """evaluate_real_noise: correlated noise brings the noise slice_noise measures to the
+    level asked (never lowers it), the same draw for the same seed, the anatomy untouched on
+    average."""
+    from CoronaryCalciumDINOLib.synth import generate_study
+    from training import evaluate_real_noise as ev
+
+    ct = generate_study(5, matrix=256, n_slices=16, plaques=False).ct
+    before = ev.measured_noise(np.asarray(ct.hu, np.float32), ct.spacing)
+    info: dict = {}
+    noisy = ev.with_noise(ct, before + 25.0, seed=4, info=info)
+    assert info["noise_before_hu"] == pytest.approx(before, abs=0.01)
+    assert info["noise_after_hu"] == pytest.approx(before + 25.0, rel=0.1)
+    assert abs(float(np.mean(noisy.hu - ct.hu))) < 1.0 and noisy.spacing == ct.spacing and noisy.kvp == ct.kvp
+    np.testing.assert_array_equal(noisy.hu, ev.with_noise(ct, before + 25.0, seed=4, info={}).hu)
+    assert not np.array_equal(noisy.hu, ev.with_noise(ct, before + 25.0, seed=5, info={}).hu)
+    np.testing.assert_array_equal(ev.with_noise(ct, before / 2, seed=4, info={}).hu, ct.hu)  # already noisier
+
+
+def test_noise_table_and_refusals(capsys):
+    from training import evaluate_real_noise as ev
+
+    runs = []
+    for level, totals in ((0.0, (0.0, 0.0, 50.0)), (30.0, (8.0, 0.0, 20.0))):
+        for seed, total in enumerate(totals[1:]):
+            for scan, ref, ai in (("1", (0, 0, 0, 0, 0), (0, 0, 0, totals[0], totals[0])),
+                                  ("2", (0, 40.0, 0, 0, 40.0), (0, total, 0, 0, total))):
+                row = _row(scan, ref, ai)
+                row.update(level=level, seed=seed, noise_before_hu=10.0, noise_after_hu=max(level, 10.0),
+                           named_from_aorta=scan == "2")
+                runs.append(row)
+    summary = {}
+    for level in (0.0, 30.0):
+        per_seed = []
+        for seed in (0, 1):
+            s = ev.summarise([r for r in runs if r["level"] == level and r["seed"] == seed])
+            s["calcium_free_zero"] = sum(1 for r in runs if r["level"] == level and r["seed"] == seed
+                                         and r["reference"]["total"] == 0 and r["ai"]["total"] == 0)
+            per_seed.append(s)
+        summary[f"{level:g}"] = per_seed
+    doc = {"model": {"name": "m", "version": "1", "sha256": "0" * 64}, "cpu": "cpu", "date": "d", "seconds": 1.0,
+           "command": "python training/evaluate_real_noise.py", "levels": [0.0, 30.0], "seeds": 2, "runs": runs,
+           "summary": summary}
+    md = ev.markdown(doc)
+    assert "| 2 (2A) | 40 | 30 | 10 (0-20) | 0 / 10 / 0 / 0 | 1 of 2 | 2 of 2 |" in md
+    assert "| 1 (1A) | 0 | 30 | 8 (8-8) | 0 / 0 / 0 / 8 | 0 of 2 | 0 of 2 |" in md
+    # per level: risk right per seed; calcium-free scans at 0 per seed; right artery at most (range)
+    assert "| 0 | 1, 2 of 2 | 1, 1 of 1 | 80-80 % |" in md and "| 30 | 0, 1 of 2 | 0, 0 of 1 | 0-71 % |" in md
+    assert ev.main(["--levels", "20,-5"]) == 2
+    assert "--levels" in capsys.readouterr().err
+    assert ev.main(["--seeds", "0"]) == 2

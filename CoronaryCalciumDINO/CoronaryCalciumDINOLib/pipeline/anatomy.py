@@ -35,8 +35,9 @@ heart levels
     :data:`SOFT_HOLE_MM2` filled: the noise of thin low-dose slices, calcium) at least
     :data:`HEART_DEPTH_MM` deep (the distance to its edge: a blob >= 60 mm across, which
     only the heart, or the liver below it, is; the aortic arch and great vessels are 30-40
-    mm). Coronary calcium lies from the aortic root, just above the heart's top level, down
-    to the diaphragm: the region reaches :data:`ABOVE_HEART_MM` above the most superior
+    mm), in runs of at least :data:`HEART_RUN_MM` (a shorter run apart from the others is
+    great vessels merged by noise, :func:`heart_levels`). Coronary calcium lies from the
+    aortic root, just above the heart's top level, down to the diaphragm: the region reaches :data:`ABOVE_HEART_MM` above the most superior
     heart level and ends above the upper abdomen.
 upper abdomen
     Going down from the heart, the slices whose lungs' hull is more than
@@ -140,6 +141,10 @@ SOFT_HOLE_MM2 = 50.0
 #: ... and up to this area (mm^2) are noise specks, filled before vessels are looked for.
 NOISE_HOLE_MM2 = 10.0
 HEART_DEPTH_MM = 30.0
+#: Heart levels at most this far apart (mm) are one run; a run shorter than HEART_RUN_MM apart
+#: from a longer one is not the heart (:func:`heart_levels`).
+HEART_GAP_MM = 10.0
+HEART_RUN_MM = 20.0
 ABOVE_HEART_MM = 45.0
 #: A scan longer than this (mm) reaches above the heart (a chest CT): the region is cut
 #: above the heart levels. A cardiac scan (gated calcium scoring: 120-200 mm) is the heart.
@@ -339,14 +344,28 @@ def soft_tissue(small: np.ndarray, where: np.ndarray, pixel_mm: tuple[float, flo
     return np.stack([_fill_small_holes(m, max_cells) & where[k] for k, m in enumerate(soft)])
 
 
-def heart_levels(soft: np.ndarray, pixel_mm: float) -> np.ndarray:
+def heart_levels(soft: np.ndarray, pixel_mm: float, dz: float) -> np.ndarray:
     """(z,) bool: slices whose mediastinum's ``soft`` tissue (:func:`soft_tissue`) is at least
-    :data:`HEART_DEPTH_MM` deep."""
+    :data:`HEART_DEPTH_MM` deep, in runs (slices at most :data:`HEART_GAP_MM` apart joined) of
+    at least :data:`HEART_RUN_MM` (``dz``: slice spacing, mm). A shorter run apart from the
+    others is not the heart, which spans 80-130 mm: it is the great vessels and the fat between
+    them merged by a noisy slice (a low-dose scan), and taking it would put the top heart level
+    above the aortic root. A scan whose only run is short keeps it."""
     depth = np.zeros(soft.shape[0])
     for k in range(soft.shape[0]):
         if soft[k].any():
             depth[k] = float(ndimage.distance_transform_edt(soft[k]).max()) * pixel_mm
-    return depth >= HEART_DEPTH_MM
+    deep = depth >= HEART_DEPTH_MM
+    at = np.flatnonzero(deep)
+    if at.size == 0:
+        return deep
+    breaks = np.flatnonzero(np.diff(at) * dz > HEART_GAP_MM + 1e-6)
+    runs = np.split(at, breaks + 1)
+    long = [r for r in runs if (r[-1] - r[0] + 1) * dz >= HEART_RUN_MM - 1e-6]
+    for r in runs:
+        if long and not any(r is q for q in long):
+            deep[r] = False
+    return deep
 
 
 def _in_front_of_lungs(lungs2d: np.ndarray, hull2d: np.ndarray, reach: int) -> np.ndarray:
@@ -429,17 +448,20 @@ def descending_aorta(small: np.ndarray, soft_ok: np.ndarray, spine_front: np.nda
     """bool (z, Y, X): the descending aorta, grown by :data:`AORTA_MARGIN_MM`, on the slices
     where the spine was found.
 
-    The thickest soft-tissue (blood, -30..150 HU) disc of ``soft_ok`` (the body without
-    bone) centred beside the front of the spine: from 25 mm in front of it to 15 mm
+    The thickest soft-tissue (blood, -30..150 HU; noise specks up to :data:`NOISE_HOLE_MM2`
+    filled) disc of ``soft_ok`` (the body without bone) centred beside the front of the spine: from 25 mm in front of it to 15 mm
     behind, from the spine's middle to 50 mm left of it (its thickness less 0.3 x its
     distance from where the aorta usually lies, 5 mm in front and 25 mm left). Its centre is smoothed along z
     (median of five slices); its radius is the distance from the centre to the disc's
-    edge, 8-18 mm (outside that range nothing is taken for the aorta).
+    edge, 8-18 mm (outside that range nothing is taken for the aorta). A slice without such a
+    disc between slices with one (within two slices on both sides) gets the median of theirs.
     """
     py, px = pixel_mm
     nz, ny, nx = small.shape
     out = np.zeros(small.shape, dtype=bool)
     found = np.full((nz, 3), np.nan)
+    # noise specks in the lumen filled (a noisy low-dose slice), as for the ascending aorta
+    soft = soft_tissue(small, soft_ok, pixel_mm, NOISE_HOLE_MM2)
     for k in np.flatnonzero(spine_front >= 0):
         y0 = max(0, int(spine_front[k] - 25.0 / py))
         y1 = min(ny, int(spine_front[k] + 15.0 / py))
@@ -447,8 +469,7 @@ def descending_aorta(small: np.ndarray, soft_ok: np.ndarray, spine_front: np.nda
         x1 = min(nx, int(spine_x[k] + 50.0 / px))
         if y1 <= y0 or x1 <= x0:
             continue
-        soft = soft_ok[k] & (small[k] >= SOFT_TISSUE_HU[0]) & (small[k] <= SOFT_TISSUE_HU[1])
-        d = ndimage.distance_transform_edt(soft, sampling=(py, px))
+        d = ndimage.distance_transform_edt(soft[k], sampling=(py, px))
         win = d[y0:y1, x0:x1]
         # the thickest disc, favouring one where the aorta lies (5 mm in front of the
         # spine, 25 mm to its left) over the edge of the heart reaching into the window
@@ -460,7 +481,11 @@ def descending_aorta(small: np.ndarray, soft_ok: np.ndarray, spine_front: np.nda
             found[k] = (y0 + iy, x0 + ix, r)
     ok = np.flatnonzero(np.isfinite(found[:, 0]))
     yy, xx = np.mgrid[0:ny, 0:nx]
-    for k in ok:
+    # a slice between found ones (within two slices on both sides) takes their median too: the
+    # aorta does not stop for a slice where noise or a plaque hid its disc
+    gaps = [k for k in range(nz) if spine_front[k] >= 0 and not np.isfinite(found[k, 0])
+            and np.any((ok < k) & (ok >= k - 2)) and np.any((ok > k) & (ok <= k + 2))]
+    for k in sorted([*ok, *gaps]):
         near = ok[np.abs(ok - k) <= 2]
         cy, cx, r = np.median(found[near], axis=0)
         out[k] = ((yy - cy) * py) ** 2 + ((xx - cx) * px) ** 2 <= (r + AORTA_MARGIN_MM) ** 2
@@ -623,7 +648,7 @@ def find_anatomy(hu: np.ndarray, spacing: Sequence[float]) -> Anatomy:
     filled = np.stack([_fill_small_holes(m, MAX_LUNG_HOLE_CM2 * 100.0 / (py * px)) for m in lungs])
     rim = max(1, int(round(LUNG_RIM_MM / min(py, px))))
     mediastinum = hull & ~_square_erode(filled, rim)
-    heart = heart_levels(soft_tissue(small, mediastinum, (py, px)), min(py, px))
+    heart = heart_levels(soft_tissue(small, mediastinum, (py, px)), min(py, px), dz)
     dense = dense_cells(small)
     bone = find_bone(small, cell_cm3, dense)
     region = mediastinum.copy()
