@@ -346,18 +346,6 @@ def test_heart_levels_keep_the_long_run_and_a_lone_short_one():
     assert np.flatnonzero(heart_levels(only_short, 1.0, 3.0)).tolist() == [5, 6]
 
 
-def test_the_descending_aorta_is_found_through_noise():
-    """Noise specks in the descending aorta's lumen (a noisy low-dose scan) are filled
-    before its disc is measured: a speck of its wall calcium stays out of the region on
-    every slice."""
-    hu, specks = _thorax()
-    rng = np.random.default_rng(3)
-    noisy = hu + rng.normal(0.0, 70.0, hu.shape).astype(np.float32)
-    an = find_anatomy(noisy, SPACING)
-    y, x = specks["aorta"]
-    assert not an.in_region(np.arange(hu.shape[0]), np.full(hu.shape[0], y), np.full(hu.shape[0], x)).any()
-
-
 def test_no_aorta_without_the_slices_above_the_heart():
     """A scan that ends 10 mm above the heart's top level: the aorta cannot be told from the
     heart (nor on a phantom without lungs)."""

@@ -448,20 +448,17 @@ def descending_aorta(small: np.ndarray, soft_ok: np.ndarray, spine_front: np.nda
     """bool (z, Y, X): the descending aorta, grown by :data:`AORTA_MARGIN_MM`, on the slices
     where the spine was found.
 
-    The thickest soft-tissue (blood, -30..150 HU; noise specks up to :data:`NOISE_HOLE_MM2`
-    filled) disc of ``soft_ok`` (the body without bone) centred beside the front of the spine: from 25 mm in front of it to 15 mm
+    The thickest soft-tissue (blood, -30..150 HU) disc of ``soft_ok`` (the body without
+    bone) centred beside the front of the spine: from 25 mm in front of it to 15 mm
     behind, from the spine's middle to 50 mm left of it (its thickness less 0.3 x its
     distance from where the aorta usually lies, 5 mm in front and 25 mm left). Its centre is smoothed along z
     (median of five slices); its radius is the distance from the centre to the disc's
-    edge, 8-18 mm (outside that range nothing is taken for the aorta). A slice without such a
-    disc between slices with one (within two slices on both sides) gets the median of theirs.
+    edge, 8-18 mm (outside that range nothing is taken for the aorta).
     """
     py, px = pixel_mm
     nz, ny, nx = small.shape
     out = np.zeros(small.shape, dtype=bool)
     found = np.full((nz, 3), np.nan)
-    # noise specks in the lumen filled (a noisy low-dose slice), as for the ascending aorta
-    soft = soft_tissue(small, soft_ok, pixel_mm, NOISE_HOLE_MM2)
     for k in np.flatnonzero(spine_front >= 0):
         y0 = max(0, int(spine_front[k] - 25.0 / py))
         y1 = min(ny, int(spine_front[k] + 15.0 / py))
@@ -469,7 +466,8 @@ def descending_aorta(small: np.ndarray, soft_ok: np.ndarray, spine_front: np.nda
         x1 = min(nx, int(spine_x[k] + 50.0 / px))
         if y1 <= y0 or x1 <= x0:
             continue
-        d = ndimage.distance_transform_edt(soft[k], sampling=(py, px))
+        soft = soft_ok[k] & (small[k] >= SOFT_TISSUE_HU[0]) & (small[k] <= SOFT_TISSUE_HU[1])
+        d = ndimage.distance_transform_edt(soft, sampling=(py, px))
         win = d[y0:y1, x0:x1]
         # the thickest disc, favouring one where the aorta lies (5 mm in front of the
         # spine, 25 mm to its left) over the edge of the heart reaching into the window
@@ -481,11 +479,7 @@ def descending_aorta(small: np.ndarray, soft_ok: np.ndarray, spine_front: np.nda
             found[k] = (y0 + iy, x0 + ix, r)
     ok = np.flatnonzero(np.isfinite(found[:, 0]))
     yy, xx = np.mgrid[0:ny, 0:nx]
-    # a slice between found ones (within two slices on both sides) takes their median too: the
-    # aorta does not stop for a slice where noise or a plaque hid its disc
-    gaps = [k for k in range(nz) if spine_front[k] >= 0 and not np.isfinite(found[k, 0])
-            and np.any((ok < k) & (ok >= k - 2)) and np.any((ok > k) & (ok <= k + 2))]
-    for k in sorted([*ok, *gaps]):
+    for k in ok:
         near = ok[np.abs(ok - k) <= 2]
         cy, cx, r = np.median(found[near], axis=0)
         out[k] = ((yy - cy) * py) ** 2 + ((xx - cx) * px) ** 2 <= (r + AORTA_MARGIN_MM) ** 2
