@@ -552,6 +552,37 @@ def test_enhanced_ct_scores_from_the_command_line(tmp_path, capsys):
     assert arteries["LAD"]["agatston"] > 0 and total["agatston"] == arteries["LAD"]["agatston"]
 
 
+def test_enhanced_ct_frames_never_share_the_files_values(tmp_path):
+    """Top-level ImagePositionPatient / RescaleIntercept beside per-frame ones (a producer
+    writing both): each frame keeps its own; the file's values are not overwritten by the
+    last frame's."""
+    hu = _enhanced_hu()
+    intercepts = [-1024.0, -1000.0, -1024.0, -1100.0, -1024.0]
+    path = write_enhanced_series(tmp_path / "enh" / "ct.dcm", hu, intercepts=intercepts)
+    edit_dicom(path, ImagePositionPatient=[-5.0, -6.0, 0.0], RescaleIntercept=-999, RescaleSlope=1)
+    ct = read_dicom_series(tmp_path / "enh")
+    np.testing.assert_array_equal(ct.hu, hu.astype(np.float32))
+    assert ct.origin == pytest.approx((-5.0, -6.0, 40.0))
+    assert float(pydicom.dcmread(path, stop_before_pixels=True).RescaleIntercept) == -999
+
+
+def test_enhanced_ct_with_two_frames_at_one_position_is_refused(tmp_path):
+    """Two frames at one position (two phases in one file) are not copies of one another:
+    refused like two single-frame slices at one position, never silently dropped."""
+    hu = _enhanced_hu()
+    path = write_enhanced_series(tmp_path / "enh" / "ct.dcm", hu, frame_order=[0, 1, 2, 3, 4])
+    ds = pydicom.dcmread(path)
+    ds.PerFrameFunctionalGroupsSequence[4].PlanePositionSequence[0].ImagePositionPatient = [-5.0, -6.0, 43.0]
+    ds.save_as(path)
+    with pytest.raises(InputError, match="two slices at the same position .*ct.dcm frame 2, ct.dcm frame 5"):
+        read_dicom_series(tmp_path / "enh")
+    # a copy of the whole file is read once, with a warning
+    write_enhanced_series(tmp_path / "twice" / "ct.dcm", hu)
+    shutil.copy(tmp_path / "twice" / "ct.dcm", tmp_path / "twice" / "ct-copy.dcm")
+    ct = read_dicom_series(tmp_path / "twice")
+    assert ct.shape == hu.shape and any("repeat an instance already read" in w for w in ct.warnings)
+
+
 def _frame_edit(path: Path, frame: int, keyword: str | None = None, **changes) -> None:
     ds = pydicom.dcmread(path)
     if keyword is None:
@@ -568,6 +599,7 @@ def _frame_edit(path: Path, frame: int, keyword: str | None = None, **changes) -
 
 @pytest.mark.parametrize("edit, message", [
     (dict(frame=2, keyword="ImagePositionPatient"), "ct.dcm frame 3 lacks ImagePositionPatient"),
+    (dict(frame=0, NumberOfFrames=0), "NumberOfFrames 0 in ct.dcm; an image has at least one frame"),
     (dict(frame=0, NumberOfFrames=4), "NumberOfFrames 4 but 5 items in PerFrameFunctionalGroupsSequence"),
 ])
 def test_enhanced_ct_with_broken_frames_refused_naming_the_frame(tmp_path, edit, message):

@@ -73,6 +73,8 @@ log = logging.getLogger(__name__)
 #: SOP classes of CT images (CT Image Storage, Enhanced CT Image Storage, Legacy Converted
 #: Enhanced CT Image Storage).
 CT_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2")
+#: SOP class of a DICOMDIR (Media Storage Directory Storage)
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 #: A consecutive-slice gap differing from the median gap by more than this fraction is an error.
 GAP_TOLERANCE = 0.10
 #: Gap variation above this fraction (but within GAP_TOLERANCE) gives a warning.
@@ -368,7 +370,7 @@ def _read_header(path: Path):
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on damaged files
         raise _read_error(exc, path.name) from None
     _check_read(ds, cut, path.name)
-    if getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None) == "1.2.840.10008.1.3.10":
+    if getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None) == DICOMDIR_SOP_CLASS:
         return None  # DICOMDIR
     if part10 and len(ds) == 0:
         # 'DICM' and file meta information, then nothing: the data set is missing
@@ -585,8 +587,6 @@ def list_series(path: str | os.PathLike) -> list[SeriesInfo]:
     return sorted(infos, key=lambda s: (s.series_number if s.series_number is not None else 1 << 30, s.uid))
 
 
-#: SOP class of a DICOMDIR (Media Storage Directory Storage)
-DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 
 
 def _is_dicomdir(path: Path) -> bool:
@@ -674,15 +674,19 @@ def _vec(ds, name: str, n: int, fname: str) -> np.ndarray:
 
 def drop_repeated_instances(items: list[tuple[Path, object]]) -> tuple[list[tuple[Path, object]], list[str]]:
     """``items`` without the files that repeat an earlier one's instance (the same
-    SOPInstanceUID at the same ImagePositionPatient: a copy of the file, e.g. a folder
-    exported twice), and a warning naming them. Files without a SOPInstanceUID, or that
+    SOPInstanceUID at the same ImagePositionPatient, or for the frames of an enhanced CT the
+    same frame number: a copy of the file, e.g. a folder exported twice), and a warning
+    naming them. Files without a SOPInstanceUID, or that
     share one at different positions (broken UIDs), are all kept."""
     seen: dict[tuple[str, tuple], Path] = {}
     kept, repeats = [], []
     for f, ds in items:
         sop = str(ds.get("SOPInstanceUID", "") or "")
         pos = ds.get("ImagePositionPatient")
-        key = (sop, tuple(str(v) for v in pos) if _is_multi(pos) else (str(pos),))
+        if isinstance(f, FrameRef):  # frames of one instance: a copy repeats its frame numbers
+            key = (sop, ("frame", str(f.index)))
+        else:
+            key = (sop, tuple(str(v) for v in pos) if _is_multi(pos) else (str(pos),))
         if sop and key in seen:
             repeats.append((f, seen[key]))
             continue
@@ -848,10 +852,9 @@ def expand_frames(items: list[tuple[Path, object]]) -> list[tuple[object, object
                 frame.file_meta = ds.file_meta
             for keyword in FRAME_KEYWORDS:
                 value = _frame_value(ds, keyword, group)
-                if value is None:
-                    if keyword in frame:
-                        delattr(frame, keyword)
-                else:
+                if keyword in frame:  # the file's element: replaced, never changed in place
+                    delattr(frame, keyword)
+                if value is not None:
                     setattr(frame, keyword, value)
             out.append((FrameRef(f, i), frame))
     return out
@@ -868,7 +871,9 @@ def _check_modality(items: list[tuple[Path, object]], uid: str) -> None:
         if not modality and sop not in CT_SOP_CLASSES:
             raise InputError(f"series {uid} is not a CT image series ({f.name}: no Modality, SOP class {sop or '?'})")
         frames = _int_tag(ds, "NumberOfFrames", f.name, default=1)
-        if frames < 1 or (frames != 1 and not _is_multiframe(ds)):
+        if frames < 1:
+            raise InputError(f"series {uid} has NumberOfFrames {frames} in {f.name}; an image has at least one frame")
+        if frames != 1 and not _is_multiframe(ds):
             raise InputError(
                 f"series {uid} has NumberOfFrames {frames} in {f.name} without per-frame functional groups "
                 "(PerFrameFunctionalGroupsSequence): its frames cannot be placed in space"
@@ -1006,14 +1011,14 @@ def read_dicom_series(path: str | os.PathLike, series_uid: str | None = None, pr
     hu = np.empty((len(items), _int_tag(first, "Rows", items[0][0].name),
                    _int_tag(first, "Columns", items[0][0].name)), dtype=np.float32)
     rescales: list[tuple[float | None, float | None]] = []
-    frames_of: tuple[Path | None, np.ndarray | None] = (None, None)  # the multi-frame file last decoded
+    frames_of: dict[Path, np.ndarray] = {}  # each multi-frame file decoded once
     for k, (f, header) in enumerate(items):
         if cancel is not None and cancel():
             raise Cancelled("DICOM reading cancelled")
         if isinstance(f, FrameRef):
-            if frames_of[0] != f.path:
-                frames_of = (f.path, _decode(f.path)[1])
-            hu[k], rescale = _to_hu(frames_of[1][f.index], header, f.name)
+            if f.path not in frames_of:
+                frames_of[f.path] = _decode(f.path)[1]
+            hu[k], rescale = _to_hu(frames_of[f.path][f.index], header, f.name)
         else:
             hu[k], rescale = _slice_hu(f)
         rescales.append(rescale)
@@ -1066,8 +1071,8 @@ def read_dicom_series(path: str | os.PathLike, series_uid: str | None = None, pr
         "frame_of_reference_uid": str(first.get("FrameOfReferenceUID", "") or ""),
         "n_files": len({str(getattr(f, "path", f)) for f, _ in items}),
         # the file of each slice, in array order (slice k = files[k]; the frames of an enhanced
-        # CT name their file, and "frames" their frame numbers): what a DICOM SEG / SR of the
-        # result references (see ..report.dicom)
+        # CT name their file): what a DICOM SEG / SR of the result references (see
+        # ..report.dicom); for an enhanced CT "frames" gives each slice's frame number
         "files": [str(getattr(f, "path", f)) for f, _ in items],
     }
     if any(isinstance(f, FrameRef) for f, _ in items):
