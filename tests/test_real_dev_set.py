@@ -309,23 +309,19 @@ def test_noise_table_and_refusals(capsys):
                 row.update(level=level, seed=seed, noise_before_hu=10.0, noise_after_hu=max(level, 10.0),
                            named_from_aorta=scan == "2")
                 runs.append(row)
-    summary = {}
-    for level in (0.0, 30.0):
-        per_seed = []
-        for seed in (0, 1):
-            s = ev.summarise([r for r in runs if r["level"] == level and r["seed"] == seed])
-            s["calcium_free_zero"] = sum(1 for r in runs if r["level"] == level and r["seed"] == seed
-                                         and r["reference"]["total"] == 0 and r["ai"]["total"] == 0)
-            per_seed.append(s)
-        summary[f"{level:g}"] = per_seed
+    summary = ev.level_summaries(runs, [0.0, 30.0], 2)
+    assert [s["calcium_free_zero"] for s in summary["30"]] == [0, 0] and summary["0"][1]["risk_category_right"]["k"] == 2
     doc = {"model": {"name": "m", "version": "1", "sha256": "0" * 64}, "cpu": "cpu", "date": "d", "seconds": 1.0,
            "command": "python training/evaluate_real_noise.py", "levels": [0.0, 30.0], "seeds": 2, "runs": runs,
            "summary": summary}
     md = ev.markdown(doc)
     assert "| 2 (2A) | 40 | 30 | 10 (0-20) | 0 / 10 / 0 / 0 | 1 of 2 | 2 of 2 |" in md
     assert "| 1 (1A) | 0 | 30 | 8 (8-8) | 0 / 0 / 0 / 8 | 0 of 2 | 0 of 2 |" in md
+    assert "| 1 (1A) | 0 | 10 | 0 (0-0) | 0 / 0 / 0 / 0 | 2 of 2 | - |" in md  # no lesion: nothing named
     # per level: risk right per seed; calcium-free scans at 0 per seed; right artery at most (range)
-    assert "| 0 | 1, 2 of 2 | 1, 1 of 1 | 80-80 % |" in md and "| 30 | 0, 1 of 2 | 0, 0 of 1 | 0-71 % |" in md
-    assert ev.main(["--levels", "20,-5"]) == 2
-    assert "--levels" in capsys.readouterr().err
+    assert "| 0 | 1 of 2, 2 of 2 | 1 of 1, 1 of 1 | 80-80 % |" in md
+    assert "| 30 | 0 of 2, 1 of 2 | 0 of 1, 0 of 1 | 0-71 % |" in md
+    for bad in ("20,-5", "abc"):
+        assert ev.main(["--levels", bad]) == 2
+        assert f"--levels '{bad}'" in capsys.readouterr().err
     assert ev.main(["--seeds", "0"]) == 2

@@ -157,13 +157,14 @@ def heart_centred(ct, fov_mm: float = HEART_CENTRED[0], pixel_mm: float = HEART_
 
 
 def evaluate_scan(name: str, folder: Path, ref: dict, bundle, options: ScoringOptions,
-                  geometry=None, naming: str = "aorta") -> tuple[dict, object, object]:
+                  geometry=None, naming: str = "aorta", ct=None) -> tuple[dict, object, object]:
     """Run the pipeline on one scan folder (``geometry``: a function of the CT giving the CT
-    to score, e.g. :func:`heart_centred`); returns (row, ct, pipeline result)."""
+    to score, e.g. :func:`heart_centred`; ``ct``: the folder's CT already read); returns
+    (row, ct, pipeline result)."""
     from CoronaryCalciumDINOLib.io import load_ct
     from CoronaryCalciumDINOLib.pipeline import run_pipeline
 
-    ct = load_ct(folder)
+    ct = load_ct(folder) if ct is None else ct
     if geometry is not None:
         ct = geometry(ct)
     params = options.resolve(ct.kvp)  # what ``ccdino score --kvp ...`` does

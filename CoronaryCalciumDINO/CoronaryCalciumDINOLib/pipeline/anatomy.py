@@ -141,9 +141,9 @@ SOFT_HOLE_MM2 = 50.0
 #: ... and up to this area (mm^2) are noise specks, filled before vessels are looked for.
 NOISE_HOLE_MM2 = 10.0
 HEART_DEPTH_MM = 30.0
-#: Heart levels at most this far apart (mm) are one run; a run shorter than HEART_RUN_MM apart
-#: from a longer one is not the heart (:func:`heart_levels`).
+#: Heart levels at most this far apart (mm) are one run (:func:`heart_levels`).
 HEART_GAP_MM = 10.0
+#: A run of heart levels shorter than this (mm) beside a longer one is not the heart.
 HEART_RUN_MM = 20.0
 ABOVE_HEART_MM = 45.0
 #: A scan longer than this (mm) reaches above the heart (a chest CT): the region is cut
@@ -350,7 +350,7 @@ def heart_levels(soft: np.ndarray, pixel_mm: float, dz: float) -> np.ndarray:
     at least :data:`HEART_RUN_MM` (``dz``: slice spacing, mm). A shorter run apart from the
     others is not the heart, which spans 80-130 mm: it is the great vessels and the fat between
     them merged by a noisy slice (a low-dose scan), and taking it would put the top heart level
-    above the aortic root. A scan whose only run is short keeps it."""
+    above the aortic root. With no run that long, every run is kept."""
     depth = np.zeros(soft.shape[0])
     for k in range(soft.shape[0]):
         if soft[k].any():
@@ -359,11 +359,10 @@ def heart_levels(soft: np.ndarray, pixel_mm: float, dz: float) -> np.ndarray:
     at = np.flatnonzero(deep)
     if at.size == 0:
         return deep
-    breaks = np.flatnonzero(np.diff(at) * dz > HEART_GAP_MM + 1e-6)
-    runs = np.split(at, breaks + 1)
-    long = [r for r in runs if (r[-1] - r[0] + 1) * dz >= HEART_RUN_MM - 1e-6]
-    for r in runs:
-        if long and not any(r is q for q in long):
+    runs = np.split(at, np.flatnonzero(np.diff(at) * dz > HEART_GAP_MM + 1e-6) + 1)
+    short = [r for r in runs if (r[-1] - r[0] + 1) * dz < HEART_RUN_MM - 1e-6]
+    if len(short) < len(runs):  # with no long run, every run is kept
+        for r in short:
             deep[r] = False
     return deep
 
