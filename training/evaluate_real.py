@@ -208,6 +208,32 @@ def evaluate_scan(name: str, folder: Path, ref: dict, bundle, options: ScoringOp
     return row, ct, res
 
 
+def dev_scans(dev: Path) -> tuple[dict, list[tuple[str, Path]]]:
+    """The reference table of a development set made by ``scripts/real_dev_set.py`` and its
+    scan folders that the table names: (reference per scan, [(name, folder)]). ValueError
+    with a one-line message when the set is missing, unreadable or empty."""
+    ref_path = dev / "reference.json"
+    if not ref_path.is_file():
+        raise ValueError(f"{ref_path} not found; make the set with scripts/real_dev_set.py")
+    try:
+        reference = json.loads(ref_path.read_text(encoding="utf-8"))["scans"]
+    except (ValueError, KeyError) as exc:
+        raise ValueError(f"{ref_path}: {exc}") from None
+    folders = [(n, p) for n, p in scan_folders(dev) if n in reference]
+    if not folders:
+        raise ValueError(f"no scan folder of {dev} is in its reference.json")
+    return reference, folders
+
+
+def write_results(out: Path, doc: dict, markdown_text: str) -> tuple[Path, Path]:
+    """``OUT.json`` (``doc``) and ``OUT.md`` (``markdown_text``); returns their paths."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out_json, out_md = out.with_name(out.name + ".json"), out.with_name(out.name + ".md")
+    out_json.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    out_md.write_text(markdown_text, encoding="utf-8")
+    return out_json, out_md
+
+
 def right_artery_at_most(rows: list[dict]) -> float | None:
     """Share of the AI's Agatston (scans with a reference) that can be on the right artery at
     most: sum over scans and arteries of min(reference, AI), over the AI's total. Without
@@ -470,23 +496,13 @@ def main(argv=None) -> int:
     if problem:
         print(f"evaluate_real: error: {problem}", file=sys.stderr)
         return 2
-    ref_path = dev / "reference.json"
-    if not ref_path.is_file():
-        print(f"evaluate_real: error: {ref_path} not found; make the set with scripts/real_dev_set.py", file=sys.stderr)
-        return 2
     try:
-        reference = json.loads(ref_path.read_text(encoding="utf-8"))["scans"]
+        reference, folders = dev_scans(dev)
         options = ScoringOptions(kvp=args.kvp)
-    except (ValueError, KeyError) as exc:
-        print(f"evaluate_real: error: {ref_path}: {exc}", file=sys.stderr)
-        return 2
-    except CCDinoError as exc:
+    except (ValueError, CCDinoError) as exc:
         print(f"evaluate_real: error: {exc}", file=sys.stderr)
         return 2
-    folders = [(n, p) for n, p in scan_folders(dev) if n in reference]
-    if not folders:
-        print(f"evaluate_real: error: no scan folder of {dev} is in its reference.json", file=sys.stderr)
-        return 2
+    ref_path = dev / "reference.json"
 
     import torch
 
@@ -536,11 +552,7 @@ def main(argv=None) -> int:
         "scans": rows,
         "summary": summary,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out_json, out_md = out.with_name(out.name + ".json"), out.with_name(out.name + ".md")
-    out_json.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    out_md.write_text(markdown(doc), encoding="utf-8")
+    out_json, out_md = write_results(Path(args.out), doc, markdown(doc))
 
     print()
     for line in summary_lines(summary):

@@ -49,11 +49,12 @@ from training.evaluate_real import (  # noqa: E402
     HEART_CENTRED,
     KEYS,
     cpu_name,
+    dev_scans,
     evaluate_scan,
     heart_centred,
     rel,
-    scan_folders,
     summarise,
+    write_results,
 )
 
 DEFAULT_OUT = REPO / "training" / "results" / "real-dev-coca-noise"
@@ -188,15 +189,10 @@ def main(argv=None) -> int:
         print("evaluate_real_noise: error: --seeds must be >= 1", file=sys.stderr)
         return 2
     dev = Path(args.dev)
-    ref_path = dev / "reference.json"
-    if not ref_path.is_file():
-        print(f"evaluate_real_noise: error: {ref_path} not found; make the set with scripts/real_dev_set.py",
-              file=sys.stderr)
-        return 2
-    reference = json.loads(ref_path.read_text(encoding="utf-8"))["scans"]
-    folders = [(n, p) for n, p in scan_folders(dev) if n in reference]
-    if not folders:
-        print(f"evaluate_real_noise: error: no scan folder of {dev} is in its reference.json", file=sys.stderr)
+    try:
+        reference, folders = dev_scans(dev)
+    except ValueError as exc:
+        print(f"evaluate_real_noise: error: {exc}", file=sys.stderr)
         return 2
     command = "python " + shlex.join(["training/evaluate_real_noise.py", *(sys.argv[1:] if argv is None else argv)])
 
@@ -255,11 +251,7 @@ def main(argv=None) -> int:
         "runs": runs,
         "summary": summary,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out_json, out_md = out.with_name(out.name + ".json"), out.with_name(out.name + ".md")
-    out_json.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    out_md.write_text(markdown(doc), encoding="utf-8")
+    out_json, out_md = write_results(Path(args.out), doc, markdown(doc))
     print(f"wrote {rel(out_json)}, {rel(out_md)}")
     return 0
 
