@@ -552,6 +552,21 @@ def test_enhanced_ct_scores_from_the_command_line(tmp_path, capsys):
     assert arteries["LAD"]["agatston"] > 0 and total["agatston"] == arteries["LAD"]["agatston"]
 
 
+def test_compressed_enhanced_ct_reads_the_same(tmp_path):
+    """An enhanced CT stored RLE Lossless (its frames encoded one by one) reads to the HU of
+    the uncompressed one."""
+    from pydicom.uid import RLELossless
+
+    hu = _enhanced_hu()
+    plain = write_enhanced_series(tmp_path / "plain" / "ct.dcm", hu)
+    ds = pydicom.dcmread(plain)
+    ds.compress(RLELossless)
+    (tmp_path / "rle").mkdir()
+    ds.save_as(tmp_path / "rle" / "ct.dcm")
+    assert pydicom.dcmread(tmp_path / "rle" / "ct.dcm", stop_before_pixels=True).file_meta.TransferSyntaxUID == RLELossless
+    np.testing.assert_array_equal(read_dicom_series(tmp_path / "rle").hu, read_dicom_series(tmp_path / "plain").hu)
+
+
 def test_enhanced_ct_frames_never_share_the_files_values(tmp_path):
     """Top-level ImagePositionPatient / RescaleIntercept beside per-frame ones (a producer
     writing both): each frame keeps its own; the file's values are not overwritten by the
