@@ -587,8 +587,6 @@ def list_series(path: str | os.PathLike) -> list[SeriesInfo]:
     return sorted(infos, key=lambda s: (s.series_number if s.series_number is not None else 1 << 30, s.uid))
 
 
-
-
 def _is_dicomdir(path: Path) -> bool:
     """True for a DICOMDIR file (a media index, no image)."""
     from pydicom.filereader import read_file_meta_info
@@ -682,10 +680,10 @@ def drop_repeated_instances(items: list[tuple[Path, object]]) -> tuple[list[tupl
     kept, repeats = [], []
     for f, ds in items:
         sop = str(ds.get("SOPInstanceUID", "") or "")
-        pos = ds.get("ImagePositionPatient")
         if isinstance(f, FrameRef):  # frames of one instance: a copy repeats its frame numbers
             key = (sop, ("frame", str(f.index)))
         else:
+            pos = ds.get("ImagePositionPatient")
             key = (sop, tuple(str(v) for v in pos) if _is_multi(pos) else (str(pos),))
         if sop and key in seen:
             repeats.append((f, seen[key]))
@@ -697,7 +695,7 @@ def drop_repeated_instances(items: list[tuple[Path, object]]) -> tuple[list[tupl
     f, first = repeats[0]
     more = f" and {len(repeats) - 1} more" if len(repeats) > 1 else ""
     return kept, [f"{len(repeats)} file{'s' if len(repeats) != 1 else ''} repeat{'s' if len(repeats) == 1 else ''} "
-                  f"an instance already read (same SOPInstanceUID and position: {f.name} = {first.name}{more}); "
+                  f"an instance already read (same SOPInstanceUID and position or frame: {f.name} = {first.name}{more}); "
                   "read once"]
 
 
@@ -778,6 +776,7 @@ def _geometry(items: list[tuple[Path, object]], uid: str):
     direction = np.column_stack([row_dir, col_dir, normal])
     gap_range = (float(gaps.min()), float(gaps.max()))  # smallest and largest gap (review flags)
     return items, origin, direction, (dz, dy, dx), warnings, gap_range
+
 
 # --------------------------------------------------------------------------- enhanced (multi-frame) CT
 
