@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from CoronaryCalciumDINOLib.pipeline import candidates as cd
-from CoronaryCalciumDINOLib.pipeline.anatomy import find_anatomy, heart_levels
+from CoronaryCalciumDINOLib.pipeline.anatomy import INNER_MAX_CM3, find_anatomy, heart_levels, inner_calcification
 
 SPACING = (5.0, 1.0, 1.0)
 
@@ -64,6 +64,37 @@ def test_hand_drawn_thorax_keeps_the_heart_and_drops_bone_aorta_and_chest_wall()
     # a lung is not heart region; the middle of the heart is
     assert not an.in_region(np.array([10]), np.array([100]), np.array([60]))[0]
     assert an.in_region(np.array([10]), np.array([95]), np.array([130]))[0]
+
+
+def test_a_heavily_calcified_coronary_artery_the_size_of_a_bone_stays_heart_region():
+    """Calcium filling an artery over many slices joins into a region of a bone's size on the
+    working grid (here 6 x 6 mm over 25 slices: 4.5 cm^3). Lying wholly inside the lungs'
+    hull, it is the heart's calcium, not bone; the sternum, vertebra and rib stay bone."""
+    hu, specks = _thorax()
+    hu[2:27, 58:64, 140:146] = 600.0  # on the heart's front, left of the midline
+    an = find_anatomy(hu, SPACING)
+    c = cd.find_candidates(hu, SPACING, centre_yx=(95.0, 130.0))
+    keep = cd.in_heart_region(c, an) & ~cd.on_structure_leaving_region(c, hu, an)
+    artery = _candidate_at(c, 60, 142)
+    assert keep[artery]
+    assert not an.on_bone(np.array([10]), np.array([60]), np.array([142]))[0]
+    for y, x in ((20, 130), (172, 130), specks["rib"]):
+        assert an.on_bone(np.array([10]), np.array([y]), np.array([x]))[0], (y, x)
+        assert not keep[_candidate_at(c, y, x)], (y, x)
+
+
+def test_inner_calcification_lies_inside_the_hull_away_from_the_image_edge_and_is_smaller_than_bone():
+    hull = np.zeros((12, 40, 40), bool)
+    hull[:, 5:40, 5:35] = True  # reaching the image's back edge, as in a heart-centred view
+    dense = np.zeros_like(hull)
+    dense[2:4, 15:17, 15:17] = True  # inside: the heart's calcium
+    dense[2:4, 3:7, 25:27] = True  # crossing the hull's front edge: sternum, cartilage
+    dense[2:4, 36:40, 20:22] = True  # inside the hull but at the image's edge: a vertebra cut by the view
+    dense[0:12, 20:32, 6:12] = True  # inside, but far larger than calcium: bone
+    cell = INNER_MAX_CM3 / 100.0  # so the last region (864 cells) is over the limit, the others (8-16) under
+    inner = inner_calcification(dense, hull, cell)
+    assert inner[2:4, 15:17, 15:17].all()
+    assert inner.sum() == 8
 
 
 def test_the_calcified_rim_of_a_costal_cartilage_beside_the_sternum_is_not_heart_region():
@@ -274,6 +305,22 @@ def test_synthetic_studies_keep_every_labelled_candidate_and_drop_bone(seed):
     bone = (peak >= 450.0) & ~near_heart[c.z, y, x] & (target == 0)
     assert bone.sum() >= 30
     assert (~keep[bone]).mean() >= 0.95
+
+
+def test_broad_plaques_of_a_synthetic_study_stay_in_the_region():
+    """A synthetic study whose plaques are all broad (calcium filling the arteries, 57
+    labelled candidates): every labelled candidate stays in the region and off any
+    structure leaving it. Before calcification inside the lungs' hull was told from bone,
+    38 of them were taken for bone."""
+    from CoronaryCalciumDINOLib.synth.generator import generate_study
+
+    st = generate_study(610003, matrix=256, broad_plaques=1.0, plaques=True)
+    an = find_anatomy(st.ct.hu, st.ct.spacing)
+    c = cd.find_candidates(st.ct.hu, st.ct.spacing)
+    target = c.targets(st.labels)
+    assert (target > 0).sum() >= 50
+    keep = cd.in_heart_region(c, an) & ~cd.on_structure_leaving_region(c, st.ct.hu, an)
+    assert keep[target > 0].all()
 
 
 def _thorax_with_great_vessels():

@@ -297,6 +297,41 @@ def test_non_gated_reconstruction_of_the_same_patient():
     assert np.array_equal(np.asarray(again.ct.hu), hu_g) and np.array_equal(np.asarray(again.labels), np.asarray(gated.labels))
 
 
+def test_broad_plaques_fill_the_artery_and_leave_the_other_plaques_as_they_were():
+    """broad_plaques: that share of the plaques becomes a band of calcium round the artery
+    (more blobs round the circumference, wider across); at 0 the study is the seed's study,
+    unchanged; every labelled voxel stays at or above 130 HU and a bad share is refused."""
+    from CoronaryCalciumDINOLib.synth.plaques import BROAD_EXTRA_BLOBS
+
+    kw = dict(plaques=True, matrix=128)
+    plain = generate_study(1003, **kw)
+    same = generate_study(1003, broad_plaques=0.0, **kw)
+    assert np.array_equal(np.asarray(same.ct.hu), np.asarray(plain.ct.hu))
+    assert np.array_equal(np.asarray(same.labels), np.asarray(plain.labels))
+    assert "broad_plaques" not in plain.meta["params"]
+    broad = generate_study(1003, broad_plaques=1.0, **kw)
+    p, q = broad.meta["params"], plain.meta["params"]
+    assert p["broad_plaques"] == 1.0 and p["anatomy"] == q["anatomy"]
+    assert p["n_plaque_blobs"] >= q["n_plaque_blobs"] + BROAD_EXTRA_BLOBS[0]  # at least one more blob per plaque
+    lab_b, lab_p = np.asarray(broad.labels) > 0, np.asarray(plain.labels) > 0
+    assert lab_b.sum() > 2 * lab_p.sum()
+    assert np.all(np.asarray(broad.ct.hu)[lab_b] >= 130)
+    assert np.array_equal(np.asarray(broad.labels)[lab_b & lab_p], np.asarray(plain.labels)[lab_b & lab_p])  # same arteries
+    for bad in (-0.1, 1.5):
+        with pytest.raises(InputError, match="broad_plaques"):
+            generate_study(1003, broad_plaques=bad, matrix=64, n_slices=4)
+
+
+def test_a_study_folder_of_another_broad_plaques_share_is_not_taken(tmp_path):
+    from CoronaryCalciumDINOLib.synth import write_studies
+
+    kw = dict(matrix=64, n_slices=6)
+    write_studies([4], tmp_path, broad_plaques=0.5, **kw)
+    assert write_studies([4], tmp_path, broad_plaques=0.5, **kw)  # the same share: taken as it is
+    with pytest.raises(InputError, match="broad_plaques=0.5"):
+        write_studies([4], tmp_path, **kw)
+
+
 def test_kernels_reconstruct_the_same_patient():
     """kernel: the same anatomy, plaques and noise stream; a sharp kernel raises calcium's
     peak and makes the noise finer and stronger (pixel-to-pixel differences), a smooth one

@@ -23,10 +23,11 @@ mediastinum
 bone
     3D connected regions >= :data:`BONE_HU` (on the working grid, the marrow inside a
     cortical shell filled per slice) of at least :data:`MIN_BONE_CM3`: vertebrae, sternum,
-    ribs and calcified costal cartilage joined to them. A coronary plaque, even a large one,
-    is far smaller on the working grid (its 2 mm means fall below the bone threshold except
-    in its core); aortic and valve calcification can reach that size, but they lie inside
-    the heart region, where bone is never looked for (:func:`find_anatomy`).
+    ribs and calcified costal cartilage joined to them; never a region lying wholly
+    inside the lungs' hull and apart from the image's edge (:func:`inner_calcification`):
+    heavily calcified coronary arteries, the aortic root and valves can reach a bone's size
+    on the working grid, and they are the calcium the region is for (coronary) or the
+    networks' hard negatives (aortic, valve).
 spine
     The bone regions reaching behind the lungs' posterior hull midpoint: the vertebrae and
     what joins them.
@@ -111,6 +112,10 @@ HULL_Z_MM = 10.0
 #: Working-grid HU of bone (cortex 400-1000 HU and marrow 100-300 HU average above this).
 BONE_HU = 180.0
 MIN_BONE_CM3 = 2.0
+#: A dense region lying wholly inside the lungs' hull, apart from the image's edge and of at
+#: most this volume (cm^3) is calcification of the heart and its vessels, not bone
+#: (:func:`inner_calcification`).
+INNER_MAX_CM3 = 10.0
 BONE_MARGIN_MM = 3.0
 STERNUM_Z_MM = 20.0
 #: Dense cells (>= :data:`BONE_HU`) at the front of the hull at least this wide (mm) are the
@@ -333,6 +338,30 @@ def find_bone(small: np.ndarray, cell_cm3: float, dense: np.ndarray | None = Non
     size = np.bincount(lab.ravel(), minlength=n + 1) * cell_cm3
     size[0] = 0
     return (size >= MIN_BONE_CM3)[lab]
+
+
+def inner_calcification(dense: np.ndarray, hull: np.ndarray, cell_cm3: float) -> np.ndarray:
+    """bool (z, Y, X): the 3D regions of ``dense`` (26-connected) lying wholly inside
+    ``hull``, touching no in-plane edge of the image, of at most :data:`INNER_MAX_CM3`.
+
+    Bone never does: the sternum and costal cartilages lie in front of the lungs, the ribs
+    beside them, the vertebrae's arches behind them; a vertebra or sternum cut by a
+    heart-centred field of view reaches the image's edge; and a sternum pushed into the chest
+    is far larger. What does is calcification of the heart and its vessels: heavily calcified
+    coronary arteries, whose calcium fills the vessel and runs on through many slices, can
+    join into a region of a bone's size on the working grid (a few cm^3), with the aortic
+    root or a valve's calcification even more so. The heart's front can touch the hull's
+    front edge, so nothing is asked of the distance to it."""
+    lab, n = ndimage.label(dense, structure=np.ones((3, 3, 3), bool))
+    if n == 0:
+        return np.zeros_like(dense)
+    total = np.bincount(lab.ravel(), minlength=n + 1)
+    in_hull = np.bincount(lab.ravel(), weights=hull.ravel(), minlength=n + 1)
+    keep = (in_hull >= total) & (total * cell_cm3 <= INNER_MAX_CM3)
+    edge = np.concatenate([lab[:, 0].ravel(), lab[:, -1].ravel(), lab[:, :, 0].ravel(), lab[:, :, -1].ravel()])
+    keep[edge] = False
+    keep[0] = False
+    return keep[lab]
 
 
 def soft_tissue(small: np.ndarray, where: np.ndarray, pixel_mm: tuple[float, float],
@@ -643,6 +672,8 @@ def find_anatomy(hu: np.ndarray, spacing: Sequence[float]) -> Anatomy:
     mediastinum = hull & ~_square_erode(filled, rim)
     heart = heart_levels(soft_tissue(small, mediastinum, (py, px)), min(py, px), dz)
     dense = dense_cells(small)
+    # calcification wholly inside the lungs' hull is the heart's, never bone (nor sternum)
+    dense &= ~inner_calcification(dense, hull, cell_cm3)
     bone = find_bone(small, cell_cm3, dense)
     region = mediastinum.copy()
     levels = (int(np.flatnonzero(heart)[0]), int(np.flatnonzero(heart)[-1])) if heart.any() else None

@@ -22,7 +22,10 @@ heart's structures and all calcium blobs blurred in-plane by a Gaussian of
 calcium), ``kernel`` (``"smooth"``, ``"standard"`` or ``"sharp"``: the same patient and
 noise reconstructed with that kernel, :data:`.scanner.KERNELS`: its point spread, noise
 grain and strength, and a sharp kernel's edge enhancement; the labels follow the
-reconstructed calcium; ids ``synth-<kernel>-<seed>``).
+reconstructed calcium; ids ``synth-<kernel>-<seed>``), ``broad_plaques`` (a share, 0..1:
+that share of the coronary plaques drawn broad, a calcified band round the artery as wide
+as the artery rather than a crescent on one side, as heavy real calcification is; see
+:func:`.plaques.sample_plaques`; default 0: the studies as they were, seed for seed).
 
 Small/fast mode for tests: ``generate_study(seed, matrix=128, n_slices=24)`` takes about
 0.15 s of CPU instead of about 1.1 s, with the same anatomy at a coarser pixel (the top
@@ -51,7 +54,7 @@ GENERATOR_VERSION = 1
 DEFAULT_SLICES_RANGE = (40, 80)
 MATRIX = 512
 _OVERRIDES = {"matrix", "pixel", "spacing", "thickness", "n_slices", "slices_range", "noise_sd", "p_zero",
-              "plaques", "confounders", "streaks", "keep_clean", "phantom", "non_gated", "kernel"}
+              "plaques", "confounders", "streaks", "keep_clean", "phantom", "non_gated", "kernel", "broad_plaques"}
 #: ``non_gated``: slice spacing and thickness (mm) and the range of the in-plane Gaussian
 #: sigma (mm) of cardiac motion during a non-gated acquisition.
 NON_GATED_SLICE_MM = 5.0
@@ -156,11 +159,16 @@ def render_study(seed: int, progress: Callable[[float, str], None] | None = None
     a = anatomy.sample_anatomy(r_anat)
     arteries = coronaries.build_coronaries(a, r_cor)
     p_zero = float(overrides.get("p_zero", 0.3))
-    blobs, burden = plaques.sample_plaques(r_plq, arteries, p_zero)
+    broad_share = float(overrides.get("broad_plaques", 0.0))
+    if not 0.0 <= broad_share <= 1.0:
+        raise InputError(f"broad_plaques must be a share between 0 and 1, got {broad_share}")
+    # its own stream: without broad plaques every draw (and so every study) stays as it was
+    broad = (_streams(seed, 12)[11], broad_share) if broad_share > 0 else None
+    blobs, burden = plaques.sample_plaques(r_plq, arteries, p_zero, broad)
     if overrides.get("plaques") is False:
         blobs, burden = [], 0.0
     elif overrides.get("plaques") is True and not blobs:
-        blobs, burden = plaques.sample_plaques(r_plq, arteries, 0.0)
+        blobs, burden = plaques.sample_plaques(r_plq, arteries, 0.0, broad)
     conf = plaques.sample_confounders(r_conf, a, arteries, burden)
     if overrides.get("confounders") is False:
         conf = []
@@ -259,6 +267,7 @@ def render_study(seed: int, progress: Callable[[float, str], None] | None = None
         "non_gated": non_gated, "motion_sigma_mm": motion_mm, "kernel": kernel,
         "scanner": sp, "anatomy": a, "plaque_burden": burden,
         "n_plaque_blobs": len(blobs),
+        **({"broad_plaques": broad_share} if broad_share > 0 else {}),
         "confounders": {**{k: sum(1 for b in conf if b.kind == k) for k in ("aortic_wall", "aortic_valve", "mitral_annulus")},
                         "costal_cartilage": n_cart},
         "streak_slices": streak_slices,
@@ -306,6 +315,10 @@ def _write_one(job: tuple[int, str, dict]) -> tuple[int, str, float, float, bool
             raise InputError(f"{folder} was made by synthetic generator version {made_by}; this one (version "
                              f"{GENERATOR_VERSION}) makes another study from seed {seed}: remove the folder or "
                              "write to another one")
+        broad = float(meta.get("params", {}).get("broad_plaques", 0.0))
+        if broad != float(overrides.get("broad_plaques", 0.0)):
+            raise InputError(f"{folder} was made with broad_plaques={broad:g}, not "
+                             f"{float(overrides.get('broad_plaques', 0.0)):g}: remove the folder or write to another one")
         return seed, str(folder), meta["scores"]["total"]["agatston"], 0.0, False
     t = time.perf_counter()
     study = generate_study(seed, **overrides)

@@ -26,6 +26,10 @@ from .render import Grid
 #: Share of artery choice for a coronary plaque (LM, LAD, LCX, RCA).
 ARTERY_WEIGHTS = (0.08, 0.42, 0.2, 0.3)
 SUPPORT_MAHALANOBIS = 3.0
+#: A broad plaque (``sample_plaques(broad=...)``): how many blobs it gets beyond its own
+#: (at least, at most), round the circumference, and how much wider across the vessel.
+BROAD_EXTRA_BLOBS = (1, 3)
+BROAD_WIDEN = (1.3, 1.9)
 
 
 @dataclass
@@ -47,8 +51,16 @@ def _cov(frame: np.ndarray, sig: tuple[float, float, float]) -> np.ndarray:
     return frame @ np.diag(np.square(sig)) @ frame.T
 
 
-def sample_plaques(rng: np.random.Generator, arteries: dict[str, Artery], p_zero: float) -> tuple[list[Blob], float]:
+def sample_plaques(rng: np.random.Generator, arteries: dict[str, Artery], p_zero: float,
+                   broad: tuple[np.random.Generator, float] | None = None) -> tuple[list[Blob], float]:
     """Coronary plaques: none with probability ``p_zero``, else a heavy-tailed number.
+
+    ``broad`` = (its own random stream, share): that share of the plaques is drawn *broad*,
+    as heavy real calcification is: its blobs spread round the vessel's circumference
+    (:data:`BROAD_EXTRA_BLOBS` more of them) and :data:`BROAD_WIDEN` times wider across the
+    vessel, a band as wide as the artery rather than a crescent on one side of it. Every other
+    draw comes from ``rng`` as without ``broad``, so the plaques that are not broad stay as
+    they were.
 
     Returns the blobs and the study's burden parameter (0 without plaques).
     """
@@ -67,15 +79,23 @@ def sample_plaques(rng: np.random.Generator, arteries: dict[str, Artery], p_zero
         amp = rng.uniform(250, 1300) * (0.75 + 0.25 * min(sig_n / 0.7, 1.6))
         psi = rng.uniform(0, 2 * np.pi)
         n_sub = 1 + min(rng.poisson(0.3 + 0.05 * burden), 3)
-        for j in range(n_sub):
-            k = min(max(i + int(round(j * 3 * sig_t / 0.5)), 1), len(art.points) - 2)
-            fr = _frame(art.points[k + 1] - art.points[k - 1], rng)
-            ang = psi + rng.normal(0, 0.5)
+        extra, widen = 0, 1.0
+        if broad is not None and broad[0].random() < broad[1]:
+            extra = int(broad[0].integers(BROAD_EXTRA_BLOBS[0], BROAD_EXTRA_BLOBS[1] + 1))
+            widen = float(broad[0].uniform(*BROAD_WIDEN))
+        for j in range(n_sub + extra):
+            r = rng if j < n_sub else broad[0]  # the extra blobs draw from the broad stream
+            step = j if j < n_sub else r.uniform(0, n_sub - 1) if n_sub > 1 else 0.0
+            k = min(max(i + int(round(step * 3 * sig_t / 0.5)), 1), len(art.points) - 2)
+            fr = _frame(art.points[k + 1] - art.points[k - 1], r)
+            ang = psi + r.normal(0, 0.5)
+            if extra:  # round the circumference
+                ang += 2 * np.pi * j / (n_sub + extra)
             radial = np.cos(ang) * fr[:, 1] + np.sin(ang) * fr[:, 2]
-            centre = art.points[k] + art.radius[k] * rng.uniform(0.5, 1.0) * radial
+            centre = art.points[k] + art.radius[k] * r.uniform(0.5, 1.0) * radial
             f2 = np.stack([fr[:, 0], radial, np.cross(fr[:, 0], radial)], axis=1)
-            s = (sig_t * rng.uniform(0.7, 1.2), sig_n * rng.uniform(0.6, 1.0), sig_n * rng.uniform(0.8, 1.3))
-            blobs.append(Blob(centre, _cov(f2, s), amp * rng.uniform(0.7, 1.1), ARTERY_TO_LABEL[art.name], "plaque"))
+            s = (sig_t * r.uniform(0.7, 1.2), widen * sig_n * r.uniform(0.6, 1.0), widen * sig_n * r.uniform(0.8, 1.3))
+            blobs.append(Blob(centre, _cov(f2, s), amp * r.uniform(0.7, 1.1), ARTERY_TO_LABEL[art.name], "plaque"))
     return blobs, burden
 
 
