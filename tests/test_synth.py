@@ -408,3 +408,29 @@ def test_evaluate_non_gated_table():
     assert s["risk_right"] == 0 and s["calcium_free_scored_0"] == 0
     md = table(rows)
     assert "| gated | 1 | 100 | 95 | 2 of 2 | 1 of 1 |" in md and "0 of 2 | 0 of 1 |" in md
+
+
+def test_broad_plaques_table_and_a_tiny_run():
+    """training/evaluate_broad_plaques.py: the table's figures from rows, a bad noise list
+    refused in one line, and one small study of each kind scored by the pipeline."""
+    from training import evaluate_broad_plaques as ebp
+
+    rows = [{"seed": 1, "noise_hu": 20.0, "plaques": ebp.CRESCENTS, "reference": 100.0, "model": 90.0,
+             "labelled_in_region": 50, "labelled": 50},
+            {"seed": 1, "noise_hu": 20.0, "plaques": ebp.BROAD, "reference": 400.0, "model": 100.0,
+             "labelled_in_region": 60, "labelled": 200}]
+    lines = ebp.table(rows).splitlines()
+    assert lines[2] == f"| 20 | {ebp.CRESCENTS} | 100 | 90 | 0.900 | 1 of 1 | 50 of 50 |"
+    assert lines[3] == f"| 20 | {ebp.BROAD} | 400 | 100 | 0.250 | 0 of 1 | 60 of 200 |"
+    assert ebp.parse_noise("20,x") is None and ebp.parse_noise("10, 40") == [10.0, 40.0]
+
+
+def test_region_coverage_counts_the_labelled_calcium_the_networks_see():
+    from training.evaluate_broad_plaques import region_coverage
+
+    from CoronaryCalciumDINOLib.pipeline import load_manifest
+
+    st = generate_study(610002, matrix=256, broad_plaques=1.0, plaques=True)
+    inside, labelled = region_coverage(st, load_manifest(None))
+    assert labelled == int((np.asarray(st.labels) > 0).sum()) > 1000  # the study lies in the cardiac range
+    assert inside == labelled

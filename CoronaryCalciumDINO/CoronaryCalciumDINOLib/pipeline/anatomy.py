@@ -672,9 +672,9 @@ def find_anatomy(hu: np.ndarray, spacing: Sequence[float]) -> Anatomy:
     mediastinum = hull & ~_square_erode(filled, rim)
     heart = heart_levels(soft_tissue(small, mediastinum, (py, px)), min(py, px), dz)
     dense = dense_cells(small)
-    # calcification wholly inside the lungs' hull is the heart's, never bone (nor sternum)
-    dense &= ~inner_calcification(dense, hull, cell_cm3)
-    bone = find_bone(small, cell_cm3, dense)
+    # calcification wholly inside the lungs' hull is the heart's, never bone; the dense cells
+    # stay as they are for a thin sternum (it must be wide and near the body's front)
+    bone = find_bone(small, cell_cm3, dense & ~inner_calcification(dense, hull, cell_cm3))
     region = mediastinum.copy()
     levels = (int(np.flatnonzero(heart)[0]), int(np.flatnonzero(heart)[-1])) if heart.any() else None
     region[_cardiac_range(levels, nz, dz)[1]:] = False  # a chest CT: nothing above the aortic root's range
