@@ -83,13 +83,14 @@ def test_a_heavily_calcified_coronary_artery_the_size_of_a_bone_stays_heart_regi
         assert not keep[_candidate_at(c, y, x)], (y, x)
 
 
-def test_inner_calcification_lies_inside_the_hull_away_from_the_image_edge_and_is_smaller_than_bone():
-    hull = np.zeros((12, 40, 40), bool)
-    hull[:, 5:40, 5:35] = True  # reaching the image's back edge, as in a heart-centred view
+def test_inner_calcification_lies_inside_the_hull_away_from_the_image_edge_and_the_spine():
+    hull = np.zeros((12, 60, 40), bool)
+    hull[:, 5:60, 5:35] = True  # reaching the image's back edge, as in a heart-centred view
     dense = np.zeros_like(hull)
     dense[2:4, 15:17, 15:17] = True  # inside: the heart's calcium
     dense[2:4, 3:7, 25:27] = True  # crossing the hull's front edge: sternum, cartilage
-    dense[2:4, 36:40, 20:22] = True  # inside the hull but at the image's edge: a vertebra cut by the view
+    dense[2:4, 55:58, 8:10] = True  # inside the hull, 2 cells from the image's edge: a bone cut by the view
+    dense[2:4, 47:50, 20:22] = True  # inside the hull, in its back quarter: a vertebral body, a rib head
     dense[0:12, 20:32, 6:12] = True  # inside, but far larger than calcium: bone
     cell = INNER_MAX_CM3 / 100.0  # so the last region (864 cells) is over the limit, the others (8-16) under
     inner = inner_calcification(dense, hull, cell)

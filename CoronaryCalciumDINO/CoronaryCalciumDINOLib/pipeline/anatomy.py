@@ -116,6 +116,9 @@ MIN_BONE_CM3 = 2.0
 #: most this volume (cm^3) is calcification of the heart and its vessels, not bone
 #: (:func:`inner_calcification`).
 INNER_MAX_CM3 = 10.0
+#: ... and apart from the image's in-plane edge by more than this many working cells (a bone
+#: leaving the field of view obliquely can fall below :data:`BONE_HU` in the edge cell).
+INNER_EDGE_CELLS = 2
 BONE_MARGIN_MM = 3.0
 STERNUM_Z_MM = 20.0
 #: Dense cells (>= :data:`BONE_HU`) at the front of the hull at least this wide (mm) are the
@@ -342,24 +345,36 @@ def find_bone(small: np.ndarray, cell_cm3: float, dense: np.ndarray | None = Non
 
 def inner_calcification(dense: np.ndarray, hull: np.ndarray, cell_cm3: float) -> np.ndarray:
     """bool (z, Y, X): the 3D regions of ``dense`` (26-connected) lying wholly inside
-    ``hull``, touching no in-plane edge of the image, of at most :data:`INNER_MAX_CM3`.
+    ``hull``, of at most :data:`INNER_MAX_CM3`, reaching neither the image's in-plane edge
+    (within :data:`INNER_EDGE_CELLS`) nor the back quarter of the hull's rows on any slice
+    (where ``_chest_wall_limits`` looks for the spine: the vertebral bodies and the rib
+    heads beside them lie inside the hull there).
 
-    Bone never does: the sternum and costal cartilages lie in front of the lungs, the ribs
-    beside them, the vertebrae's arches behind them; a vertebra or sternum cut by a
-    heart-centred field of view reaches the image's edge; and a sternum pushed into the chest
-    is far larger. What does is calcification of the heart and its vessels: heavily calcified
-    coronary arteries, whose calcium fills the vessel and runs on through many slices, can
-    join into a region of a bone's size on the working grid (a few cm^3), with the aortic
-    root or a valve's calcification even more so. The heart's front can touch the hull's
-    front edge, so nothing is asked of the distance to it."""
+    Bone does not lie wholly inside the hull elsewhere: the costal cartilages and ribs lie
+    in front of and beside the lungs, the vertebrae's arches behind them, and a bone cut by
+    a heart-centred field of view reaches the image's edge. What does is calcification of
+    the heart and its vessels: heavily calcified coronary arteries, whose calcium fills the
+    vessel and runs on through many slices, can join into a region of a bone's size on the
+    working grid (a few cm^3), with the aortic root or a valve's calcification even more so.
+    The heart's front lies in the hull's front quarter and can touch its front edge, so
+    nothing is asked there: a sternum pushed into the chest (pectus excavatum) that lies
+    wholly inside the hull is left to the thin-sternum rule of ``_chest_wall_limits``,
+    which sees every dense cell and keeps the region behind it."""
     lab, n = ndimage.label(dense, structure=np.ones((3, 3, 3), bool))
     if n == 0:
         return np.zeros_like(dense)
     total = np.bincount(lab.ravel(), minlength=n + 1)
     in_hull = np.bincount(lab.ravel(), weights=hull.ravel(), minlength=n + 1)
     keep = (in_hull >= total) & (total * cell_cm3 <= INNER_MAX_CM3)
-    edge = np.concatenate([lab[:, 0].ravel(), lab[:, -1].ravel(), lab[:, :, 0].ravel(), lab[:, :, -1].ravel()])
-    keep[edge] = False
+    e = INNER_EDGE_CELLS
+    out = np.zeros(dense.shape, bool)
+    out[:, :e] = out[:, -e:] = True
+    out[:, :, :e] = out[:, :, -e:] = True
+    rows, cols = np.arange(dense.shape[1])[:, None], np.arange(dense.shape[2])[None, :]
+    for k in np.flatnonzero(hull.any(axis=(1, 2))):
+        ys = np.flatnonzero(hull[k].any(axis=1))
+        out[k] |= rows > ys[-1] - 0.25 * (ys[-1] - ys[0] + 1)
+    keep[lab[out]] = False
     keep[0] = False
     return keep[lab]
 
