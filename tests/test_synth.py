@@ -436,3 +436,17 @@ def test_region_coverage_counts_the_labelled_calcium_the_networks_see():
     inside, labelled = region_coverage(st, load_manifest(None))
     assert labelled == int((np.asarray(st.labels) > 0).sum()) > 1000  # the study lies in the cardiac range
     assert inside == labelled
+
+
+def test_cli_synth_broad_plaques(tmp_path):
+    cmd = [sys.executable, "-m", "CoronaryCalciumDINOLib.cli", "synth", "--n", "1", "--seed", "4",
+           "--out", str(tmp_path), "--matrix", "48", "--slices-range", "8", "10", "--broad-plaques", "0.5"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert load_study(tmp_path / "synth-000004").meta["params"]["broad_plaques"] == 0.5
+    for extra in (["--phantoms"], ["--broad-plaques", "2"]):
+        bad = subprocess.run(cmd + extra, capture_output=True, text=True, timeout=300)
+        assert bad.returncode == 2 and "--broad-plaques" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    # the folder holds a study of another share: refused, not taken
+    other = subprocess.run(cmd[:-1] + ["0.2"], capture_output=True, text=True, timeout=300)
+    assert other.returncode == 2 and "broad_plaques=0.5" in other.stderr

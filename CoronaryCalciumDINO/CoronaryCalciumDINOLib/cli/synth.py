@@ -31,6 +31,9 @@ def register(sub) -> None:
     p.add_argument("--kernel", choices=("smooth", "standard", "sharp"), default=None,
                    help="reconstruct with this kernel (point spread, noise grain and strength, a sharp kernel's "
                         "edge enhancement; ids synth-<kernel>-<seed>); default: the body kernel each study draws")
+    p.add_argument("--broad-plaques", type=float, default=None, metavar="SHARE",
+                   help="draw this share (0-1) of the plaques broad: a band of calcium filling the artery, as "
+                        "heavy calcification is (default 0; write them to their own folder: the ids stay synth-<seed>)")
     p.add_argument("--phantoms", action="store_true",
                    help="calcium-scoring phantoms (a thorax phantom with a calcification insert; folders "
                         "synth-phantom-<seed>) instead of patients")
@@ -66,6 +69,12 @@ def run(args: argparse.Namespace) -> int:
         if args.phantoms:
             raise InputError("--kernel applies to patients' studies; it does not apply to --phantoms")
         overrides["kernel"] = args.kernel
+    if args.broad_plaques is not None:
+        if args.phantoms:
+            raise InputError("--broad-plaques applies to patients' studies; it does not apply to --phantoms")
+        if not 0.0 <= args.broad_plaques <= 1.0:
+            raise InputError(f"--broad-plaques must be a share between 0 and 1, got {args.broad_plaques:g}")
+        overrides["broad_plaques"] = args.broad_plaques
     t0 = time.perf_counter()
     n = args.n
 
