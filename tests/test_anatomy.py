@@ -83,6 +83,30 @@ def test_a_heavily_calcified_coronary_artery_the_size_of_a_bone_stays_heart_regi
         assert not keep[_candidate_at(c, y, x)], (y, x)
 
 
+def test_vertebrae_inside_a_heart_centred_view_stay_bone_beside_a_heavily_calcified_artery():
+    """A heart-centred view (the body fills the image, the lungs reach its back edge, an odd
+    image size): the vertebral bodies lie inside the lungs' hull, split by their discs into
+    pieces of 5.7 cm^3, none reaching the image's edge; the hull's back quarter keeps them
+    bone (and the spine the region's back limit), while an artery filled with calcium on the
+    heart's front (4.5 cm^3) is heart region."""
+    s = np.full((201, 261), -100.0, np.float32)  # the body fills the view: fat
+    s[_ellipse(s.shape, 120, 60, 90, 45)] = -850.0  # lungs, cut by the view's back edge
+    s[_ellipse(s.shape, 120, 200, 90, 45)] = -850.0
+    s[_ellipse(s.shape, 95, 130, 45, 42)] = 40.0  # heart
+    hu = np.repeat(s[None], 30, axis=0)
+    for k in range(30):
+        if k % 4 != 3:  # a disc every fourth slice
+            _bone(hu[k], 170, 130, 10, 12)
+    hu[2:27, 58:64, 140:146] = 600.0  # the calcified artery
+    an = find_anatomy(hu, SPACING)
+    assert an.found
+    for z in (1, 13, 25):
+        assert an.on_bone(np.array([z]), np.array([170]), np.array([130]))[0], z
+    assert not an.on_bone(np.array([10]), np.array([60]), np.array([142]))[0]
+    assert an.in_region(np.array([10]), np.array([60]), np.array([142]))[0]
+    assert not an.in_region(np.array([10]), np.array([170]), np.array([130]))[0]
+
+
 def test_inner_calcification_lies_inside_the_hull_away_from_the_image_edge_and_the_spine():
     hull = np.zeros((12, 60, 40), bool)
     hull[:, 5:60, 5:35] = True  # reaching the image's back edge, as in a heart-centred view
