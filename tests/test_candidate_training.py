@@ -220,3 +220,44 @@ def test_noise_rule_fit_uses_the_neighbouring_slices():
     assert res["with_rule"]["power_of_zero"] == 1.0 and res["with_rule"]["risk_accuracy"] == 1.0
     assert 1.0 < res["rule"]["min_neighbour_sd"] <= 6.0
     assert res["without_rule"]["risk_accuracy"] == pytest.approx(2 / 3)
+
+
+def test_retrain_segmenter_keeps_the_rest_of_the_bundle(tiny_cache, tmp_path, capsys):
+    """training/retrain_segmenter.py: a new segmenter trained on a cache, the backbone,
+    detector, threshold, noise rule and phantom head the bundle's own, tensor for tensor;
+    the shipped folder, an existing --out and a cache of other candidates are refused."""
+    from safetensors.torch import load_file
+
+    from CoronaryCalciumDINOLib.models.bundle import DEFAULT_BUNDLE_DIR, load_bundle, save_random_bundle
+    from training import retrain_segmenter
+
+    _, cache = tiny_cache
+    src = save_random_bundle(tmp_path / "src", phantom=True)
+    out = tmp_path / "out"
+    assert retrain_segmenter.main(["--bundle", str(src), "--train", str(cache), "--val", str(cache),
+                                   "--out", str(out), "--steps", "3", "--threads", "1", "--device", "cpu"]) == 0
+    b, a = load_bundle(out), load_bundle(src)
+    assert b.version == "0-seg" and "segmenter retrained" in b.manifest["trained_on"]
+    assert b.manifest["metrics"]["segmenter_retrained"]["steps"] == 3
+    assert b.manifest["metrics"]["segmenter_retrained"]["validation"]["candidates"] > 0
+    assert b.threshold == a.threshold and b.manifest["candidates"] == a.manifest["candidates"]
+    for part in ("backbone", "detector", "phantom_detector"):
+        old, new = load_file(src / f"{part}-00.safetensors"), load_file(out / f"{part}-00.safetensors")
+        assert old.keys() == new.keys() and all(bool((old[k] == new[k]).all()) for k in old), part
+    old, new = load_file(src / "segmenter-00.safetensors"), load_file(out / "segmenter-00.safetensors")
+    assert any(not bool((old[k] == new[k]).all()) for k in old if k in new)
+    capsys.readouterr()
+    common = ["--bundle", str(src), "--train", str(cache), "--steps", "1", "--device", "cpu"]
+    assert retrain_segmenter.main(common + ["--out", str(out)]) == 2
+    assert retrain_segmenter.main(common + ["--out", str(DEFAULT_BUNDLE_DIR), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "exists (use --overwrite)" in err and "shipped bundle's folder" in err
+
+
+def test_retrain_segmenter_names_the_candidate_setting_a_cache_differs_in():
+    from training.retrain_segmenter import mismatch
+
+    cfg = CandidateConfig().to_dict()
+    assert mismatch(cfg, dict(cfg)) is None
+    assert mismatch(cfg, {**cfg, "crop_px": 24}).startswith("crop_px (bundle 32, cache 24)")
+    assert mismatch(cfg, {**cfg, "windows": [[-160, 240]]}).startswith("windows")

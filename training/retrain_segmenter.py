@@ -1,0 +1,150 @@
+"""A bundle with its segmenter trained again on a candidate cache; the rest of it kept.
+
+    python -m training.retrain_segmenter --bundle B --train T.npz [--val V.npz] --out OUT
+        [--steps 2000] [--seed 0] [--version V] [--name N] [--overwrite] [--device auto]
+
+The segmenter (the per-artery 2D UNet on candidate crops) is trained as the recipe's
+supervised stage trains it (:func:`training.train_candidates.train_segmenter`, the
+architecture of the bundle's own segmenter) on a cache of :mod:`training.candidate_data`
+(e.g. built from other studies, or from studies with broad plaques). The backbone, the
+detector and its threshold, the noise rule and the phantom head are the bundle's, unchanged.
+The cache must hold the bundle's own candidates (crop size, pixel, HU windows, threshold and
+context); a segmenter trained on other crops would be given inputs it never saw.
+
+Written: a bundle folder ``OUT`` (name and version from the bundle unless given; its manifest
+says what was retrained and on what; the bundle's metrics are not carried over, as they
+measured the old segmenter: measure the new bundle, e.g. ``ccdino evaluate --bundle OUT``).
+The shipped bundle's folder is never written. With ``--val``, the segmenter's figures on the
+validation cache are printed and recorded: the share of coronary candidates it calls calcium
+(mean probability over the candidate >= 0.5, as the pipeline decides) and of the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):
+    sys.path.insert(0, str(REPO))
+    try:
+        import CoronaryCalciumDINOLib  # noqa: F401
+    except ImportError:
+        sys.path.insert(0, str(REPO / "CoronaryCalciumDINO"))
+
+#: Candidate settings a cache must share with the bundle.
+SAME_CANDIDATES = ("threshold_hu", "min_area_mm2", "field_mm", "crop_px", "pixel_mm", "windows", "context")
+
+
+def _error(msg: str) -> int:
+    print(f"retrain_segmenter: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def mismatch(bundle_candidates: dict, cache_config: dict) -> str | None:
+    """The first candidate setting in which a cache differs from the bundle (None: none)."""
+    for key in SAME_CANDIDATES:
+        a, b = bundle_candidates.get(key), cache_config.get(key)
+        if key == "windows":
+            a, b = [list(map(float, w)) for w in a or []], [list(map(float, w)) for w in b or []]
+        if a != b:
+            return f"{key} (bundle {a!r}, cache {b!r})"
+    return None
+
+
+def validation_figures(net, val: dict) -> dict:
+    from training.train_candidates import segmenter_candidate_probs
+
+    p = 1.0 - segmenter_candidate_probs(net, val, val["masks"])[:, 0]
+    pos = val["target"] > 0
+    return {"candidates": int(pos.size), "coronary": int(pos.sum()),
+            "coronary_called_calcium": float((p[pos] >= 0.5).mean()) if pos.any() else None,
+            "others_called_calcium": float((p[~pos] >= 0.5).mean()) if (~pos).any() else None}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.retrain_segmenter", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bundle", default=None, metavar="PATH", help="bundle to start from (default: the default bundle)")
+    ap.add_argument("--train", required=True, type=Path, help="training cache (training.candidate_data)")
+    ap.add_argument("--val", type=Path, default=None, help="validation cache: figures printed and recorded")
+    ap.add_argument("--out", required=True, type=Path, help="new bundle folder")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    ap.add_argument("--steps", type=int, default=2000, help="segmenter steps (default 2000, the recipe's)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--name", default=None, help="bundle name (default: the bundle's)")
+    ap.add_argument("--version", default=None, help="bundle version (default: the bundle's + '-seg')")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args(argv)
+    from CoronaryCalciumDINOLib.errors import CCDinoError
+    from CoronaryCalciumDINOLib.models.bundle import DEFAULT_BUNDLE_DIR, MODEL_CARD, load_bundle, save_bundle
+
+    if args.out.resolve() == Path(DEFAULT_BUNDLE_DIR).resolve():
+        return _error(f"--out {args.out} is the shipped bundle's folder; give another one")
+    if args.out.exists() and not args.overwrite:
+        return _error(f"--out {args.out} exists (use --overwrite)")
+    if args.steps < 1:
+        return _error("--steps must be >= 1")
+    for cache in (args.train, args.val):
+        if cache is not None and not cache.is_file():
+            return _error(f"no cache file {cache}")
+    import torch
+
+    from training.candidate_data import load_cache
+    from training.train_candidates import segmenter_config, train_segmenter
+
+    torch.set_num_threads(max(1, args.threads))
+    try:
+        b = load_bundle(args.bundle)
+    except CCDinoError as exc:
+        return _error(str(exc).splitlines()[0])
+    m = b.manifest
+    train = load_cache(args.train)
+    val = load_cache(args.val) if args.val is not None else None
+    for name, cache in (("--train", train), ("--val", val)):
+        if cache is not None:
+            bad = mismatch(m["candidates"], cache["meta"]["config"])
+            if bad:
+                return _error(f"{name} holds other candidates than the bundle's: {bad}")
+    if not (train["target"] > 0).any():
+        return _error("--train holds no coronary candidate")
+    cfg = segmenter_config(train, tuple(m["segmenter"]["channels"]))
+    t0 = time.perf_counter()
+    net = train_segmenter(train, cfg, steps=args.steps, seed=args.seed, device=args.device)
+    seconds = time.perf_counter() - t0
+    what = {"train_cache": str(args.train), "train_candidates": int(train["target"].size),
+            "train_studies": len(train["meta"].get("studies", [])), "steps": args.steps, "seed": args.seed,
+            "seconds": round(seconds, 1), "from_bundle": f"{m['name']} {m['version']}", "from_sha256": b.sha256,
+            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    if val is not None:
+        what["validation"] = validation_figures(net, val)
+        print("segmenter (validation):", what["validation"])
+    version = args.version or f"{m['version']}-seg"
+    name = args.name or m["name"]
+    note = (f"segmenter retrained on {what['train_studies']} studies' candidates ({args.train.name}, "
+            f"{args.steps} steps, seed {args.seed}); backbone, detector, threshold, noise rule and phantom head "
+            f"those of {m['name']} {m['version']}")
+    old_card = (b.path / MODEL_CARD).read_text(encoding="utf-8") if (b.path / MODEL_CARD).is_file() else ""
+    card = (f"# {name} {version}\n\n{note}. Its metrics are not those of {m['name']} {m['version']}: measure "
+            f"it again.\n\n## The bundle it started from\n\n{old_card}")
+    try:
+        out = save_bundle(
+            args.out, name=name, version=version, trained_on=f"{m['trained_on']}; {note}",
+            not_validated_on=m["not_validated_on"], backbone_config=m["backbone"],
+            backbone_state=b.backbone.state_dict(), detector_state=b.detector.state_dict(),
+            detector_info=m["detector"], segmenter_config=cfg.to_dict(), segmenter_state=net.state_dict(),
+            candidates=m["candidates"], noise_rule=m.get("noise_rule"),
+            phantom_state=None if b.phantom_detector is None else b.phantom_detector.state_dict(),
+            phantom_info=m.get("phantom_detector"), scoring_threshold_hu=float(m["scoring"]["threshold_hu"]),
+            metrics={"segmenter_retrained": what}, model_card=card, overwrite=args.overwrite)
+    except CCDinoError as exc:
+        return _error(str(exc).splitlines()[0])
+    print(f"wrote {out} ({name} {version}; segmenter trained in {seconds:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
