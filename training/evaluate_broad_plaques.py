@@ -19,7 +19,6 @@ The default seeds are apart from every seed the bundle recipe trains, calibrates
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -33,7 +32,7 @@ if __package__ in (None, ""):
     except ImportError:
         sys.path.insert(0, str(REPO / "CoronaryCalciumDINO"))
 
-from training.evaluate_kernels import parse_seeds, summary  # noqa: E402
+from training.evaluate_kernels import parse_seeds, summary, write_results  # noqa: E402
 
 CRESCENTS = "crescents (as drawn)"
 BROAD = "broad (every plaque)"
@@ -137,17 +136,11 @@ def main(argv=None) -> int:
     print(head)
     print(text)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        cmd = "python training/evaluate_broad_plaques.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        out.with_suffix(".md").write_text(
-            f"# Synthetic patients with broad plaques (calcium filling the artery)\n\n- {head}\n"
-            f"- command: `{cmd.strip()}`\n\n{text}\n", encoding="utf-8")
-        out.with_suffix(".json").write_text(json.dumps({
-            "model": bundle.model_info(), "seeds": [seeds.start, seeds.stop], "noise_hu": levels, "rows": rows,
-            "summary": {f"{n:g}": {k: figures(rows, n, k) for k in (CRESCENTS, BROAD)} for n in levels},
-        }, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+        write_results(Path(args.out), "Synthetic patients with broad plaques (calcium filling the artery)",
+                      "evaluate_broad_plaques.py", argv, [head], text, {
+                          "model": bundle.model_info(), "seeds": [seeds.start, seeds.stop], "noise_hu": levels,
+                          "rows": rows,
+                          "summary": {f"{n:g}": {k: figures(rows, n, k) for k in (CRESCENTS, BROAD)} for n in levels}})
     return 0
 
 

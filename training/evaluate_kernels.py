@@ -137,19 +137,26 @@ def main(argv=None) -> int:
     print(head)
     print(text)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        cmd = "python training/evaluate_kernels.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        out.with_suffix(".md").write_text(
-            f"# Synthetic held-out studies reconstructed with other kernels\n\n- {head}\n- command: `{cmd.strip()}`\n"
-            f"- kernels: {json.dumps({k: KERNELS[k] for k in kernels})}\n\n{text}\n", encoding="utf-8")
-        out.with_suffix(".json").write_text(json.dumps({
-            "model": bundle.model_info(), "seeds": [start, end], "kernels": {k: KERNELS[k] for k in kernels},
-            "rows": [{"seed": s, "reconstruction": r, "reference": ref, "model": ai} for s, r, ref, ai in rows],
-            "summary": {r: summary(rows, r) for r in dict.fromkeys(x[1] for x in rows)},
-        }, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+        write_results(Path(args.out), "Synthetic held-out studies reconstructed with other kernels", "evaluate_kernels.py",
+                      argv, [head, f"kernels: {json.dumps({k: KERNELS[k] for k in kernels})}"], text, {
+                          "model": bundle.model_info(), "seeds": [start, end],
+                          "kernels": {k: KERNELS[k] for k in kernels},
+                          "rows": [{"seed": s, "reconstruction": r, "reference": ref, "model": ai}
+                                   for s, r, ref, ai in rows],
+                          "summary": {r: summary(rows, r) for r in dict.fromkeys(x[1] for x in rows)}})
     return 0
+
+
+def write_results(out: Path, title: str, script: str, argv, lines: list[str], text: str, doc: dict) -> None:
+    """``OUT.md`` (the title, ``lines`` as a list with the command after the first, the table
+    ``text``) and ``OUT.json`` (``doc``) of a training script ``script`` run with ``argv``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = f"python training/{script} " + " ".join(argv if argv is not None else sys.argv[1:])
+    items = [lines[0], f"command: `{cmd.strip()}`", *lines[1:]]
+    out.with_suffix(".md").write_text(f"# {title}\n\n" + "".join(f"- {x}\n" for x in items) + f"\n{text}\n",
+                                      encoding="utf-8")
+    out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
 
 
 if __name__ == "__main__":
