@@ -23,11 +23,12 @@ mediastinum
 bone
     3D connected regions >= :data:`BONE_HU` (on the working grid, the marrow inside a
     cortical shell filled per slice) of at least :data:`MIN_BONE_CM3`: vertebrae, sternum,
-    ribs and calcified costal cartilage joined to them; never a region lying wholly
-    inside the lungs' hull and apart from the image's edge (:func:`inner_calcification`):
-    heavily calcified coronary arteries, the aortic root and valves can reach a bone's size
-    on the working grid, and they are the calcium the region is for (coronary) or the
-    networks' hard negatives (aortic, valve).
+    ribs and calcified costal cartilage joined to them; never a region of at most
+    :data:`INNER_MAX_CM3` lying wholly inside the lungs' hull, apart from the image's edge
+    and out of the hull's back quarter (:func:`inner_calcification`): heavily calcified
+    coronary arteries, the aortic root and valves can reach a bone's size on the working
+    grid, and they are the calcium the region is for (coronary) or the networks' hard
+    negatives (aortic, valve).
 spine
     The bone regions reaching behind the lungs' posterior hull midpoint: the vertebrae and
     what joins them.
@@ -112,9 +113,9 @@ HULL_Z_MM = 10.0
 #: Working-grid HU of bone (cortex 400-1000 HU and marrow 100-300 HU average above this).
 BONE_HU = 180.0
 MIN_BONE_CM3 = 2.0
-#: A dense region lying wholly inside the lungs' hull, apart from the image's edge and of at
-#: most this volume (cm^3) is calcification of the heart and its vessels, not bone
-#: (:func:`inner_calcification`).
+#: A dense region of at most this volume (cm^3) lying wholly inside the lungs' hull, apart
+#: from the image's edge and out of the hull's back quarter, is calcification of the heart
+#: and its vessels, not bone (:func:`inner_calcification`).
 INNER_MAX_CM3 = 10.0
 #: ... and apart from the image's in-plane edge by more than this many working cells (a bone
 #: leaving the field of view obliquely can fall below :data:`BONE_HU` in the edge cell).

@@ -315,10 +315,10 @@ def _write_one(job: tuple[int, str, dict]) -> tuple[int, str, float, float, bool
             raise InputError(f"{folder} was made by synthetic generator version {made_by}; this one (version "
                              f"{GENERATOR_VERSION}) makes another study from seed {seed}: remove the folder or "
                              "write to another one")
-        broad = float(meta.get("params", {}).get("broad_plaques", 0.0))
-        if broad != float(overrides.get("broad_plaques", 0.0)):
-            raise InputError(f"{folder} was made with broad_plaques={broad:g}, not "
-                             f"{float(overrides.get('broad_plaques', 0.0)):g}: remove the folder or write to another one")
+        made, asked = (float(d.get("broad_plaques", 0.0)) for d in (meta.get("params", {}), overrides))
+        if made != asked:
+            raise InputError(f"{folder} was made with broad_plaques={made:g}, not {asked:g}: remove the folder "
+                             "or write to another one")
         return seed, str(folder), meta["scores"]["total"]["agatston"], 0.0, False
     t = time.perf_counter()
     study = generate_study(seed, **overrides)

@@ -84,8 +84,11 @@ def sample_plaques(rng: np.random.Generator, arteries: dict[str, Artery], p_zero
             extra = int(broad[0].integers(BROAD_EXTRA_BLOBS[0], BROAD_EXTRA_BLOBS[1] + 1))
             widen = float(broad[0].uniform(*BROAD_WIDEN))
         for j in range(n_sub + extra):
-            r = rng if j < n_sub else broad[0]  # the extra blobs draw from the broad stream
-            step = j if j < n_sub else r.uniform(0, n_sub - 1) if n_sub > 1 else 0.0
+            if j < n_sub:  # the plaque's own blobs, one after the other along the vessel
+                r, step = rng, float(j)
+            else:  # an extra blob: from the broad stream, somewhere along the plaque's own
+                r = broad[0]
+                step = r.uniform(0, n_sub - 1) if n_sub > 1 else 0.0
             k = min(max(i + int(round(step * 3 * sig_t / 0.5)), 1), len(art.points) - 2)
             fr = _frame(art.points[k + 1] - art.points[k - 1], r)
             ang = psi + r.normal(0, 0.5)
