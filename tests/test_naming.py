@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from CoronaryCalciumDINOLib.pipeline.naming import LCX_DEG, LM_MM, name_arteries, name_by_aorta
+from CoronaryCalciumDINOLib.pipeline.naming import (
+    LCX_DEG,
+    LM_MM,
+    ROOT_ZONE_BELOW_MM,
+    ROOT_ZONE_MM,
+    name_arteries,
+    name_by_aorta,
+    name_with_source,
+    root_zone,
+)
 
 SPACING = (3.0, 1.0, 1.0)
 AXIS = np.tile([100.0, 100.0], (12, 1))  # the aorta's centre (row, column) on every slice
@@ -63,7 +72,7 @@ def test_the_side_of_each_lesion_is_the_segmenters_and_the_left_branch_the_aorta
 
     lab = np.zeros((12, 200, 200), np.uint8)
     _lesion(lab, 3, 85, 75, code=4)  # RCA, right of the aorta, in front
-    lab[2, 84:87, 60:80] = 4  # a long proximal RCA (most of the calcium agrees on the side)
+    lab[2, 80:83, 50:70] = 4  # a long RCA past the root's zone (most of the calcium agrees on the side)
     _lesion(lab, 1, 140, 110, code=4)  # the RCA's posterior descending branch, left of the centre, behind
     _lesion(lab, 6, 105, 120, code=3)  # the segmenter's LCX at the root, 20.6 mm left: LM
     _lesion(lab, 2, 60, 140, code=3)  # the segmenter's LCX, left and in front: LAD
@@ -72,9 +81,76 @@ def test_the_side_of_each_lesion_is_the_segmenters_and_the_left_branch_the_aorta
     an = Anatomy((12, 200, 200), (2, 2), True, empty, empty, empty, (0, ROOT), AXIS, R)
     out, source = name_with_source(lab, an, SPACING)
     assert source == "aorta"
-    assert out[1, 140, 110] == 4 and out[3, 85, 75] == 4 and (out[2, 84:87, 60:80] == 4).all()
+    assert out[1, 140, 110] == 4 and out[3, 85, 75] == 4 and (out[2, 80:83, 50:70] == 4).all()
     assert out[6, 105, 120] == 1 and out[2, 60, 140] == 2
     assert np.array_equal(out > 0, lab > 0)
+
+
+def _anatomy(shape=(12, 200, 200)):
+    from CoronaryCalciumDINOLib.pipeline.anatomy import Anatomy
+
+    empty = np.zeros((shape[0], shape[1] // 2, shape[2] // 2), bool)
+    return Anatomy(shape, (2, 2), True, empty, empty, empty, (0, ROOT), AXIS, R)
+
+
+def test_the_root_zone_is_the_lesions_near_the_aortas_wall_at_the_root_to_its_left_or_right():
+    assert (ROOT_ZONE_MM, ROOT_ZONE_BELOW_MM) == (20.0, 10.0)
+    lab = np.zeros((12, 200, 200), np.uint8)
+    lab[7, 99:102, 135:137] = 2  # left, its nearest voxel 20 mm beyond the wall: in
+    lab[8, 99:102, 137:150] = 3  # left, its nearest voxel 22 mm beyond the wall: out
+    lab[2, 99:102, 120:125] = 2  # left, 5 mm beyond the wall, 9 mm below the root: in
+    lab[11, 99:102, 60:66] = 4  # right, 20 mm beyond the wall, above the root: in
+    lab[4, 140:143, 100:103] = 4  # behind the root, 25 mm beyond the wall: out
+    lab[6, 75:78, 99:102] = 4  # in front of the root, 8 mm beyond the wall: out (the side is unclear there)
+    lab[6, 120:123, 110:113] = 3  # behind and to the left, more behind: out
+    lab[6, 110:113, 120:123] = 3  # to the left and behind, more to the left: in
+    zone = root_zone(lab, AXIS, R, ROOT, SPACING)
+    assert zone[7, 99:102, 135:137].all() and not zone[8].any()
+    assert zone[2, 99:102, 120:125].all() and zone[11, 99:102, 60:66].all()
+    assert not zone[4].any() and not zone[6, 75:78].any() and not zone[6, 120:123].any()
+    assert zone[6, 110:113, 120:123].all()
+    assert np.array_equal(zone, zone & (lab > 0))
+    deeper = np.zeros_like(lab)
+    deeper[1, 99:102, 120:125] = 2
+    assert not root_zone(deeper, AXIS, R, ROOT, SPACING).any()  # 12 mm below the root: out
+    assert root_zone(deeper, AXIS, R, None, SPACING).any()  # no top heart level: any slice
+
+
+def test_a_proximal_lesion_takes_the_aortas_side_where_the_segmenter_gives_another():
+    """The segmenter calls a calcification leaving the root towards the patient's left RCA
+    (as segmenters trained alike did on real dev scan 3): near the root, the side is the
+    aorta's; away from it the segmenter's side stays, and only those lesions decide whether
+    the aorta is trusted. Before the root's zone, this lesion's 9 voxels made the sides
+    disagree on 19 % of the calcium: the aorta was trusted and the lesion stayed RCA."""
+    lab = np.zeros((12, 200, 200), np.uint8)
+    _lesion(lab, 6, 105, 130, code=4)  # 15 mm beyond the wall, left, at the root: the segmenter's RCA
+    lab[2, 80:83, 50:70] = 4  # a long RCA, right and in front, 21 mm beyond the wall
+    _lesion(lab, 2, 60, 150, code=3)  # left and in front, far from the root: LAD
+    _lesion(lab, 1, 140, 110, code=4)  # the posterior descending branch, left of the centre: RCA
+    out, source = name_with_source(lab, _anatomy(), SPACING)
+    assert source == "aorta"
+    assert out[6, 105, 130] == 2  # left tree: 30.4 mm from the centre (past the left main), to the left: LAD
+    assert (out[2, 80:83, 50:70] == 4).all() and out[1, 140, 110] == 4 and out[2, 60, 150] == 2
+    assert np.array_equal(out > 0, lab > 0)
+
+
+def test_where_the_other_lesions_disagree_every_name_is_the_segmenters():
+    lab = np.zeros((12, 200, 200), np.uint8)
+    _lesion(lab, 6, 105, 130, code=4)  # in the root's zone: the aorta would say left
+    lab[2, 80:83, 50:70] = 2  # right of the aorta, far from it, but the segmenter's LAD
+    _lesion(lab, 2, 60, 150, code=3)
+    out, source = name_with_source(lab, _anatomy(), SPACING)
+    assert source == "segmenter: the aorta disagrees"
+    assert out[6, 105, 130] == 4 and (out[2, 80:83, 50:70] == 2).all() and out[2, 60, 150] == 3
+
+
+def test_calcium_only_near_the_root_is_named_from_the_aorta():
+    lab = np.zeros((12, 200, 200), np.uint8)
+    _lesion(lab, 6, 105, 120, code=4)  # the segmenter's RCA, 5.6 mm beyond the wall on the left: LM
+    _lesion(lab, 6, 85, 80, code=2)  # the segmenter's LAD, right and in front of the root: RCA
+    out, source = name_with_source(lab, _anatomy(), SPACING)
+    assert source == "aorta"
+    assert out[6, 105, 120] == 1 and out[6, 85, 80] == 4
 
 
 def test_without_an_aorta_the_segmenter_names_stay_one_side_per_lesion():
@@ -118,3 +194,21 @@ def test_the_naming_measurement_on_synthetic_calcium_counts_every_labelled_voxel
     assert conf[0].sum() == 0 and conf[:, 0].sum() == 0
     for k in range(1, 5):
         assert conf[k].sum() == (labels == k).sum()
+
+
+def test_the_root_zone_measurement_on_synthetic_calcium_counts_the_zone_and_its_wrong_sides():
+    """training/naming_on_synthetic.py --root-zone: each setting's zone is counted in
+    lesions and voxels of the true calcium; a wider setting holds at least as much."""
+    from CoronaryCalciumDINOLib.synth.generator import render_study
+    from training.naming_on_synthetic import ZONE_SETTINGS, root_zone_sides
+
+    seed = 101
+    labels = np.asarray(render_study(seed).study.labels)
+    res, studies = root_zone_sides([seed])
+    assert studies == 1 and len(res) == len(ZONE_SETTINGS)
+    used, deeper, no_sectors = res
+    assert 0 < used["voxels"] <= (labels > 0).sum() and used["lesions"] > 0
+    assert deeper["voxels"] >= used["voxels"] and no_sectors["voxels"] >= used["voxels"]
+    for r in res:
+        assert 0 <= r["wrong_voxels"] <= r["voxels"] and 0 <= r["wrong_lesions"] <= r["lesions"]
+        assert (r["wrong_voxels"] > 0) == bool(r["wrong_seeds"])

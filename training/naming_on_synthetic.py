@@ -1,6 +1,6 @@
 """How the naming rule names the generator's own calcium (no network involved).
 
-    python training/naming_on_synthetic.py [--seeds 100:130] [--heights]
+    python training/naming_on_synthetic.py [--seeds 100:130] [--root-zone | --heights]
 
 For each synthetic study of the seeds (``synth.generator.render_study``) that has calcium:
 the anatomy step on its CT (``pipeline.anatomy.find_anatomy``), then the naming rule round
@@ -8,6 +8,12 @@ the aorta it finds (``pipeline.naming.name_by_aorta``) applied to the study's *t
 calcium labels. Prints the confusion of true against named artery (voxels), the share of
 each artery's voxels that keeps its name, and the studies where no aorta was found. What
 it measures is the rule and the aorta finder alone, against the synthetic coronary tree.
+
+``--root-zone`` prints instead how the side rule of the root's zone
+(``pipeline.naming.root_zone``: near the aortic root the side of the tree is the aorta's)
+sides the true calcium: the lesions and voxels in the zone and those it gives the wrong
+side (left tree or RCA), with the module's settings and with two others (reaching 15 mm
+below the top heart level; without the two sectors).
 
 ``--heights`` prints instead how high the LAD and LCX centrelines of the generator's tree
 rise above the left coronary ostium (no image is rendered).
@@ -25,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "CoronaryCalciumDIN
 
 from CoronaryCalciumDINOLib.constants import ARTERIES  # noqa: E402
 from CoronaryCalciumDINOLib.pipeline.anatomy import find_anatomy  # noqa: E402
-from CoronaryCalciumDINOLib.pipeline.naming import name_by_aorta  # noqa: E402
+from CoronaryCalciumDINOLib.pipeline.naming import ROOT_ZONE_BELOW_MM, name_by_aorta, root_zone  # noqa: E402
 from CoronaryCalciumDINOLib.synth.generator import render_study  # noqa: E402
 
 
@@ -50,6 +56,55 @@ def confusion(seeds) -> tuple[np.ndarray, list[int]]:
     return conf, missed
 
 
+#: the zone settings measured by --root-zone: (label, keyword arguments of root_zone)
+ZONE_SETTINGS = (
+    (f"as used ({ROOT_ZONE_BELOW_MM:g} mm below the top heart level, left / right sectors)", {}),
+    ("15 mm below the top heart level", {"below_mm": 15.0}),
+    ("without the sectors", {"sectors": False}),
+)
+
+
+def root_zone_sides(seeds) -> tuple[list[dict], int]:
+    """Per setting of :data:`ZONE_SETTINGS`: {"lesions", "voxels", "wrong_lesions",
+    "wrong_voxels", "wrong_seeds"} over ``seeds`` (a lesion is wrong when the rule's side,
+    its centroid's side of the aorta's centre, is not that of most of its true voxels; a
+    voxel when its true side is not the rule's), and the number of studies measured (with
+    calcium and an aorta found)."""
+    from scipy import ndimage
+
+    from CoronaryCalciumDINOLib.scoring.agatston import _INPLANE_8
+
+    out = [{"lesions": 0, "voxels": 0, "wrong_lesions": 0, "wrong_voxels": 0, "wrong_seeds": []} for _ in ZONE_SETTINGS]
+    studies = 0
+    for seed in seeds:
+        st = render_study(seed).study
+        lab = np.asarray(st.labels)
+        if not lab.any():
+            continue
+        an = find_anatomy(np.asarray(st.ct.hu, np.float32), st.ct.spacing)
+        if an.aorta_axis is None:
+            continue
+        studies += 1
+        root = None if an.heart_levels is None else an.heart_levels[1]
+        rule_rca = name_by_aorta(lab, an.aorta_axis, an.aorta_radius_mm, root, st.ct.spacing) == 4
+        comp, _ = ndimage.label(lab > 0, structure=_INPLANE_8)
+        for res, (_, kw) in zip(out, ZONE_SETTINGS):
+            zone = root_zone(lab, an.aorta_axis, an.aorta_radius_mm, root, st.ct.spacing, **kw)
+            if not zone.any():
+                continue
+            c = comp[zone]
+            wrong = rule_rca[zone] != (lab[zone] == 4)
+            ids = np.unique(c)
+            bad = [i for i in ids if 2 * wrong[c == i].sum() > (c == i).sum()]
+            res["lesions"] += ids.size
+            res["voxels"] += int(zone.sum())
+            res["wrong_lesions"] += len(bad)
+            res["wrong_voxels"] += int(wrong.sum())
+            if wrong.any():
+                res["wrong_seeds"].append(seed)
+    return out, studies
+
+
 def heights(seeds) -> dict[str, np.ndarray]:
     """Per seed, the highest point of the LAD and of the LCX centreline above the left
     coronary ostium (mm; the generator's z points to the head)."""
@@ -68,6 +123,7 @@ def heights(seeds) -> dict[str, np.ndarray]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="100:130", help="START:END (default 100:130)")
+    ap.add_argument("--root-zone", action="store_true", help="the sides the root's zone rule gives the true calcium")
     ap.add_argument("--heights", action="store_true", help="how high the LAD and LCX rise above the left ostium")
     args = ap.parse_args(argv)
     start, end = (int(v) for v in args.seeds.split(":"))
@@ -75,6 +131,13 @@ def main(argv=None) -> int:
         for a, h in heights(range(start, end)).items():
             print(f"{a} highest point above the left ostium (mm): median {np.median(h):.1f}, "
                   f"90th percentile {np.percentile(h, 90):.1f}, max {h.max():.1f} ({h.size} trees)")
+        return 0
+    if args.root_zone:
+        res, studies = root_zone_sides(range(start, end))
+        print(f"{studies} studies with calcium and an aorta found")
+        for (label, _), r in zip(ZONE_SETTINGS, res):
+            print(f"{label}: {r['lesions']} lesions ({r['voxels']} voxels) in the zone; wrong side: "
+                  f"{r['wrong_lesions']} lesions, {r['wrong_voxels']} voxels, seeds {r['wrong_seeds'] or 'none'}")
         return 0
     conf, missed = confusion(range(start, end))
     print("true \\ named (voxels): " + " ".join(f"{a:>7}" for a in ARTERIES))
