@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -235,9 +237,12 @@ def test_retrain_segmenter_keeps_the_rest_of_the_bundle(tiny_cache, tmp_path, ca
     src = save_random_bundle(tmp_path / "src", phantom=True)
     out = tmp_path / "out"
     assert retrain_segmenter.main(["--bundle", str(src), "--train", str(cache), "--val", str(cache),
-                                   "--out", str(out), "--steps", "3", "--threads", "1", "--device", "cpu"]) == 0
+                                   "--out", str(out), "--steps", "3", "--threads", "1", "--device", "cpu",
+                                   "--note", "Rebuilt by the commands of its results."]) == 0
     b, a = load_bundle(out), load_bundle(src)
     assert b.version == "0-seg" and "segmenter retrained" in b.manifest["trained_on"]
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "Rebuilt by the commands of its results." in card and card.index("Rebuilt") < card.index("## The bundle it started from")
     assert b.manifest["metrics"]["segmenter_retrained"]["steps"] == 3
     assert b.manifest["metrics"]["segmenter_retrained"]["validation"]["candidates"] > 0
     assert b.threshold == a.threshold and b.manifest["candidates"] == a.manifest["candidates"]
@@ -252,6 +257,34 @@ def test_retrain_segmenter_keeps_the_rest_of_the_bundle(tiny_cache, tmp_path, ca
     assert retrain_segmenter.main(common + ["--out", str(DEFAULT_BUNDLE_DIR), "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert "exists (use --overwrite)" in err and "shipped bundle's folder" in err
+
+
+def test_retrain_segmenter_builds_its_caches_from_study_folders(tiny_cache, tmp_path, capsys):
+    """--studies DIR: the caches are built with the bundle's own candidate settings (all but
+    the last --n-val studies train, the last validate) and the segmenter trained on them."""
+    from CoronaryCalciumDINOLib.models.bundle import load_bundle, save_random_bundle
+    from training import retrain_segmenter
+
+    dirs = [Path(d) for d in tiny_cache[0]]
+    studies = dirs[0].parent
+    src = save_random_bundle(tmp_path / "src")
+    out = tmp_path / "out"
+    common = ["--bundle", str(src), "--steps", "2", "--threads", "1", "--device", "cpu"]
+    assert retrain_segmenter.main(common + ["--studies", str(studies), "--n-val", "1", "--out", str(out)]) == 0
+    rec = load_bundle(out).manifest["metrics"]["segmenter_retrained"]
+    val = load_cache(studies / "segmenter-val.npz")
+    assert rec["train_studies"] == 2 and rec["validation"]["candidates"] == val["target"].size
+    train = load_cache(studies / "segmenter-train.npz")
+    assert list(train["meta"]["studies"]) == [d.name for d in dirs[:2]]
+    assert list(val["meta"]["studies"]) == [dirs[2].name]
+    assert train["meta"]["config"] == load_bundle(src).candidate_config.to_dict()
+    capsys.readouterr()
+    assert retrain_segmenter.main(common + ["--studies", str(studies), "--n-val", "3", "--out", str(tmp_path / "o2")]) == 2
+    assert retrain_segmenter.main(common + ["--studies", str(studies), "--train", str(studies / "segmenter-train.npz"),
+                                            "--out", str(tmp_path / "o3")]) == 2
+    assert retrain_segmenter.main(common + ["--out", str(tmp_path / "o4")]) == 2
+    err = capsys.readouterr().err
+    assert "--n-val must be 1..2" in err and err.count("either --train (a cache) or --studies") == 2
 
 
 def test_retrain_segmenter_names_the_candidate_setting_a_cache_differs_in():

@@ -1,18 +1,23 @@
 """A bundle with its segmenter trained again on a candidate cache; the rest of it kept.
 
-    python -m training.retrain_segmenter --bundle B --train T.npz [--val V.npz] --out OUT
-        [--steps 2000] [--seed 0] [--version V] [--name N] [--overwrite] [--device auto]
+    python -m training.retrain_segmenter --bundle B (--train T.npz [--val V.npz] | --studies DIR [--n-val 30]) --out OUT
+        [--steps 2000] [--seed 0] [--version V] [--name N] [--note TEXT] [--overwrite] [--device auto]
 
 The segmenter (the per-artery 2D UNet on candidate crops) is trained as the recipe's
 supervised stage trains it (:func:`training.train_candidates.train_segmenter`, the
 architecture of the bundle's own segmenter) on a cache of :mod:`training.candidate_data`
-(e.g. built from other studies, or from studies with broad plaques). The backbone, the
+(e.g. built from other studies, or from studies with broad plaques). With ``--studies DIR``
+(synthetic study folders, e.g. from ``ccdino synth``) the two caches are built first with
+the bundle's own candidate settings, in ``DIR`` (``segmenter-train.npz``: all studies but the
+last ``--n-val``, at most :data:`MAX_NEG` non-coronary candidates each; ``segmenter-val.npz``:
+the last ``--n-val``, every candidate), and reused while they match. The backbone, the
 detector and its threshold, the noise rule and the phantom head are the bundle's, unchanged.
 The cache must hold the bundle's own candidates (crop size, pixel, HU windows, threshold and
 context); a segmenter trained on other crops would be given inputs it never saw.
 
 Written: a bundle folder ``OUT`` (name and version from the bundle unless given; its manifest
-says what was retrained and on what; the bundle's metrics are not carried over, as they
+says what was retrained and on what; ``--note`` adds a paragraph to its model card, e.g. how
+to rebuild it and where it was measured; the bundle's metrics are not carried over, as they
 measured the old segmenter: measure the new bundle, e.g. ``ccdino evaluate --bundle OUT``).
 The shipped bundle's folder is never written. With ``--val``, the segmenter's figures on the
 validation cache are printed and recorded: the share of coronary candidates it calls calcium
@@ -35,6 +40,8 @@ if __package__ in (None, ""):
     except ImportError:
         sys.path.insert(0, str(REPO / "CoronaryCalciumDINO"))
 
+#: Non-coronary candidates kept per study in a training cache built from ``--studies``.
+MAX_NEG = 500
 #: Candidate settings a cache must share with the bundle.
 SAME_CANDIDATES = ("threshold_hu", "min_area_mm2", "field_mm", "crop_px", "pixel_mm", "windows", "context")
 
@@ -58,8 +65,10 @@ def mismatch(bundle_candidates: dict, cache_config: dict) -> str | None:
 def validation_figures(net, val: dict) -> dict:
     from training.train_candidates import segmenter_candidate_probs
 
-    p = 1.0 - segmenter_candidate_probs(net, val, val["masks"])[:, 0]
     pos = val["target"] > 0
+    if pos.size == 0:  # a validation cache without candidates
+        return {"candidates": 0, "coronary": 0, "coronary_called_calcium": None, "others_called_calcium": None}
+    p = 1.0 - segmenter_candidate_probs(net, val, val["masks"])[:, 0]
     return {"candidates": int(pos.size), "coronary": int(pos.sum()),
             "coronary_called_calcium": float((p[pos] >= 0.5).mean()) if pos.any() else None,
             "others_called_calcium": float((p[~pos] >= 0.5).mean()) if (~pos).any() else None}
@@ -68,14 +77,19 @@ def validation_figures(net, val: dict) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.retrain_segmenter", description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", default=None, metavar="PATH", help="bundle to start from (default: the default bundle)")
-    ap.add_argument("--train", required=True, type=Path, help="training cache (training.candidate_data)")
+    ap.add_argument("--train", type=Path, default=None, help="training cache (training.candidate_data)")
     ap.add_argument("--val", type=Path, default=None, help="validation cache: figures printed and recorded")
+    ap.add_argument("--studies", type=Path, default=None, metavar="DIR",
+                    help="synthetic study folders: the caches are built from them (instead of --train / --val)")
+    ap.add_argument("--n-val", type=int, default=30, help="with --studies: the last N studies validate (default 30)")
     ap.add_argument("--out", required=True, type=Path, help="new bundle folder")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     ap.add_argument("--steps", type=int, default=2000, help="segmenter steps (default 2000, the recipe's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default=None, help="bundle name (default: the bundle's)")
     ap.add_argument("--version", default=None, help="bundle version (default: the bundle's + '-seg')")
+    ap.add_argument("--note", default=None, metavar="TEXT",
+                    help="a paragraph for the new bundle's model card (e.g. how to rebuild it, where it was measured)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
@@ -88,6 +102,10 @@ def main(argv=None) -> int:
         return _error(f"--out {args.out} exists (use --overwrite)")
     if args.steps < 1:
         return _error("--steps must be >= 1")
+    if (args.train is None) == (args.studies is None):
+        return _error("give either --train (a cache) or --studies (study folders)")
+    if args.studies is not None and args.val is not None:
+        return _error("--val comes with --train; with --studies the last --n-val studies validate")
     for cache in (args.train, args.val):
         if cache is not None and not cache.is_file():
             return _error(f"no cache file {cache}")
@@ -102,6 +120,20 @@ def main(argv=None) -> int:
     except CCDinoError as exc:
         return _error(str(exc).splitlines()[0])
     m = b.manifest
+    if args.studies is not None:
+        from CoronaryCalciumDINOLib.data.studies import list_studies
+
+        try:
+            dirs = list_studies(args.studies)
+        except CCDinoError as exc:
+            return _error(str(exc).splitlines()[0])
+        if not 1 <= args.n_val < len(dirs):
+            return _error(f"--n-val must be 1..{len(dirs) - 1} ({len(dirs)} studies in {args.studies})")
+        from training.candidate_data import build_cache
+
+        args.train = build_cache(dirs[: -args.n_val], args.studies / "segmenter-train.npz", b.candidate_config, max_neg=MAX_NEG)
+        args.val = build_cache(dirs[-args.n_val:], args.studies / "segmenter-val.npz", b.candidate_config,
+                               max_neg=None, n_random=0)
     train = load_cache(args.train)
     val = load_cache(args.val) if args.val is not None else None
     for name, cache in (("--train", train), ("--val", val)):
@@ -128,8 +160,9 @@ def main(argv=None) -> int:
             f"{args.steps} steps, seed {args.seed}); backbone, detector, threshold, noise rule and phantom head "
             f"those of {m['name']} {m['version']}")
     old_card = (b.path / MODEL_CARD).read_text(encoding="utf-8") if (b.path / MODEL_CARD).is_file() else ""
+    extra = f"{args.note.strip()}\n\n" if args.note and args.note.strip() else ""
     card = (f"# {name} {version}\n\n{note}. Its metrics are not those of {m['name']} {m['version']}: measure "
-            f"it again.\n\n## The bundle it started from\n\n{old_card}")
+            f"it again.\n\n{extra}## The bundle it started from\n\n{old_card}")
     try:
         out = save_bundle(
             args.out, name=name, version=version, trained_on=f"{m['trained_on']}; {note}",
