@@ -35,22 +35,28 @@ from CoronaryCalciumDINOLib.pipeline.naming import ROOT_ZONE_BELOW_MM, name_by_a
 from CoronaryCalciumDINOLib.synth.generator import render_study  # noqa: E402
 
 
-def confusion(seeds) -> tuple[np.ndarray, list[int]]:
-    """(5, 5) voxel counts [true label, named label] over ``seeds``, and the seeds with
-    calcium but no aorta found."""
-    conf = np.zeros((5, 5), np.int64)
-    missed = []
+def studies_with_calcium(seeds):
+    """Per seed whose study has calcium: (seed, true labels, spacing, the anatomy step's
+    findings on its CT, the top heart level or None)."""
     for seed in seeds:
         st = render_study(seed).study
         lab = np.asarray(st.labels)
         if not lab.any():
             continue
         an = find_anatomy(np.asarray(st.ct.hu, np.float32), st.ct.spacing)
+        yield seed, lab, st.ct.spacing, an, (None if an.heart_levels is None else an.heart_levels[1])
+
+
+def confusion(seeds) -> tuple[np.ndarray, list[int]]:
+    """(5, 5) voxel counts [true label, named label] over ``seeds``, and the seeds with
+    calcium but no aorta found."""
+    conf = np.zeros((5, 5), np.int64)
+    missed = []
+    for seed, lab, spacing, an, root in studies_with_calcium(seeds):
         if an.aorta_axis is None:
             missed.append(seed)
             continue
-        root = None if an.heart_levels is None else an.heart_levels[1]
-        named = name_by_aorta(lab, an.aorta_axis, an.aorta_radius_mm, root, st.ct.spacing)
+        named = name_by_aorta(lab, an.aorta_axis, an.aorta_radius_mm, root, spacing)
         m = lab > 0
         np.add.at(conf, (lab[m].astype(np.int64), named[m].astype(np.int64)), 1)
     return conf, missed
@@ -76,20 +82,14 @@ def root_zone_sides(seeds) -> tuple[list[dict], int]:
 
     out = [{"lesions": 0, "voxels": 0, "wrong_lesions": 0, "wrong_voxels": 0, "wrong_seeds": []} for _ in ZONE_SETTINGS]
     studies = 0
-    for seed in seeds:
-        st = render_study(seed).study
-        lab = np.asarray(st.labels)
-        if not lab.any():
-            continue
-        an = find_anatomy(np.asarray(st.ct.hu, np.float32), st.ct.spacing)
+    for seed, lab, spacing, an, root in studies_with_calcium(seeds):
         if an.aorta_axis is None:
             continue
         studies += 1
-        root = None if an.heart_levels is None else an.heart_levels[1]
-        rule_rca = name_by_aorta(lab, an.aorta_axis, an.aorta_radius_mm, root, st.ct.spacing) == 4
+        rule_rca = name_by_aorta(lab, an.aorta_axis, an.aorta_radius_mm, root, spacing) == 4
         comp, _ = ndimage.label(lab > 0, structure=_INPLANE_8)
         for res, (_, kw) in zip(out, ZONE_SETTINGS):
-            zone = root_zone(lab, an.aorta_axis, an.aorta_radius_mm, root, st.ct.spacing, **kw)
+            zone = root_zone(lab, an.aorta_axis, an.aorta_radius_mm, root, spacing, **kw)
             if not zone.any():
                 continue
             c = comp[zone]

@@ -115,6 +115,22 @@ def _lesions(labels: np.ndarray) -> tuple[int, np.ndarray, int] | None:
     return z0, comp, n
 
 
+def _lesion_voxels(labels: np.ndarray, axis: np.ndarray, spacing: Sequence[float]):
+    """The calcium voxels of ``labels`` with their lesion and their place round the aorta:
+    (lesion count n, lesion id 1..n per voxel, (z, y, x), (xr, yr)), ``xr`` mm towards the
+    patient's left and ``yr`` mm forwards from the aorta's centre on the voxel's slice
+    (``axis``, ``spacing`` as :func:`name_by_aorta`); None without calcium."""
+    found = _lesions(labels)
+    if found is None:
+        return None
+    z0, comp, n = found
+    _, dy, dx = (float(s) for s in spacing)
+    z, y, x = np.nonzero(comp)
+    c = comp[z, y, x].astype(np.int64)
+    z = z + z0
+    return n, c, (z, y, x), ((x - axis[z, 1]) * dx, (axis[z, 0] - y) * dy)
+
+
 def one_side_per_lesion(labels: np.ndarray) -> np.ndarray:
     """``labels`` (z, y, x) with every lesion (calcium 8-connected within one slice, as the
     Agatston score counts it) on one side of the coronary tree.
@@ -160,16 +176,10 @@ def name_by_aorta(labels: np.ndarray, axis: np.ndarray, radius_mm: float, root: 
     side (4: RCA, else the left tree; one side per lesion), or None: the side from the
     lesion's centroid (right of the aorta's centre: RCA)."""
     labels = np.asarray(labels)
-    found = _lesions(labels)
+    found = _lesion_voxels(labels, axis, spacing)
     if found is None:
         return labels
-    z0, comp, n = found
-    _, dy, dx = (float(s) for s in spacing)
-    z, y, x = np.nonzero(comp)
-    c = comp[z, y, x].astype(np.int64)
-    z = z + z0
-    xr = (x - axis[z, 1]) * dx  # towards the patient's left
-    yr = (axis[z, 0] - y) * dy  # forwards
+    n, c, (z, y, x), (xr, yr) = found
     if sides is None:
         right = np.bincount(c, weights=xr, minlength=n + 1) < 0  # centroid right of the aorta's centre
     else:  # the side (RCA or left tree) given per voxel, one side per lesion
@@ -206,15 +216,11 @@ def root_zone(labels: np.ndarray, axis: np.ndarray, radius_mm: float, root: int 
     other two settings are for measuring the rule: training/naming_on_synthetic.py).
     ``axis``, ``radius_mm``, ``spacing`` as :func:`name_by_aorta`."""
     out = np.zeros(np.shape(labels), bool)
-    found = _lesions(np.asarray(labels))
+    found = _lesion_voxels(np.asarray(labels), axis, spacing)
     if found is None:
         return out
-    z0, comp, n = found
-    dz, dy, dx = (float(s) for s in spacing)
-    z, y, x = np.nonzero(comp)
-    c = comp[z, y, x].astype(np.int64)
-    z = z + z0
-    xr, yr = (x - axis[z, 1]) * dx, (axis[z, 0] - y) * dy
+    n, c, (z, y, x), (xr, yr) = found
+    dz = float(spacing[0])
     near = np.zeros(n + 1)
     np.maximum.at(near, c, np.hypot(xr, yr) - radius_mm <= zone_mm)
     if sectors:  # centroid towards the left or the right, not the front or the back (sums: same direction)
