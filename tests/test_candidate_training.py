@@ -283,8 +283,28 @@ def test_retrain_segmenter_builds_its_caches_from_study_folders(tiny_cache, tmp_
     assert retrain_segmenter.main(common + ["--studies", str(studies), "--train", str(studies / "segmenter-train.npz"),
                                             "--out", str(tmp_path / "o3")]) == 2
     assert retrain_segmenter.main(common + ["--out", str(tmp_path / "o4")]) == 2
+    empty = tmp_path / "none"
+    empty.mkdir()
+    assert retrain_segmenter.main(common + ["--studies", str(empty), "--out", str(tmp_path / "o5")]) == 2
+    assert retrain_segmenter.main(common + ["--train", str(studies / "segmenter-train.npz"), "--n-val", "1",
+                                            "--out", str(tmp_path / "o6")]) == 2
     err = capsys.readouterr().err
     assert "--n-val must be 1..2" in err and err.count("either --train (a cache) or --studies") == 2
+    assert "holds 0 study folder(s); --studies needs at least 2" in err and "--n-val and --rebuild come with --studies" in err
+    # the caches are reused while they match, built again with --rebuild
+    stamp = (studies / "segmenter-train.npz").stat().st_mtime_ns
+    again = common + ["--studies", str(studies), "--n-val", "1", "--out", str(out), "--overwrite"]
+    assert retrain_segmenter.main(again) == 0
+    assert (studies / "segmenter-train.npz").stat().st_mtime_ns == stamp
+    assert retrain_segmenter.main(again + ["--rebuild"]) == 0
+    assert (studies / "segmenter-train.npz").stat().st_mtime_ns != stamp
+
+
+def test_retrain_segmenter_validation_figures_of_an_empty_cache():
+    from training.retrain_segmenter import validation_figures
+
+    fig = validation_figures(None, {"target": np.zeros(0, np.uint8)})
+    assert fig == {"candidates": 0, "coronary": 0, "coronary_called_calcium": None, "others_called_calcium": None}
 
 
 def test_retrain_segmenter_names_the_candidate_setting_a_cache_differs_in():

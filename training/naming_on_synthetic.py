@@ -123,8 +123,9 @@ def heights(seeds) -> dict[str, np.ndarray]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="100:130", help="START:END (default 100:130)")
-    ap.add_argument("--root-zone", action="store_true", help="the sides the root's zone rule gives the true calcium")
-    ap.add_argument("--heights", action="store_true", help="how high the LAD and LCX rise above the left ostium")
+    what = ap.add_mutually_exclusive_group()
+    what.add_argument("--root-zone", action="store_true", help="the sides the root's zone rule gives the true calcium")
+    what.add_argument("--heights", action="store_true", help="how high the LAD and LCX rise above the left ostium")
     args = ap.parse_args(argv)
     start, end = (int(v) for v in args.seeds.split(":"))
     if args.heights:
@@ -134,6 +135,7 @@ def main(argv=None) -> int:
         return 0
     if args.root_zone:
         res, studies = root_zone_sides(range(start, end))
+        print(f"command: python training/naming_on_synthetic.py --root-zone --seeds {start}:{end}")
         print(f"{studies} studies with calcium and an aorta found")
         for (label, _), r in zip(ZONE_SETTINGS, res):
             print(f"{label}: {r['lesions']} lesions ({r['voxels']} voxels) in the zone; wrong side: "

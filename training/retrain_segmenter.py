@@ -10,7 +10,8 @@ architecture of the bundle's own segmenter) on a cache of :mod:`training.candida
 (synthetic study folders, e.g. from ``ccdino synth``) the two caches are built first with
 the bundle's own candidate settings, in ``DIR`` (``segmenter-train.npz``: all studies but the
 last ``--n-val``, at most :data:`MAX_NEG` non-coronary candidates each; ``segmenter-val.npz``:
-the last ``--n-val``, every candidate), and reused while they match. The backbone, the
+the last ``--n-val``, every candidate), and reused while their settings and study names
+match (``--rebuild`` builds them again, e.g. after the pipeline's candidates changed). The backbone, the
 detector and its threshold, the noise rule and the phantom head are the bundle's, unchanged.
 The cache must hold the bundle's own candidates (crop size, pixel, HU windows, threshold and
 context); a segmenter trained on other crops would be given inputs it never saw.
@@ -81,7 +82,9 @@ def main(argv=None) -> int:
     ap.add_argument("--val", type=Path, default=None, help="validation cache: figures printed and recorded")
     ap.add_argument("--studies", type=Path, default=None, metavar="DIR",
                     help="synthetic study folders: the caches are built from them (instead of --train / --val)")
-    ap.add_argument("--n-val", type=int, default=30, help="with --studies: the last N studies validate (default 30)")
+    ap.add_argument("--n-val", type=int, default=None, help="with --studies: the last N studies validate (default 30)")
+    ap.add_argument("--rebuild", action="store_true",
+                    help="with --studies: build the caches again even where they match (e.g. after the pipeline changed)")
     ap.add_argument("--out", required=True, type=Path, help="new bundle folder")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     ap.add_argument("--steps", type=int, default=2000, help="segmenter steps (default 2000, the recipe's)")
@@ -106,6 +109,8 @@ def main(argv=None) -> int:
         return _error("give either --train (a cache) or --studies (study folders)")
     if args.studies is not None and args.val is not None:
         return _error("--val comes with --train; with --studies the last --n-val studies validate")
+    if args.studies is None and (args.n_val is not None or args.rebuild):
+        return _error("--n-val and --rebuild come with --studies")
     for cache in (args.train, args.val):
         if cache is not None and not cache.is_file():
             return _error(f"no cache file {cache}")
@@ -127,13 +132,22 @@ def main(argv=None) -> int:
             dirs = list_studies(args.studies)
         except CCDinoError as exc:
             return _error(str(exc).splitlines()[0])
-        if not 1 <= args.n_val < len(dirs):
+        n_val = 30 if args.n_val is None else args.n_val
+        if len(dirs) < 2:
+            return _error(f"{args.studies} holds {len(dirs)} study folder(s); --studies needs at least 2")
+        if not 1 <= n_val < len(dirs):
             return _error(f"--n-val must be 1..{len(dirs) - 1} ({len(dirs)} studies in {args.studies})")
         from training.candidate_data import build_cache
 
-        args.train = build_cache(dirs[: -args.n_val], args.studies / "segmenter-train.npz", b.candidate_config, max_neg=MAX_NEG)
-        args.val = build_cache(dirs[-args.n_val:], args.studies / "segmenter-val.npz", b.candidate_config,
-                               max_neg=None, n_random=0)
+        caches = (args.studies / "segmenter-train.npz", args.studies / "segmenter-val.npz")
+        try:
+            if args.rebuild:
+                for cache in caches:
+                    cache.unlink(missing_ok=True)
+            args.train = build_cache(dirs[:-n_val], caches[0], b.candidate_config, max_neg=MAX_NEG)
+            args.val = build_cache(dirs[-n_val:], caches[1], b.candidate_config, max_neg=None, n_random=0)
+        except (CCDinoError, OSError) as exc:
+            return _error(f"building the caches from {args.studies}: {str(exc).splitlines()[0]}")
     train = load_cache(args.train)
     val = load_cache(args.val) if args.val is not None else None
     for name, cache in (("--train", train), ("--val", val)):
@@ -142,7 +156,7 @@ def main(argv=None) -> int:
             if bad:
                 return _error(f"{name} holds other candidates than the bundle's: {bad}")
     if not (train["target"] > 0).any():
-        return _error("--train holds no coronary candidate")
+        return _error(f"the training cache {args.train} holds no coronary candidate")
     cfg = segmenter_config(train, tuple(m["segmenter"]["channels"]))
     t0 = time.perf_counter()
     net = train_segmenter(train, cfg, steps=args.steps, seed=args.seed, device=args.device)

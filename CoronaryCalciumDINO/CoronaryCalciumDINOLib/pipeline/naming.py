@@ -13,8 +13,8 @@ as the Agatston score counts them)
 RCA
     The right coronary artery leaves the right (anterior) sinus and runs down the right
     atrioventricular groove: a lesion whose centroid lies right of ``c`` (``x < 0``). In the
-    pipeline the side (RCA or left tree) is the segmenter's instead, once the two agree on
-    most of the calcium (below): under the heart the RCA's posterior descending branch
+    pipeline this decides the side (RCA or left tree) only near the root; elsewhere the side
+    is the segmenter's (below): under the heart the RCA's posterior descending branch
     crosses left of the root's centre, and the rule would call it LCX.
 LM
     The left main leaves the left sinus and runs left for about 10 mm (:data:`LM_MM`)
@@ -36,9 +36,9 @@ segmenter's names stay, one side of the tree per lesion (:func:`one_side_per_les
 Otherwise the side of each lesion (left tree or RCA) comes from two sources:
 
 Proximal lesions: the aorta
-    A lesion with a voxel within :data:`ROOT_ZONE_MM` of the aorta's wall, on a slice at
-    most :data:`ROOT_ZONE_BELOW_MM` below the top heart level, whose centroid lies within
-    45 degrees of the patient's left or right as seen from ``c`` (:func:`root_zone`), lies
+    A lesion with a voxel within :data:`ROOT_ZONE_MM` of the aorta's wall (or inside it), on
+    a slice at most :data:`ROOT_ZONE_BELOW_MM` below the top heart level, whose centroid lies
+    less than 45 degrees from the patient's left or right as seen from ``c`` (:func:`root_zone`), lies
     on the first centimetres of an artery leaving the root: the left main leaves the left
     (posterior-left) sinus towards the patient's left, the RCA the right (anterior) sinus
     towards the right. Its side is its centroid's side of ``c``. In front of the root
@@ -59,7 +59,9 @@ The other lesions: the segmenter
 
 The aorta's names (the side of the proximal lesions, and LM, LAD or LCX for the whole left
 tree) are used only where the aorta and the segmenter agree on the side of the other
-lesions' calcium, bar at most :data:`MAX_SIDE_DISAGREEMENT` of it: the two are independent
+lesions' calcium, bar at most :data:`MAX_SIDE_DISAGREEMENT` of it (where those hold less
+than :data:`MIN_CHECK_SHARE` of the calcium, too little to check the aorta by, the check
+takes all of it, the root's zone with the segmenter's sides included): the two are independent
 (the segmenter learnt the sides on synthetic hearts, where it tells them apart almost
 perfectly), and such a disagreement means the tube taken for the aorta is most likely
 another one; the segmenter's names then stay for every lesion. On the 100 synthetic
@@ -86,10 +88,16 @@ from .anatomy import Anatomy
 
 #: Length (mm) of the left main beyond the aorta's wall (adults: 5-20 mm, about 10 on average).
 LM_MM = 10.0
-#: Share of the calcium voxels whose side (left tree or RCA) the aorta and the segmenter
+#: Share of the calcium voxels checked (those outside the root's zone, see
+#: :data:`MIN_CHECK_SHARE`) whose side (left tree or RCA) the aorta and the segmenter
 #: disagree on above which the aorta found is not trusted (it is then most likely another
 #: tube, e.g. the superior vena cava or the pulmonary trunk): the segmenter's names stay.
 MAX_SIDE_DISAGREEMENT = 0.2
+#: Share of the calcium that must lie outside the root's zone for the check to use only
+#: that calcium; with less (calcium only near the ostia, as in mild disease) every calcium
+#: voxel is checked with the segmenter's side, so that a tube wrongly taken for the aorta
+#: cannot re-side the lesions unchecked.
+MIN_CHECK_SHARE = 0.25
 #: Distance (mm) beyond the aorta's wall within which a lesion is on the proximal part of an
 #: artery leaving the root (the left main is 5-20 mm long): its side is the aorta's. Set to
 #: take in real dev scan 3's left main / LAD calcification (15-19 mm beyond the wall): a
@@ -210,9 +218,9 @@ def root_zone(labels: np.ndarray, axis: np.ndarray, radius_mm: float, root: int 
     """bool (z, y, x): the voxels of the lesions of ``labels`` (calcium 8-connected within one
     slice) that lie on the proximal part of an artery leaving the aortic root towards the
     patient's left or right: a voxel within ``zone_mm`` (:data:`ROOT_ZONE_MM`) of the
-    aorta's wall, on a slice at most ``below_mm`` (:data:`ROOT_ZONE_BELOW_MM`) below the top
-    heart level ``root`` (None: any slice), the centroid within 45 degrees of the patient's
-    left or right as seen from the aorta's centre (``sectors=False``: in any direction; the
+    aorta's wall or inside it, on a slice at most ``below_mm`` (:data:`ROOT_ZONE_BELOW_MM`)
+    below the top heart level ``root`` (None: any slice), the centroid less than 45 degrees
+    from the patient's left or right as seen from the aorta's centre (``sectors=False``: in any direction; the
     other two settings are for measuring the rule: training/naming_on_synthetic.py).
     ``axis``, ``radius_mm``, ``spacing`` as :func:`name_by_aorta`."""
     out = np.zeros(np.shape(labels), bool)
@@ -223,8 +231,9 @@ def root_zone(labels: np.ndarray, axis: np.ndarray, radius_mm: float, root: int 
     dz = float(spacing[0])
     near = np.zeros(n + 1)
     np.maximum.at(near, c, np.hypot(xr, yr) - radius_mm <= zone_mm)
-    if sectors:  # centroid towards the left or the right, not the front or the back (sums: same direction)
-        near *= np.abs(np.bincount(c, weights=yr, minlength=n + 1)) <= np.abs(np.bincount(c, weights=xr, minlength=n + 1))
+    if sectors:  # centroid towards the left or the right, not the front or the back (sums: same
+        # direction; strictly, so that a ring centred on the root, its wall's calcification, is out)
+        near *= np.abs(np.bincount(c, weights=yr, minlength=n + 1)) < np.abs(np.bincount(c, weights=xr, minlength=n + 1))
     if root is not None:
         near[np.unique(c[z < root - below_mm / dz - 1e-6])] = 0
     sel = near[c] > 0
@@ -242,8 +251,11 @@ def name_with_source(labels: np.ndarray, anatomy: Anatomy | None, spacing: Seque
     axis, radius = anatomy.aorta_axis, anatomy.aorta_radius_mm
     by_position = name_by_aorta(labels, axis, radius, root, spacing)
     zone = root_zone(labels, axis, radius, root, spacing)
-    rest = (model > 0) & ~zone
-    if rest.any() and np.mean((model[rest] == 4) != (by_position[rest] == 4)) > MAX_SIDE_DISAGREEMENT:
+    calc = model > 0
+    check = calc & ~zone
+    if check.sum() < MIN_CHECK_SHARE * calc.sum():
+        check = calc
+    if np.mean((model[check] == 4) != (by_position[check] == 4)) > MAX_SIDE_DISAGREEMENT:
         return model, "segmenter: the aorta disagrees"
     sides = np.where(zone, by_position, model)
     return name_by_aorta(labels, axis, radius, root, spacing, sides=sides), "aorta"
