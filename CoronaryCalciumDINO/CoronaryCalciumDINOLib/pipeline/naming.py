@@ -48,7 +48,7 @@ Proximal lesions: the aorta
     elsewhere in that box than a synthetic one's: segmenters trained alike have called real
     dev scan 3's left main / LAD calcification (15-19 mm from the wall, left and slightly
     behind) RCA. On the generator's true calcium of 135 studies (seeds 100-299 with calcium
-    and an aorta found) the zone holds 479 lesions, and the rule gives none the wrong side
+    and an aorta found) the zone holds 478 lesions, and the rule gives none the wrong side
     (reaching 15 mm below the top heart level, or not keeping to the two sectors, it gives
     some the wrong side: docs/model.md).
 The other lesions: the segmenter
@@ -59,9 +59,9 @@ The other lesions: the segmenter
 
 The aorta's names (the side of the proximal lesions, and LM, LAD or LCX for the whole left
 tree) are used only where the aorta and the segmenter agree on the side of the other
-lesions' calcium, bar at most :data:`MAX_SIDE_DISAGREEMENT` of it (where those hold less
-than :data:`MIN_CHECK_SHARE` of the calcium, too little to check the aorta by, the check
-takes all of it, the root's zone with the segmenter's sides included): the two are independent
+lesions' calcium, bar at most :data:`MAX_SIDE_DISAGREEMENT` of it (with no calcium outside
+the root's zone, the check takes all of it, with the segmenter's sides, so that a tube
+wrongly taken for the aorta cannot re-side the lesions unchecked): the two are independent
 (the segmenter learnt the sides on synthetic hearts, where it tells them apart almost
 perfectly), and such a disagreement means the tube taken for the aorta is most likely
 another one; the segmenter's names then stay for every lesion. On the 100 synthetic
@@ -70,7 +70,10 @@ distal calcium had been called LCX); on the five real dev scans the two sides ag
 every lesion.
 
 Known limits: where the left main ends varies from patient to patient (:data:`LM_MM` is
-an average); away from the root, the side of a lesion the segmenter gets wrong stays wrong.
+an average); away from the root, the side of a lesion the segmenter gets wrong stays wrong;
+where little calcium lies outside the root's zone, that little decides whether the aorta is
+trusted (requiring more of it made a noisy draw of real dev scan 3 fall back to the
+segmenter's names, which call its left main / LAD calcification RCA).
 
 Array order (z, y, x) in the canonical axial LPS layout (anterior at row 0, patient left at
 the last column). Importing this module does not import torch.
@@ -88,16 +91,11 @@ from .anatomy import Anatomy
 
 #: Length (mm) of the left main beyond the aorta's wall (adults: 5-20 mm, about 10 on average).
 LM_MM = 10.0
-#: Share of the calcium voxels checked (those outside the root's zone, see
-#: :data:`MIN_CHECK_SHARE`) whose side (left tree or RCA) the aorta and the segmenter
-#: disagree on above which the aorta found is not trusted (it is then most likely another
-#: tube, e.g. the superior vena cava or the pulmonary trunk): the segmenter's names stay.
+#: Share of the calcium voxels checked (those outside the root's zone; all of them where
+#: there are none) whose side (left tree or RCA) the aorta and the segmenter disagree on
+#: above which the aorta found is not trusted (it is then most likely another tube, e.g.
+#: the superior vena cava or the pulmonary trunk): the segmenter's names stay.
 MAX_SIDE_DISAGREEMENT = 0.2
-#: Share of the calcium that must lie outside the root's zone for the check to use only
-#: that calcium; with less (calcium only near the ostia, as in mild disease) every calcium
-#: voxel is checked with the segmenter's side, so that a tube wrongly taken for the aorta
-#: cannot re-side the lesions unchecked.
-MIN_CHECK_SHARE = 0.25
 #: Distance (mm) beyond the aorta's wall within which a lesion is on the proximal part of an
 #: artery leaving the root (the left main is 5-20 mm long): its side is the aorta's. Set to
 #: take in real dev scan 3's left main / LAD calcification (15-19 mm beyond the wall): a
@@ -253,7 +251,7 @@ def name_with_source(labels: np.ndarray, anatomy: Anatomy | None, spacing: Seque
     zone = root_zone(labels, axis, radius, root, spacing)
     calc = model > 0
     check = calc & ~zone
-    if check.sum() < MIN_CHECK_SHARE * calc.sum():
+    if not check.any():  # calcium only near the ostia: checked with the segmenter's sides
         check = calc
     if np.mean((model[check] == 4) != (by_position[check] == 4)) > MAX_SIDE_DISAGREEMENT:
         return model, "segmenter: the aorta disagrees"
