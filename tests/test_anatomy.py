@@ -234,6 +234,36 @@ def test_a_sternum_too_small_to_be_bone_still_limits_the_region():
     assert A._chest_wall_limits(bone, hull, 5.0, dense, wide, body, deep)[0][0] == -1
 
 
+def test_the_region_ends_at_the_vertebral_body_not_at_a_rib_reaching_the_back_quarter():
+    """A rib's back arc at the side of the chest reaches the hull's back quarter with its front
+    far in front of the spine (real chest CTs: 30-60 mm). The back of the heart in front of
+    the spine (the left atrium, the posterior AV groove of the LCX and RCA) stays heart
+    region; the spine's front, not the rib's, is the region's back limit."""
+    from CoronaryCalciumDINOLib.pipeline import anatomy as A
+
+    hu, _ = _thorax()
+    hu[:, 90:161, 246:253] = 800.0  # the rib, outside the left lung, from row 90 to the back
+    an = find_anatomy(hu, SPACING)
+    z = np.array([10])
+    assert an.in_region(z, np.array([128]), np.array([115]))[0]  # the heart's back, 26 mm behind the rib's front
+    assert not an.in_region(z, np.array([172]), np.array([130]))[0]  # the vertebral body
+    assert not an.in_region(z, np.array([150]), np.array([160]))[0]  # the descending aorta
+
+    # the rule itself: the front of a spine joined to a rib head is the vertebral body's; a
+    # part at the side is not the spine
+    bone = np.zeros((1, 100, 130), bool)
+    hull = np.zeros_like(bone)
+    hull[0, 10:95, 5:125] = True  # its back quarter: rows > 73
+    bone[0, 78:96, 55:75] = True  # the vertebral body, front at row 78
+    bone[0, 60:90, 38:46] = True  # a rib reaching 36 mm forward at the side ...
+    bone[0, 86:90, 46:55] = True  # ... its head joined to the body's back half
+    bone[0, 50:96, 115:120] = True  # a rib's back arc at the side
+    front, back, spine_x = A._chest_wall_limits(bone, hull, 5.0, cell_mm=2.0)
+    assert back[0] == 78
+    assert 55 <= spine_x[0] < 75
+    assert A._chest_wall_limits(bone[:, :, :100], hull[:, :, :100], 5.0, cell_mm=2.0)[1][0] == 78  # no arc
+
+
 def test_the_heart_in_front_of_a_lower_lobe_stays_in_the_region():
     """Low in the chest the lower lobes wrap round behind the heart: in a column through the
     heart's side the lung's front lies behind the heart, still in the front half of the

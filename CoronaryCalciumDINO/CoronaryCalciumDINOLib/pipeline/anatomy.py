@@ -122,6 +122,12 @@ INNER_MAX_CM3 = 10.0
 INNER_EDGE_CELLS = 2
 BONE_MARGIN_MM = 3.0
 STERNUM_Z_MM = 20.0
+#: The front of the spine is that of its columns within this distance (mm) of its middle:
+#: the vertebral body (35-50 mm wide in the chest), not the rib heads beside it.
+SPINE_HALF_WIDTH_MM = 15.0
+#: Bone reaching the back quarter of the lungs' hull is the spine when its middle column lies
+#: within this distance (mm) of the spine's column (:func:`_chest_wall_limits`).
+SPINE_REACH_MM = 30.0
 #: Dense cells (>= :data:`BONE_HU`) at the front of the hull at least this wide (mm) are the
 #: sternum even when they are too small a volume for bone (:func:`_chest_wall_limits`).
 STERNUM_MIN_WIDTH_MM = 16.0
@@ -433,12 +439,21 @@ def _in_front_of_lungs(lungs2d: np.ndarray, hull2d: np.ndarray, reach: int) -> n
 
 
 def _chest_wall_limits(bone: np.ndarray, hull: np.ndarray, dz: float, dense: np.ndarray | None = None,
-                       wide: int = 0, body: np.ndarray | None = None, deep: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       wide: int = 0, body: np.ndarray | None = None, deep: int = 0,
+                       cell_mm: float = WORK_MM) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(z,) working-grid row of the back of the sternum, of the front of the spine (-1:
     none) and the spine's column (-1: none).
 
     On each slice with a hull: the spine is the bone reaching the back quarter of the hull's
-    rows; the sternum is the bone whose front lies in the front quarter of the hull's rows
+    rows (and not its front quarter) whose middle column lies within :data:`SPINE_REACH_MM`
+    of the spine's column (of several such parts, the front one). That column is the median
+    over the slices of the middle column of each slice's largest such part: the vertebra
+    keeps its column from slice to slice, a rib's back arc or a scapula at the side does not
+    (their front can lie 30-60 mm in front of the vertebral body's, across the back of the
+    heart), and in a heart-centred view the spine lies well off the hull's centre. The
+    spine's front is that of its columns within :data:`SPINE_HALF_WIDTH_MM` of its middle
+    (``cell_mm``: the working cell's width), the vertebral body's, not that of the rib heads
+    joined to it. The sternum is the bone whose front lies in the front quarter of the hull's rows
     and within the middle fifth of its columns either side of its centre. A sternum of thin
     bone cut short by the field of view (a heart-centred scan: below :data:`MIN_BONE_CM3`)
     is not bone; there the ``dense`` cells (:func:`dense_cells`) of a slice at least
@@ -450,9 +465,11 @@ def _chest_wall_limits(bone: np.ndarray, hull: np.ndarray, dz: float, dense: np.
     :data:`STERNUM_Z_MM`.
     """
     nz = bone.shape[0]
+    half = max(1, int(round(SPINE_HALF_WIDTH_MM / cell_mm)))
     front = np.full(nz, -1)
     back = np.full(nz, -1)
     spine_x = np.full(nz, -1.0)
+    in_back: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(nz)]  # bone reaching the back quarter
     for k in range(nz):
         solid = bone[k] if dense is None else bone[k] | dense[k]
         if not hull[k].any() or not solid.any():
@@ -473,10 +490,24 @@ def _chest_wall_limits(bone: np.ndarray, hull: np.ndarray, dz: float, dense: np.
                     front[k] = max(front[k], yy.max())
                 continue
             if yy.max() > y1 - 0.25 * h and yy.min() > y0 + 0.25 * h:
-                if back[k] < 0 or yy.min() < back[k]:
-                    back[k], spine_x[k] = yy.min(), float(np.median(xx))
+                in_back[k].append((yy, xx))
             elif yy.min() < y0 + 0.25 * h and abs(np.median(xx) - xc) < 0.2 * w:
                 front[k] = max(front[k], yy.max())
+    # the spine's column: over the slices, the middle of each slice's largest part in the back
+    # quarter (the vertebra; a rib's back arc at the side, a scapula outside the hull, move
+    # from slice to slice). A heart-centred view has the spine off its centre.
+    largest = [float(np.median(max(parts, key=lambda p: p[0].size)[1])) for parts in in_back if parts]
+    if largest:
+        column = float(np.median(largest))
+        near = SPINE_REACH_MM / cell_mm
+        for k, parts in enumerate(in_back):
+            for yy, xx in parts:
+                mid = float(np.median(xx))
+                if abs(mid - column) <= near:
+                    # the vertebral body's front, not that of the rib heads joined to it
+                    top = int(yy[np.abs(xx - mid) <= half].min())
+                    if back[k] < 0 or top < back[k]:
+                        back[k], spine_x[k] = top, mid
     reach = int(round(STERNUM_Z_MM / dz))
     have = np.flatnonzero(front >= 0)
     if have.size:
@@ -698,7 +729,7 @@ def find_anatomy(hu: np.ndarray, spacing: Sequence[float]) -> Anatomy:
     if below is not None:
         region[: below + 1] = False
     front, back, spine_x = _chest_wall_limits(bone, hull, dz, dense, int(np.ceil(STERNUM_MIN_WIDTH_MM / px)),
-                                              body, int(STERNUM_MAX_DEPTH_MM / py))
+                                              body, int(STERNUM_MAX_DEPTH_MM / py), px)
     rows = np.arange(small.shape[1])[:, None]
     sternum_gap = int(round(STERNUM_GAP_MM / py))
     chest_wall = int(round(CHEST_WALL_MM / py))
