@@ -264,6 +264,36 @@ def test_the_region_ends_at_the_vertebral_body_not_at_a_rib_reaching_the_back_qu
     assert A._chest_wall_limits(bone[:, :, :100], hull[:, :, :100], 5.0, cell_mm=2.0)[1][0] == 78  # no arc
 
 
+def test_the_descending_aorta_is_taken_across_a_few_slices_where_its_disc_is_broken():
+    """Noise or a calcified wall can break the descending aorta's disc on a few slices (a
+    real dev scan with 40 HU of noise: four 3 mm slices, where its wall plaque then became
+    "RCA"). A run of such slices at most AORTA_GAP_MM long, between slices where it is found,
+    takes the aorta from them; a longer run, and the slices beyond the last found, do not."""
+    from CoronaryCalciumDINOLib.pipeline import anatomy as A
+
+    nz, cell = 14, 2.0
+    small = np.full((nz, 60, 60), -100.0, np.float32)  # fat
+    yy, xx = np.mgrid[:60, :60]
+    disc = (yy - 30) ** 2 + (xx - 32) ** 2 <= 6 ** 2  # 12 mm radius, beside the spine
+    small[:, disc] = 40.0
+    for k in (4, 5, 6, 7, 10, 11, 12, 13):  # fat across the disc: its thickest inscribed disc is 4 mm
+        small[k, 26:35:4, 24:40] = -100.0
+        small[k, 26:35, 28:37:4] = -100.0
+    front = np.full(nz, 34)
+    spine_x = np.full(nz, 26.0)
+    soft_ok = np.ones(small.shape, bool)
+    assert A.AORTA_GAP_MM == 15.0
+    out = A.descending_aorta(small, soft_ok, front, spine_x, (cell, cell), dz=3.0)  # 4 slices: 12 mm
+    for k in range(10):
+        assert out[k, 30, 32], k
+    for k in (10, 13):  # beyond the last slice found
+        assert not out[k].any(), k
+    out = A.descending_aorta(small, soft_ok, front, spine_x, (cell, cell), dz=5.0)  # 20 mm
+    assert out[3, 30, 32] and out[8, 30, 32]
+    for k in (4, 5, 6, 7):
+        assert not out[k].any(), k
+
+
 def test_the_heart_in_front_of_a_lower_lobe_stays_in_the_region():
     """Low in the chest the lower lobes wrap round behind the heart: in a column through the
     heart's side the lung's front lies behind the heart, still in the front half of the

@@ -143,6 +143,9 @@ STERNUM_GAP_MM = 5.0
 #: region). Deeper, a lower lobe lies behind the heart, and what is in front of it is the heart.
 CHEST_WALL_MM = 20.0
 AORTA_MARGIN_MM = 4.0
+#: The descending aorta is taken across a run of at most this length (mm) of slices where it
+#: was not found, from the slices where it was on both sides (:func:`descending_aorta`).
+AORTA_GAP_MM = 15.0
 SLIVER_MM = 4.0
 #: The lungs' edge given to the mediastinum (mm): calcium on the heart's surface next to the
 #: lung shares its working-grid cells with lung.
@@ -519,7 +522,7 @@ def _chest_wall_limits(bone: np.ndarray, hull: np.ndarray, dz: float, dense: np.
 
 
 def descending_aorta(small: np.ndarray, soft_ok: np.ndarray, spine_front: np.ndarray, spine_x: np.ndarray,
-                     pixel_mm: tuple[float, float]) -> np.ndarray:
+                     pixel_mm: tuple[float, float], dz: float = 5.0) -> np.ndarray:
     """bool (z, Y, X): the descending aorta, grown by :data:`AORTA_MARGIN_MM`, on the slices
     where the spine was found.
 
@@ -528,7 +531,10 @@ def descending_aorta(small: np.ndarray, soft_ok: np.ndarray, spine_front: np.nda
     behind, from the spine's middle to 50 mm left of it (its thickness less 0.3 x its
     distance from where the aorta usually lies, 5 mm in front and 25 mm left). Its centre is smoothed along z
     (median of five slices); its radius is the distance from the centre to the disc's
-    edge, 8-18 mm (outside that range nothing is taken for the aorta).
+    edge, 8-18 mm (outside that range nothing is taken for the aorta). A run of slices where
+    it is not found, at most :data:`AORTA_GAP_MM` long (``dz``: the slice spacing, mm)
+    between two slices where it is found, takes their centre and radius, interpolated: noise
+    or a calcified wall can break the disc on a few slices of the one tube.
     """
     py, px = pixel_mm
     nz, ny, nx = small.shape
@@ -552,6 +558,13 @@ def descending_aorta(small: np.ndarray, soft_ok: np.ndarray, spine_front: np.nda
         r = float(win[iy, ix])
         if 8.0 <= r <= 18.0:
             found[k] = (y0 + iy, x0 + ix, r)
+    ok = np.flatnonzero(np.isfinite(found[:, 0]))
+    # the aorta is one tube: a run of slices where it was not found (noise or a calcified wall
+    # broke its disc), at most AORTA_GAP_MM long between two where it was, takes it from them
+    for lo, hi in zip(ok[:-1], ok[1:]):
+        if 1 < hi - lo and (hi - lo - 1) * dz <= AORTA_GAP_MM + 1e-6:
+            t = (np.arange(lo + 1, hi) - lo)[:, None] / (hi - lo)
+            found[lo + 1: hi] = (1 - t) * found[lo] + t * found[hi]
     ok = np.flatnonzero(np.isfinite(found[:, 0]))
     yy, xx = np.mgrid[0:ny, 0:nx]
     for k in ok:
@@ -739,7 +752,7 @@ def find_anatomy(hu: np.ndarray, spacing: Sequence[float]) -> Anatomy:
         if back[k] >= 0:
             region[k] &= rows < back[k]
         region[k] &= ~_in_front_of_lungs(filled[k], hull[k], chest_wall)
-    aorta = descending_aorta(small, body & ~bone, back, spine_x, (py, px))
+    aorta = descending_aorta(small, body & ~bone, back, spine_x, (py, px), dz)
     region &= ~aorta
     region = _main_part(region, max(1, int(round(SLIVER_MM / min(py, px)))))
     grown = _square_dilate(bone, max(1, int(round(BONE_MARGIN_MM / min(py, px)))))
