@@ -294,6 +294,30 @@ def test_the_descending_aorta_is_taken_across_a_few_slices_where_its_disc_is_bro
         assert not out[k].any(), k
 
 
+def test_a_disc_off_the_descending_aortas_track_is_not_the_aorta():
+    """Where the aorta touches the heart, the window beside the spine can hold a thicker part
+    of the heart (the left atrium) than the aorta: on a few slices the disc found lies off
+    the track the aorta keeps along the scan. It is not the aorta (a synthetic study lost
+    left circumflex calcium at the edge of such a disc); those slices take the aorta from
+    the slices round them."""
+    from CoronaryCalciumDINOLib.pipeline import anatomy as A
+
+    nz, cell = 14, 2.0
+    small = np.full((nz, 60, 60), -100.0, np.float32)
+    yy, xx = np.mgrid[:60, :60]
+    small[:, (yy - 30) ** 2 + (xx - 32) ** 2 <= 6 ** 2] = 40.0  # the aorta, 12 mm, on the track
+    for k in (5, 6, 7):  # its disc broken, and a thicker blob of heart at the window's front
+        small[k, 26:35:4, 24:40] = -100.0
+        small[k, 26:35, 28:37:4] = -100.0
+        small[k, (yy - 19) ** 2 + (xx - 42) ** 2 <= 8 ** 2] = 40.0
+    front, spine_x = np.full(nz, 34), np.full(nz, 26.0)
+    out = A.descending_aorta(small, np.ones(small.shape, bool), front, spine_x, (cell, cell), dz=3.0)
+    for k in (5, 6, 7):
+        assert out[k, 30, 32], k  # taken from the slices round them
+        assert not out[k, 19, 42], k  # the heart's blob
+    assert not out[:, 19, 42].any()
+
+
 def test_the_heart_in_front_of_a_lower_lobe_stays_in_the_region():
     """Low in the chest the lower lobes wrap round behind the heart: in a column through the
     heart's side the lung's front lies behind the heart, still in the front half of the

@@ -146,6 +146,11 @@ AORTA_MARGIN_MM = 4.0
 #: The descending aorta is taken across a run of at most this length (mm) of slices where it
 #: was not found, from the slices where it was on both sides (:func:`descending_aorta`).
 AORTA_GAP_MM = 15.0
+#: A disc taken for the descending aorta whose centre lies more than AORTA_OFF_TRACK_MM from
+#: the median position (relative to the spine) of the discs within AORTA_TRACK_Z_MM along
+#: the scan is not the aorta (:func:`descending_aorta`).
+AORTA_TRACK_Z_MM = 25.0
+AORTA_OFF_TRACK_MM = 10.0
 SLIVER_MM = 4.0
 #: The lungs' edge given to the mediastinum (mm): calcium on the heart's surface next to the
 #: lung shares its working-grid cells with lung.
@@ -531,10 +536,14 @@ def descending_aorta(small: np.ndarray, soft_ok: np.ndarray, spine_front: np.nda
     behind, from the spine's middle to 50 mm left of it (its thickness less 0.3 x its
     distance from where the aorta usually lies, 5 mm in front and 25 mm left). Its centre is smoothed along z
     (median of five slices); its radius is the distance from the centre to the disc's
-    edge, 8-18 mm (outside that range nothing is taken for the aorta). A run of slices where
-    it is not found, at most :data:`AORTA_GAP_MM` long (``dz``: the slice spacing, mm)
-    between two slices where it is found, takes their centre and radius, interpolated: noise
-    or a calcified wall can break the disc on a few slices of the one tube.
+    edge, 8-18 mm (outside that range nothing is taken for the aorta). The aorta is one tube
+    beside the spine: a disc whose centre (relative to the spine's front and middle) lies
+    more than :data:`AORTA_OFF_TRACK_MM` from the median of the discs within
+    :data:`AORTA_TRACK_Z_MM` along the scan is not it (the left atrium or the heart's back,
+    merged with the aorta, reaching into the window; ``dz``: the slice spacing, mm). A run of
+    slices where it is not found, at most :data:`AORTA_GAP_MM` long between two slices where
+    it is found, takes their centre and radius, interpolated: noise or a calcified wall can
+    break the disc on a few slices.
     """
     py, px = pixel_mm
     nz, ny, nx = small.shape
@@ -559,8 +568,17 @@ def descending_aorta(small: np.ndarray, soft_ok: np.ndarray, spine_front: np.nda
         if 8.0 <= r <= 18.0:
             found[k] = (y0 + iy, x0 + ix, r)
     ok = np.flatnonzero(np.isfinite(found[:, 0]))
-    # the aorta is one tube: a run of slices where it was not found (noise or a calcified wall
-    # broke its disc), at most AORTA_GAP_MM long between two where it was, takes it from them
+    # the aorta is one tube beside the spine: a disc off the track of the others nearby (the
+    # left atrium or the heart's back reaching into the window) is not it
+    if ok.size:
+        off = np.stack([(found[ok, 0] - spine_front[ok]) * py, (found[ok, 1] - spine_x[ok]) * px], axis=1)
+        reach = AORTA_TRACK_Z_MM / dz
+        keep = np.array([np.hypot(*(off[i] - np.median(off[np.abs(ok - k) <= reach], axis=0))) <= AORTA_OFF_TRACK_MM
+                         for i, k in enumerate(ok)], dtype=bool)
+        found[ok[~keep]] = np.nan
+        ok = ok[keep]
+    # a run of slices where it was not found (noise or a calcified wall broke its disc), at
+    # most AORTA_GAP_MM long between two where it was, takes it from them
     for lo, hi in zip(ok[:-1], ok[1:]):
         if 1 < hi - lo and (hi - lo - 1) * dz <= AORTA_GAP_MM + 1e-6:
             t = (np.arange(lo + 1, hi) - lo)[:, None] / (hi - lo)
