@@ -438,6 +438,26 @@ def test_region_coverage_counts_the_labelled_calcium_the_networks_see():
     assert inside == labelled
 
 
+def test_region_coverage_script_counts_the_labelled_candidates_the_region_leaves_out(monkeypatch, capsys):
+    """training/region_coverage.py: a synthetic study's labelled candidates all kept by the
+    region; a region keeping nothing leaves every one out; bad seeds refused in one line."""
+    from training import region_coverage as rc
+
+    from CoronaryCalciumDINOLib.pipeline import inference as inf
+    from CoronaryCalciumDINOLib.pipeline import load_manifest
+
+    st = generate_study(610002, matrix=256, broad_plaques=1.0, plaques=True)
+    facts = load_manifest(None)
+    c = rc.coverage(st, facts)
+    assert c["labelled"] > 50 and c["voxels"] > 1000
+    assert c["left_out"] == 0 and c["voxels_left_out"] == 0
+    monkeypatch.setattr(inf, "keep_heart_region", lambda cands, *a: (inf.cd.subset(cands, np.zeros(len(cands), bool)), len(cands)))
+    c = rc.coverage(st, facts)
+    assert c["left_out"] == c["labelled"] and c["voxels_left_out"] == c["voxels"]
+    assert rc.main(["--seeds", "5:3"]) == 2
+    assert capsys.readouterr().err.strip() == "region_coverage: error: --seeds: END must be > START, got '5:3'"
+
+
 def test_cli_synth_broad_plaques(tmp_path):
     cmd = [sys.executable, "-m", "CoronaryCalciumDINOLib.cli", "synth", "--n", "1", "--seed", "4",
            "--out", str(tmp_path), "--matrix", "48", "--slices-range", "8", "10", "--broad-plaques", "0.5"]
