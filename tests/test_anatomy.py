@@ -264,6 +264,24 @@ def test_the_region_ends_at_the_vertebral_body_not_at_a_rib_reaching_the_back_qu
     assert A._chest_wall_limits(bone[:, :, :100], hull[:, :, :100], 5.0, cell_mm=2.0)[1][0] == 78  # no arc
 
 
+def test_the_spine_of_a_heart_centred_view_lies_off_the_hulls_centre():
+    """A heart-centred view is centred on the heart, left of the spine: the lungs' hull spans
+    the whole image and the spine lies 30-40 % across it, far off the hull's middle. It is
+    still the spine (it keeps its column from slice to slice); a rib's back arc at the
+    image's side is not, nor is the smaller piece of one on a single slice."""
+    from CoronaryCalciumDINOLib.pipeline import anatomy as A
+
+    bone = np.zeros((5, 100, 100), bool)
+    hull = np.zeros_like(bone)
+    hull[:, 10:100, 0:100] = True  # cut by the view on three sides; its back quarter: rows > 77
+    bone[:, 80:100, 10:30] = True  # the vertebral body, front at row 80, 30 mm off the hull's middle
+    bone[:, 50:100, 92:97] = True  # a rib's back arc at the other side, front at row 50
+    bone[2, 60:100, 55:70] = True  # a larger piece of bone in the back quarter on one slice
+    front, back, spine_x = A._chest_wall_limits(bone, hull, 3.0, cell_mm=2.0)
+    assert back.tolist() == [80] * 5
+    assert np.all(np.abs(spine_x - 19.5) <= 1)
+
+
 def test_the_descending_aorta_is_taken_across_a_few_slices_where_its_disc_is_broken():
     """Noise or a calcified wall can break the descending aorta's disc on a few slices (a
     real dev scan with 40 HU of noise: four 3 mm slices, where its wall plaque then became
