@@ -438,6 +438,18 @@ def test_region_coverage_counts_the_labelled_calcium_the_networks_see():
     assert inside == labelled
 
 
+def test_training_results_keep_a_dotted_name(tmp_path):
+    """write_results (evaluate_kernels, evaluate_broad_plaques): OUT + .md / .json, so a name
+    with a version (results-0.5.1) keeps it; an OUT given as OUT.md is the same OUT."""
+    from training.evaluate_kernels import write_results
+
+    for given, stem in (("r-0.5.1", "r-0.5.1"), ("s.md", "s")):
+        write_results(tmp_path / given, "T", "x.py", ["--a"], ["first"], "table", {"k": 1})
+        assert (tmp_path / f"{stem}.md").read_text().startswith("# T\n\n- first\n- command: `python training/x.py --a`")
+        assert (tmp_path / f"{stem}.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r-0.5.1.json", "r-0.5.1.md", "s.json", "s.md"]
+
+
 def test_region_coverage_script_counts_the_labelled_candidates_the_region_leaves_out(monkeypatch, capsys):
     """training/region_coverage.py: a synthetic study's labelled candidates all kept by the
     region; a region keeping nothing leaves every one out; bad seeds refused in one line."""

@@ -153,10 +153,13 @@ def write_results(out: Path, title: str, script: str, argv, lines: list[str], te
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = f"python training/{script} " + " ".join(argv if argv is not None else sys.argv[1:])
     items = [lines[0], f"command: `{cmd.strip()}`", *lines[1:]]
-    out.with_suffix(".md").write_text(f"# {title}\n\n" + "".join(f"- {x}\n" for x in items) + f"\n{text}\n",
-                                      encoding="utf-8")
-    out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+    # OUT + ".md", not OUT.with_suffix: a name such as results-0.5.1 keeps its last part
+    if out.suffix in (".md", ".json"):
+        out = out.with_suffix("")
+    md, js = out.with_name(out.name + ".md"), out.with_name(out.name + ".json")
+    md.write_text(f"# {title}\n\n" + "".join(f"- {x}\n" for x in items) + f"\n{text}\n", encoding="utf-8")
+    js.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {md} and {js}")
 
 
 if __name__ == "__main__":
