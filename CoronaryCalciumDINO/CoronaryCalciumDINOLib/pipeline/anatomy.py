@@ -457,7 +457,7 @@ def _chest_wall_limits(bone: np.ndarray, hull: np.ndarray, dz: float, dense: np.
     of the spine's column (of several such parts, the front one). That column is the median
     over the slices of the middle column of each slice's largest such part: the vertebra
     keeps its column from slice to slice, a rib's back arc or a scapula at the side does not
-    (their front can lie up to 60 mm in front of the vertebral body's, across the back of the
+    (their front can lie up to 70 mm in front of the vertebral body's, across the back of the
     heart), and in a heart-centred view the spine lies well off the hull's centre. The
     spine's front is that of its columns within :data:`SPINE_HALF_WIDTH_MM` of its middle
     (``cell_mm``: the working cell's width), the vertebral body's, not that of the rib heads
