@@ -467,7 +467,7 @@ def test_region_coverage_script_counts_the_labelled_candidates_the_region_leaves
     c = rc.coverage(st, facts)
     assert c["left_out"] == c["labelled"] and c["voxels_left_out"] == c["voxels"]
     assert rc.main(["--seeds", "5:3"]) == 2
-    assert capsys.readouterr().err.strip() == "region_coverage: error: --seeds: END must be > START, got '5:3'"
+    assert capsys.readouterr().err.strip() == "region_coverage: error: --seeds must be START:END with 0 <= START < END, got 5:3"
 
 
 def test_cli_synth_broad_plaques(tmp_path):

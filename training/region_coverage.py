@@ -13,8 +13,8 @@ half its voxels in the region, or part of a calcified structure leaving it). Pri
 written to ``--out``): per study with a candidate left out, how many of how many and their
 voxels; then the totals. Unlike ``region_coverage`` of ``training/evaluate_broad_plaques.py``
 (labelled voxels reaching the networks), calcium the candidates miss (below the threshold or
-the minimum area) does not count here: this is the region's cut alone. The region must not cut coronary calcium; what this measures is
-the anatomy step alone (no network), against the synthetic anatomy.
+the minimum area) does not count here: this is the region's cut alone (no network), against
+the synthetic anatomy. The region must not cut coronary calcium.
 """
 
 from __future__ import annotations
@@ -54,21 +54,13 @@ def coverage(study, facts) -> dict:
             "voxels": int(cands.voxels[lab].sum()), "voxels_left_out": int(cands.voxels[lab & out].sum())}
 
 
-def _seeds(text: str) -> range:
-    try:
-        a, b = (int(v) for v in text.split(":"))
-    except ValueError:
-        raise ValueError(f"--seeds must be START:END (integers), got {text!r}") from None
-    if b <= a:
-        raise ValueError(f"--seeds: END must be > START, got {text!r}")
-    return range(a, b)
-
-
 def main(argv=None) -> int:
     from CoronaryCalciumDINOLib.data.studies import load_study
     from CoronaryCalciumDINOLib.errors import CCDinoError
     from CoronaryCalciumDINOLib.evaluation.pipeline_eval import synthetic_study_dirs
     from CoronaryCalciumDINOLib.models.bundle import load_manifest
+
+    from training.evaluate_kernels import parse_seeds
 
     ap = argparse.ArgumentParser(prog="region_coverage", description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", default="900000:900100", help="synthetic seeds START:END (default 900000:900100)")
@@ -76,11 +68,13 @@ def main(argv=None) -> int:
     ap.add_argument("--bundle", default=None, help="bundle whose candidate settings are used (default: the default bundle)")
     ap.add_argument("--out", default=None, help="also write the lines printed to this file")
     args = ap.parse_args(argv)
+    seeds = parse_seeds(args.seeds, "region_coverage")
+    if seeds is None:
+        return 2
     try:
-        seeds = _seeds(args.seeds)
         facts = load_manifest(args.bundle)
         dirs = synthetic_study_dirs(seeds, args.cache)
-    except (CCDinoError, ValueError) as exc:
+    except CCDinoError as exc:
         print(f"region_coverage: error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     lines, total, cut = [], {"labelled": 0, "left_out": 0, "voxels": 0, "voxels_left_out": 0}, 0
