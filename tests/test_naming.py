@@ -6,6 +6,7 @@ import numpy as np
 
 from CoronaryCalciumDINOLib.pipeline.naming import (
     LCX_DEG,
+    LCX_DEG_BELOW,
     LM_MM,
     ROOT_ZONE_BELOW_MM,
     ROOT_ZONE_MM,
@@ -53,13 +54,33 @@ def test_a_lesion_across_the_end_of_the_left_main_is_split_there():
     assert (out[7, 102:105, 110:140][:, rho > R + LM_MM + 1] == 2).all()
 
 
-def test_the_circumflex_boundary_is_half_way_between_left_and_back():
+def test_the_circumflex_boundary_on_the_roots_levels_is_half_way_between_left_and_back():
     assert LCX_DEG == 45.0
     lab = np.zeros((12, 200, 200), np.uint8)
     _lesion(lab, 2, 100 + 28, 100 + 32)  # 41 degrees behind the left: LAD
     _lesion(lab, 2, 100 + 36, 100 + 30)  # 50 degrees behind: LCX
     out = name_by_aorta(lab, AXIS, R, ROOT, SPACING)
     assert out[2, 128, 132] == 2 and out[2, 136, 130] == 3
+
+
+def test_below_the_roots_levels_the_circumflex_boundary_is_the_patients_left():
+    """More than ROOT_ZONE_BELOW_MM below the top heart level the LAD runs in front of the
+    root's centre and the circumflex beside or behind it: a lesion 20 degrees behind the
+    left is LCX there, and LAD on the root's levels; one 20 degrees in front is LAD."""
+    assert LCX_DEG_BELOW == 0.0
+    deep = 0  # 15 mm below the top heart level (slice 5, 3 mm slices)
+    near = 2  # 9 mm below it
+    assert (ROOT - deep) * SPACING[0] > ROOT_ZONE_BELOW_MM >= (ROOT - near) * SPACING[0]
+    lab = np.zeros((12, 200, 200), np.uint8)
+    for z in (deep, near):
+        _lesion(lab, z, 100 + 11, 100 + 30)  # 20 degrees behind the left, 32 mm from the centre
+    _lesion(lab, deep, 100 - 11, 100 + 30)  # 20 degrees in front
+    out = name_by_aorta(lab, AXIS, R, ROOT, SPACING)
+    assert out[deep, 111, 130] == 3 and out[near, 111, 130] == 2 and out[deep, 89, 130] == 2
+    # measuring the rule with the boundary of the root's levels everywhere: LAD
+    assert name_by_aorta(lab, AXIS, R, ROOT, SPACING, lcx_deg_below=LCX_DEG)[deep, 111, 130] == 2
+    # without a top heart level every slice is on the root's levels
+    assert name_by_aorta(lab, AXIS, R, None, SPACING)[deep, 111, 130] == 2
 
 
 def test_the_side_of_each_lesion_is_the_segmenters_and_the_left_branch_the_aortas():
@@ -238,6 +259,10 @@ def test_the_naming_measurement_on_synthetic_calcium_counts_every_labelled_voxel
     assert conf[0].sum() == 0 and conf[:, 0].sum() == 0
     for k in range(1, 5):
         assert conf[k].sum() == (labels == k).sum()
+    # --lcx-deg-below moves calcium between the LAD and the LCX only
+    other, _ = confusion([seed], lcx_deg_below=LCX_DEG)
+    assert np.array_equal(other.sum(axis=1), conf.sum(axis=1))
+    assert np.array_equal(other[:, [0, 1, 4]], conf[:, [0, 1, 4]])
 
 
 def test_the_root_zone_measurement_on_synthetic_calcium_counts_the_zone_and_its_wrong_sides():

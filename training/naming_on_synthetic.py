@@ -1,6 +1,6 @@
 """How the naming rule names the generator's own calcium (no network involved).
 
-    python training/naming_on_synthetic.py [--seeds 100:130] [--root-zone | --heights]
+    python training/naming_on_synthetic.py [--seeds 100:130] [--root-zone | --heights | --lcx-deg-below DEG]
 
 For each synthetic study of the seeds (``synth.generator.render_study``) that has calcium:
 the anatomy step on its CT (``pipeline.anatomy.find_anatomy``), then the naming rule round
@@ -14,6 +14,9 @@ it measures is the rule and the aorta finder alone, against the synthetic corona
 sides the true calcium: the lesions and voxels in the zone and those it gives the wrong
 side (left tree or RCA), with the module's settings and with two others (reaching 15 mm
 below the top heart level; without the two sectors).
+
+``--lcx-deg-below DEG`` prints the confusion with the LAD / LCX boundary below the root's
+levels (``pipeline.naming.LCX_DEG_BELOW``) set to DEG degrees behind the patient's left.
 
 ``--heights`` prints instead how high the LAD and LCX centrelines of the generator's tree
 rise above the left coronary ostium (no image is rendered).
@@ -31,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "CoronaryCalciumDIN
 
 from CoronaryCalciumDINOLib.constants import ARTERIES  # noqa: E402
 from CoronaryCalciumDINOLib.pipeline.anatomy import find_anatomy  # noqa: E402
-from CoronaryCalciumDINOLib.pipeline.naming import ROOT_ZONE_BELOW_MM, name_by_aorta, root_zone  # noqa: E402
+from CoronaryCalciumDINOLib.pipeline.naming import LCX_DEG_BELOW, ROOT_ZONE_BELOW_MM, name_by_aorta, root_zone  # noqa: E402
 from CoronaryCalciumDINOLib.synth.generator import render_study  # noqa: E402
 
 
@@ -47,16 +50,16 @@ def studies_with_calcium(seeds):
         yield seed, lab, st.ct.spacing, an, (None if an.heart_levels is None else an.heart_levels[1])
 
 
-def confusion(seeds) -> tuple[np.ndarray, list[int]]:
-    """(5, 5) voxel counts [true label, named label] over ``seeds``, and the seeds with
-    calcium but no aorta found."""
+def confusion(seeds, lcx_deg_below: float = LCX_DEG_BELOW) -> tuple[np.ndarray, list[int]]:
+    """(5, 5) voxel counts [true label, named label] over ``seeds`` (``lcx_deg_below``: as
+    :func:`name_by_aorta`), and the seeds with calcium but no aorta found."""
     conf = np.zeros((5, 5), np.int64)
     missed = []
     for seed, lab, spacing, an, root in studies_with_calcium(seeds):
         if an.aorta_axis is None:
             missed.append(seed)
             continue
-        named = name_by_aorta(lab, an.aorta_axis, an.aorta_radius_mm, root, spacing)
+        named = name_by_aorta(lab, an.aorta_axis, an.aorta_radius_mm, root, spacing, lcx_deg_below=lcx_deg_below)
         m = lab > 0
         np.add.at(conf, (lab[m].astype(np.int64), named[m].astype(np.int64)), 1)
     return conf, missed
@@ -126,7 +129,12 @@ def main(argv=None) -> int:
     what = ap.add_mutually_exclusive_group()
     what.add_argument("--root-zone", action="store_true", help="the sides the root's zone rule gives the true calcium")
     what.add_argument("--heights", action="store_true", help="how high the LAD and LCX rise above the left ostium")
+    ap.add_argument("--lcx-deg-below", type=float, default=None, metavar="DEG",
+                    help="the confusion with the LAD / LCX boundary below the root's levels DEG degrees behind the "
+                         f"patient's left (default: the module's, {LCX_DEG_BELOW:g})")
     args = ap.parse_args(argv)
+    if args.lcx_deg_below is not None and (args.root_zone or args.heights):
+        ap.error("--lcx-deg-below goes with the confusion (no --root-zone, no --heights)")
     start, end = (int(v) for v in args.seeds.split(":"))
     if args.heights:
         for a, h in heights(range(start, end)).items():
@@ -141,7 +149,9 @@ def main(argv=None) -> int:
             print(f"{label}: {r['lesions']} lesions ({r['voxels']} voxels) in the zone; wrong side: "
                   f"{r['wrong_lesions']} lesions, {r['wrong_voxels']} voxels, seeds {r['wrong_seeds'] or 'none'}")
         return 0
-    conf, missed = confusion(range(start, end))
+    below = LCX_DEG_BELOW if args.lcx_deg_below is None else args.lcx_deg_below
+    conf, missed = confusion(range(start, end), below)
+    print(f"LAD / LCX boundary below the root's levels: {below:g} degrees behind the patient's left")
     print("true \\ named (voxels): " + " ".join(f"{a:>7}" for a in ARTERIES))
     for i, a in enumerate(ARTERIES, start=1):
         print(f"{a:>21}: " + " ".join(f"{v:7d}" for v in conf[i, 1:]))

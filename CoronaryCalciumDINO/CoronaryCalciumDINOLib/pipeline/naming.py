@@ -25,11 +25,17 @@ LAD
     posterior-left one); from its division the anterior descending artery goes on to the
     left, round the pulmonary trunk, into the anterior interventricular groove and down to
     the apex: the rest of a left lesion, when the direction from ``c`` to its centroid is
-    less than :data:`LCX_DEG` behind the patient's left.
+    less than :data:`LCX_DEG` behind the patient's left on the root's levels (down to
+    :data:`ROOT_ZONE_BELOW_MM` below the top heart level), and in front of the patient's
+    left (less than :data:`LCX_DEG_BELOW` behind it) below them.
 LCX
     The circumflex turns backwards into the left atrioventricular groove and runs round
     the heart's left side: the rest of a left lesion whose centroid's direction from ``c``
-    points further back than that.
+    points further back than that. On the root's levels the left main and the first
+    centimetres of the LAD leave the left (posterior-left) sinus and lie behind-left of
+    ``c`` (real dev scans 3 and 4: 8-42 degrees behind the left); below them the anterior
+    interventricular groove lies in front of the root's centre and the left
+    atrioventricular groove beside or behind it, so the patient's left divides them there.
 
 Where the aorta is not found (a phantom, a scan that does not reach above the heart) the
 segmenter's names stay, one side of the tree per lesion (:func:`one_side_per_lesion`).
@@ -105,8 +111,15 @@ ROOT_ZONE_MM = 20.0
 #: sinuses at the root; far below it the RCA's posterior descending branch crosses left.
 ROOT_ZONE_BELOW_MM = 10.0
 #: Direction (degrees behind the patient's left, seen from the aorta's centre) beyond which a
-#: left lesion is on the circumflex: half-way between left and straight back.
+#: left lesion is on the circumflex on the root's levels: half-way between left and straight
+#: back.
 LCX_DEG = 45.0
+#: ... and more than :data:`ROOT_ZONE_BELOW_MM` below the top heart level, where the LAD runs
+#: in front of the root's centre and the circumflex beside or behind it: the patient's left.
+#: On the generator's calcium below those levels (seeds 100-129) no LAD or LCX lesion's
+#: centroid lies within 15 degrees of it: 15 degrees behind or in front name every voxel
+#: alike (``python training/naming_on_synthetic.py --lcx-deg-below DEG``).
+LCX_DEG_BELOW = 0.0
 
 
 def _lesions(labels: np.ndarray) -> tuple[int, np.ndarray, int] | None:
@@ -174,13 +187,16 @@ def one_side_per_lesion(labels: np.ndarray) -> np.ndarray:
 
 
 def name_by_aorta(labels: np.ndarray, axis: np.ndarray, radius_mm: float, root: int | None,
-                  spacing: Sequence[float], sides: np.ndarray | None = None) -> np.ndarray:
+                  spacing: Sequence[float], sides: np.ndarray | None = None,
+                  lcx_deg_below: float = LCX_DEG_BELOW) -> np.ndarray:
     """``labels`` (z, y, x; 0 background, any artery code for calcium) renamed by the
     definitions of the module docstring. ``axis`` (z, 2): the aorta's centre (row, column
     in pixels) per slice; ``root``: the top heart level (slice index; None: every slice can
     hold the left main); ``spacing`` (dz, dy, dx) mm; ``sides``: labels giving each lesion's
     side (4: RCA, else the left tree; one side per lesion), or None: the side from the
-    lesion's centroid (right of the aorta's centre: RCA)."""
+    lesion's centroid (right of the aorta's centre: RCA); ``lcx_deg_below``: the LAD / LCX
+    boundary below the root's levels (:data:`LCX_DEG_BELOW`; other values are for measuring
+    the rule: training/naming_on_synthetic.py)."""
     labels = np.asarray(labels)
     found = _lesion_voxels(labels, axis, spacing)
     if found is None:
@@ -196,7 +212,13 @@ def name_by_aorta(labels: np.ndarray, axis: np.ndarray, radius_mm: float, root: 
     rest = ~lm
     mx = np.bincount(c[rest], weights=xr[rest], minlength=n + 1)
     my = np.bincount(c[rest], weights=yr[rest], minlength=n + 1)
-    front = np.degrees(np.arctan2(my, mx)) > -LCX_DEG  # centroid direction (sums: same angle)
+    angle = np.degrees(np.arctan2(my, mx))  # centroid direction (sums: same angle)
+    limit = np.full(n + 1, -LCX_DEG)
+    if root is not None:  # below the root's levels: the grooves' boundary (lesions lie on one slice)
+        deep = np.zeros(n + 1, bool)
+        deep[c] = z < root - ROOT_ZONE_BELOW_MM / float(spacing[0]) - 1e-6
+        limit[deep] = -lcx_deg_below
+    front = angle > limit
     code = np.where(right[c], 4, np.where(lm, 1, np.where(front[c], 2, 3)))
     out = labels.copy()
     out[z, y, x] = code.astype(labels.dtype)
