@@ -531,8 +531,10 @@ def descending_aorta(small: np.ndarray, soft_ok: np.ndarray, spine_front: np.nda
     """bool (z, Y, X): the descending aorta, grown by :data:`AORTA_MARGIN_MM`, on the slices
     where the spine was found.
 
-    The thickest soft-tissue (blood, -30..150 HU) disc of ``soft_ok`` (the body without
-    bone) centred beside the front of the spine: from 25 mm in front of it to 15 mm
+    The thickest soft-tissue (blood, -30..150 HU; noise specks up to :data:`NOISE_HOLE_MM2`
+    filled: under a low-dose scan's noise they shrank the disc to the distance between them,
+    and the cut ended inside the wall, leaving a plaque on the wall in the heart region) disc
+    of ``soft_ok`` (the body without bone) centred beside the front of the spine: from 25 mm in front of it to 15 mm
     behind, from the spine's middle to 50 mm left of it (its thickness less 0.3 x its
     distance from where the aorta usually lies, 5 mm in front and 25 mm left). Its centre is smoothed along z
     (median of five slices); its radius is the distance from the centre to the disc's
@@ -557,6 +559,7 @@ def descending_aorta(small: np.ndarray, soft_ok: np.ndarray, spine_front: np.nda
         if y1 <= y0 or x1 <= x0:
             continue
         soft = soft_ok[k] & (small[k] >= SOFT_TISSUE_HU[0]) & (small[k] <= SOFT_TISSUE_HU[1])
+        soft = _fill_small_holes(soft, NOISE_HOLE_MM2 / (py * px)) & soft_ok[k]  # noise specks
         d = ndimage.distance_transform_edt(soft, sampling=(py, px))
         win = d[y0:y1, x0:x1]
         # the thickest disc, favouring one where the aorta lies (5 mm in front of the
