@@ -259,10 +259,13 @@ def test_the_naming_measurement_on_synthetic_calcium_counts_every_labelled_voxel
     assert conf[0].sum() == 0 and conf[:, 0].sum() == 0
     for k in range(1, 5):
         assert conf[k].sum() == (labels == k).sum()
-    # --lcx-deg-below moves calcium between the LAD and the LCX only
-    other, _ = confusion([seed], lcx_deg_below=LCX_DEG)
-    assert np.array_equal(other.sum(axis=1), conf.sum(axis=1))
-    assert np.array_equal(other[:, [0, 1, 4]], conf[:, [0, 1, 4]])
+    # --lcx-deg-below moves calcium between the LAD and the LCX only (seed 112: its left
+    # main's calcium below the root's levels, LAD with the root's boundary everywhere)
+    here, _ = confusion([112])
+    other, _ = confusion([112], lcx_deg_below=LCX_DEG)
+    assert not np.array_equal(other, here)
+    assert np.array_equal(other.sum(axis=1), here.sum(axis=1))
+    assert np.array_equal(other[:, [0, 1, 4]], here[:, [0, 1, 4]])
 
 
 def test_the_root_zone_measurement_on_synthetic_calcium_counts_the_zone_and_its_wrong_sides():

@@ -57,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--name", default=None, help="bundle name (default ccdino-default; with another "
                    "--ssl-variant, ccdino-<variant>)")
-    p.add_argument("--version", default="0.6.0")
+    p.add_argument("--version", default="0.6.1")
     p.add_argument("--n-train", type=int, default=200, help="synthetic training + validation studies")
     p.add_argument("--n-val", type=int, default=30, help="of which validation studies (threshold choice)")
     p.add_argument("--n-test", type=int, default=100, help="held-out synthetic studies for the reported metrics")

@@ -50,9 +50,10 @@ def studies_with_calcium(seeds):
         yield seed, lab, st.ct.spacing, an, (None if an.heart_levels is None else an.heart_levels[1])
 
 
-def confusion(seeds, lcx_deg_below: float = LCX_DEG_BELOW) -> tuple[np.ndarray, list[int]]:
+def confusion(seeds, lcx_deg_below: float | None = None) -> tuple[np.ndarray, list[int]]:
     """(5, 5) voxel counts [true label, named label] over ``seeds`` (``lcx_deg_below``: as
-    :func:`name_by_aorta`), and the seeds with calcium but no aorta found."""
+    :func:`name_by_aorta`; None: the module's), and the seeds with calcium but no aorta
+    found."""
     conf = np.zeros((5, 5), np.int64)
     missed = []
     for seed, lab, spacing, an, root in studies_with_calcium(seeds):

@@ -109,13 +109,15 @@ MAX_SIDE_DISAGREEMENT = 0.2
 ROOT_ZONE_MM = 20.0
 #: How far (mm) below the top heart level the proximal zone reaches: the ostia lie in the
 #: sinuses at the root; far below it the RCA's posterior descending branch crosses left.
+#: The same depth ends the root's levels of the LAD / LCX boundary (:data:`LCX_DEG_BELOW`).
 ROOT_ZONE_BELOW_MM = 10.0
 #: Direction (degrees behind the patient's left, seen from the aorta's centre) beyond which a
 #: left lesion is on the circumflex on the root's levels: half-way between left and straight
 #: back.
 LCX_DEG = 45.0
-#: ... and more than :data:`ROOT_ZONE_BELOW_MM` below the top heart level, where the LAD runs
-#: in front of the root's centre and the circumflex beside or behind it: the patient's left.
+#: The LAD / LCX boundary more than :data:`ROOT_ZONE_BELOW_MM` below the top heart level
+#: (degrees behind the patient's left), where the LAD runs in front of the root's centre and
+#: the circumflex beside or behind it: the patient's left.
 #: On the generator's calcium below those levels (seeds 100-129) no LAD or LCX lesion's
 #: centroid lies within 15 degrees of it: 15 degrees behind or in front name every voxel
 #: alike (``python training/naming_on_synthetic.py --lcx-deg-below DEG``).
@@ -188,15 +190,15 @@ def one_side_per_lesion(labels: np.ndarray) -> np.ndarray:
 
 def name_by_aorta(labels: np.ndarray, axis: np.ndarray, radius_mm: float, root: int | None,
                   spacing: Sequence[float], sides: np.ndarray | None = None,
-                  lcx_deg_below: float = LCX_DEG_BELOW) -> np.ndarray:
+                  lcx_deg_below: float | None = None) -> np.ndarray:
     """``labels`` (z, y, x; 0 background, any artery code for calcium) renamed by the
     definitions of the module docstring. ``axis`` (z, 2): the aorta's centre (row, column
     in pixels) per slice; ``root``: the top heart level (slice index; None: every slice can
-    hold the left main); ``spacing`` (dz, dy, dx) mm; ``sides``: labels giving each lesion's
+    hold the left main and is on the root's levels); ``spacing`` (dz, dy, dx) mm; ``sides``: labels giving each lesion's
     side (4: RCA, else the left tree; one side per lesion), or None: the side from the
     lesion's centroid (right of the aorta's centre: RCA); ``lcx_deg_below``: the LAD / LCX
-    boundary below the root's levels (:data:`LCX_DEG_BELOW`; other values are for measuring
-    the rule: training/naming_on_synthetic.py)."""
+    boundary below the root's levels (None: :data:`LCX_DEG_BELOW`; other values are for
+    measuring the rule: training/naming_on_synthetic.py)."""
     labels = np.asarray(labels)
     found = _lesion_voxels(labels, axis, spacing)
     if found is None:
@@ -217,7 +219,7 @@ def name_by_aorta(labels: np.ndarray, axis: np.ndarray, radius_mm: float, root: 
     if root is not None:  # below the root's levels: the grooves' boundary (lesions lie on one slice)
         deep = np.zeros(n + 1, bool)
         deep[c] = z < root - ROOT_ZONE_BELOW_MM / float(spacing[0]) - 1e-6
-        limit[deep] = -lcx_deg_below
+        limit[deep] = -(LCX_DEG_BELOW if lcx_deg_below is None else lcx_deg_below)
     front = angle > limit
     code = np.where(right[c], 4, np.where(lm, 1, np.where(front[c], 2, 3)))
     out = labels.copy()
