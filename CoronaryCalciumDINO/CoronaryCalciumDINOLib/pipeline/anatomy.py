@@ -531,11 +531,12 @@ def descending_aorta(small: np.ndarray, soft_ok: np.ndarray, spine_front: np.nda
     """bool (z, Y, X): the descending aorta, grown by :data:`AORTA_MARGIN_MM`, on the slices
     where the spine was found.
 
-    The thickest soft-tissue (blood, -30..150 HU; noise specks up to :data:`NOISE_HOLE_MM2`
-    filled: under a low-dose scan's noise they shrank the disc to the distance between them,
-    and the cut ended inside the wall, leaving a plaque on the wall in the heart region) disc
-    of ``soft_ok`` (the body without bone) centred beside the front of the spine: from 25 mm in front of it to 15 mm
-    behind, from the spine's middle to 50 mm left of it (its thickness less 0.3 x its
+    The thickest soft-tissue (blood, -30..150 HU) disc of ``soft_ok`` (the body without
+    bone) centred beside the front of the spine, its noise specks (holes up to
+    :data:`NOISE_HOLE_MM2`) filled first: under a low-dose scan's noise they shrank the disc
+    to the distance between them, the cut ended inside the wall and a plaque on the wall
+    stayed in the heart region. The window reaches from 25 mm in front of the spine to 15 mm
+    behind, from the spine's middle to 50 mm left of it (the disc chosen by its thickness less 0.3 x its
     distance from where the aorta usually lies, 5 mm in front and 25 mm left). Its centre is smoothed along z
     (median of five slices); its radius is the distance from the centre to the disc's
     edge, 8-18 mm (outside that range nothing is taken for the aorta). The aorta is one tube

@@ -124,6 +124,12 @@ LCX_DEG = 45.0
 LCX_DEG_BELOW = 0.0
 
 
+def _below_root_levels(z: np.ndarray, root: int, dz: float, below_mm: float = ROOT_ZONE_BELOW_MM) -> np.ndarray:
+    """bool per slice index ``z``: more than ``below_mm`` under the top heart level ``root``
+    (``dz``: slice spacing, mm), i.e. below the root's levels."""
+    return np.asarray(z) < root - below_mm / float(dz) - 1e-6
+
+
 def _lesions(labels: np.ndarray) -> tuple[int, np.ndarray, int] | None:
     """The lesions (calcium 8-connected within one slice) of the slices from the first to
     the last one with labels (no CT-sized temporaries): (first slice, component ids of those
@@ -218,7 +224,7 @@ def name_by_aorta(labels: np.ndarray, axis: np.ndarray, radius_mm: float, root: 
     limit = np.full(n + 1, -LCX_DEG)
     if root is not None:  # below the root's levels: the grooves' boundary (lesions lie on one slice)
         deep = np.zeros(n + 1, bool)
-        deep[c] = z < root - ROOT_ZONE_BELOW_MM / float(spacing[0]) - 1e-6
+        deep[c] = _below_root_levels(z, root, spacing[0])
         limit[deep] = -(LCX_DEG_BELOW if lcx_deg_below is None else lcx_deg_below)
     front = angle > limit
     code = np.where(right[c], 4, np.where(lm, 1, np.where(front[c], 2, 3)))
@@ -257,7 +263,7 @@ def root_zone(labels: np.ndarray, axis: np.ndarray, radius_mm: float, root: int 
         # direction; strictly, so that a ring centred on the root, its wall's calcification, is out)
         near *= np.abs(np.bincount(c, weights=yr, minlength=n + 1)) < np.abs(np.bincount(c, weights=xr, minlength=n + 1))
     if root is not None:
-        near[np.unique(c[z < root - below_mm / dz - 1e-6])] = 0
+        near[np.unique(c[_below_root_levels(z, root, dz, below_mm)])] = 0
     sel = near[c] > 0
     out[z[sel], y[sel], x[sel]] = True
     return out
