@@ -78,7 +78,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "plain DINO, or DINO-LG + multi-view (VET-DINO, neighbouring slices); a variant other than "
                         "the default trains its own networks in the same --work (stage folders named after it)")
     p.add_argument("--seg-steps", type=int, default=2000)
-    p.add_argument("--target-sensitivity", type=float, default=0.99,
+    # 0.98, the kept held-out target itself. Asked for 0.99, the 60 validation studies' threshold fell
+    # to 0.13 and the held-out specificity to 0.952: 4 of their 519 calcified slices (one study's
+    # circumflex, drawn behind the heart region's back edge) hold no candidate the detector sees
+    p.add_argument("--target-sensitivity", type=float, default=0.98,
                    help="slice sensitivity on the validation studies that sets the detector threshold")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="auto")
