@@ -58,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--name", default=None, help="bundle name (default ccdino-default; with another "
                    "--ssl-variant, ccdino-<variant>)")
     p.add_argument("--version", default="0.6.2")
-    # 60 validation studies (about 600 calcified slices): with 30 (about 300) the threshold for 0.99
+    # 60 validation studies (about 520 calcified slices): with 30 (about 300) the threshold for 0.99
     # was the 4th-lowest calcified slice's probability and a rebuild (0.6.1) reached 0.976 on the held-out studies
     p.add_argument("--n-train", type=int, default=230, help="synthetic training + validation studies")
     p.add_argument("--n-val", type=int, default=60, help="of which validation studies (threshold choice)")
