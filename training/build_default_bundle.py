@@ -58,11 +58,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--name", default=None, help="bundle name (default ccdino-default; with another "
                    "--ssl-variant, ccdino-<variant>)")
     p.add_argument("--version", default="0.6.3")
-    # 60 validation studies (363 and 519 calcified slices in two runs): with 30 (302) the threshold for 0.99
-    # was the 4th-lowest calcified slice's probability and a rebuild (0.6.1) reached 0.976 on the held-out
-    # studies; 340 training studies (0.6.3) against 170 (0.6.2): validation slice specificity 0.988 (each on its own 60)
-    # against 0.973 at the target sensitivity, held-out slices 0.984 / 0.989 against 0.995 / 0.980,
-    # calcium-free held-out studies at 0: 28 / 33 against 29 / 33
+    # 60 validation studies: with 30 (302 calcified slices) the threshold for 0.99 was the 4th-lowest
+    # calcified slice's probability, and a rebuild (0.6.1) reached 0.976 on the held-out studies.
+    # 340 training studies (0.6.3) against 170 (0.6.2), each validated on its own 60 (363 and 519
+    # calcified slices): validation slice specificity 0.988 against 0.973 at the target sensitivity;
+    # held-out slices 0.984 / 0.989 against 0.995 / 0.980, calcium-free studies at 0: 28 / 33 against 29 / 33
     p.add_argument("--n-train", type=int, default=400, help="synthetic training + validation studies")
     p.add_argument("--n-val", type=int, default=60, help="of which validation studies (threshold choice)")
     p.add_argument("--n-test", type=int, default=100, help="held-out synthetic studies for the reported metrics")
