@@ -58,11 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--name", default=None, help="bundle name (default ccdino-default; with another "
                    "--ssl-variant, ccdino-<variant>)")
     p.add_argument("--version", default="0.6.3")
-    # 60 validation studies: with 30 (302 calcified slices) the threshold for 0.99 was the 4th-lowest
-    # calcified slice's probability, and a rebuild (0.6.1) reached 0.976 on the held-out studies.
-    # 340 training studies (0.6.3) against 170 (0.6.2), each validated on its own 60 (363 and 519
-    # calcified slices): validation slice specificity 0.988 against 0.973 at the target sensitivity;
-    # held-out slices 0.984 / 0.989 against 0.995 / 0.980, calcium-free studies at 0: 28 / 33 against 29 / 33
+    # 60 validation studies (30 left the threshold to a handful of slices) and 340 training studies:
+    # training/results/ccdino-0.6.2-candidate.md and ccdino-0.6.3-candidate.md
     p.add_argument("--n-train", type=int, default=400, help="synthetic training + validation studies")
     p.add_argument("--n-val", type=int, default=60, help="of which validation studies (threshold choice)")
     p.add_argument("--n-test", type=int, default=100, help="held-out synthetic studies for the reported metrics")
@@ -81,9 +78,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "plain DINO, or DINO-LG + multi-view (VET-DINO, neighbouring slices); a variant other than "
                         "the default trains its own networks in the same --work (stage folders named after it)")
     p.add_argument("--seg-steps", type=int, default=2000)
-    # 0.98, the kept held-out target itself. Asked for 0.99, the 60 validation studies' threshold fell
-    # to 0.13 and the held-out specificity to 0.952: 4 of their 519 calcified slices (one study's
-    # circumflex, drawn behind the heart region's back edge) hold no candidate the detector sees
+    # 0.98, the kept held-out target: 0.99 reached into calcified slices no candidate reaches
+    # (training/results/ccdino-0.6.2-candidate.md)
     p.add_argument("--target-sensitivity", type=float, default=0.98,
                    help="slice sensitivity on the validation studies that sets the detector threshold")
     p.add_argument("--threads", type=int, default=2)
