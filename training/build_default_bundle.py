@@ -57,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--name", default=None, help="bundle name (default ccdino-default; with another "
                    "--ssl-variant, ccdino-<variant>)")
-    p.add_argument("--version", default="0.6.3")
+    p.add_argument("--version", default="0.6.4")
     # 60 validation studies (30 left the threshold to a handful of slices) and 340 training studies:
     # training/results/ccdino-0.6.2-candidate.md and ccdino-0.6.3-candidate.md
     p.add_argument("--n-train", type=int, default=400, help="synthetic training + validation studies")
@@ -71,6 +71,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--phantom-seed", type=int, default=700000, help="first seed of the training phantoms")
     p.add_argument("--n-test-phantoms", type=int, default=20, help="held-out synthetic phantoms (seeds 900100..)")
     p.add_argument("--max-neg", type=int, default=1500, help="non-coronary candidates kept per training study")
+    p.add_argument("--train-in-region-only", action="store_true",
+                   help="train on the heart region's candidates only (0.6.3 and before); the default also "
+                        "trains on those the anatomy step leaves out (bone, chest wall) as the networks' negatives")
     p.add_argument("--ssl-steps", type=int, default=1200)
     p.add_argument("--ssl-batch", type=int, default=64)
     p.add_argument("--ssl-variant", choices=BUNDLE_VARIANTS, default="dino-lg",
@@ -234,7 +237,8 @@ def main(argv=None) -> int:
     # 2. caches
     t = time.perf_counter()
     cfg = CandidateConfig()
-    train_cache = build_cache(train_dirs, work / "train.npz", cfg, max_neg=args.max_neg, log=_log)
+    train_cache = build_cache(train_dirs, work / "train.npz", cfg, max_neg=args.max_neg, log=_log,
+                              outside_region=not args.train_in_region_only)
     val_cache = build_cache(val_dirs, work / "val.npz", cfg, max_neg=None, n_random=0, log=_log)
     test_cache = build_cache(test_dirs, work / "test.npz", cfg, max_neg=None, n_random=0, log=_log)
     if "caches_s" not in timings:
@@ -480,6 +484,15 @@ def _fmt(v, nd=3) -> str:
     return "n/a" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
 
 
+#: What the networks trained on, by ``--train-in-region-only``.
+TRAIN_REGION_TEXT = {
+    False: "Training also gives the networks, as they are, the heart field's candidates the region leaves out (bone, "
+           "calcified costal cartilage, chest wall; at most --max-neg non-coronary candidates per study in all); "
+           "validation and the held-out evaluation hold the region's only, as inference does.",
+    True: "The networks trained on the heart region's candidates only.",
+}
+
+
 def model_card(args, metrics, bb_cfg, sup, timings, environment, cfg) -> str:
     from CoronaryCalciumDINOLib.pipeline.candidates import PHANTOM_FAT_SHARE, PHANTOM_MAX_AREA_MM2
 
@@ -520,6 +533,7 @@ patient data. Research use only; not a medical device.**
   {cfg.field_mm:.0f} mm heart field of each axial slice, in the heart region; crops of {cfg.crop_px} x {cfg.crop_px} px of
   {cfg.pixel_mm} mm (native CT pixel size), HU windows {[list(w) for w in cfg.windows]}, and a context
   vector of {sup['segmenter_config']['context_dim']} features (position, HU statistics, coarse views).
+  {TRAIN_REGION_TEXT[args.train_in_region_only]}
 - Backbone: ViT (`{bb_cfg['name']}` with patch {bb_cfg['patch_size']}, {bb_cfg['depth']} blocks, {bb_cfg['num_heads']}
   heads, width {bb_cfg['embed_dim']}), {SSL_TEXT[args.ssl_variant]}
   for {args.ssl_steps} steps of batch {args.ssl_batch} from random initialisation (final DINO loss

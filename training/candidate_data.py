@@ -9,7 +9,13 @@ and zoom the crop) and per-pixel labels. The network input is the central
 Candidates are those the pipeline gives its networks: of the slices a cardiac scan would hold
 (:func:`~CoronaryCalciumDINOLib.pipeline.inference.locate`), and for a patient (not a
 calcium-scoring phantom) only those in the heart region and off bone
-(:func:`~CoronaryCalciumDINOLib.pipeline.inference.keep_heart_region`).
+(:func:`~CoronaryCalciumDINOLib.pipeline.inference.keep_heart_region`). A *training* cache
+can keep the others too (``outside_region``; ``in_region`` tells them apart): the bone,
+calcified costal cartilage and chest wall of the heart field. Inference never gives them to
+the networks, but a speck of calcified cartilage where it touches the heart's front lies
+inside the region; without the chest wall's specks as negatives (about a hundred bright ones
+per study against 0-3 inside the region) a detector learns that a bright speck is calcium
+and calls that one LAD.
 
 Negatives (candidates that are not coronary calcium, mostly noise) of *training* studies
 can be capped per study (``max_neg``): each kept negative then carries the weight
@@ -42,7 +48,7 @@ from CoronaryCalciumDINOLib.pipeline.candidates import (
     looks_like_phantom,
     random_points,
 )
-from CoronaryCalciumDINOLib.pipeline.inference import keep_heart_region, locate, orient
+from CoronaryCalciumDINOLib.pipeline.inference import heart_region_mask, locate, orient
 
 #: 3: candidates of the cardiac range, in the heart region and off bone (the anatomy step)
 CACHE_VERSION = 3
@@ -57,7 +63,7 @@ def adjacent_step(dz_mm: float) -> int:
 
 
 def study_samples(path, cfg: CandidateConfig, margin: int, max_neg: int | None, n_random: int, rng,
-                  adjacent: bool = False) -> dict:
+                  adjacent: bool = False, outside_region: bool = False) -> dict:
     """Arrays of one study: see :func:`build_cache`; with ``adjacent`` also ``crops_adjacent``
     (n, 2, S, S): the crops at the same (x, y) ``adjacent_step`` slices below and above
     (clamped to the cardiac range) and ``adjacent_dz`` (n, 2) the slice offsets used."""
@@ -69,8 +75,11 @@ def study_samples(path, cfg: CandidateConfig, margin: int, max_neg: int | None, 
     anatomy, (z0, z1) = locate(hu, s.ct.spacing)
     hu, labels = hu[z0:z1], labels[z0:z1]
     c = find_candidates(hu, s.ct.spacing, cfg)
+    in_region = np.ones(len(c), dtype=bool)
     if not looks_like_phantom(c):
-        c, _ = keep_heart_region(c, anatomy, hu)
+        in_region = heart_region_mask(c, anatomy, hu)
+        if not outside_region:
+            c, in_region = subset(c, in_region), in_region[in_region]
     y = c.targets(labels)
     idx = np.arange(len(c))
     weight = np.ones(len(c), dtype=np.float32)
@@ -103,25 +112,31 @@ def study_samples(path, cfg: CandidateConfig, margin: int, max_neg: int | None, 
         "context": c.context[idx],
         "target": y[idx],
         "weight": weight[idx],
+        "in_region": in_region[idx],
         "z": c.z[idx],
         "slice_has_calcium": slice_has,
         "random_crops": crop_hu(hu, rnd, size=size).astype(np.float16),
-        "n_candidates": len(c),
+        "n_candidates": int(np.count_nonzero(in_region)),
     }
 
 
 def build_cache(studies, out: Path, cfg: CandidateConfig, margin: int = 4, max_neg: int | None = 500,
-                n_random: int = 200, seed: int = 0, log=print) -> Path:
+                n_random: int = 200, seed: int = 0, log=print, outside_region: bool = False) -> Path:
     """Write ``out`` (.npz) with the samples of ``studies`` (list of study folders); resumable by file.
+    ``outside_region``: keep also the candidates the anatomy step leaves out (for training;
+    ``max_neg`` caps all of a study's negatives together).
 
     Keys: ``crops`` (N, P+2m, P+2m) float16 HU, ``pixel_labels`` (N, P, P) uint8, ``masks`` (N, P, P) uint8 (pixels of the candidate itself),
-    ``context`` (N, C), ``target`` (N,) 0..4, ``weight`` (N,), ``study`` (N,) index into
+    ``context`` (N, C), ``target`` (N,) 0..4, ``weight`` (N,), ``in_region`` (N,) bool (what
+    inference gives the networks), ``study`` (N,) index into
     ``study_ids``, ``z`` (N,), ``slice_has_calcium`` (total slices,) with ``slice_offset``
     (studies + 1,), ``random_crops`` (R, P+2m, P+2m) float16 HU, ``config`` (JSON).
     """
     out = Path(out)
     meta = {"version": CACHE_VERSION, "config": cfg.to_dict(), "margin": margin, "max_neg": max_neg,
             "n_random": n_random, "seed": seed, "studies": [Path(p).name for p in studies]}
+    if outside_region:  # absent otherwise: caches built before the option stay up to date
+        meta["outside_region"] = True
     if out.exists():
         with np.load(out, allow_pickle=False) as z:
             if json.loads(str(z["meta"])) == meta:
@@ -131,14 +146,15 @@ def build_cache(studies, out: Path, cfg: CandidateConfig, margin: int = 4, max_n
     parts = []
     t0 = time.perf_counter()
     for i, p in enumerate(studies):
-        parts.append(study_samples(p, cfg, margin, max_neg, n_random, rng))
+        parts.append(study_samples(p, cfg, margin, max_neg, n_random, rng, outside_region=outside_region))
         if (i + 1) % 20 == 0 or i + 1 == len(studies):
             log(f"  cache {out.name}: {i + 1}/{len(studies)} studies ({time.perf_counter() - t0:.0f} s)")
     sizes = [len(q["target"]) for q in parts]
     slices = [len(q["slice_has_calcium"]) for q in parts]
     arrays = {
         k: np.concatenate([q[k] for q in parts])
-        for k in ("crops", "pixel_labels", "masks", "context", "target", "weight", "z", "slice_has_calcium", "random_crops")
+        for k in ("crops", "pixel_labels", "masks", "context", "target", "weight", "in_region", "z", "slice_has_calcium",
+                  "random_crops")
     }
     arrays["study"] = np.repeat(np.arange(len(parts)), sizes)
     arrays["slice_offset"] = np.concatenate([[0], np.cumsum(slices)])

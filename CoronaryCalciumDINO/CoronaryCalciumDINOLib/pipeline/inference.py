@@ -383,10 +383,16 @@ def keep_heart_region(cands: cd.Candidates, anatomy: Anatomy, hu: np.ndarray | N
     found on) not those on a calcified structure that leaves the region
     (:func:`.candidates.on_structure_leaving_region`: a costal cartilage, the sternum); returns
     them and how many were left out. Inference and training pass ``hu``."""
+    inside = heart_region_mask(cands, anatomy, hu)
+    return cd.subset(cands, inside), int(np.count_nonzero(~inside))
+
+
+def heart_region_mask(cands: cd.Candidates, anatomy: Anatomy, hu: np.ndarray | None = None) -> np.ndarray:
+    """(n,) bool: the candidates :func:`keep_heart_region` keeps."""
     inside = cd.in_heart_region(cands, anatomy)
     if hu is not None:
         inside &= ~cd.on_structure_leaving_region(cands, hu, anatomy)
-    return cd.subset(cands, inside), int(np.count_nonzero(~inside))
+    return inside
 
 
 def detect(hu: np.ndarray, cands: cd.Candidates, bundle, rt: Route, dev, batch: int, report=None):
