@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
 from CoronaryCalciumDINOLib.data.studies import load_study  # noqa: E402
-from CoronaryCalciumDINOLib.pipeline.candidates import CandidateConfig, crop_hu, find_candidates  # noqa: E402
+from CoronaryCalciumDINOLib.pipeline.candidates import CONTEXT_INDEX, CandidateConfig, crop_hu, find_candidates  # noqa: E402
 from CoronaryCalciumDINOLib.pipeline.inference import keep_heart_region, locate  # noqa: E402
 from CoronaryCalciumDINOLib.synth import write_studies  # noqa: E402
 from training import pretrain_candidates  # noqa: E402
@@ -57,6 +57,27 @@ def test_cache_holds_the_inference_input(tiny_cache):
     mtime = path.stat().st_mtime_ns
     build_cache(dirs, path, CandidateConfig(), max_neg=50, n_random=20)
     assert path.stat().st_mtime_ns == mtime
+
+
+def test_training_cache_keeps_what_the_region_leaves_out(tiny_cache, tmp_path):
+    """``outside_region``: the bone and chest wall's candidates join as the networks' negatives,
+    flagged ``in_region`` False; the region's own candidates are those of the plain cache."""
+    dirs, path = tiny_cache
+    inner = load_cache(path)
+    both_path = build_cache(dirs, tmp_path / "both.npz", CandidateConfig(), max_neg=None, n_random=0, outside_region=True)
+    both = load_cache(both_path)
+    assert both["meta"]["outside_region"] is True and "outside_region" not in inner["meta"]
+    assert inner["in_region"].all()
+    out = ~both["in_region"]
+    assert out.sum() > 0 and (both["target"][out] == 0).all()
+    # the region's own candidates are the plain cache's (uncapped here, so every one of them)
+    np.testing.assert_array_equal(both["n_candidates"], inner["n_candidates"])
+    np.testing.assert_array_equal(np.bincount(both["study"][both["in_region"]], minlength=len(dirs)), inner["n_candidates"])
+    pos_both, pos_inner = both["target"] > 0, inner["target"] > 0
+    np.testing.assert_array_equal(both["crops"][pos_both], inner["crops"][pos_inner])
+    # what was left out is bright bone and cartilage, not only noise: peaks far above the region's negatives
+    peak = both["context"][:, CONTEXT_INDEX["peak_hu_k"]]
+    assert np.percentile(peak[out], 90) > np.percentile(peak[both["in_region"] & (both["target"] == 0)], 90)
 
 
 @pytest.mark.parametrize("guided", [True, False])
