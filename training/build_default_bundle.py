@@ -276,7 +276,7 @@ def main(argv=None) -> int:
     commands["supervised"] = ["--train", str(train_cache), "--val", str(val_cache), "--backbone",
                               str(ssl_dir / "backbone.pt"), "--out", str(sup_dir), "--seg-steps", str(args.seg_steps),
                               "--target-sensitivity", str(args.target_sensitivity), "--threads", str(args.threads),
-                              "--device", args.device]
+                              "--device", args.device, "--seg-candidates", "region"]
     t = time.perf_counter()
     if not current(sup_dir.name, sup_dir / "supervised.pt",
                    [commands["supervised"], stage_inputs[ssl_dir.name], _cache_meta(val_cache)], sup_dir):
@@ -486,10 +486,10 @@ def _fmt(v, nd=3) -> str:
 
 #: What the networks trained on, by ``--train-in-region-only``.
 TRAIN_REGION_TEXT = {
-    False: "Training also gives the networks, as they are, the heart field's candidates the region leaves out (bone, "
-           "calcified costal cartilage, chest wall; at most --max-neg non-coronary candidates per study in all); "
-           "validation and the held-out evaluation hold the region's only, as inference does.",
-    True: "The networks trained on the heart region's candidates only.",
+    False: "Training also gives the detector heads, as negatives, the heart field's candidates the region leaves out "
+           "(bone, calcified costal cartilage, chest wall; at most --max-neg non-coronary candidates per study in all); "
+           "the segmenter, validation and the held-out evaluation take the region's only, as inference does.",
+    True: "The networks trained on the heart region's candidates only (--train-in-region-only).",
 }
 
 

@@ -188,6 +188,21 @@ def bootstrap_auroc(y, p, groups, n: int = 500, seed: int = 0) -> tuple[float | 
 # ----------------------------------------------------------------------------- segmenter
 
 
+#: The per-candidate arrays of a cache (:func:`training.candidate_data.build_cache`).
+CANDIDATE_KEYS = ("crops", "pixel_labels", "masks", "context", "target", "weight", "in_region", "z", "study")
+
+
+def region_part(cache: dict) -> dict:
+    """``cache`` with only the candidates inference gives the networks (``in_region``): the
+    segmenter sees a candidate only once the anatomy step and the detector let it through, so
+    the bone and chest wall of a training cache built with ``outside_region`` would teach it
+    that a large dense calcification is not calcium. A cache without them is returned as it is."""
+    m = cache.get("in_region")
+    if m is None or m.all():
+        return cache
+    return cache | {k: cache[k][m] for k in CANDIDATE_KEYS if k in cache}
+
+
 def segmenter_config(cache: dict, channels=(16, 32, 64)) -> SegmenterConfig:
     crop_px, windows = cache_windows(cache)
     return SegmenterConfig(windows=[list(w) for w in windows], neighbours=0, crop_mm=0.0, input_size=crop_px,
@@ -293,6 +308,9 @@ def parse_args(argv=None):
     p.add_argument("--target-sensitivity", type=float, default=0.99)
     p.add_argument("--seg-steps", type=int, default=1500)
     p.add_argument("--seg-channels", default="16,32,64")
+    p.add_argument("--seg-candidates", choices=("region", "all"), default="region",
+                   help="the segmenter trains on the heart region's candidates only (what inference gives it; the "
+                        "default) or on all of a cache that also holds those the region leaves out")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -353,7 +371,8 @@ def main(argv=None) -> None:
     report["shipped_head"] = chosen
 
     cfg = segmenter_config(train, [int(c) for c in args.seg_channels.split(",")])
-    net = train_segmenter(train, cfg, steps=args.seg_steps, seed=args.seed, device=args.device)
+    seg_train = region_part(train) if args.seg_candidates == "region" else train
+    net = train_segmenter(seg_train, cfg, steps=args.seg_steps, seed=args.seed, device=args.device)
     sp = segmenter_candidate_probs(net, val, val["masks"])
     vt = val["target"]
     calc = sp[:, 1:].sum(1) >= 0.5
