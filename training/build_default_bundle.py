@@ -71,6 +71,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--phantom-seed", type=int, default=700000, help="first seed of the training phantoms")
     p.add_argument("--n-test-phantoms", type=int, default=20, help="held-out synthetic phantoms (seeds 900100..)")
     p.add_argument("--max-neg", type=int, default=1500, help="non-coronary candidates kept per training study")
+    p.add_argument("--seg-outside-max-mm2", type=float, default=20.0,
+                   help="the segmenter also trains on the candidates the heart region leaves out of at most this area "
+                        "(the chest wall's specks, not its bone; 0: none)")
     p.add_argument("--train-in-region-only", action="store_true",
                    help="train on the heart region's candidates only (0.6.3 and before); the default also "
                         "trains on those the anatomy step leaves out (bone, chest wall) as the networks' negatives")
@@ -276,7 +279,7 @@ def main(argv=None) -> int:
     commands["supervised"] = ["--train", str(train_cache), "--val", str(val_cache), "--backbone",
                               str(ssl_dir / "backbone.pt"), "--out", str(sup_dir), "--seg-steps", str(args.seg_steps),
                               "--target-sensitivity", str(args.target_sensitivity), "--threads", str(args.threads),
-                              "--device", args.device, "--seg-candidates", "region"]
+                              "--device", args.device, "--seg-outside-max-mm2", str(args.seg_outside_max_mm2)]
     t = time.perf_counter()
     if not current(sup_dir.name, sup_dir / "supervised.pt",
                    [commands["supervised"], stage_inputs[ssl_dir.name], _cache_meta(val_cache)], sup_dir):
