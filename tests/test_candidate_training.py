@@ -78,6 +78,17 @@ def test_training_cache_keeps_what_the_region_leaves_out(tiny_cache, tmp_path):
     # what was left out is bright bone and cartilage, not only noise: peaks far above the region's negatives
     peak = both["context"][:, CONTEXT_INDEX["peak_hu_k"]]
     assert np.percentile(peak[out], 90) > np.percentile(peak[both["in_region"] & (both["target"] == 0)], 90)
+    # the segmenter's part: the region's candidates, and of the others only the small ones
+    from training.train_candidates import region_part
+
+    assert region_part(inner) is inner
+    seg = region_part(both)
+    assert seg["in_region"].all() and len(seg["target"]) == both["in_region"].sum() == len(seg["crops"])
+    area = np.exp(both["context"][:, CONTEXT_INDEX["log_area_mm2"]])
+    assert (area[out] > 20).any() and (area[out] <= 20).any()
+    specks = region_part(both, 20.0)
+    assert len(specks["crops"]) == int((both["in_region"] | (area <= 20)).sum())
+    assert np.exp(specks["context"][~specks["in_region"], CONTEXT_INDEX["log_area_mm2"]]).max() <= 20
 
 
 @pytest.mark.parametrize("guided", [True, False])
