@@ -17,7 +17,8 @@ made again; the SSL stage also resumes from its own checkpoint):
    held-out studies (seeds 900000..) and ``--n-test-phantoms`` held-out phantoms (seeds
    900100..);
 2. candidate caches (:mod:`training.candidate_data`): the inference crop sampler run on
-   every study;
+   every study (the training cache also keeps, as negatives, the heart field's candidates the
+   anatomy step leaves out: bone, calcified costal cartilage, chest wall);
 3. DINO-LG self-supervised pretraining of the candidate ViT
    (:mod:`training.pretrain_candidates`);
 4. detector heads, the gradient-boosted baseline and the per-artery segmenter
@@ -71,6 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--phantom-seed", type=int, default=700000, help="first seed of the training phantoms")
     p.add_argument("--n-test-phantoms", type=int, default=20, help="held-out synthetic phantoms (seeds 900100..)")
     p.add_argument("--max-neg", type=int, default=1500, help="non-coronary candidates kept per training study")
+    # the chest wall's candidates as negatives, the segmenter only its specks: training/results/ccdino-0.6.4-candidate.md
     p.add_argument("--seg-outside-max-mm2", type=float, default=20.0,
                    help="the segmenter also trains on the candidates the heart region leaves out of at most this area "
                         "(the chest wall's specks, not its bone; 0: none)")
@@ -489,9 +491,10 @@ def _fmt(v, nd=3) -> str:
 
 #: What the networks trained on, by ``--train-in-region-only``.
 TRAIN_REGION_TEXT = {
-    False: "Training also gives the detector heads, as negatives, the heart field's candidates the region leaves out "
-           "(bone, calcified costal cartilage, chest wall; at most --max-neg non-coronary candidates per study in all); "
-           "the segmenter, validation and the held-out evaluation take the region's only, as inference does.",
+    False: "Training also gives the detector heads, as they are, the heart field's candidates the region leaves out "
+           "(bone, calcified costal cartilage, chest wall; at most --max-neg non-coronary candidates per study in all), "
+           "and the segmenter those of them up to --seg-outside-max-mm2 (the chest wall's specks, not its bone); "
+           "validation and the held-out evaluation take the region's only, as inference does.",
     True: "The networks trained on the heart region's candidates only (--train-in-region-only).",
 }
 

@@ -88,6 +88,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, type=Path, help="new bundle folder")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     ap.add_argument("--steps", type=int, default=2000, help="segmenter steps (default 2000, the recipe's)")
+    ap.add_argument("--outside-max-mm2", type=float, default=20.0,
+                    help="of a --train cache that also holds the candidates the heart region leaves out (the recipe's), "
+                         "those of at most this area train too, as in the recipe (default 20; 0: none)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default=None, help="bundle name (default: the bundle's)")
     ap.add_argument("--version", default=None, help="bundle version (default: the bundle's + '-seg')")
@@ -117,7 +120,7 @@ def main(argv=None) -> int:
     import torch
 
     from training.candidate_data import load_cache
-    from training.train_candidates import segmenter_config, train_segmenter
+    from training.train_candidates import region_part, segmenter_config, train_segmenter
 
     torch.set_num_threads(max(1, args.threads))
     try:
@@ -159,7 +162,8 @@ def main(argv=None) -> int:
         return _error(f"the training cache {args.train} holds no coronary candidate")
     cfg = segmenter_config(train, tuple(m["segmenter"]["channels"]))
     t0 = time.perf_counter()
-    net = train_segmenter(train, cfg, steps=args.steps, seed=args.seed, device=args.device)
+    net = train_segmenter(region_part(train, args.outside_max_mm2), cfg, steps=args.steps, seed=args.seed,
+                          device=args.device)
     seconds = time.perf_counter() - t0
     what = {"train_cache": str(args.train), "train_candidates": int(train["target"].size),
             "train_studies": len(train["meta"].get("studies", [])), "steps": args.steps, "seed": args.seed,
