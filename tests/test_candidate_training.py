@@ -139,6 +139,11 @@ def test_build_default_bundle_tiny(tmp_path, capsys):
     assert h["n_studies"] == 2 and "zero_scored_zero" in h["pipeline"]
     assert "baseline_gbm_hand_features" in metrics and metrics["phantom"]["slices"] == 47
     assert metrics["heldout_synthetic_phantoms"]["n_studies"] == 1
+    # the training cache holds the chest wall's candidates too; validation only the region's
+    assert load_cache(tmp_path / "work" / "train.npz")["meta"]["outside_region"] is True
+    assert "outside_region" not in load_cache(tmp_path / "work" / "val.npz")["meta"]
+    commands = json.loads((res / "ccdino-default-commands.json").read_text())
+    assert "--seg-outside-max-mm2 20.0" in commands["stages"]["supervised"]
     assert sorted(p.name for p in (tmp_path / "work" / "phantoms").iterdir()) == ["synth-phantom-700002", "synth-phantom-700003"]
     b = load_bundle(out)
     assert "one in 2 of them (2) as its non-gated" in b.manifest["trained_on"]
