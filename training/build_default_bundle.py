@@ -17,8 +17,9 @@ made again; the SSL stage also resumes from its own checkpoint):
    held-out studies (seeds 900000..) and ``--n-test-phantoms`` held-out phantoms (seeds
    900100..);
 2. candidate caches (:mod:`training.candidate_data`): the inference crop sampler run on
-   every study (the training cache also keeps, as negatives, the heart field's candidates the
-   anatomy step leaves out: bone, calcified costal cartilage, chest wall);
+   every study (the training cache also keeps, as they are, the heart field's candidates the
+   anatomy step leaves out: bone, calcified costal cartilage, chest wall, almost all of them
+   non-coronary);
 3. DINO-LG self-supervised pretraining of the candidate ViT
    (:mod:`training.pretrain_candidates`);
 4. detector heads, the gradient-boosted baseline and the per-artery segmenter
@@ -78,7 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(the chest wall's specks, not its bone; 0: none)")
     p.add_argument("--train-in-region-only", action="store_true",
                    help="train on the heart region's candidates only (0.6.3 and before); the default also "
-                        "trains on those the anatomy step leaves out (bone, chest wall) as the networks' negatives")
+                        "trains on those the anatomy step leaves out (bone, chest wall; almost all non-coronary)")
     p.add_argument("--ssl-steps", type=int, default=1200)
     p.add_argument("--ssl-batch", type=int, default=64)
     p.add_argument("--ssl-variant", choices=BUNDLE_VARIANTS, default="dino-lg",
@@ -489,14 +490,15 @@ def _fmt(v, nd=3) -> str:
     return "n/a" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
 
 
-#: What the networks trained on, by ``--train-in-region-only``.
-TRAIN_REGION_TEXT = {
-    False: "Training also gives the detector heads, as they are, the heart field's candidates the region leaves out "
-           "(bone, calcified costal cartilage, chest wall; at most --max-neg non-coronary candidates per study in all), "
-           "and the segmenter those of them up to --seg-outside-max-mm2 (the chest wall's specks, not its bone); "
-           "validation and the held-out evaluation take the region's only, as inference does.",
-    True: "The networks trained on the heart region's candidates only (--train-in-region-only).",
-}
+def train_region_text(args) -> str:
+    """The model card's line on what the networks trained on."""
+    if args.train_in_region_only:
+        return "The networks trained on the heart region's candidates only (--train-in-region-only)."
+    return ("The training cache also holds, as they are, the heart field's candidates the region leaves out (bone, "
+            f"calcified costal cartilage, chest wall: almost all non-coronary; at most {args.max_neg} non-coronary "
+            "candidates per study in all): the self-supervised stage, the detector heads and the baseline train on all "
+            f"of them, the segmenter on those of at most {args.seg_outside_max_mm2:g} mm^2 (the chest wall's specks, "
+            "not its bone); validation and the held-out evaluation take the region's only, as inference does.")
 
 
 def model_card(args, metrics, bb_cfg, sup, timings, environment, cfg) -> str:
@@ -539,7 +541,7 @@ patient data. Research use only; not a medical device.**
   {cfg.field_mm:.0f} mm heart field of each axial slice, in the heart region; crops of {cfg.crop_px} x {cfg.crop_px} px of
   {cfg.pixel_mm} mm (native CT pixel size), HU windows {[list(w) for w in cfg.windows]}, and a context
   vector of {sup['segmenter_config']['context_dim']} features (position, HU statistics, coarse views).
-  {TRAIN_REGION_TEXT[args.train_in_region_only]}
+  {train_region_text(args)}
 - Backbone: ViT (`{bb_cfg['name']}` with patch {bb_cfg['patch_size']}, {bb_cfg['depth']} blocks, {bb_cfg['num_heads']}
   heads, width {bb_cfg['embed_dim']}), {SSL_TEXT[args.ssl_variant]}
   for {args.ssl_steps} steps of batch {args.ssl_batch} from random initialisation (final DINO loss

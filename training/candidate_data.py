@@ -11,11 +11,12 @@ Candidates are those the pipeline gives its networks: of the slices a cardiac sc
 calcium-scoring phantom) only those in the heart region and off bone
 (:func:`~CoronaryCalciumDINOLib.pipeline.inference.keep_heart_region`). A *training* cache
 can keep the others too (``outside_region``; ``in_region`` tells them apart): the bone,
-calcified costal cartilage and chest wall of the heart field. Inference never gives them to
-the networks, but a speck of calcified cartilage where it touches the heart's front lies
-inside the region; without the chest wall's specks as negatives (about a hundred bright ones
-per study against 0-3 inside the region) a detector learns that a bright speck is calcium
-and calls that one LAD.
+calcified costal cartilage and chest wall of the heart field, each with its own class (almost
+all non-coronary; the few labelled coronary ones the region's edge cuts stay positives).
+Inference never gives them to the networks, but a speck of calcified cartilage where it
+touches the heart's front lies inside the region; without the chest wall's specks as
+negatives (about a hundred bright ones per study against 0-3 inside the region) a detector
+learns that a bright speck is calcium and calls that one LAD.
 
 Negatives (candidates that are not coronary calcium, mostly noise) of *training* studies
 can be capped per study (``max_neg``): each kept negative then carries the weight
@@ -191,7 +192,7 @@ def build_adjacent(cache_path, studies_root, out: Path, log=print) -> Path:
     t0 = time.perf_counter()
     for i, name in enumerate(meta["studies"]):
         q = study_samples(Path(studies_root) / name, cfg, meta["margin"], None, 0, np.random.default_rng(0),
-                          adjacent=True)
+                          adjacent=True, outside_region=bool(meta.get("outside_region")))
         lut = {q["crops"][j].tobytes(): j for j in range(len(q["crops"]))}
         for k in np.flatnonzero(study == i):
             j = lut.get(crops[k].tobytes())

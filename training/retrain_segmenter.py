@@ -1,7 +1,8 @@
 """A bundle with its segmenter trained again on a candidate cache; the rest of it kept.
 
     python -m training.retrain_segmenter --bundle B (--train T.npz [--val V.npz] | --studies DIR [--n-val 30]) --out OUT
-        [--steps 2000] [--seed 0] [--version V] [--name N] [--note TEXT] [--overwrite] [--device auto]
+        [--steps 2000] [--seed 0] [--outside-max-mm2 20] [--version V] [--name N] [--note TEXT] [--overwrite]
+        [--device auto]
 
 The segmenter (the per-artery 2D UNet on candidate crops) is trained as the recipe's
 supervised stage trains it (:func:`training.train_candidates.train_segmenter`, the
@@ -162,10 +163,11 @@ def main(argv=None) -> int:
         return _error(f"the training cache {args.train} holds no coronary candidate")
     cfg = segmenter_config(train, tuple(m["segmenter"]["channels"]))
     t0 = time.perf_counter()
-    net = train_segmenter(region_part(train, args.outside_max_mm2), cfg, steps=args.steps, seed=args.seed,
-                          device=args.device)
+    part = region_part(train, args.outside_max_mm2)
+    net = train_segmenter(part, cfg, steps=args.steps, seed=args.seed, device=args.device)
     seconds = time.perf_counter() - t0
-    what = {"train_cache": str(args.train), "train_candidates": int(train["target"].size),
+    what = {"train_cache": str(args.train), "train_candidates": int(part["target"].size),
+            "cache_candidates": int(train["target"].size), "outside_max_mm2": args.outside_max_mm2,
             "train_studies": len(train["meta"].get("studies", [])), "steps": args.steps, "seed": args.seed,
             "seconds": round(seconds, 1), "from_bundle": f"{m['name']} {m['version']}", "from_sha256": b.sha256,
             "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
