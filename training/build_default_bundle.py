@@ -51,6 +51,8 @@ PHANTOM = REPO / "Testing" / "Data" / "qrm-phantom-canon"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from .candidate_data import SEGMENTER_OUTSIDE_MAX_MM2
+
     p = argparse.ArgumentParser(prog="python -m training.build_default_bundle", description=__doc__.split("\n")[0])
     p.add_argument("--work", type=Path, default=REPO / "runs" / "default-bundle", help="working folder (resumable)")
     p.add_argument("--out", type=Path, default=DEFAULT_BUNDLE_DIR,
@@ -74,7 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n-test-phantoms", type=int, default=20, help="held-out synthetic phantoms (seeds 900100..)")
     p.add_argument("--max-neg", type=int, default=1500, help="non-coronary candidates kept per training study")
     # the chest wall's candidates as negatives, the segmenter only its specks: training/results/ccdino-0.6.4-candidate.md
-    p.add_argument("--seg-outside-max-mm2", type=float, default=20.0,
+    p.add_argument("--seg-outside-max-mm2", type=float, default=SEGMENTER_OUTSIDE_MAX_MM2,
                    help="the segmenter also trains on the candidates the heart region leaves out of at most this area "
                         "(the chest wall's specks, not its bone; 0: none)")
     p.add_argument("--train-in-region-only", action="store_true",

@@ -54,6 +54,11 @@ from CoronaryCalciumDINOLib.pipeline.inference import heart_region_mask, locate,
 #: 3: candidates of the cardiac range, in the heart region and off bone (the anatomy step)
 CACHE_VERSION = 3
 
+#: Of the candidates an ``outside_region`` cache holds beyond the heart region, the segmenter
+#: trains on those of at most this area (mm^2): the chest wall's specks, not its bone
+#: (``train_candidates --seg-outside-max-mm2``, ``retrain_segmenter --outside-max-mm2``, the recipe).
+SEGMENTER_OUTSIDE_MAX_MM2 = 20.0
+
 
 def adjacent_step(dz_mm: float) -> int:
     """Slice offset of the neighbouring-slice view: the nearest offset of the multi-view rule

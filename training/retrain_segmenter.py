@@ -77,6 +77,8 @@ def validation_figures(net, val: dict) -> dict:
 
 
 def main(argv=None) -> int:
+    from training.candidate_data import SEGMENTER_OUTSIDE_MAX_MM2
+
     ap = argparse.ArgumentParser(prog="python -m training.retrain_segmenter", description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", default=None, metavar="PATH", help="bundle to start from (default: the default bundle)")
     ap.add_argument("--train", type=Path, default=None, help="training cache (training.candidate_data)")
@@ -89,9 +91,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, type=Path, help="new bundle folder")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     ap.add_argument("--steps", type=int, default=2000, help="segmenter steps (default 2000, the recipe's)")
-    ap.add_argument("--outside-max-mm2", type=float, default=20.0,
+    ap.add_argument("--outside-max-mm2", type=float, default=SEGMENTER_OUTSIDE_MAX_MM2,
                     help="of a --train cache that also holds the candidates the heart region leaves out (the recipe's), "
-                         "those of at most this area train too, as in the recipe (default 20; 0: none)")
+                         f"those of at most this area train too, as in the recipe (default {SEGMENTER_OUTSIDE_MAX_MM2:g}; "
+                         "0: none)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default=None, help="bundle name (default: the bundle's)")
     ap.add_argument("--version", default=None, help="bundle version (default: the bundle's + '-seg')")

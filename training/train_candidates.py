@@ -47,7 +47,7 @@ from CoronaryCalciumDINOLib.pipeline.candidates import CONTEXT_INDEX, CONTEXT_NA
 from CoronaryCalciumDINOLib.pipeline.device import autocast_for, resolve_device
 from CoronaryCalciumDINOLib.pipeline.inference import candidate_means
 
-from .candidate_data import load_cache
+from .candidate_data import SEGMENTER_OUTSIDE_MAX_MM2, load_cache
 from .pretrain_candidates import DEFAULT_ARCH, DEFAULT_OVERRIDES, plain_view
 
 HEADS = {"linear": (0, False), "linear+context": (0, True), "mlp+context": (128, True)}
@@ -312,10 +312,10 @@ def parse_args(argv=None):
     p.add_argument("--target-sensitivity", type=float, default=0.99)
     p.add_argument("--seg-steps", type=int, default=1500)
     p.add_argument("--seg-channels", default="16,32,64")
-    p.add_argument("--seg-outside-max-mm2", type=float, default=0.0,
+    p.add_argument("--seg-outside-max-mm2", type=float, default=SEGMENTER_OUTSIDE_MAX_MM2,
                    help="the segmenter trains on the heart region's candidates (what inference gives it) and, of a cache "
                         "that also holds those the region leaves out, on those of at most this area: the chest wall's "
-                        "specks, not its bone (default 0: none of them)")
+                        f"specks, not its bone (default {SEGMENTER_OUTSIDE_MAX_MM2:g}; 0: none of them)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
