@@ -61,13 +61,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--name", default=None, help="bundle name (default ccdino-default; with another "
                    "--ssl-variant, ccdino-<variant>)")
-    p.add_argument("--version", default="0.6.4")
+    p.add_argument("--version", default="0.6.5")
     # 60 validation studies (30 left the threshold to a handful of slices) and 340 training studies:
     # training/results/ccdino-0.6.2-candidate.md and ccdino-0.6.3-candidate.md
     p.add_argument("--n-train", type=int, default=400, help="synthetic training + validation studies")
     p.add_argument("--n-val", type=int, default=60, help="of which validation studies (threshold choice)")
     p.add_argument("--n-test", type=int, default=100, help="held-out synthetic studies for the reported metrics")
-    p.add_argument("--n-calibration", type=int, default=100, help="synthetic studies that fit the noise rule")
+    p.add_argument("--n-calibration", type=int, default=400,
+                   help="synthetic studies that fit the noise rule (100 left its edge to chance: 32 of 32 calcium-free at 0 there, 29 of 33 on the held-out studies)")
     p.add_argument("--calibration-seed", type=int, default=800000, help="first seed of the calibration studies")
     p.add_argument("--first-seed", type=int, default=1000)
     p.add_argument("--n-phantoms", type=int, default=60, help="synthetic calcium-scoring phantoms for training + validation")
