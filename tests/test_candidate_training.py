@@ -266,6 +266,40 @@ def test_noise_rule_fit_uses_the_neighbouring_slices():
     assert res["without_rule"]["risk_accuracy"] == pytest.approx(2 / 3)
 
 
+def test_noise_rule_split_check_measures_a_rule_on_studies_it_never_saw(tmp_path, capsys):
+    """--split N: the rule fitted on the first N studies is measured on the others. The first
+    studies' only noise speck is faint (3 SD), so their rule stops just above it; a brighter
+    speck (4 SD) among the others passes that rule, and the rule fitted on all of them
+    removes it. The CLI fits from a saved lesion table and refuses a bad split."""
+    from training.fit_noise_rule import main, split_check
+
+    def les(agatston, contrast, area):
+        return {"agatston": agatston, "contrast_sd": contrast, "area_mm2": area}
+
+    table = [
+        {"study": "a-zero", "reference_total": 0.0, "lesions": [les(1.0, 3.0, 1.5)]},
+        {"study": "a-faint", "reference_total": 2.0, "lesions": [les(2.0, 5.0, 1.5)]},
+        {"study": "b-zero", "reference_total": 0.0, "lesions": [les(1.0, 4.0, 1.5)]},
+        {"study": "b-zero2", "reference_total": 0.0, "lesions": []},
+        {"study": "b-big", "reference_total": 200.0, "lesions": [les(200.0, 30.0, 20.0)]},
+    ]
+    res = split_check(table, 2)
+    assert res["n_fit"] == 2 and res["n_rest"] == 3
+    assert 3.0 < res["rule_fitted_on_first"]["min_contrast_sd"] <= 4.0
+    assert res["first_rule_on_first"]["power_of_zero"] == 1.0
+    assert res["first_rule_on_rest"]["power_of_zero"] == pytest.approx(1 / 2)  # b-zero's speck passes
+    assert 4.0 < res["rule_fitted_on_all"]["min_contrast_sd"] <= 5.0
+    assert res["all_rule_on_rest"]["power_of_zero"] == 1.0
+    saved = tmp_path / "table.json"
+    saved.write_text(json.dumps(table))
+    out = tmp_path / "rule.json"
+    assert main(["--from-table", str(saved), "--split", "2", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["split"] == json.loads(json.dumps(res))
+    capsys.readouterr()
+    assert main(["--from-table", str(saved), "--split", "5", "--out", str(tmp_path / "x.json")]) == 2
+    assert "--split 5" in capsys.readouterr().err and not (tmp_path / "x.json").exists()
+
+
 def test_retrain_segmenter_keeps_the_rest_of_the_bundle(tiny_cache, tmp_path, capsys):
     """training/retrain_segmenter.py: a new segmenter trained on a cache, the backbone,
     detector, threshold, noise rule and phantom head the bundle's own, tensor for tensor;

@@ -14,6 +14,12 @@ with the highest sum of the two is chosen (risk accuracy alone without calcium-f
 studies), ties going to the one that drops the fewest lesions (then the lowest contrast,
 then the smallest area), so a rule is installed only where it does better than none. The
 output holds the rule, the best rows and the calibration figures without and with it.
+
+``--split N`` also fits a rule on the first N studies alone and gives its figures on the
+others: what a rule fitted on N studies does on studies it never saw, measured on
+calibration studies only (a rule fitted on 100 of 0.6.4's calibration studies scored all 32
+calcium-free ones among them 0, and 121 of the other 300's 133). ``--save-table`` keeps the
+lesion table (the slow part: the bundle run on every study); ``--from-table`` fits from one.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from CoronaryCalciumDINOLib.models.bundle import ModelBundle, load_bundle
 from CoronaryCalciumDINOLib.pipeline import candidates as cd
 from CoronaryCalciumDINOLib.pipeline import run_pipeline
 from CoronaryCalciumDINOLib.pipeline.preprocess import canonical_flips
+from CoronaryCalciumDINOLib.io.jsonfile import read_json
 from CoronaryCalciumDINOLib.report import write_json
 from CoronaryCalciumDINOLib.scoring import ScoringParams, risk_category, score
 
@@ -114,22 +121,58 @@ def fit(table: list[dict]) -> dict:
             "with_rule": best, "best_rows": rows[:10]}
 
 
+def split_check(table: list[dict], n: int) -> dict:
+    """The rule fitted on ``table[:n]`` and its figures there and on ``table[n:]``, beside the
+    figures there of the rule fitted on the whole table."""
+    if not 0 < n < len(table):
+        raise InputError(f"--split {n}: needs 0 < N < the {len(table)} studies")
+    first, rest = table[:n], table[n:]
+    r_first, r_all = fit(first)["rule"], fit(table)["rule"]
+
+    def on(rule, part):
+        return outcome(part, rule["min_contrast_sd"], rule["min_area_mm2"], rule["min_neighbour_sd"])
+
+    return {"n_fit": n, "n_rest": len(rest), "rule_fitted_on_first": r_first,
+            "first_rule_on_first": on(r_first, first), "first_rule_on_rest": on(r_first, rest),
+            "rule_fitted_on_all": r_all, "all_rule_on_rest": on(r_all, rest)}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.fit_noise_rule", description=__doc__.split("\n")[0])
-    p.add_argument("--bundle", required=True, help="bundle folder (its noise rule, if any, is ignored)")
-    p.add_argument("--studies", required=True, type=Path, help="folder of labelled calibration study folders")
+    p.add_argument("--bundle", help="bundle folder (its noise rule, if any, is ignored)")
+    p.add_argument("--studies", type=Path, help="folder of labelled calibration study folders")
     p.add_argument("--out", required=True, type=Path, help="JSON file for the rule and the figures")
     p.add_argument("--device", default="cpu")
-    return p.parse_args(argv)
+    p.add_argument("--split", type=int, default=None, metavar="N",
+                   help="also fit on the first N studies (in name order) and measure that rule on the others")
+    p.add_argument("--save-table", type=Path, default=None, metavar="FILE", help="write the lesion table (JSON) here")
+    p.add_argument("--from-table", type=Path, default=None, metavar="FILE",
+                   help="fit from a lesion table written by --save-table (no --bundle / --studies)")
+    args = p.parse_args(argv)
+    if args.from_table is None and (args.bundle is None or args.studies is None):
+        p.error("--bundle and --studies are needed (or --from-table)")
+    return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    dirs = sorted(d for d in args.studies.iterdir() if (d / "study.json").is_file())
-    table = lesion_table(load_bundle(args.bundle), dirs, args.device, lambda m: print(m, file=sys.stderr, flush=True))
-    result = fit(table)
+    try:
+        if args.from_table is not None:
+            table = read_json(args.from_table, "lesion table")
+        else:
+            dirs = sorted(d for d in args.studies.iterdir() if (d / "study.json").is_file())
+            table = lesion_table(load_bundle(args.bundle), dirs, args.device,
+                                 lambda m: print(m, file=sys.stderr, flush=True))
+            if args.save_table is not None:
+                write_json(table, args.save_table)
+        result = fit(table)
+        if args.split is not None:
+            result["split"] = split_check(table, args.split)
+    except (InputError, OSError, ValueError) as e:
+        print(f"fit_noise_rule: error: {e}", file=sys.stderr)
+        return 2
     write_json(result, args.out)
-    print(json.dumps({k: result[k] for k in ("rule", "without_rule", "with_rule")}, indent=2))
+    print(json.dumps({k: result[k] for k in ("rule", "without_rule", "with_rule", "split") if k in result}, indent=2))
     return 0
 
 
