@@ -194,6 +194,16 @@ def test_build_default_bundle_tiny(tmp_path, capsys):
     assert "multi-view" not in (out / "MODEL_CARD.md").read_text()
     timings = json.loads((res / "ccdino-dino-lg-mv-metrics.json").read_text())["timings_s"]
     assert "ssl_dino_lg_mv_s" in timings and "ssl_s" not in timings and "adjacent_s" in timings
+    # --seed: the networks trained again from the same studies and caches, seeded otherwise
+    argv[argv.index("--out") + 1] = str(tmp_path / "bundle-seed1")
+    capsys.readouterr()
+    assert build_default_bundle.main(argv + ["--seed", "1"]) == 0
+    log = capsys.readouterr().err
+    assert "ssl-dino-lg: inputs changed" in log and "stage 4:" in log
+    assert not [line for line in log.splitlines() if " synth synth-" in line and "exists, skipped" not in line]
+    stages = json.loads((res / "ccdino-default-commands.json").read_text())["stages"]
+    assert all("--seed 1" in stages[k] for k in ("ssl", "supervised", "phantom"))
+    assert load_bundle(tmp_path / "bundle-seed1").manifest["files"][weights] != b.manifest["files"][weights]
 
 
 def test_another_ssl_variant_never_replaces_the_shipped_bundle(tmp_path):

@@ -62,6 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--name", default=None, help="bundle name (default ccdino-default; with another "
                    "--ssl-variant, ccdino-<variant>)")
     p.add_argument("--version", default="0.6.5")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the DINO-LG, heads and segmenter and phantom-head stages (another one trains "
+                        "an independent bundle from the same studies: the run-to-run spread)")
     # 60 validation studies (30 left the threshold to a handful of slices) and 340 training studies:
     # training/results/ccdino-0.6.2-candidate.md and ccdino-0.6.3-candidate.md
     p.add_argument("--n-train", type=int, default=400, help="synthetic training + validation studies")
@@ -272,7 +275,7 @@ def main(argv=None) -> int:
         if "adjacent_s" not in timings:
             ran("adjacent_s", t)
     commands["ssl"] = ["--cache", str(train_cache), "--out", str(ssl_dir), "--steps", str(args.ssl_steps),
-                       "--batch", str(args.ssl_batch), "--seed", "0", "--threads", str(args.threads),
+                       "--batch", str(args.ssl_batch), "--seed", str(args.seed), "--threads", str(args.threads),
                        "--device", args.device] + pretrain_candidates.variant_flags(variant, adjacent)
     t = time.perf_counter()
     if not current(ssl_dir.name, ssl_dir / "backbone.pt", [commands["ssl"], _cache_meta(train_cache)], ssl_dir):
@@ -286,6 +289,9 @@ def main(argv=None) -> int:
                               str(ssl_dir / "backbone.pt"), "--out", str(sup_dir), "--seg-steps", str(args.seg_steps),
                               "--target-sensitivity", str(args.target_sensitivity), "--threads", str(args.threads),
                               "--device", args.device, "--seg-outside-max-mm2", str(args.seg_outside_max_mm2)]
+    # seed 0 is the stages' own default: left out, so that runs made before --seed stay current
+    seed_flag = ["--seed", str(args.seed)] if args.seed else []
+    commands["supervised"] += seed_flag
     t = time.perf_counter()
     if not current(sup_dir.name, sup_dir / "supervised.pt",
                    [commands["supervised"], stage_inputs[ssl_dir.name], _cache_meta(val_cache)], sup_dir):
@@ -297,7 +303,8 @@ def main(argv=None) -> int:
     ph_dir = work / f"phantom{sfx}"
     commands["phantom"] = ["--phantom-head", "--train", str(ph_train_cache), "--val", str(ph_val_cache), "--backbone",
                            str(ssl_dir / "backbone.pt"), "--out", str(ph_dir), "--target-sensitivity",
-                           str(args.target_sensitivity), "--threads", str(args.threads), "--device", args.device]
+                           str(args.target_sensitivity), "--threads", str(args.threads), "--device", args.device,
+                           *seed_flag]
     t = time.perf_counter()
     if not current(ph_dir.name, ph_dir / "phantom_head.pt",
                    [commands["phantom"], stage_inputs[ssl_dir.name], _cache_meta(ph_train_cache),
