@@ -201,8 +201,9 @@ def test_build_default_bundle_tiny(tmp_path, capsys):
     log = capsys.readouterr().err
     assert "ssl-dino-lg: inputs changed" in log and "stage 4:" in log
     assert not [line for line in log.splitlines() if " synth synth-" in line and "exists, skipped" not in line]
-    stages = json.loads((res / "ccdino-default-commands.json").read_text())["stages"]
+    stages = json.loads((res / "ccdino-default-seed1-commands.json").read_text())["stages"]
     assert all("--seed 1" in stages[k] for k in ("ssl", "supervised", "phantom"))
+    assert "--seed" not in json.loads((res / "ccdino-default-commands.json").read_text())["stages"]["supervised"]
     assert load_bundle(tmp_path / "bundle-seed1").manifest["files"][weights] != b.manifest["files"][weights]
 
 
@@ -213,6 +214,11 @@ def test_another_ssl_variant_never_replaces_the_shipped_bundle(tmp_path):
 
     with pytest.raises(SystemExit, match="needs its own --out"):
         build_default_bundle.main(["--ssl-variant", "dino-lg-mv", "--work", str(tmp_path / "w"), "--overwrite"])
+    # so must another seed (an independent bundle, not the shipped one)
+    with pytest.raises(SystemExit, match="--seed 1 needs its own --out"):
+        build_default_bundle.main(["--seed", "1", "--work", str(tmp_path / "w"), "--overwrite"])
+    with pytest.raises(SystemExit, match="--seed must be >= 0"):
+        build_default_bundle.main(["--seed", "-1", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "b")])
     assert not (tmp_path / "w").exists()
 
 
@@ -308,6 +314,13 @@ def test_noise_rule_split_check_measures_a_rule_on_studies_it_never_saw(tmp_path
     capsys.readouterr()
     assert main(["--from-table", str(saved), "--split", "5", "--out", str(tmp_path / "x.json")]) == 2
     assert "--split 5" in capsys.readouterr().err and not (tmp_path / "x.json").exists()
+    saved.write_text(json.dumps({"rule": {}}))  # a fit's output, not a lesion table
+    assert main(["--from-table", str(saved), "--out", str(tmp_path / "x.json")]) == 2
+    assert "not one written by --save-table" in capsys.readouterr().err
+    for bad in (["--from-table", str(saved), "--split", "0"], ["--from-table", str(saved), "--bundle", "b"]):
+        with pytest.raises(SystemExit) as e:
+            main(bad + ["--out", str(tmp_path / "x.json")])
+        assert e.value.code == 2
 
 
 def test_retrain_segmenter_keeps_the_rest_of_the_bundle(tiny_cache, tmp_path, capsys):

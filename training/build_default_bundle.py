@@ -165,8 +165,14 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     if args.ssl_variant != "dino-lg" and args.out.resolve() == Path(DEFAULT_BUNDLE_DIR).resolve():
         raise SystemExit(f"--ssl-variant {args.ssl_variant} needs its own --out (the default one is the shipped bundle)")
+    if args.seed < 0:
+        raise SystemExit("--seed must be >= 0")
+    if args.seed and args.out.resolve() == Path(DEFAULT_BUNDLE_DIR).resolve():
+        raise SystemExit(f"--seed {args.seed} needs its own --out (the default one is the shipped bundle)")
     if args.name is None:
         args.name = "ccdino-default" if args.ssl_variant == "dino-lg" else f"ccdino-{args.ssl_variant}"
+        if args.seed:  # its metrics and commands never replace the shipped bundle's in --results
+            args.name += f"-seed{args.seed}"
     if args.out.exists() and not args.overwrite:
         raise SystemExit(f"{args.out} exists; use --overwrite")
     args.out, args.results = args.out.resolve(), args.results.resolve()

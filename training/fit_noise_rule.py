@@ -151,16 +151,34 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.from_table is None and (args.bundle is None or args.studies is None):
         p.error("--bundle and --studies are needed (or --from-table)")
+    if args.from_table is not None and (args.bundle or args.studies or args.save_table):
+        p.error("--from-table fits from a saved table: no --bundle, --studies or --save-table with it")
+    if args.split is not None and args.split < 1:
+        p.error("--split N needs N >= 1")
     return args
+
+
+def check_table(table) -> list[dict]:
+    """``table`` as :func:`lesion_table` gives it, or a one-line :class:`InputError`."""
+    ok = isinstance(table, list) and all(
+        isinstance(s, dict) and isinstance(s.get("reference_total"), (int, float)) and isinstance(s.get("lesions"), list)
+        and all(isinstance(x, dict) and {"agatston", "contrast_sd", "area_mm2"} <= set(x) for x in s["lesions"])
+        for s in table)
+    if not ok:
+        raise InputError("the lesion table is not one written by --save-table (a list of studies, each with "
+                         "reference_total and lesions of agatston, contrast_sd and area_mm2)")
+    return table
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         if args.from_table is not None:
-            table = read_json(args.from_table, "lesion table")
+            table = check_table(read_json(args.from_table, "lesion table"))
         else:
             dirs = sorted(d for d in args.studies.iterdir() if (d / "study.json").is_file())
+            if args.split is not None and not args.split < len(dirs):
+                raise InputError(f"--split {args.split}: needs 0 < N < the {len(dirs)} studies")
             table = lesion_table(load_bundle(args.bundle), dirs, args.device,
                                  lambda m: print(m, file=sys.stderr, flush=True))
             if args.save_table is not None:
