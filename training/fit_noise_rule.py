@@ -121,11 +121,16 @@ def fit(table: list[dict]) -> dict:
             "with_rule": best, "best_rows": rows[:10]}
 
 
+def check_split(n: int, n_studies: int) -> None:
+    """A split must leave studies on both sides."""
+    if not 0 < n < n_studies:
+        raise InputError(f"--split {n}: needs 0 < N < the {n_studies} studies")
+
+
 def split_check(table: list[dict], n: int) -> dict:
     """The rule fitted on ``table[:n]`` and its figures there and on ``table[n:]``, beside the
     figures there of the rule fitted on the whole table."""
-    if not 0 < n < len(table):
-        raise InputError(f"--split {n}: needs 0 < N < the {len(table)} studies")
+    check_split(n, len(table))
     first, rest = table[:n], table[n:]
     r_first, r_all = fit(first)["rule"], fit(table)["rule"]
 
@@ -177,8 +182,8 @@ def main(argv=None) -> int:
             table = check_table(read_json(args.from_table, "lesion table"))
         else:
             dirs = sorted(d for d in args.studies.iterdir() if (d / "study.json").is_file())
-            if args.split is not None and not args.split < len(dirs):
-                raise InputError(f"--split {args.split}: needs 0 < N < the {len(dirs)} studies")
+            if args.split is not None:
+                check_split(args.split, len(dirs))  # before the slow part
             table = lesion_table(load_bundle(args.bundle), dirs, args.device,
                                  lambda m: print(m, file=sys.stderr, flush=True))
             if args.save_table is not None:
