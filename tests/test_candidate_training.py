@@ -149,6 +149,7 @@ def test_build_default_bundle_tiny(tmp_path, capsys):
     assert "outside_region" not in load_cache(tmp_path / "work" / "val.npz")["meta"]
     commands = json.loads((res / "ccdino-default-commands.json").read_text())
     assert "--seg-outside-max-mm2 20.0" in commands["stages"]["supervised"]
+    assert "--seg-size-power 0.5 --seg-coarse-dropout 0.5" in commands["stages"]["supervised"]
     assert sorted(p.name for p in (tmp_path / "work" / "phantoms").iterdir()) == ["synth-phantom-700002", "synth-phantom-700003"]
     b = load_bundle(out)
     assert "one in 2 of them (2) as its non-gated" in b.manifest["trained_on"]
@@ -219,6 +220,11 @@ def test_another_ssl_variant_never_replaces_the_shipped_bundle(tmp_path):
         build_default_bundle.main(["--seed", "1", "--work", str(tmp_path / "w"), "--overwrite"])
     with pytest.raises(SystemExit, match="--seed must be >= 0"):
         build_default_bundle.main(["--seed", "-1", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "b")])
+    # the segmenter's draw settings, before any work
+    with pytest.raises(SystemExit, match="--seg-coarse-dropout must be a share between 0 and 1, got 1.5"):
+        build_default_bundle.main(["--seg-coarse-dropout", "1.5", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "b")])
+    with pytest.raises(SystemExit, match="--seg-size-power must be >= 0"):
+        build_default_bundle.main(["--seg-size-power", "-1", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "b")])
     assert not (tmp_path / "w").exists()
 
 
@@ -343,6 +349,10 @@ def test_retrain_segmenter_keeps_the_rest_of_the_bundle(tiny_cache, tmp_path, ca
     card = (out / "MODEL_CARD.md").read_text()
     assert "Rebuilt by the commands of its results." in card and card.index("Rebuilt") < card.index("## The bundle it started from")
     assert b.manifest["metrics"]["segmenter_retrained"]["steps"] == 3
+    from training.candidate_data import SEGMENTER_COARSE_DROPOUT, SEGMENTER_SIZE_POWER
+
+    assert b.manifest["metrics"]["segmenter_retrained"]["size_power"] == SEGMENTER_SIZE_POWER
+    assert b.manifest["metrics"]["segmenter_retrained"]["coarse_dropout"] == SEGMENTER_COARSE_DROPOUT
     assert b.manifest["metrics"]["segmenter_retrained"]["validation"]["candidates"] > 0
     assert b.threshold == a.threshold and b.manifest["candidates"] == a.manifest["candidates"]
     for part in ("backbone", "detector", "phantom_detector"):
@@ -356,6 +366,11 @@ def test_retrain_segmenter_keeps_the_rest_of_the_bundle(tiny_cache, tmp_path, ca
     assert retrain_segmenter.main(common + ["--out", str(DEFAULT_BUNDLE_DIR), "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert "exists (use --overwrite)" in err and "shipped bundle's folder" in err
+    assert retrain_segmenter.main(common + ["--out", str(tmp_path / "o"), "--coarse-dropout", "2"]) == 2
+    assert retrain_segmenter.main(common + ["--out", str(tmp_path / "o"), "--size-power", "-0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "--coarse-dropout must be a share between 0 and 1, got 2" in err and "--size-power must be >= 0" in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_retrain_segmenter_builds_its_caches_from_study_folders(tiny_cache, tmp_path, capsys):
@@ -413,3 +428,65 @@ def test_retrain_segmenter_names_the_candidate_setting_a_cache_differs_in():
     assert mismatch(cfg, dict(cfg)) is None
     assert mismatch(cfg, {**cfg, "crop_px": 24}).startswith("crop_px (bundle 32, cache 24)")
     assert mismatch(cfg, {**cfg, "windows": [[-160, 240]]}).startswith("windows")
+
+
+def test_segmenter_draws_even_out_candidate_sizes():
+    """size_weights: per size bin (one doubling of area), a bin's share of the draws is its
+    count to the power 1 - power: power 0 draws alike, 0.5 the square root."""
+    from training.train_candidates import size_weights
+
+    ctx = np.zeros((104, len(CONTEXT_INDEX)), np.float32)
+    ctx[:100, CONTEXT_INDEX["log_area_mm2"]] = np.log(3.0)  # 100 candidates in the 2-4 mm^2 bin
+    ctx[100:, CONTEXT_INDEX["log_area_mm2"]] = np.log(70.0)  # 4 in the 64-128 mm^2 bin
+    for power, large_share in ((0.0, 4 / 104), (0.5, 2 / (10 + 2)), (1.0, 0.5)):
+        w = size_weights(ctx, power)
+        assert w.sum() == pytest.approx(1.0) and (w > 0).all()
+        assert w[100:].sum() == pytest.approx(large_share)
+        assert np.allclose(w[:100], w[0]) and np.allclose(w[100:], w[100])
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.5, 1.0])
+def test_segmenter_training_drops_the_coarse_views(tiny_cache, monkeypatch, dropout):
+    """train_segmenter(coarse_dropout=p): that share of the drawn candidates has its coarse views
+    replaced by the training set's average (what the network standardises to 0); the other
+    context features and the crops are left alone."""
+    from training import train_candidates as tc
+
+    _, cache_path = tiny_cache
+    cache = load_cache(cache_path)
+    seen = []
+    build = tc.build_candidate_segmenter
+
+    def spy(cfg):
+        net = build(cfg)
+        forward = net.forward
+
+        def recording(x, ctx):
+            if net.training:
+                seen.append(ctx.detach().cpu().numpy().copy())
+            return forward(x, ctx)
+
+        net.forward = recording
+        return net
+
+    monkeypatch.setattr(tc, "build_candidate_segmenter", spy)
+    cfg = tc.segmenter_config(cache)
+    net = tc.train_segmenter(cache, cfg, steps=12, batch=32, seed=3, log=lambda *a: None, device="cpu",
+                             coarse_dropout=dropout)
+    ctx = np.concatenate(seen)
+    mean = net.context_mean.numpy()
+    dropped = np.all(np.isclose(ctx[:, tc.COARSE_CONTEXT], mean[tc.COARSE_CONTEXT], atol=1e-6), axis=1)
+    assert len(ctx) == 12 * 32
+    if dropout == 0.0:
+        assert not dropped.any()
+    elif dropout == 1.0:
+        assert dropped.all()
+    else:
+        assert 0.35 < dropped.mean() < 0.65
+    rest = np.setdiff1d(np.arange(ctx.shape[1]), tc.COARSE_CONTEXT)
+    originals = {tuple(np.round(r, 5)) for r in cache["context"][:, rest]}
+    assert all(tuple(np.round(r, 5)) in originals for r in ctx[:, rest])
+    with pytest.raises(ValueError, match="coarse_dropout"):
+        tc.train_segmenter(cache, cfg, steps=1, coarse_dropout=1.5, log=lambda *a: None)
+    with pytest.raises(ValueError, match="size_power"):
+        tc.train_segmenter(cache, cfg, steps=1, size_power=-1, log=lambda *a: None)

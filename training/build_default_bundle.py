@@ -51,7 +51,7 @@ PHANTOM = REPO / "Testing" / "Data" / "qrm-phantom-canon"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from .candidate_data import SEGMENTER_OUTSIDE_MAX_MM2
+    from .candidate_data import SEGMENTER_COARSE_DROPOUT, SEGMENTER_OUTSIDE_MAX_MM2, SEGMENTER_SIZE_POWER
 
     p = argparse.ArgumentParser(prog="python -m training.build_default_bundle", description=__doc__.split("\n")[0])
     p.add_argument("--work", type=Path, default=REPO / "runs" / "default-bundle", help="working folder (resumable)")
@@ -61,7 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--name", default=None, help="bundle name (default ccdino-default; with another "
                    "--ssl-variant, ccdino-<variant>)")
-    p.add_argument("--version", default="0.6.5")
+    p.add_argument("--version", default="0.6.6")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the DINO-LG, heads and segmenter and phantom-head stages (another one trains "
                         "an independent bundle from the same studies: the run-to-run spread)")
@@ -93,6 +93,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "plain DINO, or DINO-LG + multi-view (VET-DINO, neighbouring slices); a variant other than "
                         "the default trains its own networks in the same --work (stage folders named after it)")
     p.add_argument("--seg-steps", type=int, default=2000)
+    # size balancing and the coarse views' dropout: training/results/ccdino-0.6.6.md
+    p.add_argument("--seg-size-power", type=float, default=SEGMENTER_SIZE_POWER,
+                   help=f"segmenter: candidates drawn with weight n^-POWER, n those of their size bin (default "
+                        f"{SEGMENTER_SIZE_POWER:g}; 0: alike, as up to 0.6.5)")
+    p.add_argument("--seg-coarse-dropout", type=float, default=SEGMENTER_COARSE_DROPOUT,
+                   help=f"segmenter: share of training candidates whose coarse views of the slice read as the average "
+                        f"one (default {SEGMENTER_COARSE_DROPOUT:g}; 0: none, as up to 0.6.5)")
     # 0.98, the kept held-out target: 0.99 reached into calcified slices no candidate reaches
     # (training/results/ccdino-0.6.2-candidate.md)
     p.add_argument("--target-sensitivity", type=float, default=0.98,
@@ -167,6 +174,10 @@ def main(argv=None) -> int:
         raise SystemExit(f"--ssl-variant {args.ssl_variant} needs its own --out (the default one is the shipped bundle)")
     if args.seed < 0:
         raise SystemExit("--seed must be >= 0")
+    if args.seg_size_power < 0:
+        raise SystemExit(f"--seg-size-power must be >= 0, got {args.seg_size_power:g}")
+    if not 0 <= args.seg_coarse_dropout <= 1:
+        raise SystemExit(f"--seg-coarse-dropout must be a share between 0 and 1, got {args.seg_coarse_dropout:g}")
     if args.seed and args.out.resolve() == Path(DEFAULT_BUNDLE_DIR).resolve():
         raise SystemExit(f"--seed {args.seed} needs its own --out (the default one is the shipped bundle)")
     if args.name is None:
@@ -294,7 +305,9 @@ def main(argv=None) -> int:
     commands["supervised"] = ["--train", str(train_cache), "--val", str(val_cache), "--backbone",
                               str(ssl_dir / "backbone.pt"), "--out", str(sup_dir), "--seg-steps", str(args.seg_steps),
                               "--target-sensitivity", str(args.target_sensitivity), "--threads", str(args.threads),
-                              "--device", args.device, "--seg-outside-max-mm2", str(args.seg_outside_max_mm2)]
+                              "--device", args.device, "--seg-outside-max-mm2", str(args.seg_outside_max_mm2),
+                              "--seg-size-power", str(args.seg_size_power),
+                              "--seg-coarse-dropout", str(args.seg_coarse_dropout)]
     # seed 0 is the stages' own default: left out, so that runs made before --seed stay current
     seed_flag = ["--seed", str(args.seed)] if args.seed else []
     commands["supervised"] += seed_flag
@@ -566,7 +579,9 @@ patient data. Research use only; not a medical device.**
   slice probability = max over the slice's candidates; threshold {sup['threshold']['threshold']:.4f} chosen
   on {args.n_val} validation studies for slice sensitivity >= {args.target_sensitivity}.
 - Segmenter: MONAI 2D UNet (channels {sup['segmenter_config']['channels']}) on each candidate crop of the selected
-  slices, context as extra channels; 5 classes (background, LM, LAD, LCX, RCA).
+  slices, context as extra channels; 5 classes (background, LM, LAD, LCX, RCA). Trained with candidates drawn
+  evened out by size (weight n^-{args.seg_size_power:g}, n those of the same size bin) and, for a
+  {args.seg_coarse_dropout:g} share of them, the coarse views of the slice read as the average one.
 - Noise rule: a flagged region smaller than {nr['rule']['min_area_mm2']:g} mm^2 whose peak is less than
   {nr['rule']['min_contrast_sd']:g} noise SDs above soft tissue ({nr['rule']['soft_tissue_hu']:g} HU){nb_text} is taken for image
   noise and not labelled (the report says how many); fitted on {nr['studies']} calibration studies (seeds

@@ -1,7 +1,8 @@
 """A bundle with its segmenter trained again on a candidate cache; the rest of it kept.
 
     python -m training.retrain_segmenter --bundle B (--train T.npz [--val V.npz] | --studies DIR [--n-val 30]) --out OUT
-        [--steps 2000] [--seed 0] [--outside-max-mm2 20] [--version V] [--name N] [--note TEXT] [--overwrite]
+        [--steps 2000] [--seed 0] [--outside-max-mm2 20] [--size-power 0.5] [--coarse-dropout 0.5]
+        [--version V] [--name N] [--note TEXT] [--overwrite]
         [--device auto]
 
 The segmenter (the per-artery 2D UNet on candidate crops) is trained as the recipe's
@@ -77,7 +78,7 @@ def validation_figures(net, val: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    from training.candidate_data import SEGMENTER_OUTSIDE_MAX_MM2
+    from training.candidate_data import SEGMENTER_COARSE_DROPOUT, SEGMENTER_OUTSIDE_MAX_MM2, SEGMENTER_SIZE_POWER
 
     ap = argparse.ArgumentParser(prog="python -m training.retrain_segmenter", description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", default=None, metavar="PATH", help="bundle to start from (default: the default bundle)")
@@ -95,6 +96,12 @@ def main(argv=None) -> int:
                     help="of a --train cache that also holds the candidates the heart region leaves out (the recipe's), "
                          f"those of at most this area train too, as in the recipe (default {SEGMENTER_OUTSIDE_MAX_MM2:g}; "
                          "0: none)")
+    ap.add_argument("--size-power", type=float, default=SEGMENTER_SIZE_POWER,
+                    help=f"candidates drawn with weight n^-POWER, n those of their size bin, as in the recipe (default "
+                         f"{SEGMENTER_SIZE_POWER:g}; 0: alike)")
+    ap.add_argument("--coarse-dropout", type=float, default=SEGMENTER_COARSE_DROPOUT,
+                    help=f"share of training candidates whose coarse views of the slice read as the average one, as in "
+                         f"the recipe (default {SEGMENTER_COARSE_DROPOUT:g}; 0: none)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default=None, help="bundle name (default: the bundle's)")
     ap.add_argument("--version", default=None, help="bundle version (default: the bundle's + '-seg')")
@@ -112,6 +119,10 @@ def main(argv=None) -> int:
         return _error(f"--out {args.out} exists (use --overwrite)")
     if args.steps < 1:
         return _error("--steps must be >= 1")
+    if args.size_power < 0:
+        return _error(f"--size-power must be >= 0, got {args.size_power:g}")
+    if not 0 <= args.coarse_dropout <= 1:
+        return _error(f"--coarse-dropout must be a share between 0 and 1, got {args.coarse_dropout:g}")
     if (args.train is None) == (args.studies is None):
         return _error("give either --train (a cache) or --studies (study folders)")
     if args.studies is not None and args.val is not None:
@@ -167,11 +178,13 @@ def main(argv=None) -> int:
     cfg = segmenter_config(train, tuple(m["segmenter"]["channels"]))
     t0 = time.perf_counter()
     part = region_part(train, args.outside_max_mm2)
-    net = train_segmenter(part, cfg, steps=args.steps, seed=args.seed, device=args.device)
+    net = train_segmenter(part, cfg, steps=args.steps, seed=args.seed, device=args.device,
+                          size_power=args.size_power, coarse_dropout=args.coarse_dropout)
     seconds = time.perf_counter() - t0
     what = {"train_cache": str(args.train), "train_candidates": int(part["target"].size),
             "cache_candidates": int(train["target"].size), "outside_max_mm2": args.outside_max_mm2,
             "train_studies": len(train["meta"].get("studies", [])), "steps": args.steps, "seed": args.seed,
+            "size_power": args.size_power, "coarse_dropout": args.coarse_dropout,
             "seconds": round(seconds, 1), "from_bundle": f"{m['name']} {m['version']}", "from_sha256": b.sha256,
             "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     if val is not None:
