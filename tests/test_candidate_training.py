@@ -490,3 +490,21 @@ def test_segmenter_training_drops_the_coarse_views(tiny_cache, monkeypatch, drop
         tc.train_segmenter(cache, cfg, steps=1, coarse_dropout=1.5, log=lambda *a: None)
     with pytest.raises(ValueError, match="size_power"):
         tc.train_segmenter(cache, cfg, steps=1, size_power=-1, log=lambda *a: None)
+
+
+def test_retrain_segmenter_validation_figures_per_size(monkeypatch):
+    """validation_figures: the shares called calcium, in all and per size bin."""
+    from training import train_candidates
+    from training.retrain_segmenter import validation_figures
+
+    ctx = np.zeros((6, len(CONTEXT_INDEX)), np.float32)
+    ctx[:, CONTEXT_INDEX["log_area_mm2"]] = np.log([2.0, 3.0, 10.0, 60.0, 70.0, 30.0])
+    val = {"target": np.array([2, 0, 4, 1, 0, 0]), "context": ctx, "masks": np.ones((6, 4, 4), np.uint8)}
+    p_background = np.array([0.1, 0.8, 0.9, 0.2, 0.3, 0.6])  # called calcium: 0, 3, 4
+    probs = np.column_stack([p_background] + [(1 - p_background) / 4] * 4)
+    monkeypatch.setattr(train_candidates, "segmenter_candidate_probs", lambda net, cache, masks: probs)
+    fig = validation_figures(None, val)
+    assert fig["coronary"] == 3 and fig["coronary_called_calcium"] == pytest.approx(2 / 3)
+    assert fig["others_called_calcium"] == pytest.approx(1 / 3)
+    assert fig["by_size"] == {"0-5": [1, 1.0, 1, 0.0], "5-20": [1, 0.0, 0, None], "20-50": [0, None, 1, 0.0],
+                              "50-inf": [1, 1.0, 1, 1.0]}

@@ -35,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(REPO))
@@ -65,16 +67,32 @@ def mismatch(bundle_candidates: dict, cache_config: dict) -> str | None:
     return None
 
 
+#: Candidate size bins (mm^2) of the validation figures: specks, small, large, very large.
+SIZE_BINS = ((0.0, 5.0), (5.0, 20.0), (20.0, 50.0), (50.0, float("inf")))
+
+
 def validation_figures(net, val: dict) -> dict:
+    """The share of the validation cache's coronary candidates the segmenter calls calcium and
+    of the others, in all and per size bin (:data:`SIZE_BINS`; ``by_size``: bin -> [coronary,
+    their share called calcium, others, their share]; a share is None where there are none)."""
+    from CoronaryCalciumDINOLib.pipeline.candidates import CONTEXT_INDEX
     from training.train_candidates import segmenter_candidate_probs
 
     pos = val["target"] > 0
     if pos.size == 0:  # a validation cache without candidates
         return {"candidates": 0, "coronary": 0, "coronary_called_calcium": None, "others_called_calcium": None}
-    p = 1.0 - segmenter_candidate_probs(net, val, val["masks"])[:, 0]
+    called = (1.0 - segmenter_candidate_probs(net, val, val["masks"])[:, 0]) >= 0.5
+    area = np.exp(np.asarray(val["context"])[:, CONTEXT_INDEX["log_area_mm2"]])
+
+    def share(m):
+        return float(called[m].mean()) if m.any() else None
+
+    by_size = {}
+    for lo, hi in SIZE_BINS:
+        b = (area >= lo) & (area < hi)
+        by_size[f"{lo:g}-{hi:g}"] = [int((b & pos).sum()), share(b & pos), int((b & ~pos).sum()), share(b & ~pos)]
     return {"candidates": int(pos.size), "coronary": int(pos.sum()),
-            "coronary_called_calcium": float((p[pos] >= 0.5).mean()) if pos.any() else None,
-            "others_called_calcium": float((p[~pos] >= 0.5).mean()) if (~pos).any() else None}
+            "coronary_called_calcium": share(pos), "others_called_calcium": share(~pos), "by_size": by_size}
 
 
 def main(argv=None) -> int:
