@@ -58,13 +58,14 @@ CACHE_VERSION = 3
 #: trains on those of at most this area (mm^2): the chest wall's specks, not its bone
 #: (``train_candidates --seg-outside-max-mm2``, ``retrain_segmenter --outside-max-mm2``, the recipe).
 SEGMENTER_OUTSIDE_MAX_MM2 = 20.0
-#: The segmenter's size balancing (:func:`training.train_candidates.size_weights`), coronary and other candidates alike.
+#: The segmenter's size balancing (``train_candidates --seg-size-power``;
+#: :func:`training.train_candidates.size_weights`), coronary and other candidates alike.
 SEGMENTER_SIZE_POWER = 0.5
-#: Share of the segmenter's training candidates whose coarse views (:data:`training.train_candidates.COARSE_CONTEXT`)
-#: are replaced by the average one. 50 of the 64 context features describe the slice up to
-#: 60 mm round a candidate: the synthetic anatomy there (lungs, fat, chambers) is what differs
-#: most from a patient's, and a segmenter leaning on it left a real 78 mm^2 LAD calcification
-#: out for 4 of 5 training seeds (0 of 5 with the dropout; training/results/ccdino-0.6.6.md).
+#: Share of the segmenter's training candidates whose coarse views of the slice
+#: (:data:`training.train_candidates.COARSE_CONTEXT`, 50 of the 64 context features, up to
+#: 60 mm round a candidate) read as the average one (``--seg-coarse-dropout``). The synthetic
+#: anatomy there (lungs, fat, chambers) is what differs most from a patient's:
+#: training/results/ccdino-0.6.6.md.
 SEGMENTER_COARSE_DROPOUT = 0.5
 
 
