@@ -225,10 +225,9 @@ def size_weights(context: np.ndarray, power: float) -> np.ndarray:
     ``n ** -power``, ``n`` the number of candidates in its size bin (bins one doubling of
     area wide: ..., 4-8, 8-16, 16-32 mm^2, ...); they sum to 1. ``power`` 0 draws every
     candidate alike; 0.5 (the square root) gives a bin holding 50 times fewer candidates
-    about 7 times its share. Large coronary calcifications are rare in the synthetic
-    studies (under 1 % of coronary candidates are over 50 mm^2): drawn alike, a segmenter
-    sees a few hundred of them in its whole training, and whether it keeps one of real CT
-    comes down to its seed."""
+    about 7 times its share. Large calcifications are rare in the synthetic studies (under
+    1 % of the coronary candidates are over 50 mm^2, and fewer of the heart region's others):
+    drawn alike, a segmenter sees a few hundred of them in its whole training."""
     area = np.exp(np.asarray(context, dtype=np.float64)[:, CONTEXT_INDEX["log_area_mm2"]])
     bins = np.floor(np.log2(np.maximum(area, 1e-3))).astype(np.int64)
     _, inverse, counts = np.unique(bins, return_inverse=True, return_counts=True)
