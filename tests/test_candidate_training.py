@@ -149,7 +149,7 @@ def test_build_default_bundle_tiny(tmp_path, capsys):
     assert "outside_region" not in load_cache(tmp_path / "work" / "val.npz")["meta"]
     commands = json.loads((res / "ccdino-default-commands.json").read_text())
     assert "--seg-outside-max-mm2 20.0" in commands["stages"]["supervised"]
-    assert "--seg-size-power 0.5 --seg-coarse-dropout 0.5" in commands["stages"]["supervised"]
+    assert "--seg-size-power" not in commands["stages"]["supervised"]  # 0, the default: left out
     assert sorted(p.name for p in (tmp_path / "work" / "phantoms").iterdir()) == ["synth-phantom-700002", "synth-phantom-700003"]
     b = load_bundle(out)
     assert "one in 2 of them (2) as its non-gated" in b.manifest["trained_on"]
@@ -508,3 +508,19 @@ def test_retrain_segmenter_validation_figures_per_size(monkeypatch):
     assert fig["others_called_calcium"] == pytest.approx(1 / 3)
     assert fig["by_size"] == {"0-5": [1, 1.0, 1, 0.0], "5-20": [1, 0.0, 0, None], "20-50": [0, None, 1, 0.0],
                               "50-inf": [1, 1.0, 1, 1.0]}
+
+
+def test_recipe_passes_the_segmenter_draw_settings_only_when_set():
+    """The recipe's segmenter stage gets --seg-size-power / --seg-coarse-dropout only when not 0,
+    so that work folders made before them stay current; the model card says them when set."""
+    from training.build_default_bundle import parse_args, segmenter_draw_flags, segmenter_draw_text
+
+    args = parse_args([])
+    assert args.seg_size_power == 0 and args.seg_coarse_dropout == 0
+    assert segmenter_draw_flags(args) == [] and segmenter_draw_text(args) == ""
+    args = parse_args(["--seg-size-power", "0.5", "--seg-coarse-dropout", "0.5"])
+    assert segmenter_draw_flags(args) == ["--seg-size-power", "0.5", "--seg-coarse-dropout", "0.5"]
+    text = segmenter_draw_text(args)
+    assert "n^-0.5" in text and "0.5 share of them the coarse views" in text
+    args = parse_args(["--seg-coarse-dropout", "0.25"])
+    assert segmenter_draw_flags(args) == ["--seg-coarse-dropout", "0.25"]

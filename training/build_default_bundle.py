@@ -61,7 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--name", default=None, help="bundle name (default ccdino-default; with another "
                    "--ssl-variant, ccdino-<variant>)")
-    p.add_argument("--version", default="0.6.6")
+    p.add_argument("--version", default="0.6.5")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the DINO-LG, heads and segmenter and phantom-head stages (another one trains "
                         "an independent bundle from the same studies: the run-to-run spread)")
@@ -93,13 +93,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "plain DINO, or DINO-LG + multi-view (VET-DINO, neighbouring slices); a variant other than "
                         "the default trains its own networks in the same --work (stage folders named after it)")
     p.add_argument("--seg-steps", type=int, default=2000)
-    # size balancing and the coarse views' dropout: training/results/ccdino-0.6.6.md
+    # size balancing and the coarse views' dropout (0.5 and 0.5: the 0.6.6 candidate, not shipped):
+    # training/results/ccdino-0.6.6-candidate.md
     p.add_argument("--seg-size-power", type=float, default=SEGMENTER_SIZE_POWER,
                    help=f"segmenter: candidates drawn with weight n^-POWER, n those of their size bin (default "
-                        f"{SEGMENTER_SIZE_POWER:g}; 0: alike, as up to 0.6.5)")
+                        f"{SEGMENTER_SIZE_POWER:g}: alike)")
     p.add_argument("--seg-coarse-dropout", type=float, default=SEGMENTER_COARSE_DROPOUT,
                    help=f"segmenter: share of training candidates whose coarse views of the slice read as the average "
-                        f"one (default {SEGMENTER_COARSE_DROPOUT:g}; 0: none, as up to 0.6.5)")
+                        f"one (default {SEGMENTER_COARSE_DROPOUT:g}: none)")
     # 0.98, the kept held-out target: 0.99 reached into calcified slices no candidate reaches
     # (training/results/ccdino-0.6.2-candidate.md)
     p.add_argument("--target-sensitivity", type=float, default=0.98,
@@ -124,6 +125,17 @@ BUNDLE_VARIANTS = ("dino-lg", "dino", "dino-lg-mv")
 SSL_TEXT = {"dino-lg": "DINO-LG (label-guided candidate crops)", "dino": "plain DINO (no label guidance)",
             "dino-lg-mv": "DINO-LG (label-guided candidate crops) + multi-view (VET-DINO: the second global view "
                           "cut from the neighbouring slice)"}
+
+
+def segmenter_draw_flags(args) -> list[str]:
+    """The segmenter stage's draw settings as flags, only those that are not 0 (the stages'
+    own default): work folders made before the settings existed stay current."""
+    flags = []
+    if args.seg_size_power:
+        flags += ["--seg-size-power", str(args.seg_size_power)]
+    if args.seg_coarse_dropout:
+        flags += ["--seg-coarse-dropout", str(args.seg_coarse_dropout)]
+    return flags
 
 
 def _rel(path: Path) -> Path:
@@ -306,8 +318,7 @@ def main(argv=None) -> int:
                               str(ssl_dir / "backbone.pt"), "--out", str(sup_dir), "--seg-steps", str(args.seg_steps),
                               "--target-sensitivity", str(args.target_sensitivity), "--threads", str(args.threads),
                               "--device", args.device, "--seg-outside-max-mm2", str(args.seg_outside_max_mm2),
-                              "--seg-size-power", str(args.seg_size_power),
-                              "--seg-coarse-dropout", str(args.seg_coarse_dropout)]
+                              *segmenter_draw_flags(args)]
     # seed 0 is the stages' own default: left out, so that runs made before --seed stay current
     seed_flag = ["--seed", str(args.seed)] if args.seed else []
     commands["supervised"] += seed_flag
@@ -519,6 +530,18 @@ def _fmt(v, nd=3) -> str:
     return "n/a" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
 
 
+def segmenter_draw_text(args) -> str:
+    """The model card's words on the segmenter's draw settings (nothing when both are 0)."""
+    parts = []
+    if args.seg_size_power:
+        parts.append(f"its candidates drawn evened out by size (weight n^-{args.seg_size_power:g}, n those of the "
+                     "same size bin)")
+    if args.seg_coarse_dropout:
+        parts.append(f"for a {args.seg_coarse_dropout:g} share of them the coarse views of the slice read as the "
+                     "average one")
+    return f" Trained with {'; '.join(parts)}." if parts else ""
+
+
 def train_region_text(args) -> str:
     """The model card's line on what the networks trained on."""
     if args.train_in_region_only:
@@ -579,9 +602,7 @@ patient data. Research use only; not a medical device.**
   slice probability = max over the slice's candidates; threshold {sup['threshold']['threshold']:.4f} chosen
   on {args.n_val} validation studies for slice sensitivity >= {args.target_sensitivity}.
 - Segmenter: MONAI 2D UNet (channels {sup['segmenter_config']['channels']}) on each candidate crop of the selected
-  slices, context as extra channels; 5 classes (background, LM, LAD, LCX, RCA). Trained with candidates drawn
-  evened out by size (weight n^-{args.seg_size_power:g}, n those of the same size bin) and, for a
-  {args.seg_coarse_dropout:g} share of them, the coarse views of the slice read as the average one.
+  slices, context as extra channels; 5 classes (background, LM, LAD, LCX, RCA).{segmenter_draw_text(args)}
 - Noise rule: a flagged region smaller than {nr['rule']['min_area_mm2']:g} mm^2 whose peak is less than
   {nr['rule']['min_contrast_sd']:g} noise SDs above soft tissue ({nr['rule']['soft_tissue_hu']:g} HU){nb_text} is taken for image
   noise and not labelled (the report says how many); fitted on {nr['studies']} calibration studies (seeds

@@ -60,13 +60,16 @@ CACHE_VERSION = 3
 SEGMENTER_OUTSIDE_MAX_MM2 = 20.0
 #: The segmenter's size balancing (``train_candidates --seg-size-power``;
 #: :func:`training.train_candidates.size_weights`), coronary and other candidates alike.
-SEGMENTER_SIZE_POWER = 0.5
+#: 0: candidates drawn alike, as the shipped bundles were trained.
+SEGMENTER_SIZE_POWER = 0.0
 #: Share of the segmenter's training candidates whose coarse views of the slice
 #: (:data:`training.train_candidates.COARSE_CONTEXT`, 50 of the 64 context features, up to
-#: 60 mm round a candidate) read as the average one (``--seg-coarse-dropout``). The synthetic
-#: anatomy there (lungs, fat, chambers) is what differs most from a patient's:
-#: training/results/ccdino-0.6.6.md.
-SEGMENTER_COARSE_DROPOUT = 0.5
+#: 60 mm round a candidate) read as the average one (``--seg-coarse-dropout``). 0: none, as
+#: the shipped bundles were trained. 0.5 (with size power 0.5: the 0.6.6 candidate) kept a
+#: real 78 mm^2 LAD calcification for every seed tried, but its sides of the coronary tree
+#: disagree with the aorta's on real dev scan 4, which then loses its names:
+#: training/results/ccdino-0.6.6-candidate.md.
+SEGMENTER_COARSE_DROPOUT = 0.0
 
 
 def adjacent_step(dz_mm: float) -> int:

@@ -1,7 +1,7 @@
 """A bundle with its segmenter trained again on a candidate cache; the rest of it kept.
 
     python -m training.retrain_segmenter --bundle B (--train T.npz [--val V.npz] | --studies DIR [--n-val 30]) --out OUT
-        [--steps 2000] [--seed 0] [--outside-max-mm2 20] [--size-power 0.5] [--coarse-dropout 0.5]
+        [--steps 2000] [--seed 0] [--outside-max-mm2 20] [--size-power 0] [--coarse-dropout 0]
         [--version V] [--name N] [--note TEXT] [--overwrite]
         [--device auto]
 

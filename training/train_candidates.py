@@ -14,9 +14,9 @@ from :mod:`CoronaryCalciumDINOLib.pipeline.candidates`, the inference path):
   ``mlp+context`` (one hidden layer); weighted BCE, target = coronary calcium or not;
 * the gradient-boosted baseline on :data:`HAND_FEATURES` (scikit-learn);
 * the per-artery segmenter: a MONAI 2D UNet on the candidate crop with the context as
-  constant extra channels, trained on per-pixel labels (:func:`train_segmenter`), its
-  candidates drawn evened out by size (:func:`size_weights`) and, for half of them, the
-  coarse views of the slice read as the average one (:data:`COARSE_CONTEXT`).
+  constant extra channels, trained on per-pixel labels (:func:`train_segmenter`; on request
+  its candidates drawn evened out by size, :func:`size_weights`, and for a share of them the
+  coarse views of the slice read as the average one, :data:`COARSE_CONTEXT`).
 
 The detector threshold is chosen on the validation studies' slices (every candidate of
 those studies is in the validation cache), slice probability = max over its candidates.
@@ -243,8 +243,8 @@ def train_segmenter(train: dict, cfg: SegmenterConfig, steps: int = 1500, batch:
     """Per-pixel 5-class CE on candidate crops; coronary candidates are half of each batch,
     each half drawn with :func:`size_weights` (``size_power``); in a ``coarse_dropout`` share
     of the drawn candidates the coarse views read as the training set's average (the
-    network's standardised 0). ``size_power`` 0 and ``coarse_dropout`` 0 train as the
-    bundles up to 0.6.5 did, draw for draw."""
+    network's standardised 0). ``size_power`` 0 and ``coarse_dropout`` 0 (the defaults) draw
+    as the shipped bundles were trained, draw for draw."""
     if size_power < 0:
         raise ValueError(f"size_power must be >= 0, got {size_power}")
     if not 0 <= coarse_dropout <= 1:
