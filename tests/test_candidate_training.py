@@ -524,3 +524,8 @@ def test_recipe_passes_the_segmenter_draw_settings_only_when_set():
     assert "n^-0.5" in text and "0.5 share of them the coarse views" in text
     args = parse_args(["--seg-coarse-dropout", "0.25"])
     assert segmenter_draw_flags(args) == ["--seg-coarse-dropout", "0.25"]
+    from training import train_candidates
+
+    with pytest.raises(SystemExit, match="--seg-coarse-dropout a share between 0 and 1"):
+        train_candidates.main(["--train", "t.npz", "--val", "v.npz", "--backbone", "random:0", "--out", "o",
+                               "--seg-coarse-dropout", "2"])

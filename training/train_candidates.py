@@ -235,8 +235,6 @@ def size_weights(context: np.ndarray, power: float) -> np.ndarray:
     return w / w.sum()
 
 
-
-
 def train_segmenter(train: dict, cfg: SegmenterConfig, steps: int = 1500, batch: int = 64, seed: int = 0,
                     lr: float = 3e-3, log=print, device="cpu", size_power: float = SEGMENTER_SIZE_POWER,
                     coarse_dropout: float = SEGMENTER_COARSE_DROPOUT):
@@ -259,7 +257,7 @@ def train_segmenter(train: dict, cfg: SegmenterConfig, steps: int = 1500, batch:
     crop_px, windows = cache_windows(train)
     pos = np.flatnonzero(train["target"] > 0)
     neg = np.flatnonzero(train["target"] == 0)
-    # power 0: p=None, the uniform draw of the bundles trained before the balancing
+    # power 0: p=None, the uniform draw the shipped bundles were trained with
     p_pos = size_weights(train["context"][pos], size_power) if size_power and pos.size else None
     p_neg = size_weights(train["context"][neg], size_power) if size_power and neg.size else None
     counts = np.bincount(train["pixel_labels"][pos].ravel(), minlength=5).astype(float) + 1
@@ -375,6 +373,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.seg_size_power < 0 or not 0 <= args.seg_coarse_dropout <= 1:
+        raise SystemExit("--seg-size-power must be >= 0 and --seg-coarse-dropout a share between 0 and 1")
     torch.set_num_threads(args.threads)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
