@@ -526,6 +526,6 @@ def test_recipe_passes_the_segmenter_draw_settings_only_when_set():
     assert segmenter_draw_flags(args) == ["--seg-coarse-dropout", "0.25"]
     from training import train_candidates
 
-    with pytest.raises(SystemExit, match="--seg-coarse-dropout a share between 0 and 1"):
+    with pytest.raises(SystemExit, match="--seg-coarse-dropout must be a share between 0 and 1, got 2"):
         train_candidates.main(["--train", "t.npz", "--val", "v.npz", "--backbone", "random:0", "--out", "o",
                                "--seg-coarse-dropout", "2"])

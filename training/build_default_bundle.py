@@ -51,7 +51,7 @@ PHANTOM = REPO / "Testing" / "Data" / "qrm-phantom-canon"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from .candidate_data import SEGMENTER_COARSE_DROPOUT, SEGMENTER_OUTSIDE_MAX_MM2, SEGMENTER_SIZE_POWER
+    from .candidate_data import SEGMENTER_OUTSIDE_MAX_MM2, add_segmenter_draw_arguments
 
     p = argparse.ArgumentParser(prog="python -m training.build_default_bundle", description=__doc__.split("\n")[0])
     p.add_argument("--work", type=Path, default=REPO / "runs" / "default-bundle", help="working folder (resumable)")
@@ -95,12 +95,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seg-steps", type=int, default=2000)
     # size balancing and the coarse views' dropout (0.5 and 0.5: the 0.6.6 candidate, not shipped):
     # training/results/ccdino-0.6.6-candidate.md
-    p.add_argument("--seg-size-power", type=float, default=SEGMENTER_SIZE_POWER,
-                   help=f"segmenter: candidates drawn with weight n^-POWER, n those of their size bin (default "
-                        f"{SEGMENTER_SIZE_POWER:g}: alike)")
-    p.add_argument("--seg-coarse-dropout", type=float, default=SEGMENTER_COARSE_DROPOUT,
-                   help=f"segmenter: share of training candidates whose coarse views of the slice read as the average "
-                        f"one (default {SEGMENTER_COARSE_DROPOUT:g}: none)")
+    add_segmenter_draw_arguments(p)
     # 0.98, the kept held-out target: 0.99 reached into calcified slices no candidate reaches
     # (training/results/ccdino-0.6.2-candidate.md)
     p.add_argument("--target-sensitivity", type=float, default=0.98,
@@ -172,7 +167,7 @@ def main(argv=None) -> int:
     from CoronaryCalciumDINOLib.report import write_json
 
     from . import fit_noise_rule, pretrain_candidates, train_candidates
-    from .candidate_data import build_adjacent, build_cache, load_cache
+    from .candidate_data import build_adjacent, build_cache, load_cache, segmenter_draw_problem
 
     args = parse_args(argv)
     reserved = HELDOUT_PHANTOM_SEEDS.start - HELDOUT_SYNTHETIC_SEEDS.start
@@ -186,10 +181,9 @@ def main(argv=None) -> int:
         raise SystemExit(f"--ssl-variant {args.ssl_variant} needs its own --out (the default one is the shipped bundle)")
     if args.seed < 0:
         raise SystemExit("--seed must be >= 0")
-    if args.seg_size_power < 0:
-        raise SystemExit(f"--seg-size-power must be >= 0, got {args.seg_size_power:g}")
-    if not 0 <= args.seg_coarse_dropout <= 1:
-        raise SystemExit(f"--seg-coarse-dropout must be a share between 0 and 1, got {args.seg_coarse_dropout:g}")
+    problem = segmenter_draw_problem(args.seg_size_power, args.seg_coarse_dropout)
+    if problem:
+        raise SystemExit(problem)
     if args.seed and args.out.resolve() == Path(DEFAULT_BUNDLE_DIR).resolve():
         raise SystemExit(f"--seed {args.seed} needs its own --out (the default one is the shipped bundle)")
     if args.name is None:

@@ -72,6 +72,27 @@ SEGMENTER_SIZE_POWER = 0.0
 SEGMENTER_COARSE_DROPOUT = 0.0
 
 
+def add_segmenter_draw_arguments(parser, prefix: str = "--seg-") -> None:
+    """The segmenter's two draw settings as command-line options (``PREFIXsize-power``,
+    ``PREFIXcoarse-dropout``): one definition for the recipe, ``train_candidates`` and
+    ``retrain_segmenter``."""
+    parser.add_argument(f"{prefix}size-power", type=float, default=SEGMENTER_SIZE_POWER,
+                        help=f"segmenter: candidates drawn with weight n^-POWER, n those of their size bin "
+                             f"(default {SEGMENTER_SIZE_POWER:g}: alike)")
+    parser.add_argument(f"{prefix}coarse-dropout", type=float, default=SEGMENTER_COARSE_DROPOUT,
+                        help=f"segmenter: share of training candidates whose coarse views of the slice read as the "
+                             f"average one (default {SEGMENTER_COARSE_DROPOUT:g}: none)")
+
+
+def segmenter_draw_problem(size_power: float, coarse_dropout: float, prefix: str = "--seg-") -> str | None:
+    """What is wrong with the segmenter's draw settings (None: nothing), naming the option."""
+    if size_power < 0:
+        return f"{prefix}size-power must be >= 0, got {size_power:g}"
+    if not 0 <= coarse_dropout <= 1:
+        return f"{prefix}coarse-dropout must be a share between 0 and 1, got {coarse_dropout:g}"
+    return None
+
+
 def adjacent_step(dz_mm: float) -> int:
     """Slice offset of the neighbouring-slice view: the nearest offset of the multi-view rule
     (:func:`training.common.views.adjacent_offsets`; 1 slice at 3 mm, 2 at 1.5 mm)."""

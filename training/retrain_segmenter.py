@@ -96,7 +96,7 @@ def validation_figures(net, val: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    from training.candidate_data import SEGMENTER_COARSE_DROPOUT, SEGMENTER_OUTSIDE_MAX_MM2, SEGMENTER_SIZE_POWER
+    from training.candidate_data import SEGMENTER_OUTSIDE_MAX_MM2, add_segmenter_draw_arguments, segmenter_draw_problem
 
     ap = argparse.ArgumentParser(prog="python -m training.retrain_segmenter", description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", default=None, metavar="PATH", help="bundle to start from (default: the default bundle)")
@@ -114,12 +114,7 @@ def main(argv=None) -> int:
                     help="of a --train cache that also holds the candidates the heart region leaves out (the recipe's), "
                          f"those of at most this area train too, as in the recipe (default {SEGMENTER_OUTSIDE_MAX_MM2:g}; "
                          "0: none)")
-    ap.add_argument("--size-power", type=float, default=SEGMENTER_SIZE_POWER,
-                    help=f"candidates drawn with weight n^-POWER, n those of their size bin, as in the recipe (default "
-                         f"{SEGMENTER_SIZE_POWER:g}; 0: alike)")
-    ap.add_argument("--coarse-dropout", type=float, default=SEGMENTER_COARSE_DROPOUT,
-                    help=f"share of training candidates whose coarse views of the slice read as the average one, as in "
-                         f"the recipe (default {SEGMENTER_COARSE_DROPOUT:g}; 0: none)")
+    add_segmenter_draw_arguments(ap, prefix="--")  # as in the recipe
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default=None, help="bundle name (default: the bundle's)")
     ap.add_argument("--version", default=None, help="bundle version (default: the bundle's + '-seg')")
@@ -137,10 +132,9 @@ def main(argv=None) -> int:
         return _error(f"--out {args.out} exists (use --overwrite)")
     if args.steps < 1:
         return _error("--steps must be >= 1")
-    if args.size_power < 0:
-        return _error(f"--size-power must be >= 0, got {args.size_power:g}")
-    if not 0 <= args.coarse_dropout <= 1:
-        return _error(f"--coarse-dropout must be a share between 0 and 1, got {args.coarse_dropout:g}")
+    problem = segmenter_draw_problem(args.size_power, args.coarse_dropout, prefix="--")
+    if problem:
+        return _error(problem)
     if (args.train is None) == (args.studies is None):
         return _error("give either --train (a cache) or --studies (study folders)")
     if args.studies is not None and args.val is not None:

@@ -49,7 +49,8 @@ from CoronaryCalciumDINOLib.pipeline.candidates import CONTEXT_INDEX, CONTEXT_NA
 from CoronaryCalciumDINOLib.pipeline.device import autocast_for, resolve_device
 from CoronaryCalciumDINOLib.pipeline.inference import candidate_means
 
-from .candidate_data import SEGMENTER_COARSE_DROPOUT, SEGMENTER_OUTSIDE_MAX_MM2, SEGMENTER_SIZE_POWER, load_cache
+from .candidate_data import (SEGMENTER_COARSE_DROPOUT, SEGMENTER_OUTSIDE_MAX_MM2, SEGMENTER_SIZE_POWER,
+                             add_segmenter_draw_arguments, load_cache, segmenter_draw_problem)
 from .pretrain_candidates import DEFAULT_ARCH, DEFAULT_OVERRIDES, plain_view
 
 HEADS = {"linear": (0, False), "linear+context": (0, True), "mlp+context": (128, True)}
@@ -357,12 +358,7 @@ def parse_args(argv=None):
                    help="the segmenter trains on the heart region's candidates (what inference gives it) and, of a cache "
                         "that also holds those the region leaves out, on those of at most this area: the chest wall's "
                         f"specks, not its bone (default {SEGMENTER_OUTSIDE_MAX_MM2:g}; 0: none of them)")
-    p.add_argument("--seg-size-power", type=float, default=SEGMENTER_SIZE_POWER,
-                   help="segmenter: draw candidates with weight n^-POWER, n the candidates of their size bin "
-                        f"(default {SEGMENTER_SIZE_POWER:g}; 0: alike)")
-    p.add_argument("--seg-coarse-dropout", type=float, default=SEGMENTER_COARSE_DROPOUT,
-                   help="segmenter: share of training candidates whose coarse views of the slice read as the "
-                        f"average one (default {SEGMENTER_COARSE_DROPOUT:g}; 0: none)")
+    add_segmenter_draw_arguments(p)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -373,8 +369,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.seg_size_power < 0 or not 0 <= args.seg_coarse_dropout <= 1:
-        raise SystemExit("--seg-size-power must be >= 0 and --seg-coarse-dropout a share between 0 and 1")
+    problem = segmenter_draw_problem(args.seg_size_power, args.seg_coarse_dropout)
+    if problem:
+        raise SystemExit(problem)
     torch.set_num_threads(args.threads)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
