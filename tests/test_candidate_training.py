@@ -486,9 +486,9 @@ def test_segmenter_training_drops_the_coarse_views(tiny_cache, monkeypatch, drop
     rest = np.setdiff1d(np.arange(ctx.shape[1]), tc.COARSE_CONTEXT)
     originals = {tuple(np.round(r, 5)) for r in cache["context"][:, rest]}
     assert all(tuple(np.round(r, 5)) in originals for r in ctx[:, rest])
-    with pytest.raises(ValueError, match="coarse_dropout"):
+    with pytest.raises(ValueError, match="coarse-dropout must be a share between 0 and 1, got 1.5"):
         tc.train_segmenter(cache, cfg, steps=1, coarse_dropout=1.5, log=lambda *a: None)
-    with pytest.raises(ValueError, match="size_power"):
+    with pytest.raises(ValueError, match="size-power must be >= 0, got -1"):
         tc.train_segmenter(cache, cfg, steps=1, size_power=-1, log=lambda *a: None)
 
 

@@ -244,10 +244,9 @@ def train_segmenter(train: dict, cfg: SegmenterConfig, steps: int = 1500, batch:
     of the drawn candidates the coarse views read as the training set's average (the
     network's standardised 0). ``size_power`` 0 and ``coarse_dropout`` 0 (the defaults) draw
     as the shipped bundles were trained, draw for draw."""
-    if size_power < 0:
-        raise ValueError(f"size_power must be >= 0, got {size_power}")
-    if not 0 <= coarse_dropout <= 1:
-        raise ValueError(f"coarse_dropout must be a share between 0 and 1, got {coarse_dropout}")
+    problem = segmenter_draw_problem(size_power, coarse_dropout, prefix="")
+    if problem:
+        raise ValueError(problem)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     dev = resolve_device(device)
