@@ -279,3 +279,60 @@ def test_phantom_head_weights_are_checksummed(tmp_path):
     (out / MANIFEST).write_text(json.dumps(man))
     with pytest.raises(ModelBundleError, match="phantom_detector weights are not listed"):
         load_bundle(out)
+
+
+def test_segmenter_decides_calcium_without_its_blind_features():
+    """probabilities(): with calcium_blind empty, the softmax of the logits; with it set, the
+    background is that of a pass with those context features at the training average (so
+    changing them moves the arteries, not the calcium) and the arteries share the calcium
+    as the pass with every feature shares it."""
+    from CoronaryCalciumDINOLib.models.unet import SegmenterConfig, build_candidate_segmenter
+
+    torch.manual_seed(0)
+    base = dict(input_size=16, channels=[4, 8], strides=[2], neighbours=0, context_dim=4, windows=[[0.0, 100.0]])
+    x = torch.randn(3, 1, 16, 16)
+    ctx = torch.randn(3, 4)
+    one = build_candidate_segmenter(SegmenterConfig(**base)).eval()
+    with torch.no_grad():
+        assert torch.allclose(one.probabilities(x, ctx), torch.softmax(one(x, ctx), 1))
+        two = build_candidate_segmenter(SegmenterConfig(**base, calcium_blind=[1, 3])).eval()
+        two.load_state_dict(one.state_dict())
+        two.set_standardisation(torch.randn(50, 4) * 3 + 1)
+        p = two.probabilities(x, ctx)
+        assert torch.allclose(p.sum(1), torch.ones(3, 16, 16), atol=1e-5)
+        averaged = ctx.clone()
+        averaged[:, [1, 3]] = two.context_mean[[1, 3]]
+        assert torch.allclose(p[:, 0], torch.softmax(two(x, averaged), 1)[:, 0], atol=1e-6)
+        full = torch.softmax(two(x, ctx), 1)
+        assert torch.allclose(p[:, 1:] / p[:, 1:].sum(1, keepdim=True), full[:, 1:] / full[:, 1:].sum(1, keepdim=True),
+                              atol=1e-5)
+        moved = ctx.clone()
+        moved[:, [1, 3]] += 5.0
+        q = two.probabilities(x, moved)
+        assert torch.allclose(q[:, 0], p[:, 0], atol=1e-6) and not torch.allclose(q[:, 1:], p[:, 1:], atol=1e-3)
+        assert not torch.allclose(p[:, 0], full[:, 0], atol=1e-3)
+
+
+def test_bundle_keeps_the_segmenters_blind_features(tmp_path):
+    """calcium_blind travels in the manifest and comes back on load; indices that are not
+    context features are an invalid config."""
+    from CoronaryCalciumDINOLib.models.backbone import backbone_config, build_backbone
+    from CoronaryCalciumDINOLib.models.detector import CandidateDetector
+    from CoronaryCalciumDINOLib.models.unet import SegmenterConfig, build_candidate_segmenter
+
+    torch.manual_seed(0)
+    bb = build_backbone("vit_tiny_patch16_224", img_size=32, drop_path=0.0, overrides={"depth": 1})
+    det = CandidateDetector(384, len(CONTEXT_NAMES), hidden=16)
+    seg_cfg = SegmenterConfig(input_size=32, channels=[4, 8], strides=[2], neighbours=0, context_dim=len(CONTEXT_NAMES),
+                              calcium_blind=[2, 5])
+    kw = dict(name="s", version="1", trained_on="t", not_validated_on="n", backbone_config=backbone_config(bb),
+              backbone_state=bb.state_dict(), detector_state=det.state_dict(),
+              detector_info={**det.config(), "threshold": 0.5}, segmenter_state=build_candidate_segmenter(seg_cfg).state_dict(),
+              candidates=CandidateConfig().to_dict(), half=False)
+    out = save_bundle(tmp_path / "blind", segmenter_config=seg_cfg.to_dict(), **kw)
+    assert load_bundle(out).segmenter.config.calcium_blind == [2, 5]
+    bad = seg_cfg.to_dict()
+    bad["calcium_blind"] = [len(CONTEXT_NAMES)]
+    out = save_bundle(tmp_path / "bad", segmenter_config=bad, **kw)
+    with pytest.raises(ModelBundleError, match="invalid config in manifest.*calcium_blind indices"):
+        load_bundle(out)

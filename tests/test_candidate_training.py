@@ -490,6 +490,56 @@ def test_segmenter_training_drops_the_coarse_views(tiny_cache, monkeypatch, drop
         tc.train_segmenter(cache, cfg, steps=1, coarse_dropout=1.5, log=lambda *a: None)
     with pytest.raises(ValueError, match="size-power must be >= 0, got -1"):
         tc.train_segmenter(cache, cfg, steps=1, size_power=-1, log=lambda *a: None)
+    with pytest.raises(ValueError, match="dropped-learn must be one of arteries, calcium, got 'sides'"):
+        tc.train_segmenter(cache, cfg, steps=1, coarse_dropout=0.5, dropped_learn="sides", log=lambda *a: None)
+
+
+def test_segmenter_dropped_draws_learn_calcium_only(tiny_cache):
+    """train_segmenter(coarse_dropout=1, dropped_learn="calcium"): no draw is asked which
+    artery, so a cache with its arteries renamed trains the same network; with "arteries"
+    (the five classes) it does not."""
+    from training import train_candidates as tc
+
+    _, cache_path = tiny_cache
+    cache = load_cache(cache_path)
+    assert len(np.unique(cache["pixel_labels"])) > 2
+    renamed = dict(cache)
+    renamed["pixel_labels"] = np.array([0, 3, 4, 1, 2], cache["pixel_labels"].dtype)[cache["pixel_labels"]]
+    cfg = tc.segmenter_config(cache)
+
+    def weights(c, learn):
+        net = tc.train_segmenter(c, cfg, steps=4, batch=16, seed=1, log=lambda *a: None, device="cpu",
+                                 coarse_dropout=1.0, dropped_learn=learn)
+        return torch.cat([v.flatten().float() for v in net.state_dict().values()])
+
+    assert torch.allclose(weights(cache, "calcium"), weights(renamed, "calcium"), atol=1e-6)
+    assert not torch.allclose(weights(cache, "arteries"), weights(renamed, "arteries"), atol=1e-4)
+
+
+def test_calcium_only_loss_asks_dropped_crops_for_calcium_only():
+    """calcium_only_loss: with no crop flagged it is the class-weighted cross-entropy the
+    segmenter trains with; a flagged crop's loss does not change when the probability moves
+    between arteries, only when it moves between calcium and background."""
+    import torch
+    import torch.nn.functional as F
+    from training.train_candidates import calcium_only_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 6, 6, generator=g)
+    y = torch.randint(0, 5, (3, 6, 6), generator=g)
+    y[0, 0, 0], y[0, 0, 1] = 0, 2
+    cw = torch.tensor([0.5, 2.0, 1.0, 1.5, 1.2])
+    none = torch.zeros(3, dtype=torch.bool)
+    assert calcium_only_loss(logits, y, cw, none).item() == pytest.approx(F.cross_entropy(logits, y, weight=cw).item(), rel=1e-5)
+    first = torch.tensor([True, False, False])
+    base = calcium_only_loss(logits, y, cw, first)
+    swapped = logits.clone()
+    swapped[0, 1:] = logits[0, [3, 4, 1, 2]]  # the first crop's arteries exchanged
+    assert calcium_only_loss(swapped, y, cw, first).item() == pytest.approx(base.item(), rel=1e-5)
+    assert F.cross_entropy(swapped, y, weight=cw).item() != pytest.approx(F.cross_entropy(logits, y, weight=cw).item(), rel=1e-3)
+    other = logits.clone()
+    other[0, 0] += 1.0  # more background in the first crop
+    assert calcium_only_loss(other, y, cw, first).item() != pytest.approx(base.item(), rel=1e-3)
 
 
 def test_retrain_segmenter_validation_figures_per_size(monkeypatch):
@@ -510,20 +560,24 @@ def test_retrain_segmenter_validation_figures_per_size(monkeypatch):
                               "50-inf": [1, 1.0, 1, 1.0]}
 
 
-def test_recipe_passes_the_segmenter_draw_settings_only_when_set():
-    """The recipe's segmenter stage gets --seg-size-power / --seg-coarse-dropout only when not 0,
-    so that work folders made before them stay current; the model card says them when set."""
+def test_recipe_passes_the_segmenter_draw_settings():
+    """The recipe's segmenter stage gets all three draw settings, so that a work folder whose
+    segmenter was trained with others (or before they existed) is not current; the model
+    card says them when set."""
     from training.build_default_bundle import parse_args, segmenter_draw_flags, segmenter_draw_text
 
     args = parse_args([])
-    assert args.seg_size_power == 0 and args.seg_coarse_dropout == 0
-    assert segmenter_draw_flags(args) == [] and segmenter_draw_text(args) == ""
-    args = parse_args(["--seg-size-power", "0.5", "--seg-coarse-dropout", "0.5"])
-    assert segmenter_draw_flags(args) == ["--seg-size-power", "0.5", "--seg-coarse-dropout", "0.5"]
+    assert (args.seg_size_power, args.seg_coarse_dropout, args.seg_dropped_learn) == (0.5, 0.5, "calcium")
+    assert segmenter_draw_flags(args) == ["--seg-size-power", "0.5", "--seg-coarse-dropout", "0.5",
+                                          "--seg-dropped-learn", "calcium"]
     text = segmenter_draw_text(args)
-    assert "n^-0.5" in text and "0.5 share of them the coarse views" in text
-    args = parse_args(["--seg-coarse-dropout", "0.25"])
-    assert segmenter_draw_flags(args) == ["--seg-coarse-dropout", "0.25"]
+    assert "n^-0.5" in text and "0.5 share of them the coarse views" in text and "calcium is decided without" in text
+    args = parse_args(["--seg-size-power", "0", "--seg-coarse-dropout", "0", "--seg-dropped-learn", "arteries"])
+    assert segmenter_draw_flags(args) == ["--seg-size-power", "0", "--seg-coarse-dropout", "0",
+                                          "--seg-dropped-learn", "arteries"]
+    assert segmenter_draw_text(args) == ""
+    args = parse_args(["--seg-coarse-dropout", "0.25", "--seg-dropped-learn", "arteries"])
+    assert "0.25 share" in segmenter_draw_text(args) and "calcium is decided" not in segmenter_draw_text(args)
     from training import train_candidates
 
     with pytest.raises(SystemExit, match="--seg-coarse-dropout must be a share between 0 and 1, got 2"):

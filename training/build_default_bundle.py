@@ -61,7 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--name", default=None, help="bundle name (default ccdino-default; with another "
                    "--ssl-variant, ccdino-<variant>)")
-    p.add_argument("--version", default="0.6.5")
+    p.add_argument("--version", default="0.6.7")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the DINO-LG, heads and segmenter and phantom-head stages (another one trains "
                         "an independent bundle from the same studies: the run-to-run spread)")
@@ -93,8 +93,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "plain DINO, or DINO-LG + multi-view (VET-DINO, neighbouring slices); a variant other than "
                         "the default trains its own networks in the same --work (stage folders named after it)")
     p.add_argument("--seg-steps", type=int, default=2000)
-    # size balancing and the coarse views' dropout (0.5 and 0.5: the 0.6.6 candidate, not shipped):
-    # training/results/ccdino-0.6.6-candidate.md
+    # size balancing, the coarse views' dropout and what the dropped draws learn (0.5, 0.5 and
+    # calcium: 0.6.7, training/results/ccdino-0.6.7.md; 0.5, 0.5 and arteries: the 0.6.6 candidate,
+    # not shipped, training/results/ccdino-0.6.6-candidate.md; 0, 0: up to 0.6.5)
     add_segmenter_draw_arguments(p)
     # 0.98, the kept held-out target: 0.99 reached into calcified slices no candidate reaches
     # (training/results/ccdino-0.6.2-candidate.md)
@@ -123,14 +124,10 @@ SSL_TEXT = {"dino-lg": "DINO-LG (label-guided candidate crops)", "dino": "plain 
 
 
 def segmenter_draw_flags(args) -> list[str]:
-    """The segmenter stage's draw settings as flags, only those that are not 0 (the stages'
-    own default): work folders made before the settings existed stay current."""
-    flags = []
-    if args.seg_size_power:
-        flags += ["--seg-size-power", str(args.seg_size_power)]
-    if args.seg_coarse_dropout:
-        flags += ["--seg-coarse-dropout", str(args.seg_coarse_dropout)]
-    return flags
+    """The segmenter stage's draw settings as flags, all three always: a work folder whose
+    segmenter was trained with other settings (or before they existed) is not current."""
+    return ["--seg-size-power", f"{args.seg_size_power:g}", "--seg-coarse-dropout", f"{args.seg_coarse_dropout:g}",
+            "--seg-dropped-learn", args.seg_dropped_learn]
 
 
 def _rel(path: Path) -> Path:
@@ -181,7 +178,8 @@ def main(argv=None) -> int:
         raise SystemExit(f"--ssl-variant {args.ssl_variant} needs its own --out (the default one is the shipped bundle)")
     if args.seed < 0:
         raise SystemExit("--seed must be >= 0")
-    problem = segmenter_draw_problem(args.seg_size_power, args.seg_coarse_dropout)
+    problem = segmenter_draw_problem(args.seg_size_power, args.seg_coarse_dropout,
+                                     dropped_learn=args.seg_dropped_learn)
     if problem:
         raise SystemExit(problem)
     if args.seed and args.out.resolve() == Path(DEFAULT_BUNDLE_DIR).resolve():
@@ -525,14 +523,16 @@ def _fmt(v, nd=3) -> str:
 
 
 def segmenter_draw_text(args) -> str:
-    """The model card's words on the segmenter's draw settings (nothing when both are 0)."""
+    """The model card's words on the segmenter's draw settings (nothing when none is set)."""
     parts = []
     if args.seg_size_power:
         parts.append(f"its candidates drawn evened out by size (weight n^-{args.seg_size_power:g}, n those of the "
                      "same size bin)")
     if args.seg_coarse_dropout:
         parts.append(f"for a {args.seg_coarse_dropout:g} share of them the coarse views of the slice read as the "
-                     "average one")
+                     "average one" + (" and only calcium against background is learnt; the arteries are learnt with "
+                                      "the views, and calcium is decided without them (a second pass with the views "
+                                      "at the average)" if args.seg_dropped_learn == "calcium" else ""))
     return f" Trained with {'; '.join(parts)}." if parts else ""
 
 

@@ -60,21 +60,26 @@ CACHE_VERSION = 3
 SEGMENTER_OUTSIDE_MAX_MM2 = 20.0
 #: The segmenter's size balancing (``train_candidates --seg-size-power``;
 #: :func:`training.train_candidates.size_weights`), coronary and other candidates alike.
-#: 0: candidates drawn alike, as the shipped bundles were trained.
-SEGMENTER_SIZE_POWER = 0.0
+#: 0: candidates drawn alike, as bundles up to 0.6.5 were trained.
+SEGMENTER_SIZE_POWER = 0.5
 #: Share of the segmenter's training candidates whose coarse views of the slice
 #: (:data:`training.train_candidates.COARSE_CONTEXT`, 50 of the 64 context features, up to
 #: 60 mm round a candidate) read as the average one (``--seg-coarse-dropout``). 0: none, as
-#: the shipped bundles were trained. 0.5 (with size power 0.5: the 0.6.6 candidate) kept a
-#: real 78 mm^2 LAD calcification for every seed tried, but its sides of the coronary tree
-#: disagree with the aorta's on real dev scan 4, which then loses its names:
-#: training/results/ccdino-0.6.6-candidate.md.
-SEGMENTER_COARSE_DROPOUT = 0.0
+#: bundles up to 0.6.5 were trained.
+SEGMENTER_COARSE_DROPOUT = 0.5
+#: What the segmenter's draws with the coarse views dropped learn (``--seg-dropped-learn``):
+#: ``arteries``, the five classes as every other draw (the 0.6.6 candidate, not shipped: its
+#: sides of the coronary tree disagree with the aorta's on real dev scan 4, which then loses
+#: its names), or ``calcium``, calcium against background only: the arteries are learnt
+#: with the coarse views, and the network decides calcium without them
+#: (``SegmenterConfig.calcium_blind``). training/results/ccdino-0.6.7.md.
+SEGMENTER_DROPPED_LEARN = "calcium"
+DROPPED_LEARN_CHOICES = ("arteries", "calcium")
 
 
 def add_segmenter_draw_arguments(parser, prefix: str = "--seg-") -> None:
-    """The segmenter's two draw settings as command-line options (``PREFIXsize-power``,
-    ``PREFIXcoarse-dropout``): one definition for the recipe, ``train_candidates`` and
+    """The segmenter's draw settings as command-line options (``PREFIXsize-power``,
+    ``PREFIXcoarse-dropout``, ``PREFIXdropped-learn``): one definition for the recipe, ``train_candidates`` and
     ``retrain_segmenter``."""
     parser.add_argument(f"{prefix}size-power", type=float, default=SEGMENTER_SIZE_POWER,
                         help=f"segmenter: candidates drawn with weight n^-POWER, n those of their size bin "
@@ -82,14 +87,21 @@ def add_segmenter_draw_arguments(parser, prefix: str = "--seg-") -> None:
     parser.add_argument(f"{prefix}coarse-dropout", type=float, default=SEGMENTER_COARSE_DROPOUT,
                         help=f"segmenter: share of training candidates whose coarse views of the slice read as the "
                              f"average one (default {SEGMENTER_COARSE_DROPOUT:g}: none)")
+    parser.add_argument(f"{prefix}dropped-learn", default=SEGMENTER_DROPPED_LEARN,
+                        help="segmenter: what the draws with the coarse views dropped learn: arteries (the five "
+                             "classes) or calcium (calcium against background; the sides of the tree are then learnt "
+                             f"with the views only) (default {SEGMENTER_DROPPED_LEARN})")
 
 
-def segmenter_draw_problem(size_power: float, coarse_dropout: float, prefix: str = "--seg-") -> str | None:
+def segmenter_draw_problem(size_power: float, coarse_dropout: float, prefix: str = "--seg-",
+                           dropped_learn: str = SEGMENTER_DROPPED_LEARN) -> str | None:
     """What is wrong with the segmenter's draw settings (None: nothing), naming the option."""
     if size_power < 0:
         return f"{prefix}size-power must be >= 0, got {size_power:g}"
     if not 0 <= coarse_dropout <= 1:
         return f"{prefix}coarse-dropout must be a share between 0 and 1, got {coarse_dropout:g}"
+    if dropped_learn not in DROPPED_LEARN_CHOICES:
+        return f"{prefix}dropped-learn must be one of {', '.join(DROPPED_LEARN_CHOICES)}, got {dropped_learn!r}"
     return None
 
 

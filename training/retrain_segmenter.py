@@ -132,7 +132,8 @@ def main(argv=None) -> int:
         return _error(f"--out {args.out} exists (use --overwrite)")
     if args.steps < 1:
         return _error("--steps must be >= 1")
-    problem = segmenter_draw_problem(args.size_power, args.coarse_dropout, prefix="--")
+    problem = segmenter_draw_problem(args.size_power, args.coarse_dropout, prefix="--",
+                                     dropped_learn=args.dropped_learn)
     if problem:
         return _error(problem)
     if (args.train is None) == (args.studies is None):
@@ -191,12 +192,14 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     part = region_part(train, args.outside_max_mm2)
     net = train_segmenter(part, cfg, steps=args.steps, seed=args.seed, device=args.device,
-                          size_power=args.size_power, coarse_dropout=args.coarse_dropout)
+                          size_power=args.size_power, coarse_dropout=args.coarse_dropout,
+                          dropped_learn=args.dropped_learn)
     seconds = time.perf_counter() - t0
     what = {"train_cache": str(args.train), "train_candidates": int(part["target"].size),
             "cache_candidates": int(train["target"].size), "outside_max_mm2": args.outside_max_mm2,
             "train_studies": len(train["meta"].get("studies", [])), "steps": args.steps, "seed": args.seed,
             "size_power": args.size_power, "coarse_dropout": args.coarse_dropout,
+            "dropped_learn": args.dropped_learn,
             "seconds": round(seconds, 1), "from_bundle": f"{m['name']} {m['version']}", "from_sha256": b.sha256,
             "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     if val is not None:
@@ -216,7 +219,7 @@ def main(argv=None) -> int:
             args.out, name=name, version=version, trained_on=f"{m['trained_on']}; {note}",
             not_validated_on=m["not_validated_on"], backbone_config=m["backbone"],
             backbone_state=b.backbone.state_dict(), detector_state=b.detector.state_dict(),
-            detector_info=m["detector"], segmenter_config=cfg.to_dict(), segmenter_state=net.state_dict(),
+            detector_info=m["detector"], segmenter_config=net.config.to_dict(), segmenter_state=net.state_dict(),
             candidates=m["candidates"], noise_rule=m.get("noise_rule"),
             phantom_state=None if b.phantom_detector is None else b.phantom_detector.state_dict(),
             phantom_info=m.get("phantom_detector"), scoring_threshold_hu=float(m["scoring"]["threshold_hu"]),

@@ -33,6 +33,7 @@ candidates' own voxels and names them by side.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -49,7 +50,7 @@ from CoronaryCalciumDINOLib.pipeline.candidates import CONTEXT_INDEX, CONTEXT_NA
 from CoronaryCalciumDINOLib.pipeline.device import autocast_for, resolve_device
 from CoronaryCalciumDINOLib.pipeline.inference import candidate_means
 
-from .candidate_data import (SEGMENTER_COARSE_DROPOUT, SEGMENTER_OUTSIDE_MAX_MM2, SEGMENTER_SIZE_POWER,
+from .candidate_data import (SEGMENTER_COARSE_DROPOUT, SEGMENTER_DROPPED_LEARN, SEGMENTER_OUTSIDE_MAX_MM2, SEGMENTER_SIZE_POWER,
                              add_segmenter_draw_arguments, load_cache, segmenter_draw_problem)
 from .pretrain_candidates import DEFAULT_ARCH, DEFAULT_OVERRIDES, plain_view
 
@@ -236,17 +237,36 @@ def size_weights(context: np.ndarray, power: float) -> np.ndarray:
     return w / w.sum()
 
 
+def calcium_only_loss(logits, y, cw, calcium_only):
+    """The weighted per-pixel cross-entropy of :func:`train_segmenter` (``F.cross_entropy``
+    with class weights ``cw``: the weighted mean over pixels), where the crops flagged in
+    ``calcium_only`` (bool, one per crop) learn only calcium against background: their
+    pixels' loss is that of the background class or of the four arteries together
+    (log of the summed artery probabilities), whichever the pixel is; the artery it lies on
+    is not asked of them."""
+    logp = F.log_softmax(logits, 1)
+    full = -logp.gather(1, y[:, None])[:, 0]
+    binary = torch.where(y == 0, -logp[:, 0], -torch.logsumexp(logp[:, 1:], 1))
+    w = cw[y]
+    per = torch.where(calcium_only[:, None, None], binary, full) * w
+    return per.sum() / w.sum()
+
+
 def train_segmenter(train: dict, cfg: SegmenterConfig, steps: int = 1500, batch: int = 64, seed: int = 0,
                     lr: float = 3e-3, log=print, device="cpu", size_power: float = SEGMENTER_SIZE_POWER,
-                    coarse_dropout: float = SEGMENTER_COARSE_DROPOUT):
+                    coarse_dropout: float = SEGMENTER_COARSE_DROPOUT, dropped_learn: str = SEGMENTER_DROPPED_LEARN):
     """Per-pixel 5-class CE on candidate crops; coronary candidates are half of each batch,
     each half drawn with :func:`size_weights` (``size_power``); in a ``coarse_dropout`` share
     of the drawn candidates the coarse views read as the training set's average (the
-    network's standardised 0). ``size_power`` 0 and ``coarse_dropout`` 0 (the defaults) draw
-    as the shipped bundles were trained, draw for draw."""
-    problem = segmenter_draw_problem(size_power, coarse_dropout, prefix="")
+    network's standardised 0), and with ``dropped_learn`` "calcium" those draws learn only
+    calcium against background (:func:`calcium_only_loss`) and the network returned decides
+    calcium without the views (its config's ``calcium_blind``). ``size_power`` 0 and
+    ``coarse_dropout`` 0 draw as bundles up to 0.6.5 were trained, draw for draw."""
+    problem = segmenter_draw_problem(size_power, coarse_dropout, prefix="", dropped_learn=dropped_learn)
     if problem:
         raise ValueError(problem)
+    if coarse_dropout and dropped_learn == "calcium":  # it decides calcium as it learnt it: without the coarse views
+        cfg = dataclasses.replace(cfg, calcium_blind=[int(i) for i in COARSE_CONTEXT])
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     dev = resolve_device(device)
@@ -273,6 +293,7 @@ def train_segmenter(train: dict, cfg: SegmenterConfig, steps: int = 1500, batch:
         hu = torch.from_numpy(train["crops"][idx].astype(np.float32))
         x = plain_view(hu, crop_px, windows).to(dev)
         ctx = train["context"][idx]
+        drop = None
         if coarse_dropout:
             drop = rng.random(len(idx)) < coarse_dropout
             if drop.any():
@@ -282,7 +303,10 @@ def train_segmenter(train: dict, cfg: SegmenterConfig, steps: int = 1500, batch:
         y = torch.from_numpy(train["pixel_labels"][idx].astype(np.int64)).to(dev)
         with autocast_for(dev, cpu_bf16=None):
             logits = net(x, ctx)
-        loss = F.cross_entropy(logits.float(), y, weight=cw)
+        if dropped_learn == "calcium" and drop is not None and drop.any():
+            loss = calcium_only_loss(logits.float(), y, cw, torch.from_numpy(drop).to(dev))
+        else:
+            loss = F.cross_entropy(logits.float(), y, weight=cw)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -303,7 +327,7 @@ def segmenter_candidate_probs(net, cache: dict, masks: np.ndarray, batch: int = 
         x = plain_view(torch.from_numpy(cache["crops"][s:s + batch].astype(np.float32)), crop_px, windows)
         ctx = torch.from_numpy(cache["context"][s:s + batch])
         with autocast_for(torch.device("cpu"), cpu_bf16=None):
-            p = torch.softmax(net(x, ctx).float(), 1).numpy()
+            p = net.probabilities(x, ctx).float().numpy()
         out.append(candidate_means(p, np.asarray(masks[s:s + batch], dtype=np.float32)))
     return np.concatenate(out)
 
@@ -368,7 +392,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    problem = segmenter_draw_problem(args.seg_size_power, args.seg_coarse_dropout)
+    problem = segmenter_draw_problem(args.seg_size_power, args.seg_coarse_dropout,
+                                     dropped_learn=args.seg_dropped_learn)
     if problem:
         raise SystemExit(problem)
     torch.set_num_threads(args.threads)
@@ -423,7 +448,8 @@ def main(argv=None) -> None:
     cfg = segmenter_config(train, [int(c) for c in args.seg_channels.split(",")])
     seg_train = region_part(train, args.seg_outside_max_mm2)
     net = train_segmenter(seg_train, cfg, steps=args.seg_steps, seed=args.seed, device=args.device,
-                          size_power=args.seg_size_power, coarse_dropout=args.seg_coarse_dropout)
+                          size_power=args.seg_size_power, coarse_dropout=args.seg_coarse_dropout,
+                          dropped_learn=args.seg_dropped_learn)
     sp = segmenter_candidate_probs(net, val, val["masks"])
     vt = val["target"]
     calc = sp[:, 1:].sum(1) >= 0.5
@@ -433,11 +459,12 @@ def main(argv=None) -> None:
         "artery_accuracy_on_coronary": float((1 + sp[vt > 0, 1:].argmax(1) == vt[vt > 0]).mean()) if (vt > 0).any() else None,
         "false_calcium_rate": float(calc[vt == 0].mean()),
         "size_power": args.seg_size_power, "coarse_dropout": args.seg_coarse_dropout,
+        "dropped_learn": args.seg_dropped_learn,
     }
     print("segmenter (val):", json.dumps(report["segmenter"]))
     det, thr = dets[chosen]
     torch.save({"backbone": args.backbone, "detector": det.state_dict(), "detector_config": det.config(), "threshold": thr,
-                "segmenter": net.state_dict(), "segmenter_config": cfg.to_dict(), "report": report},
+                "segmenter": net.state_dict(), "segmenter_config": net.config.to_dict(), "report": report},
                out / "supervised.pt")
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
 

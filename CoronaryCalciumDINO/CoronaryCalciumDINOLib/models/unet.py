@@ -32,6 +32,11 @@ class SegmenterConfig:
     #: context features given as extra constant channels (candidate segmenter: where in
     #: the heart the crop lies; 0 for none)
     context_dim: int = 0
+    #: candidate segmenter: indices of the context features that the calcium decision does
+    #: not see (they read as the training set's average in a second pass, whose background
+    #: probability is kept; the artery comes from the pass with every feature). Empty: one
+    #: pass decides both (bundles up to 0.6.5).
+    calcium_blind: list[int] = field(default_factory=list)
 
     @property
     def in_channels(self) -> int:
@@ -55,6 +60,9 @@ class SegmenterConfig:
         cfg = cls(**known)
         if cfg.input_size % cfg.divisor:
             raise ValueError(f"segmenter input size {cfg.input_size} is not divisible by {cfg.divisor}")
+        bad = [i for i in cfg.calcium_blind if not 0 <= int(i) < int(cfg.context_dim)]
+        if bad:
+            raise ValueError(f"segmenter calcium_blind indices {bad} are not context features (0-{int(cfg.context_dim) - 1})")
         return cfg
 
 
@@ -84,6 +92,11 @@ def build_candidate_segmenter(config: SegmenterConfig | dict, unet=None):
     :func:`..pipeline.candidates.find_candidates`; the context is standardised with the
     training set's mean / std (buffers ``context_mean`` / ``context_std``, saved with the
     weights), broadcast to P x P and appended to the windows. Returns (N, 5, P, P) logits.
+    ``probabilities(windows, context)``: (N, 5, P, P) class probabilities as inference uses
+    them: the softmax of ``forward``; with ``config.calcium_blind`` set, background is that of
+    a second pass with those context features at the training set's average (what the
+    network standardises to 0) and the calcium probability is shared between the arteries as
+    the first pass shares it.
     ``unet``: the UNet to wrap (default: :func:`build_unet` of ``config``; inference passes
     the plain-PyTorch one of :mod:`.plain`, which has the same state-dict keys).
     """
@@ -110,5 +123,15 @@ def build_candidate_segmenter(config: SegmenterConfig | dict, unet=None):
             c = (context.float() - self.context_mean) / self.context_std
             x = torch.cat([windows.float(), c[:, :, None, None].expand(n, c.shape[1], p, q)], dim=1)
             return self.unet(x)
+
+        def probabilities(self, windows, context):
+            full = torch.softmax(self(windows, context).float(), 1)
+            if not cfg.calcium_blind:
+                return full
+            blind = context.clone()
+            blind[:, list(cfg.calcium_blind)] = self.context_mean[list(cfg.calcium_blind)].to(blind.dtype)
+            background = torch.softmax(self(windows, blind).float(), 1)[:, :1]
+            arteries = full[:, 1:] / full[:, 1:].sum(1, keepdim=True).clamp_min(1e-12)
+            return torch.cat([background, (1.0 - background) * arteries], dim=1)
 
     return _CandidateSegmenter()

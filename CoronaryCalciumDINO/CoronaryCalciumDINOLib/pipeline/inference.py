@@ -196,8 +196,7 @@ def segment_candidates(hu: np.ndarray, cands: cd.Candidates, index: np.ndarray, 
         x = torch.from_numpy(cd.crop_windows(hu, cands, idx)).to(dev)
         ctx = torch.from_numpy(cands.context[idx]).to(dev)
         with autocast_for(dev, cpu_bf16=None):
-            logits = bundle.segmenter(x, ctx)
-        pix[sl] = torch.softmax(logits.float(), 1).cpu().numpy()
+            pix[sl] = bundle.segmenter.probabilities(x, ctx).float().cpu().numpy()
         done += len(idx)
         if report:
             report(done / max(index.size, 1), f"segmenter {done}/{index.size} candidates")
