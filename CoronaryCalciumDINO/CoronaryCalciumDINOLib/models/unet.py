@@ -126,10 +126,11 @@ def build_candidate_segmenter(config: SegmenterConfig | dict, unet=None):
 
         def probabilities(self, windows, context):
             full = torch.softmax(self(windows, context).float(), 1)
-            if not cfg.calcium_blind:
+            idx = [int(i) for i in self.config.calcium_blind]
+            if not idx:
                 return full
             blind = context.clone()
-            blind[:, list(cfg.calcium_blind)] = self.context_mean[list(cfg.calcium_blind)].to(blind.dtype)
+            blind[:, idx] = self.context_mean[idx].to(blind.dtype)
             background = torch.softmax(self(windows, blind).float(), 1)[:, :1]
             arteries = full[:, 1:] / full[:, 1:].sum(1, keepdim=True).clamp_min(1e-12)
             return torch.cat([background, (1.0 - background) * arteries], dim=1)
