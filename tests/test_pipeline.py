@@ -22,7 +22,15 @@ from CoronaryCalciumDINOLib.scoring import ScoringParams, score  # noqa: E402
 PHANTOM = Path(__file__).resolve().parents[1] / "Testing" / "Data" / "qrm-phantom-canon"
 
 
-class ConstantSegmenter(torch.nn.Module):
+class _FakeSegmenter(torch.nn.Module):
+    """What the pipeline asks of a segmenter: ``probabilities`` (here the softmax of the logits,
+    as a bundle's segmenter without ``calcium_blind`` gives them)."""
+
+    def probabilities(self, x, context):
+        return torch.softmax(self(x, context).float(), 1)
+
+
+class ConstantSegmenter(_FakeSegmenter):
     """Predicts one class everywhere (to test the plumbing, not a model)."""
 
     def __init__(self, cls: int):
@@ -35,7 +43,7 @@ class ConstantSegmenter(torch.nn.Module):
         return out
 
 
-class CalciumWindowSegmenter(torch.nn.Module):
+class CalciumWindowSegmenter(_FakeSegmenter):
     """Class 3 where the calcium window (HU > 130) of the crop is positive, else background."""
 
     def forward(self, x, context):

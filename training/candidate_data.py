@@ -83,11 +83,11 @@ def add_segmenter_draw_arguments(parser, prefix: str = "--seg-") -> None:
     ``retrain_segmenter``."""
     parser.add_argument(f"{prefix}size-power", type=float, default=SEGMENTER_SIZE_POWER,
                         help=f"segmenter: candidates drawn with weight n^-POWER, n those of their size bin "
-                             f"(default {SEGMENTER_SIZE_POWER:g}: alike)")
+                             f"(default {SEGMENTER_SIZE_POWER:g}; 0: alike)")
     parser.add_argument(f"{prefix}coarse-dropout", type=float, default=SEGMENTER_COARSE_DROPOUT,
                         help=f"segmenter: share of training candidates whose coarse views of the slice read as the "
-                             f"average one (default {SEGMENTER_COARSE_DROPOUT:g}: none)")
-    parser.add_argument(f"{prefix}dropped-learn", default=SEGMENTER_DROPPED_LEARN,
+                             f"average one (default {SEGMENTER_COARSE_DROPOUT:g}; 0: none)")
+    parser.add_argument(f"{prefix}dropped-learn", default=SEGMENTER_DROPPED_LEARN, choices=DROPPED_LEARN_CHOICES,
                         help="segmenter: what the draws with the coarse views dropped learn: arteries (the five "
                              "classes) or calcium (calcium against background; the sides of the tree are then learnt "
                              f"with the views only) (default {SEGMENTER_DROPPED_LEARN})")

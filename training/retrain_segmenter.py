@@ -1,7 +1,7 @@
 """A bundle with its segmenter trained again on a candidate cache; the rest of it kept.
 
     python -m training.retrain_segmenter --bundle B (--train T.npz [--val V.npz] | --studies DIR [--n-val 30]) --out OUT
-        [--steps 2000] [--seed 0] [--outside-max-mm2 20] [--size-power 0] [--coarse-dropout 0]
+        [--steps 2000] [--seed 0] [--outside-max-mm2 20] [--size-power 0.5] [--coarse-dropout 0.5] [--dropped-learn calcium]
         [--version V] [--name N] [--note TEXT] [--overwrite]
         [--device auto]
 
@@ -208,7 +208,8 @@ def main(argv=None) -> int:
     version = args.version or f"{m['version']}-seg"
     name = args.name or m["name"]
     note = (f"segmenter retrained on {what['train_studies']} studies' candidates ({args.train.name}, "
-            f"{args.steps} steps, seed {args.seed}); backbone, detector, threshold, noise rule and phantom head "
+            f"{args.steps} steps, seed {args.seed}, size power {args.size_power:g}, coarse dropout "
+            f"{args.coarse_dropout:g}, dropped draws learn {args.dropped_learn}); backbone, detector, threshold, noise rule and phantom head "
             f"those of {m['name']} {m['version']}")
     old_card = (b.path / MODEL_CARD).read_text(encoding="utf-8") if (b.path / MODEL_CARD).is_file() else ""
     extra = f"{args.note.strip()}\n\n" if args.note and args.note.strip() else ""
