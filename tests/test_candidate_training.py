@@ -149,11 +149,15 @@ def test_build_default_bundle_tiny(tmp_path, capsys):
     assert "outside_region" not in load_cache(tmp_path / "work" / "val.npz")["meta"]
     commands = json.loads((res / "ccdino-default-commands.json").read_text())
     assert "--seg-outside-max-mm2 20.0" in commands["stages"]["supervised"]
-    assert "--seg-size-power" not in commands["stages"]["supervised"]  # 0, the default: left out
+    # the segmenter's draw settings always passed (the defaults: 0.6.7's)
+    assert "--seg-size-power 0.5 --seg-coarse-dropout 0.5 --seg-dropped-learn calcium" in commands["stages"]["supervised"]
     assert sorted(p.name for p in (tmp_path / "work" / "phantoms").iterdir()) == ["synth-phantom-700002", "synth-phantom-700003"]
     b = load_bundle(out)
     assert "one in 2 of them (2) as its non-gated" in b.manifest["trained_on"]
     assert b.phantom_detector is not None and 0 < b.phantom_threshold < 1
+    from training.train_candidates import COARSE_CONTEXT
+
+    assert b.segmenter.config.calcium_blind == [int(i) for i in COARSE_CONTEXT]  # calcium decided without the views
     assert b.manifest["candidates"] == CandidateConfig().to_dict()
     assert b.noise_rule.to_dict() == metrics["noise_rule"]["rule"] and metrics["noise_rule"]["studies"] == 3
     st = load_study(sorted((tmp_path / "work" / "heldout").iterdir())[0], with_heart=False)
