@@ -311,6 +311,18 @@ def test_segmenter_decides_calcium_without_its_blind_features():
         q = two.probabilities(x, moved)
         assert torch.allclose(q[:, 0], p[:, 0], atol=1e-6) and not torch.allclose(q[:, 1:], p[:, 1:], atol=1e-3)
         assert not torch.allclose(p[:, 0], full[:, 0], atol=1e-3)
+        # a first pass sure of background (every artery's probability below float precision) still
+        # shares out the calcium the blind pass finds
+        calls = []
+
+        def sure_of_background(module, inputs, out):
+            calls.append(1)
+            return out + torch.tensor([200.0, 0, 0, 0, 0])[None, :, None, None] if len(calls) == 1 else out
+
+        two.unet.register_forward_hook(sure_of_background)
+        sure = two.probabilities(x, ctx)
+        assert torch.allclose(sure.sum(1), torch.ones(3, 16, 16), atol=1e-5)
+        assert torch.allclose(sure[:, 1:] / sure[:, 1:].sum(1, keepdim=True), p[:, 1:] / p[:, 1:].sum(1, keepdim=True), atol=1e-5)
 
 
 def test_bundle_keeps_the_segmenters_blind_features(tmp_path):

@@ -518,6 +518,14 @@ def test_segmenter_dropped_draws_learn_calcium_only(tiny_cache):
 
     assert torch.allclose(weights(cache, "calcium"), weights(renamed, "calcium"), atol=1e-6)
     assert not torch.allclose(weights(cache, "arteries"), weights(renamed, "arteries"), atol=1e-4)
+    # the network decides calcium without the views only when its dropped draws learnt calcium only,
+    # whatever config it was given
+    blind = tc.SegmenterConfig.from_dict({**cfg.to_dict(), "calcium_blind": [int(i) for i in tc.COARSE_CONTEXT]})
+    for learn, dropout, expected in (("calcium", 1.0, [int(i) for i in tc.COARSE_CONTEXT]), ("arteries", 1.0, []),
+                                     ("calcium", 0.0, [])):
+        net = tc.train_segmenter(cache, blind, steps=1, batch=8, log=lambda *a: None, device="cpu",
+                                 coarse_dropout=dropout, dropped_learn=learn)
+        assert net.config.calcium_blind == expected, (learn, dropout)
 
 
 def test_calcium_only_loss_asks_dropped_crops_for_calcium_only():

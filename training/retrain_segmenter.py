@@ -209,7 +209,8 @@ def main(argv=None) -> int:
     name = args.name or m["name"]
     note = (f"segmenter retrained on {what['train_studies']} studies' candidates ({args.train.name}, "
             f"{args.steps} steps, seed {args.seed}, size power {args.size_power:g}, coarse dropout "
-            f"{args.coarse_dropout:g}, dropped draws learn {args.dropped_learn}); backbone, detector, threshold, noise rule and phantom head "
+            f"{args.coarse_dropout:g}" + (f", dropped draws learn {args.dropped_learn}" if args.coarse_dropout else "")
+            + "); backbone, detector, threshold, noise rule and phantom head "
             f"those of {m['name']} {m['version']}")
     old_card = (b.path / MODEL_CARD).read_text(encoding="utf-8") if (b.path / MODEL_CARD).is_file() else ""
     extra = f"{args.note.strip()}\n\n" if args.note and args.note.strip() else ""

@@ -14,9 +14,10 @@ from :mod:`CoronaryCalciumDINOLib.pipeline.candidates`, the inference path):
   ``mlp+context`` (one hidden layer); weighted BCE, target = coronary calcium or not;
 * the gradient-boosted baseline on :data:`HAND_FEATURES` (scikit-learn);
 * the per-artery segmenter: a MONAI 2D UNet on the candidate crop with the context as
-  constant extra channels, trained on per-pixel labels (:func:`train_segmenter`; on request
-  its candidates drawn evened out by size, :func:`size_weights`, and for a share of them the
-  coarse views of the slice read as the average one, :data:`COARSE_CONTEXT`).
+  constant extra channels, trained on per-pixel labels (:func:`train_segmenter`: its
+  candidates drawn evened out by size, :func:`size_weights`, and for a share of them the
+  coarse views of the slice read as the average one, :data:`COARSE_CONTEXT`, those draws
+  learning calcium only, :func:`calcium_only_loss`; the recipe's defaults since 0.6.7).
 
 The detector threshold is chosen on the validation studies' slices (every candidate of
 those studies is in the validation cache), slice probability = max over its candidates.
@@ -33,7 +34,6 @@ candidates' own voxels and names them by side.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -265,8 +265,9 @@ def train_segmenter(train: dict, cfg: SegmenterConfig, steps: int = 1500, batch:
     problem = segmenter_draw_problem(size_power, coarse_dropout, prefix="", dropped_learn=dropped_learn)
     if problem:
         raise ValueError(problem)
-    if coarse_dropout and dropped_learn == "calcium":  # it decides calcium as it learnt it: without the coarse views
-        cfg = dataclasses.replace(cfg, calcium_blind=[int(i) for i in COARSE_CONTEXT])
+    # it decides calcium as it learnt to: without the coarse views when its dropped draws learn calcium only
+    blind = [int(i) for i in COARSE_CONTEXT] if coarse_dropout and dropped_learn == "calcium" else []
+    cfg = SegmenterConfig.from_dict({**cfg.to_dict(), "calcium_blind": blind})
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     dev = resolve_device(device)
@@ -277,7 +278,7 @@ def train_segmenter(train: dict, cfg: SegmenterConfig, steps: int = 1500, batch:
     crop_px, windows = cache_windows(train)
     pos = np.flatnonzero(train["target"] > 0)
     neg = np.flatnonzero(train["target"] == 0)
-    # power 0: p=None, the uniform draw the shipped bundles were trained with
+    # power 0: p=None, the uniform draw bundles up to 0.6.5 were trained with
     p_pos = size_weights(train["context"][pos], size_power) if size_power and pos.size else None
     p_neg = size_weights(train["context"][neg], size_power) if size_power and neg.size else None
     counts = np.bincount(train["pixel_labels"][pos].ravel(), minlength=5).astype(float) + 1

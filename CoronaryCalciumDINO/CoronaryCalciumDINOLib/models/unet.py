@@ -125,14 +125,14 @@ def build_candidate_segmenter(config: SegmenterConfig | dict, unet=None):
             return self.unet(x)
 
         def probabilities(self, windows, context):
-            full = torch.softmax(self(windows, context).float(), 1)
+            logits = self(windows, context).float()
             idx = [int(i) for i in self.config.calcium_blind]
             if not idx:
-                return full
+                return torch.softmax(logits, 1)
             blind = context.clone()
             blind[:, idx] = self.context_mean[idx].to(blind.dtype)
             background = torch.softmax(self(windows, blind).float(), 1)[:, :1]
-            arteries = full[:, 1:] / full[:, 1:].sum(1, keepdim=True).clamp_min(1e-12)
+            arteries = torch.softmax(logits[:, 1:], 1)  # the arteries' shares of the first pass's calcium
             return torch.cat([background, (1.0 - background) * arteries], dim=1)
 
     return _CandidateSegmenter()
