@@ -178,8 +178,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"--ssl-variant {args.ssl_variant} needs its own --out (the default one is the shipped bundle)")
     if args.seed < 0:
         raise SystemExit("--seed must be >= 0")
-    problem = segmenter_draw_problem(args.seg_size_power, args.seg_coarse_dropout,
-                                     dropped_learn=args.seg_dropped_learn)
+    problem = segmenter_draw_problem(args.seg_size_power, args.seg_coarse_dropout, args.seg_dropped_learn)
     if problem:
         raise SystemExit(problem)
     if args.seed and args.out.resolve() == Path(DEFAULT_BUNDLE_DIR).resolve():

@@ -93,8 +93,8 @@ def add_segmenter_draw_arguments(parser, prefix: str = "--seg-") -> None:
                              f"with the views only) (default {SEGMENTER_DROPPED_LEARN})")
 
 
-def segmenter_draw_problem(size_power: float, coarse_dropout: float, prefix: str = "--seg-",
-                           dropped_learn: str = SEGMENTER_DROPPED_LEARN) -> str | None:
+def segmenter_draw_problem(size_power: float, coarse_dropout: float, dropped_learn: str,
+                           prefix: str = "--seg-") -> str | None:
     """What is wrong with the segmenter's draw settings (None: nothing), naming the option."""
     if size_power < 0:
         return f"{prefix}size-power must be >= 0, got {size_power:g}"

@@ -132,8 +132,7 @@ def main(argv=None) -> int:
         return _error(f"--out {args.out} exists (use --overwrite)")
     if args.steps < 1:
         return _error("--steps must be >= 1")
-    problem = segmenter_draw_problem(args.size_power, args.coarse_dropout, prefix="--",
-                                     dropped_learn=args.dropped_learn)
+    problem = segmenter_draw_problem(args.size_power, args.coarse_dropout, args.dropped_learn, prefix="--")
     if problem:
         return _error(problem)
     if (args.train is None) == (args.studies is None):

@@ -262,7 +262,7 @@ def train_segmenter(train: dict, cfg: SegmenterConfig, steps: int = 1500, batch:
     calcium against background (:func:`calcium_only_loss`) and the network returned decides
     calcium without the views (its config's ``calcium_blind``). ``size_power`` 0 and
     ``coarse_dropout`` 0 draw as bundles up to 0.6.5 were trained, draw for draw."""
-    problem = segmenter_draw_problem(size_power, coarse_dropout, prefix="", dropped_learn=dropped_learn)
+    problem = segmenter_draw_problem(size_power, coarse_dropout, dropped_learn, prefix="")
     if problem:
         raise ValueError(problem)
     # it decides calcium as it learnt to: without the coarse views when its dropped draws learn calcium only
@@ -393,8 +393,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    problem = segmenter_draw_problem(args.seg_size_power, args.seg_coarse_dropout,
-                                     dropped_learn=args.seg_dropped_learn)
+    problem = segmenter_draw_problem(args.seg_size_power, args.seg_coarse_dropout, args.seg_dropped_learn)
     if problem:
         raise SystemExit(problem)
     torch.set_num_threads(args.threads)
