@@ -15,6 +15,7 @@ from CoronaryCalciumDINOLib.pipeline.candidates import (
     crop_labels,
     crop_windows,
     find_candidates,
+    neighbour_slices,
     scan_positions,
     slice_noise,
     subset,
@@ -61,6 +62,38 @@ def test_candidates_are_the_agatston_lesion_rule():
     # lower threshold finds the 129 HU patch too; larger min area drops the 1 mm^2 spot
     assert len(find_candidates(hu, SPACING, CandidateConfig(threshold_hu=120.0), centre_yx=CENTRE)) == 4
     assert len(find_candidates(hu, SPACING, CandidateConfig(min_area_mm2=1.5), centre_yx=CENTRE)) == 2
+
+
+def test_neighbour_slices_mirror_at_the_volume_edges():
+    z = np.array([0, 1, 3, 4])
+    assert list(neighbour_slices(z, +1, 5)) == [1, 2, 4, 3]  # past the last slice: the one below it
+    assert list(neighbour_slices(z, -1, 5)) == [1, 0, 2, 3]  # before the first: the one above it
+    assert list(neighbour_slices(np.array([0]), +1, 1)) == [0]  # one slice: itself
+
+
+def test_a_calcification_cut_by_the_scan_end_has_no_air_above_it():
+    """A calcification running through slices 2-4 of a scan: on the last slice its one
+    neighbour stands for both sides, as on the first; an inside slice keeps its own two."""
+    hu = _volume()
+    hu[2:5, 50:54, 60:63] = 300.0
+    hu[3, 50:54, 60:63] = 350.0
+    hu[0:2, 120:124, 120:124] = 250.0
+    hu[1, 120:124, 120:124] = 280.0
+    c = find_candidates(hu, SPACING, CandidateConfig(), centre_yx=CENTRE)
+    by_z = {(int(z), int(y + c.field.y0)): i for i, (z, y) in enumerate(zip(c.z, c.cy))}
+    top, mid, bottom = by_z[(4, 51)], by_z[(3, 51)], by_z[(0, 121)]
+    ctx = c.context
+    assert ctx[top, C["above_max_hu_k"]] == pytest.approx(0.35) == ctx[top, C["below_max_hu_k"]]
+    assert ctx[bottom, C["below_max_hu_k"]] == pytest.approx(0.28) == ctx[bottom, C["above_max_hu_k"]]
+    assert ctx[mid, C["above_max_hu_k"]] == pytest.approx(0.3) and ctx[mid, C["below_max_hu_k"]] == pytest.approx(0.3)
+    # the same calcification in a scan that goes on above it: the top slice's context is that
+    # of an inside slice whose neighbours both hold it
+    longer = np.concatenate([hu, hu[4:5]], axis=0)
+    c2 = find_candidates(longer, SPACING, CandidateConfig(), centre_yx=CENTRE)
+    i2 = [i for i in range(len(c2)) if c2.z[i] == 4][0]
+    assert c2.context[i2, C["below_max_hu_k"]] == pytest.approx(0.35)
+    one = find_candidates(hu[3:4], SPACING, CandidateConfig(), centre_yx=CENTRE)
+    assert one.context[0, C["above_max_hu_k"]] == pytest.approx(0.35) == one.context[0, C["below_max_hu_k"]]
 
 
 def test_heart_field_limits_the_search_and_positions_are_signed():

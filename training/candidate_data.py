@@ -51,8 +51,10 @@ from CoronaryCalciumDINOLib.pipeline.candidates import (
 )
 from CoronaryCalciumDINOLib.pipeline.inference import heart_region_mask, locate, orient
 
-#: 3: candidates of the cardiac range, in the heart region and off bone (the anatomy step)
-CACHE_VERSION = 3
+#: 3: candidates of the cardiac range, in the heart region and off bone (the anatomy step);
+#: 4: on a study's first and last slice, the missing neighbour mirrored, not air
+#: (:func:`CoronaryCalciumDINOLib.pipeline.candidates.neighbour_slices`)
+CACHE_VERSION = 4
 
 #: Of the candidates an ``outside_region`` cache holds beyond the heart region, the segmenter
 #: trains on those of at most this area (mm^2): the chest wall's specks, not its bone

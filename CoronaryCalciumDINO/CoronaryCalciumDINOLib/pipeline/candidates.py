@@ -25,7 +25,8 @@ context
     Where the candidate sits and what surrounds it (:data:`CONTEXT_NAMES`): position in the
     heart field and along the scan, area, peak and mean HU, mean HU of the 6 mm and 20 mm
     squares around it, the share of >= threshold voxels within 20 mm, the highest HU under
-    its footprint on the slices above and below, the slice's noise level and the peak's
+    its footprint on the slices above and below (on a scan's first or last slice the one
+    neighbour it has stands for both: :func:`neighbour_slices`), the slice's noise level and the peak's
     contrast over it, and two coarse 5 x 5 views of the slice around it (8 mm
     and 24 mm cells). :data:`HAND_FEATURES` is the handful used by the gradient-boosted
     baseline.
@@ -335,11 +336,25 @@ def _box_means(ii_hu, ii_n, z, cy, cx, half_y, half_x):
     return (s + (full - inside) * AIR_HU) / full
 
 
+def neighbour_slices(z: np.ndarray, step: int, nz: int) -> np.ndarray:
+    """The slice ``step`` away from each slice ``z`` of a volume of ``nz`` slices; past the
+    volume's first or last slice, the slice on the other side (mirrored), and on a one-slice
+    volume the slice itself.
+
+    A scan ends where it was set to end, not where the anatomy does: a calcification on its
+    first or last slice has no neighbour there, and "nothing" must not read as air above
+    it (a coronary calcification never has air above it, so a network taught on whole
+    studies would learn to drop every calcification a tight scan cuts)."""
+    z = np.asarray(z)
+    n = z + step
+    n = np.where((n < 0) | (n >= nz), z - step, n)
+    return np.where((n < 0) | (n >= nz), z, n)
+
+
 def _footprint_max(f: np.ndarray, z: np.ndarray, y: np.ndarray, x: np.ndarray, lid: np.ndarray, m: int) -> np.ndarray:
-    """Per candidate, the highest HU of slices ``z`` at its voxels' (y, x); air off the volume."""
+    """Per candidate, the highest HU of slices ``z`` (inside the volume) at its voxels' (y, x)."""
     out = np.full(m, AIR_HU, dtype=np.float64)
-    ok = (z >= 0) & (z < f.shape[0])
-    np.maximum.at(out, lid[ok], f[z[ok], y[ok], x[ok]])
+    np.maximum.at(out, lid, f[z, y, x])
     return out
 
 
@@ -516,8 +531,8 @@ def find_candidates(
     far_dense = _rect_sums(ii_dense, cz, y0, y1, x0, x1) / ((y1 - y0) * (x1 - x0))
 
     up = +1 if superior_increasing else -1
-    above = _footprint_max(f, zz + up, yy, xx, lid, m)
-    below = _footprint_max(f, zz - up, yy, xx, lid, m)
+    above = _footprint_max(f, neighbour_slices(zz, up, f.shape[0]), yy, xx, lid, m)
+    below = _footprint_max(f, neighbour_slices(zz, -up, f.shape[0]), yy, xx, lid, m)
     noise = slice_noise(f, (dy, dx), inside, cz)[cz]
     fat = slice_fat_share(f, (dy, dx), cz)
 
