@@ -482,3 +482,32 @@ def test_cli_synth_broad_plaques(tmp_path):
     # the folder holds a study of another share: refused, not taken
     other = subprocess.run(cmd[:-1] + ["0.2"], capture_output=True, text=True, timeout=300)
     assert other.returncode == 2 and "broad_plaques=0.5" in other.stderr
+
+
+def test_scan_ends_cuts_keep_the_geometry_and_end_at_the_calcium():
+    """training/evaluate_scan_ends.py: a study cut to end at its highest calcified slice (and
+    to begin at its lowest), with either slice order, keeps each kept slice where it was."""
+    from training import evaluate_scan_ends as ese
+
+    from CoronaryCalciumDINOLib.io.volume import CTVolume
+
+    hu = np.arange(10 * 4 * 4, dtype=np.float32).reshape(10, 4, 4)
+    labels = np.zeros((10, 4, 4), np.uint8)
+    labels[3, 1, 1] = 2
+    labels[6, 2, 2] = 4
+    up = CTVolume(hu=hu, spacing=(3.0, 0.5, 0.5), origin=(1.0, 2.0, 10.0))
+    assert ese.end_cuts(up, labels) == {"top": (0, 7, 6), "bottom": (3, 10, 0)}
+    down = CTVolume(hu=hu, spacing=(3.0, 0.5, 0.5), origin=(1.0, 2.0, 10.0), direction=np.diag([1.0, 1.0, -1.0]))
+    assert ese.end_cuts(down, labels) == {"top": (3, 10, 0), "bottom": (0, 7, 6)}  # slice 0 is the most superior
+    assert ese.end_cuts(up, np.zeros_like(labels)) == {}
+    for ct in (up, down):
+        c = ese.cut(ct, 3, 7)
+        assert np.array_equal(c.hu, hu[3:7])
+        assert np.allclose(c.ijk_to_lps() @ [0, 0, 0, 1], ct.ijk_to_lps() @ [0, 0, 3, 1])
+    rows = [{"seed": 1, "end": "top", "slices": 7, "reference_end": 40.0, "model_end": 30.0,
+             "model_end_right_artery": 20.0, "reference_total": 100.0, "model_total": 90.0},
+            {"seed": 2, "end": "top", "slices": 5, "reference_end": 10.0, "model_end": 0.0,
+             "model_end_right_artery": 0.0, "reference_total": 10.0, "model_total": 0.0}]
+    lines = ese.table(rows).splitlines()
+    assert lines[2] == "| top calcium | 2 | 50 | 30 (60%) | 20 (40%) | 1 of 2 | 110 | 90 |"
+    assert len(lines) == 3  # no bottom rows, no bottom line

@@ -338,8 +338,8 @@ def _box_means(ii_hu, ii_n, z, cy, cx, half_y, half_x):
 
 def neighbour_slices(z: np.ndarray, step: int, nz: int) -> np.ndarray:
     """The slice ``step`` away from each slice ``z`` of a volume of ``nz`` slices; past the
-    volume's first or last slice, the slice on the other side (mirrored), and on a one-slice
-    volume the slice itself.
+    volume's first or last slice, the slice on the other side (mirrored). A one-slice volume
+    has no neighbour: the index stays off the volume.
 
     A scan ends where it was set to end, not where the anatomy does: a calcification on its
     first or last slice has no neighbour there, and "nothing" must not read as air above
@@ -347,14 +347,15 @@ def neighbour_slices(z: np.ndarray, step: int, nz: int) -> np.ndarray:
     studies would learn to drop every calcification a tight scan cuts)."""
     z = np.asarray(z)
     n = z + step
-    n = np.where((n < 0) | (n >= nz), z - step, n)
-    return np.where((n < 0) | (n >= nz), z, n)
+    return np.where((n < 0) | (n >= nz), z - step, n)
 
 
 def _footprint_max(f: np.ndarray, z: np.ndarray, y: np.ndarray, x: np.ndarray, lid: np.ndarray, m: int) -> np.ndarray:
-    """Per candidate, the highest HU of slices ``z`` (inside the volume) at its voxels' (y, x)."""
+    """Per candidate, the highest HU of slices ``z`` at its voxels' (y, x); air off the
+    volume (no slice there to show anything)."""
     out = np.full(m, AIR_HU, dtype=np.float64)
-    np.maximum.at(out, lid, f[z, y, x])
+    ok = (z >= 0) & (z < f.shape[0])
+    np.maximum.at(out, lid[ok], f[z[ok], y[ok], x[ok]])
     return out
 
 
