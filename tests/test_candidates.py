@@ -15,6 +15,7 @@ from CoronaryCalciumDINOLib.pipeline.candidates import (
     crop_hu,
     crop_labels,
     crop_windows,
+    ends_of_larger_regions,
     find_candidates,
     neighbour_slices,
     scan_positions,
@@ -98,6 +99,31 @@ def test_a_calcification_cut_by_the_scan_end_has_no_air_above_it():
     one = find_candidates(hu[3:4], SPACING, CandidateConfig(), centre_yx=CENTRE)
     air = AIR_HU / 1000.0
     assert one.context[0, C["above_max_hu_k"]] == pytest.approx(air) == one.context[0, C["below_max_hu_k"]]
+
+
+def test_specks_at_the_end_of_a_rod_are_the_rod_not_calcifications():
+    """A calibration rod (a region far larger than a phantom's calcification) begins on
+    slice 3; slice 2 holds specks of its partial volume under its footprint: they are its
+    end. A speck beside the rod's footprint, a calcification alone and the rod itself are not."""
+    hu = _volume()
+    yy, xx = np.mgrid[:200, :200]
+    rod = (yy - 100) ** 2 + (xx - 100) ** 2 < 20 ** 2  # 20 px = 10 mm radius: 314 mm^2
+    hu[3:5][:, rod] = 350.0
+    hu[2, 95:98, 95:98] = 160.0  # under the rod's footprint
+    hu[2, 108:111, 100:103] = 160.0
+    hu[2, 100:103, 130:133] = 160.0  # beside it (the rod ends at column 120)
+    hu[1, 40:45, 40:45] = 300.0  # a calcification alone
+    hu[2, 40:45, 40:45] = 300.0
+    c = find_candidates(hu, SPACING, CandidateConfig(), centre_yx=CENTRE)
+    at = {(int(z), int(y + c.field.y0), int(x + c.field.x0)): i for i, (z, y, x) in enumerate(zip(c.z, c.cy, c.cx))}
+    ends = ends_of_larger_regions(c)
+    assert ends[at[(2, 96, 96)]] and ends[at[(2, 109, 101)]]
+    assert not ends[at[(2, 101, 131)]]
+    assert not ends[at[(1, 42, 42)]] and not ends[at[(2, 42, 42)]]
+    rods = [i for i in range(len(c)) if c.voxels[i] > 1000]
+    assert len(rods) == 2 and not ends[rods].any()
+    # the rod's end is no calcification only where the rod is too large to be one
+    assert not ends_of_larger_regions(c, max_area_mm2=400.0).any()
 
 
 def test_heart_field_limits_the_search_and_positions_are_signed():

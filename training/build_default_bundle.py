@@ -61,7 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--name", default=None, help="bundle name (default ccdino-default; with another "
                    "--ssl-variant, ccdino-<variant>)")
-    p.add_argument("--version", default="0.6.7")
+    p.add_argument("--version", default="0.6.8")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the DINO-LG, heads and segmenter and phantom-head stages (another one trains "
                         "an independent bundle from the same studies: the run-to-run spread)")

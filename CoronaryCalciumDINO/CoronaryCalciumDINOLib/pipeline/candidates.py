@@ -453,6 +453,36 @@ def phantom_sized(context: np.ndarray) -> np.ndarray:
     return np.exp(np.asarray(context)[:, CONTEXT_INDEX["log_area_mm2"]]) <= PHANTOM_MAX_AREA_MM2
 
 
+def ends_of_larger_regions(c: "Candidates", max_area_mm2: float = PHANTOM_MAX_AREA_MM2) -> np.ndarray:
+    """(n,) bool: candidates of at most ``max_area_mm2`` whose footprint on the slice above or
+    below touches a candidate larger than that: the partial-volume end of a rod or a bone.
+
+    Where a phantom's calibration rod (or bone) begins, the slice before it holds a share of
+    it: its noise crosses the threshold as a cluster of specks under the rod's footprint
+    (the real phantom's slice 30, under the rod of slices 31-37). A phantom's calcification
+    is a cylinder standing alone in the insert, never on a rod's end."""
+    n = len(c)
+    out = np.zeros(n, dtype=bool)
+    if not n:
+        return out
+    area = np.exp(c.context[:, CONTEXT_INDEX["log_area_mm2"]])
+    large = area > max_area_mm2
+    if not large.any():
+        return out
+    lut = np.zeros(int(c.ids.max(initial=0)) + 1, dtype=bool)
+    lut[c.uid[large]] = True
+    index = np.full(lut.size, -1, dtype=np.int64)
+    index[c.uid] = np.arange(n)
+    zz, yy, xx = np.nonzero(c.ids)
+    lid = index[c.ids[zz, yy, xx]]
+    for step in (-1, 1):
+        nb = zz + step
+        ok = (nb >= 0) & (nb < c.ids.shape[0])
+        hit = lut[c.ids[nb[ok], yy[ok], xx[ok]]]
+        out[np.unique(lid[ok][hit])] = True
+    return out & ~large
+
+
 def phantom_artery(dx, dy) -> np.ndarray:
     """The artery label a phantom's calcium gets by convention, from its offset (mm, or any
     unit) from the insert's centre: ``dx`` towards the patient's left, ``dy`` posterior.

@@ -360,15 +360,20 @@ class Route:
 
 def route(cands: cd.Candidates, bundle) -> Route:
     """A scan with almost no fat (:func:`.candidates.looks_like_phantom`) goes to the bundle's
-    phantom detector when it has one; every other scan to the patients' detector. ``bundle``:
+    phantom detector when it has one, which is asked only about the candidates sized like a
+    phantom's calcification and not at the end of a larger region
+    (:func:`.candidates.phantom_sized`, :func:`.candidates.ends_of_larger_regions`); every
+    other scan to the patients' detector. ``bundle``:
     a :class:`..models.bundle.BundleManifest` (its networks need not be loaded)."""
     looks = cd.looks_like_phantom(cands)
     if looks and bundle.has_phantom_detector:
         note = ("this scan looks like a calcium-scoring phantom, not a patient (almost no fat in the heart field): "
                 "the model's phantom detector picked its calcium (regions up to "
-                f"{cd.PHANTOM_MAX_AREA_MM2:g} mm^2; larger ones are its rods and bone); a phantom has no arteries, so the "
+                f"{cd.PHANTOM_MAX_AREA_MM2:g} mm^2; larger ones are its rods and bone, and the specks at their ends are "
+                "theirs); a phantom has no arteries, so the "
                 "artery names are a convention (patient right RCA, left anterior LAD, left posterior LCX); read the total")
-        return Route(True, bundle.phantom_threshold, cd.phantom_sized(cands.context), [note])
+        sized = cd.phantom_sized(cands.context) & ~cd.ends_of_larger_regions(cands)
+        return Route(True, bundle.phantom_threshold, sized, [note])
     notes = []
     if looks:
         notes.append("this scan looks like a calcium-scoring phantom, not a patient (almost no fat in the heart field), "
