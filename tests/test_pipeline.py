@@ -301,12 +301,19 @@ def test_default_bundle_on_phantom_labels_no_bone(phantom_result):
     assert res.score.total.agatston == pytest.approx(score(ct.hu, res.labels, ct.spacing).total.agatston)
 
 
+#: The insert's one 1 mm cylinder that shows above 130 HU (row, column, slice): in line with
+#: the 5 and 3 mm cylinders of its row (columns 180, 205, 230: 12 mm apart), one slice long,
+#: peak 227 HU where the slices' noise peaks at 136-152 HU around it; the other two 1 mm
+#: cylinders do not show. The hand labels (test_phantom_scoring) hold the 5 and 3 mm ones.
+ONE_MM_CYLINDER = (220, 230, 22)
+
+
 def test_default_bundle_finds_the_phantom_insert(phantom_result):
     """The real phantom is taken for a phantom; the slices holding a lesion of the
     hand-labelled insert (21-23) are selected; every hand-labelled lesion of >= 10 mm^2 (the
-    3 and 5 mm cylinders) is labelled; every labelled voxel is hand-labelled calcium (no
-    noise speck: 0.5.1 labelled six on slice 30); the total is within 10 % of the
-    hand-labelled one."""
+    3 and 5 mm cylinders) is labelled; every labelled voxel is hand-labelled calcium or the
+    visible 1 mm cylinder (no noise speck: 0.5.1 labelled six on slice 30, the partial volume
+    of the calibration rod's end); the total is within 10 % of the hand-labelled one."""
     from test_phantom_scoring import insert_labels
 
     ct, res = phantom_result
@@ -320,7 +327,11 @@ def test_default_bundle_finds_the_phantom_insert(phantom_result):
     assert len(big) == 10
     for les, vox in big:
         assert (lab[vox] > 0).all(), (les.slice, les.area_mm2)
-    outside = (res.labels > 0) & (insert_labels(ct.shape) == 0)
+    calcium = insert_labels(ct.shape) > 0
+    r, c, z = ONE_MM_CYLINDER
+    yy, xx = np.mgrid[: ct.shape[1], : ct.shape[2]]
+    calcium[z] |= (yy - r) ** 2 + (xx - c) ** 2 <= 5**2  # 2.4 mm: the cylinder and its blur
+    outside = (res.labels > 0) & ~calcium
     assert not outside.any(), sorted(set(np.nonzero(outside)[0].tolist()))
     assert res.score.total.agatston == pytest.approx(ref.total.agatston, rel=0.1)
 

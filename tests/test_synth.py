@@ -511,3 +511,21 @@ def test_scan_ends_cuts_keep_the_geometry_and_end_at_the_calcium():
     lines = ese.table(rows).splitlines()
     assert lines[2] == "| top calcium | 2 | 50 | 30 (60%) | 20 (40%) | 1 of 2 | 110 | 90 |"
     assert len(lines) == 3  # no bottom rows, no bottom line
+    below = [dict(rows[0], end="bottom", reference_end=0.0, model_end=2.0, model_end_right_artery=0.0)]
+    assert ese.table(below).splitlines()[2] == "| bottom calcium | 1 | 0 | 2 | 0 | 0 of 0 | 100 | 90 |"
+
+
+def test_scan_ends_tiny_run_writes_its_results(tmp_path):
+    """training/evaluate_scan_ends.py on one patient: both cuts scored by the default bundle,
+    the table and the rows written, a bad seed range refused in one line."""
+    import json
+
+    from training import evaluate_scan_ends as ese
+
+    assert ese.main(["--seeds", "620000:620001", "--out", str(tmp_path / "ends")]) == 0
+    doc = json.loads((tmp_path / "ends.json").read_text())
+    assert [r["end"] for r in doc["rows"]] == ["top", "bottom"] and doc["model"]["name"] == "ccdino-default"
+    for r in doc["rows"]:
+        assert r["reference_total"] > 0 and 0 <= r["model_end_right_artery"] <= r["model_end"] + 1e-6
+    assert "| top calcium | 1 |" in (tmp_path / "ends.md").read_text()
+    assert ese.main(["--seeds", "5:5"]) == 2

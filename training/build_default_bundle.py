@@ -632,7 +632,8 @@ share of the {pa['zero_studies']} studies without coronary calcium scored exactl
 ## Calcium-scoring phantoms
 A scan whose slices with candidates hold almost no fat (median fat share < {PHANTOM_FAT_SHARE:g}; a patient's
 heart field has epicardial and chest-wall fat) is taken for a calcium-scoring phantom. Its
-candidates of up to {PHANTOM_MAX_AREA_MM2:g} mm^2 then go to a second detector head (`{ph_rep['head']}` on the same frozen ViT features and
+candidates of up to {PHANTOM_MAX_AREA_MM2:g} mm^2, less the specks at the end of a larger region (a calibration rod's or
+a bone's partial volume on the slice before it), then go to a second detector head (`{ph_rep['head']}` on the same frozen ViT features and
 context) trained on {args.n_phantoms - args.n_val_phantoms} synthetic phantoms (a thorax phantom with a cardiac calcification
 insert; seeds {args.phantom_seed}-{args.phantom_seed + args.n_phantoms - 1}, the last {args.n_val_phantoms} for its threshold {ph_rep['threshold']:.4f});
 the picked candidates' own voxels are labelled, named by side (patient right RCA, left

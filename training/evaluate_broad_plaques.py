@@ -19,7 +19,6 @@ The default seeds are apart from every seed the bundle recipe trains, calibrates
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ if __package__ in (None, ""):
     except ImportError:
         sys.path.insert(0, str(REPO / "CoronaryCalciumDINO"))
 
-from training.evaluate_kernels import parse_seeds, summary, write_results  # noqa: E402
+from training.evaluate_kernels import parse_seeds, results_head, summary, write_results  # noqa: E402
 
 CRESCENTS = "crescents (as drawn)"
 BROAD = "broad (every plaque)"
@@ -121,17 +120,13 @@ def main(argv=None) -> int:
     levels = parse_noise(args.noise)
     if seeds is None or levels is None:
         return 2
-    import torch
-
     from CoronaryCalciumDINOLib.pipeline import load_bundle
 
     bundle = load_bundle(args.bundle)
     t0 = time.perf_counter()
     rows = run(seeds, levels, bundle)
     text = table(rows)
-    head = (f"model {bundle.name} {bundle.version}, seeds {seeds.start}-{seeds.stop - 1}, plaques forced, "
-            f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
-            f"{time.perf_counter() - t0:.0f} s")
+    head = results_head(bundle, seeds, t0, "plaques forced")
     print()
     print(head)
     print(text)

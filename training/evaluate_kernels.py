@@ -122,17 +122,13 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
 
-    import torch
-
     from CoronaryCalciumDINOLib.pipeline import load_bundle
 
     bundle = load_bundle(args.bundle)
     t0 = time.perf_counter()
     rows = score_reconstructions(seeds, {AS_DRAWN: {}, **{k: {"kernel": k} for k in kernels}}, bundle)
     text = table(rows)
-    head = (f"model {bundle.name} {bundle.version}, seeds {start}-{end - 1}, "
-            f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
-            f"{time.perf_counter() - t0:.0f} s")
+    head = results_head(bundle, seeds, t0)
     print()
     print(head)
     print(text)
@@ -145,6 +141,17 @@ def main(argv=None) -> int:
                                    for s, r, ref, ai in rows],
                           "summary": {r: summary(rows, r) for r in dict.fromkeys(x[1] for x in rows)}})
     return 0
+
+
+def results_head(bundle, seeds: range, t0: float, what: str = "") -> str:
+    """First line of a synthetic evaluation's results: the model, the seeds, ``what`` was
+    forced (if anything), the CPU and its threads, and the seconds since ``t0``."""
+    import torch
+
+    return (f"model {bundle.name} {bundle.version}, seeds {seeds.start}-{seeds.stop - 1}, "
+            + (f"{what}, " if what else "")
+            + f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
+            f"{time.perf_counter() - t0:.0f} s")
 
 
 def write_results(out: Path, title: str, script: str, argv, lines: list[str], text: str, doc: dict) -> None:

@@ -18,7 +18,6 @@ from every seed the bundle recipe trains, calibrates or tests on.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ if __package__ in (None, ""):
     except ImportError:
         sys.path.insert(0, str(REPO / "CoronaryCalciumDINO"))
 
-from training.evaluate_kernels import parse_seeds, write_results  # noqa: E402
+from training.evaluate_kernels import parse_seeds, results_head, write_results  # noqa: E402
 
 ENDS = ("top", "bottom")
 
@@ -104,6 +103,12 @@ def run(seeds: range, bundle) -> list[dict]:
     return rows
 
 
+def _share(v: float, ref: float) -> str:
+    """``v`` points and their share of ``ref`` (none when the end slices' labelled calcium all
+    lies below the threshold: 0 reference points)."""
+    return f"{v:.0f} ({v / ref:.0%})" if ref > 0 else f"{v:.0f}"
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| scan ends at its | studies | end slice: reference | end slice: model | on the right artery | "
              "end slices with calcium the model scores 0 | total: reference | total: model |",
@@ -115,7 +120,7 @@ def table(rows: list[dict]) -> str:
         ref, ai = sum(x["reference_end"] for x in r), sum(x["model_end"] for x in r)
         right = sum(x["model_end_right_artery"] for x in r)
         missed = sum(x["reference_end"] > 0 and x["model_end"] == 0 for x in r)
-        lines.append(f"| {end} calcium | {len(r)} | {ref:.0f} | {ai:.0f} ({ai / ref:.0%}) | {right:.0f} ({right / ref:.0%}) "
+        lines.append(f"| {end} calcium | {len(r)} | {ref:.0f} | {_share(ai, ref)} | {_share(right, ref)} "
                      f"| {missed} of {sum(x['reference_end'] > 0 for x in r)} | "
                      f"{sum(x['reference_total'] for x in r):.0f} | {sum(x['model_total'] for x in r):.0f} |")
     return "\n".join(lines)
@@ -130,23 +135,20 @@ def main(argv=None) -> int:
     seeds = parse_seeds(args.seeds, "evaluate_scan_ends")
     if seeds is None:
         return 2
-    import torch
-
     from CoronaryCalciumDINOLib.pipeline import load_bundle
 
     bundle = load_bundle(args.bundle)
     t0 = time.perf_counter()
     rows = run(seeds, bundle)
     text = table(rows)
-    head = (f"model {bundle.name} {bundle.version}, seeds {seeds.start}-{seeds.stop - 1}, plaques forced, "
-            f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
-            f"{time.perf_counter() - t0:.0f} s")
+    head = results_head(bundle, seeds, t0, "plaques forced")
     print()
     print(head)
     print(text)
     if args.out:
         write_results(Path(args.out), "Synthetic patients whose scan ends at their calcium",
-                      "evaluate_scan_ends.py", argv, [head], text, {"rows": rows})
+                      "evaluate_scan_ends.py", argv, [head], text,
+                      {"model": bundle.model_info(), "seeds": [seeds.start, seeds.stop], "rows": rows})
     return 0
 
 
