@@ -124,6 +124,17 @@ def test_specks_at_the_end_of_a_rod_are_the_rod_not_calcifications():
     assert len(rods) == 2 and not ends[rods].any()
     # the rod's end is no calcification only where the rod is too large to be one
     assert not ends_of_larger_regions(c, max_area_mm2=400.0).any()
+    # a subset (regions left out stay in ``ids``) keeps each candidate's own answer
+    keep = np.array(rods + [at[(2, 96, 96)], at[(1, 42, 42)], at[(2, 101, 131)]])
+    assert list(ends_of_larger_regions(subset(c, keep))) == [False, False, True, False, False]
+    sub = subset(c, np.array([at[(2, 101, 131)], at[(1, 42, 42)]]))  # the rod left out: its specks too
+    assert not ends_of_larger_regions(sub).any()
+    # the rod's end on the slice above works as on the slice below
+    flipped = find_candidates(hu[::-1].copy(), SPACING, CandidateConfig(), centre_yx=CENTRE)
+    at2 = {(int(z), int(y + flipped.field.y0), int(x + flipped.field.x0)): i
+           for i, (z, y, x) in enumerate(zip(flipped.z, flipped.cy, flipped.cx))}
+    ends2 = ends_of_larger_regions(flipped)
+    assert ends2[at2[(2, 96, 96)]] and not ends2[at2[(2, 101, 131)]]
 
 
 def test_heart_field_limits_the_search_and_positions_are_signed():

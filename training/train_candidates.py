@@ -344,7 +344,9 @@ def train_phantom_head(train: dict, val: dict, backbone, target_sensitivity: flo
     """The phantom detector head on frozen features of phantom caches: its state, config,
     threshold (validation phantoms' slices) and validation report."""
     crop_px, windows = cache_windows(train)
-    keep = phantom_sized(train["context"])  # what inference asks the head about
+    # inference asks the head about these, less the ends of larger regions
+    # (candidates.ends_of_larger_regions), which a cache cannot tell: it keeps no neighbours
+    keep = phantom_sized(train["context"])
     ft = features_of(backbone, train["crops"][keep], crop_px, windows, device=device)
     fv = features_of(backbone, val["crops"], crop_px, windows, device=device)
     hidden, use_ctx = HEADS[PHANTOM_HEAD]

@@ -339,7 +339,8 @@ def _box_means(ii_hu, ii_n, z, cy, cx, half_y, half_x):
 def neighbour_slices(z: np.ndarray, step: int, nz: int) -> np.ndarray:
     """The slice ``step`` away from each slice ``z`` of a volume of ``nz`` slices; past the
     volume's first or last slice, the slice on the other side (mirrored). A one-slice volume
-    has no neighbour: the index stays off the volume.
+    has no neighbour: the index stays off the volume. The volume is the one searched: the
+    scan, or the cardiac range the pipeline and the training caches cut from it.
 
     A scan ends where it was set to end, not where the anatomy does: a calcification on its
     first or last slice has no neighbour there, and "nothing" must not read as air above
@@ -475,6 +476,8 @@ def ends_of_larger_regions(c: "Candidates", max_area_mm2: float = PHANTOM_MAX_AR
     index[c.uid] = np.arange(n)
     zz, yy, xx = np.nonzero(c.ids)
     lid = index[c.ids[zz, yy, xx]]
+    mine = lid >= 0  # ``ids`` also holds the regions a subset left out
+    zz, yy, xx, lid = zz[mine], yy[mine], xx[mine], lid[mine]
     for step in (-1, 1):
         nb = zz + step
         ok = (nb >= 0) & (nb < c.ids.shape[0])
