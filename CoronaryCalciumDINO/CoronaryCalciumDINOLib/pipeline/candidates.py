@@ -462,28 +462,17 @@ def ends_of_larger_regions(c: "Candidates", max_area_mm2: float = PHANTOM_MAX_AR
     it: its noise crosses the threshold as a cluster of specks under the rod's footprint
     (the real phantom's slice 30, under the rod of slices 31-37). A phantom's calcification
     is a cylinder standing alone in the insert, never on a rod's end."""
-    n = len(c)
-    out = np.zeros(n, dtype=bool)
-    if not n:
-        return out
-    area = np.exp(c.context[:, CONTEXT_INDEX["log_area_mm2"]])
-    large = area > max_area_mm2
-    if not large.any():
-        return out
+    large = np.exp(c.context[:, CONTEXT_INDEX["log_area_mm2"]]) > max_area_mm2
+    if not large.any():  # none at all, or no candidates
+        return np.zeros(len(c), dtype=bool)
     lut = np.zeros(int(c.ids.max(initial=0)) + 1, dtype=bool)
     lut[c.uid[large]] = True
-    index = np.full(lut.size, -1, dtype=np.int64)
-    index[c.uid] = np.arange(n)
-    zz, yy, xx = np.nonzero(c.ids)
-    lid = index[c.ids[zz, yy, xx]]
-    mine = lid >= 0  # ``ids`` also holds the regions a subset left out
-    zz, yy, xx, lid = zz[mine], yy[mine], xx[mine], lid[mine]
-    for step in (-1, 1):
-        nb = zz + step
-        ok = (nb >= 0) & (nb < c.ids.shape[0])
-        hit = lut[c.ids[nb[ok], yy[ok], xx[ok]]]
-        out[np.unique(lid[ok][hit])] = True
-    return out & ~large
+    big = lut[c.ids]  # (z, ny, nx): the large regions' voxels
+    beside = np.zeros_like(big)  # under or over a large region's voxel on the next slice
+    beside[1:] |= big[:-1]
+    beside[:-1] |= big[1:]
+    # by uid: ``ids`` also holds the regions a subset left out, which are no one's
+    return np.isin(c.uid, c.ids[beside]) & ~large
 
 
 def phantom_artery(dx, dy) -> np.ndarray:
