@@ -107,6 +107,89 @@ def test_vertebrae_inside_a_heart_centred_view_stay_bone_beside_a_heavily_calcif
     assert not an.in_region(np.array([10]), np.array([170]), np.array([130]))[0]
 
 
+def test_a_vertebral_body_cut_by_the_views_back_edge_is_bone_however_little_of_it_is_on_view():
+    """A heart-centred view set forward of the heart cuts the vertebral body at its back edge
+    (real dev scan 3 in a 180 mm view moved 25 mm forward: 0.4 cm^3 of it on view over six
+    slices, its front cortex at 650-980 HU, which the pipeline scored as 485 points of RCA).
+    The part on view is bone, however small (here 3 x 77 mm^2 x 5 mm: 1.2 cm^3), so neither it
+    nor calcium on its front is heart region; the heart and its calcium stay."""
+    s = np.full((201, 261), -100.0, np.float32)  # the body fills the view: fat
+    s[_ellipse(s.shape, 110, 60, 90, 45)] = -850.0  # lungs, cut by the view's back edge
+    s[_ellipse(s.shape, 110, 200, 90, 45)] = -850.0
+    s[_ellipse(s.shape, 95, 130, 45, 42)] = 40.0  # heart
+    hu = np.repeat(s[None], 30, axis=0)
+    for k in (12, 13, 14):  # the vertebral body enters the view on three slices
+        _bone(hu[k], 211, 130, 15, 18)
+    hu[:, 60:63, 100:103] = 400.0  # calcium on the heart
+    an = find_anatomy(hu, SPACING)
+    assert an.found
+    cap = np.nonzero(hu[13] >= 180)
+    cap = (cap[0][cap[0] > 150], cap[1][cap[0] > 150])
+    assert cap[0].size == 77 and cap[0].min() >= 195  # a sliver at the back edge: 77 mm^2
+    z = np.full(cap[0].size, 13)
+    assert an.on_bone(z, *cap).all()
+    assert not an.in_region(z, *cap).any()
+    c = cd.find_candidates(hu, SPACING, centre_yx=(120.0, 130.0))  # a field reaching the back edge
+    keep = cd.in_heart_region(c, an)
+    cap_uid = c.ids[13, 199 - c.field.y0, 130 - c.field.x0]
+    assert cap_uid > 0
+    assert not keep[int(np.flatnonzero(c.uid == cap_uid)[0])]
+    assert keep[_candidate_at(c, 61, 101)]
+
+
+def test_a_vertebral_bodys_front_cortex_whose_marrow_runs_to_the_back_edge_is_bone():
+    """A heart-centred view set further forward cuts the vertebral body inside its marrow:
+    only the front cortex is dense, a thin plate apart from the edge (real dev scan 3 in a
+    200 mm view moved 20 mm forward: 14 mm of marrow behind it, 1,083 points scored as RCA).
+    With tissue only between it and the back edge, within 20 mm, it is bone however small; a
+    calcification as close to the edge with lung behind it, calcium on the heart's back, and
+    the same plates 24 mm in front of the edge are not."""
+    s = np.full((201, 261), -100.0, np.float32)  # the body fills the view: fat
+    s[_ellipse(s.shape, 110, 60, 90, 45)] = -850.0  # lungs, cut by the view's back edge
+    s[_ellipse(s.shape, 110, 200, 90, 45)] = -850.0
+    s[_ellipse(s.shape, 95, 130, 45, 42)] = 40.0  # heart
+    hu = np.repeat(s[None], 30, axis=0)
+    hu[:, 170:201, 112:149] = 60.0  # vertebral marrow, near soft tissue, running to the edge
+    hu[10:14, 184:187, 115:131] = 700.0  # its front cortex, 14 mm in front of the back edge:
+    hu[10:14, 184:187, 136:146] = 700.0  # two plates of 3 mm x 16 (10) mm x 4 slices of 5 mm
+    hu[:, 160:163, 140:143] = 400.0  # calcium on the heart's back, 38 mm from the edge
+    hu[:, 181:184, 40:43] = 400.0  # calcification in the right lung, lung behind it
+    an = find_anatomy(hu, SPACING)
+    assert an.found
+    z = np.full(2, 12)
+    assert an.on_bone(z, np.array([185, 185]), np.array([120, 140])).all()
+    assert not an.in_region(z, np.array([185, 185]), np.array([120, 140])).any()
+    assert not an.on_bone(z, np.array([161, 182]), np.array([141, 41])).any()
+    assert an.in_region(np.array([12]), np.array([161]), np.array([141]))[0]
+    hu[10:14, 184:187, 115:146] = 60.0  # the same plates 24 mm in front of the edge: not bone
+    hu[10:14, 174:177, 115:131] = 700.0
+    hu[10:14, 174:177, 136:146] = 700.0
+    assert not find_anatomy(hu, SPACING).on_bone(z, np.array([175, 175]), np.array([120, 140])).any()
+
+
+def test_a_rib_beside_one_lung_is_not_the_spine_when_the_view_shows_little_of_the_spine():
+    """A heart-centred view set forward of the heart shows only a sliver of the vertebral body
+    at its back edge, and a rib behind the left lung at its side, in the back quarter of the
+    lungs' hull. The rib lies beside one lung only; the spine lies between them. Taken for
+    the spine, the rib's front would cut the heart region across the slice (real dev scan 3
+    in a 200 mm view moved 30 mm forward and 20 mm left: through its left main / LAD)."""
+    s = np.full((157, 260), -100.0, np.float32)  # the body fills the view: fat
+    s[_ellipse(s.shape, 100, 65, 60, 42)] = -850.0  # right lung
+    s[_ellipse(s.shape, 100, 195, 60, 42)] = -850.0  # left lung
+    s[_ellipse(s.shape, 95, 130, 45, 40)] = 40.0  # heart
+    s[_ellipse(s.shape, 140, 160, 11, 11)] = 40.0  # descending aorta
+    _bone(s, 172, 130, 18, 20)  # vertebral body: rows 154-156 on view
+    _bone(s, 128, 246, 9, 7)  # a rib beside the left lung, larger on view than the spine
+    hu = np.repeat(s[None], 30, axis=0)
+    hu[:, 127:130, 109:112] = 400.0  # calcium on the heart, behind the rib's front
+    an = find_anatomy(hu, SPACING)
+    assert an.found
+    assert an.in_region(np.array([10]), np.array([128]), np.array([110]))[0]
+    c = cd.find_candidates(hu, SPACING, centre_yx=(95.0, 130.0))
+    assert cd.in_heart_region(c, an)[_candidate_at(c, 128, 110)]
+    assert an.on_bone(np.array([10]), np.array([128]), np.array([246]))[0]
+
+
 def test_inner_calcification_lies_inside_the_hull_away_from_the_image_edge_and_the_spine():
     hull = np.zeros((12, 60, 40), bool)
     hull[:, 5:60, 5:35] = True  # reaching the image's back edge, as in a heart-centred view

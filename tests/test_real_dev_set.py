@@ -278,6 +278,29 @@ def test_heart_centred_geometry_ends_above_the_heart_where_asked(capsys):
     assert "--above-heart needs --heart-centred" in capsys.readouterr().err
 
 
+def test_heart_centred_geometry_off_centre_and_another_field(capsys):
+    """--off-centre BACK,LEFT moves the field's centre from the heart's towards the patient's
+    back and left (a field centred by eye); --fov / --pixel give another field. The same
+    tissue then lies that many mm the other way in the image; refused without
+    --heart-centred or with a malformed value."""
+    from CoronaryCalciumDINOLib.synth import generate_study
+    from training import evaluate_real as ev
+
+    ct = generate_study(5, matrix=256, n_slices=24, plaques=False).ct
+    centred = ev.heart_centred(ct, fov_mm=160.0, pixel_mm=0.5)
+    moved = ev.heart_centred(ct, fov_mm=160.0, pixel_mm=0.5, off_centre_mm=(20.0, -10.0))
+    assert centred.shape[1:] == moved.shape[1:] == (320, 320) and moved.spacing == (3.0, 0.5, 0.5)
+    # 20 mm back and 10 mm right: the tissue at the centred field's (y, x) is at (y - 40, x + 20)
+    np.testing.assert_allclose(moved.hu[:, :280, 20:], centred.hu[:, 40:, :300], atol=1e-3)
+    for argv, message in ((["--off-centre=-25,-25"], "need --heart-centred"),
+                          (["--heart-centred", "--off-centre", "3"], "two numbers BACK,LEFT"),
+                          (["--heart-centred", "--off-centre", "a,b"], "two numbers BACK,LEFT"),
+                          (["--fov", "180"], "need --heart-centred"),
+                          (["--heart-centred", "--pixel", "0"], "must be > 0 mm")):
+        assert ev.main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+
+
 def test_noise_is_added_to_the_level_the_pipeline_measures():
     """evaluate_real_noise: correlated noise brings the noise slice_noise measures to the
     level asked (never lowers it), the same draw for the same seed, the anatomy untouched on

@@ -53,8 +53,9 @@ from CoronaryCalciumDINOLib.pipeline.inference import heart_region_mask, locate,
 
 #: 3: candidates of the cardiac range, in the heart region and off bone (the anatomy step);
 #: 4: on a study's first and last slice, the missing neighbour mirrored, not air
-#: (:func:`CoronaryCalciumDINOLib.pipeline.candidates.neighbour_slices`)
-CACHE_VERSION = 4
+#: (:func:`CoronaryCalciumDINOLib.pipeline.candidates.neighbour_slices`); 5: bone includes dense
+#: regions of any size reaching the image's in-plane edge (:func:`CoronaryCalciumDINOLib.pipeline.anatomy.find_bone`)
+CACHE_VERSION = 5
 
 #: Of the candidates an ``outside_region`` cache holds beyond the heart region, the segmenter
 #: trains on those of at most this area (mm^2): the chest wall's specks, not its bone

@@ -115,7 +115,8 @@ HEART_CENTRED = (200.0, 0.4, 3.0)
 
 
 def heart_centred(ct, fov_mm: float = HEART_CENTRED[0], pixel_mm: float = HEART_CENTRED[1],
-                  slice_mm: float = HEART_CENTRED[2], above_heart_mm: float | None = None):
+                  slice_mm: float = HEART_CENTRED[2], above_heart_mm: float | None = None,
+                  off_centre_mm: tuple[float, float] = (0.0, 0.0)):
     """``ct`` cropped and resampled (trilinear) to a heart-centred scan: a ``fov_mm`` square
     field of ``pixel_mm`` pixels centred on the heart (the HU localiser
     :func:`.anatomy.heart_centre` on the slices a cardiac scan would hold: not the heart
@@ -123,7 +124,10 @@ def heart_centred(ct, fov_mm: float = HEART_CENTRED[0], pixel_mm: float = HEART_
     slices, every ``slice_mm``. Canonical axial layout (identity direction). Interpolation
     adds no detail: a 5 mm scan stays a 5 mm scan seen through a gated scan's geometry.
     ``above_heart_mm``: end the scan this far above its top heart level (a gated scan that
-    starts lower down; default: where the cardiac range ends, 45 mm above it)."""
+    starts lower down; default: where the cardiac range ends, 45 mm above it).
+    ``off_centre_mm``: (back, left) the field's centre moved this far (mm) towards the
+    patient's back and left from the heart's centre (negative: front, right), as a
+    technologist centring the field by eye leaves it."""
     from scipy import ndimage
 
     from CoronaryCalciumDINOLib.io.volume import CTVolume
@@ -136,6 +140,7 @@ def heart_centred(ct, fov_mm: float = HEART_CENTRED[0], pixel_mm: float = HEART_
         raise CCDinoError("heart-centred geometry: no lungs, no heart found")
     cy, cx = heart_centre(view.hu[z0:z1], ct.spacing)
     dz, dy, dx = (float(v) for v in ct.spacing)
+    cy, cx = cy + float(off_centre_mm[0]) / dy, cx + float(off_centre_mm[1]) / dx
     nz = int(np.floor((z1 - z0 - 1) * dz / slice_mm + 1e-6)) + 1
     if above_heart_mm is not None:
         if anatomy.heart_levels is None:
@@ -477,13 +482,39 @@ def main(argv=None) -> int:
     ap.add_argument("--above-heart", type=float, default=None, metavar="MM",
                     help="with --heart-centred: end each scan MM above its top heart level (default: the "
                          "cardiac range, 45 mm above it); default OUT and SHEET get the suffix -above-MM")
+    ap.add_argument("--fov", type=float, default=HEART_CENTRED[0], metavar="MM",
+                    help=f"with --heart-centred: the field of view (default {HEART_CENTRED[0]:g} mm)")
+    ap.add_argument("--pixel", type=float, default=HEART_CENTRED[1], metavar="MM",
+                    help=f"with --heart-centred: the pixel size (default {HEART_CENTRED[1]:g} mm)")
+    ap.add_argument("--off-centre", default="0,0", metavar="BACK,LEFT",
+                    help="with --heart-centred: move the field's centre BACK mm towards the patient's back and "
+                         "LEFT mm towards the patient's left from the heart's centre (negative: front, right; "
+                         "default 0,0; a negative first value needs the = form: --off-centre=-25,-25); default OUT and "
+                         "SHEET get the suffix -off-BACK,LEFT")
     ap.add_argument("--naming", choices=("aorta", "segmenter"), default="aorta",
                     help="artery names as ccdino score --naming (default aorta)")
     args = ap.parse_args(argv)
     if args.above_heart is not None and not (args.heart_centred and args.above_heart >= 0):
         print("evaluate_real: error: --above-heart needs --heart-centred and a length >= 0 mm", file=sys.stderr)
         return 2
-    suffix = "-heart-centred" + ("" if args.above_heart is None else f"-above-{args.above_heart:g}")
+    try:
+        off = tuple(float(v) for v in args.off_centre.split(","))
+        if len(off) != 2 or not all(np.isfinite(off)):
+            raise ValueError
+    except ValueError:
+        print(f"evaluate_real: error: --off-centre must be two numbers BACK,LEFT in mm, got {args.off_centre!r}",
+              file=sys.stderr)
+        return 2
+    field = (args.fov, args.pixel)
+    if (field != HEART_CENTRED[:2] or any(off)) and not args.heart_centred:
+        print("evaluate_real: error: --fov, --pixel and --off-centre need --heart-centred", file=sys.stderr)
+        return 2
+    if not (args.fov > 0 and args.pixel > 0 and args.fov / args.pixel <= 2048):
+        print("evaluate_real: error: --fov and --pixel must be > 0 mm, at most 2048 pixels across", file=sys.stderr)
+        return 2
+    suffix = ("-heart-centred" + ("" if args.above_heart is None else f"-above-{args.above_heart:g}")
+              + ("" if field == HEART_CENTRED[:2] else f"-fov-{args.fov:g}-{args.pixel:g}")
+              + (f"-off-{off[0]:g},{off[1]:g}" if any(off) else ""))
     if args.heart_centred and args.out == str(DEFAULT_OUT):
         args.out = str(DEFAULT_OUT) + suffix
     if args.heart_centred and args.sheet == str(DEFAULT_SHEET):
@@ -521,7 +552,8 @@ def main(argv=None) -> int:
     rows, sheets = [], []
     for name, folder in folders:
         try:
-            geometry = partial(heart_centred, above_heart_mm=args.above_heart) if args.heart_centred else None
+            geometry = (partial(heart_centred, fov_mm=args.fov, pixel_mm=args.pixel, above_heart_mm=args.above_heart,
+                                off_centre_mm=off) if args.heart_centred else None)
             row, ct, res = evaluate_scan(name, folder, reference[name], bundle, options, geometry, args.naming)
         except CCDinoError as exc:
             row = {"scan": name, "id": reference[name].get("id", name), "error": str(exc).splitlines()[0]}
@@ -544,9 +576,11 @@ def main(argv=None) -> int:
         "torch_threads": torch.get_num_threads(),
         "kvp_option": str(args.kvp),
         "naming": args.naming,
-        "geometry": ("heart-centred: {:g} mm field of view, {:g} mm pixels, {:g} mm slices (resampled){}".format(
-            *HEART_CENTRED, "" if args.above_heart is None else f", ending {args.above_heart:g} mm above the top "
-            "heart level") if args.heart_centred else "as acquired"),
+        "geometry": ("heart-centred: {:g} mm field of view, {:g} mm pixels, {:g} mm slices (resampled){}{}".format(
+            args.fov, args.pixel, HEART_CENTRED[2],
+            "" if args.above_heart is None else f", ending {args.above_heart:g} mm above the top heart level",
+            "" if not any(off) else f", its centre {off[0]:g} mm towards the back and {off[1]:g} mm towards the "
+            "patient's left of the heart's") if args.heart_centred else "as acquired"),
         "model": bundle.model_info(),
         "bundle_load_s": round(load_s, 3),
         "scans": rows,

@@ -22,7 +22,10 @@ mediastinum
     the lungs and the back of the sternum.
 bone
     3D connected regions >= :data:`BONE_HU` (on the working grid, the marrow inside a
-    cortical shell filled per slice) of at least :data:`MIN_BONE_CM3`: vertebrae, sternum,
+    cortical shell filled per slice) of at least :data:`MIN_BONE_CM3`, or of any size
+    reaching the image's in-plane edge (a bone cut by a heart-centred field of view shows
+    only a part of itself, such as a vertebral body's front or a rib's end; the heart and
+    the calcium on it lie inside such a field): vertebrae, sternum,
     ribs and calcified costal cartilage joined to them; never a region of at most
     :data:`INNER_MAX_CM3` lying wholly inside the lungs' hull, apart from the image's edge
     and out of the hull's back quarter (:func:`inner_calcification`): heavily calcified
@@ -113,6 +116,11 @@ HULL_Z_MM = 10.0
 #: Working-grid HU of bone (cortex 400-1000 HU and marrow 100-300 HU average above this).
 BONE_HU = 180.0
 MIN_BONE_CM3 = 2.0
+#: A dense region within this distance (mm) of the image's back edge with only tissue behind
+#: it is a bone cut by the field of view however small: the front cortex of a vertebral body
+#: whose marrow runs to the edge (:func:`_cut_at_back_edge`). Real dev scan 3's, in fields
+#: moved forward, lay 0-14 mm from the edge (a thoracic vertebral body is 25-35 mm deep).
+BACK_EDGE_BONE_MM = 20.0
 #: A dense region of at most this volume (cm^3) lying wholly inside the lungs' hull, apart
 #: from the image's edge and out of the hull's back quarter, is calcification of the heart
 #: and its vessels, not bone (:func:`inner_calcification`).
@@ -347,15 +355,41 @@ def dense_cells(small: np.ndarray) -> np.ndarray:
     return dense
 
 
-def find_bone(small: np.ndarray, cell_cm3: float, dense: np.ndarray | None = None) -> np.ndarray:
-    """bool (z, Y, X): 3D regions >= :data:`BONE_HU` (marrow filled per slice) of >= :data:`MIN_BONE_CM3`."""
+def find_bone(small: np.ndarray, cell_cm3: float, dense: np.ndarray | None = None,
+              row_mm: float = WORK_MM) -> np.ndarray:
+    """bool (z, Y, X): 3D regions >= :data:`BONE_HU` (marrow filled per slice) of >= :data:`MIN_BONE_CM3`,
+    or cut by the field of view: reaching the image's in-plane edge, or with a cell at most
+    :data:`BACK_EDGE_BONE_MM` in front of its back edge with only tissue behind it
+    (:func:`_cut_at_back_edge`). ``row_mm``: the working cells' height."""
     dense = dense_cells(small) if dense is None else dense
     lab, n = ndimage.label(dense, structure=np.ones((3, 3, 3), bool))
     if n == 0:
         return dense
-    size = np.bincount(lab.ravel(), minlength=n + 1) * cell_cm3
-    size[0] = 0
-    return (size >= MIN_BONE_CM3)[lab]
+    keep = np.bincount(lab.ravel(), minlength=n + 1) * cell_cm3 >= MIN_BONE_CM3
+    keep[1:] |= _touches_edge(lab, n) | _cut_at_back_edge(small, lab, n, int(BACK_EDGE_BONE_MM / row_mm))
+    keep[0] = False
+    return keep[lab]
+
+
+def _cut_at_back_edge(small: np.ndarray, lab: np.ndarray, n: int, rows: int) -> np.ndarray:
+    """bool (n,): the regions of ``lab`` with a cell at most ``rows`` rows in front of the
+    image's back edge with tissue (>= :data:`AIR_HU`: no lung, no air) in every cell behind it.
+
+    A heart-centred field of view set forward of the heart cuts the vertebral body: its
+    marrow (often below :data:`BONE_HU`, in older patients near soft tissue) then runs to the
+    image's edge and only the front cortex is dense, a thin plate of under a cm^3 per vertebra
+    that neither reaches the edge nor closes round the marrow (real dev scan 3 in a 200 mm
+    field moved 20 mm forward: 14 mm of marrow behind it, and its 1,083 points were scored
+    as RCA). Coronary calcium lies on the heart: this close to the back edge with no lung
+    behind it the field would cut the heart itself."""
+    tissue = small >= AIR_HU
+    behind = np.ones_like(tissue)  # every cell behind this one, to the back edge, is tissue
+    behind[:, :-1] = np.flip(np.logical_and.accumulate(np.flip(tissue[:, 1:], axis=1), axis=1), axis=1)
+    near = np.arange(small.shape[1]) >= small.shape[1] - 1 - rows
+    hit = lab[behind & near[None, :, None] & (lab > 0)]
+    out = np.zeros(n + 1, dtype=bool)
+    out[hit] = True
+    return out[1:]
 
 
 def inner_calcification(dense: np.ndarray, hull: np.ndarray, cell_cm3: float) -> np.ndarray:
@@ -448,13 +482,19 @@ def _in_front_of_lungs(lungs2d: np.ndarray, hull2d: np.ndarray, reach: int) -> n
 
 def _chest_wall_limits(bone: np.ndarray, hull: np.ndarray, dz: float, dense: np.ndarray | None = None,
                        wide: int = 0, body: np.ndarray | None = None, deep: int = 0,
-                       cell_mm: float = WORK_MM) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       cell_mm: float = WORK_MM, lungs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(z,) working-grid row of the back of the sternum, of the front of the spine (-1:
     none) and the spine's column (-1: none).
 
     On each slice with a hull: the spine is the bone reaching the back quarter of the hull's
-    rows (and not its front quarter) whose middle column lies within :data:`SPINE_REACH_MM`
-    of the spine's column (of several such parts, the front one). That column is the median
+    rows (and not its front quarter), between the ``lungs`` (lung on both sides of its middle
+    column, level with it or behind its front), whose middle column lies within :data:`SPINE_REACH_MM`
+    of the spine's column (of several such parts, the front one). A heart-centred field of
+    view set forward of the heart shows little or nothing of the spine, but the ribs beside
+    the lungs at its sides: such a rib is never the spine (real dev scans 3 and 4 in a 200
+    mm field moved 20-30 mm forward: the spine's column was taken from a rib at the view's
+    left side, whose front cut the heart region across the slice, through the left main /
+    LAD). That column is the median
     over the slices of the middle column of each slice's largest such part: the vertebra
     keeps its column from slice to slice, a rib's back arc or a scapula at the side does not
     (their front can lie up to 70 mm in front of the vertebral body's, across the back of the
@@ -463,8 +503,8 @@ def _chest_wall_limits(bone: np.ndarray, hull: np.ndarray, dz: float, dense: np.
     (``cell_mm``: the working cell's width), the vertebral body's, not that of the rib heads
     joined to it. The sternum is the bone whose front lies in the front quarter of the hull's rows
     and within the middle fifth of its columns either side of its centre. A sternum of thin
-    bone cut short by the field of view (a heart-centred scan: below :data:`MIN_BONE_CM3`)
-    is not bone; there the ``dense`` cells (:func:`dense_cells`) of a slice at least
+    bone cut short by a heart-centred scan's slices (below :data:`MIN_BONE_CM3`, apart from
+    the image's edge) is not bone; there the ``dense`` cells (:func:`dense_cells`) of a slice at least
     ``wide`` cells across whose front lies at most ``deep`` cells behind the front of the
     ``body`` (or of the image) in its columns count as well (:data:`STERNUM_MIN_WIDTH_MM`,
     :data:`STERNUM_MAX_DEPTH_MM`: a long calcification of the left main or LAD lies deeper,
@@ -498,7 +538,10 @@ def _chest_wall_limits(bone: np.ndarray, hull: np.ndarray, dz: float, dense: np.
                     front[k] = max(front[k], yy.max())
                 continue
             if yy.max() > y1 - 0.25 * h and yy.min() > y0 + 0.25 * h:
-                in_back[k].append((yy, xx))
+                # between the lungs, as the vertebral body is: not a rib beside one lung
+                mid = int(np.median(xx))
+                if lungs is None or (lungs[k, yy.min():, :mid].any() and lungs[k, yy.min():, mid + 1:].any()):
+                    in_back[k].append((yy, xx))
             elif yy.min() < y0 + 0.25 * h and abs(np.median(xx) - xc) < 0.2 * w:
                 front[k] = max(front[k], yy.max())
     # the spine's column: over the slices, the middle of each slice's largest part in the back
@@ -756,7 +799,7 @@ def find_anatomy(hu: np.ndarray, spacing: Sequence[float]) -> Anatomy:
     dense = dense_cells(small)
     # calcification wholly inside the lungs' hull is the heart's, never bone; the dense cells
     # stay as they are for a thin sternum (it must be wide and near the body's front)
-    bone = find_bone(small, cell_cm3, dense & ~inner_calcification(dense, hull, cell_cm3))
+    bone = find_bone(small, cell_cm3, dense & ~inner_calcification(dense, hull, cell_cm3), py)
     region = mediastinum.copy()
     levels = (int(np.flatnonzero(heart)[0]), int(np.flatnonzero(heart)[-1])) if heart.any() else None
     region[_cardiac_range(levels, nz, dz)[1]:] = False  # a chest CT: nothing above the aortic root's range
@@ -764,7 +807,7 @@ def find_anatomy(hu: np.ndarray, spacing: Sequence[float]) -> Anatomy:
     if below is not None:
         region[: below + 1] = False
     front, back, spine_x = _chest_wall_limits(bone, hull, dz, dense, int(np.ceil(STERNUM_MIN_WIDTH_MM / px)),
-                                              body, int(STERNUM_MAX_DEPTH_MM / py), px)
+                                              body, int(STERNUM_MAX_DEPTH_MM / py), px, lungs)
     rows = np.arange(small.shape[1])[:, None]
     sternum_gap = int(round(STERNUM_GAP_MM / py))
     chest_wall = int(round(CHEST_WALL_MM / py))
