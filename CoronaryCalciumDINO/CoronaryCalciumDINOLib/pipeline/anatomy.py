@@ -487,18 +487,20 @@ def _chest_wall_limits(bone: np.ndarray, hull: np.ndarray, dz: float, dense: np.
     none) and the spine's column (-1: none).
 
     On each slice with a hull: the spine is the bone reaching the back quarter of the hull's
-    rows (and not its front quarter), between the ``lungs`` (lung on both sides of its middle
-    column, level with it or behind its front), whose middle column lies within :data:`SPINE_REACH_MM`
-    of the spine's column (of several such parts, the front one). A heart-centred field of
-    view set forward of the heart shows little or nothing of the spine, but the ribs beside
-    the lungs at its sides: such a rib is never the spine (real dev scans 3 and 4 in a 200
-    mm field moved 20-30 mm forward: the spine's column was taken from a rib at the view's
-    left side, whose front cut the heart region across the slice, through the left main /
-    LAD). That column is the median
+    rows (and not its front quarter) whose middle column lies within :data:`SPINE_REACH_MM`
+    of the spine's column (of several such parts, the front one). That column is the median
     over the slices of the middle column of each slice's largest such part: the vertebra
     keeps its column from slice to slice, a rib's back arc or a scapula at the side does not
     (their front can lie up to 70 mm in front of the vertebral body's, across the back of the
-    heart), and in a heart-centred view the spine lies well off the hull's centre. The
+    heart), and in a heart-centred view the spine lies well off the hull's centre. Only the
+    parts between the ``lungs`` (lung on both sides of the part's middle column, level with
+    or behind its front; every part without ``lungs``) count for the column, none of them: no
+    spine. A heart-centred field of view set forward of the heart shows little of the spine,
+    but the ribs beside a lung at its side (real dev scans 3 and 4 in a 200 mm field moved
+    20-30 mm forward: the column was taken from a rib at the view's left side, whose front
+    cut the heart region across the slice, through the left main / LAD). The parts within
+    reach of the column are the spine on every slice, also those beside one lung (a field
+    moved to the side leaves one lung out of view on most slices). The
     spine's front is that of its columns within :data:`SPINE_HALF_WIDTH_MM` of its middle
     (``cell_mm``: the working cell's width), the vertebral body's, not that of the rib heads
     joined to it. The sternum is the bone whose front lies in the front quarter of the hull's rows
@@ -538,21 +540,22 @@ def _chest_wall_limits(bone: np.ndarray, hull: np.ndarray, dz: float, dense: np.
                     front[k] = max(front[k], yy.max())
                 continue
             if yy.max() > y1 - 0.25 * h and yy.min() > y0 + 0.25 * h:
-                # between the lungs, as the vertebral body is: not a rib beside one lung
                 mid = int(np.median(xx))
-                if lungs is None or (lungs[k, yy.min():, :mid].any() and lungs[k, yy.min():, mid + 1:].any()):
-                    in_back[k].append((yy, xx))
+                between = lungs is None or bool(lungs[k, yy.min():, :mid].any() and lungs[k, yy.min():, mid + 1:].any())
+                in_back[k].append((yy, xx, between))
             elif yy.min() < y0 + 0.25 * h and abs(np.median(xx) - xc) < 0.2 * w:
                 front[k] = max(front[k], yy.max())
     # the spine's column: over the slices, the middle of each slice's largest part in the back
     # quarter (the vertebra; a rib's back arc at the side, a scapula outside the hull, move
-    # from slice to slice). A heart-centred view has the spine off its centre.
-    largest = [float(np.median(max(parts, key=lambda p: p[0].size)[1])) for parts in in_back if parts]
+    # from slice to slice), of those between the lungs (a rib beside one lung is not the
+    # vertebra). A heart-centred view has the spine off its centre.
+    pick = [[p for p in parts if p[2]] for parts in in_back]
+    largest = [float(np.median(max(parts, key=lambda p: p[0].size)[1])) for parts in pick if parts]
     if largest:
         column = float(np.median(largest))
         near = SPINE_REACH_MM / cell_mm
         for k, parts in enumerate(in_back):
-            for yy, xx in parts:
+            for yy, xx, _ in parts:
                 mid = float(np.median(xx))
                 if abs(mid - column) <= near:
                     # the vertebral body's front, not that of the rib heads joined to it
