@@ -23,9 +23,11 @@ mediastinum
 bone
     3D connected regions >= :data:`BONE_HU` (on the working grid, the marrow inside a
     cortical shell filled per slice) of at least :data:`MIN_BONE_CM3`, or of any size
-    reaching the image's in-plane edge (a bone cut by a heart-centred field of view shows
-    only a part of itself, such as a vertebral body's front or a rib's end; the heart and
-    the calcium on it lie inside such a field): vertebrae, sternum,
+    cut by the field of view: reaching the image's in-plane edge, or within
+    :data:`BACK_EDGE_BONE_MM` of its back edge with only tissue behind it (a bone cut by a
+    heart-centred field shows only a part of itself, such as a rib's end or a vertebral
+    body's front cortex, its marrow running to the edge; the heart and the calcium on it
+    lie inside such a field): vertebrae, sternum,
     ribs and calcified costal cartilage joined to them; never a region of at most
     :data:`INNER_MAX_CM3` lying wholly inside the lungs' hull, apart from the image's edge
     and out of the hull's back quarter (:func:`inner_calcification`): heavily calcified
@@ -33,8 +35,10 @@ bone
     grid, and they are the calcium the region is for (coronary) or the networks' hard
     negatives (aortic, valve).
 spine
-    The bone regions reaching behind the lungs' posterior hull midpoint: the vertebrae and
-    what joins them.
+    The bone reaching the back quarter of the lungs' hull within :data:`SPINE_REACH_MM` of
+    the spine's column, the column taken from such bone lying between the lungs
+    (:func:`_chest_wall_limits`): the vertebrae and what joins them, not a rib beside one
+    lung.
 heart levels
     Slices where the mediastinum holds soft tissue (-30..150 HU; holes up to
     :data:`SOFT_HOLE_MM2` filled: the noise of thin low-dose slices, calcium) at least
