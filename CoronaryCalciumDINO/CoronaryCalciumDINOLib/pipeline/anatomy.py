@@ -544,23 +544,23 @@ def _chest_wall_limits(bone: np.ndarray, hull: np.ndarray, dz: float, dense: np.
                     front[k] = max(front[k], yy.max())
                 continue
             if yy.max() > y1 - 0.25 * h and yy.min() > y0 + 0.25 * h:
-                mid = int(np.median(xx))
-                between = lungs is None or bool(lungs[k, yy.min():, :mid].any() and lungs[k, yy.min():, mid + 1:].any())
-                in_back[k].append((yy, xx, between))
+                mid = float(np.median(xx))
+                m = int(mid)
+                between = lungs is None or bool(lungs[k, yy.min():, :m].any() and lungs[k, yy.min():, m + 1:].any())
+                in_back[k].append((yy, xx, mid, between))
             elif yy.min() < y0 + 0.25 * h and abs(np.median(xx) - xc) < 0.2 * w:
                 front[k] = max(front[k], yy.max())
     # the spine's column: over the slices, the middle of each slice's largest part in the back
     # quarter (the vertebra; a rib's back arc at the side, a scapula outside the hull, move
     # from slice to slice), of those between the lungs (a rib beside one lung is not the
     # vertebra). A heart-centred view has the spine off its centre.
-    pick = [[p for p in parts if p[2]] for parts in in_back]
-    largest = [float(np.median(max(parts, key=lambda p: p[0].size)[1])) for parts in pick if parts]
+    pick = [[p for p in parts if p[3]] for parts in in_back]
+    largest = [max(parts, key=lambda p: p[0].size)[2] for parts in pick if parts]
     if largest:
         column = float(np.median(largest))
         near = SPINE_REACH_MM / cell_mm
         for k, parts in enumerate(in_back):
-            for yy, xx, _ in parts:
-                mid = float(np.median(xx))
+            for yy, xx, mid, _ in parts:
                 if abs(mid - column) <= near:
                     # the vertebral body's front, not that of the rib heads joined to it
                     top = int(yy[np.abs(xx - mid) <= half].min())
