@@ -109,6 +109,52 @@ def test_outputs_types_shapes(bundle_dir):
     assert len(extra["lesion_confidence"]) == len(res.score.lesions)
 
 
+def test_the_report_says_where_the_artery_names_came_from_and_flags_the_models_own(bundle_dir):
+    """No lungs in the toy CT, so no aorta: the names are the segmenter's, the report's model
+    says why and the review flags tell the reader; nothing labelled names nothing."""
+    from CoronaryCalciumDINOLib.report import build_report
+    from CoronaryCalciumDINOLib.report.flags import review_flags
+
+    ct = _ct()
+    b = load_bundle(bundle_dir)
+    b.detector = PeakDetector(centre_hu=360.0)
+    b.segmenter = ConstantSegmenter(2)
+    b.manifest["detector"]["threshold"] = 0.5
+    res = run_pipeline(ct, b, device="cpu")
+    assert res.labels.any() and res.anatomy is not None and res.anatomy.aorta_axis is None
+    assert res.names_from == "segmenter: no aorta found"
+    extra = res.report_extra()
+    assert extra["model"]["artery_names_from"] == "segmenter: no aorta found"
+    assert extra["model"]["arteries_named_from_aorta"] is False
+    flags = review_flags(ct, build_report(res.score, "x", **extra))
+    names = [f for f in flags if f["flag"] == "artery_names"]
+    assert len(names) == 1 and "the ascending aorta was not found" in names[0]["message"]
+    asked = run_pipeline(ct, b, device="cpu", naming="segmenter")
+    assert asked.report_extra()["model"]["artery_names_from"] == "segmenter: asked for"
+    b.detector = PeakDetector(centre_hu=5000.0)  # no slice passes: nothing labelled, nothing named
+    none = run_pipeline(ct, b, device="cpu")
+    assert not none.labels.any() and none.names_from == ""
+    assert "artery_names_from" not in none.report_extra()["model"]
+    assert not [f for f in review_flags(ct, build_report(none.score, "x", **none.report_extra()))
+                if f["flag"] == "artery_names"]
+
+
+def test_names_source_tells_each_reason():
+    from types import SimpleNamespace
+
+    from CoronaryCalciumDINOLib.pipeline.inference import names_source
+
+    found = SimpleNamespace(aorta_axis=np.zeros((3, 2)))
+    lost = SimpleNamespace(aorta_axis=None)
+    assert names_source("aorta", "aorta", found, False, True) == "aorta"
+    assert names_source("segmenter: the aorta disagrees", "aorta", found, False, True) == "segmenter: the aorta disagrees"
+    assert names_source("segmenter", "aorta", lost, False, True) == "segmenter: no aorta found"
+    assert names_source("segmenter", "aorta", None, False, True) == "segmenter: no aorta found"
+    assert names_source("segmenter", "segmenter", found, False, True) == "segmenter: asked for"
+    assert names_source("segmenter", "aorta", lost, True, True) == ""  # a phantom: named by side
+    assert names_source("segmenter", "aorta", lost, False, False) == ""  # no calcium
+
+
 def test_gating_slices_and_candidates(bundle_dir):
     ct = _ct()
     b = load_bundle(bundle_dir)

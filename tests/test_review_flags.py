@@ -185,6 +185,23 @@ def test_unsure_lesions_that_decide_the_risk_category_are_flagged():
     assert "would be 0, not 1-10" in fl.confidence_flag(_report(4.0, [_lesion(4.0, 0.55)]))["message"]
 
 
+def _named(source, total=120.0):
+    return {"total": {"agatston": total}, "lesions": [], "model": {"name": "m", "artery_names_from": source}}
+
+
+def test_artery_names_that_are_the_models_own_are_flagged():
+    for source, why in (("segmenter: no aorta found", "the ascending aorta was not found"),
+                        ("segmenter: the aorta disagrees", "were at odds with the model's"),
+                        ("segmenter: asked for", "the model's own names were asked for")):
+        found = fl.artery_names_flag(_named(source))
+        assert found is not None and found["flag"] == "artery_names"
+        assert why in found["message"] and "the total (120.0 Agatston)" in found["message"]
+    assert fl.artery_names_flag(_named("aorta")) is None
+    assert fl.artery_names_flag(_named("segmenter: no aorta found", total=0.0)) is None  # nothing to name
+    assert fl.artery_names_flag({"total": {"agatston": 50.0}, "lesions": []}) is None  # scored from a label map
+    assert fl.artery_names_flag(_named("")) is None
+
+
 def test_rescored_flags_keep_the_image_flags_and_drop_confidence_after_edits():
     previous = {"review_flags": [
         {"flag": "model_confidence", "message": "m"}, {"flag": "noise", "message": "n"},
@@ -193,6 +210,9 @@ def test_rescored_flags_keep_the_image_flags_and_drop_confidence_after_edits():
     middle = {"lesions": [{"artery": "LAD", "slice": 2, "agatston": 3.0}]}
     assert ids(fl.rescored_flags(previous, middle, 5, edited=False)) == ["model_confidence", "noise"]
     assert ids(fl.rescored_flags(previous, middle, 5, edited=True)) == ["noise"]
+    named = {"review_flags": [{"flag": "noise", "message": "n"}, {"flag": "artery_names", "message": "a"}]}
+    assert ids(fl.rescored_flags(named, middle, 5, edited=False)) == ["artery_names", "noise"]
+    assert ids(fl.rescored_flags(named, middle, 5, edited=True)) == ["noise"]
     edge = {"lesions": [{"artery": "LAD", "slice": 0, "agatston": 3.0}]}
     assert ids(fl.rescored_flags(previous, edge, 5, edited=True)) == ["coverage", "noise"]
 

@@ -208,6 +208,7 @@ def evaluate_scan(name: str, folder: Path, ref: dict, bundle, options: ScoringOp
         "lesions": len(score.lesions),
         "model": {k: res.model_info.get(k) for k in ("name", "version", "sha256")},
         "counts": {k: (int(v) if isinstance(v, (int, np.integer)) else v) for k, v in res.counts.items()},
+        "names_from": getattr(res, "names_from", ""),
         "warnings": [*ct.warnings, *res.warnings],
     }
     return row, ct, res

@@ -113,6 +113,10 @@ class PipelineResult:
     #: [z0, z1) and the orientation (see :meth:`heart_region`)
     anatomy: Anatomy | None = None
     view: tuple | None = None
+    #: where the artery names came from (stage *name*): "aorta"; "segmenter: no aorta found",
+    #: "segmenter: the aorta disagrees" or "segmenter: asked for" (``naming="segmenter"``);
+    #: "" where there was nothing to name (no calcium, a phantom named by side)
+    names_from: str = ""
 
     def heart_region(self) -> np.ndarray | None:
         """bool (z, y, x) on the CT grid, in its storage order: where the pipeline looked for
@@ -133,7 +137,8 @@ class PipelineResult:
             ],
             "lesion_confidence": [dict(c) for c in self.lesion_confidence],
             "model": {**self.model_info, "taken_for_phantom": bool(self.counts.get("phantom", 0)),
-                      "arteries_named_from_aorta": bool(self.counts.get("arteries_named_from_aorta", 0))},
+                      "arteries_named_from_aorta": bool(self.counts.get("arteries_named_from_aorta", 0)),
+                      **({"artery_names_from": self.names_from} if self.names_from else {})},
         }
 
 
@@ -526,6 +531,21 @@ def name(labels: np.ndarray, hu: np.ndarray, anatomy: Anatomy | None, spacing, t
     return name_with_source(np.where(hu >= threshold_hu, labels, 0).astype(labels.dtype), anatomy, spacing)
 
 
+def names_source(named_by: str, naming: str, anatomy: Anatomy | None, phantom: bool, calcium: bool) -> str:
+    """Where the artery names came from, for the report (:attr:`PipelineResult.names_from`):
+    ``named_by`` is what stage *name* said ("aorta", "segmenter" or "segmenter: the aorta
+    disagrees"); "" where nothing was named (no calcium; a phantom, named by side)."""
+    if phantom or not calcium:
+        return ""
+    if named_by == "aorta":
+        return "aorta"
+    if naming == "segmenter":
+        return "segmenter: asked for"
+    if named_by == "segmenter" and (anatomy is None or anatomy.aorta_axis is None):
+        return "segmenter: no aorta found"
+    return named_by
+
+
 def _embed(a: np.ndarray, z0: int, nz: int, axis: int = 0) -> np.ndarray:
     """``a`` (slices [z0, z0 + len) along ``axis``) on all ``nz`` slices, zeros elsewhere."""
     if a.shape[axis] == nz:
@@ -648,6 +668,7 @@ def run_pipeline(
         labels, named_by = name(labels, net, use, ct.spacing, params.threshold_hu)
         gated = None if gated is None else name(gated, net, use, ct.spacing, params.threshold_hu)[0]
     timings["naming_s"] = time.perf_counter() - t
+    names_from = names_source(named_by, naming, anatomy, bool(rt.phantom), bool(labels.any()))
 
     nz = hu.shape[0]
     n_slice = np.bincount(cands.z, minlength=z1 - z0)
@@ -685,4 +706,5 @@ def run_pipeline(
         gated_labels=gated,
         anatomy=anatomy,
         view=((z0, z1), view.flips),
+        names_from=names_from,
     )

@@ -10,6 +10,16 @@ know. The flags and what raises them:
     P(calcium) over the lesion, 0.5-1 for a labelled lesion) is below
     :data:`LOW_CONFIDENCE` would, left out, put the total Agatston into another risk
     category. Uncertain lesions that cannot change the category raise nothing.
+``artery_names``
+    The artery names are the segmenter's own, not the ascending aorta's (the report's
+    ``model.artery_names_from``: the aorta was not found, or its names were at odds with the
+    segmenter's on the side of the coronary tree, or the segmenter's names were asked for).
+    On real scans the segmenter's names are often wrong; the total and the risk category
+    do not depend on the names. Measured on the real dev scans with bundle 0.6.8
+    (``training/results/real-dev-coca-segmenter-names.md``, ``real-dev-coca.md``): with the
+    segmenter's names at most 16 % of the AI's Agatston lay on the right artery, named
+    from the aorta at most 65 %. A study without calcium, or a phantom (named by side),
+    raises nothing.
 ``contrast``
     The CT looks contrast-enhanced (:mod:`..pipeline.contrast`): the scores are not valid.
 ``slice_spacing``
@@ -47,8 +57,9 @@ when given, else the heart field the candidates are searched in (a 160 mm square
 the heart centre found from HU alone, on every slice).
 
 After the scores are edited and rescored (:func:`rescored_flags`), the flags of the image
-are kept, ``coverage`` is found again on the new lesions, and ``model_confidence`` is
-dropped once a reader has edited the segments (it speaks of the AI's lesions).
+are kept, ``coverage`` is found again on the new lesions, and ``model_confidence`` and
+``artery_names`` are dropped once a reader has edited the segments (they speak of the AI's
+lesions).
 """
 
 from __future__ import annotations
@@ -81,6 +92,8 @@ SHARP_WORDS = ("LUNG", "BONE", "EDGE", "SHARP", "DETAIL")
 
 #: Flags that describe the image (kept when the segments are edited and rescored).
 IMAGE_FLAGS = ("contrast", "slice_spacing", "noise", "kernel", "metal")
+#: Flags that speak of the AI's lesions (dropped once a reader edits the segments).
+AI_FLAGS = ("model_confidence", "artery_names")
 
 
 def _flag(flag: str, message: str) -> dict:
@@ -121,6 +134,25 @@ def confidence_flag(report: dict, low: float = LOW_CONFIDENCE) -> dict | None:
         f"{spread}, {share:.1f} of {total:.1f} Agatston, slice {_slices_text([les['slice'] for les in unsure])}): "
         f"without {'it' if len(unsure) == 1 else 'them'} the category would be {without}, not {now}; check "
         f"{'it' if len(unsure) == 1 else 'them'}",
+    )
+
+
+def artery_names_flag(report: dict) -> dict | None:
+    """``artery_names`` (see the module docstring), or None."""
+    source = (report.get("model") or {}).get("artery_names_from")
+    if not isinstance(source, str) or not source.startswith("segmenter"):
+        return None
+    total = float((report.get("total") or {}).get("agatston", 0.0))
+    if total <= 0:
+        return None
+    why = {"segmenter: no aorta found": "the ascending aorta was not found on this scan",
+           "segmenter: the aorta disagrees": "the names from the ascending aorta were at odds with the model's",
+           "segmenter: asked for": "the model's own names were asked for"}.get(source, source)
+    return _flag(
+        "artery_names",
+        f"the artery names are the model's own, not from the aorta ({why}): on real scans they are often wrong; "
+        f"the total ({total:.1f} Agatston) and the risk category do not depend on them; check which artery "
+        "each lesion lies on",
     )
 
 
@@ -296,6 +328,7 @@ def review_flags(ct, report: dict, heart_region: np.ndarray | None = None) -> li
         region = None  # no heart region found: the heart field
     found = [
         confidence_flag(report),
+        artery_names_flag(report),
         contrast_flag(ct),
         slice_spacing_flag(ct),
         coverage_flag(report, int(np.asarray(ct.hu).shape[0])),
@@ -308,13 +341,14 @@ def review_flags(ct, report: dict, heart_region: np.ndarray | None = None) -> li
 
 def rescored_flags(previous: dict, report: dict, n_slices: int, edited: bool) -> list[dict]:
     """The flags of a rescored result: ``previous``'s image flags, ``coverage`` found again on
-    ``report``'s lesions, ``model_confidence`` kept only while no segment was edited."""
+    ``report``'s lesions, ``model_confidence`` and ``artery_names`` kept only while no segment
+    was edited."""
     old = [f for f in previous.get("review_flags") or [] if isinstance(f, dict)]
-    out = [f for f in old if f.get("flag") in IMAGE_FLAGS or (f.get("flag") == "model_confidence" and not edited)]
+    out = [f for f in old if f.get("flag") in IMAGE_FLAGS or (f.get("flag") in AI_FLAGS and not edited)]
     coverage = coverage_flag(report, n_slices)
     if coverage is not None:
         out.append(coverage)
-    order = ["model_confidence", "contrast", "slice_spacing", "coverage", "noise", "kernel", "metal"]
+    order = ["model_confidence", "artery_names", "contrast", "slice_spacing", "coverage", "noise", "kernel", "metal"]
     return sorted(out, key=lambda f: order.index(f["flag"]) if f.get("flag") in order else len(order))
 
 
