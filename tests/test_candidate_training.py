@@ -96,6 +96,39 @@ def test_training_cache_keeps_what_the_region_leaves_out(tiny_cache, tmp_path):
     assert np.exp(specks["context"][~specks["in_region"], CONTEXT_INDEX["log_area_mm2"]]).max() <= 20
 
 
+def test_cache_cuts_a_share_of_studies_to_a_heart_centred_field(tiny_cache, tmp_path):
+    """``cut_share``: a study's field (180-220 mm, up to 30 mm off the heart) drawn from its seed
+    alone; its samples are what inference gives the networks on the CT cut to that field."""
+    from training.candidate_data import CUT_FIELD_MM, CUT_OFF_MM, _cut, cut_field
+
+    names = [f"synth-{i:06d}" for i in range(1000, 1400)]
+    fields = [cut_field(n, 0.3) for n in names]
+    assert 0.2 < np.mean([f is not None for f in fields]) < 0.4
+    assert fields == [cut_field(n, 0.3) for n in names]  # the same in every cache and run
+    assert all(cut_field(n, 0.0) is None for n in names) and all(cut_field(n, 1.0) is not None for n in names)
+    side, back, left = np.array([cut_field(n, 1.0) for n in names]).T
+    assert CUT_FIELD_MM[0] <= side.min() and side.max() <= CUT_FIELD_MM[1]
+    assert np.abs(back).max() <= CUT_OFF_MM and np.abs(left).max() <= CUT_OFF_MM and back.min() < -20 < 20 < left.max()
+    dirs, plain_path = tiny_cache
+    cut = load_cache(build_cache(dirs, tmp_path / "cut.npz", CandidateConfig(), max_neg=None, n_random=0, cut_share=1.0))
+    assert cut["meta"]["cut_share"] == 1.0 and "cut_share" not in load_cache(plain_path)["meta"]
+    i = int(cut["study"][np.flatnonzero(cut["target"] > 0)[0]])
+    st = load_study(dirs[i], with_heart=False)
+    field = cut_field(Path(dirs[i]).name, 1.0)
+    hu, labels = _cut(np.asarray(st.ct.hu, np.float32), st.labels, st.ct.spacing, field)
+    assert hu.shape[0] == st.ct.hu.shape[0] and hu.shape[1] < st.ct.hu.shape[1]
+    assert abs(hu.shape[1] * st.ct.spacing[1] - field[0]) <= 2 * st.ct.spacing[1]  # the field, inside the image
+    anatomy, (z0, z1) = locate(hu, st.ct.spacing)
+    hu, labels = hu[z0:z1], labels[z0:z1]
+    c, _ = keep_heart_region(find_candidates(hu, st.ct.spacing, CandidateConfig()), anatomy, hu)
+    y = c.targets(labels)
+    mine = cut["study"] == i
+    np.testing.assert_array_equal(cut["target"][mine], y)
+    k = int(np.flatnonzero(mine & (cut["target"] > 0))[0])
+    same = crop_hu(hu, c, [int(np.flatnonzero(y > 0)[0])])[0]
+    np.testing.assert_allclose(cut["crops"][k, 4:36, 4:36].astype(np.float32), same, atol=0.5)
+
+
 @pytest.mark.parametrize("guided", [True, False])
 def test_views_and_a_few_dino_steps_resume(tiny_cache, tmp_path, guided, monkeypatch, capsys):
     _, path = tiny_cache
@@ -147,6 +180,10 @@ def test_build_default_bundle_tiny(tmp_path, capsys):
     # the training cache holds the chest wall's candidates too; validation only the region's
     assert load_cache(tmp_path / "work" / "train.npz")["meta"]["outside_region"] is True
     assert "outside_region" not in load_cache(tmp_path / "work" / "val.npz")["meta"]
+    # a share of the training and validation studies cut to a heart-centred field; the held-out ones never
+    assert load_cache(tmp_path / "work" / "train.npz")["meta"]["cut_share"] == 0.3
+    assert load_cache(tmp_path / "work" / "val.npz")["meta"]["cut_share"] == 0.3
+    assert "cut_share" not in load_cache(tmp_path / "work" / "test.npz")["meta"]
     commands = json.loads((res / "ccdino-default-commands.json").read_text())
     assert "--seg-outside-max-mm2 20.0" in commands["stages"]["supervised"]
     # the segmenter's draw settings always passed (the defaults: 0.6.7's)
@@ -154,6 +191,7 @@ def test_build_default_bundle_tiny(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "work" / "phantoms").iterdir()) == ["synth-phantom-700002", "synth-phantom-700003"]
     b = load_bundle(out)
     assert "one in 2 of them (2) as its non-gated" in b.manifest["trained_on"]
+    assert "0.3 share of the training and validation studies was cut" in (out / "MODEL_CARD.md").read_text()
     assert b.phantom_detector is not None and 0 < b.phantom_threshold < 1
     from training.train_candidates import COARSE_CONTEXT
 
@@ -592,6 +630,10 @@ def test_recipe_passes_the_segmenter_draw_settings():
     assert "0.25 share" in segmenter_draw_text(args) and "calcium is decided" not in segmenter_draw_text(args)
     from training import train_candidates
 
+    from training import build_default_bundle
+
+    with pytest.raises(SystemExit, match="--cut-fields must be a share between 0 and 1, got 1.5"):
+        build_default_bundle.main(["--cut-fields", "1.5", "--work", "w", "--out", "o"])
     with pytest.raises(SystemExit, match="--seg-coarse-dropout must be a share between 0 and 1, got 2"):
         train_candidates.main(["--train", "t.npz", "--val", "v.npz", "--backbone", "random:0", "--out", "o",
                                "--seg-coarse-dropout", "2"])

@@ -47,6 +47,9 @@ from pathlib import Path
 from CoronaryCalciumDINOLib.models.bundle import DEFAULT_BUNDLE_DIR
 
 REPO = Path(__file__).resolve().parents[1]
+#: Default ``--cut-fields``: the share of training and validation studies cut to a
+#: heart-centred field of view (training.candidate_data.cut_field).
+CUT_FIELDS = 0.3
 PHANTOM = REPO / "Testing" / "Data" / "qrm-phantom-canon"
 
 
@@ -86,6 +89,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-in-region-only", action="store_true",
                    help="train on the heart region's candidates only (0.6.3 and before); the default also "
                         "trains on those the anatomy step leaves out (bone, chest wall; almost all non-coronary)")
+    p.add_argument("--cut-fields", type=float, default=CUT_FIELDS, metavar="SHARE",
+                   help="share of the training and validation studies the caches cut to a heart-centred field of "
+                        "view first (180-220 mm, its centre up to 30 mm off the heart's: training.candidate_data."
+                        f"cut_field; default {CUT_FIELDS:g}; 0: none, as bundles up to 0.6.8 were trained)")
     p.add_argument("--ssl-steps", type=int, default=1200)
     p.add_argument("--ssl-batch", type=int, default=64)
     p.add_argument("--ssl-variant", choices=BUNDLE_VARIANTS, default="dino-lg",
@@ -178,6 +185,8 @@ def main(argv=None) -> int:
         raise SystemExit(f"--ssl-variant {args.ssl_variant} needs its own --out (the default one is the shipped bundle)")
     if args.seed < 0:
         raise SystemExit("--seed must be >= 0")
+    if not 0 <= args.cut_fields <= 1:
+        raise SystemExit(f"--cut-fields must be a share between 0 and 1, got {args.cut_fields:g}")
     problem = segmenter_draw_problem(args.seg_size_power, args.seg_coarse_dropout, args.seg_dropped_learn)
     if problem:
         raise SystemExit(problem)
@@ -270,8 +279,9 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     cfg = CandidateConfig()
     train_cache = build_cache(train_dirs, work / "train.npz", cfg, max_neg=args.max_neg, log=_log,
-                              outside_region=not args.train_in_region_only)
-    val_cache = build_cache(val_dirs, work / "val.npz", cfg, max_neg=None, n_random=0, log=_log)
+                              outside_region=not args.train_in_region_only, cut_share=args.cut_fields)
+    val_cache = build_cache(val_dirs, work / "val.npz", cfg, max_neg=None, n_random=0, log=_log,
+                            cut_share=args.cut_fields)
     test_cache = build_cache(test_dirs, work / "test.npz", cfg, max_neg=None, n_random=0, log=_log)
     if "caches_s" not in timings:
         ran("caches_s", t)
@@ -537,13 +547,15 @@ def segmenter_draw_text(args) -> str:
 
 def train_region_text(args) -> str:
     """The model card's line on what the networks trained on."""
+    cut = (f" A {args.cut_fields:g} share of the training and validation studies was cut to a heart-centred field of "
+           "view first (180-220 mm, its centre up to 30 mm off the heart's: --cut-fields)." if args.cut_fields else "")
     if args.train_in_region_only:
-        return "The networks trained on the heart region's candidates only (--train-in-region-only)."
+        return "The networks trained on the heart region's candidates only (--train-in-region-only)." + cut
     return ("The training cache also holds, as they are, the heart field's candidates the region leaves out (bone, "
             f"calcified costal cartilage, chest wall: almost all non-coronary; at most {args.max_neg} non-coronary "
             "candidates per study in all): the self-supervised stage, the detector heads and the baseline train on all "
             f"of them, the segmenter on those of at most {args.seg_outside_max_mm2:g} mm^2 (the chest wall's specks, "
-            "not its bone); validation and the held-out evaluation take the region's only, as inference does.")
+            "not its bone); validation and the held-out evaluation take the region's only, as inference does." + cut)
 
 
 def model_card(args, metrics, bb_cfg, sup, timings, environment, cfg) -> str:

@@ -57,6 +57,16 @@ from CoronaryCalciumDINOLib.pipeline.inference import heart_region_mask, locate,
 #: regions of any size reaching the image's in-plane edge (:func:`CoronaryCalciumDINOLib.pipeline.anatomy.find_bone`)
 CACHE_VERSION = 5
 
+#: Heart-centred fields of view the training caches cut a share of the studies to
+#: (``cut_share``; the recipe's ``--cut-fields``): a square of ``CUT_FIELD_MM`` mm whose
+#: centre lies up to ``CUT_OFF_MM`` mm (each of back / left) from the heart's centre, as a
+#: gated scan's field centred by eye. The generator draws fields of 205 mm or wider, at most
+#: 15 mm off the heart; there the heart field (160 mm round the heart's centre) never reaches
+#: past the image, and what lies past it reads as air in the context (the coarse views and
+#: the surroundings) of every candidate near the view's edge.
+CUT_FIELD_MM = (180.0, 220.0)
+CUT_OFF_MM = 30.0
+
 #: Of the candidates an ``outside_region`` cache holds beyond the heart region, the segmenter
 #: trains on those of at most this area (mm^2): the chest wall's specks, not its bone
 #: (``train_candidates --seg-outside-max-mm2``, ``retrain_segmenter --outside-max-mm2``, the recipe).
@@ -116,16 +126,54 @@ def adjacent_step(dz_mm: float) -> int:
     return int(adjacent_offsets(dz_mm)[0])
 
 
+def cut_field(study_name: str, share: float) -> tuple[float, float, float] | None:
+    """The heart-centred field (side mm, centre back mm, centre left mm from the heart's
+    centre) a cache cuts the study named ``study_name`` (e.g. ``synth-000123``) to, or None
+    (a ``1 - share`` of the studies; always None for ``share`` 0): drawn from the study's
+    seed alone, so a study is cut alike in every cache and every run."""
+    digits = "".join(ch for ch in str(study_name) if ch.isdigit())
+    if share <= 0 or not digits:
+        return None
+    rng = np.random.default_rng([int(digits), 1801])
+    if rng.random() >= share:
+        return None
+    side = float(rng.uniform(*CUT_FIELD_MM))
+    back, left = (float(v) for v in rng.uniform(-CUT_OFF_MM, CUT_OFF_MM, size=2))
+    return side, back, left
+
+
+def _cut(hu: np.ndarray, labels: np.ndarray, spacing, field: tuple[float, float, float]):
+    """``hu`` and ``labels`` (canonical layout) cut in-plane to ``field`` (:func:`cut_field`)
+    round the heart's centre found on the slices a cardiac scan would hold, as a scan
+    reconstructed on that field shows them (the part of it inside the image)."""
+    from CoronaryCalciumDINOLib.pipeline.anatomy import heart_centre
+
+    _, (z0, z1) = locate(hu, spacing)
+    cy, cx = heart_centre(hu[z0:z1], spacing)
+    dy, dx = float(spacing[1]), float(spacing[2])
+    side, back, left = field
+    ny, nx = int(round(side / dy)), int(round(side / dx))
+    y0 = int(round(cy + back / dy - ny / 2.0))
+    x0 = int(round(cx + left / dx - nx / 2.0))
+    ys = slice(max(y0, 0), min(y0 + ny, hu.shape[1]))
+    xs = slice(max(x0, 0), min(x0 + nx, hu.shape[2]))
+    return np.ascontiguousarray(hu[:, ys, xs]), np.ascontiguousarray(labels[:, ys, xs])
+
+
 def study_samples(path, cfg: CandidateConfig, margin: int, max_neg: int | None, n_random: int, rng,
-                  adjacent: bool = False, outside_region: bool = False) -> dict:
+                  adjacent: bool = False, outside_region: bool = False, cut_share: float = 0.0) -> dict:
     """Arrays of one study: see :func:`build_cache`; with ``adjacent`` also ``crops_adjacent``
     (n, 2, S, S): the crops at the same (x, y) ``adjacent_step`` slices below and above
-    (clamped to the cardiac range) and ``adjacent_dz`` (n, 2) the slice offsets used."""
+    (clamped to the cardiac range) and ``adjacent_dz`` (n, 2) the slice offsets used.
+    ``cut_share``: the share of studies cut to a heart-centred field first (:func:`cut_field`)."""
     s = load_study(path, with_heart=False)
     view, _ = orient(s.ct, np.asarray(s.ct.hu))
     flips, hu = view.flips, view.hu
     axes = pp.flip_axes(flips)
     labels = np.ascontiguousarray(np.flip(s.labels, axes) if axes else s.labels)
+    field = cut_field(Path(path).name, cut_share)
+    if field is not None:
+        hu, labels = _cut(hu, labels, s.ct.spacing, field)
     anatomy, (z0, z1) = locate(hu, s.ct.spacing)
     hu, labels = hu[z0:z1], labels[z0:z1]
     c = find_candidates(hu, s.ct.spacing, cfg)
@@ -147,6 +195,8 @@ def study_samples(path, cfg: CandidateConfig, margin: int, max_neg: int | None, 
     slice_has[np.asarray(s.meta.get("slices_with_calcium", []), dtype=int)] = True
     if flips[0]:
         slice_has = slice_has[::-1].copy()
+    if field is not None:  # calcium the cut leaves out of view is not on the slice any more
+        slice_has &= labels.any(axis=(1, 2))
     slice_has = slice_has[z0:z1]
     rnd = random_points(c, n_random, rng)
     extra = {}
@@ -175,10 +225,12 @@ def study_samples(path, cfg: CandidateConfig, margin: int, max_neg: int | None, 
 
 
 def build_cache(studies, out: Path, cfg: CandidateConfig, margin: int = 4, max_neg: int | None = 500,
-                n_random: int = 200, seed: int = 0, log=print, outside_region: bool = False) -> Path:
+                n_random: int = 200, seed: int = 0, log=print, outside_region: bool = False,
+                cut_share: float = 0.0) -> Path:
     """Write ``out`` (.npz) with the samples of ``studies`` (list of study folders); resumable by file.
     ``outside_region``: keep also the candidates the anatomy step leaves out (for training;
-    ``max_neg`` caps all of a study's negatives together).
+    ``max_neg`` caps all of a study's negatives together). ``cut_share``: the share of the
+    studies cut to a heart-centred field of view first (:func:`cut_field`).
 
     Keys: ``crops`` (N, P+2m, P+2m) float16 HU, ``pixel_labels`` (N, P, P) uint8, ``masks`` (N, P, P) uint8 (pixels of the candidate itself),
     ``context`` (N, C), ``target`` (N,) 0..4, ``weight`` (N,), ``in_region`` (N,) bool (what
@@ -191,6 +243,8 @@ def build_cache(studies, out: Path, cfg: CandidateConfig, margin: int = 4, max_n
             "n_random": n_random, "seed": seed, "studies": [Path(p).name for p in studies]}
     if outside_region:  # absent otherwise: caches built before the option stay up to date
         meta["outside_region"] = True
+    if cut_share > 0:  # the same
+        meta["cut_share"] = float(cut_share)
     if out.exists():
         with np.load(out, allow_pickle=False) as z:
             if json.loads(str(z["meta"])) == meta:
@@ -200,7 +254,8 @@ def build_cache(studies, out: Path, cfg: CandidateConfig, margin: int = 4, max_n
     parts = []
     t0 = time.perf_counter()
     for i, p in enumerate(studies):
-        parts.append(study_samples(p, cfg, margin, max_neg, n_random, rng, outside_region=outside_region))
+        parts.append(study_samples(p, cfg, margin, max_neg, n_random, rng, outside_region=outside_region,
+                                   cut_share=cut_share))
         if (i + 1) % 20 == 0 or i + 1 == len(studies):
             log(f"  cache {out.name}: {i + 1}/{len(studies)} studies ({time.perf_counter() - t0:.0f} s)")
     sizes = [len(q["target"]) for q in parts]
