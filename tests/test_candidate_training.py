@@ -166,7 +166,7 @@ def test_build_default_bundle_tiny(tmp_path, capsys):
             "--n-val", "2", "--n-test", "2", "--matrix", "160", "--n-slices", "10", "--train-plaques",
             "--ssl-steps", "3", "--ssl-batch", "8", "--seg-steps", "3", "--threads", "1", "--device", "cpu",
             "--target-sensitivity", "0.9", "--n-calibration", "3", "--n-phantoms", "2", "--n-val-phantoms", "1",
-            "--phantom-seed", "700002", "--n-test-phantoms", "1", "--non-gated-every", "2"]
+            "--phantom-seed", "700002", "--n-test-phantoms", "1", "--non-gated-every", "2", "--cut-fields", "0.3"]
     assert build_default_bundle.main(argv) == 0
     # every 2nd training study is its non-gated reconstruction; the held-out ones stay gated
     assert sorted(p.name for p in (tmp_path / "work" / "studies").iterdir()) == [
@@ -180,7 +180,8 @@ def test_build_default_bundle_tiny(tmp_path, capsys):
     # the training cache holds the chest wall's candidates too; validation only the region's
     assert load_cache(tmp_path / "work" / "train.npz")["meta"]["outside_region"] is True
     assert "outside_region" not in load_cache(tmp_path / "work" / "val.npz")["meta"]
-    # a share of the training and validation studies cut to a heart-centred field; the held-out ones never
+    # --cut-fields 0.3: a share of the training and validation studies cut to a heart-centred field;
+    # the held-out ones never
     assert load_cache(tmp_path / "work" / "train.npz")["meta"]["cut_share"] == 0.3
     assert load_cache(tmp_path / "work" / "val.npz")["meta"]["cut_share"] == 0.3
     assert "cut_share" not in load_cache(tmp_path / "work" / "test.npz")["meta"]
@@ -618,6 +619,7 @@ def test_recipe_passes_the_segmenter_draw_settings():
 
     args = parse_args([])
     assert (args.seg_size_power, args.seg_coarse_dropout, args.seg_dropped_learn) == (0.5, 0.5, "calcium")
+    assert args.cut_fields == 0.0  # the shipped bundle's recipe cuts no study
     assert segmenter_draw_flags(args) == ["--seg-size-power", "0.5", "--seg-coarse-dropout", "0.5",
                                           "--seg-dropped-learn", "calcium"]
     text = segmenter_draw_text(args)

@@ -48,8 +48,10 @@ from CoronaryCalciumDINOLib.models.bundle import DEFAULT_BUNDLE_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 #: Default ``--cut-fields``: the share of training and validation studies cut to a
-#: heart-centred field of view (training.candidate_data.cut_field).
-CUT_FIELDS = 0.3
+#: heart-centred field of view (training.candidate_data.cut_field). 0: tried at 0.3, it did
+#: not keep the aorta's names on the real dev scans in the 180 mm fields set off the heart
+#: (training/results/cut-fields-experiment.md).
+CUT_FIELDS = 0.0
 PHANTOM = REPO / "Testing" / "Data" / "qrm-phantom-canon"
 
 
@@ -92,7 +94,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cut-fields", type=float, default=CUT_FIELDS, metavar="SHARE",
                    help="share of the training and validation studies the caches cut to a heart-centred field of "
                         "view first (180-220 mm, its centre up to 30 mm off the heart's: training.candidate_data."
-                        f"cut_field; default {CUT_FIELDS:g}; 0: none, as bundles up to 0.6.8 were trained)")
+                        f"cut_field; default {CUT_FIELDS:g}: none, as the shipped bundles were trained; 0.3 was tried: "
+                        "training/results/cut-fields-experiment.md)")
     p.add_argument("--ssl-steps", type=int, default=1200)
     p.add_argument("--ssl-batch", type=int, default=64)
     p.add_argument("--ssl-variant", choices=BUNDLE_VARIANTS, default="dino-lg",

@@ -23,6 +23,14 @@ can be capped per study (``max_neg``): each kept negative then carries the weigh
 ``negatives / kept`` so that statistics stay those of all candidates. Validation sets keep
 every candidate (``max_neg=None``).
 
+A share of the studies (``cut_share``, the recipe's ``--cut-fields``) is first cut to a
+heart-centred field of view (:func:`cut_field`: 180-220 mm, its centre up to 30 mm off the
+heart's), as a gated scan's field centred by eye shows the chest: the samples are then what
+inference computes on that cut scan, the anatomy step included. The generator's own fields
+are 205 mm or wider and at most 15 mm off the heart, so without the cut the networks never
+see the 160 mm heart field reach past the image, where the context of a candidate near the
+view's edge reads as air.
+
 Multi-view pretraining (VET-DINO on candidates) needs, for each candidate, the crop at the
 same (x, y) on the neighbouring slices: :func:`build_adjacent` writes them beside an existing
 cache (``crops_adjacent`` only, aligned with the cache's candidates, matched to recomputed
