@@ -110,7 +110,8 @@ def test_cache_cuts_a_share_of_studies_to_a_heart_centred_field(tiny_cache, tmp_
     assert CUT_FIELD_MM[0] <= side.min() and side.max() <= CUT_FIELD_MM[1]
     assert np.abs(back).max() <= CUT_OFF_MM and np.abs(left).max() <= CUT_OFF_MM and back.min() < -20 < 20 < left.max()
     dirs, plain_path = tiny_cache
-    cut = load_cache(build_cache(dirs, tmp_path / "cut.npz", CandidateConfig(), max_neg=None, n_random=0, cut_share=1.0))
+    cut_path = build_cache(dirs, tmp_path / "cut.npz", CandidateConfig(), max_neg=None, n_random=0, cut_share=1.0)
+    cut = load_cache(cut_path)
     assert cut["meta"]["cut_share"] == 1.0 and "cut_share" not in load_cache(plain_path)["meta"]
     i = int(cut["study"][np.flatnonzero(cut["target"] > 0)[0]])
     st = load_study(dirs[i], with_heart=False)
@@ -127,6 +128,35 @@ def test_cache_cuts_a_share_of_studies_to_a_heart_centred_field(tiny_cache, tmp_
     k = int(np.flatnonzero(mine & (cut["target"] > 0))[0])
     same = crop_hu(hu, c, [int(np.flatnonzero(y > 0)[0])])[0]
     np.testing.assert_allclose(cut["crops"][k, 4:36, 4:36].astype(np.float32), same, atol=0.5)
+    # multi-view pretraining finds every candidate of the cut cache again, on the cut scans
+    from training.candidate_data import build_adjacent
+
+    adj = np.load(build_adjacent(cut_path, Path(dirs[0]).parent, tmp_path / "adj.npz", log=lambda m: None))
+    assert int(adj["unmatched"]) == 0
+
+
+def test_a_cut_study_narrowed_to_its_cardiac_range_keeps_its_slices_aligned(tiny_cache, monkeypatch):
+    """A long scan is looked at on its cardiac range only: the cut's calcium slices are those of
+    that range (a chest CT's range is narrower than the scan; here one slice off each end)."""
+    from training import candidate_data as cdata
+
+    dirs, _ = tiny_cache
+    real = cdata.locate
+
+    def narrowed(hu, spacing):
+        anatomy, _ = real(hu, spacing)
+        return anatomy.crop(1, hu.shape[0] - 1), (1, hu.shape[0] - 1)
+
+    monkeypatch.setattr(cdata, "locate", narrowed)
+    calcified = 0
+    for d in dirs:
+        nz = load_study(d, with_heart=False).ct.hu.shape[0]
+        whole = cdata.study_samples(d, CandidateConfig(), 4, None, 0, np.random.default_rng(0))
+        cut = cdata.study_samples(d, CandidateConfig(), 4, None, 0, np.random.default_rng(0), cut_share=1.0)
+        assert len(whole["slice_has_calcium"]) == len(cut["slice_has_calcium"]) == nz - 2
+        assert not (cut["slice_has_calcium"] & ~whole["slice_has_calcium"]).any()
+        calcified += int(cut["slice_has_calcium"].any())
+    assert calcified > 0
 
 
 @pytest.mark.parametrize("guided", [True, False])

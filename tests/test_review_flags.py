@@ -191,11 +191,11 @@ def _named(source, total=120.0):
 
 def test_artery_names_that_are_the_models_own_are_flagged():
     for source, why in (("segmenter: no aorta found", "the ascending aorta was not found"),
-                        ("segmenter: the aorta disagrees", "were at odds with the model's"),
-                        ("segmenter: asked for", "the model's own names were asked for")):
+                        ("segmenter: the aorta disagrees", "were at odds with the segmenter's"),
+                        ("segmenter: asked for", "requested with --naming segmenter")):
         found = fl.artery_names_flag(_named(source))
         assert found is not None and found["flag"] == "artery_names"
-        assert why in found["message"] and "the total (120.0 Agatston)" in found["message"]
+        assert why in found["message"] and "the segmenter's own, not assigned from the position" in found["message"]
     assert fl.artery_names_flag(_named("aorta")) is None
     assert fl.artery_names_flag(_named("segmenter: no aorta found", total=0.0)) is None  # nothing to name
     assert fl.artery_names_flag({"total": {"agatston": 50.0}, "lesions": []}) is None  # scored from a label map

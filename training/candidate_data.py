@@ -40,6 +40,7 @@ candidates by their crops).
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -139,10 +140,10 @@ def cut_field(study_name: str, share: float) -> tuple[float, float, float] | Non
     centre) a cache cuts the study named ``study_name`` (e.g. ``synth-000123``) to, or None
     (a ``1 - share`` of the studies; always None for ``share`` 0): drawn from the study's
     seed alone, so a study is cut alike in every cache and every run."""
-    digits = "".join(ch for ch in str(study_name) if ch.isdigit())
-    if share <= 0 or not digits:
+    digits = re.search(r"\d+", str(study_name))
+    if share <= 0 or digits is None:
         return None
-    rng = np.random.default_rng([int(digits), 1801])
+    rng = np.random.default_rng([int(digits.group()), 1801])
     if rng.random() >= share:
         return None
     side = float(rng.uniform(*CUT_FIELD_MM))
@@ -203,9 +204,9 @@ def study_samples(path, cfg: CandidateConfig, margin: int, max_neg: int | None, 
     slice_has[np.asarray(s.meta.get("slices_with_calcium", []), dtype=int)] = True
     if flips[0]:
         slice_has = slice_has[::-1].copy()
-    if field is not None:  # calcium the cut leaves out of view is not on the slice any more
-        slice_has &= labels.any(axis=(1, 2))
     slice_has = slice_has[z0:z1]
+    if field is not None:  # calcium the cut leaves out of view is not on the slice any more
+        slice_has &= labels.any(axis=(1, 2))  # labels: the slices looked at, [z0, z1)
     rnd = random_points(c, n_random, rng)
     extra = {}
     if adjacent:
@@ -308,7 +309,8 @@ def build_adjacent(cache_path, studies_root, out: Path, log=print) -> Path:
     t0 = time.perf_counter()
     for i, name in enumerate(meta["studies"]):
         q = study_samples(Path(studies_root) / name, cfg, meta["margin"], None, 0, np.random.default_rng(0),
-                          adjacent=True, outside_region=bool(meta.get("outside_region")))
+                          adjacent=True, outside_region=bool(meta.get("outside_region")),
+                          cut_share=float(meta.get("cut_share", 0.0)))
         lut = {q["crops"][j].tobytes(): j for j in range(len(q["crops"]))}
         for k in np.flatnonzero(study == i):
             j = lut.get(crops[k].tobytes())

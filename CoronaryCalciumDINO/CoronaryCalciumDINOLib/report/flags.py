@@ -142,17 +142,17 @@ def artery_names_flag(report: dict) -> dict | None:
     source = (report.get("model") or {}).get("artery_names_from")
     if not isinstance(source, str) or not source.startswith("segmenter"):
         return None
-    total = float((report.get("total") or {}).get("agatston", 0.0))
-    if total <= 0:
+    if float((report.get("total") or {}).get("agatston", 0.0)) <= 0:
         return None
     why = {"segmenter: no aorta found": "the ascending aorta was not found on this scan",
-           "segmenter: the aorta disagrees": "the names from the ascending aorta were at odds with the model's",
-           "segmenter: asked for": "the model's own names were asked for"}.get(source, source)
+           "segmenter: the aorta disagrees": "the names from the ascending aorta's position were at odds with the "
+                                             "segmenter's",
+           "segmenter: asked for": "requested with --naming segmenter"}.get(source, source)
     return _flag(
         "artery_names",
-        f"the artery names are the model's own, not from the aorta ({why}): on real scans they are often wrong; "
-        f"the total ({total:.1f} Agatston) and the risk category do not depend on them; check which artery "
-        "each lesion lies on",
+        f"the artery names are the segmenter's own, not assigned from the position of the ascending aorta ({why}): "
+        "on real scans they are often wrong; the total and the risk category do not depend on them; check which "
+        "artery each lesion lies on",
     )
 
 
