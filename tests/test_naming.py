@@ -228,6 +228,8 @@ def test_without_an_aorta_the_segmenter_names_stay_one_side_per_lesion():
     assert an.aorta_axis is None
     out = name_arteries(lab, an, (3.0, 0.8, 0.8))
     assert (out[2, 50:53, 50:58] == 2).all()
+    assert name_with_source(lab, an, (3.0, 0.8, 0.8))[1] == "segmenter: no aorta found"
+    assert name_with_source(np.zeros_like(lab), an, (3.0, 0.8, 0.8))[1] == "segmenter"  # nothing to name
     assert np.array_equal(name_arteries(lab, None, (3.0, 0.8, 0.8)), out)
 
 

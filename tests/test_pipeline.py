@@ -140,19 +140,14 @@ def test_the_report_says_where_the_artery_names_came_from_and_flags_the_models_o
 
 
 def test_names_source_tells_each_reason():
-    from types import SimpleNamespace
-
     from CoronaryCalciumDINOLib.pipeline.inference import names_source
 
-    found = SimpleNamespace(aorta_axis=np.zeros((3, 2)))
-    lost = SimpleNamespace(aorta_axis=None)
-    assert names_source("aorta", "aorta", found, False, True) == "aorta"
-    assert names_source("segmenter: the aorta disagrees", "aorta", found, False, True) == "segmenter: the aorta disagrees"
-    assert names_source("segmenter", "aorta", lost, False, True) == "segmenter: no aorta found"
-    assert names_source("segmenter", "aorta", None, False, True) == "segmenter: no aorta found"
-    assert names_source("segmenter", "segmenter", found, False, True) == "segmenter: asked for"
-    assert names_source("segmenter", "aorta", lost, True, True) == ""  # a phantom: named by side
-    assert names_source("segmenter", "aorta", lost, False, False) == ""  # no calcium
+    assert names_source("aorta", "aorta", False, True) == "aorta"
+    assert names_source("segmenter: the aorta disagrees", "aorta", False, True) == "segmenter: the aorta disagrees"
+    assert names_source("segmenter: no aorta found", "aorta", False, True) == "segmenter: no aorta found"
+    assert names_source("segmenter: no aorta found", "segmenter", False, True) == "segmenter: asked for"
+    assert names_source("segmenter: no aorta found", "aorta", True, True) == ""  # a phantom: named by side
+    assert names_source("segmenter", "aorta", False, False) == ""  # no calcium
 
 
 def test_gating_slices_and_candidates(bundle_dir):

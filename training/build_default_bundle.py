@@ -93,7 +93,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "trains on those the anatomy step leaves out (bone, chest wall; almost all non-coronary)")
     p.add_argument("--cut-fields", type=float, default=CUT_FIELDS, metavar="SHARE",
                    help="share of the training and validation studies the caches cut to a heart-centred field of "
-                        "view first (180-220 mm, its centre up to 30 mm off the heart's: training.candidate_data."
+                        f"view first ({cut_fields_text()}: training.candidate_data."
                         f"cut_field; default {CUT_FIELDS:g}: none, as the shipped bundles were trained; 0.3 was tried: "
                         "training/results/cut-fields-experiment.md)")
     p.add_argument("--ssl-steps", type=int, default=1200)
@@ -548,10 +548,17 @@ def segmenter_draw_text(args) -> str:
     return f" Trained with {'; '.join(parts)}." if parts else ""
 
 
+def cut_fields_text() -> str:
+    """The cut fields' geometry in words (:func:`training.candidate_data.cut_field`)."""
+    from .candidate_data import CUT_FIELD_MM, CUT_OFF_MM
+
+    return f"{CUT_FIELD_MM[0]:g}-{CUT_FIELD_MM[1]:g} mm, its centre up to {CUT_OFF_MM:g} mm off the heart's"
+
+
 def train_region_text(args) -> str:
     """The model card's line on what the networks trained on."""
     cut = (f" A {args.cut_fields:g} share of the training and validation studies was cut to a heart-centred field of "
-           "view first (180-220 mm, its centre up to 30 mm off the heart's: --cut-fields)." if args.cut_fields else "")
+           f"view first ({cut_fields_text()}: --cut-fields)." if args.cut_fields else "")
     if args.train_in_region_only:
         return "The networks trained on the heart region's candidates only (--train-in-region-only)." + cut
     return ("The training cache also holds, as they are, the heart field's candidates the region leaves out (bone, "

@@ -66,13 +66,9 @@ from CoronaryCalciumDINOLib.pipeline.inference import heart_region_mask, locate,
 #: regions of any size reaching the image's in-plane edge (:func:`CoronaryCalciumDINOLib.pipeline.anatomy.find_bone`)
 CACHE_VERSION = 5
 
-#: Heart-centred fields of view the training caches cut a share of the studies to
-#: (``cut_share``; the recipe's ``--cut-fields``): a square of ``CUT_FIELD_MM`` mm whose
-#: centre lies up to ``CUT_OFF_MM`` mm (each of back / left) from the heart's centre, as a
-#: gated scan's field centred by eye. The generator draws fields of 205 mm or wider, at most
-#: 15 mm off the heart; there the heart field (160 mm round the heart's centre) never reaches
-#: past the image, and what lies past it reads as air in the context (the coarse views and
-#: the surroundings) of every candidate near the view's edge.
+#: The heart-centred fields a cache cuts a share of its studies to (module docstring,
+#: :func:`cut_field`): a square of ``CUT_FIELD_MM`` mm whose centre lies up to ``CUT_OFF_MM``
+#: mm (each of back / left) from the heart's centre.
 CUT_FIELD_MM = (180.0, 220.0)
 CUT_OFF_MM = 30.0
 

@@ -531,19 +531,13 @@ def name(labels: np.ndarray, hu: np.ndarray, anatomy: Anatomy | None, spacing, t
     return name_with_source(np.where(hu >= threshold_hu, labels, 0).astype(labels.dtype), anatomy, spacing)
 
 
-def names_source(named_by: str, naming: str, anatomy: Anatomy | None, phantom: bool, calcium: bool) -> str:
+def names_source(named_by: str, naming: str, phantom: bool, calcium: bool) -> str:
     """Where the artery names came from, for the report (:attr:`PipelineResult.names_from`):
-    ``named_by`` is what stage *name* said ("aorta", "segmenter" or "segmenter: the aorta
-    disagrees"); "" where nothing was named (no calcium; a phantom, named by side)."""
+    what stage *name* said (:func:`.naming.name_with_source`), "segmenter: asked for" with
+    ``naming="segmenter"``, "" where nothing was named (no calcium; a phantom, named by side)."""
     if phantom or not calcium:
         return ""
-    if named_by == "aorta":
-        return "aorta"
-    if naming == "segmenter":
-        return "segmenter: asked for"
-    if named_by == "segmenter" and (anatomy is None or anatomy.aorta_axis is None):
-        return "segmenter: no aorta found"
-    return named_by
+    return "segmenter: asked for" if naming == "segmenter" else named_by
 
 
 def _embed(a: np.ndarray, z0: int, nz: int, axis: int = 0) -> np.ndarray:
@@ -668,7 +662,7 @@ def run_pipeline(
         labels, named_by = name(labels, net, use, ct.spacing, params.threshold_hu)
         gated = None if gated is None else name(gated, net, use, ct.spacing, params.threshold_hu)[0]
     timings["naming_s"] = time.perf_counter() - t
-    names_from = names_source(named_by, naming, anatomy, bool(rt.phantom), bool(labels.any()))
+    names_from = names_source(named_by, naming, bool(rt.phantom), bool(labels.any()))
 
     nz = hu.shape[0]
     n_slice = np.bincount(cands.z, minlength=z1 - z0)

@@ -270,11 +270,14 @@ def root_zone(labels: np.ndarray, axis: np.ndarray, radius_mm: float, root: int 
 
 
 def name_with_source(labels: np.ndarray, anatomy: Anatomy | None, spacing: Sequence[float]) -> tuple[np.ndarray, str]:
-    """:func:`name_arteries` and where the names came from: ``"aorta"``, ``"segmenter"``
-    (no aorta found, or no calcium) or ``"segmenter: the aorta disagrees"``."""
+    """:func:`name_arteries` and where the names came from: ``"aorta"``, ``"segmenter: no
+    aorta found"``, ``"segmenter: the aorta disagrees"`` or ``"segmenter"`` (no calcium to
+    name)."""
     model = one_side_per_lesion(labels)
-    if anatomy is None or anatomy.aorta_axis is None or anatomy.aorta_radius_mm is None or not model.any():
+    if not model.any():
         return model, "segmenter"
+    if anatomy is None or anatomy.aorta_axis is None or anatomy.aorta_radius_mm is None:
+        return model, "segmenter: no aorta found"
     root = None if anatomy.heart_levels is None else anatomy.heart_levels[1]
     axis, radius = anatomy.aorta_axis, anatomy.aorta_radius_mm
     by_position = name_by_aorta(labels, axis, radius, root, spacing)
