@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from CoronaryCalciumDINOLib.pipeline import candidates as cd
-from CoronaryCalciumDINOLib.pipeline.anatomy import INNER_MAX_CM3, find_anatomy, heart_levels, inner_calcification
+from CoronaryCalciumDINOLib.pipeline.anatomy import (
+    INNER_MAX_CM3,
+    _midline,
+    _right_lung_cut_front,
+    find_anatomy,
+    heart_levels,
+    inner_calcification,
+)
 
 SPACING = (5.0, 1.0, 1.0)
 
@@ -469,6 +476,71 @@ def test_the_heart_in_front_of_a_lower_lobe_stays_in_the_region():
     c = cd.find_candidates(hu, SPACING, centre_yx=(125.0, 160.0))
     keep = cd.in_heart_region(c, an)
     assert keep[_candidate_at(c, 130, 130)] and keep[_candidate_at(c, 130, 190)]
+
+
+def _view_set_towards_the_left(right_lung_front: int = 110):
+    """A heart-centred view (1 mm pixels, 5 mm slices) set towards the patient's left: the
+    body fills it, the heart runs out of its right edge (column 0), the left lung is cut by
+    its left edge, and of the right lung only a posterior piece shows, leaving the view at
+    its own front row ``right_lung_front``. A 3 x 3 mm speck of 400 HU on the heart near the
+    right edge, at (80, 20)."""
+    s = np.full((200, 200), -100.0, np.float32)  # the body fills the view: fat
+    s[_ellipse(s.shape, 95, 60, 50, 70)] = 40.0  # heart, cut by the right edge
+    s[_ellipse(s.shape, 110, 175, 70, 40)] = -850.0  # left lung, front at row 40
+    depth = 190 - right_lung_front
+    s[_ellipse(s.shape, right_lung_front + depth / 2, 0, depth / 2, 35)] = -850.0  # right lung's back
+    hu = np.repeat(s[None], 30, axis=0)
+    hu[:, 79:82, 19:22] = 400.0
+    return hu
+
+
+def test_the_heart_stays_region_when_the_right_lungs_front_is_out_of_view():
+    """A heart-centred field set towards the patient's left shows only the back of the right
+    lung, leaving the view at its front. The lungs' hull of what is on view cuts through the
+    heart; the right lung's front lies out of view, and the mediastinum reaches the edge."""
+    hu = _view_set_towards_the_left()
+    an = find_anatomy(hu, SPACING)
+    assert an.found and an.heart_levels is not None
+    c = cd.find_candidates(hu, SPACING, centre_yx=(95.0, 60.0))
+    assert cd.in_heart_region(c, an)[_candidate_at(c, 80, 20)]
+    # the rule's own conditions: the lung leaves the view at its front, and that front lies
+    # far behind the other lung's; and only at the patient's right edge
+    cells = an.lungs.copy()
+    reach = 2
+    assert _right_lung_cut_front(cells, reach, 2.0).any()
+    assert not _right_lung_cut_front(cells[:, :, ::-1], reach, 2.0).any()
+    near = find_anatomy(_view_set_towards_the_left(right_lung_front=60), SPACING)
+    assert not _right_lung_cut_front(near.lungs, reach, 2.0).any()  # its front 20 mm behind
+    hand, _ = _thorax()
+    assert not _right_lung_cut_front(find_anatomy(hand, SPACING).lungs, reach, 2.0).any()
+
+
+def test_the_aorta_of_a_view_set_towards_the_left_is_found_from_the_spines_column():
+    """In that view the lungs' hull reaches the right edge and its middle lies 50 mm left of
+    the midline; the ascending aorta (5 mm right of the spine) lies beyond reach of it and the
+    pulmonary trunk (left of the aorta, in front, as thick within a tenth) would be taken.
+    The midline is the spine's column."""
+    s = np.full((200, 200), -100.0, np.float32)
+    s[_ellipse(s.shape, 95, 60, 50, 70)] = 40.0  # heart, cut by the right edge
+    s[_ellipse(s.shape, 110, 175, 70, 40)] = -850.0  # left lung
+    s[_ellipse(s.shape, 150, 0, 40, 35)] = -850.0  # the right lung's back
+    _bone(s, 178, 50, 15, 20)  # vertebral body
+    hu = np.repeat(s[None], 40, axis=0)
+    above = s.copy()
+    above[_ellipse(s.shape, 95, 60, 50, 70)] = -100.0
+    above[_ellipse(s.shape, 90, 45, 15, 15)] = 40.0  # ascending aorta
+    above[_ellipse(s.shape, 70, 82, 14, 14)] = 40.0  # pulmonary trunk
+    hu[20:] = above
+    an = find_anatomy(hu, SPACING)
+    assert an.heart_levels == (0, 19)
+    assert an.aorta_axis is not None
+    for k in (19, 30):
+        assert np.hypot(*(an.aorta_axis[k] - (90, 45))) <= 3.0, (k, an.aorta_axis[k])
+    hull = np.zeros((1, 10, 100), bool)
+    hull[0, 2:8, 40:90] = True
+    assert _midline(hull) == 64.5
+    assert _midline(hull, np.array([-1.0, 20.0, 22.0, -1.0])) == 21.0
+    assert _midline(hull, np.array([-1.0, -1.0])) == 64.5
 
 
 def test_no_lungs_means_no_anatomy_and_every_candidate_is_kept():

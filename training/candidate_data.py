@@ -63,8 +63,10 @@ from CoronaryCalciumDINOLib.pipeline.inference import heart_region_mask, locate,
 #: 3: candidates of the cardiac range, in the heart region and off bone (the anatomy step);
 #: 4: on a study's first and last slice, the missing neighbour mirrored, not air
 #: (:func:`CoronaryCalciumDINOLib.pipeline.candidates.neighbour_slices`); 5: bone includes dense
-#: regions of any size reaching the image's in-plane edge (:func:`CoronaryCalciumDINOLib.pipeline.anatomy.find_bone`)
-CACHE_VERSION = 5
+#: regions of any size reaching the image's in-plane edge (:func:`CoronaryCalciumDINOLib.pipeline.anatomy.find_bone`);
+#: 6: the lungs' hull reaches the view's right edge where the right lung's front is out of view
+#: (:func:`CoronaryCalciumDINOLib.pipeline.anatomy._right_lung_cut_front`)
+CACHE_VERSION = 6
 
 #: The heart-centred fields a cache cuts a share of its studies to (module docstring,
 #: :func:`cut_field`): a square of ``CUT_FIELD_MM`` mm whose centre lies up to ``CUT_OFF_MM``

@@ -61,7 +61,8 @@ ascending aorta
     has no centre of a vessel's radius). Centres are chained from the top of the range down
     (each within :data:`AORTA_TRACK_MM` of the one above, one slice may be skipped); the
     aorta is the chain, its centres on average within :data:`AORTA_MIDLINE_MM` of the
-    midline, with the largest sum of radii over the upper half of the range (the superior
+    midline (the spine's column; without a spine, the middle of the lungs' hull:
+    :func:`_midline`), with the largest sum of radii over the upper half of the range (the superior
     vena cava, 8-12 mm, is thinner; the pulmonary trunk turns back and the atria end lower).
     Chains within :data:`AORTA_TIE` of that sum tie (a scan that ends before the pulmonary
     trunk turns back: it then runs as long as the aorta and is as wide); the patient's
@@ -117,6 +118,9 @@ MIN_LUNG_CM3 = 30.0
 #: Air reaching the image edge counts as lung from this volume (cm^3) on.
 MIN_EDGE_LUNG_CM3 = 100.0
 HULL_Z_MM = 10.0
+#: A lung leaving the view's right edge at its own front, more than this far (mm) behind the
+#: front of the slice's lungs, has its front out of view (:func:`_right_lung_cut_front`).
+RIGHT_LUNG_BEHIND_MM = 30.0
 #: Working-grid HU of bone (cortex 400-1000 HU and marrow 100-300 HU average above this).
 BONE_HU = 180.0
 MIN_BONE_CM3 = 2.0
@@ -209,7 +213,7 @@ AORTA_RADIUS_CHANGE = 0.35
 #: are a tie, decided by their side (:func:`ascending_aorta`).
 AORTA_TIE = 0.1
 #: The ascending aorta's centre lies on average within this distance (mm) of the midline
-#: (the lungs' hull's middle); the superior vena cava lies 30-70 mm right of it.
+#: (:func:`_midline`); the superior vena cava lies 30-70 mm right of it.
 AORTA_MIDLINE_MM = 45.0
 
 
@@ -347,6 +351,27 @@ def _hulls(lungs: np.ndarray, reach: int) -> np.ndarray:
         m = lungs[max(0, k - reach): k + reach + 1].any(axis=0)
         if np.count_nonzero(m) >= 3:
             out[k] = convex_hull_image(m)
+    return out
+
+
+def _right_lung_cut_front(lungs: np.ndarray, reach: int, pixel_mm: float) -> np.ndarray:
+    """bool (z, Y, X): the view's right edge (column 0: the patient's right), on each slice
+    where a lung (over the slices within ``reach`` above and below, as :func:`_hulls` takes
+    them) leaves the view there at its own front row and that front lies more than
+    :data:`RIGHT_LUNG_BEHIND_MM` behind the front of the slice's lungs: from the lungs' front
+    down to that row. Added to the lungs for their hull only (see the module docstring)."""
+    out = np.zeros_like(lungs)
+    behind = RIGHT_LUNG_BEHIND_MM / pixel_mm
+    for k in range(lungs.shape[0]):
+        m = lungs[max(0, k - reach): k + reach + 1].any(axis=0)
+        if not m[:, 0].any():
+            continue
+        lab, _ = ndimage.label(m)
+        ids = np.unique(lab[:, 0])
+        own = np.isin(lab, ids[ids > 0]).any(axis=1)
+        top, own_front, leaves = np.argmax(m.any(axis=1)), np.argmax(own), np.argmax(m[:, 0])
+        if leaves <= own_front + 1 and own_front - top > behind:
+            out[k, top: leaves + 1, 0] = True
     return out
 
 
@@ -646,9 +671,14 @@ def descending_aorta(small: np.ndarray, soft_ok: np.ndarray, spine_front: np.nda
     return out
 
 
-def _midline(hull: np.ndarray) -> float | None:
-    """The midline's column (working cells): the median over slices of the middle of the
-    lungs' hull, or None without a hull."""
+def _midline(hull: np.ndarray, spine_x: np.ndarray | None = None) -> float | None:
+    """The midline's column (working cells): the median of the spine's column over the
+    slices where it was found (``spine_x`` >= 0, :func:`_chest_wall_limits`); without it, the
+    median over slices of the middle of the lungs' hull; None without either. In a
+    heart-centred view the hull's middle lies off the midline, towards the heart, and further
+    where a lung's side is out of view."""
+    if spine_x is not None and (spine_x >= 0).any():
+        return float(np.median(spine_x[spine_x >= 0]))
     mids = [0.5 * (xs[0] + xs[-1]) for xs in (np.flatnonzero(h.any(axis=0)) for h in hull) if xs.size]
     return float(np.median(mids)) if mids else None
 
@@ -797,7 +827,8 @@ def find_anatomy(hu: np.ndarray, spacing: Sequence[float]) -> Anatomy:
     empty = np.zeros_like(lungs)
     if not lungs.any():
         return Anatomy(tuple(hu.shape), (fy, fx), False, lungs, empty, np.ones_like(lungs))
-    hull = _hulls(lungs, int(round(HULL_Z_MM / dz)))
+    reach = int(round(HULL_Z_MM / dz))
+    hull = _hulls(lungs | _right_lung_cut_front(lungs, reach, py), reach)
     # the lungs' own vessels and airways are not mediastinum
     filled = np.stack([_fill_small_holes(m, MAX_LUNG_HOLE_CM2 * 100.0 / (py * px)) for m in lungs])
     rim = max(1, int(round(LUNG_RIM_MM / min(py, px))))
@@ -838,7 +869,7 @@ def find_anatomy(hu: np.ndarray, spacing: Sequence[float]) -> Anatomy:
         soft[top:] = soft_tissue(small[top:], (mediastinum & ~bone & ~aorta)[top:], (py, px), NOISE_HOLE_MM2)
         for k in np.flatnonzero(back >= 0):
             soft[k, back[k]:] = False
-        found = ascending_aorta(soft, top, dz, (py, px), _midline(hull[top:]))
+        found = ascending_aorta(soft, top, dz, (py, px), _midline(hull[top:], spine_x[top:]))
         if found is not None:
             cells, radius = found
             axis = (cells + 0.5) * np.array([fy, fx], float) - 0.5  # working cell centre -> CT pixel
