@@ -7,10 +7,15 @@ import pytest
 
 from CoronaryCalciumDINOLib.pipeline import candidates as cd
 from CoronaryCalciumDINOLib.pipeline.anatomy import (
+    AIR_HU,
     INNER_MAX_CM3,
+    OUTSIDE_AIR_HU,
+    _largest_filled,
+    _hulls,
     _midline,
     _right_lung_cut_front,
     find_anatomy,
+    find_lungs,
     heart_levels,
     inner_calcification,
 )
@@ -500,26 +505,32 @@ def test_the_heart_stays_region_when_the_right_lungs_front_is_out_of_view():
     heart; the right lung's front lies out of view, and the mediastinum reaches the edge."""
     hu = _view_set_towards_the_left()
     an = find_anatomy(hu, SPACING)
-    assert an.found and an.heart_levels is not None
+    assert an.found
     c = cd.find_candidates(hu, SPACING, centre_yx=(95.0, 60.0))
     assert cd.in_heart_region(c, an)[_candidate_at(c, 80, 20)]
-    # the rule's own conditions: the lung leaves the view at its front, and that front lies
-    # far behind the other lung's; and only at the patient's right edge
-    cells = an.lungs.copy()
-    reach = 2
-    assert _right_lung_cut_front(cells, reach, 2.0).any()
-    assert not _right_lung_cut_front(cells[:, :, ::-1], reach, 2.0).any()
+    # the rule's own conditions (working grid: 2 mm rows): the lung leaves the view at its
+    # front, and that front lies far behind the other lung's; only at the patient's right edge
+    lungs = an.lungs[10]
+    edge = _right_lung_cut_front(lungs, 2.0)
+    assert edge[:, 1:].sum() == 0 and np.flatnonzero(edge[:, 0])[[0, -1]].tolist() == [20, 55]
+    assert not _right_lung_cut_front(lungs[:, ::-1], 2.0).any()
     near = find_anatomy(_view_set_towards_the_left(right_lung_front=60), SPACING)
-    assert not _right_lung_cut_front(near.lungs, reach, 2.0).any()  # its front 20 mm behind
-    hand, _ = _thorax()
-    assert not _right_lung_cut_front(find_anatomy(hand, SPACING).lungs, reach, 2.0).any()
+    assert not _right_lung_cut_front(near.lungs[10], 2.0).any()  # its front 20 mm behind
+    # the hull takes in the edge on the slices within HULL_Z_MM of such a slice, no further
+    one = np.zeros((9,) + lungs.shape, bool)
+    one[4] = lungs
+    hull, cut = _hulls(one, 1, 2.0)
+    assert [bool(h[30, 0]) for h in hull] == [False, False, False, True, True, True, False, False, False]
+    assert cut.tolist() == [bool(h[30, 0]) for h in hull]
+    assert not _hulls(one, 1)[0][4][30, 0]  # without the rule the hull runs through the heart
 
 
 def test_the_aorta_of_a_view_set_towards_the_left_is_found_from_the_spines_column():
-    """In that view the lungs' hull reaches the right edge and its middle lies 50 mm left of
-    the midline; the ascending aorta (5 mm right of the spine) lies beyond reach of it and the
-    pulmonary trunk (left of the aorta, in front, as thick within a tenth) would be taken.
-    The midline is the spine's column."""
+    """In that view the hull of what is on view of the lungs runs through the heart, and the
+    hull taking in the right edge has its middle 50 mm left of the midline: the ascending
+    aorta (5 mm right of the spine) lies beyond reach of it and the pulmonary trunk (left of
+    the aorta, in front, as thick within a tenth) would be taken. The hull reaches the edge
+    and the midline is the spine's column."""
     s = np.full((200, 200), -100.0, np.float32)
     s[_ellipse(s.shape, 95, 60, 50, 70)] = 40.0  # heart, cut by the right edge
     s[_ellipse(s.shape, 110, 175, 70, 40)] = -850.0  # left lung
@@ -541,6 +552,26 @@ def test_the_aorta_of_a_view_set_towards_the_left_is_found_from_the_spines_colum
     assert _midline(hull) == 64.5
     assert _midline(hull, np.array([-1.0, 20.0, 22.0, -1.0])) == 21.0
     assert _midline(hull, np.array([-1.0, -1.0])) == 64.5
+
+
+def test_the_air_in_front_of_the_chest_in_a_fields_corner_is_not_lung():
+    """A heart-centred field set towards the patient's left cuts the air in front of the chest
+    in its corner: air at the image edge, large, its centre not against the front, and the
+    skin's partial volume lifts its mean above :data:`OUTSIDE_AIR_HU`. Its median stays near
+    -1000; a lung cut by the field's edge keeps its own."""
+    small = np.full((20, 100, 100), 40.0, np.float32)  # working grid: 2 mm cells, 5 mm slices
+    yy, xx = np.mgrid[:100, :100]
+    lung = ((yy - 60) / 30.0) ** 2 + (xx / 25.0) ** 2 <= 1.0  # cut by the right edge
+    corner = xx >= 50 + yy  # the front corner on the patient's left
+    skin = corner & (xx < 58 + yy)  # partial volume along the body's surface
+    small[:, lung] = -850.0
+    small[:, corner] = -1000.0
+    small[:, skin] = -690.0
+    assert small[:, corner].mean() > OUTSIDE_AIR_HU and np.median(small[:, corner]) < OUTSIDE_AIR_HU
+    body = np.stack([_largest_filled(m) for m in small > AIR_HU])
+    lungs = find_lungs(small, body, 2 * 2 * 5 / 1000)
+    assert lungs[:, lung].all()
+    assert not lungs[:, corner].any()
 
 
 def test_no_lungs_means_no_anatomy_and_every_candidate_is_kept():

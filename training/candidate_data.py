@@ -65,7 +65,8 @@ from CoronaryCalciumDINOLib.pipeline.inference import heart_region_mask, locate,
 #: (:func:`CoronaryCalciumDINOLib.pipeline.candidates.neighbour_slices`); 5: bone includes dense
 #: regions of any size reaching the image's in-plane edge (:func:`CoronaryCalciumDINOLib.pipeline.anatomy.find_bone`);
 #: 6: the lungs' hull reaches the view's right edge where the right lung's front is out of view
-#: (:func:`CoronaryCalciumDINOLib.pipeline.anatomy._right_lung_cut_front`)
+#: (:func:`CoronaryCalciumDINOLib.pipeline.anatomy._right_lung_cut_front`), and air at the image's
+#: edge is lung only with a median above the air round the patient's (``anatomy.find_lungs``)
 CACHE_VERSION = 6
 
 #: The heart-centred fields a cache cuts a share of its studies to (module docstring,

@@ -13,13 +13,23 @@ lungs
     around the patient: apart from the image edge, inside the body or with a mean above
     :data:`OUTSIDE_AIR_HU` (air around a patient is about -1000 HU, lung -950 to -700); or,
     cut by the field of view (a heart-centred reconstruction), reaching the image edge with
-    such a mean, at least :data:`MIN_EDGE_LUNG_CM3` and centred in the middle 70 % of the
-    rows (the air between the back and the table lies against the image's back).
+    such a mean and median (the air in front of the chest, in a field's corner, has its mean
+    lifted above it by the skin's partial volume; its median stays near -1000; the mean
+    alone where the median would leave no lung), at least :data:`MIN_EDGE_LUNG_CM3` and
+    centred in the middle 70 % of the rows (the air between the back and the table lies
+    against the image's back).
 mediastinum
     Per slice, the convex hull of the lungs (over the slices within
     :data:`HULL_Z_MM` above and below, so that a slice where a lung tapers off keeps its
     hull) minus the lungs: the heart, the great vessels, the oesophagus, the spine between
-    the lungs and the back of the sternum.
+    the lungs and the back of the sternum. Where a lung (over those slices) leaves the view's
+    right edge (the patient's right: a heart-centred field set towards the patient's left) at
+    its own front, and that front lies more than :data:`RIGHT_LUNG_BEHIND_MM` behind the front
+    of the lungs, the right lung's front is out of view: the hull takes in that edge from the
+    lungs' front down to where the lung leaves it (:func:`_right_lung_cut_front`); otherwise
+    the hull of what is on view of the right lung runs through the heart. Only on the right:
+    at the heart's levels the right lung's front lies against the chest wall beside the
+    sternum, while the heart pushes the left lung's front back.
 bone
     3D connected regions >= :data:`BONE_HU` (on the working grid, the marrow inside a
     cortical shell filled per slice) of at least :data:`MIN_BONE_CM3`, or of any size
@@ -61,8 +71,8 @@ ascending aorta
     has no centre of a vessel's radius). Centres are chained from the top of the range down
     (each within :data:`AORTA_TRACK_MM` of the one above, one slice may be skipped); the
     aorta is the chain, its centres on average within :data:`AORTA_MIDLINE_MM` of the
-    midline (the spine's column; without a spine, the middle of the lungs' hull:
-    :func:`_midline`), with the largest sum of radii over the upper half of the range (the superior
+    midline (the middle of the lungs' hull; where the hull took in the view's right edge,
+    the spine's column: :func:`_midline`), with the largest sum of radii over the upper half of the range (the superior
     vena cava, 8-12 mm, is thinner; the pulmonary trunk turns back and the atria end lower).
     Chains within :data:`AORTA_TIE` of that sum tie (a scan that ends before the pulmonary
     trunk turns back: it then runs as long as the aorta and is as wide); the patient's
@@ -322,7 +332,14 @@ def find_lungs(small: np.ndarray, body: np.ndarray, cell_cm3: float) -> np.ndarr
     # is large and lies in the middle rows, not against the front or back of the image.
     rows = ndimage.mean(np.broadcast_to(np.arange(small.shape[1])[None, :, None], small.shape), lab, idx)
     middle = (rows > 0.15 * small.shape[1]) & (rows < 0.85 * small.shape[1])
-    keep |= (size >= MIN_EDGE_LUNG_CM3) & edge & (mean > OUTSIDE_AIR_HU) & middle
+    cut = (size >= MIN_EDGE_LUNG_CM3) & edge & (mean > OUTSIDE_AIR_HU) & middle
+    # the median too: the skin's partial volume lifts the mean of the air round the patient.
+    # Where that leaves no lung at all (the lungs and the air round the patient one region:
+    # a chest wall thinner than the working grid's cells), the mean alone decides, as before.
+    by_median = cut.copy()
+    for i in np.flatnonzero(cut):
+        by_median[i] = np.median(small[lab == i + 1]) > OUTSIDE_AIR_HU
+    keep |= by_median if (keep | by_median).any() else cut
     lut = np.zeros(n + 1, dtype=bool)
     lut[1:] = keep
     return lut[lab]
@@ -342,36 +359,42 @@ def _fill_small_holes(mask2d: np.ndarray, max_cells: float) -> np.ndarray:
     return mask2d | small[lab]
 
 
-def _hulls(lungs: np.ndarray, reach: int) -> np.ndarray:
+def _hulls(lungs: np.ndarray, reach: int, pixel_mm: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(bool (z, Y, X), bool (z,)): per slice, the convex hull of the lungs on the slices
+    within ``reach`` above and below, with the view's right edge where the right lung's front
+    is out of view (:func:`_right_lung_cut_front`; ``pixel_mm``: the working grid's row size,
+    mm; None: not looked for), and the slices whose hull took in that edge."""
     from skimage.morphology import convex_hull_image
 
     out = np.zeros_like(lungs)
     nz = lungs.shape[0]
+    edge = np.zeros(nz, bool)
     for k in range(nz):
         m = lungs[max(0, k - reach): k + reach + 1].any(axis=0)
+        if pixel_mm is not None:
+            cut = _right_lung_cut_front(m, pixel_mm)
+            edge[k] = cut.any()
+            m = m | cut
         if np.count_nonzero(m) >= 3:
             out[k] = convex_hull_image(m)
-    return out
+    return out, edge
 
 
-def _right_lung_cut_front(lungs: np.ndarray, reach: int, pixel_mm: float) -> np.ndarray:
-    """bool (z, Y, X): the view's right edge (column 0: the patient's right), on each slice
-    where a lung (over the slices within ``reach`` above and below, as :func:`_hulls` takes
-    them) leaves the view there at its own front row and that front lies more than
-    :data:`RIGHT_LUNG_BEHIND_MM` behind the front of the slice's lungs: from the lungs' front
-    down to that row. Added to the lungs for their hull only (see the module docstring)."""
-    out = np.zeros_like(lungs)
-    behind = RIGHT_LUNG_BEHIND_MM / pixel_mm
-    for k in range(lungs.shape[0]):
-        m = lungs[max(0, k - reach): k + reach + 1].any(axis=0)
-        if not m[:, 0].any():
-            continue
-        lab, _ = ndimage.label(m)
-        ids = np.unique(lab[:, 0])
-        own = np.isin(lab, ids[ids > 0]).any(axis=1)
-        top, own_front, leaves = np.argmax(m.any(axis=1)), np.argmax(own), np.argmax(m[:, 0])
-        if leaves <= own_front + 1 and own_front - top > behind:
-            out[k, top: leaves + 1, 0] = True
+def _right_lung_cut_front(lungs2d: np.ndarray, pixel_mm: float) -> np.ndarray:
+    """bool (Y, X): the view's right edge (column 0: the patient's right) from the front of
+    the lungs ``lungs2d`` down to where a lung leaves the view there, when it leaves at its
+    own front row (within one row) and that front lies more than
+    :data:`RIGHT_LUNG_BEHIND_MM` behind the front of the lungs (``pixel_mm``: row size, mm);
+    else nothing. Added to the lungs for their hull only (the module docstring, mediastinum)."""
+    out = np.zeros_like(lungs2d)
+    if not lungs2d[:, 0].any():
+        return out
+    lab, _ = ndimage.label(lungs2d)
+    ids = np.unique(lab[:, 0])
+    own = np.isin(lab, ids[ids > 0]).any(axis=1)
+    top, own_front, leaves = np.argmax(lungs2d.any(axis=1)), np.argmax(own), np.argmax(lungs2d[:, 0])
+    if leaves <= own_front + 1 and (own_front - top) * pixel_mm > RIGHT_LUNG_BEHIND_MM:
+        out[top: leaves + 1, 0] = True
     return out
 
 
@@ -672,11 +695,11 @@ def descending_aorta(small: np.ndarray, soft_ok: np.ndarray, spine_front: np.nda
 
 
 def _midline(hull: np.ndarray, spine_x: np.ndarray | None = None) -> float | None:
-    """The midline's column (working cells): the median of the spine's column over the
-    slices where it was found (``spine_x`` >= 0, :func:`_chest_wall_limits`); without it, the
-    median over slices of the middle of the lungs' hull; None without either. In a
-    heart-centred view the hull's middle lies off the midline, towards the heart, and further
-    where a lung's side is out of view."""
+    """The midline's column (working cells): the median over slices of the middle of the
+    lungs' hull; where the hull took in the view's right edge (:func:`_right_lung_cut_front`),
+    whose middle then lies far left of the midline, the median of the spine's column over
+    the slices where it was found (``spine_x`` >= 0, :func:`_chest_wall_limits`; given only
+    then), if found. None without either."""
     if spine_x is not None and (spine_x >= 0).any():
         return float(np.median(spine_x[spine_x >= 0]))
     mids = [0.5 * (xs[0] + xs[-1]) for xs in (np.flatnonzero(h.any(axis=0)) for h in hull) if xs.size]
@@ -827,8 +850,7 @@ def find_anatomy(hu: np.ndarray, spacing: Sequence[float]) -> Anatomy:
     empty = np.zeros_like(lungs)
     if not lungs.any():
         return Anatomy(tuple(hu.shape), (fy, fx), False, lungs, empty, np.ones_like(lungs))
-    reach = int(round(HULL_Z_MM / dz))
-    hull = _hulls(lungs | _right_lung_cut_front(lungs, reach, py), reach)
+    hull, cut_right = _hulls(lungs, int(round(HULL_Z_MM / dz)), py)
     # the lungs' own vessels and airways are not mediastinum
     filled = np.stack([_fill_small_holes(m, MAX_LUNG_HOLE_CM2 * 100.0 / (py * px)) for m in lungs])
     rim = max(1, int(round(LUNG_RIM_MM / min(py, px))))
@@ -869,7 +891,7 @@ def find_anatomy(hu: np.ndarray, spacing: Sequence[float]) -> Anatomy:
         soft[top:] = soft_tissue(small[top:], (mediastinum & ~bone & ~aorta)[top:], (py, px), NOISE_HOLE_MM2)
         for k in np.flatnonzero(back >= 0):
             soft[k, back[k]:] = False
-        found = ascending_aorta(soft, top, dz, (py, px), _midline(hull[top:], spine_x[top:]))
+        found = ascending_aorta(soft, top, dz, (py, px), _midline(hull[top:], spine_x if cut_right[top:].any() else None))
         if found is not None:
             cells, radius = found
             axis = (cells + 0.5) * np.array([fy, fx], float) - 0.5  # working cell centre -> CT pixel
