@@ -505,7 +505,7 @@ def test_the_heart_stays_region_when_the_right_lungs_front_is_out_of_view():
     heart; the right lung's front lies out of view, and the mediastinum reaches the edge."""
     hu = _view_set_towards_the_left()
     an = find_anatomy(hu, SPACING)
-    assert an.found
+    assert an.found and an.heart_levels is not None
     c = cd.find_candidates(hu, SPACING, centre_yx=(95.0, 60.0))
     assert cd.in_heart_region(c, an)[_candidate_at(c, 80, 20)]
     # the rule's own conditions (working grid: 2 mm rows): the lung leaves the view at its
@@ -572,6 +572,17 @@ def test_the_air_in_front_of_the_chest_in_a_fields_corner_is_not_lung():
     lungs = find_lungs(small, body, 2 * 2 * 5 / 1000)
     assert lungs[:, lung].all()
     assert not lungs[:, corner].any()
+    # where the lungs and the air round the patient are one region (its median that of the
+    # air round the patient, as no lung of its own is left), the mean alone decides
+    joined = np.full_like(small, 40.0)
+    wide = xx >= 20 + yy
+    joined[:, wide] = -1000.0
+    joined[:, wide & (xx < 28 + yy)] = -690.0
+    joined[:, 40:43, 20:95] = -850.0  # a thin band of air joining the lung to the corner's air
+    joined[:, lung] = -850.0
+    assert np.median(joined[joined < AIR_HU]) < OUTSIDE_AIR_HU < joined[joined < AIR_HU].mean()
+    body = np.stack([_largest_filled(m) for m in joined > AIR_HU])
+    assert find_lungs(joined, body, 2 * 2 * 5 / 1000)[:, lung].all()
 
 
 def test_no_lungs_means_no_anatomy_and_every_candidate_is_kept():

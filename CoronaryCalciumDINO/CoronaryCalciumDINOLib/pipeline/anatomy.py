@@ -15,7 +15,7 @@ lungs
     cut by the field of view (a heart-centred reconstruction), reaching the image edge with
     such a mean and median (the air in front of the chest, in a field's corner, has its mean
     lifted above it by the skin's partial volume; its median stays near -1000; the mean
-    alone where the median would leave no lung), at least :data:`MIN_EDGE_LUNG_CM3` and
+    alone where the median would leave no air of that size), at least :data:`MIN_EDGE_LUNG_CM3` and
     centred in the middle 70 % of the rows (the air between the back and the table lies
     against the image's back).
 mediastinum
@@ -122,14 +122,16 @@ from ..errors import InputError
 #: Working in-plane pixel size (mm): block means of the CT's pixels.
 WORK_MM = 2.0
 AIR_HU = -400.0
-#: Mean HU below which air touching the image edge is the air around the patient.
+#: Mean HU below which air touching the image edge is the air around the patient (and, for
+#: air reaching the edge kept as a lung cut by the view, its median must lie above it too).
 OUTSIDE_AIR_HU = -960.0
 MIN_LUNG_CM3 = 30.0
 #: Air reaching the image edge counts as lung from this volume (cm^3) on.
 MIN_EDGE_LUNG_CM3 = 100.0
 HULL_Z_MM = 10.0
 #: A lung leaving the view's right edge at its own front, more than this far (mm) behind the
-#: front of the slice's lungs, has its front out of view (:func:`_right_lung_cut_front`).
+#: front of the lungs (over the slices within :data:`HULL_Z_MM`), has its front out of view
+#: (:func:`_right_lung_cut_front`).
 RIGHT_LUNG_BEHIND_MM = 30.0
 #: Working-grid HU of bone (cortex 400-1000 HU and marrow 100-300 HU average above this).
 BONE_HU = 180.0
@@ -334,12 +336,13 @@ def find_lungs(small: np.ndarray, body: np.ndarray, cell_cm3: float) -> np.ndarr
     middle = (rows > 0.15 * small.shape[1]) & (rows < 0.85 * small.shape[1])
     cut = (size >= MIN_EDGE_LUNG_CM3) & edge & (mean > OUTSIDE_AIR_HU) & middle
     # the median too: the skin's partial volume lifts the mean of the air round the patient.
-    # Where that leaves no lung at all (the lungs and the air round the patient one region:
-    # a chest wall thinner than the working grid's cells), the mean alone decides, as before.
+    # Where that leaves no air of a lung's size (MIN_EDGE_LUNG_CM3: the lungs and the air round
+    # the patient one region, a chest wall thinner than the working grid's cells), the mean
+    # alone decides, as before.
     by_median = cut.copy()
     for i in np.flatnonzero(cut):
         by_median[i] = np.median(small[lab == i + 1]) > OUTSIDE_AIR_HU
-    keep |= by_median if (keep | by_median).any() else cut
+    keep |= by_median if ((keep | by_median) & (size >= MIN_EDGE_LUNG_CM3)).any() else cut
     lut = np.zeros(n + 1, dtype=bool)
     lut[1:] = keep
     return lut[lab]
