@@ -179,6 +179,43 @@ def test_a_vertebral_bodys_front_cortex_whose_marrow_runs_to_the_back_edge_is_bo
     assert not find_anatomy(hu, SPACING).on_bone(z, np.array([175, 175]), np.array([120, 140])).any()
 
 
+def test_a_plaque_on_the_descending_aortas_side_wall_near_the_back_edge_is_not_the_spine():
+    """A heart-centred view whose back edge runs close behind the descending aorta: a plaque
+    on the aorta's side wall lies within 20 mm of the edge with tissue behind it, like a
+    vertebral body's front cortex, but it is a strip along the view (at least twice as tall
+    as wide on the working grid), not a plate across it or a blob. Taken for bone it lay
+    beside the vertebral body, its top in front of the body's, within reach of the spine's
+    column, and became the spine's front: the aorta, searched for beside it, was not found,
+    and a plaque on its front wall stayed heart region (real dev scan 3 in a 180 mm field
+    moved 35 mm towards the patient's left: 532 "RCA" points)."""
+    s = np.full((190, 261), -100.0, np.float32)  # the body fills the view: fat
+    s[_ellipse(s.shape, 110, 60, 90, 45)] = -850.0  # lungs, cut by the view's back edge
+    s[_ellipse(s.shape, 110, 200, 90, 45)] = -850.0
+    s[_ellipse(s.shape, 85, 130, 45, 42)] = 40.0  # heart
+    s[_ellipse(s.shape, 158, 148, 10, 10)] = 40.0  # descending aorta, beside the vertebral body
+    s[171:, 150:170] = -100.0  # tissue behind it to the back edge
+    _bone(s, 185, 130, 18, 16)  # vertebral body, cut by the back edge: its front at row 167
+    hu = np.repeat(s[None], 30, axis=0)
+    # the side-wall plaque: 3 mm x 11 mm on 4 slices (2 x 6 working cells, as scan 3's; under
+    # MIN_BONE_CM3, so that only the back-edge rule could make it bone), reaching 20 mm
+    # from the back edge
+    hu[9:13, 160:171, 157:160] = 700.0
+    hu[10:12, 147:150, 143:154] = 400.0  # a plaque on the front wall
+    an = find_anatomy(hu, SPACING)
+    assert an.found
+    z = np.full(3, 10)
+    assert not an.on_bone(z, np.array([161, 165, 170]), np.array([158, 158, 158])).any()
+    assert not an.in_region(np.array([10, 11]), np.array([148, 148]), np.array([148, 148])).any()
+    assert an.on_bone(np.array([10]), np.array([180]), np.array([130]))[0]  # the vertebral body
+    # the same plaque lying across the view, a plate like the cortex, is bone; so is a blob
+    hu[9:13, 160:171, 157:160] = 40.0
+    hu[9:13, 166:169, 150:171] = 700.0
+    assert find_anatomy(hu, SPACING).on_bone(np.array([10]), np.array([167]), np.array([160]))[0]
+    hu[9:13, 166:169, 150:171] = 40.0
+    hu[9:13, 163:171, 157:163] = 700.0  # 6 x 8 mm (a piece of a vertebra at a scan's end)
+    assert find_anatomy(hu, SPACING).on_bone(np.array([10]), np.array([167]), np.array([160]))[0]
+
+
 def test_a_rib_beside_one_lung_is_not_the_spine_when_the_view_shows_little_of_the_spine():
     """A heart-centred view set forward of the heart shows only a sliver of the vertebral body
     at its back edge, and a rib behind the left lung at its side, in the back quarter of the

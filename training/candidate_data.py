@@ -66,8 +66,10 @@ from CoronaryCalciumDINOLib.pipeline.inference import heart_region_mask, locate,
 #: regions of any size reaching the image's in-plane edge (:func:`CoronaryCalciumDINOLib.pipeline.anatomy.find_bone`);
 #: 6: the lungs' hull reaches the view's right edge where the right lung's front is out of view
 #: (:func:`CoronaryCalciumDINOLib.pipeline.anatomy._right_lung_cut_front`), and air at the image's
-#: edge is lung only with a median above the air round the patient's (``anatomy.find_lungs``)
-CACHE_VERSION = 6
+#: edge is lung only with a median above the air round the patient's (``anatomy.find_lungs``);
+#: 7: a dense region near the back edge is bone by being cut there only if it lies across the
+#: view, not a strip along it (``anatomy._cut_at_back_edge``)
+CACHE_VERSION = 7
 
 #: The heart-centred fields a cache cuts a share of its studies to (module docstring,
 #: :func:`cut_field`): a square of ``CUT_FIELD_MM`` mm whose centre lies up to ``CUT_OFF_MM``

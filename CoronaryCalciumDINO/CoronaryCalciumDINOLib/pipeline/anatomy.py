@@ -34,10 +34,12 @@ bone
     3D connected regions >= :data:`BONE_HU` (on the working grid, the marrow inside a
     cortical shell filled per slice) of at least :data:`MIN_BONE_CM3`, or of any size
     cut by the field of view: reaching the image's in-plane edge, or within
-    :data:`BACK_EDGE_BONE_MM` of its back edge with only tissue behind it (a bone cut by a
-    heart-centred field shows only a part of itself, such as a rib's end or a vertebral
-    body's front cortex, its marrow running to the edge; the heart and the calcium on it
-    lie inside such a field): vertebrae, sternum,
+    :data:`BACK_EDGE_BONE_MM` of its back edge with only tissue behind it and not a strip
+    along the view (running front to back: at least :data:`BACK_EDGE_STRIP_RATIO` times as
+    tall as wide on the slices) (a bone cut by a heart-centred field shows only a part of itself, such
+    as a rib's end or a vertebral body's front cortex, a plate across the view with its
+    marrow running to the edge; the heart and the calcium on it lie inside such a field; a
+    plaque on the descending aorta's side wall is a strip along the view): vertebrae, sternum,
     ribs and calcified costal cartilage joined to them; never a region of at most
     :data:`INNER_MAX_CM3` lying wholly inside the lungs' hull, apart from the image's edge
     and out of the hull's back quarter (:func:`inner_calcification`): heavily calcified
@@ -137,10 +139,15 @@ RIGHT_LUNG_BEHIND_MM = 30.0
 BONE_HU = 180.0
 MIN_BONE_CM3 = 2.0
 #: A dense region within this distance (mm) of the image's back edge with only tissue behind
-#: it is a bone cut by the field of view however small: the front cortex of a vertebral body
-#: whose marrow runs to the edge (:func:`_cut_at_back_edge`). Real dev scan 3's, in fields
-#: moved forward, lay 0-14 mm from the edge (a thoracic vertebral body is 25-35 mm deep).
+#: it is a bone cut by the field of view however small, unless a strip along the view
+#: (:data:`BACK_EDGE_STRIP_RATIO`): the front cortex of a vertebral body whose marrow runs to
+#: the edge (:func:`_cut_at_back_edge`). Real dev scan 3's, in fields moved forward, lay 0-14
+#: mm from the edge (a thoracic vertebral body is 25-35 mm deep).
 BACK_EDGE_BONE_MM = 20.0
+#: ... but not a region whose tallest extent on a slice (front to back, mm) is at least this
+#: many times its widest (a plaque on the descending aorta's side wall: 4 mm by 12 mm on the
+#: working grid; a vertebral body's front cortex there is 8-14 mm wide and 6-10 mm deep).
+BACK_EDGE_STRIP_RATIO = 2.0
 #: A dense region of at most this volume (cm^3) lying wholly inside the lungs' hull, apart
 #: from the image's edge and out of the hull's back quarter, is calcification of the heart
 #: and its vessels, not bone (:func:`inner_calcification`).
@@ -411,24 +418,29 @@ def dense_cells(small: np.ndarray) -> np.ndarray:
 
 
 def find_bone(small: np.ndarray, cell_cm3: float, dense: np.ndarray | None = None,
-              row_mm: float = WORK_MM) -> np.ndarray:
+              row_mm: float = WORK_MM, col_mm: float | None = None) -> np.ndarray:
     """bool (z, Y, X): 3D regions >= :data:`BONE_HU` (marrow filled per slice) of >= :data:`MIN_BONE_CM3`,
     or cut by the field of view: reaching the image's in-plane edge, or with a cell at most
-    :data:`BACK_EDGE_BONE_MM` in front of its back edge with only tissue behind it
-    (:func:`_cut_at_back_edge`). ``row_mm``: the working cells' height."""
+    :data:`BACK_EDGE_BONE_MM` in front of its back edge with only tissue behind it and not a
+    strip along the view (:func:`_cut_at_back_edge`). ``row_mm``, ``col_mm``: the working
+    cells' height and width (None: square cells)."""
     dense = dense_cells(small) if dense is None else dense
     lab, n = ndimage.label(dense, structure=np.ones((3, 3, 3), bool))
     if n == 0:
         return dense
     keep = np.bincount(lab.ravel(), minlength=n + 1) * cell_cm3 >= MIN_BONE_CM3
-    keep[1:] |= _touches_edge(lab, n) | _cut_at_back_edge(small, lab, n, int(BACK_EDGE_BONE_MM / row_mm))
+    keep[1:] |= _touches_edge(lab, n) | _cut_at_back_edge(small, lab, n, int(BACK_EDGE_BONE_MM / row_mm),
+                                                          row_mm / (row_mm if col_mm is None else col_mm))
     keep[0] = False
     return keep[lab]
 
 
-def _cut_at_back_edge(small: np.ndarray, lab: np.ndarray, n: int, rows: int) -> np.ndarray:
+def _cut_at_back_edge(small: np.ndarray, lab: np.ndarray, n: int, rows: int, aspect: float = 1.0) -> np.ndarray:
     """bool (n,): the regions of ``lab`` with a cell at most ``rows`` rows in front of the
-    image's back edge with tissue (>= :data:`AIR_HU`: no lung, no air) in every cell behind it.
+    image's back edge with tissue (>= :data:`AIR_HU`: no lung, no air) in every cell behind it,
+    and not a strip along the view: its tallest extent on a slice less than
+    :data:`BACK_EDGE_STRIP_RATIO` times its widest, in mm (``aspect``: a cell's height over
+    its width). The two extents may come from different slices.
 
     A heart-centred field of view set forward of the heart cuts the vertebral body: its
     marrow (often below :data:`BONE_HU`, in older patients near soft tissue) then runs to the
@@ -436,14 +448,29 @@ def _cut_at_back_edge(small: np.ndarray, lab: np.ndarray, n: int, rows: int) -> 
     that neither reaches the edge nor closes round the marrow (real dev scan 3 in a 200 mm
     field moved 20 mm forward: 14 mm of marrow behind it, and its 1,083 points were scored
     as RCA). Coronary calcium lies on the heart: this close to the back edge with no lung
-    behind it the field would cut the heart itself."""
+    behind it the field would cut the heart itself. The front cortex is a plate across the
+    vertebral body: on the working grid 8-14 mm wide at its widest and 6-10 mm deep at its
+    deepest (real dev scan 3 in fields moved forward), and a piece of a vertebra at a scan's
+    end is a blob; a plaque on the side wall of the descending aorta, which lies there too,
+    beside the vertebral body, is a strip along the view, 4 mm wide and 12 mm long
+    (real dev scan 3 in a 180 mm field moved 35 mm towards the patient's left: taken for bone,
+    it was taken for the spine's front, and the descending aorta, searched for beside it, was
+    not found: the plaque on its front wall scored 532 "RCA" points)."""
     tissue = small >= AIR_HU
     behind = np.ones_like(tissue)  # every cell behind this one, to the back edge, is tissue
     behind[:, :-1] = np.flip(np.logical_and.accumulate(np.flip(tissue[:, 1:], axis=1), axis=1), axis=1)
     near = np.arange(small.shape[1]) >= small.shape[1] - 1 - rows
-    hit = lab[behind & near[None, :, None] & (lab > 0)]
     out = np.zeros(n + 1, dtype=bool)
-    out[hit] = True
+    out[lab[behind & near[None, :, None] & (lab > 0)]] = True
+    out[0] = False
+    boxes = ndimage.find_objects(lab)
+    for j in np.flatnonzero(out):
+        part = lab[boxes[j - 1]] == j  # (z, y, x) within its box
+        wide = part.any(axis=1)  # (z, x): its columns on each slice
+        tall = part.any(axis=2)  # (z, y): its rows on each slice
+        width = np.where(wide.any(axis=1), wide.shape[1] - np.argmax(wide[:, ::-1], axis=1) - np.argmax(wide, axis=1), 0)
+        height = np.where(tall.any(axis=1), tall.shape[1] - np.argmax(tall[:, ::-1], axis=1) - np.argmax(tall, axis=1), 0)
+        out[j] = bool(height.max() * aspect < BACK_EDGE_STRIP_RATIO * width.max())
     return out[1:]
 
 
@@ -862,7 +889,7 @@ def find_anatomy(hu: np.ndarray, spacing: Sequence[float]) -> Anatomy:
     dense = dense_cells(small)
     # calcification wholly inside the lungs' hull is the heart's, never bone; the dense cells
     # stay as they are for a thin sternum (it must be wide and near the body's front)
-    bone = find_bone(small, cell_cm3, dense & ~inner_calcification(dense, hull, cell_cm3), py)
+    bone = find_bone(small, cell_cm3, dense & ~inner_calcification(dense, hull, cell_cm3), py, px)
     region = mediastinum.copy()
     levels = (int(np.flatnonzero(heart)[0]), int(np.flatnonzero(heart)[-1])) if heart.any() else None
     region[_cardiac_range(levels, nz, dz)[1]:] = False  # a chest CT: nothing above the aortic root's range
