@@ -466,12 +466,15 @@ def _cut_at_back_edge(small: np.ndarray, lab: np.ndarray, n: int, rows: int, asp
     boxes = ndimage.find_objects(lab)
     for j in np.flatnonzero(out):
         part = lab[boxes[j - 1]] == j  # (z, y, x) within its box
-        wide = part.any(axis=1)  # (z, x): its columns on each slice
-        tall = part.any(axis=2)  # (z, y): its rows on each slice
-        width = np.where(wide.any(axis=1), wide.shape[1] - np.argmax(wide[:, ::-1], axis=1) - np.argmax(wide, axis=1), 0)
-        height = np.where(tall.any(axis=1), tall.shape[1] - np.argmax(tall[:, ::-1], axis=1) - np.argmax(tall, axis=1), 0)
+        width, height = _spans(part.any(axis=1)), _spans(part.any(axis=2))  # cells, per slice
         out[j] = bool(height.max() * aspect < BACK_EDGE_STRIP_RATIO * width.max())
     return out[1:]
+
+
+def _spans(occupied: np.ndarray) -> np.ndarray:
+    """(z,) from bool (z, n): last minus first True index + 1 on each slice (0 without any)."""
+    n = occupied.shape[1]
+    return np.where(occupied.any(axis=1), n - np.argmax(occupied[:, ::-1], axis=1) - np.argmax(occupied, axis=1), 0)
 
 
 def inner_calcification(dense: np.ndarray, hull: np.ndarray, cell_cm3: float) -> np.ndarray:
