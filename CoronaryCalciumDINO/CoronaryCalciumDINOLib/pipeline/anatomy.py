@@ -347,8 +347,8 @@ def find_lungs(small: np.ndarray, body: np.ndarray, cell_cm3: float) -> np.ndarr
     # the patient one region, a chest wall thinner than the working grid's cells), the mean
     # alone decides, as before.
     by_median = cut.copy()
-    for i in np.flatnonzero(cut):
-        by_median[i] = np.median(small[lab == i + 1]) > OUTSIDE_AIR_HU
+    if cut.any():
+        by_median[cut] = np.asarray(ndimage.median(small, lab, idx[cut])) > OUTSIDE_AIR_HU
     keep |= by_median if ((keep | by_median) & (size >= MIN_EDGE_LUNG_CM3)).any() else cut
     lut = np.zeros(n + 1, dtype=bool)
     lut[1:] = keep
