@@ -109,6 +109,38 @@ def test_outputs_types_shapes(bundle_dir):
     assert len(extra["lesion_confidence"]) == len(res.score.lesions)
 
 
+class MixedSegmenter(_FakeSegmenter):
+    """The same class probabilities everywhere: background 0.2, LAD 0.2, RCA 0.6."""
+
+    def forward(self, x, context):
+        p = torch.tensor([0.2, 1e-6, 0.2, 1e-6, 0.6], device=x.device)
+        return torch.log(p).view(1, 5, 1, 1).expand(x.shape[0], 5, *x.shape[2:]).clone()
+
+
+def test_stage_name_gets_the_segmenters_side_probability_of_each_calcium_voxel(bundle_dir, monkeypatch):
+    """P(RCA | calcium) = 0.6 / 0.8 on every labelled voxel reaches stage *name*, which weighs
+    the segmenter's sides by it (naming.sure_sides)."""
+    from CoronaryCalciumDINOLib.pipeline import inference
+
+    seen = {}
+    real = inference.name_with_source
+
+    def spy(labels, anatomy, spacing, p_right=None):
+        seen["labels"], seen["p_right"] = labels.copy(), p_right
+        return real(labels, anatomy, spacing, p_right)
+
+    monkeypatch.setattr(inference, "name_with_source", spy)
+    b = load_bundle(bundle_dir)
+    b.detector = PeakDetector(centre_hu=360.0)
+    b.segmenter = MixedSegmenter()
+    b.manifest["detector"]["threshold"] = 0.5
+    res = run_pipeline(_ct(), b, device="cpu")
+    calcium = seen["labels"] > 0
+    assert res.labels.any() and calcium.any() and (res.labels[res.labels > 0] == 4).all()
+    assert seen["p_right"].shape == seen["labels"].shape
+    assert np.allclose(seen["p_right"][calcium], 0.75, atol=1e-4)
+
+
 def test_the_report_says_where_the_artery_names_came_from_and_flags_the_models_own(bundle_dir):
     """No lungs in the toy CT, so no aorta: the names are the segmenter's, the report's model
     says why and the review flags tell the reader; nothing labelled names nothing."""

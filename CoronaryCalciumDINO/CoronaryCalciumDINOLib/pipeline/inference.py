@@ -216,7 +216,8 @@ def paint_labels(cands: cd.Candidates, index: np.ndarray, pix: np.ndarray, masks
     the candidate's most probable artery, then voxels hit by a crop pixel of the candidate
     that the segmenter calls calcium (P(not background) >= 0.5) take that pixel's most
     probable artery. Returns (labels, calcium-probability volume, artery-probability
-    volume) on the CT grid in the candidates' layout.
+    volume, side volume: the candidate's P(RCA | calcium), for stage *name*) on the CT grid
+    in the candidates' layout.
     """
     calcium = (1.0 - mean[:, 0]) >= CALCIUM_PROBABILITY
     art = 1 + np.argmax(mean[:, 1:], axis=1)
@@ -231,6 +232,7 @@ def paint_labels(cands: cd.Candidates, index: np.ndarray, pix: np.ndarray, masks
     labels = per_candidate(art, np.uint8)
     p_calc = per_candidate(p_calc_cand, np.float32)
     p_art = per_candidate(p_art_cand, np.float32)
+    p_right = per_candidate(mean[:, 4] / np.maximum(p_calc_cand, 1e-6), np.float32)
     # per-pixel artery inside the crops of calcium candidates
     ci = np.flatnonzero(calcium)
     if ci.size:
@@ -242,7 +244,7 @@ def paint_labels(cands: cd.Candidates, index: np.ndarray, pix: np.ndarray, masks
         ok = ok & (masks[ci] > 0) & (pc >= 0.5)
         labels[z[ok], y[ok], x[ok]] = (1 + np.argmax(pa, axis=1)).astype(np.uint8)[ok]
         p_art[z[ok], y[ok], x[ok]] = (np.max(pa, axis=1) / np.maximum(pc, 1e-6))[ok]
-    return labels, p_calc, p_art
+    return labels, p_calc, p_art, p_right
 
 
 def phantom_labels(cands: cd.Candidates, index: np.ndarray, cand_probs: np.ndarray):
@@ -504,8 +506,9 @@ def continuing(cands: cd.Candidates, passed: np.ndarray, maybe: np.ndarray) -> n
 
 def segment(hu: np.ndarray, cands: cd.Candidates, g: Gate, rt: Route, cand_probs: np.ndarray, bundle, dev,
             batch: int, report=None, all_slices: bool = False):
-    """Stage *segment*: labels, calcium and artery probability volumes (canonical layout, the
-    candidates' slices) and, with ``all_slices``, the labels the gated pipeline gives.
+    """Stage *segment*: labels, calcium and artery probability volumes, the segmenter's
+    P(RCA | calcium) (None for a phantom) (canonical layout, the candidates' slices) and,
+    with ``all_slices``, the labels the gated pipeline gives.
 
     A patient's candidates go to the segmenter (:func:`paint_labels`); a phantom's picked
     candidates are labelled with their own voxels, named by side (:func:`phantom_labels`)."""
@@ -514,21 +517,24 @@ def segment(hu: np.ndarray, cands: cd.Candidates, g: Gate, rt: Route, cand_probs
         labels, p_calc, p_art = phantom_labels(cands, g.segment, cand_probs)
         if all_slices:
             gated = phantom_labels(cands, np.flatnonzero(g.passed), cand_probs)[0]
-        return labels, p_calc, p_art, gated
+        return labels, p_calc, p_art, None, gated
     pix, masks, mean = segment_candidates(hu, cands, g.segment, bundle, dev, batch, report)
-    labels, p_calc, p_art = paint_labels(cands, g.segment, pix, masks, mean)
+    labels, p_calc, p_art, p_right = paint_labels(cands, g.segment, pix, masks, mean)
     if all_slices:
         keep = g.passed[g.segment]
         gated = paint_labels(cands, g.segment[keep], pix[keep], masks[keep], mean[keep])[0]
-    return labels, p_calc, p_art, gated
+    return labels, p_calc, p_art, p_right, gated
 
 
-def name(labels: np.ndarray, hu: np.ndarray, anatomy: Anatomy | None, spacing, threshold_hu: float) -> tuple[np.ndarray, str]:
+def name(labels: np.ndarray, hu: np.ndarray, anatomy: Anatomy | None, spacing, threshold_hu: float,
+         p_right: np.ndarray | None = None) -> tuple[np.ndarray, str]:
     """Stage *name* (:mod:`.naming`): the labels of the slices looked at (canonical layout)
     at or above the scoring threshold, each lesion named from the ascending aorta when the
     anatomy step found it (and it agrees with the segmenter on the sides), else by the
-    segmenter with one side of the tree per lesion; and where the names came from."""
-    return name_with_source(np.where(hu >= threshold_hu, labels, 0).astype(labels.dtype), anatomy, spacing)
+    segmenter with one side of the tree per lesion; and where the names came from.
+    ``p_right``: the segmenter's P(RCA | calcium) (:func:`segment`): where it is unsure of
+    the sides, they do not count for or against the aorta (:func:`.naming.sure_sides`)."""
+    return name_with_source(np.where(hu >= threshold_hu, labels, 0).astype(labels.dtype), anatomy, spacing, p_right)
 
 
 def names_source(named_by: str, naming: str, phantom: bool, calcium: bool) -> str:
@@ -643,7 +649,7 @@ def run_pipeline(
 
         t = time.perf_counter()
         span = 0.25 if attention else 0.35
-        labels, p_calc, p_art, gated = segment(net, cands, g, rt, cand_probs, nets, dev, batch,
+        labels, p_calc, p_art, p_right, gated = segment(net, cands, g, rt, cand_probs, nets, dev, batch,
                                                lambda f, m: report(0.6 + span * f, m), all_slices)
         timings["segmenter_s"] = time.perf_counter() - t
 
@@ -659,8 +665,8 @@ def run_pipeline(
     named_by = "segmenter"
     if not rt.phantom:  # stage name: the artery of each lesion, from the aorta (or the segmenter)
         use = anatomy if naming == "aorta" else None
-        labels, named_by = name(labels, net, use, ct.spacing, params.threshold_hu)
-        gated = None if gated is None else name(gated, net, use, ct.spacing, params.threshold_hu)[0]
+        labels, named_by = name(labels, net, use, ct.spacing, params.threshold_hu, p_right)
+        gated = None if gated is None else name(gated, net, use, ct.spacing, params.threshold_hu, p_right)[0]
     timings["naming_s"] = time.perf_counter() - t
     names_from = names_source(named_by, naming, bool(rt.phantom), bool(labels.any()))
 
