@@ -177,8 +177,8 @@ def _disagreeing():
 
 
 def test_where_the_segmenter_is_unsure_of_the_sides_it_checks_the_aortas_names_stand():
-    """Real dev scan 4 in fields set 25-35 mm towards the back: the segmenter put calcium right
-    of the root on the left tree with P(RCA | calcium) 0.30-0.42, and the check fell back to
+    """Real dev scan 4 in fields set 20-35 mm towards the back: the segmenter put calcium right
+    of the root on the left tree with P(RCA | calcium) 0.26-0.39, and the check fell back to
     its names (the left main / LAD called LCX). Unsure sides cannot tell the aorta wrong."""
     lab = _disagreeing()
     p_right = np.zeros(lab.shape, np.float32)  # sure of the left tree: 0.0
@@ -199,9 +199,21 @@ def test_where_the_segmenter_is_sure_of_most_sides_it_checks_the_check_is_made()
     p_right = np.full(lab.shape, 0.0, np.float32)
     p_right[2, 80:83, 50:70] = 0.25  # at the bound: sure
     assert name_with_source(lab, _anatomy(), SPACING, p_right)[1] == "segmenter: the aorta disagrees"
-    p_right[2, 80:83, 50:70] = 0.76  # sure of the RCA, though its label says left (a pixel's own name)
-    assert name_with_source(lab, _anatomy(), SPACING, p_right)[1] == "segmenter: the aorta disagrees"
     assert name_with_source(lab, _anatomy(), SPACING, None)[1] == "segmenter: the aorta disagrees"
+
+
+def test_a_side_the_segmenter_is_sure_of_is_the_side_it_gave():
+    """A voxel whose label is on the left tree (a pixel's own name, or its lesion's majority)
+    while its candidate's P(RCA | calcium) says RCA is not a sure side: the long lesion then
+    counts as unsure, 9 of the 69 voxels checked are sure, and the aorta's names stand."""
+    lab = _disagreeing()
+    p_right = np.zeros(lab.shape, np.float32)
+    p_right[2, 80:83, 50:70] = 0.76
+    assert name_with_source(lab, _anatomy(), SPACING, p_right)[1] == "aorta"
+    lab[2, 80:83, 50:70] = 4  # given RCA, with the same probability: sure, and agreeing
+    assert name_with_source(lab, _anatomy(), SPACING, p_right)[1] == "aorta"
+    p_right[2, 80:83, 50:70] = 0.24  # given RCA, the probability on the left: unsure
+    assert name_with_source(lab, _anatomy(), SPACING, p_right)[1] == "aorta"
 
 
 def test_the_sure_share_is_of_the_calcium_checked():
@@ -209,13 +221,17 @@ def test_the_sure_share_is_of_the_calcium_checked():
 
     check = np.zeros((1, 1, 10), bool)
     check[0, 0, :8] = True
+    right = np.zeros(check.shape, bool)
+    right[0, 0, [1, 3, 5]] = True  # the segmenter's side: RCA at 1, 3 and 5, else left tree
     p = np.full(check.shape, 0.5, np.float32)
     p[0, 0, 8:] = 0.0  # sure, but not checked
-    p[0, 0, :4] = [0.0, 1.0, SURE_SIDE, 1.0 - SURE_SIDE]  # 4 of the 8 checked: sure
-    assert MIN_SURE_SHARE == 0.5 and np.array_equal(sure_sides(check, p)[0, 0], [1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    p[0, 0, :4] = [0.0, 1.0, SURE_SIDE, 1.0 - SURE_SIDE]  # 4 of the 8 checked: sure of the side given
+    p[0, 0, 5] = 0.1  # sure of the left tree where it gave RCA: not sure
+    assert MIN_SURE_SHARE == 0.5
+    assert np.array_equal(sure_sides(check, right, p)[0, 0], [1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
     p[0, 0, 3] = 0.74
-    assert sure_sides(check, p) is None
-    assert sure_sides(check, None) is check
+    assert sure_sides(check, right, p) is None
+    assert sure_sides(check, right, None) is check
 
 
 def test_sides_the_segmenter_is_unsure_of_do_not_count_against_the_aorta():
@@ -235,7 +251,6 @@ def test_sides_the_segmenter_is_unsure_of_do_not_count_against_the_aorta():
     assert (out[2, 80:83, 50:70] == 4).all() and (out[1][lab[1] > 0] != 4).all()  # the unsure ones keep their side
 
 
-
 def test_calcium_only_near_the_root_is_checked_with_the_segmenters_sides():
     """With (almost) all the calcium in the root's zone there is too little elsewhere to check
     the aorta by: the check takes all of it, with the segmenter's sides, so a tube wrongly
@@ -251,6 +266,9 @@ def test_calcium_only_near_the_root_is_checked_with_the_segmenters_sides():
     out, source = name_with_source(agree, _anatomy(), SPACING)
     assert source == "aorta"
     assert out[6, 105, 120] == 1 and out[6, 85, 80] == 4  # the left one within r + LM_MM: LM
+    unsure = np.full(lab.shape, 0.5, np.float32)  # the segmenter unsure of every side: checked all the same
+    assert name_with_source(lab, _anatomy(), SPACING, unsure)[1] == "segmenter: the aorta disagrees"
+    assert name_with_source(agree, _anatomy(), SPACING, unsure)[1] == "aorta"
 
 
 def test_the_calcium_outside_the_root_zone_decides_however_little():

@@ -118,15 +118,16 @@ class MixedSegmenter(_FakeSegmenter):
 
 
 def test_stage_name_gets_the_segmenters_side_probability_of_each_calcium_voxel(bundle_dir, monkeypatch):
-    """P(RCA | calcium) = 0.6 / 0.8 on every labelled voxel reaches stage *name*, which weighs
-    the segmenter's sides by it (naming.sure_sides)."""
+    """P(RCA | calcium) = 0.6 / 0.8 on every labelled voxel reaches stage *name* (which counts
+    only the sides the segmenter is sure of: naming.sure_sides), on the same grid as the
+    labels; with ``all_slices`` also for the gated pipeline's labels."""
     from CoronaryCalciumDINOLib.pipeline import inference
 
-    seen = {}
+    seen = []
     real = inference.name_with_source
 
     def spy(labels, anatomy, spacing, p_right=None):
-        seen["labels"], seen["p_right"] = labels.copy(), p_right
+        seen.append((labels.copy(), p_right))
         return real(labels, anatomy, spacing, p_right)
 
     monkeypatch.setattr(inference, "name_with_source", spy)
@@ -135,10 +136,13 @@ def test_stage_name_gets_the_segmenters_side_probability_of_each_calcium_voxel(b
     b.segmenter = MixedSegmenter()
     b.manifest["detector"]["threshold"] = 0.5
     res = run_pipeline(_ct(), b, device="cpu")
-    calcium = seen["labels"] > 0
-    assert res.labels.any() and calcium.any() and (res.labels[res.labels > 0] == 4).all()
-    assert seen["p_right"].shape == seen["labels"].shape
-    assert np.allclose(seen["p_right"][calcium], 0.75, atol=1e-4)
+    assert res.labels.any() and (res.labels[res.labels > 0] == 4).all() and len(seen) == 1
+    both = run_pipeline(_ct(), b, device="cpu", all_slices=True)
+    assert both.gated_labels is not None and len(seen) == 3  # the labels and the gated labels
+    for labels, p_right in seen:
+        calcium = labels > 0
+        assert calcium.any() and p_right.shape == labels.shape
+        assert np.allclose(p_right[calcium], 0.75, atol=1e-4)
 
 
 def test_the_report_says_where_the_artery_names_came_from_and_flags_the_models_own(bundle_dir):

@@ -38,7 +38,8 @@ stages, not the AI's imports).
 4. Name (:mod:`.naming`): the artery of each lesion from where it lies round the ascending
    aorta that the anatomy step found (the left main within 10 mm of the root, the RCA to
    its right, the LAD and LCX by direction), when the aorta and the segmenter agree on the
-   sides of the tree; else the segmenter's arteries, a lesion that they split between the
+   sides of the tree where the segmenter is sure of them (where it is sure of under half of
+   the sides checked, the aorta's names stand); else the segmenter's arteries, a lesion that they split between the
    left tree and the RCA going to one side (:func:`one_side_per_lesion`). Not for phantoms.
 5. :func:`..scoring.score` on the labels (only voxels >= the scoring threshold count).
 
@@ -507,8 +508,8 @@ def continuing(cands: cd.Candidates, passed: np.ndarray, maybe: np.ndarray) -> n
 def segment(hu: np.ndarray, cands: cd.Candidates, g: Gate, rt: Route, cand_probs: np.ndarray, bundle, dev,
             batch: int, report=None, all_slices: bool = False):
     """Stage *segment*: labels, calcium and artery probability volumes, the segmenter's
-    P(RCA | calcium) (None for a phantom) (canonical layout, the candidates' slices) and,
-    with ``all_slices``, the labels the gated pipeline gives.
+    P(RCA | calcium) for stage *name* (None for a phantom), all in the canonical layout on
+    the candidates' slices, and, with ``all_slices``, the labels the gated pipeline gives.
 
     A patient's candidates go to the segmenter (:func:`paint_labels`); a phantom's picked
     candidates are labelled with their own voxels, named by side (:func:`phantom_labels`)."""
@@ -650,7 +651,7 @@ def run_pipeline(
         t = time.perf_counter()
         span = 0.25 if attention else 0.35
         labels, p_calc, p_art, p_right, gated = segment(net, cands, g, rt, cand_probs, nets, dev, batch,
-                                               lambda f, m: report(0.6 + span * f, m), all_slices)
+                                                        lambda f, m: report(0.6 + span * f, m), all_slices)
         timings["segmenter_s"] = time.perf_counter() - t
 
         att = None
