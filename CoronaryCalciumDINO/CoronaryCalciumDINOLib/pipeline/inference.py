@@ -668,6 +668,7 @@ def run_pipeline(
         use = anatomy if naming == "aorta" else None
         labels, named_by = name(labels, net, use, ct.spacing, params.threshold_hu, p_right)
         gated = None if gated is None else name(gated, net, use, ct.spacing, params.threshold_hu, p_right)[0]
+    del p_right  # for stage name only: not held through the steps below
     timings["naming_s"] = time.perf_counter() - t
     names_from = names_source(named_by, naming, bool(rt.phantom), bool(labels.any()))
 
