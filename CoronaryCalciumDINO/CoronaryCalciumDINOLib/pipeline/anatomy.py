@@ -462,7 +462,6 @@ def _cut_at_back_edge(small: np.ndarray, lab: np.ndarray, n: int, rows: int, asp
     near = np.arange(small.shape[1]) >= small.shape[1] - 1 - rows
     out = np.zeros(n + 1, dtype=bool)
     out[lab[behind & near[None, :, None] & (lab > 0)]] = True
-    out[0] = False
     boxes = ndimage.find_objects(lab)
     for j in np.flatnonzero(out):
         part = lab[boxes[j - 1]] == j  # (z, y, x) within its box

@@ -39,8 +39,9 @@ stages, not the AI's imports).
    aorta that the anatomy step found (the left main within 10 mm of the root, the RCA to
    its right, the LAD and LCX by direction), when the aorta and the segmenter agree on the
    sides of the tree where the segmenter is sure of them (where it is sure of under half of
-   the sides checked, the aorta's names stand); else the segmenter's arteries, a lesion that they split between the
-   left tree and the RCA going to one side (:func:`one_side_per_lesion`). Not for phantoms.
+   the sides checked, the aorta's names stand); else the segmenter's arteries, a lesion that
+   they split between the left tree and the RCA going to one side
+   (:func:`one_side_per_lesion`). Not for phantoms.
 5. :func:`..scoring.score` on the labels (only voxels >= the scoring threshold count).
 
 Per-slice and per-lesion confidences go to the report: each slice's probability and the
