@@ -374,3 +374,103 @@ def test_the_root_zone_measurement_on_synthetic_calcium_counts_the_zone_and_its_
     for r in res:
         assert 0 <= r["wrong_voxels"] <= r["voxels"] and 0 <= r["wrong_lesions"] <= r["lesions"]
         assert (r["wrong_voxels"] > 0) == bool(r["wrong_seeds"])
+
+
+def test_the_check_says_what_it_counted_and_found():
+    """name_and_check: the calcium checked (outside the root's zone), how much of it the
+    segmenter is sure of, whether the check was made, what it compared and on how much the
+    sides disagree."""
+    from CoronaryCalciumDINOLib.pipeline.naming import MAX_SIDE_DISAGREEMENT, MIN_SURE_SHARE, name_and_check
+
+    lab = _disagreeing()  # 69 voxels outside the zone: the long lesion (60, the segmenter's LAD,
+    # right of the aorta) disagrees, the one far left (9) agrees; 9 in the zone
+    _, source, check = name_and_check(lab, _anatomy(), SPACING)  # no side probabilities: all sure
+    assert source == "segmenter: the aorta disagrees" and not check.passed
+    assert (check.checked, check.zone_only, check.sure, check.made, check.counted, check.disagree) == \
+        (69, False, 69, True, 69, 60)
+    assert np.isclose(check.sure_share, 1.0) and np.isclose(check.disagreement, 60 / 69)
+    p_right = np.zeros(lab.shape, np.float32)
+    p_right[2, 80:83, 50:70] = 0.35  # unsure of the long lesion: 9 of 69 sure, no check
+    _, source, check = name_and_check(lab, _anatomy(), SPACING, p_right)
+    assert source == "aorta" and check.passed and not check.made and check.disagreement is None
+    assert (check.checked, check.sure, check.counted, check.disagree) == (69, 9, 0, 0)
+    assert check.as_dict() == {"zone_only": False, "voxels_checked": 69, "segmenter_sure_share": 9 / 69,
+                               "check_made": False, "voxels_counted": 0, "sides_disagree_share": None,
+                               "min_sure_share": MIN_SURE_SHARE, "max_disagreement": MAX_SIDE_DISAGREEMENT}
+    p_right[:] = 0.5
+    p_right[2, 80:83, 50:70] = 0.1  # sure of the long lesion only: counted, and it disagrees
+    _, source, check = name_and_check(lab, _anatomy(), SPACING, p_right)
+    assert source == "segmenter: the aorta disagrees"
+    assert (check.sure, check.made, check.counted, check.disagree) == (60, True, 60, 60)
+    assert check.as_dict()["sides_disagree_share"] == 1.0
+
+
+def test_the_check_at_its_bounds():
+    """Sure of exactly MIN_SURE_SHARE of the calcium checked: the check is made; the sides
+    disagreeing on exactly MAX_SIDE_DISAGREEMENT of it: the aorta's names stand."""
+    from CoronaryCalciumDINOLib.pipeline.naming import MAX_SIDE_DISAGREEMENT, MIN_SURE_SHARE, name_and_check
+
+    assert (MIN_SURE_SHARE, MAX_SIDE_DISAGREEMENT) == (0.5, 0.2)
+    lab = np.zeros((12, 200, 200), np.uint8)
+    lab[0, 80, 40:80] = 4  # right of the aorta, below the root's zone: RCA, agreeing (40 voxels)
+    lab[0, 60, 140:150] = 4  # left, in front, away from the root: the segmenter's RCA, disagreeing (10)
+    _, source, check = name_and_check(lab, _anatomy(), SPACING)
+    assert (check.checked, check.counted, check.disagree, source) == (50, 50, 10, "aorta")
+    lab[0, 60, 150] = 4  # one voxel more disagrees: 11 of 51
+    assert name_and_check(lab, _anatomy(), SPACING)[1] == "segmenter: the aorta disagrees"
+    lab[0, 60, 150] = 0
+    p_right = np.where(lab > 0, 0.5, 0.0).astype(np.float32)
+    p_right[0, 80, 40:65] = 0.9  # sure of 25 of the 50: exactly half, the check made
+    _, source, check = name_and_check(lab, _anatomy(), SPACING, p_right)
+    assert (check.sure, check.made, check.counted, check.disagree, source) == (25, True, 25, 0, "aorta")
+    p_right[0, 80, 64] = 0.5  # 24 of 50: not made
+    assert not name_and_check(lab, _anatomy(), SPACING, p_right)[2].made
+
+
+def test_calcium_only_near_the_root_is_all_checked_and_no_check_without_an_aorta_or_calcium():
+    from CoronaryCalciumDINOLib.pipeline.anatomy import Anatomy
+    from CoronaryCalciumDINOLib.pipeline.naming import name_and_check
+
+    lab = np.zeros((12, 200, 200), np.uint8)
+    _lesion(lab, 6, 105, 120, code=4)  # in the zone, left of the root: the aorta says left tree
+    _lesion(lab, 6, 85, 80, code=2)  # in the zone, right of the root: the aorta says RCA
+    unsure = np.full(lab.shape, 0.5, np.float32)
+    unsure[6, 84:87, 79:82] = 0.1  # sure of the LAD's side (9 of 18), checked all the same
+    _, source, check = name_and_check(lab, _anatomy(), SPACING, unsure)
+    assert source == "segmenter: the aorta disagrees"
+    assert (check.checked, check.zone_only, check.sure, check.made, check.counted, check.disagree) == \
+        (18, True, 9, True, 18, 18)
+    assert check.as_dict()["zone_only"] is True and check.as_dict()["segmenter_sure_share"] == 0.5
+    empty = np.zeros((12, 100, 100), bool)
+    no_aorta = Anatomy((12, 200, 200), (2, 2), True, empty, empty, empty, (0, ROOT), None, None)
+    assert name_and_check(lab, no_aorta, SPACING)[1:] == ("segmenter: no aorta found", None)
+    assert name_and_check(np.zeros_like(lab), _anatomy(), SPACING)[1:] == ("segmenter", None)
+
+
+def test_the_naming_check_measurement_lists_each_study_and_sums_them_up(capsys):
+    """training/naming_check.py (no model here): a line per study with calcium named, and the
+    totals by names source with the segmenter's sure share over the studies checked outside
+    the root's zone; a bad --seeds is one error line."""
+    from CoronaryCalciumDINOLib.pipeline.naming import NamingCheck
+    from training.naming_check import main, study_line, totals
+
+    rows = [
+        {"id": "a", "source": "aorta", "check": NamingCheck(200, False, 180, True, 180, 10).as_dict()},
+        {"id": "b", "source": "segmenter: the aorta disagrees", "check": NamingCheck(100, False, 90, True, 90, 45).as_dict()},
+        {"id": "c", "source": "aorta", "check": NamingCheck(30, True, 12, True, 30, 0).as_dict()},
+        {"id": "d", "source": "segmenter: no aorta found", "check": None},
+        {"id": "e", "source": "aorta", "check": NamingCheck(100, False, 20, False, 0, 0).as_dict()},
+        {"id": "f", "source": "", "check": None},
+    ]
+    assert study_line(rows[0]) == ("a: aorta; 200 calcium voxels checked (outside the root's zone), segmenter sure "
+                                   "of 90.0 %; sides disagree on 5.6 %")
+    assert study_line(rows[2]).endswith("(all, only near the root: checked, sure or not), segmenter sure of 40.0 %; "
+                                        "sides disagree on 0.0 %")
+    assert study_line(rows[4]).endswith("segmenter sure of 20.0 %; no check made")
+    assert study_line(rows[3]) == "d: segmenter: no aorta found"
+    assert totals(rows) == ("5 studies with calcium the pipeline labelled: 3 aorta, 1 segmenter: the aorta disagrees, "
+                            "1 segmenter: no aorta found. Calcium outside the root's zone checked in 3: segmenter "
+                            "sure of 20.0-90.0 % (median 90.0 %), the check made in 2; where the aorta disagrees, "
+                            "the sides disagree on 50.0-50.0 %")
+    assert main(["--seeds", "5:5"]) == 2
+    assert "--seeds must be START:END" in capsys.readouterr().err

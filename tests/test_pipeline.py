@@ -124,13 +124,13 @@ def test_stage_name_gets_the_segmenters_side_probability_of_each_calcium_voxel(b
     from CoronaryCalciumDINOLib.pipeline import inference
 
     seen = []
-    real = inference.name_with_source
+    real = inference.name_and_check
 
     def spy(labels, anatomy, spacing, p_right=None):
         seen.append((labels.copy(), p_right))
         return real(labels, anatomy, spacing, p_right)
 
-    monkeypatch.setattr(inference, "name_with_source", spy)
+    monkeypatch.setattr(inference, "name_and_check", spy)
     b = load_bundle(bundle_dir)
     b.detector = PeakDetector(centre_hu=360.0)
     b.segmenter = MixedSegmenter()
@@ -173,6 +173,42 @@ def test_the_report_says_where_the_artery_names_came_from_and_flags_the_models_o
     assert "artery_names_from" not in none.report_extra()["model"]
     assert not [f for f in review_flags(ct, build_report(none.score, "x", **none.report_extra()))
                 if f["flag"] == "artery_names"]
+
+
+def test_the_report_carries_the_check_on_the_aortas_names_and_the_flag_says_how_far_it_failed(bundle_dir, monkeypatch):
+    """Where stage *name* checked the aorta's names, the report's model says what the check
+    counted and found, and the review flag how far the sides disagreed."""
+    import dataclasses
+
+    from CoronaryCalciumDINOLib.pipeline.naming import NamingCheck
+    from CoronaryCalciumDINOLib.report import build_report
+    from CoronaryCalciumDINOLib.report.flags import review_flags
+
+    ct = _ct()
+    b = load_bundle(bundle_dir)
+    b.detector = PeakDetector(centre_hu=360.0)
+    b.segmenter = ConstantSegmenter(2)
+    b.manifest["detector"]["threshold"] = 0.5
+    res = run_pipeline(ct, b, device="cpu")
+    assert res.names_check is None and "artery_names_check" not in res.report_extra()["model"]  # no aorta
+    failed = dataclasses.replace(res, names_from="segmenter: the aorta disagrees",
+                                 names_check=NamingCheck(checked=200, zone_only=False, sure=150, made=True, counted=150,
+                                                         disagree=60))
+    check = failed.report_extra()["model"]["artery_names_check"]
+    assert check["voxels_checked"] == 200 and check["segmenter_sure_share"] == 0.75 and check["check_made"] is True
+    assert check["sides_disagree_share"] == 0.4
+    report = build_report(failed.score, "x", **failed.report_extra())
+    (flag,) = [f for f in review_flags(ct, report) if f["flag"] == "artery_names"]
+    assert "of 40 % of the calcium away from the aortic root whose side the segmenter is sure of, more than 20 %" \
+        in flag["message"]
+    # stage name's check reaches the result (the toy CT has no aorta: a stand-in for the check)
+    from CoronaryCalciumDINOLib.pipeline import inference
+
+    made = NamingCheck(checked=10, zone_only=True, sure=10, made=True, counted=10, disagree=0)
+    monkeypatch.setattr(inference, "name_and_check", lambda labels, *a: (labels, "aorta", made))
+    named = run_pipeline(ct, b, device="cpu")
+    assert named.names_check is made and named.names_from == "aorta"
+    assert named.report_extra()["model"]["artery_names_check"]["zone_only"] is True
 
 
 def test_names_source_tells_each_reason():

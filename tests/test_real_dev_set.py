@@ -215,6 +215,30 @@ def test_evaluate_real_summary_and_table():
     assert ev.sheet_dir_problem(ev.REPO / "real-dev" / "sheet") is None
 
 
+def test_evaluate_real_says_where_each_scans_names_came_from_and_what_the_check_found():
+    from CoronaryCalciumDINOLib.pipeline.naming import NamingCheck
+    from training import evaluate_real as ev
+
+    rows = [_row(str(k), (0, 100.0, 0, 0, 100.0), (0, 100.0, 0, 0, 100.0)) for k in range(1, 6)]
+    rows[0]["names_from"] = "aorta"
+    rows[0]["names_check"] = NamingCheck(400, False, 20, False, 0, 0).as_dict()
+    rows[1]["names_from"] = "segmenter: the aorta disagrees"
+    rows[1]["names_check"] = NamingCheck(400, False, 300, True, 300, 120).as_dict()
+    rows[2]["names_from"] = "aorta"
+    rows[2]["names_check"] = NamingCheck(50, True, 10, True, 50, 0).as_dict()
+    rows[3]["names_from"], rows[3]["names_check"] = "segmenter: no aorta found", None
+    doc = {"model": {"name": "m", "version": "1", "sha256": "0" * 64}, "kvp_option": "auto", "cpu": "cpu",
+           "torch_threads": 1, "date": "d", "command": "c", "scans": rows, "summary": ev.summarise(rows)}
+    md = ev.markdown(doc)
+    assert "- scan 1: from the aorta (the segmenter sure of the side of 5 % of 400 voxels: no check made)" in md
+    assert "- scan 2: segmenter: the aorta disagrees (the segmenter sure of the side of 75 % of 400 voxels; " \
+           "the sides disagree on 40 %)" in md
+    assert "- scan 3: from the aorta (all 50 voxels near the root checked, sure or not; the sides disagree on 0 %)" in md
+    assert "- scan 4: segmenter: no aorta found\n" in md and "- scan 5:" not in md
+    doc["scans"] = rows[4:]
+    assert "## Artery names" not in ev.markdown(doc)
+
+
 def test_evaluate_real_sheet(tmp_path):
     pytest.importorskip("matplotlib")
     from types import SimpleNamespace

@@ -202,6 +202,45 @@ def test_artery_names_that_are_the_models_own_are_flagged():
     assert fl.artery_names_flag(_named("")) is None
 
 
+def test_names_from_the_aorta_left_unchecked_are_flagged():
+    """Named from the aorta, but the segmenter sure of the side of too little of the calcium
+    away from the root for the check (real dev scan 4 in fields set towards the back): the
+    reader is told the names are unchecked; a check made and passed raises nothing."""
+    from CoronaryCalciumDINOLib.pipeline.naming import NamingCheck
+
+    report = _named("aorta")
+    report["model"]["artery_names_check"] = NamingCheck(255, False, 5, False, 0, 0).as_dict()
+    found = fl.artery_names_flag(report)
+    assert found is not None and found["flag"] == "artery_names"
+    assert "come from the position of the ascending aorta, unchecked" in found["message"]
+    assert "of only 2 % of the calcium away from the aortic root (the check needs 50 %)" in found["message"]
+    report["model"]["artery_names_check"] = NamingCheck(255, False, 200, True, 200, 10).as_dict()
+    assert fl.artery_names_flag(report) is None
+    report["model"]["artery_names_check"] = NamingCheck(255, False, 5, False, 0, 0).as_dict()
+    report["total"]["agatston"] = 0.0
+    assert fl.artery_names_flag(report) is None  # nothing to name
+    assert fl.artery_names_flag(_named("aorta")) is None  # no check figures: nothing said
+
+
+
+def test_the_names_flag_says_how_far_the_sides_disagreed_without_rounding_onto_the_bounds():
+    from CoronaryCalciumDINOLib.pipeline.naming import NamingCheck
+
+    report = _named("segmenter: the aorta disagrees")
+    report["model"]["artery_names_check"] = NamingCheck(18, True, 9, True, 18, 18).as_dict()
+    assert "of 100 % of the calcium, all of it near the aortic root, more than 20 %" \
+        in fl.artery_names_flag(report)["message"]
+    report["model"]["artery_names_check"] = NamingCheck(5000, False, 5000, True, 5000, 1002).as_dict()  # 20.04 %
+    assert "of 20.0 % of the calcium away from the aortic root whose side the segmenter is sure of, more than 20 %" \
+        in fl.artery_names_flag(report)["message"]
+    report = _named("aorta")
+    report["model"]["artery_names_check"] = NamingCheck(5000, False, 2498, False, 0, 0).as_dict()  # 49.96 %
+    assert "of only 50.0 % of the calcium away from the aortic root (the check needs 50 %)" \
+        in fl.artery_names_flag(report)["message"]
+    report["model"]["artery_names_check"] = NamingCheck(1000, False, 400, False, 0, 0).as_dict()
+    assert "of only 40 % of the calcium" in fl.artery_names_flag(report)["message"]
+
+
 def test_rescored_flags_keep_the_image_flags_and_drop_confidence_after_edits():
     previous = {"review_flags": [
         {"flag": "model_confidence", "message": "m"}, {"flag": "noise", "message": "n"},

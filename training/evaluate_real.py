@@ -15,10 +15,12 @@ Written:
 ``OUT.json``
     per scan: reference and AI Agatston per artery and in total, risk categories (the
     library's :func:`~CoronaryCalciumDINOLib.scoring.risk_category`), seconds, kVp,
-    threshold, lesions, the model, the pipeline's counts and warnings; a summary; the
+    threshold, lesions, the model, the pipeline's counts and warnings, where the artery
+    names came from and what the check on the aorta's names found; a summary; the
     command line. Numbers only, no pixels.
 ``OUT.md``
-    the same as a table, with the summary, command, CPU, date and model.
+    the same as a table, with the summary, the artery names' source per scan, command,
+    CPU, date and model.
 ``SHEET/<N>.png``
     a contact sheet per scan: the whole slice of the largest lesion with the crop boxes and
     the heart region the pipeline searched (orange), then one 60 mm crop per labelled
@@ -209,6 +211,7 @@ def evaluate_scan(name: str, folder: Path, ref: dict, bundle, options: ScoringOp
         "model": {k: res.model_info.get(k) for k in ("name", "version", "sha256")},
         "counts": {k: (int(v) if isinstance(v, (int, np.integer)) else v) for k, v in res.counts.items()},
         "names_from": getattr(res, "names_from", ""),
+        "names_check": None if getattr(res, "names_check", None) is None else res.names_check.as_dict(),
         "warnings": [*ct.warnings, *res.warnings],
     }
     return row, ct, res
@@ -298,6 +301,21 @@ def progress_line(r: dict) -> str:
             f"risk {r['risk']['reference']}/{r['risk']['ai']}  {r['lesions']} lesions  {r['seconds']:.1f} s")
 
 
+def names_line(r: dict) -> str:
+    """Where a scan's artery names came from, with what the check on the aorta's names found."""
+    source = r.get("names_from") or ""
+    text = "from the aorta" if source == "aorta" else source
+    c = r.get("names_check")
+    if not c:
+        return text
+    sure = f"the segmenter sure of the side of {100 * c['segmenter_sure_share']:.0f} % of {c['voxels_checked']} voxels"
+    if c["zone_only"]:
+        sure = f"all {c['voxels_checked']} voxels near the root checked, sure or not"
+    if not c["check_made"]:
+        return f"{text} ({sure}: no check made)"
+    return f"{text} ({sure}; the sides disagree on {100 * c['sides_disagree_share']:.0f} %)"
+
+
 def markdown(doc: dict) -> str:
     m = doc["model"]
     lines = [
@@ -330,6 +348,18 @@ def markdown(doc: dict) -> str:
               "region), all taken for one artery: at most what a labelling of this scan can score. A",
               "reference above it is calcium this reconstruction does not show above the threshold, or",
               "shows outside the region."]
+    names = [f"- scan {r['scan']}: {names_line(r)}" for r in doc["scans"] if r.get("names_from")]
+    if names:
+        from CoronaryCalciumDINOLib.pipeline.naming import MAX_SIDE_DISAGREEMENT, MIN_SURE_SHARE
+
+        lines += ["", "## Artery names", "", *names, "",
+                  "The check that decides whether the names from the ascending aorta are used compares the",
+                  "aorta's side of the tree with the segmenter's on the calcium outside the aortic root's zone",
+                  "whose side the segmenter is sure of. It is made where that is at least "
+                  f"{100 * MIN_SURE_SHARE:.0f} % of the calcium",
+                  "outside the zone, and the aorta's names stand unless the sides disagree on more than "
+                  f"{100 * MAX_SIDE_DISAGREEMENT:.0f} %",
+                  "of it. Calcium only near the root is all checked, sure or not (docs/model.md, \"Naming\")."]
     lines += ["", f"Pipeline time {doc['summary']['seconds_total']:.1f} s for {doc['summary']['scans_scored']} scans "
               "(`run_pipeline` only: reading the DICOM and loading the bundle excluded).", ""]
     return "\n".join(lines)

@@ -75,7 +75,7 @@ from ..scoring import ScoreResult, ScoringParams, score
 from . import candidates as cd
 from . import preprocess as pp
 from .anatomy import Anatomy, find_anatomy
-from .naming import name_with_source, one_side_per_lesion  # noqa: F401 (one_side_per_lesion: public here too)
+from .naming import NamingCheck, name_and_check, one_side_per_lesion  # noqa: F401 (one_side_per_lesion: public here too)
 from .contrast import check_contrast
 from .device import autocast_for, chunks, resolve_device
 
@@ -119,6 +119,9 @@ class PipelineResult:
     #: "segmenter: the aorta disagrees" or "segmenter: asked for" (``naming="segmenter"``);
     #: "" where there was nothing to name (no calcium, a phantom named by side)
     names_from: str = ""
+    #: what stage *name*'s check on the aorta's names counted and found (:class:`.naming.NamingCheck`;
+    #: None where there was no check: no calcium, no aorta found, a phantom, ``naming="segmenter"``)
+    names_check: NamingCheck | None = None
 
     def heart_region(self) -> np.ndarray | None:
         """bool (z, y, x) on the CT grid, in its storage order: where the pipeline looked for
@@ -140,7 +143,8 @@ class PipelineResult:
             "lesion_confidence": [dict(c) for c in self.lesion_confidence],
             "model": {**self.model_info, "taken_for_phantom": bool(self.counts.get("phantom", 0)),
                       "arteries_named_from_aorta": bool(self.counts.get("arteries_named_from_aorta", 0)),
-                      **({"artery_names_from": self.names_from} if self.names_from else {})},
+                      **({"artery_names_from": self.names_from} if self.names_from else {}),
+                      **({"artery_names_check": self.names_check.as_dict()} if self.names_check is not None else {})},
         }
 
 
@@ -529,19 +533,20 @@ def segment(hu: np.ndarray, cands: cd.Candidates, g: Gate, rt: Route, cand_probs
 
 
 def name(labels: np.ndarray, hu: np.ndarray, anatomy: Anatomy | None, spacing, threshold_hu: float,
-         p_right: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+         p_right: np.ndarray | None = None) -> tuple[np.ndarray, str, NamingCheck | None]:
     """Stage *name* (:mod:`.naming`): the labels of the slices looked at (canonical layout)
     at or above the scoring threshold, each lesion named from the ascending aorta when the
     anatomy step found it (and it agrees with the segmenter on the sides), else by the
-    segmenter with one side of the tree per lesion; and where the names came from.
+    segmenter with one side of the tree per lesion; where the names came from; and what the
+    check on the aorta's names counted and found (:func:`.naming.name_and_check`).
     ``p_right``: the segmenter's P(RCA | calcium) (:func:`segment`): where it is unsure of
     the sides, they do not count for or against the aorta (:func:`.naming.sure_sides`)."""
-    return name_with_source(np.where(hu >= threshold_hu, labels, 0).astype(labels.dtype), anatomy, spacing, p_right)
+    return name_and_check(np.where(hu >= threshold_hu, labels, 0).astype(labels.dtype), anatomy, spacing, p_right)
 
 
 def names_source(named_by: str, naming: str, phantom: bool, calcium: bool) -> str:
     """Where the artery names came from, for the report (:attr:`PipelineResult.names_from`):
-    what stage *name* said (:func:`.naming.name_with_source`), "segmenter: asked for" with
+    what stage *name* said (:func:`.naming.name_and_check`), "segmenter: asked for" with
     ``naming="segmenter"``, "" where nothing was named (no calcium; a phantom, named by side)."""
     if phantom or not calcium:
         return ""
@@ -664,10 +669,10 @@ def run_pipeline(
             timings["attention_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    named_by = "segmenter"
+    named_by, names_check = "segmenter", None
     if not rt.phantom:  # stage name: the artery of each lesion, from the aorta (or the segmenter)
         use = anatomy if naming == "aorta" else None
-        labels, named_by = name(labels, net, use, ct.spacing, params.threshold_hu, p_right)
+        labels, named_by, names_check = name(labels, net, use, ct.spacing, params.threshold_hu, p_right)
         gated = None if gated is None else name(gated, net, use, ct.spacing, params.threshold_hu, p_right)[0]
     del p_right  # for stage name only: not held through the steps below
     timings["naming_s"] = time.perf_counter() - t
@@ -710,4 +715,5 @@ def run_pipeline(
         anatomy=anatomy,
         view=((z0, z1), view.flips),
         names_from=names_from,
+        names_check=names_check,
     )

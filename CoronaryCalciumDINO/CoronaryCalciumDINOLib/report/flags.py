@@ -13,7 +13,11 @@ know. The flags and what raises them:
 ``artery_names``
     The artery names are the segmenter's own, not the ascending aorta's (the report's
     ``model.artery_names_from``: the aorta was not found, or its names were at odds with the
-    segmenter's on the side of the coronary tree, or the segmenter's names were asked for).
+    segmenter's on the side of the coronary tree, by how much where the report's
+    ``model.artery_names_check`` says, or the segmenter's names were asked for); or they
+    are the aorta's, unchecked: the segmenter was sure of the side of less than
+    :data:`..pipeline.naming.MIN_SURE_SHARE` of the calcium away from the root, too little to
+    check the aorta found against (``model.artery_names_check.check_made`` false).
     On real scans the segmenter's names are often wrong; the total and the risk category
     do not depend on the names. Measured on the real dev scans with bundle 0.6.8
     (``training/results/real-dev-coca-segmenter-names.md``, ``real-dev-coca.md``): with the
@@ -137,16 +141,55 @@ def confidence_flag(report: dict, low: float = LOW_CONFIDENCE) -> dict | None:
     )
 
 
+def _percent(share: float, bound: float) -> str:
+    """``share`` in per cent for a message that compares it with ``bound``: one decimal where
+    the whole number would read as the bound itself."""
+    text = f"{100 * share:.0f}"
+    return f"{100 * share:.1f}" if text == f"{100 * bound:.0f}" and share != bound else text
+
+
+def _disagreement_text(report: dict) -> str:
+    """How far the two disagreed, from the report's ``model.artery_names_check``
+    (:meth:`..pipeline.naming.NamingCheck.as_dict`), or "" where it does not say."""
+    check = (report.get("model") or {}).get("artery_names_check") or {}
+    share, limit = check.get("sides_disagree_share"), check.get("max_disagreement")
+    if not isinstance(share, (int, float)) or not isinstance(limit, (int, float)):
+        return ""
+    which = ("of the calcium, all of it near the aortic root" if check.get("zone_only")
+             else "of the calcium away from the aortic root whose side the segmenter is sure of")
+    return f" on the side of the tree of {_percent(share, limit)} % {which}, more than {100 * limit:.0f} %"
+
+
+def _unchecked_names_flag(report: dict) -> dict | None:
+    """``artery_names`` where the names are the aorta's but the check on them was not made
+    (the report's ``model.artery_names_check``), or None."""
+    check = (report.get("model") or {}).get("artery_names_check") or {}
+    if check.get("check_made") is not False:
+        return None
+    sure, need = check.get("segmenter_sure_share"), check.get("min_sure_share")
+    if not isinstance(sure, (int, float)) or not isinstance(need, (int, float)):
+        return None
+    return _flag(
+        "artery_names",
+        "the artery names come from the position of the ascending aorta, unchecked: the segmenter was sure of the "
+        f"side of the coronary tree of only {_percent(sure, need)} % of the calcium away from the aortic root (the "
+        f"check needs {100 * need:.0f} %), so a vessel taken for the aorta by mistake would not be caught; the total "
+        "and the risk category do not depend on the names; check which artery each lesion lies on",
+    )
+
+
 def artery_names_flag(report: dict) -> dict | None:
     """``artery_names`` (see the module docstring), or None."""
     source = (report.get("model") or {}).get("artery_names_from")
-    if not isinstance(source, str) or not source.startswith("segmenter"):
+    if not isinstance(source, str) or not source or float((report.get("total") or {}).get("agatston", 0.0)) <= 0:
         return None
-    if float((report.get("total") or {}).get("agatston", 0.0)) <= 0:
+    if source == "aorta":
+        return _unchecked_names_flag(report)
+    if not source.startswith("segmenter"):
         return None
     why = {"segmenter: no aorta found": "the ascending aorta was not found on this scan",
            "segmenter: the aorta disagrees": "the names from the ascending aorta's position were at odds with the "
-                                             "segmenter's",
+                                             "segmenter's" + _disagreement_text(report),
            "segmenter: asked for": "requested with --naming segmenter"}.get(source, source)
     return _flag(
         "artery_names",
