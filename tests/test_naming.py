@@ -447,7 +447,7 @@ def test_calcium_only_near_the_root_is_all_checked_and_no_check_without_an_aorta
     assert name_and_check(np.zeros_like(lab), _anatomy(), SPACING)[1:] == ("segmenter", None)
 
 
-def test_the_naming_check_measurement_lists_each_study_and_sums_them_up(capsys):
+def test_the_naming_check_measurement_lists_each_study_and_sums_them_up(capsys, tmp_path):
     """training/naming_check.py (no model here): a line per study with calcium named, and the
     totals by names source with the segmenter's sure share over the studies checked outside
     the root's zone; a bad --seeds is one error line."""
@@ -474,3 +474,6 @@ def test_the_naming_check_measurement_lists_each_study_and_sums_them_up(capsys):
                             "the sides disagree on 50.0-50.0 %")
     assert main(["--seeds", "5:5"]) == 2
     assert "--seeds must be START:END" in capsys.readouterr().err
+    assert main(["--seeds", "0:1", "--bundle", str(tmp_path / "none"), "--cache", str(tmp_path / "studies")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("naming_check: error: model bundle not found") and err.count("\n") == 1

@@ -117,6 +117,16 @@ class MixedSegmenter(_FakeSegmenter):
         return torch.log(p).view(1, 5, 1, 1).expand(x.shape[0], 5, *x.shape[2:]).clone()
 
 
+def _peak_bundle(bundle_dir, segmenter):
+    """The toy bundle with a detector passing the slices of the spots (>= 390 HU) and
+    ``segmenter``."""
+    b = load_bundle(bundle_dir)
+    b.detector = PeakDetector(centre_hu=360.0)
+    b.segmenter = segmenter
+    b.manifest["detector"]["threshold"] = 0.5
+    return b
+
+
 def test_stage_name_gets_the_segmenters_side_probability_of_each_calcium_voxel(bundle_dir, monkeypatch):
     """P(RCA | calcium) = 0.6 / 0.8 on every labelled voxel reaches stage *name* (which counts
     only the sides the segmenter is sure of: naming.sure_sides), on the same grid as the
@@ -131,10 +141,7 @@ def test_stage_name_gets_the_segmenters_side_probability_of_each_calcium_voxel(b
         return real(labels, anatomy, spacing, p_right)
 
     monkeypatch.setattr(inference, "name_and_check", spy)
-    b = load_bundle(bundle_dir)
-    b.detector = PeakDetector(centre_hu=360.0)
-    b.segmenter = MixedSegmenter()
-    b.manifest["detector"]["threshold"] = 0.5
+    b = _peak_bundle(bundle_dir, MixedSegmenter())
     res = run_pipeline(_ct(), b, device="cpu")
     assert res.labels.any() and (res.labels[res.labels > 0] == 4).all() and len(seen) == 1
     both = run_pipeline(_ct(), b, device="cpu", all_slices=True)
@@ -152,10 +159,7 @@ def test_the_report_says_where_the_artery_names_came_from_and_flags_the_models_o
     from CoronaryCalciumDINOLib.report.flags import review_flags
 
     ct = _ct()
-    b = load_bundle(bundle_dir)
-    b.detector = PeakDetector(centre_hu=360.0)
-    b.segmenter = ConstantSegmenter(2)
-    b.manifest["detector"]["threshold"] = 0.5
+    b = _peak_bundle(bundle_dir, ConstantSegmenter(2))
     res = run_pipeline(ct, b, device="cpu")
     assert res.labels.any() and res.anatomy is not None and res.anatomy.aorta_axis is None
     assert res.names_from == "segmenter: no aorta found"
@@ -185,10 +189,7 @@ def test_the_report_carries_the_check_on_the_aortas_names_and_the_flag_says_how_
     from CoronaryCalciumDINOLib.report.flags import review_flags
 
     ct = _ct()
-    b = load_bundle(bundle_dir)
-    b.detector = PeakDetector(centre_hu=360.0)
-    b.segmenter = ConstantSegmenter(2)
-    b.manifest["detector"]["threshold"] = 0.5
+    b = _peak_bundle(bundle_dir, ConstantSegmenter(2))
     res = run_pipeline(ct, b, device="cpu")
     assert res.names_check is None and "artery_names_check" not in res.report_extra()["model"]  # no aorta
     failed = dataclasses.replace(res, names_from="segmenter: the aorta disagrees",
@@ -224,10 +225,7 @@ def test_names_source_tells_each_reason():
 
 def test_gating_slices_and_candidates(bundle_dir):
     ct = _ct()
-    b = load_bundle(bundle_dir)
-    b.detector = PeakDetector(centre_hu=360.0)  # spots of slices 4.. (>= 390 HU) pass
-    b.segmenter = ConstantSegmenter(2)
-    b.manifest["detector"]["threshold"] = 0.5
+    b = _peak_bundle(bundle_dir, ConstantSegmenter(2))  # spots of slices 4.. (>= 390 HU) pass
     res = run_pipeline(ct, b, device="cpu")
     peaks = 150.0 + 60.0 * np.arange(ct.shape[0])
     np.testing.assert_array_equal(res.selected, peaks >= 360.0)

@@ -65,6 +65,32 @@ def parse_seeds(text: str, prog: str) -> range | None:
     return range(start, end)
 
 
+def held_out_run(argv, prog: str, doc: str, bundle_help: str, load):
+    """The command line of a per-study measurement on the cached synthetic held-out studies
+    (``--seeds``, ``--cache``: study folders, generated there when missing; ``--bundle``:
+    ``bundle_help``; ``--out``: the lines printed, also written to a file; ``doc``: the
+    script's docstring, whose first paragraph describes it): (args, seeds,
+    ``load(args.bundle)``, study folders), or None after one error line on stderr (a bad
+    ``--seeds``, a bundle or studies that cannot be read or made)."""
+    from CoronaryCalciumDINOLib.errors import CCDinoError
+    from CoronaryCalciumDINOLib.evaluation.pipeline_eval import synthetic_study_dirs
+
+    ap = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
+    ap.add_argument("--seeds", default="900000:900100", help="synthetic seeds START:END (default 900000:900100)")
+    ap.add_argument("--cache", default="runs/eval/heldout", help="study folders (generated there when missing)")
+    ap.add_argument("--bundle", default=None, help=bundle_help)
+    ap.add_argument("--out", default=None, help="also write the lines printed to this file")
+    args = ap.parse_args(argv)
+    seeds = parse_seeds(args.seeds, prog)
+    if seeds is None:
+        return None
+    try:
+        return args, seeds, load(args.bundle), synthetic_study_dirs(seeds, args.cache)
+    except CCDinoError as exc:
+        print(f"{prog}: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return None
+
+
 def score_reconstructions(seeds: range, reconstructions: dict, bundle) -> list[tuple]:
     """(seed, reconstruction, reference, model) rows: each seed rendered with each
     reconstruction's generator options (``{name: overrides}``), its reference the Agatston

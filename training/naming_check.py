@@ -19,7 +19,6 @@ figures for real scans: ``training/evaluate_real.py`` (its "Artery names").
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -76,27 +75,14 @@ def totals(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     from CoronaryCalciumDINOLib.data.studies import load_study
-    from CoronaryCalciumDINOLib.errors import CCDinoError
-    from CoronaryCalciumDINOLib.evaluation.pipeline_eval import synthetic_study_dirs
     from CoronaryCalciumDINOLib.models.bundle import load_bundle
 
-    from training.evaluate_kernels import parse_seeds
+    from training.evaluate_kernels import held_out_run
 
-    ap = argparse.ArgumentParser(prog="naming_check", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", default="900000:900100", help="synthetic seeds START:END (default 900000:900100)")
-    ap.add_argument("--cache", default="runs/eval/heldout", help="study folders (generated there when missing)")
-    ap.add_argument("--bundle", default=None, help="model bundle (default: the default bundle)")
-    ap.add_argument("--out", default=None, help="also write the lines printed to this file")
-    args = ap.parse_args(argv)
-    seeds = parse_seeds(args.seeds, "naming_check")
-    if seeds is None:
+    run = held_out_run(argv, "naming_check", __doc__, "model bundle (default: the default bundle)", load_bundle)
+    if run is None:
         return 2
-    try:
-        bundle = load_bundle(args.bundle)
-        dirs = synthetic_study_dirs(seeds, args.cache)
-    except CCDinoError as exc:
-        print(f"naming_check: error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
+    args, seeds, bundle, dirs = run
     rows, lines = [], []
     for d in dirs:
         rows.append(study_check(load_study(d, with_heart=False), bundle))

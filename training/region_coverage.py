@@ -19,7 +19,6 @@ the synthetic anatomy. The region must not cut coronary calcium.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -56,27 +55,14 @@ def coverage(study, facts) -> dict:
 
 def main(argv=None) -> int:
     from CoronaryCalciumDINOLib.data.studies import load_study
-    from CoronaryCalciumDINOLib.errors import CCDinoError
-    from CoronaryCalciumDINOLib.evaluation.pipeline_eval import synthetic_study_dirs
     from CoronaryCalciumDINOLib.models.bundle import load_manifest
 
-    from training.evaluate_kernels import parse_seeds
+    from training.evaluate_kernels import held_out_run
 
-    ap = argparse.ArgumentParser(prog="region_coverage", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", default="900000:900100", help="synthetic seeds START:END (default 900000:900100)")
-    ap.add_argument("--cache", default="runs/eval/heldout", help="study folders (generated there when missing)")
-    ap.add_argument("--bundle", default=None, help="bundle whose candidate settings are used (default: the default bundle)")
-    ap.add_argument("--out", default=None, help="also write the lines printed to this file")
-    args = ap.parse_args(argv)
-    seeds = parse_seeds(args.seeds, "region_coverage")
-    if seeds is None:
+    run = held_out_run(argv, "region_coverage", __doc__, "bundle whose candidate settings are used (default: the default bundle)", load_manifest)
+    if run is None:
         return 2
-    try:
-        facts = load_manifest(args.bundle)
-        dirs = synthetic_study_dirs(seeds, args.cache)
-    except CCDinoError as exc:
-        print(f"region_coverage: error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
+    args, seeds, facts, dirs = run
     lines, total, cut = [], {"labelled": 0, "left_out": 0, "voxels": 0, "voxels_left_out": 0}, 0
     for d in dirs:
         c = coverage(load_study(d, with_heart=False), facts)
