@@ -354,7 +354,8 @@ def test_noise_table_and_refusals(capsys):
                                   ("2", (0, 40.0, 0, 0, 40.0), (0, total, 0, 0, total))):
                 row = _row(scan, ref, ai)
                 row.update(level=level, seed=seed, noise_before_hu=10.0, noise_after_hu=max(level, 10.0),
-                           named_from_aorta=scan == "2")
+                           named_from_aorta=scan == "2",
+                           names_check={"check_made": not (level and seed == 0)} if scan == "2" else None)
                 runs.append(row)
     summary = ev.level_summaries(runs, [0.0, 30.0], 2)
     assert [s["calcium_free_zero"] for s in summary["30"]] == [0, 0] and summary["0"][1]["risk_category_right"]["k"] == 2
@@ -362,7 +363,8 @@ def test_noise_table_and_refusals(capsys):
            "command": "python training/evaluate_real_noise.py", "levels": [0.0, 30.0], "seeds": 2, "runs": runs,
            "summary": summary}
     md = ev.markdown(doc)
-    assert "| 2 (2A) | 40 | 30 | 10 (0-20) | 0 / 10 / 0 / 0 | 1 of 2 | 2 of 2 |" in md
+    assert "| 2 (2A) | 40 | 30 | 10 (0-20) | 0 / 10 / 0 / 0 | 1 of 2 | 2 of 2 (1 unchecked) |" in md
+    assert "| 2 (2A) | 40 | 10 | 25 (0-50) | 0 / 25 / 0 / 0 | 1 of 2 | 2 of 2 |" in md
     assert "| 1 (1A) | 0 | 30 | 8 (8-8) | 0 / 0 / 0 / 8 | 0 of 2 | 0 of 2 |" in md
     assert "| 1 (1A) | 0 | 10 | 0 (0-0) | 0 / 0 / 0 / 0 | 2 of 2 | - |" in md  # no lesion: nothing named
     # per level: risk right per seed; calcium-free scans at 0 per seed; right artery at most (range)

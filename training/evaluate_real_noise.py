@@ -130,7 +130,9 @@ def markdown(doc: dict) -> str:
         "and scored with correlated noise added to reach each level (the noise the pipeline measures; "
         f"{doc['seeds']} independent draws per level; level 0: the scans as resampled, with their own noise). "
         "Reference: COCA's table. A development check, not a validation. *Named from the aorta*: in how many "
-        "draws the arteries were named from the ascending aorta (else the segmenter's names; - no lesion).",
+        "draws the arteries were named from the ascending aorta (else the segmenter's names; - no lesion; "
+        "*unchecked*: the segmenter sure of the side of too little of the calcium away from the aortic root for "
+        "the check on those names, which the review flag `artery_names` tells the reader).",
         "",
         f"- model: {m.get('name')} {m.get('version')} (sha256 {str(m.get('sha256'))[:12]}...)",
         f"- device: CPU ({doc['cpu']}); date: {doc['date']}; {doc['seconds']:.0f} s in all",
@@ -149,7 +151,10 @@ def markdown(doc: dict) -> str:
             totals = [r["ai"]["total"] for r in rs]
             means = " / ".join(f"{np.mean([r['ai'][a] for r in rs]):.0f}" for a in ARTERIES)
             noise = np.mean([r["noise_after_hu"] for r in rs])
-            named = (f"{sum(bool(r['named_from_aorta']) for r in rs)} of {len(rs)}" if any(totals)
+            unchecked = sum(bool(r.get("named_from_aorta")) and (r.get("names_check") or {}).get("check_made") is False
+                            for r in rs)
+            named = (f"{sum(bool(r['named_from_aorta']) for r in rs)} of {len(rs)}"
+                     + (f" ({unchecked} unchecked)" if unchecked else "") if any(totals)
                      else "-")  # no lesion: nothing named
             lines.append(
                 f"| {scan} ({rs[0]['id']}) | {rs[0]['reference']['total']:.0f} | {noise:.0f} | "
