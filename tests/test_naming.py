@@ -477,3 +477,32 @@ def test_the_naming_check_measurement_lists_each_study_and_sums_them_up(capsys, 
     assert main(["--seeds", "0:1", "--bundle", str(tmp_path / "none"), "--cache", str(tmp_path / "studies")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("naming_check: error: model bundle not found") and err.count("\n") == 1
+
+
+def test_the_names_do_not_depend_on_where_the_calcium_lies_in_the_scan():
+    """name_and_check works on the box round the calcium: the same heart placed elsewhere in
+    a larger scan (the aorta, the top heart level and the side probabilities moved with it)
+    is named and checked alike, and nothing outside the calcium is labelled."""
+    from CoronaryCalciumDINOLib.pipeline.anatomy import Anatomy
+    from CoronaryCalciumDINOLib.pipeline.naming import name_and_check
+
+    lab = _disagreeing()
+    lab[0, 80, 40:80] = 4  # RCA below the root's zone
+    p_right = np.where(lab == 4, 0.9, 0.1).astype(np.float32)
+    p_right[2, 80:83, 50:70] = 0.35  # unsure of the long lesion
+    dz, dy, dx = 3, 17, 41
+    big = np.zeros((20, 260, 300), np.uint8)
+    big[dz:dz + 12, dy:dy + 200, dx:dx + 200] = lab
+    p_big = np.zeros(big.shape, np.float32)
+    p_big[dz:dz + 12, dy:dy + 200, dx:dx + 200] = p_right
+    axis = np.full((20, 2), np.nan)
+    axis[dz:dz + 12] = AXIS + [dy, dx]
+    empty = np.zeros((20, 130, 150), bool)
+    moved = Anatomy(big.shape, (2, 2), True, empty, empty, empty, (0, ROOT + dz), axis, R)
+    for p_here, p_there in ((None, None), (p_right, p_big)):
+        out, source, check = name_and_check(lab, _anatomy(), SPACING, p_here)
+        out_big, source_big, check_big = name_and_check(big, moved, SPACING, p_there)
+        assert (source_big, check_big) == (source, check)
+        assert np.array_equal(out_big[dz:dz + 12, dy:dy + 200, dx:dx + 200], out)
+        assert (out_big > 0).sum() == (out > 0).sum() == (lab > 0).sum()
+    assert source == "aorta" and not check.made  # the unsure case named from the aorta, unchecked

@@ -361,14 +361,45 @@ def name_with_source(labels: np.ndarray, anatomy: Anatomy | None, spacing: Seque
 def name_and_check(labels: np.ndarray, anatomy: Anatomy | None, spacing: Sequence[float],
                    p_right: np.ndarray | None = None) -> tuple[np.ndarray, str, NamingCheck | None]:
     """:func:`name_with_source` and what its check on the aorta's names counted and found
-    (:class:`NamingCheck`; None where there was no check: no calcium, no aorta found)."""
-    model = one_side_per_lesion(labels)
-    if not model.any():
-        return model, "segmenter", None
+    (:class:`NamingCheck`; None where there was no check: no calcium, no aorta found).
+
+    The work is done on the box round the calcium (every rule is measured from the aorta's
+    centre, its wall and the top heart level, which move with the box), so that its cost
+    follows the calcium, not the scan."""
+    labels = np.asarray(labels)
+    box = _calcium_box(labels)
+    if box is None:
+        return one_side_per_lesion(labels), "segmenter", None
     if anatomy is None or anatomy.aorta_axis is None or anatomy.aorta_radius_mm is None:
-        return model, "segmenter: no aorta found", None
-    root = None if anatomy.heart_levels is None else anatomy.heart_levels[1]
-    axis, radius = anatomy.aorta_axis, anatomy.aorta_radius_mm
+        return one_side_per_lesion(labels), "segmenter: no aorta found", None
+    (z0, z1), (y0, y1), (x0, x1) = box
+    axis = np.asarray(anatomy.aorta_axis, dtype=float)[z0:z1] - np.array([y0, x0], dtype=float)
+    root = None if anatomy.heart_levels is None else anatomy.heart_levels[1] - z0
+    inside = (slice(z0, z1), slice(y0, y1), slice(x0, x1))
+    named, source, found = _name_in_box(labels[inside], axis, anatomy.aorta_radius_mm, root, spacing,
+                                        None if p_right is None else np.asarray(p_right)[inside])
+    out = np.zeros_like(labels)
+    out[inside] = named
+    return out, source, found
+
+
+def _calcium_box(labels: np.ndarray) -> tuple[tuple[int, int], ...] | None:
+    """The bounds [start, stop) along (z, y, x) of the calcium of ``labels``; None without."""
+    bounds = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hit = np.flatnonzero(np.any(labels, axis=other))
+        if hit.size == 0:
+            return None
+        bounds.append((int(hit[0]), int(hit[-1]) + 1))
+    return tuple(bounds)
+
+
+def _name_in_box(labels: np.ndarray, axis: np.ndarray, radius: float, root: int | None, spacing: Sequence[float],
+                 p_right: np.ndarray | None) -> tuple[np.ndarray, str, NamingCheck]:
+    """:func:`name_and_check` on ``labels`` holding calcium, the aorta found (``axis``,
+    ``radius``, ``root`` as :func:`name_by_aorta`)."""
+    model = one_side_per_lesion(labels)
     by_position = name_by_aorta(labels, axis, radius, root, spacing)
     zone = root_zone(labels, axis, radius, root, spacing)
     calc = model > 0
