@@ -217,7 +217,7 @@ def test_a_side_the_segmenter_is_sure_of_is_the_side_it_gave():
 
 
 def test_the_sure_share_is_of_the_calcium_checked():
-    from CoronaryCalciumDINOLib.pipeline.naming import MIN_SURE_SHARE, SURE_SIDE, sure_sides
+    from CoronaryCalciumDINOLib.pipeline.naming import MIN_SURE_SHARE, SURE_SIDE, enough_sure, sure_sides
 
     check = np.zeros((1, 1, 10), bool)
     check[0, 0, :8] = True
@@ -228,9 +228,11 @@ def test_the_sure_share_is_of_the_calcium_checked():
     p[0, 0, :4] = [0.0, 1.0, SURE_SIDE, 1.0 - SURE_SIDE]  # 4 of the 8 checked: sure of the side given
     p[0, 0, 5] = 0.1  # sure of the left tree where it gave RCA: not sure
     assert MIN_SURE_SHARE == 0.5
-    assert np.array_equal(sure_sides(check, right, p)[0, 0], [1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    sure = sure_sides(check, right, p)
+    assert np.array_equal(sure[0, 0], [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]) and enough_sure(sure, check)
     p[0, 0, 3] = 0.74
-    assert sure_sides(check, right, p) is None
+    sure = sure_sides(check, right, p)
+    assert sure.sum() == 3 and not enough_sure(sure, check)
     assert sure_sides(check, right, None) is check
 
 
@@ -462,11 +464,10 @@ def test_the_naming_check_measurement_lists_each_study_and_sums_them_up(capsys, 
         {"id": "e", "source": "aorta", "check": NamingCheck(100, False, 20, False, 0, 0).as_dict()},
         {"id": "f", "source": "", "check": None},
     ]
-    assert study_line(rows[0]) == ("a: aorta; 200 calcium voxels checked (outside the root's zone), segmenter sure "
-                                   "of 90.0 %; sides disagree on 5.6 %")
-    assert study_line(rows[2]).endswith("(all, only near the root: checked, sure or not), segmenter sure of 40.0 %; "
-                                        "sides disagree on 0.0 %")
-    assert study_line(rows[4]).endswith("segmenter sure of 20.0 %; no check made")
+    assert study_line(rows[0]) == ("a: from the aorta (the segmenter sure of the side of 90 % of 200 voxels; the sides "
+                                   "disagree on 6 %)")
+    assert study_line(rows[2]) == "c: from the aorta (all 30 voxels near the root checked, sure or not; the sides disagree on 0 %)"
+    assert study_line(rows[4]).endswith("sure of the side of 20 % of 100 voxels: no check made)")
     assert study_line(rows[3]) == "d: segmenter: no aorta found"
     assert totals(rows) == ("5 studies with calcium the pipeline labelled: 3 aorta, 1 segmenter: the aorta disagrees, "
                             "1 segmenter: no aorta found. Calcium outside the root's zone checked in 3: segmenter "

@@ -46,13 +46,10 @@ def study_check(study, bundle) -> dict:
 
 
 def study_line(r: dict) -> str:
-    c = r["check"]
-    if c is None:
-        return f"{r['id']}: {r['source']}"
-    where = "all, only near the root: checked, sure or not" if c["zone_only"] else "outside the root's zone"
-    found = (f"sides disagree on {100 * c['sides_disagree_share']:.1f} %" if c["check_made"] else "no check made")
-    return (f"{r['id']}: {r['source']}; {c['voxels_checked']} calcium voxels checked ({where}), segmenter sure of "
-            f"{100 * c['segmenter_sure_share']:.1f} %; {found}")
+    """One study's line: its id, and its names as ``training/evaluate_real.py`` lists a scan's."""
+    from training.evaluate_real import names_line
+
+    return f"{r['id']}: {names_line({'names_from': r['source'], 'names_check': r['check']})}"
 
 
 def totals(rows: list[dict]) -> str:

@@ -79,7 +79,7 @@ and ended 20 or 30 mm above the heart) they disagree on at most 8 % of the calci
 The check counts only the calcium outside the root's zone whose side the segmenter is sure of
 (its P(RCA | calcium) at least ``1 - SURE_SIDE`` where it gave RCA, at most :data:`SURE_SIDE`
 where it gave the left tree), and is made only where that is at least :data:`MIN_SURE_SHARE`
-of the calcium outside the zone (:func:`sure_sides`); otherwise the aorta's names stand
+of the calcium outside the zone (:func:`sure_sides`, :func:`enough_sure`); otherwise the aorta's names stand
 (calcium only in the zone is checked as above, sure or not). Sides the segmenter is unsure of
 say nothing about the tube. Before this rule, real dev scan 4 in fields set 20-35 mm towards
 the back kept the segmenter's names (the left main / LAD as LCX): it called the calcium right
@@ -354,7 +354,7 @@ def name_with_source(labels: np.ndarray, anatomy: Anatomy | None, spacing: Seque
     name). ``p_right``: float (z, y, x), the segmenter's P(RCA | calcium) at each voxel of
     ``labels`` (None: taken as sure everywhere): the check counts only the calcium whose side
     it is sure of, and is not made where that is less than :data:`MIN_SURE_SHARE` of the
-    calcium checked (:func:`sure_sides`)."""
+    calcium checked (:func:`sure_sides`, :func:`enough_sure`)."""
     return name_and_check(labels, anatomy, spacing, p_right)[:2]
 
 
@@ -385,14 +385,13 @@ def name_and_check(labels: np.ndarray, anatomy: Anatomy | None, spacing: Sequenc
 
 def _calcium_box(labels: np.ndarray) -> tuple[tuple[int, int], ...] | None:
     """The bounds [start, stop) along (z, y, x) of the calcium of ``labels``; None without."""
-    bounds = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hit = np.flatnonzero(np.any(labels, axis=other))
-        if hit.size == 0:
-            return None
-        bounds.append((int(hit[0]), int(hit[-1]) + 1))
-    return tuple(bounds)
+    zs = np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1))
+    if zs.size == 0:
+        return None
+    z0, z1 = int(zs[0]), int(zs[-1]) + 1
+    rows = np.flatnonzero(labels[z0:z1].any(axis=(0, 2)))
+    cols = np.flatnonzero(labels[z0:z1].any(axis=(0, 1)))
+    return (z0, z1), (int(rows[0]), int(rows[-1]) + 1), (int(cols[0]), int(cols[-1]) + 1)
 
 
 def _name_in_box(labels: np.ndarray, axis: np.ndarray, radius: float, root: int | None, spacing: Sequence[float],
@@ -407,8 +406,8 @@ def _name_in_box(labels: np.ndarray, axis: np.ndarray, radius: float, root: int 
     zone_only = not check.any()
     if zone_only:  # calcium only near the ostia: all of it checked with the segmenter's sides, sure
         check = calc  # or not, so that a tube wrongly taken for the aorta cannot re-side it unchecked
-    sure = _sure(check, model == 4, p_right)
-    made = zone_only or _enough(sure, check)
+    sure = sure_sides(check, model == 4, p_right)
+    made = zone_only or enough_sure(sure, check)
     counted = check if zone_only else sure if made else np.zeros_like(check)
     disagree = int(((model[counted] == 4) != (by_position[counted] == 4)).sum())
     found = NamingCheck(checked=int(check.sum()), zone_only=zone_only, sure=int(sure.sum()), made=made,
@@ -419,26 +418,20 @@ def _name_in_box(labels: np.ndarray, axis: np.ndarray, radius: float, root: int 
     return name_by_aorta(labels, axis, radius, root, spacing, sides=sides), "aorta", found
 
 
-def sure_sides(check: np.ndarray, right: np.ndarray, p_right: np.ndarray | None) -> np.ndarray | None:
+def sure_sides(check: np.ndarray, right: np.ndarray, p_right: np.ndarray | None) -> np.ndarray:
     """The voxels of ``check`` (bool (z, y, x), the calcium checked) whose side the segmenter
     gave (``right``: bool, RCA; else left tree) it is sure of: its P(RCA | calcium) ``p_right``
     at least ``1 - SURE_SIDE`` where it gave RCA, at most :data:`SURE_SIDE` where it gave the
-    left tree (``p_right`` None: sure everywhere, ``check`` itself); None where they are less
-    than :data:`MIN_SURE_SHARE` of ``check``: sides it is unsure of cannot tell the aorta
-    found wrong, nor right."""
-    sure = _sure(check, right, p_right)
-    return sure if _enough(sure, check) else None
-
-
-def _enough(sure: np.ndarray, check: np.ndarray) -> bool:
-    """The segmenter is sure of enough of the calcium checked for the check to be made."""
-    return bool(sure.sum() >= MIN_SURE_SHARE * check.sum())
-
-
-def _sure(check: np.ndarray, right: np.ndarray, p_right: np.ndarray | None) -> np.ndarray:
-    """The voxels of ``check`` whose side the segmenter is sure of (:func:`sure_sides`),
-    whatever their share."""
+    left tree (``p_right`` None: sure everywhere, ``check`` itself). The check is made only
+    where they are enough of ``check`` (:func:`enough_sure`)."""
     if p_right is None:
         return check
     p = np.asarray(p_right)
     return check & np.where(right, p >= 1.0 - SURE_SIDE, p <= SURE_SIDE)
+
+
+def enough_sure(sure: np.ndarray, check: np.ndarray) -> bool:
+    """The voxels the segmenter is sure of (``sure``, :func:`sure_sides`) are at least
+    :data:`MIN_SURE_SHARE` of the calcium checked (``check``): with fewer, sides it is unsure
+    of cannot tell the aorta found wrong, nor right, and the check is not made."""
+    return bool(sure.sum() >= MIN_SURE_SHARE * check.sum())
