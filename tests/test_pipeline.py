@@ -274,6 +274,61 @@ def test_noise_rule_keeps_small_faint_regions_unlabelled(bundle_dir):
     np.testing.assert_array_equal(run_pipeline(ct, b, device="cpu", all_slices=True).labels, expected)
 
 
+def _outcome(name: str) -> int:
+    from CoronaryCalciumDINOLib.pipeline.inference import OUTCOMES
+
+    return {v: k for k, v in OUTCOMES.items()}[name]
+
+
+def test_each_candidate_says_what_became_of_it(bundle_dir):
+    """candidate_outcomes: every candidate's voxels carry the stage that turned it down, or
+    "labelled"; nothing else in the image is marked."""
+    ct = _ct()
+    peaks = 150.0 + 60.0 * np.arange(ct.shape[0])
+    spots = ct.hu >= 150.0  # the rising spots; the 135 HU spot of each slice besides them
+    small = (ct.hu >= 130.0) & ~spots
+    # the detector passes the spots >= 390 HU; the segmenter labels nothing it is given
+    res = run_pipeline(ct, _peak_bundle(bundle_dir, ConstantSegmenter(0)), device="cpu")
+    out = res.candidate_outcomes
+    assert out.dtype == np.uint8 and out.shape == ct.shape and not res.labels.any()
+    np.testing.assert_array_equal(out > 0, ct.hu >= 130.0)
+    given = spots & (peaks >= 390.0)[:, None, None]
+    np.testing.assert_array_equal(out == _outcome("segmenter"), given)
+    np.testing.assert_array_equal(out == _outcome("detector"), (spots & ~given) | small)
+    # a segmenter that labels the calcium: the candidates given to it are labelled instead
+    res = run_pipeline(ct, _peak_bundle(bundle_dir, CalciumWindowSegmenter()), device="cpu")
+    np.testing.assert_array_equal(res.candidate_outcomes == _outcome("labelled"), given)
+    assert ((res.labels > 0) <= (res.candidate_outcomes == _outcome("labelled"))).all()
+    # every candidate flagged, the noise rule taking the small faint spots (1.5 mm^2, 19 SD)
+    b = load_bundle(bundle_dir)
+    b.detector = PeakDetector(centre_hu=0.0)
+    b.segmenter = CalciumWindowSegmenter()
+    b.manifest["detector"]["threshold"] = 0.5
+    b.manifest["noise_rule"] = {"min_contrast_sd": 25.0, "min_area_mm2": 2.0, "soft_tissue_hu": 40.0}
+    res = run_pipeline(ct, b, device="cpu")
+    np.testing.assert_array_equal(res.candidate_outcomes == _outcome("noise"), small)
+    np.testing.assert_array_equal(res.candidate_outcomes == _outcome("labelled"), spots)
+
+
+def test_the_candidates_the_heart_region_turns_down_are_marked_and_the_rest_is_what_the_detector_saw(bundle_dir):
+    """On a synthetic chest (anatomy found): the candidates outside the heart region (bone)
+    carry "region"; the others are exactly the candidates a reader may click
+    (:func:`..candidate_area.candidate_mask`, the same stages run on their own)."""
+    from CoronaryCalciumDINOLib.pipeline.candidate_area import candidate_mask
+    from CoronaryCalciumDINOLib.synth import generate_study
+
+    ct = generate_study(7, matrix=256, n_slices=24).ct
+    b = load_bundle(bundle_dir)
+    res = run_pipeline(ct, b, device="cpu")
+    out = res.candidate_outcomes
+    assert res.counts["anatomy_found"] and res.counts["outside_heart"] > 0
+    searched = candidate_mask(ct, ScoringParams(), b.candidate_config).full()
+    np.testing.assert_array_equal((out > 0) & (out != _outcome("region")), searched)
+    turned = out == _outcome("region")
+    assert turned.any() and not (turned & searched).any()
+    assert (np.asarray(ct.hu)[out > 0] >= 130.0).all()
+
+
 def test_segmenter_geometry_round_trip_and_flips(bundle_dir):
     """Crops -> segmenter -> CT grid puts labels back on the same voxels, in any storage order."""
     ct = _ct()
@@ -290,6 +345,8 @@ def test_segmenter_geometry_round_trip_and_flips(bundle_dir):
     res_f = run_pipeline(flipped, b, device="cpu")
     np.testing.assert_array_equal(res_f.labels, res.labels[::-1, ::-1])
     np.testing.assert_array_equal(res_f.slice_probabilities, res.slice_probabilities[::-1])
+    np.testing.assert_array_equal(res_f.candidate_outcomes, res.candidate_outcomes[::-1, ::-1])
+    np.testing.assert_array_equal(res_f.candidate_outcomes == _outcome("labelled"), flipped.hu >= 130)
 
 
 def test_progress_and_cancel(bundle_dir):

@@ -255,6 +255,52 @@ def test_evaluate_real_sheet(tmp_path):
     assert ev.write_sheet(ct, empty, row, tmp_path / "empty.png").is_file()
 
 
+def test_evaluate_real_scores_what_the_ai_left_unlabelled_by_stage_and_shows_it(tmp_path):
+    """The candidates in the heart region by what became of them (the pipeline's
+    candidate_outcomes): each stage's candidates scored as one artery, in a table; the
+    largest turned-down lesions on the contact sheet."""
+    pytest.importorskip("matplotlib")
+    from types import SimpleNamespace
+
+    from CoronaryCalciumDINOLib.pipeline.inference import OUTCOMES
+    from CoronaryCalciumDINOLib.scoring import ScoringParams, score
+    from training import evaluate_real as ev
+
+    code = {v: k for k, v in OUTCOMES.items()}
+    ct, lab = hand_scored_ct()  # LAD 10 + 10 (slices 2, 3), RCA 9 (slice 4)
+    ct.hu[0, 50:52, 50:52] = 250.0  # 1 mm^2 x weight 2 on slice 0
+    ct.hu[5, 50:60, 5:15] = 800.0  # bone, outside the region
+    out = np.zeros(ct.shape, np.uint8)
+    out[lab == 2] = code["labelled"]
+    out[lab == 4] = code["segmenter"]
+    out[0, 50:52, 50:52] = code["detector"]
+    out[5, 50:60, 5:15] = code["region"]
+    scores = ev.outcome_scores(ct, out, ScoringParams())
+    assert {k: v.total.agatston for k, v in scores.items()} == pytest.approx(
+        {"labelled": 20.0, "detector": 2.0, "noise": 0.0, "segmenter": 9.0})
+    down = ev.turned_down_lesions(scores)
+    assert [(stage, les.slice, les.agatston) for stage, les, _ in down] == [("segmenter", 4, 9.0), ("detector", 0, 2.0)]
+    assert [v.size for _, _, v in down] == [9, 4]
+
+    rows = [_row("2", (0, 20.0, 0, 0, 20.0), (0, 20.0, 0, 0, 20.0)), _row("3", (0, 0, 0, 0, 0), (0, 0, 0, 0, 0))]
+    rows[0]["all_in_region"] = 31.0
+    rows[0]["turned_down"] = {k: v.total.agatston for k, v in scores.items()}
+    doc = {"model": {"name": "m", "version": "1", "sha256": "0" * 64}, "kvp_option": "auto", "cpu": "cpu",
+           "torch_threads": 1, "date": "d", "command": "c", "scans": rows, "summary": ev.summarise(rows)}
+    md = ev.markdown(doc)
+    assert "## What the AI left unlabelled" in md
+    assert "| scan | all in region | labelled | detector | noise rule | segmenter |" in md
+    assert "| 2 (2A) | 31.0 | 20.0 | 2.0 | 0.0 | 9.0 |" in md and "| 3 (3A) | -" not in md
+    rows[0].pop("turned_down")
+    assert "## What the AI left unlabelled" not in ev.markdown(doc)
+
+    res = SimpleNamespace(score=score(ct.hu, lab, ct.spacing, keep_lesion_voxels=True))
+    path = ev.write_sheet(ct, res, rows[0], tmp_path / "2.png", turned_down=down)
+    assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    empty = SimpleNamespace(score=score(ct.hu, np.zeros_like(lab), ct.spacing, keep_lesion_voxels=True))
+    assert ev.write_sheet(ct, empty, rows[0], tmp_path / "empty.png", turned_down=down).is_file()
+
+
 def test_heart_centred_geometry():
     """--heart-centred: a 200 mm field of 0.4 mm pixels, 3 mm slices, centred on the heart
     (the HU localiser on the slices a cardiac scan would hold), over those slices; HU

@@ -24,8 +24,16 @@ Written:
 ``SHEET/<N>.png``
     a contact sheet per scan: the whole slice of the largest lesion with the crop boxes and
     the heart region the pipeline searched (orange), then one 60 mm crop per labelled
-    lesion (HU -200..600, the lesion outlined in its artery's colour). These hold image crops of COCA (research-use data): ``--sheet`` must
+    lesion (HU -200..600, the lesion outlined in its artery's colour), then the
+    :data:`TURNED_DOWN_TILES` largest lesions of the candidates in the heart region that the
+    AI turned down (outlined in white, with the stage that turned each down). These hold image crops of COCA (research-use data): ``--sheet`` must
     stay in an ignored folder (default ``real-dev/sheet``) and is never committed.
+
+What the AI left unlabelled: the candidates in the heart region are scored (each taken for one
+artery, as *all in region*) by what became of them in the pipeline
+(:data:`CoronaryCalciumDINOLib.pipeline.inference.OUTCOMES`, its ``candidate_outcomes``):
+labelled, or turned down by the detector, the noise rule or the segmenter. Written per scan
+(``turned_down`` in the JSON) and as a table in the markdown.
 
 Summary: risk categories right; arteries with reference >= 50 scored within 0.5x..2x of
 it; arteries with reference 0 scored < 10; the AI total on the calcium-free scans
@@ -78,6 +86,11 @@ FACTOR = 2.0
 MIN_REF_FOR_FACTOR = 50.0
 #: On arteries with reference 0, AI below this counts as right.
 ZERO_TOLERANCE = 10.0
+#: What became of the candidates in the heart region, as the tables name it (the pipeline's
+#: :data:`~CoronaryCalciumDINOLib.pipeline.inference.OUTCOMES` names, "region" aside).
+STAGES = {"labelled": "labelled", "detector": "detector", "noise": "noise rule", "segmenter": "segmenter"}
+#: The contact sheet shows at most this many lesions of the candidates the AI turned down.
+TURNED_DOWN_TILES = 6
 
 
 def rel(path: Path) -> str:
@@ -163,6 +176,27 @@ def heart_centred(ct, fov_mm: float = HEART_CENTRED[0], pixel_mm: float = HEART_
 
 
 
+def outcome_scores(ct, outcomes: np.ndarray, params) -> dict:
+    """{stage: ScoreResult}: the candidates in the heart region that met each fate of
+    :data:`STAGES` (``outcomes``: the pipeline's ``candidate_outcomes``), each scored as one
+    artery, with their lesions' voxels."""
+    from CoronaryCalciumDINOLib.pipeline.inference import OUTCOMES
+    from CoronaryCalciumDINOLib.scoring import score as agatston_score
+
+    code = {v: k for k, v in OUTCOMES.items()}
+    return {stage: agatston_score(np.asarray(ct.hu), (outcomes == code[stage]).astype(np.uint8), ct.spacing, params,
+                                  keep_lesion_voxels=True)
+            for stage in STAGES}
+
+
+def turned_down_lesions(scores: dict) -> list[tuple[str, object, np.ndarray]]:
+    """(stage, lesion, its voxels) of the candidates the AI turned down (:func:`outcome_scores`),
+    the largest Agatston first."""
+    out = [(stage, les, vox) for stage, res in scores.items() if stage != "labelled"
+           for les, vox in zip(res.lesions, res.lesion_voxels)]
+    return sorted(out, key=lambda t: -t[1].agatston)
+
+
 def evaluate_scan(name: str, folder: Path, ref: dict, bundle, options: ScoringOptions,
                   geometry=None, naming: str = "aorta", ct=None) -> tuple[dict, object, object]:
     """Run the pipeline on one scan folder (``geometry``: a function of the CT giving the CT
@@ -193,6 +227,8 @@ def evaluate_scan(name: str, folder: Path, ref: dict, bundle, options: ScoringOp
         in_region = float(all_in.total.agatston)
     else:
         in_region = None
+    outcomes = getattr(res, "candidate_outcomes", None)
+    by_stage = None if outcomes is None else outcome_scores(ct, outcomes, params)
     row = {
         "scan": name,
         "id": ref.get("id", name),
@@ -200,6 +236,7 @@ def evaluate_scan(name: str, folder: Path, ref: dict, bundle, options: ScoringOp
         "ai": ai,
         "risk": {"reference": risk_ref, "ai": risk_ai, "match": risk_ref == risk_ai if risk_ref is not None else None},
         "all_in_region": in_region,
+        "turned_down": None if by_stage is None else {k: float(v.total.agatston) for k, v in by_stage.items()},
         "seconds": round(seconds, 3),
         "kvp": ct.kvp,
         "threshold_hu": float(params.threshold_hu),
@@ -348,6 +385,18 @@ def markdown(doc: dict) -> str:
               "region), all taken for one artery: at most what a labelling of this scan can score. A",
               "reference above it is calcium this reconstruction does not show above the threshold, or",
               "shows outside the region."]
+    staged = [r for r in doc["scans"] if r.get("turned_down")]
+    if staged:
+        lines += ["", "## What the AI left unlabelled", "",
+                  "| scan | all in region | " + " | ".join(STAGES.values()) + " |",
+                  "|---|---|" + "---|" * len(STAGES)]
+        lines += [f"| {r['scan']} ({r['id']}) | {fmt(r.get('all_in_region'))} | "
+                  + " | ".join(fmt(r["turned_down"][k]) for k in STAGES) + " |" for r in staged]
+        lines += ["", "The candidates in the heart region scored as *all in region* is, by what became of them:",
+                  "*labelled* (some of their voxels carry the AI's labels; the whole candidate counts here), or",
+                  "turned down by the *detector* (below its threshold), the *noise rule* (taken for image noise)",
+                  "or the *segmenter* (given to it, nothing labelled). The contact sheets show the largest",
+                  "turned-down lesions in white."]
     names = [f"- scan {r['scan']}: {names_line(r)}" for r in doc["scans"] if r.get("names_from")]
     if names:
         from CoronaryCalciumDINOLib.pipeline.naming import MAX_SIDE_DISAGREEMENT, MIN_SURE_SHARE
@@ -384,8 +433,9 @@ def _oriented(a2d: np.ndarray, flips: tuple[bool, bool]) -> np.ndarray:
     return a2d
 
 
-def write_sheet(ct, res, row: dict, path: Path, max_tiles: int = 48) -> Path:
-    """One contact sheet PNG of a scan's labelled lesions (see the module docstring)."""
+def write_sheet(ct, res, row: dict, path: Path, max_tiles: int = 48, turned_down: list | None = None) -> Path:
+    """One contact sheet PNG of a scan's labelled lesions (see the module docstring), then the
+    first :data:`TURNED_DOWN_TILES` of ``turned_down`` (:func:`turned_down_lesions`)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
@@ -400,18 +450,21 @@ def write_sheet(ct, res, row: dict, path: Path, max_tiles: int = 48) -> Path:
     vmin, vmax = WINDOW_HU
     half_y, half_x = int(round(CROP_MM / 2 / dy)), int(round(CROP_MM / 2 / dx))
 
-    items = []  # (lesion, mask on its slice, centre (y, x))
-    for les, flat in zip(lesions, voxels):
-        z, yy, xx = np.unravel_index(np.asarray(flat, dtype=np.int64), hu.shape)
+    def on_slice(flat):
+        """A lesion's mask on its slice and its centre (y, x)."""
+        _z, yy, xx = np.unravel_index(np.asarray(flat, dtype=np.int64), hu.shape)
         mask = np.zeros((ny, nx), dtype=bool)
         mask[yy, xx] = True
         cy, cx = (float(yy.mean()), float(xx.mean())) if yy.size else (ny / 2, nx / 2)
-        items.append((les, mask, (int(round(cy)), int(round(cx)))))
+        return mask, (int(round(cy)), int(round(cx)))
+
+    items = [(les, *on_slice(flat)) for les, flat in zip(lesions, voxels)]  # (lesion, mask, centre)
     shown = items[:max_tiles] if len(items) <= max_tiles else sorted(
         items, key=lambda t: -t[0].agatston)[:max_tiles]
     shown.sort(key=lambda t: (t[0].slice, ARTERIES.index(t[0].artery)))
+    down = [(stage, les, *on_slice(flat)) for stage, les, flat in (turned_down or [])[:TURNED_DOWN_TILES]]
 
-    n_tiles = 1 + max(len(shown), 0) + (1 if len(items) > len(shown) else 0)
+    n_tiles = 1 + max(len(shown), 0) + (1 if len(items) > len(shown) else 0) + len(down)
     cols = min(6, n_tiles) if n_tiles > 1 else 1
     rows = int(np.ceil(n_tiles / cols))
     fig = Figure(figsize=(max(3.0 * cols, 6.0), 3.2 * rows + 0.8), dpi=100)
@@ -429,6 +482,20 @@ def write_sheet(ct, res, row: dict, path: Path, max_tiles: int = 48) -> Path:
         return ax
 
     region = res.heart_region() if hasattr(res, "heart_region") else None
+
+    def crop(ax, les, mask, centre, color, title, title_color=None):
+        """A lesion's 60 mm crop on its slice, outlined in ``color``."""
+        cy, cx = centre
+        pad = max(half_y, half_x) + 1
+        img = np.pad(hu[les.slice], pad, mode="constant", constant_values=-1024.0)
+        msk = np.pad(mask, pad)
+        sl = (slice(cy + pad - half_y, cy + pad + half_y + 1), slice(cx + pad - half_x, cx + pad + half_x + 1))
+        ax.imshow(_oriented(img[sl], flips), cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
+        m = _oriented(msk[sl], flips).astype(float)
+        if m.any():
+            ax.contour(m, levels=[0.5], colors=[color], linewidths=1.0)
+        ax.set_title(title, fontsize=9, color=title_color or color)
+        ax.set_xlabel(f"{les.area_mm2:.1f} mm2, peak {les.peak_hu:.0f} HU", fontsize=7)
 
     def outline_region(ax, z):
         """The heart region the pipeline searched on slice ``z`` (orange)."""
@@ -457,24 +524,17 @@ def write_sheet(ct, res, row: dict, path: Path, max_tiles: int = 48) -> Path:
             ax.add_patch(Rectangle((x - half_x - 0.5, y - half_y - 0.5), 2 * half_x + 1, 2 * half_y + 1,
                                    fill=False, edgecolor=ARTERY_COLORS[les.artery], linewidth=1.2))
         ax.set_title(f"slice {z0} (whole), heart region", fontsize=9)
-        for k, (les, mask, (cy, cx)) in enumerate(shown, start=1):
-            ax = tile(k)
-            pad = max(half_y, half_x) + 1
-            img = np.pad(hu[les.slice], pad, mode="constant", constant_values=-1024.0)
-            msk = np.pad(mask, pad)
-            sl = (slice(cy + pad - half_y, cy + pad + half_y + 1), slice(cx + pad - half_x, cx + pad + half_x + 1))
-            ax.imshow(_oriented(img[sl], flips), cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
-            m = _oriented(msk[sl], flips).astype(float)
-            if m.any():
-                ax.contour(m, levels=[0.5], colors=[ARTERY_COLORS[les.artery]], linewidths=1.0)
-            ax.set_title(f"slice {les.slice} {les.artery} {les.agatston:.1f} pts", fontsize=9,
-                         color=ARTERY_COLORS[les.artery])
-            ax.set_xlabel(f"{les.area_mm2:.1f} mm2, peak {les.peak_hu:.0f} HU", fontsize=7)
+        for k, (les, mask, centre) in enumerate(shown, start=1):
+            crop(tile(k), les, mask, centre, ARTERY_COLORS[les.artery], f"slice {les.slice} {les.artery} {les.agatston:.1f} pts")
         if len(items) > len(shown):
             ax = tile(len(shown) + 1)
             ax.axis("off")
             ax.text(0.5, 0.5, f"+{len(items) - len(shown)} smaller lesions\nnot shown", ha="center", va="center",
                     transform=ax.transAxes, fontsize=10)
+    first = n_tiles - len(down)
+    for k, (stage, les, mask, centre) in enumerate(down, start=first):
+        crop(tile(k), les, mask, centre, "white", f"slice {les.slice} turned down: {STAGES[stage]} {les.agatston:.1f} pts",
+             title_color="dimgray")
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()), h_pad=1.8)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -593,7 +653,9 @@ def main(argv=None) -> int:
             continue
         rows.append(row)
         print(progress_line(row), flush=True)
-        sheets.append(write_sheet(ct, res, row, sheet / f"{name}.png", max_tiles=args.max_tiles))
+        outcomes = getattr(res, "candidate_outcomes", None)
+        down = None if outcomes is None else turned_down_lesions(outcome_scores(ct, outcomes, options.resolve(ct.kvp)))
+        sheets.append(write_sheet(ct, res, row, sheet / f"{name}.png", max_tiles=args.max_tiles, turned_down=down))
         del ct, res
 
     summary = summarise(rows)

@@ -44,6 +44,11 @@ stages, not the AI's imports).
    (:func:`one_side_per_lesion`). Not for phantoms.
 5. :func:`..scoring.score` on the labels (only voxels >= the scoring threshold count).
 
+What became of every candidate is kept as well (:attr:`PipelineResult.candidate_outcomes`,
+:data:`OUTCOMES`, :func:`candidate_outcomes`): labelled, or turned down by the heart region,
+the detector, the noise rule or the segmenter, so that what the AI left unlabelled can be
+looked at stage by stage.
+
 Per-slice and per-lesion confidences go to the report: each slice's probability and the
 candidate that gave it; each lesion's calcium and artery probabilities.
 
@@ -88,6 +93,14 @@ CONTINUE_PROBABILITY = 0.5
 #: next or previous slice: a calcified artery runs on through the slices.
 CONTINUE_MM = 3.0
 
+#: What became of a candidate (:attr:`PipelineResult.candidate_outcomes`; 0: no candidate):
+#: "labelled" (some of its voxels carry an artery), "detector" (not flagged: below the
+#: detector's threshold and continuing no flagged candidate), "noise" (flagged, but taken
+#: for image noise by the bundle's noise rule), "segmenter" (given to the segmenter, none
+#: of its voxels labelled), "region" (outside the heart region or on a calcified structure
+#: leaving it: never seen by a network; a phantom has no region).
+OUTCOMES = {1: "labelled", 2: "detector", 3: "noise", 4: "segmenter", 5: "region"}
+
 
 @dataclass
 class PipelineResult:
@@ -122,6 +135,9 @@ class PipelineResult:
     #: what stage *name*'s check on the aorta's names counted and found (:class:`.naming.NamingCheck`;
     #: None where there was no check: no calcium, no aorta found, a phantom, ``naming="segmenter"``)
     names_check: NamingCheck | None = None
+    #: uint8 (z, y, x) on the CT grid: what became of each candidate, on its voxels
+    #: (:data:`OUTCOMES`; 0 elsewhere)
+    candidate_outcomes: np.ndarray | None = None
 
     def heart_region(self) -> np.ndarray | None:
         """bool (z, y, x) on the CT grid, in its storage order: where the pipeline looked for
@@ -544,6 +560,23 @@ def name(labels: np.ndarray, hu: np.ndarray, anatomy: Anatomy | None, spacing, t
     return name_and_check(np.where(hu >= threshold_hu, labels, 0).astype(labels.dtype), anatomy, spacing, p_right)
 
 
+def candidate_outcomes(found: cd.Candidates, kept: cd.Candidates, g: Gate, labels: np.ndarray) -> np.ndarray:
+    """uint8 (z, y, x), canonical layout on the candidates' slices: each candidate ``found``
+    painted with what became of it (:data:`OUTCOMES`), from the candidates the heart region
+    ``kept`` (a subset of ``found``, in its order), the gate ``g`` on them and the final
+    ``labels`` (on the CT grid)."""
+    code = {v: k for k, v in OUTCOMES.items()}
+    out = np.full(len(kept), code["detector"], np.uint8)
+    out[g.below_noise] = code["noise"]
+    out[g.segment] = code["segmenter"]
+    iy, ix, fy, fx = kept.field.clipped(labels.shape[1:])
+    z, y, x = np.nonzero(labels[:, iy, ix])  # the labelled voxels (few), in the field's part inside the image
+    out[np.isin(kept.uid, kept.ids[:, fy, fx][z, y, x])] = code["labelled"]
+    every = np.full(len(found), code["region"], np.uint8)
+    every[np.isin(found.uid, kept.uid)] = out
+    return found.paint(every)
+
+
 def names_source(named_by: str, naming: str, phantom: bool, calcium: bool) -> str:
     """Where the artery names came from, for the report (:attr:`PipelineResult.names_from`):
     what stage *name* said (:func:`.naming.name_and_check`), "segmenter: asked for" with
@@ -622,6 +655,7 @@ def run_pipeline(
     anatomy, (z0, z1), cands = locate_and_find(view.hu, ct.spacing, candidate_config(facts, params))
     net = view.hu[z0:z1]
     rt = route(cands, facts)
+    every_found = cands
     found, outside = len(cands), 0
     if not rt.phantom:  # only where coronary calcium can be: the heart region, off bone
         cands, outside = keep_heart_region(cands, anatomy, net)
@@ -677,11 +711,12 @@ def run_pipeline(
     del p_right  # for stage name only: not held through the steps below
     timings["naming_s"] = time.perf_counter() - t
     names_from = names_source(named_by, naming, bool(rt.phantom), bool(labels.any()))
+    outcomes = candidate_outcomes(every_found, cands, g, labels)
 
     nz = hu.shape[0]
     n_slice = np.bincount(cands.z, minlength=z1 - z0)
     # back on every slice, then in the CT's own storage order
-    labels, p_calc, p_art = (view.back(_embed(a, z0, nz)) for a in (labels, p_calc, p_art))
+    labels, p_calc, p_art, outcomes = (view.back(_embed(a, z0, nz)) for a in (labels, p_calc, p_art, outcomes))
     if gated is not None:
         gated = view.back(_embed(gated, z0, nz))
     if att is not None:
@@ -716,4 +751,5 @@ def run_pipeline(
         view=((z0, z1), view.flips),
         names_from=names_from,
         names_check=names_check,
+        candidate_outcomes=outcomes,
     )
