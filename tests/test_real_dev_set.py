@@ -416,6 +416,16 @@ def test_noise_table_and_refusals(capsys):
     # per level: risk right per seed; calcium-free scans at 0 per seed; right artery at most (range)
     assert "| 0 | 1 of 2, 2 of 2 | 1 of 1, 1 of 1 | 80-80 % |" in md
     assert "| 30 | 0 of 2, 1 of 2 | 0 of 1, 0 of 1 | 0-71 % |" in md
+    assert "What the AI left unlabelled" not in md  # rows without the stages: no such table
+    # what the AI left unlabelled: means over the draws of each scan and level
+    for r in runs:
+        labelled = r["ai"]["total"]
+        r["all_in_region"] = labelled + 4.0 + 2.0 * r["seed"]
+        r["turned_down"] = {"labelled": labelled, "detector": 4.0, "noise": 2.0 * r["seed"], "segmenter": 0.0}
+    md = ev.markdown(doc)
+    assert "## What the AI left unlabelled (means over the draws)" in md
+    assert "| scan | noise (HU) | all in region | labelled | detector | noise rule | segmenter |" in md
+    assert "| 2 (2A) | 30 | 15 | 10 | 4 | 1 | 0 |" in md and "| 1 (1A) | 10 | 5 | 0 | 4 | 1 | 0 |" in md
     for bad in ("20,-5", "abc"):
         assert ev.main(["--levels", bad]) == 2
         assert f"--levels '{bad}'" in capsys.readouterr().err

@@ -48,6 +48,7 @@ from training.evaluate_real import (  # noqa: E402
     DEFAULT_DEV,
     HEART_CENTRED,
     KEYS,
+    STAGES,
     cpu_name,
     dev_scans,
     evaluate_scan,
@@ -170,6 +171,21 @@ def markdown(doc: dict) -> str:
                  if s["ai_agatston_on_the_right_artery_at_most"] is not None]
         lines.append(f"| {level} | {risk} | {free} | "
                      + (f"{100 * min(right):.0f}-{100 * max(right):.0f} %" if right else "-") + " |")
+    staged = [r for r in runs if r.get("turned_down")]
+    if staged:
+        lines += ["", "## What the AI left unlabelled (means over the draws)", "",
+                  "Agatston of the candidates in the heart region (*all in region*, each stage's taken for one "
+                  "artery) by what became of them: labelled, or turned down by the detector, the noise rule or "
+                  "the segmenter (`training/evaluate_real.py`, \"What the AI left unlabelled\").", "",
+                  "| scan | noise (HU) | all in region | " + " | ".join(STAGES.values()) + " |",
+                  "|---|---|---|" + "---|" * len(STAGES)]
+        for scan in dict.fromkeys(r["scan"] for r in staged):
+            for level in doc["levels"]:
+                rs = [r for r in staged if r["scan"] == scan and r["level"] == level]
+                if rs:
+                    lines.append(f"| {scan} ({rs[0]['id']}) | {np.mean([r['noise_after_hu'] for r in rs]):.0f} | "
+                                 f"{np.mean([r['all_in_region'] for r in rs]):.0f} | "
+                                 + " | ".join(f"{np.mean([r['turned_down'][k] for r in rs]):.0f}" for k in STAGES) + " |")
     lines.append("")
     return "\n".join(lines)
 
