@@ -275,9 +275,9 @@ def test_noise_rule_keeps_small_faint_regions_unlabelled(bundle_dir):
 
 
 def _outcome(name: str) -> int:
-    from CoronaryCalciumDINOLib.pipeline.inference import OUTCOMES
+    from CoronaryCalciumDINOLib.pipeline.inference import OUTCOME_CODE
 
-    return {v: k for k, v in OUTCOMES.items()}[name]
+    return OUTCOME_CODE[name]
 
 
 def test_each_candidate_says_what_became_of_it(bundle_dir):
@@ -308,20 +308,38 @@ def test_each_candidate_says_what_became_of_it(bundle_dir):
     res = run_pipeline(ct, b, device="cpu")
     np.testing.assert_array_equal(res.candidate_outcomes == _outcome("noise"), small)
     np.testing.assert_array_equal(res.candidate_outcomes == _outcome("labelled"), spots)
+    # "UNET alone" (all_slices), a detector flagging nothing: the detector turns nothing down,
+    # the noise rule the small faint spots, the rest is segmented
+    b.detector = PeakDetector(centre_hu=5000.0)
+    res = run_pipeline(ct, b, device="cpu", all_slices=True)
+    assert res.counts["below_noise"] == 0 and not (res.candidate_outcomes == _outcome("detector")).any()
+    np.testing.assert_array_equal(res.candidate_outcomes == _outcome("noise"), small)
+    np.testing.assert_array_equal(res.candidate_outcomes == _outcome("labelled"), spots)
+    # a scoring threshold above a candidate's voxels: what the segmenter gave it does not count
+    b.detector = PeakDetector(centre_hu=0.0)
+    b.manifest["noise_rule"] = {"min_contrast_sd": 0.0, "min_area_mm2": 0.0, "soft_tissue_hu": 40.0}
+    res = run_pipeline(ct, b, device="cpu", params=ScoringParams(threshold_hu=140.0, band_edges_hu=(140, 200, 300, 400)))
+    np.testing.assert_array_equal(res.candidate_outcomes == _outcome("segmenter"), small)
+    np.testing.assert_array_equal(res.candidate_outcomes == _outcome("labelled"), spots)
 
 
 def test_the_candidates_the_heart_region_turns_down_are_marked_and_the_rest_is_what_the_detector_saw(bundle_dir):
-    """On a synthetic chest (anatomy found): the candidates outside the heart region (bone)
-    carry "region"; the others are exactly the candidates a reader may click
-    (:func:`..candidate_area.candidate_mask`, the same stages run on their own)."""
+    """On a synthetic chest CT (anatomy found, the slices a cardiac scan would hold looked
+    at): the candidates outside the heart region (bone) carry "region"; the others are exactly
+    the candidates a reader may click (:func:`..candidate_area.candidate_mask`, the same
+    stages run on their own); nothing is marked on the slices not looked at."""
     from CoronaryCalciumDINOLib.pipeline.candidate_area import candidate_mask
     from CoronaryCalciumDINOLib.synth import generate_study
 
-    ct = generate_study(7, matrix=256, n_slices=24).ct
+    ct = generate_study(7, matrix=256, non_gated=True, n_slices=60).ct
     b = load_bundle(bundle_dir)
     res = run_pipeline(ct, b, device="cpu")
     out = res.candidate_outcomes
     assert res.counts["anatomy_found"] and res.counts["outside_heart"] > 0
+    z0, z1 = res.counts["slices_looked_at"]
+    assert out.shape == ct.shape and 0 < z0 < z1 < ct.shape[0]
+    assert not out[:z0].any() and not out[z1:].any()
+    assert (out[z0:z1] > 0).any(axis=(1, 2)).sum() > (z1 - z0) // 2
     searched = candidate_mask(ct, ScoringParams(), b.candidate_config).full()
     np.testing.assert_array_equal((out > 0) & (out != _outcome("region")), searched)
     turned = out == _outcome("region")
@@ -587,6 +605,23 @@ def test_a_phantom_goes_to_the_phantom_head_and_is_named_by_side(tmp_path):
     assert np.all(res.labels[both] == st.labels[both])  # the same side convention as the generator's labels
     assert np.all(st.ct.hu[res.labels > 0] >= 130)
     assert all(c["artery"] == 1.0 for c in res.lesion_confidence)  # a convention, not a guess
+    # what became of the candidates: a phantom has no heart region; the picked ones are labelled
+    out = res.candidate_outcomes
+    assert not (out == _outcome("region")).any() and (out == _outcome("detector")).any()
+    np.testing.assert_array_equal(out > 0, (out == _outcome("labelled")) | (out == _outcome("detector")))
+    assert ((res.labels > 0) <= (out == _outcome("labelled"))).all()
+    # scored at a higher threshold: a picked candidate wholly below it labels nothing that counts
+    from scipy import ndimage
+
+    picked = out == _outcome("labelled")
+    ids, n = ndimage.label(picked, structure=np.array([np.zeros((3, 3)), np.ones((3, 3)), np.zeros((3, 3))], bool))
+    peak = ndimage.maximum(np.asarray(st.ct.hu), ids, np.arange(1, n + 1))
+    thr = float(np.median(peak)) + 1.0
+    below = np.isin(ids, 1 + np.flatnonzero(peak < thr))
+    assert below.any() and (picked & ~below).any()
+    high = run_pipeline(st.ct, b, device="cpu", params=ScoringParams(threshold_hu=thr, band_edges_hu=(thr, 1e4, 2e4, 3e4)))
+    np.testing.assert_array_equal(high.candidate_outcomes == _outcome("segmenter"), below)
+    np.testing.assert_array_equal(high.candidate_outcomes == _outcome("labelled"), picked & ~below)
     patient = generate_study(12, plaques=True, matrix=256)
     res = run_pipeline(patient.ct, b, device="cpu")
     assert res.counts["phantom"] == 0 and not res.labels.any()

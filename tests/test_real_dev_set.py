@@ -262,11 +262,10 @@ def test_evaluate_real_scores_what_the_ai_left_unlabelled_by_stage_and_shows_it(
     pytest.importorskip("matplotlib")
     from types import SimpleNamespace
 
-    from CoronaryCalciumDINOLib.pipeline.inference import OUTCOMES
+    from CoronaryCalciumDINOLib.pipeline.inference import OUTCOME_CODE as code
     from CoronaryCalciumDINOLib.scoring import ScoringParams, score
     from training import evaluate_real as ev
 
-    code = {v: k for k, v in OUTCOMES.items()}
     ct, lab = hand_scored_ct()  # LAD 10 + 10 (slices 2, 3), RCA 9 (slice 4)
     ct.hu[0, 50:52, 50:52] = 250.0  # 1 mm^2 x weight 2 on slice 0
     ct.hu[5, 50:60, 5:15] = 800.0  # bone, outside the region
@@ -284,14 +283,14 @@ def test_evaluate_real_scores_what_the_ai_left_unlabelled_by_stage_and_shows_it(
 
     rows = [_row("2", (0, 20.0, 0, 0, 20.0), (0, 20.0, 0, 0, 20.0)), _row("3", (0, 0, 0, 0, 0), (0, 0, 0, 0, 0))]
     rows[0]["all_in_region"] = 31.0
-    rows[0]["turned_down"] = {k: v.total.agatston for k, v in scores.items()}
+    rows[0]["by_outcome"] = {k: v.total.agatston for k, v in scores.items()}
     doc = {"model": {"name": "m", "version": "1", "sha256": "0" * 64}, "kvp_option": "auto", "cpu": "cpu",
            "torch_threads": 1, "date": "d", "command": "c", "scans": rows, "summary": ev.summarise(rows)}
     md = ev.markdown(doc)
     assert "## What the AI left unlabelled" in md
     assert "| scan | all in region | labelled | detector | noise rule | segmenter |" in md
     assert "| 2 (2A) | 31.0 | 20.0 | 2.0 | 0.0 | 9.0 |" in md and "| 3 (3A) | -" not in md
-    rows[0].pop("turned_down")
+    rows[0].pop("by_outcome")
     assert "## What the AI left unlabelled" not in ev.markdown(doc)
 
     res = SimpleNamespace(score=score(ct.hu, lab, ct.spacing, keep_lesion_voxels=True))
@@ -421,7 +420,7 @@ def test_noise_table_and_refusals(capsys):
     for r in runs:
         labelled = r["ai"]["total"]
         r["all_in_region"] = labelled + 4.0 + 2.0 * r["seed"]
-        r["turned_down"] = {"labelled": labelled, "detector": 4.0, "noise": 2.0 * r["seed"], "segmenter": 0.0}
+        r["by_outcome"] = {"labelled": labelled, "detector": 4.0, "noise": 2.0 * r["seed"], "segmenter": 0.0}
     md = ev.markdown(doc)
     assert "## What the AI left unlabelled (means over the draws)" in md
     assert "| scan | noise (HU) | all in region | labelled | detector | noise rule | segmenter |" in md

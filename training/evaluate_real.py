@@ -33,7 +33,7 @@ What the AI left unlabelled: the candidates in the heart region are scored (each
 artery, as *all in region*) by what became of them in the pipeline
 (:data:`CoronaryCalciumDINOLib.pipeline.inference.OUTCOMES`, its ``candidate_outcomes``):
 labelled, or turned down by the detector, the noise rule or the segmenter. Written per scan
-(``turned_down`` in the JSON) and as a table in the markdown.
+(``by_outcome`` in the JSON) and as a table in the markdown.
 
 Summary: risk categories right; arteries with reference >= 50 scored within 0.5x..2x of
 it; arteries with reference 0 scored < 10; the AI total on the calcium-free scans
@@ -180,11 +180,10 @@ def outcome_scores(ct, outcomes: np.ndarray, params) -> dict:
     """{stage: ScoreResult}: the candidates in the heart region that met each fate of
     :data:`STAGES` (``outcomes``: the pipeline's ``candidate_outcomes``), each scored as one
     artery, with their lesions' voxels."""
-    from CoronaryCalciumDINOLib.pipeline.inference import OUTCOMES
+    from CoronaryCalciumDINOLib.pipeline.inference import OUTCOME_CODE
     from CoronaryCalciumDINOLib.scoring import score as agatston_score
 
-    code = {v: k for k, v in OUTCOMES.items()}
-    return {stage: agatston_score(np.asarray(ct.hu), (outcomes == code[stage]).astype(np.uint8), ct.spacing, params,
+    return {stage: agatston_score(np.asarray(ct.hu), (outcomes == OUTCOME_CODE[stage]).astype(np.uint8), ct.spacing, params,
                                   keep_lesion_voxels=True)
             for stage in STAGES}
 
@@ -198,10 +197,11 @@ def turned_down_lesions(scores: dict) -> list[tuple[str, object, np.ndarray]]:
 
 
 def evaluate_scan(name: str, folder: Path, ref: dict, bundle, options: ScoringOptions,
-                  geometry=None, naming: str = "aorta", ct=None) -> tuple[dict, object, object]:
+                  geometry=None, naming: str = "aorta", ct=None) -> tuple[dict, object, object, dict | None]:
     """Run the pipeline on one scan folder (``geometry``: a function of the CT giving the CT
     to score, e.g. :func:`heart_centred`; ``ct``: the folder's CT already read); returns
-    (row, ct, pipeline result)."""
+    (row, ct, pipeline result, its candidates scored by outcome: :func:`outcome_scores`, None
+    without outcomes)."""
     from CoronaryCalciumDINOLib.io import load_ct
     from CoronaryCalciumDINOLib.pipeline import run_pipeline
 
@@ -236,7 +236,7 @@ def evaluate_scan(name: str, folder: Path, ref: dict, bundle, options: ScoringOp
         "ai": ai,
         "risk": {"reference": risk_ref, "ai": risk_ai, "match": risk_ref == risk_ai if risk_ref is not None else None},
         "all_in_region": in_region,
-        "turned_down": None if by_stage is None else {k: float(v.total.agatston) for k, v in by_stage.items()},
+        "by_outcome": None if by_stage is None else {k: float(v.total.agatston) for k, v in by_stage.items()},
         "seconds": round(seconds, 3),
         "kvp": ct.kvp,
         "threshold_hu": float(params.threshold_hu),
@@ -251,7 +251,7 @@ def evaluate_scan(name: str, folder: Path, ref: dict, bundle, options: ScoringOp
         "names_check": None if getattr(res, "names_check", None) is None else res.names_check.as_dict(),
         "warnings": [*ct.warnings, *res.warnings],
     }
-    return row, ct, res
+    return row, ct, res, by_stage
 
 
 def dev_scans(dev: Path) -> tuple[dict, list[tuple[str, Path]]]:
@@ -385,14 +385,14 @@ def markdown(doc: dict) -> str:
               "region), all taken for one artery: at most what a labelling of this scan can score. A",
               "reference above it is calcium this reconstruction does not show above the threshold, or",
               "shows outside the region."]
-    staged = [r for r in doc["scans"] if r.get("turned_down")]
+    staged = [r for r in doc["scans"] if r.get("by_outcome")]
     if staged:
         lines += ["", "## What the AI left unlabelled", "",
                   "| scan | all in region | " + " | ".join(STAGES.values()) + " |",
                   "|---|---|" + "---|" * len(STAGES)]
         lines += [f"| {r['scan']} ({r['id']}) | {fmt(r.get('all_in_region'))} | "
-                  + " | ".join(fmt(r["turned_down"][k]) for k in STAGES) + " |" for r in staged]
-        lines += ["", "The candidates in the heart region scored as *all in region* is, by what became of them:",
+                  + " | ".join(fmt(r["by_outcome"][k]) for k in STAGES) + " |" for r in staged]
+        lines += ["", "*All in region* split by what became of its candidates (each part taken for one artery):",
                   "*labelled* (some of their voxels carry the AI's labels; the whole candidate counts here), or",
                   "turned down by the *detector* (below its threshold), the *noise rule* (taken for image noise)",
                   "or the *segmenter* (given to it, nothing labelled). The contact sheets show the largest",
@@ -645,7 +645,7 @@ def main(argv=None) -> int:
         try:
             geometry = (partial(heart_centred, fov_mm=args.fov, pixel_mm=args.pixel, above_heart_mm=args.above_heart,
                                 off_centre_mm=off) if args.heart_centred else None)
-            row, ct, res = evaluate_scan(name, folder, reference[name], bundle, options, geometry, args.naming)
+            row, ct, res, by_stage = evaluate_scan(name, folder, reference[name], bundle, options, geometry, args.naming)
         except CCDinoError as exc:
             row = {"scan": name, "id": reference[name].get("id", name), "error": str(exc).splitlines()[0]}
             rows.append(row)
@@ -653,10 +653,9 @@ def main(argv=None) -> int:
             continue
         rows.append(row)
         print(progress_line(row), flush=True)
-        outcomes = getattr(res, "candidate_outcomes", None)
-        down = None if outcomes is None else turned_down_lesions(outcome_scores(ct, outcomes, options.resolve(ct.kvp)))
+        down = None if by_stage is None else turned_down_lesions(by_stage)
         sheets.append(write_sheet(ct, res, row, sheet / f"{name}.png", max_tiles=args.max_tiles, turned_down=down))
-        del ct, res
+        del ct, res, by_stage
 
     summary = summarise(rows)
     doc = {

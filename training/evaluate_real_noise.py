@@ -171,7 +171,7 @@ def markdown(doc: dict) -> str:
                  if s["ai_agatston_on_the_right_artery_at_most"] is not None]
         lines.append(f"| {level} | {risk} | {free} | "
                      + (f"{100 * min(right):.0f}-{100 * max(right):.0f} %" if right else "-") + " |")
-    staged = [r for r in runs if r.get("turned_down")]
+    staged = [r for r in runs if r.get("by_outcome")]
     if staged:
         lines += ["", "## What the AI left unlabelled (means over the draws)", "",
                   "Agatston of the candidates in the heart region (*all in region*, each stage's taken for one "
@@ -185,7 +185,7 @@ def markdown(doc: dict) -> str:
                 if rs:
                     lines.append(f"| {scan} ({rs[0]['id']}) | {np.mean([r['noise_after_hu'] for r in rs]):.0f} | "
                                  f"{np.mean([r['all_in_region'] for r in rs]):.0f} | "
-                                 + " | ".join(f"{np.mean([r['turned_down'][k] for r in rs]):.0f}" for k in STAGES) + " |")
+                                 + " | ".join(f"{np.mean([r['by_outcome'][k] for r in rs]):.0f}" for k in STAGES) + " |")
     lines.append("")
     return "\n".join(lines)
 
@@ -243,7 +243,7 @@ def main(argv=None) -> int:
                     return with_noise(ct, level, draw, info)
 
                 try:
-                    row, _, res = evaluate_scan(name, folder, reference[name], bundle, options, geometry, ct=base)
+                    row, _, res, _ = evaluate_scan(name, folder, reference[name], bundle, options, geometry, ct=base)
                 except CCDinoError as exc:
                     row = {"scan": name, "id": reference[name].get("id", name), "error": str(exc).splitlines()[0]}
                 else:

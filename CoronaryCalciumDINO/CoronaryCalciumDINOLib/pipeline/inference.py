@@ -94,12 +94,15 @@ CONTINUE_PROBABILITY = 0.5
 CONTINUE_MM = 3.0
 
 #: What became of a candidate (:attr:`PipelineResult.candidate_outcomes`; 0: no candidate):
-#: "labelled" (some of its voxels carry an artery), "detector" (not flagged: below the
-#: detector's threshold and continuing no flagged candidate), "noise" (flagged, but taken
-#: for image noise by the bundle's noise rule), "segmenter" (given to the segmenter, none
-#: of its voxels labelled), "region" (outside the heart region or on a calcified structure
-#: leaving it: never seen by a network; a phantom has no region).
+#: "labelled" (some of its voxels at or above the scoring threshold carry an artery),
+#: "detector" (not flagged: below the detector's threshold and continuing no flagged
+#: candidate), "noise" (taken for image noise by the bundle's noise rule: flagged, or with
+#: ``all_slices`` any), "segmenter" (given to the segmenter, none of its voxels at or above
+#: the scoring threshold labelled), "region" (outside the heart region or on a calcified
+#: structure leaving it: never seen by a network; a phantom has no region).
 OUTCOMES = {1: "labelled", 2: "detector", 3: "noise", 4: "segmenter", 5: "region"}
+#: The code of each outcome's name (:data:`OUTCOMES` inverted).
+OUTCOME_CODE = {name: code for code, name in OUTCOMES.items()}
 
 
 @dataclass
@@ -560,18 +563,21 @@ def name(labels: np.ndarray, hu: np.ndarray, anatomy: Anatomy | None, spacing, t
     return name_and_check(np.where(hu >= threshold_hu, labels, 0).astype(labels.dtype), anatomy, spacing, p_right)
 
 
-def candidate_outcomes(found: cd.Candidates, kept: cd.Candidates, g: Gate, labels: np.ndarray) -> np.ndarray:
+def candidate_outcomes(found: cd.Candidates, kept: cd.Candidates, g: Gate, labels: np.ndarray, hu: np.ndarray,
+                       threshold_hu: float, all_slices: bool = False) -> np.ndarray:
     """uint8 (z, y, x), canonical layout on the candidates' slices: each candidate ``found``
     painted with what became of it (:data:`OUTCOMES`), from the candidates the heart region
-    ``kept`` (a subset of ``found``, in its order), the gate ``g`` on them and the final
-    ``labels`` (on the CT grid)."""
-    code = {v: k for k, v in OUTCOMES.items()}
-    out = np.full(len(kept), code["detector"], np.uint8)
+    ``kept`` (a subset of ``found``, in its order), the gate ``g`` on them (``all_slices``: the
+    "UNET alone" mode, where every candidate out of the noise is segmented) and the labels
+    (on the CT grid ``hu``; only voxels at or above the scoring ``threshold_hu`` count)."""
+    code = OUTCOME_CODE
+    out = np.full(len(kept), code["noise" if all_slices else "detector"], np.uint8)
     out[g.below_noise] = code["noise"]
     out[g.segment] = code["segmenter"]
     iy, ix, fy, fx = kept.field.clipped(labels.shape[1:])
     z, y, x = np.nonzero(labels[:, iy, ix])  # the labelled voxels (few), in the field's part inside the image
-    out[np.isin(kept.uid, kept.ids[:, fy, fx][z, y, x])] = code["labelled"]
+    scored = hu[:, iy, ix][z, y, x] >= threshold_hu
+    out[np.isin(kept.uid, kept.ids[:, fy, fx][z[scored], y[scored], x[scored]])] = code["labelled"]
     every = np.full(len(found), code["region"], np.uint8)
     every[np.isin(found.uid, kept.uid)] = out
     return found.paint(every)
@@ -711,7 +717,7 @@ def run_pipeline(
     del p_right  # for stage name only: not held through the steps below
     timings["naming_s"] = time.perf_counter() - t
     names_from = names_source(named_by, naming, bool(rt.phantom), bool(labels.any()))
-    outcomes = candidate_outcomes(every_found, cands, g, labels)
+    outcomes = candidate_outcomes(every_found, cands, g, labels, net, params.threshold_hu, all_slices)
 
     nz = hu.shape[0]
     n_slice = np.bincount(cands.z, minlength=z1 - z0)
